@@ -1,0 +1,53 @@
+"""What the engine hands back: streamed per-request deltas and finished outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
+@dataclass(slots=True)
+class RequestDelta:
+    """What one request gained in one engine step; the deltas of a request concatenate to
+    its RequestOutput."""
+
+    req_id: str
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # when SamplingParams.logprobs
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Echo only, on the first delta that carries output (complete, aligned with the prompt).
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" on the last delta
+    error: str | None = None  # set with finish_reason "error": what went wrong
+    usage: Usage | None = None  # on the last delta
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """A finished request, as the offline API returns it."""
+
+    req_id: str
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]]
+    finish_reason: str
+    usage: Usage
+    # With echo: aligned with prompt_token_ids, the first entry None (no context before it).
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
+    error: str | None = None

@@ -1,0 +1,105 @@
+"""The step contract between scheduler and worker.
+
+One step is one forward pass. The scheduler sends a `StepInput`, the worker answers with a
+`StepOutput`. Only diffs cross: a request's prompt and block ids travel once, when it is
+first scheduled (or resumed after preemption); afterwards only its new tokens and new block
+ids do. This module imports no torch, so a scheduler host needs no tensor stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingOptions:
+    """The per-request sampling settings the worker needs (a subset of SamplingParams)."""
+
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus mass in (0, 1]; 1 keeps every token
+    top_k: int = 0  # 0 keeps every token
+    seed: int | None = None  # draws depend only on (seed, position) when set
+    logprobs: bool = False  # return the logprob of each sampled token
+    top_logprobs: int = 0  # also the k most likely tokens per position, k <= 20
+    echo: bool = False  # return the logprob of every prompt token after the first
+
+
+@dataclass(slots=True)
+class NewRequest:
+    """A request the worker has not seen yet, or one resumed after preemption."""
+
+    req_id: str
+    # Every token known so far: the prompt, plus the output generated before a preemption.
+    prompt_token_ids: list[int]
+    block_ids: list[int]  # logical block i -> physical block id
+    sampling: SamplingOptions
+    # Tokens whose K/V are already in the cache (a prefix-cache hit); the worker starts here.
+    num_computed_tokens: int = 0
+
+
+@dataclass(slots=True)
+class RunningRequest:
+    """A request already on the worker: only what changed since the last step."""
+
+    req_id: str
+    new_token_ids: list[int]  # tokens the worker has not seen yet (usually the last sampled one)
+    new_block_ids: list[int]  # appended to the request's block table
+
+
+@dataclass(slots=True)
+class StepInput:
+    new: list[NewRequest] = field(default_factory=list)
+    running: list[RunningRequest] = field(default_factory=list)
+    # Tokens to compute this step per request: a prefill chunk length, or 1 for a decode.
+    # Only requests named here run; a request absent from it keeps its state on the worker.
+    num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
+    # Requests that finished, were aborted or preempted: the worker drops their state.
+    finished_req_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PromptLogprobs:
+    """Logprobs of prompt tokens computed in one prefill chunk of an echo request."""
+
+    # Position of the first prompt token these logprobs are for (>= 1: token 0 has none).
+    start_position: int
+    logprobs: list[float]  # logprob of prompt token start_position + i given the tokens before it
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # when top_logprobs > 0
+
+
+@dataclass(slots=True)
+class StepOutput:
+    # One entry per scheduled request, in the order of `req_ids`.
+    req_ids: list[str] = field(default_factory=list)
+    sampled_token_ids: list[list[int]] = field(default_factory=list)  # [] while mid-prefill
+    # Logprob of each sampled token under the model's raw distribution (float32 log-softmax
+    # of the logits, before temperature/top-k/top-p); [] when the request did not ask.
+    logprobs: list[list[float]] = field(default_factory=list)
+    # The k best (token_id, logprob) per sampled token; [] when the request did not ask.
+    top_logprobs: list[list[list[tuple[int, float]]]] = field(default_factory=list)
+    # Only for echo requests, per prefill chunk computed this step.
+    prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerInfo:
+    """What the scheduler needs to know about the worker once it has loaded."""
+
+    model_name: str
+    vocab_size: int
+    max_seq_len: int
+    bos_id: int
+    eos_id: int
+    block_size: int
+    num_kv_blocks: int
+    dtype: str
+    device: str
+
+
+class Worker(Protocol):
+    """The worker side of the contract: embedded in-process, or remote over gRPC."""
+
+    def info(self) -> WorkerInfo: ...
+
+    def execute(self, step: StepInput) -> StepOutput: ...
