@@ -54,6 +54,11 @@ class GenerationStub:
                 request_serializer=loompb_dot_serving__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=loompb_dot_serving__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/loom.v1.Generation/Detokenize',
+                request_serializer=loompb_dot_serving__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -88,6 +93,13 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Detokenize(self, request, context):
+        """Turns token ids back into text and SentencePiece pieces (e.g. to label logprobs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=loompb_dot_serving__pb2.TokenizeRequest.FromString,
                     response_serializer=loompb_dot_serving__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=loompb_dot_serving__pb2.DetokenizeRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +237,33 @@ class Generation:
             '/loom.v1.Generation/Tokenize',
             loompb_dot_serving__pb2.TokenizeRequest.SerializeToString,
             loompb_dot_serving__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/Detokenize',
+            loompb_dot_serving__pb2.DetokenizeRequest.SerializeToString,
+            loompb_dot_serving__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

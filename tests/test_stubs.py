@@ -55,6 +55,7 @@ def test_serving_contract_names() -> None:
         "GenerateStream",
         "GetModelInfo",
         "Tokenize",
+        "Detokenize",
     ]
     sampling = serving_pb2.SamplingParams.DESCRIPTOR
     # Fields whose unset value must mean the documented default, not zero, have presence.

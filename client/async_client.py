@@ -1,0 +1,88 @@
+"""asyncio client for loom.v1.Generation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from client.request import build_request, call_metadata
+from loompb import serving_pb2, serving_pb2_grpc
+
+
+class AsyncClient:
+    """The asyncio twin of `Client`; create it inside a running event loop.
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        async for delta in client.generate_stream("Once upon a time", max_tokens=32):
+            print(delta.text, end="")
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        api_key: str | None = None,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = call_metadata(api_key, tenant)
+        self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        self._stub = serving_pb2_grpc.GenerationStub(self._channel)
+
+    async def generate(
+        self, prompt: str | Sequence[int], *, timeout: float | None = None, **sampling: Any
+    ) -> serving_pb2.GenerateResponse:
+        return await self._stub.Generate(
+            build_request(prompt, **sampling),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+
+    async def generate_stream(
+        self, prompt: str | Sequence[int], *, timeout: float | None = None, **sampling: Any
+    ) -> AsyncIterator[serving_pb2.GenerateResponse]:
+        """Deltas as they are generated. Leaving the loop early (or cancelling the task)
+        cancels the request on the server."""
+        call = self._stub.GenerateStream(
+            build_request(prompt, **sampling),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+        try:
+            async for delta in call:
+                yield delta
+        finally:
+            call.cancel()
+
+    async def model_info(self) -> serving_pb2.ModelInfo:
+        return await self._stub.GetModelInfo(
+            serving_pb2.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+
+    async def tokenize(self, text: str, *, add_bos: bool = False) -> serving_pb2.TokenizeResponse:
+        return await self._stub.Tokenize(
+            serving_pb2.TokenizeRequest(text=text, add_bos=add_bos),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    async def detokenize(self, token_ids: Sequence[int]) -> serving_pb2.DetokenizeResponse:
+        return await self._stub.Detokenize(
+            serving_pb2.DetokenizeRequest(token_ids=list(token_ids)),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,91 @@
+"""Blocking client for loom.v1.Generation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from client.request import build_request, call_metadata
+from loompb import serving_pb2, serving_pb2_grpc
+
+
+class Client:
+    """A connection to a Loom server.
+
+        with Client("127.0.0.1:50051") as client:
+            reply = client.generate("Once upon a time", max_tokens=32, temperature=0)
+            print(reply.text)
+
+    Sampling keyword arguments are those of `client.request.build_request`. Errors surface
+    as `grpc.RpcError` with the server's status code and message.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        api_key: str | None = None,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout  # default per-call deadline in seconds; None waits forever
+        self._metadata = call_metadata(api_key, tenant)
+        self._channel = grpc.insecure_channel(target, options=list(options))
+        self._stub = serving_pb2_grpc.GenerationStub(self._channel)
+
+    def generate(
+        self, prompt: str | Sequence[int], *, timeout: float | None = None, **sampling: Any
+    ) -> serving_pb2.GenerateResponse:
+        """The finished sequence: text, token ids, logprobs when asked, finish reason, usage."""
+        return self._stub.Generate(
+            build_request(prompt, **sampling),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+
+    def generate_stream(
+        self, prompt: str | Sequence[int], *, timeout: float | None = None, **sampling: Any
+    ) -> Iterator[serving_pb2.GenerateResponse]:
+        """Deltas as they are generated; the last one carries finish_reason and usage.
+        Leaving the loop early cancels the request on the server."""
+        call = self._stub.GenerateStream(
+            build_request(prompt, **sampling),
+            timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+        try:
+            yield from call
+        finally:
+            call.cancel()  # no-op when the stream already ended
+
+    def model_info(self) -> serving_pb2.ModelInfo:
+        return self._stub.GetModelInfo(
+            serving_pb2.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+
+    def tokenize(self, text: str, *, add_bos: bool = False) -> serving_pb2.TokenizeResponse:
+        return self._stub.Tokenize(
+            serving_pb2.TokenizeRequest(text=text, add_bos=add_bos),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    def detokenize(self, token_ids: Sequence[int]) -> serving_pb2.DetokenizeResponse:
+        return self._stub.Detokenize(
+            serving_pb2.DetokenizeRequest(token_ids=list(token_ids)),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
