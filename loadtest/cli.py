@@ -1,0 +1,229 @@
+"""`python -m loadtest`: arguments, workload set-up, the run, and what is printed and saved."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import math
+import platform
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from loadtest.arrivals import arrival_offsets
+from loadtest.dataset_files import load_jsonl, load_sharegpt
+from loadtest.datasets import (
+    SampleRequest,
+    Vocabulary,
+    check_fits,
+    random_requests,
+    shared_prefix_requests,
+)
+from loadtest.driver import DriverOptions, run_workload
+from loadtest.metrics import parse_goodput, per_tenant, summarize
+from loadtest.report import format_table, result_document, save_result
+from loompb import serving_pb2, serving_pb2_grpc
+
+DATASETS = ("random", "shared-prefix", "sharegpt", "jsonl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Load-test a running Loom server over gRPC (in the conventions of "
+        "`vllm bench serve`).",
+    )
+    p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    p.add_argument("--num-prompts", type=int, default=1000, help="requests to send")
+    p.add_argument("--seed", type=int, default=0, help="seeds the workload, arrivals, cancels")
+    g = p.add_argument_group("arrivals")
+    g.add_argument(
+        "--request-rate", type=float, default=math.inf, help="requests/s; inf sends all at once"
+    )
+    g.add_argument(
+        "--burstiness", type=float, default=1.0, help="1: Poisson arrivals; other: gamma gaps"
+    )
+    g.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    g = p.add_argument_group("dataset")
+    g.add_argument("--dataset", choices=DATASETS, default="random")
+    g.add_argument("--dataset-path", type=Path, help="file for sharegpt / jsonl")
+    g.add_argument("--input-len", type=int, default=1024, help="random prompt (or suffix) tokens")
+    g.add_argument("--output-len", type=int, default=128, help="random output tokens")
+    g.add_argument(
+        "--range-ratio", type=float, default=0.0, help="lengths uniform in len*(1 -+ ratio)"
+    )
+    g.add_argument("--prefix-len", type=int, default=256, help="shared-prefix: prefix tokens")
+    g.add_argument("--num-prefixes", type=int, default=1, help="shared-prefix: distinct prefixes")
+    g.add_argument("--sharegpt-output-len", type=int, help="fixed max_tokens for sharegpt")
+    g.add_argument("--ignore-eos", action="store_true", help="sharegpt/jsonl: generate past EOS")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g = p.add_argument_group("faults and goals")
+    g.add_argument("--cancel-rate", type=float, default=0.0, help="share of requests to cancel")
+    g.add_argument(
+        "--cancel-max-delay",
+        type=float,
+        default=1.0,
+        help="a cancelled request is cancelled uniform(0, this) seconds after it is sent",
+    )
+    g.add_argument("--timeout", type=float, default=None, help="per-request deadline (s)")
+    g.add_argument(
+        "--goodput", nargs="+", metavar="NAME:MS", help="goals, e.g. ttft:500 tpot:50 e2el:5000"
+    )
+    g = p.add_argument_group("tenancy")
+    g.add_argument(
+        "--api-key", action="append", default=[], help="bearer key; repeat: one key per tenant"
+    )
+    g.add_argument("--tenants", type=int, default=None, help="spread requests over N tenants")
+    g = p.add_argument_group("output")
+    g.add_argument("--save-result", type=Path, help="write the summary and per-request data")
+    g.add_argument("--plot", type=Path, help="PNG of latency distributions and a timeline")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.num_prompts < 1:
+        raise ValueError("--num-prompts must be >= 1")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ValueError("--max-concurrency must be >= 1")
+    if not 0.0 <= args.cancel_rate <= 1.0:
+        raise ValueError("--cancel-rate must be in [0, 1]")
+    if args.cancel_max_delay < 0:
+        raise ValueError("--cancel-max-delay must be >= 0")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError("--timeout must be > 0")
+    if args.dataset in ("sharegpt", "jsonl") and args.dataset_path is None:
+        raise ValueError(f"--dataset {args.dataset} needs --dataset-path")
+    if args.tenants is not None:
+        if args.tenants < 1:
+            raise ValueError("--tenants must be >= 1")
+        if len(args.api_key) > 1 and args.tenants != len(args.api_key):
+            raise ValueError("with several --api-key, --tenants must equal the number of keys")
+        if len(args.api_key) == 1 and args.tenants > 1:
+            raise ValueError("one --api-key is one tenant; give one key per tenant")
+
+
+def build_workload(
+    args: argparse.Namespace,
+    info: serving_pb2.ModelInfo,
+    stub: serving_pb2_grpc.GenerationStub,
+    metadata: list[tuple[str, str]],
+    rng: np.random.Generator,
+) -> list[SampleRequest]:
+    vocab = Vocabulary(info.vocab_size, frozenset({info.bos_token_id, info.eos_token_id}))
+
+    def tokenize(text: str) -> list[int]:
+        reply = stub.Tokenize(serving_pb2.TokenizeRequest(text=text), metadata=metadata or None)
+        return list(reply.token_ids)
+
+    if args.dataset == "random":
+        requests = random_requests(
+            args.num_prompts, args.input_len, args.output_len, args.range_ratio, vocab, rng
+        )
+    elif args.dataset == "shared-prefix":
+        requests = shared_prefix_requests(
+            args.num_prompts,
+            args.prefix_len,
+            args.num_prefixes,
+            args.input_len,
+            args.output_len,
+            args.range_ratio,
+            vocab,
+            rng,
+        )
+    elif args.dataset == "sharegpt":
+        requests = load_sharegpt(
+            args.dataset_path,
+            args.num_prompts,
+            tokenize,
+            info.max_model_len,
+            rng,
+            args.sharegpt_output_len,
+        )
+    else:
+        requests = load_jsonl(args.dataset_path, args.num_prompts, tokenize, info.max_model_len)
+    if args.ignore_eos:
+        for req in requests:
+            req.ignore_eos = True
+    check_fits(requests, info.max_model_len)
+    return requests
+
+
+def run_info(args: argparse.Namespace, info: serving_pb2.ModelInfo) -> dict[str, object]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m loadtest", *sys.argv[1:]]),
+        "client_host": platform.node(),
+        "target": args.target,
+        "model_name": info.model_name,
+        "device": info.device,
+        "dtype": info.dtype,
+        "dataset": args.dataset,
+        "num_prompts": args.num_prompts,
+        # JSON has no infinity; "inf" reads back with float().
+        "request_rate": "inf" if math.isinf(args.request_rate) else args.request_rate,
+        "burstiness": args.burstiness,
+        "max_concurrency": args.max_concurrency,
+        "seed": args.seed,
+        "cancel_rate": args.cancel_rate,
+        "timeout": args.timeout,
+        "num_tenants": len(args.api_key) or args.tenants,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        validate(args)
+        slos = parse_goodput(args.goodput)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    options = DriverOptions(
+        max_concurrency=args.max_concurrency,
+        cancel_rate=args.cancel_rate,
+        cancel_max_delay=args.cancel_max_delay,
+        timeout=args.timeout,
+        api_keys=list(args.api_key),
+        num_tenants=args.tenants,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        show_progress=not args.no_progress,
+    )
+    # One generator, drawn from in a fixed order (workload, arrivals, cancels): a seed fixes
+    # the whole run.
+    rng = np.random.default_rng(args.seed)
+    metadata = [("authorization", f"Bearer {args.api_key[0]}")] if args.api_key else []
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            stub = serving_pb2_grpc.GenerationStub(channel)
+            info = stub.GetModelInfo(serving_pb2.GetModelInfoRequest(), metadata=metadata or None)
+            requests = build_workload(args, info, stub, metadata, rng)
+    except grpc.RpcError as e:
+        print(f"error: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    arrivals = arrival_offsets(len(requests), args.request_rate, args.burstiness, rng)
+    results, duration = asyncio.run(run_workload(args.target, requests, arrivals, options, rng))
+
+    summary = summarize(results, duration, slos)
+    print(format_table(summary, info.model_name))
+    if args.save_result:
+        document = result_document(
+            summary, results, run_info(args, info), per_tenant(results, duration)
+        )
+        save_result(args.save_result, document)
+    if args.plot:
+        from loadtest.plot import save_plot
+
+        save_plot(args.plot, results, f"{info.model_name} @ {args.target}")
+    return 0
