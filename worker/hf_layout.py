@@ -1,0 +1,49 @@
+"""Hugging Face Llama names and rotary layout, translated to Meta's."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_TOP_NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
+# Buffers some exports carry that the model recomputes.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def meta_name(hf_name: str) -> str | None:
+    """Meta's name for an HF weight, or None when the name is not a Llama weight."""
+    if hf_name in _TOP_NAMES:
+        return _TOP_NAMES[hf_name]
+    match = _LAYER_RE.fullmatch(hf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    return None
+
+
+def rotate_half_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo the row permutation HF's converter applies to wq/wk.
+
+    Within each head, Meta pairs rows (2i, 2i+1) as one complex number; HF moves them to
+    (i, i + head_dim/2) so RoPE can rotate halves. Head dim 4: HF rows [0,2,1,3] -> [0,1,2,3].
+    """
+    rows, cols = weight.shape
+    head_dim = rows // n_heads
+    # [n_heads, 2, head_dim/2, cols] -> [n_heads, head_dim/2, 2, cols] -> [rows, cols]
+    return weight.view(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)

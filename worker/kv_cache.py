@@ -1,0 +1,83 @@
+"""The physical KV cache: K and V per layer, [num_blocks, block_size, n_kv_heads, head_dim]."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from worker.model_args import ModelArgs
+
+GIB = 1 << 30
+# Without a budget, CPU takes at most this much, and no more than this many sequences of
+# the full model length need: a tiny model should not claim a gigabyte it cannot use.
+CPU_DEFAULT_BUDGET = GIB
+CPU_DEFAULT_MAX_SEQS = 256
+CPU_MAX_MEMORY_FRACTION = 0.25
+# Without a budget, CUDA takes this share of the memory free once the weights are loaded,
+# leaving the rest for activations and the allocator.
+CUDA_FREE_MEMORY_FRACTION = 0.8
+
+
+@dataclass(slots=True)
+class KVCache:
+    # One zero-initialised tensor [n_layers, 2, num_blocks, block_size, n_kv_heads, head_dim];
+    # zeros, because padded attention reads unwritten slots (masked out, but 0 * NaN is NaN).
+    storage: torch.Tensor
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V) views into storage
+    num_blocks: int
+    block_size: int
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+def bytes_per_block(args: ModelArgs, block_size: int, dtype: torch.dtype) -> int:
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return 2 * args.n_layers * block_size * args.n_kv_heads * args.head_dim * element_size
+
+
+def blocks_for_budget(
+    args: ModelArgs,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    budget_bytes: int | None,
+) -> int:
+    """How many blocks fit in `budget_bytes`, or in the default budget for `device`."""
+    per_block = bytes_per_block(args, block_size, dtype)
+    if budget_bytes is None:
+        if device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            budget_bytes = int(free_bytes * CUDA_FREE_MEMORY_FRACTION)
+        else:
+            blocks_per_seq = -(-args.max_seq_len // block_size)
+            budget_bytes = min(
+                CPU_DEFAULT_BUDGET,
+                CPU_DEFAULT_MAX_SEQS * blocks_per_seq * per_block,
+                int(_physical_memory_bytes() * CPU_MAX_MEMORY_FRACTION),
+            )
+    num_blocks = budget_bytes // per_block
+    if num_blocks < 1:
+        raise ValueError(
+            f"a KV cache budget of {budget_bytes} bytes holds no block of {per_block} bytes"
+        )
+    return num_blocks
+
+
+def allocate_kv_cache(
+    args: ModelArgs, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> KVCache:
+    storage = torch.zeros(
+        (args.n_layers, 2, num_blocks, block_size, args.n_kv_heads, args.head_dim),
+        dtype=dtype,
+        device=device,
+    )
+    layers = [(storage[i, 0], storage[i, 1]) for i in range(args.n_layers)]
+    return KVCache(storage=storage, layers=layers, num_blocks=num_blocks, block_size=block_size)
+
+
+def _physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,212 @@
+"""The embedded worker: keeps per-request state, runs one forward pass per step, samples."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import torch
+
+from worker.config import WorkerConfig
+from worker.kv_cache import allocate_kv_cache, blocks_for_budget
+from worker.loader import load_checkpoint
+from worker.model import Transformer
+from worker.sampler import (
+    MAX_TOP_LOGPROBS,
+    SamplingRows,
+    sample,
+    seeded_uniform,
+    token_logprobs,
+)
+from worker.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
+from worker.step_batch import RequestState, StepBatch, build_step_batch
+from worker.step_output import HostScores, assemble_output
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+class ModelRunner:
+    """Implements the `Worker` protocol of worker/step.py in-process."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        if config.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {config.block_size}")
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        loaded = load_checkpoint(config.model_dir, self.dtype)
+        args = loaded.args
+        if config.max_model_len is not None:
+            args = dataclasses.replace(args, max_seq_len=config.max_model_len)
+        self.model = Transformer.from_weights(args, loaded.weights, self.device)
+        self.block_size = config.block_size
+        num_blocks = config.num_kv_blocks or blocks_for_budget(
+            args, config.block_size, self.dtype, self.device, config.kv_cache_memory
+        )
+        self.kv_cache = allocate_kv_cache(
+            args, num_blocks, config.block_size, self.dtype, self.device
+        )
+        self._info = WorkerInfo(
+            model_name=Path(config.model_dir).resolve().name,
+            vocab_size=args.vocab_size,
+            max_seq_len=args.max_seq_len,
+            bos_id=loaded.bos_id,
+            eos_id=loaded.eos_id,
+            block_size=config.block_size,
+            num_kv_blocks=num_blocks,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=str(self.device),
+        )
+        self.requests: dict[str, RequestState] = {}
+        # Draws for requests without a seed of their own.
+        self._rng = random.Random(config.seed)
+
+    def info(self) -> WorkerInfo:
+        return self._info
+
+    def execute(self, step: StepInput) -> StepOutput:
+        for req_id in step.finished_req_ids:
+            self.requests.pop(req_id, None)
+        for new in step.new:
+            self._add(new)
+        for running in step.running:
+            self._extend(running)
+        scheduled = [
+            (self._scheduled_state(req_id, n), n) for req_id, n in step.num_scheduled_tokens.items()
+        ]
+        if not scheduled:
+            return StepOutput()
+        batch = build_step_batch(scheduled, self.block_size, self.device)
+        with torch.inference_mode():
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
+            logits = self.model.compute_logits(hidden, batch.logits_rows)
+            output = self._sample_and_score(scheduled, batch, logits)
+        for state, n in scheduled:
+            state.num_computed += n
+        return output
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def _add(self, new: NewRequest) -> None:
+        if not 0 <= new.num_computed_tokens <= len(new.prompt_token_ids):
+            raise ValueError(
+                f"request {new.req_id}: num_computed_tokens {new.num_computed_tokens} is outside "
+                f"0..{len(new.prompt_token_ids)}"
+            )
+        if not 0 < new.sampling.top_p <= 1 or new.sampling.top_k < 0:
+            raise ValueError(f"request {new.req_id}: top_p must be in (0, 1], top_k >= 0")
+        if new.sampling.temperature < 0 or new.sampling.top_logprobs > MAX_TOP_LOGPROBS:
+            raise ValueError(
+                f"request {new.req_id}: temperature must be >= 0, top_logprobs <= "
+                f"{MAX_TOP_LOGPROBS}"
+            )
+        self._check_blocks(new.req_id, new.block_ids)
+        self.requests[new.req_id] = RequestState(
+            req_id=new.req_id,
+            token_ids=list(new.prompt_token_ids),
+            block_ids=list(new.block_ids),
+            sampling=new.sampling,
+            num_computed=new.num_computed_tokens,
+        )
+
+    def _extend(self, running: RunningRequest) -> None:
+        state = self.requests.get(running.req_id)
+        if state is None:
+            raise ValueError(f"request {running.req_id} is not on this worker")
+        self._check_blocks(running.req_id, running.new_block_ids)
+        state.token_ids.extend(running.new_token_ids)
+        state.block_ids.extend(running.new_block_ids)
+
+    def _check_blocks(self, req_id: str, block_ids: list[int]) -> None:
+        num_blocks = self.kv_cache.num_blocks
+        if block_ids and not (min(block_ids) >= 0 and max(block_ids) < num_blocks):
+            raise ValueError(f"request {req_id}: block ids must be in 0..{num_blocks - 1}")
+
+    def _scheduled_state(self, req_id: str, num_tokens: int) -> RequestState:
+        state = self.requests.get(req_id)
+        if state is None:
+            raise ValueError(f"request {req_id} is scheduled but not on this worker")
+        num_known = len(state.token_ids)
+        if not 0 < num_tokens <= num_known - state.num_computed:
+            raise ValueError(
+                f"request {req_id}: {num_tokens} tokens scheduled, "
+                f"{num_known - state.num_computed} are left to compute"
+            )
+        context = state.num_computed + num_tokens
+        if context > self._info.max_seq_len:
+            raise ValueError(
+                f"request {req_id}: {context} tokens exceed the model length "
+                f"{self._info.max_seq_len}"
+            )
+        if len(state.block_ids) * self.block_size < context:
+            raise ValueError(
+                f"request {req_id}: {len(state.block_ids)} blocks of {self.block_size} "
+                f"cannot hold {context} tokens"
+            )
+        return state
+
+    # ---- sampling and logprobs ---------------------------------------------------------------
+
+    def _sample_and_score(
+        self, scheduled: list[tuple[RequestState, int]], batch: StepBatch, logits: torch.Tensor
+    ) -> StepOutput:
+        samplers = [
+            (state, plan.sample_row)
+            for (state, _), plan in zip(scheduled, batch.plans, strict=True)
+            if plan.sample_row is not None
+        ]
+        sample_rows = self._long_tensor([row for _, row in samplers])
+        rows = SamplingRows(
+            temperatures=[state.sampling.temperature for state, _ in samplers],
+            top_ks=[state.sampling.top_k for state, _ in samplers],
+            top_ps=[state.sampling.top_p for state, _ in samplers],
+            uniforms=[self._uniform(state) for state, _ in samplers],
+        )
+        tokens = sample(logits.index_select(0, sample_rows), rows)
+
+        # One logprob pass over the sampled rows, then the echo rows (row p scores token p + 1).
+        scored_rows, targets = [sample_rows], [tokens]
+        for (state, _), plan in zip(scheduled, batch.plans, strict=True):
+            if plan.num_echo_scored:
+                first = plan.echo_first_row
+                scored_rows.append(self._long_tensor(range(first, first + plan.num_echo_scored)))
+                start = state.num_computed + 1
+                targets.append(
+                    self._long_tensor(state.token_ids[start : start + plan.num_echo_scored])
+                )
+        k = max(state.sampling.top_logprobs for state, _ in scheduled)
+        scores = None
+        if k > 0 or any(s.sampling.logprobs or s.sampling.echo for s, _ in scheduled):
+            found = token_logprobs(
+                logits.index_select(0, torch.cat(scored_rows)), torch.cat(targets), k
+            )
+            scores = HostScores(
+                logprobs=found.logprobs.tolist(),
+                top_ids=found.top_ids.tolist(),
+                top_logprobs=found.top_logprobs.tolist(),
+            )
+        return assemble_output(scheduled, batch.plans, tokens.tolist(), scores)
+
+    def _long_tensor(self, values: list[int] | range) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _uniform(self, state: RequestState) -> float:
+        # The token being sampled lands at position len(token_ids).
+        if state.sampling.seed is not None:
+            return seeded_uniform(state.sampling.seed, len(state.token_ids))
+        return self._rng.random()

@@ -1,0 +1,58 @@
+"""Turn the sampled tokens and logprobs of one step (on the host) into a StepOutput."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.step import PromptLogprobs, StepOutput
+from worker.step_batch import LogitsPlan, RequestState
+
+
+@dataclass(slots=True)
+class HostScores:
+    """Logprobs of the scored rows: the sampled rows first, then every echo row, in order."""
+
+    logprobs: list[float]
+    top_ids: list[list[int]]  # best first, as many as the largest top_logprobs asked
+    top_logprobs: list[list[float]]
+
+    def top(self, row: int, k: int) -> list[tuple[int, float]]:
+        return list(zip(self.top_ids[row][:k], self.top_logprobs[row][:k], strict=True))
+
+
+def assemble_output(
+    scheduled: list[tuple[RequestState, int]],
+    plans: list[LogitsPlan],
+    sampled_token_ids: list[int],  # one per request with a sample_row, in order
+    scores: HostScores | None,  # None when no request asked for logprobs
+) -> StepOutput:
+    out = StepOutput()
+    sample_index = 0
+    echo_index = len(sampled_token_ids)
+    for (state, _), plan in zip(scheduled, plans, strict=True):
+        opts = state.sampling
+        out.req_ids.append(state.req_id)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        top: list[list[tuple[int, float]]] = []
+        if plan.sample_row is not None:
+            tokens.append(sampled_token_ids[sample_index])
+            if scores is not None and opts.logprobs:
+                logprobs.append(scores.logprobs[sample_index])
+            if scores is not None and opts.top_logprobs:
+                top.append(scores.top(sample_index, opts.top_logprobs))
+            sample_index += 1
+        out.sampled_token_ids.append(tokens)
+        out.logprobs.append(logprobs)
+        out.top_logprobs.append(top)
+        if plan.num_echo_scored and scores is not None:
+            rows = range(echo_index, echo_index + plan.num_echo_scored)
+            echo_index += plan.num_echo_scored
+            out.prompt_logprobs[state.req_id] = PromptLogprobs(
+                start_position=state.num_computed + 1,
+                logprobs=scores.logprobs[rows.start : rows.stop],
+                top_logprobs=[scores.top(row, opts.top_logprobs) for row in rows]
+                if opts.top_logprobs
+                else None,
+            )
+    return out
