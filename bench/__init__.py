@@ -1,0 +1,2 @@
+"""Offline benchmarks against the peers; each is `python -m bench.<name>` and writes its
+figures to BENCHMARKS.md."""
