@@ -1,0 +1,8 @@
+"""Errors the engine raises at admission, beside the ValueError of invalid input."""
+
+from __future__ import annotations
+
+
+class CapacityError(Exception):
+    """The server cannot take this request now or ever (gRPC RESOURCE_EXHAUSTED): the waiting
+    queue is full, or the request could never fit in the KV cache."""
