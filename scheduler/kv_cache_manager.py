@@ -1,0 +1,108 @@
+"""Block tables of requests over the block pool: allocation on demand and prefix-cache hits.
+
+Blocks are allocated only for tokens about to be computed, never ahead of need, so the
+only unused slots are those at the end of each request's last block.
+"""
+
+from __future__ import annotations
+
+from scheduler.block_pool import BlockPool, KVBlock, hash_block, root_hash
+from scheduler.request import Request
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.pool = BlockPool(num_blocks, enable_caching)
+        self.num_queries = 0  # prompt tokens looked up in the prefix cache
+        self.num_hits = 0  # of those, tokens found
+        self._root_hashes: dict[str, bytes] = {}
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def find_cached_prefix(self, req: Request) -> list[KVBlock]:
+        """The longest run of cached blocks matching the request's leading full blocks. The
+        last token is always left to compute: the worker samples from its logits."""
+        if not self.enable_caching or req.params.echo:  # echo needs every prompt position
+            return []
+        bs = self.block_size
+        num_blocks = (len(req.all_token_ids) - 1) // bs
+        self._extend_hashes(req, num_blocks)
+        tokens = req.all_token_ids
+        lookup = self.pool.lookup
+        hits = []
+        for i in range(num_blocks):
+            block = lookup(req.block_hashes[i], tuple(tokens[i * bs : (i + 1) * bs]))
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def allocate_slots(
+        self, req: Request, num_new_tokens: int, cached: list[KVBlock] | None = None
+    ) -> bool:
+        """Make room for `num_new_tokens` more computed tokens. With `cached` (admission), the
+        request starts from those prefix-cache hits. False, changing nothing, if blocks lack."""
+        pool = self.pool
+        if cached is None:
+            num_new_blocks = self.blocks_needed(req.num_computed_tokens + num_new_tokens) - len(
+                req.block_ids
+            )
+            if num_new_blocks <= 0:
+                return True
+            if num_new_blocks > pool.num_free_blocks:
+                return False
+            req.block_ids.extend(pool.allocate(num_new_blocks))
+            return True
+        num_cached_tokens = len(cached) * self.block_size
+        num_new_blocks = self.blocks_needed(num_cached_tokens + num_new_tokens) - len(cached)
+        # Hits nobody holds sit in the free queue: taking them uses free blocks too.
+        num_idle_hits = sum(1 for block in cached if block.ref_cnt == 0)
+        if num_new_blocks + num_idle_hits > pool.num_free_blocks:
+            return False
+        pool.take(cached)
+        req.block_ids = [block.block_id for block in cached] + pool.allocate(num_new_blocks)
+        req.num_computed_tokens = num_cached_tokens
+        req.num_cached_blocks = len(cached)
+        if self.enable_caching and not req.params.echo:
+            self.num_queries += len(req.all_token_ids)
+            self.num_hits += num_cached_tokens
+        return True
+
+    def cache_full_blocks(self, req: Request) -> None:
+        """Register the request's newly computed full blocks in the prefix cache."""
+        bs = self.block_size
+        num_full = req.num_computed_tokens // bs
+        if num_full <= req.num_cached_blocks:
+            return
+        self._extend_hashes(req, num_full)
+        tokens = req.all_token_ids
+        for i in range(req.num_cached_blocks, num_full):
+            block_tokens = tuple(tokens[i * bs : (i + 1) * bs])
+            self.pool.cache(req.block_ids[i], req.block_hashes[i], block_tokens)
+        req.num_cached_blocks = num_full
+
+    def free(self, req: Request) -> None:
+        self.pool.free(req.block_ids[::-1])
+        req.block_ids = []
+        req.num_cached_blocks = 0
+
+    def _extend_hashes(self, req: Request, num_blocks: int) -> None:
+        hashes = req.block_hashes
+        if len(hashes) >= num_blocks:
+            return
+        if hashes:
+            parent = hashes[-1]
+        else:
+            parent = self._root_hashes.get(req.tenant)
+            if parent is None:
+                parent = self._root_hashes[req.tenant] = root_hash(req.tenant)
+        bs = self.block_size
+        tokens = req.all_token_ids
+        for i in range(len(hashes), num_blocks):
+            parent = hash_block(parent, tokens[i * bs : (i + 1) * bs])
+            hashes.append(parent)
