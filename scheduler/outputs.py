@@ -51,3 +51,42 @@ class RequestOutput:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     error: str | None = None
+
+
+class RequestOutputBuilder:
+    """Concatenates one request's deltas into its RequestOutput."""
+
+    def __init__(self, req_id: str, prompt_token_ids: list[int]) -> None:
+        self._output = RequestOutput(
+            req_id=req_id,
+            prompt_token_ids=list(prompt_token_ids),
+            text="",
+            token_ids=[],
+            logprobs=[],
+            top_logprobs=[],
+            finish_reason="",
+            usage=Usage(),
+        )
+        self._texts: list[str] = []
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._output.finish_reason)
+
+    def add(self, delta: RequestDelta) -> None:
+        out = self._output
+        self._texts.append(delta.text)
+        out.token_ids.extend(delta.token_ids)
+        out.logprobs.extend(delta.logprobs)
+        out.top_logprobs.extend(delta.top_logprobs)
+        if delta.prompt_logprobs is not None:
+            out.prompt_logprobs = delta.prompt_logprobs
+            out.prompt_top_logprobs = delta.prompt_top_logprobs
+        if delta.finish_reason is not None:
+            out.finish_reason = delta.finish_reason
+            out.error = delta.error
+            out.usage = delta.usage or Usage()
+
+    def build(self) -> RequestOutput:
+        self._output.text = "".join(self._texts)
+        return self._output

@@ -1,0 +1,336 @@
+"""The engine loop and the offline API.
+
+One `step()` is one iteration of the loop: take new requests and aborts, schedule, run the
+worker, update request state, detokenize and emit per-request deltas. `add_request` and
+`abort` may be called from any thread; they take effect at the next step boundary. `step()`
+itself runs on one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.errors import CapacityError
+from scheduler.output_processor import RequestOutputState, final_delta
+from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
+from scheduler.queue_policy import QUEUE_POLICIES
+from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
+from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.tokenizer import Tokenizer
+from worker.step import Worker, WorkerInfo
+
+logger = logging.getLogger("loom.engine")
+
+
+@dataclass(slots=True, frozen=True)
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block; must match the worker's
+    max_num_seqs: int = 256  # most running requests
+    max_num_batched_tokens: int = 2048  # token budget of one step
+    long_prefill_threshold: int = 512  # largest prefill chunk of one request in one step
+    enable_prefix_caching: bool = True
+    max_queued_requests: int | None = None  # waiting requests beyond this are refused; None: no cap
+    queue_policy: str = "fcfs"  # "fcfs" or "priority" (lower priority value runs first)
+    max_model_len: int | None = None  # None: the model's own maximum
+
+    def __post_init__(self) -> None:
+        if self.max_queued_requests is not None and self.max_queued_requests < 1:
+            raise ValueError(f"max_queued_requests must be >= 1, got {self.max_queued_requests}")
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ValueError(
+                f"queue_policy must be one of {', '.join(QUEUE_POLICIES)}, "
+                f"got {self.queue_policy!r}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass(slots=True, frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int  # queued or preempted, including requests not yet taken by a step
+    num_blocks: int
+    num_free_blocks: int  # held by no request, whether or not the prefix cache still has them
+    num_preemptions: int
+    prefix_cache_queries: int  # tokens looked up
+    prefix_cache_hits: int  # tokens found
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+
+class Engine:
+    def __init__(self, worker: Worker, tokenizer: Tokenizer, config: EngineConfig) -> None:
+        self.worker = worker
+        self.tokenizer = tokenizer
+        self.config = config
+        self.info: WorkerInfo = worker.info()
+        if config.block_size != self.info.block_size:
+            raise ValueError(
+                f"block_size ({config.block_size}) must equal the worker's ({self.info.block_size})"
+            )
+        max_model_len = config.max_model_len or self.info.max_seq_len
+        if max_model_len > self.info.max_seq_len:
+            raise ValueError(
+                f"max_model_len must be <= the model's maximum length ({self.info.max_seq_len}), "
+                f"got {max_model_len}"
+            )
+        self.max_model_len = max_model_len
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                num_blocks=self.info.num_kv_blocks,
+                block_size=self.info.block_size,
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                long_prefill_threshold=config.long_prefill_threshold,
+                enable_prefix_caching=config.enable_prefix_caching,
+                queue_policy=config.queue_policy,
+                max_model_len=max_model_len,
+            )
+        )
+        self._lock = threading.Lock()
+        self._pending: list[Request] = []  # added, not yet taken by a step
+        self._aborts: list[str] = []
+        self._live_req_ids: set[str] = set()  # added and not yet given their final delta
+        self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
+        self._states: dict[str, RequestOutputState] = {}
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str | None = None,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        kv_cache_memory: int | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 2048,
+        long_prefill_threshold: int = 512,
+        enable_prefix_caching: bool = True,
+        max_queued_requests: int | None = None,
+        queue_policy: str = "fcfs",
+        max_model_len: int | None = None,
+    ) -> Engine:
+        """An engine with the worker in this process (torch is imported only here)."""
+        from worker import create_worker
+        from worker.config import WorkerConfig
+
+        config = EngineConfig(
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            long_prefill_threshold=long_prefill_threshold,
+            enable_prefix_caching=enable_prefix_caching,
+            max_queued_requests=max_queued_requests,
+            queue_policy=queue_policy,
+            max_model_len=max_model_len,
+        )
+        tokenizer = Tokenizer.from_model_dir(model_dir)
+        worker = create_worker(
+            WorkerConfig(
+                model_dir=str(model_dir),
+                device=device,
+                dtype=dtype,
+                block_size=block_size,
+                num_kv_blocks=num_kv_blocks,
+                kv_cache_memory=kv_cache_memory,
+                max_model_len=max_model_len,
+            )
+        )
+        return cls(worker, tokenizer, config)
+
+    # -- any thread -----------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        req_id: str | None = None,
+        tenant: str = "default",
+        priority: int = 0,
+    ) -> str:
+        """Queue a request; it joins the scheduler at the next step. Raises ValueError for
+        invalid input and CapacityError when it cannot be taken. Returns its req_id."""
+        req = self._make_request(prompt, params, req_id, tenant, priority)
+        self._enqueue(req)
+        return req.req_id
+
+    def _make_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None,
+        req_id: str | None,
+        tenant: str,
+        priority: int,
+    ) -> Request:
+        """Tokenize and validate, before anything is queued."""
+        params = SamplingParams() if params is None else params
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must hold at least 1 token, got an empty prompt")
+            prompt_token_ids = self.tokenizer.encode(prompt, add_bos=True)
+        else:
+            prompt_token_ids = list(prompt)
+        validate_prompt(prompt_token_ids, params, self.info.vocab_size, self.max_model_len)
+        self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
+        if not isinstance(tenant, str):
+            raise ValueError(f"tenant must be a string, got {tenant!r}")
+        return Request(
+            req_id=req_id or uuid.uuid4().hex,
+            prompt_token_ids=prompt_token_ids,
+            params=params,
+            eos_id=self.info.eos_id,
+            tenant=tenant,
+            priority=priority,
+            arrival_time=time.monotonic(),
+        )
+
+    def _enqueue(self, req: Request) -> None:
+        with self._lock:
+            if req.req_id in self._live_req_ids:
+                raise ValueError(f"req_id {req.req_id!r} is already in use by a live request")
+            cap = self.config.max_queued_requests
+            if cap is not None and self._num_waiting + len(self._pending) >= cap:
+                raise CapacityError(f"the waiting queue is full ({cap} requests)")
+            self._live_req_ids.add(req.req_id)
+            self._pending.append(req)
+
+    def abort(self, req_id: str) -> None:
+        """Abort a request at the next step (its blocks are freed there). Unknown ids and
+        finished requests are ignored."""
+        with self._lock:
+            if req_id in self._live_req_ids:
+                self._aborts.append(req_id)
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._live_req_ids) or self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        sched = self.scheduler
+        pool = sched.kv.pool
+        with self._lock:
+            num_pending = len(self._pending)
+        return EngineStats(
+            num_running=sched.num_running,
+            num_waiting=self._num_waiting + num_pending,
+            num_blocks=pool.num_blocks,
+            num_free_blocks=pool.num_free_blocks,
+            num_preemptions=sched.num_preemptions,
+            prefix_cache_queries=sched.kv.num_queries,
+            prefix_cache_hits=sched.kv.num_hits,
+        )
+
+    # -- the loop thread ------------------------------------------------------------------
+
+    def step(self) -> list[RequestDelta]:
+        """One iteration of the loop; returns what each request gained."""
+        sched = self.scheduler
+        with self._lock:
+            pending, self._pending = self._pending, []
+            aborts, self._aborts = self._aborts, []
+        for req in pending:
+            sched.add_request(req)
+            self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
+        deltas: list[RequestDelta] = []
+        for req_id in aborts:
+            req = sched.abort_request(req_id)
+            if req is not None:
+                deltas.append(final_delta(req))
+
+        sched_out = sched.schedule()
+        step_input = sched_out.step_input
+        if step_input.num_scheduled_tokens or step_input.finished_req_ids:
+            try:
+                step_out = self.worker.execute(step_input)
+            except Exception as exc:
+                logger.exception(
+                    "worker step failed; failing its %d requests", len(sched_out.scheduled)
+                )
+                failed = sched.fail_step(sched_out, f"worker step failed: {exc!r}")
+                deltas.extend(final_delta(req) for req in failed)
+            else:
+                deltas.extend(self._process(sched.update(sched_out, step_out)))
+
+        with self._lock:
+            for delta in deltas:
+                if delta.finish_reason is not None:
+                    self._live_req_ids.discard(delta.req_id)
+                    self._states.pop(delta.req_id, None)
+            self._num_waiting = sched.num_waiting
+        return deltas
+
+    def _process(self, changed: list[Request]) -> list[RequestDelta]:
+        """Detokenize and check stop strings; a failure here fails only that request."""
+        deltas = []
+        stopped = []
+        for req in changed:
+            try:
+                delta, stop_matched = self._states[req.req_id].next_delta()
+            except Exception as exc:
+                logger.exception("request %s failed while post-processing", req.req_id)
+                self.scheduler.finish_requests(
+                    [req], RequestStatus.FINISHED_ERROR, f"post-processing failed: {exc!r}"
+                )
+                delta = final_delta(req)
+            else:
+                if stop_matched:
+                    stopped.append(req)
+            deltas.append(delta)
+        if stopped:
+            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+            for req in stopped:
+                req.status = RequestStatus.FINISHED_STOPPED  # a stop string beats a length stop
+        return deltas
+
+    def iter_deltas(self) -> Iterator[RequestDelta]:
+        """Step until nothing is left, yielding every delta as it is made."""
+        while self.has_unfinished():
+            yield from self.step()
+
+    def generate(
+        self,
+        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run prompts to completion; outputs come in the order of `prompts`. Drives the loop
+        itself, so nothing else may call `step()` meanwhile."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # one prompt, text or token ids
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(
+                f"params must hold one entry per prompt ({len(prompts)}), got {len(params)}"
+            )
+        reqs = [
+            self._make_request(prompt, p, None, "default", 0)
+            for prompt, p in zip(prompts, params, strict=True)
+        ]
+        builders: dict[str, RequestOutputBuilder] = {}
+        try:
+            for req in reqs:
+                self._enqueue(req)
+                builders[req.req_id] = RequestOutputBuilder(req.req_id, req.prompt_token_ids)
+        except Exception:
+            for req_id in builders:
+                self.abort(req_id)
+            raise
+        num_left = len(builders)
+        while num_left:
+            for delta in self.step():
+                builder = builders.get(delta.req_id)
+                if builder is not None:
+                    builder.add(delta)
+                    num_left -= delta.finish_reason is not None
+        return [builder.build() for builder in builders.values()]
