@@ -20,11 +20,37 @@ from worker.model_args import ModelArgs
 AttentionFn = Callable[..., torch.Tensor]
 
 
+def _weight(*shape: int) -> nn.Parameter:
+    # Uninitialised on the meta device: the loader assigns every weight, and skipping the
+    # random init of nn.Linear / nn.Embedding saves seconds per model.
+    return nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """nn.Linear without bias or init; `weight` is [out_features, in_features]."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = _weight(out_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class Embedding(nn.Module):
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        super().__init__()
+        self.weight = _weight(vocab_size, dim)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = _weight(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 as Meta does, whatever the weights' dtype.
@@ -61,10 +87,10 @@ class Attention(nn.Module):
         self.n_heads = args.n_heads
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.wq = Linear(args.dim, args.n_heads * args.head_dim)
+        self.wk = Linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.wv = Linear(args.dim, args.n_kv_heads * args.head_dim)
+        self.wo = Linear(args.n_heads * args.head_dim, args.dim)
 
     def forward(
         self,
@@ -88,9 +114,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim)
+        self.w2 = Linear(hidden_dim, dim)
+        self.w3 = Linear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -125,10 +151,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.attention_fn = attention_fn
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.tok_embeddings = Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size)
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -141,12 +167,9 @@ class Transformer(nn.Module):
         device: torch.device,
         attention_fn: AttentionFn = paged_attention,
     ) -> Transformer:
-        """Build straight from loaded tensors, without first allocating random weights."""
-        with torch.device("meta"):
-            model = cls(args, attention_fn)
+        """Build straight from loaded tensors (the constructor allocates no weights)."""
+        model = cls(args, attention_fn)
         model.load_state_dict(weights, strict=True, assign=True)
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
-        model.rope_cos, model.rope_sin = cos, sin
         return model.to(device).eval().requires_grad_(False)
 
     def forward(

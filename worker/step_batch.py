@@ -95,7 +95,7 @@ def build_step_batch(
         num_decodes=num_decodes,
         decode_block_tables=block_table[:num_decodes, :decode_blocks],
         # [D, keys] -> [D, 1, 1, keys]: broadcast over KV heads and the query heads they serve
-        decode_mask=decode_mask.view(num_decodes, 1, 1, -1),
+        decode_mask=decode_mask.view(num_decodes, 1, 1, decode_blocks * block_size),
         prefills=prefills,
     )
 

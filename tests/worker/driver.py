@@ -1,0 +1,194 @@
+"""Models on disk and a minimal stand-in for the scheduler, to drive a real worker in tests.
+
+The driver holds the bookkeeping the real scheduler holds (tokens, computed counts, block
+tables) and speaks the step contract: a request's prompt and blocks cross once, afterwards
+only the fed-back token and new blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.make_random_model import random_weights, write_meta_model
+from worker import WorkerConfig, create_worker
+from worker.step import (
+    NewRequest,
+    PromptLogprobs,
+    RunningRequest,
+    SamplingOptions,
+    StepInput,
+    StepOutput,
+    Worker,
+)
+
+GREEDY = SamplingOptions(temperature=0.0)
+
+
+@dataclass(slots=True)
+class ModelFiles:
+    model_dir: Path
+    params: dict
+    weights: dict[str, torch.Tensor]  # float32, Meta names
+
+
+def read_meta_model(model_dir: Path) -> ModelFiles:
+    params = json.loads((model_dir / "params.json").read_text())
+    weights = torch.load(model_dir / "consolidated.00.pth", map_location="cpu", weights_only=True)
+    return ModelFiles(model_dir, params, weights)
+
+
+def make_random_model(
+    out_dir: Path, *, n_heads: int, n_kv_heads: int, dim: int = 64, seed: int = 0
+) -> ModelFiles:
+    """A tiny random-weight Llama (2 layers, vocab 256) in Meta's layout."""
+    params = {
+        "dim": dim,
+        "n_layers": 2,
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "vocab_size": 256,
+        "multiple_of": 16,
+        "ffn_dim_multiplier": None,
+        "norm_eps": 1e-5,
+        "max_seq_len": 512,
+        "rope_theta": 10000.0,
+    }
+    weights = random_weights(params, seed)
+    write_meta_model(out_dir, params, weights)
+    return ModelFiles(out_dir, params, weights)
+
+
+def start_worker(model_dir: Path, **config: object) -> Worker:
+    config.setdefault("num_kv_blocks", 256)
+    return create_worker(WorkerConfig(model_dir=str(model_dir), **config))  # type: ignore[arg-type]
+
+
+@dataclass
+class Seq:
+    req_id: str
+    token_ids: list[int]
+    options: SamplingOptions
+    max_new_tokens: int
+    num_computed: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    on_worker: bool = False
+    unsent_tokens: list[int] = field(default_factory=list)
+    unsent_blocks: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: dict[int, float] = field(default_factory=dict)  # position -> logprob
+    prompt_top_logprobs: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return len(self.output_ids) >= self.max_new_tokens
+
+
+class Driver:
+    """Feeds a worker steps; blocks come from a shuffled free list, so tables are scattered."""
+
+    def __init__(self, worker: Worker, rng: random.Random | None = None) -> None:
+        self.worker = worker
+        info = worker.info()
+        self.block_size = info.block_size
+        self.free_blocks = list(range(info.num_kv_blocks))
+        self.rng = rng or random.Random(0)
+        self.rng.shuffle(self.free_blocks)
+        self.seqs: dict[str, Seq] = {}
+        self.finished_req_ids: list[str] = []  # sent with the next step
+
+    def add(
+        self, req_id: str, prompt: list[int], options: SamplingOptions, max_new_tokens: int
+    ) -> Seq:
+        seq = Seq(req_id, list(prompt), options, max_new_tokens)
+        self.seqs[req_id] = seq
+        return seq
+
+    def step(self, chunk_of: Callable[[Seq], int] = lambda seq: 1 << 30) -> StepOutput:
+        """Schedule every unfinished request; a prefill gets `chunk_of(seq)` tokens at most."""
+        step = StepInput(finished_req_ids=self.finished_req_ids)
+        self.finished_req_ids = []
+        for seq in self.seqs.values():
+            if seq.done:
+                continue
+            num_tokens = min(chunk_of(seq), len(seq.token_ids) - seq.num_computed)
+            needed = -(-(seq.num_computed + num_tokens) // self.block_size) - len(seq.block_ids)
+            new_blocks = [self.free_blocks.pop() for _ in range(max(needed, 0))]
+            seq.block_ids += new_blocks
+            if seq.on_worker:
+                step.running.append(
+                    RunningRequest(seq.req_id, seq.unsent_tokens, seq.unsent_blocks + new_blocks)
+                )
+            else:
+                step.new.append(
+                    NewRequest(
+                        seq.req_id,
+                        list(seq.token_ids),
+                        list(seq.block_ids),
+                        seq.options,
+                        seq.num_computed,
+                    )  # fmt: skip
+                )
+                seq.on_worker = True
+            seq.unsent_tokens, seq.unsent_blocks = [], []
+            step.num_scheduled_tokens[seq.req_id] = num_tokens
+        out = self.worker.execute(step)
+        self._record(step, out)
+        return out
+
+    def _record(self, step: StepInput, out: StepOutput) -> None:
+        assert out.req_ids == list(step.num_scheduled_tokens)
+        for i, req_id in enumerate(out.req_ids):
+            seq = self.seqs[req_id]
+            seq.num_computed += step.num_scheduled_tokens[req_id]
+            if req_id in out.prompt_logprobs:
+                self._record_prompt(seq, out.prompt_logprobs[req_id])
+            if not out.sampled_token_ids[i]:
+                assert seq.num_computed < len(seq.token_ids)
+                continue
+            [token] = out.sampled_token_ids[i]
+            seq.token_ids.append(token)
+            seq.unsent_tokens.append(token)
+            seq.output_ids.append(token)
+            seq.logprobs += out.logprobs[i]
+            seq.top_logprobs += out.top_logprobs[i]
+            if seq.done:
+                self.free_blocks += seq.block_ids
+                self.finished_req_ids.append(req_id)
+
+    @staticmethod
+    def _record_prompt(seq: Seq, prompt: PromptLogprobs) -> None:
+        for offset, logprob in enumerate(prompt.logprobs):
+            seq.prompt_logprobs[prompt.start_position + offset] = logprob
+            if prompt.top_logprobs is not None:
+                seq.prompt_top_logprobs[prompt.start_position + offset] = prompt.top_logprobs[
+                    offset
+                ]
+
+    def run(self, chunk_of: Callable[[Seq], int] = lambda seq: 1 << 30) -> None:
+        while not all(seq.done for seq in self.seqs.values()):
+            self.step(chunk_of)
+
+    def preempt(self, req_id: str) -> None:
+        """Drop a request's cache as the scheduler does (recompute, not swap)."""
+        seq = self.seqs[req_id]
+        self.worker.execute(StepInput(finished_req_ids=[req_id]))
+        self.free_blocks += seq.block_ids
+        seq.block_ids, seq.num_computed, seq.on_worker = [], 0, False
+        seq.unsent_tokens, seq.unsent_blocks = [], []
+
+
+def generate_alone(
+    worker: Worker, prompt: list[int], options: SamplingOptions, max_new_tokens: int
+) -> Seq:
+    driver = Driver(worker)
+    seq = driver.add("alone", prompt, options, max_new_tokens)
+    driver.run()
+    return seq
