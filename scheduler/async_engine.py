@@ -1,0 +1,274 @@
+"""The engine loop in its own thread, and the bridge from it to asyncio callers.
+
+One thread calls `engine.step()` while any request is unfinished and sleeps on a condition
+when there is none (no polling). After each step it hands every request's delta to the event
+loop that submitted it, with one `call_soon_threadsafe` per loop, so the gRPC frontend
+awaits deltas without ever blocking on the engine.
+
+An exception escaping `engine.step()` fails the requests in flight (finish reason "error")
+and aborts them in the engine, then the loop goes on; after `max_step_failures` failures in
+a row the loop gives up and `alive` turns False, which health checks report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.metrics import ServingMetrics
+from scheduler.outputs import RequestDelta
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("loom.requests")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop has stopped; no request can be served (gRPC UNAVAILABLE)."""
+
+
+class DuplicateRequestError(ValueError):
+    """A live request already has this id (gRPC ALREADY_EXISTS)."""
+
+
+@dataclass(slots=True, eq=False)
+class RequestStream:
+    """One request's deltas, delivered on the event loop that submitted it."""
+
+    req_id: str
+    tenant: str
+    loop: asyncio.AbstractEventLoop
+    arrival_time: float  # time.monotonic() at submission
+    queue: asyncio.Queue[RequestDelta] = field(default_factory=asyncio.Queue)
+    # Written by the engine thread only.
+    last_token_time: float | None = None
+    finished: bool = False  # set on the event loop when the final delta is taken
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestDelta:
+        if self.finished:
+            raise StopAsyncIteration
+        delta = await self.queue.get()
+        self.finished = delta.finished
+        return delta
+
+
+class AsyncEngine:
+    """Owns the engine loop thread. `add_request` and `abort` may be called from any thread;
+    deltas arrive on the caller's event loop."""
+
+    def __init__(
+        self,
+        engine: Any,
+        metrics: ServingMetrics | None = None,
+        max_step_failures: int = 3,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_step_failures = max_step_failures
+        self._cond = threading.Condition()  # guards _streams and _stopping; wakes the loop
+        self._streams: dict[str, RequestStream] = {}
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop after the current step; requests still live end with "abort"."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self._finish_all("abort", None)
+
+    def wait_stopped(self, timeout: float | None = None) -> None:
+        """Block until the loop thread has ended (shutdown, or it gave up)."""
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True while the loop thread runs and has not given up."""
+        return self._thread.is_alive() and self._fatal is None and not self._stopping
+
+    @property
+    def num_in_flight(self) -> int:
+        with self._cond:
+            return len(self._streams)
+
+    # ---- requests --------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: Any,
+        *,
+        req_id: str,
+        tenant: str = "default",
+        priority: int = 0,
+    ) -> RequestStream:
+        """Queue a request; call from the event loop that will read its stream. Raises what
+        `engine.add_request` raises (ValueError, CapacityError), DuplicateRequestError, or
+        EngineDeadError."""
+        stream = RequestStream(
+            req_id=req_id,
+            tenant=tenant,
+            loop=asyncio.get_running_loop(),
+            arrival_time=time.monotonic(),
+        )
+        with self._cond:
+            if not self.alive:
+                raise EngineDeadError("the engine loop is not running")
+            if req_id in self._streams:
+                raise DuplicateRequestError(f"request_id {req_id!r} is already in use")
+            # Registered before the engine sees it, so its first delta finds a reader.
+            self._streams[req_id] = stream
+        try:
+            # Validates and tokenizes here, on the caller's thread; the engine's lock is held
+            # only to enqueue, never across a step.
+            self.engine.add_request(prompt, params, req_id=req_id, tenant=tenant, priority=priority)
+        except BaseException:
+            with self._cond:
+                self._streams.pop(req_id, None)
+            raise
+        with self._cond:
+            self._cond.notify()
+        return stream
+
+    def abort(self, req_id: str) -> None:
+        """Abort a request (client gone, deadline passed); its final delta says "abort" and
+        its blocks are freed at the next step."""
+        with self._cond:
+            if req_id not in self._streams:
+                return
+        self.engine.abort(req_id)
+        with self._cond:
+            self._cond.notify()
+
+    def abort_all(self) -> None:
+        with self._cond:
+            req_ids = list(self._streams)
+        for req_id in req_ids:
+            self.abort(req_id)
+
+    # ---- the loop thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self.engine.has_unfinished():
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                step_start = time.monotonic()
+                try:
+                    deltas = self.engine.step()
+                except Exception as exc:
+                    failures += 1
+                    log.exception("engine step failed (%d in a row)", failures)
+                    self._fail_in_flight(f"engine step failed: {exc!r}")
+                    if failures >= self.max_step_failures:
+                        raise
+                    continue
+                failures = 0
+                self._dispatch(deltas, step_start)
+                if self.metrics is not None:
+                    self.metrics.update_engine_stats(self.engine.stats())
+        except BaseException as exc:
+            self._fatal = exc
+            log.critical("engine loop stopped: %r; the server is NOT_SERVING", exc)
+            self._finish_all("error", f"engine loop stopped: {exc!r}")
+
+    def _fail_in_flight(self, error: str) -> None:
+        """After a failed step nothing says which request broke it: fail them all, and abort
+        them so the engine frees their blocks."""
+        for req_id in self._finish_all("error", error):
+            try:
+                self.engine.abort(req_id)
+            except Exception:
+                log.exception("abort of %s after a failed step", req_id)
+
+    def _finish_all(self, finish_reason: str, error: str | None) -> list[str]:
+        with self._cond:
+            req_ids = list(self._streams)
+        now = time.monotonic()
+        self._dispatch(
+            [RequestDelta(r, finish_reason=finish_reason, error=error) for r in req_ids], now
+        )
+        return req_ids
+
+    def _dispatch(self, deltas: list[RequestDelta], step_start: float) -> None:
+        now = time.monotonic()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestDelta]]]
+        by_loop = defaultdict(list)
+        with self._cond:
+            for delta in deltas:
+                stream = self._streams.get(delta.req_id)
+                if stream is None:
+                    continue  # failed or shut down already; a late "abort" delta lands here
+                if delta.finished:
+                    del self._streams[delta.req_id]
+                by_loop[stream.loop].append((stream, delta))
+        for loop, items in by_loop.items():
+            for stream, delta in items:
+                self._record(stream, delta, step_start, now)
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is left to read
+                for stream, delta in items:
+                    if not delta.finished:
+                        self.engine.abort(stream.req_id)
+
+    def _record(
+        self, stream: RequestStream, delta: RequestDelta, step_start: float, now: float
+    ) -> None:
+        metrics = self.metrics
+        if delta.token_ids:
+            if stream.last_token_time is None:
+                if metrics is not None:
+                    queue_time = max(0.0, step_start - stream.arrival_time)
+                    metrics.observe_first_token(
+                        stream.tenant, now - stream.arrival_time, queue_time
+                    )
+                gap = None
+            else:
+                gap = now - stream.last_token_time
+            stream.last_token_time = now
+            if metrics is not None:
+                metrics.observe_tokens(stream.tenant, len(delta.token_ids), gap)
+        if not delta.finished:
+            return
+        e2e = now - stream.arrival_time
+        usage = delta.usage
+        num_prompt = usage.prompt_tokens if usage is not None else 0
+        if metrics is not None:
+            metrics.observe_finished(stream.tenant, delta.finish_reason, num_prompt, e2e)
+        request_log.info(
+            "request %s tenant=%s finish=%s prompt_tokens=%d completion_tokens=%d "
+            "cached_prompt_tokens=%d e2e=%.1fms%s",
+            stream.req_id,
+            stream.tenant,
+            delta.finish_reason,
+            num_prompt,
+            usage.completion_tokens if usage is not None else 0,
+            usage.cached_prompt_tokens if usage is not None else 0,
+            e2e * 1000,
+            f" error={delta.error}" if delta.error else "",
+        )
+
+
+def _deliver(items: list[tuple[RequestStream, RequestDelta]]) -> None:
+    for stream, delta in items:
+        stream.queue.put_nowait(delta)

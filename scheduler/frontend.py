@@ -1,0 +1,248 @@
+"""The gRPC server in front of an engine: Generation, health, reflection, metrics, drain.
+
+Two ways to run it:
+
+    # In a program that owns its event loop (what `python -m scheduler serve` does):
+    frontend = Frontend(engine, FrontendOptions(host="127.0.0.1", port=50051))
+    await frontend.start()
+    ...
+    await frontend.drain()          # health NOT_SERVING, new calls UNAVAILABLE, then stop
+
+    # Embedded, from synchronous code or tests (the server gets its own thread and loop):
+    with serve_in_thread(engine, port=0) as handle:
+        Client(handle.target).generate("Once upon a time")
+
+The engine loop always runs in its own thread (scheduler.async_engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, fields
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from loompb import serving_pb2, serving_pb2_grpc
+from scheduler.async_engine import AsyncEngine
+from scheduler.auth import Authenticator
+from scheduler.metrics import ServingMetrics
+from scheduler.servicer import AdmissionGate, GenerationServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(slots=True)
+class FrontendOptions:
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept other hosts (the compose file does)
+    port: int = 50051  # 0 picks a free port
+    api_keys: dict[str, str] | None = None  # {key: tenant}; None: no auth, x-loom-tenant
+    metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port; None: off
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on drain
+    max_request_bytes: int = 1 << 20  # gRPC receive limit; a larger request is refused
+    max_step_failures: int = 3  # failed engine steps in a row before the loop gives up
+
+
+class LiveHealthServicer(health.aio.HealthServicer):
+    """Answers NOT_SERVING as soon as the engine loop is gone, even between updates."""
+
+    def __init__(self, async_engine: AsyncEngine) -> None:
+        super().__init__()
+        self._async_engine = async_engine
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        if not self._async_engine.alive:
+            await self.enter_graceful_shutdown()
+        return await super().Check(request, context)
+
+
+class Frontend:
+    """One gRPC server and one engine loop; start, serve, then drain once."""
+
+    def __init__(self, engine: Any, options: FrontendOptions | None = None) -> None:
+        self.engine = engine
+        self.options = options or FrontendOptions()
+        self.metrics = ServingMetrics(engine.info.model_name)
+        self.async_engine = AsyncEngine(engine, self.metrics, self.options.max_step_failures)
+        self.gate = AdmissionGate()
+        self.health = LiveHealthServicer(self.async_engine)
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: Any = None
+        self._drained: asyncio.Future[None] | None = None
+        self._cut_short = asyncio.Event()
+
+    async def start(self) -> None:
+        opts = self.options
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", opts.max_request_bytes),
+                # Without this, a second server could bind an explicit port already in use.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        servicer = GenerationServicer(
+            self.async_engine, Authenticator(opts.api_keys), self.gate, opts.max_request_bytes
+        )
+        serving_pb2_grpc.add_GenerationServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"[{opts.host}]:{opts.port}" if ":" in opts.host else f"{opts.host}:{opts.port}"
+        self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, NOT_SERVING)
+        self._server = server
+        await server.start()
+        if opts.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(opts.host, opts.metrics_port)
+        self.async_engine.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, SERVING)
+        asyncio.get_running_loop().create_task(self._watch_engine_loop())
+
+    async def _watch_engine_loop(self) -> None:
+        """Flip health (for Watch callers too) when the engine loop stops for good."""
+        await asyncio.get_running_loop().run_in_executor(None, self.async_engine.wait_stopped)
+        await self.health.enter_graceful_shutdown()
+
+    @property
+    def target(self) -> str:
+        host = "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+        return f"{host}:{self.port}"
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Health NOT_SERVING and new calls UNAVAILABLE at once; in-flight requests get
+        `timeout` seconds (default: options.shutdown_timeout) to finish, then are aborted;
+        then the server and the engine loop stop. Safe to call more than once."""
+        if self._drained is None:
+            self._drained = asyncio.ensure_future(self._drain(timeout))
+        await asyncio.shield(self._drained)
+
+    def cut_drain_short(self) -> None:
+        """Abort the requests a drain is waiting for now, not at the timeout."""
+        self._cut_short.set()
+
+    async def _wait_in_flight(self, timeout: float) -> bool:
+        """True when every request finished; False at the timeout or when cut short."""
+        idle = asyncio.ensure_future(self.gate.wait_idle(None))
+        cut = asyncio.ensure_future(self._cut_short.wait())
+        done, pending = await asyncio.wait(
+            {idle, cut}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        return idle in done
+
+    async def _drain(self, timeout: float | None) -> None:
+        timeout = self.options.shutdown_timeout if timeout is None else timeout
+        self.gate.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining: %d requests in flight, up to %.1f s", self.gate.num_in_flight, timeout)
+        if not await self._wait_in_flight(timeout):
+            log.warning("aborting %d requests still in flight", self.gate.num_in_flight)
+            self.gate.aborted_by_shutdown = True
+            self.async_engine.abort_all()
+            await self.gate.wait_idle(10.0)
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        await asyncio.get_running_loop().run_in_executor(None, self.async_engine.shutdown)
+        self.metrics.close()
+        log.info("stopped")
+
+
+class ServerHandle:
+    """A Frontend running on its own thread and event loop. Stable API for tests and
+    embedding: `.port`, `.target`, `.metrics_port`, `.engine`, `.stop(grace)`, and use as
+    a context manager (stop on exit)."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+        self.engine = frontend.engine
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="grpc-frontend", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.frontend.port is not None
+        return self.frontend.port
+
+    @property
+    def target(self) -> str:
+        return self.frontend.target
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.frontend.metrics_port
+
+    def _start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            raise self._start_error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop_requested = asyncio.Event()
+        try:
+            await self.frontend.start()
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        await self._stop_requested.wait()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain as on SIGTERM: in-flight requests get `grace` seconds (default: the
+        shutdown_timeout option), then are aborted. Blocks until the server has stopped."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.frontend.drain(grace), self._loop)
+        future.result()
+        assert self._stop_requested is not None
+        self._loop.call_soon_threadsafe(self._stop_requested.set)
+        self._thread.join()
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve_in_thread(
+    engine: Any, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> ServerHandle:
+    """Start a server for `engine` on a background thread and return once it is SERVING.
+
+    `options` are the other FrontendOptions fields: api_keys, metrics_port,
+    shutdown_timeout, max_request_bytes, max_step_failures. The engine's own limits
+    (max_queued_requests, ...) are set where the engine is built.
+    """
+    known = {f.name for f in fields(FrontendOptions)} - {"host", "port"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
+    handle = ServerHandle(Frontend(engine, FrontendOptions(host=host, port=port, **options)))
+    handle._start()
+    return handle

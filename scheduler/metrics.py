@@ -1,0 +1,148 @@
+"""Prometheus metrics of a serving engine, named as users of vLLM already scrape them.
+
+Engine-wide gauges carry a `model` label; per-request series carry `model` and `tenant`.
+Each server has its own registry, so several servers can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Bucket bounds in seconds: a tiny CPU model answers in milliseconds, a large GPU model's
+# queue can hold a request for minutes.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+    0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0,
+)  # fmt: skip
+TOKEN_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ServingMetrics:
+    """The series of DESIGN §8. The engine loop thread feeds them; prometheus_client's metric
+    objects are thread-safe, and `update_engine_stats` is only called from that thread."""
+
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+        self.model_name = model_name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        per_model = ["model"]
+        per_tenant = ["model", "tenant"]
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, per_model, registry=self.registry)
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, per_tenant, buckets=buckets, registry=self.registry)
+
+        self.num_requests_running = gauge("loom:num_requests_running", "Requests running")
+        self.num_requests_waiting = gauge("loom:num_requests_waiting", "Requests waiting")
+        self.kv_cache_usage_perc = gauge(
+            "loom:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)"
+        )
+        self.prefix_cache_queries = counter(
+            "loom:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", per_model
+        )
+        self.prefix_cache_hits = counter(
+            "loom:prefix_cache_hits", "Prompt tokens found in the prefix cache", per_model
+        )
+        self.num_preemptions = counter("loom:num_preemptions", "Preempted requests", per_model)
+        self.prompt_tokens = counter("loom:prompt_tokens", "Prompt tokens processed", per_tenant)
+        self.generation_tokens = counter("loom:generation_tokens", "Tokens generated", per_tenant)
+        self.request_finished = counter(
+            "loom:request_finished",
+            "Finished requests by finish reason",
+            ["model", "tenant", "finish_reason"],
+        )
+        self.time_to_first_token = histogram(
+            "loom:time_to_first_token_seconds",
+            "From arrival to the first generated token",
+            LATENCY_BUCKETS,
+        )
+        self.inter_token_latency = histogram(
+            "loom:inter_token_latency_seconds",
+            "Between consecutive generated tokens of a request",
+            TOKEN_LATENCY_BUCKETS,
+        )
+        self.e2e_request_latency = histogram(
+            "loom:e2e_request_latency_seconds", "From arrival to finish", LATENCY_BUCKETS
+        )
+        self.request_queue_time = histogram(
+            "loom:request_queue_time_seconds",
+            "From arrival to the start of the engine step that produced its first output",
+            LATENCY_BUCKETS,
+        )
+        for engine_wide in (
+            self.num_requests_running,
+            self.num_requests_waiting,
+            self.kv_cache_usage_perc,
+            self.prefix_cache_queries,
+            self.prefix_cache_hits,
+            self.num_preemptions,
+        ):
+            engine_wide.labels(model_name)  # show 0 before the first step, not nothing
+        # Engine counters are cumulative; remember the last reading to add only the increase.
+        self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
+        self._http_server: Any = None
+
+    def update_engine_stats(self, stats: Any) -> None:
+        """Called after every engine step with `engine.stats()`."""
+        model = self.model_name
+        self.num_requests_running.labels(model).set(stats.num_running)
+        self.num_requests_waiting.labels(model).set(stats.num_waiting)
+        used = stats.num_blocks - stats.num_free_blocks
+        self.kv_cache_usage_perc.labels(model).set(
+            used / stats.num_blocks if stats.num_blocks else 0
+        )
+        for key, value, metric in (
+            ("queries", stats.prefix_cache_queries, self.prefix_cache_queries),
+            ("hits", stats.prefix_cache_hits, self.prefix_cache_hits),
+            ("preemptions", stats.num_preemptions, self.num_preemptions),
+        ):
+            if value > self._last_counts[key]:
+                metric.labels(model).inc(value - self._last_counts[key])
+            self._last_counts[key] = value
+
+    def observe_first_token(self, tenant: str, ttft: float, queue_time: float) -> None:
+        self.time_to_first_token.labels(self.model_name, tenant).observe(ttft)
+        self.request_queue_time.labels(self.model_name, tenant).observe(queue_time)
+
+    def observe_tokens(self, tenant: str, num_tokens: int, gap: float | None) -> None:
+        """`num_tokens` new tokens arrived `gap` seconds after the previous ones (None for
+        the first tokens of a request, which have no predecessor)."""
+        self.generation_tokens.labels(self.model_name, tenant).inc(num_tokens)
+        if gap is not None:
+            per_token = gap / num_tokens
+            histogram = self.inter_token_latency.labels(self.model_name, tenant)
+            for _ in range(num_tokens):
+                histogram.observe(per_token)
+
+    def observe_finished(
+        self, tenant: str, finish_reason: str, num_prompt_tokens: int, e2e: float
+    ) -> None:
+        self.prompt_tokens.labels(self.model_name, tenant).inc(num_prompt_tokens)
+        self.request_finished.labels(self.model_name, tenant, finish_reason).inc()
+        self.e2e_request_latency.labels(self.model_name, tenant).observe(e2e)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http_server = server
+        return server.server_port
+
+    def close(self) -> None:
+        if self._http_server is not None:
+            server, self._http_server = self._http_server, None
+
+            def shut() -> None:
+                server.shutdown()  # waits up to one poll interval (0.5 s) for serve_forever
+                server.server_close()
+
+            threading.Thread(target=shut, name="metrics-http-close", daemon=True).start()

@@ -1,0 +1,94 @@
+"""Between the public protobuf messages (loom.v1) and the engine's Python types.
+
+Validation of values lives in `scheduler.request` (SamplingParams, validate_prompt) so the
+offline engine and the server refuse the same things with the same words; this module only
+adds what is particular to the wire format (which input field is set, presence of optional
+fields) and builds the responses.
+"""
+
+from __future__ import annotations
+
+from loompb import serving_pb2
+from scheduler.outputs import RequestDelta
+from scheduler.request import SamplingParams
+
+FINISH_REASONS = {
+    None: serving_pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": serving_pb2.FINISH_REASON_STOP,
+    "length": serving_pb2.FINISH_REASON_LENGTH,
+    "abort": serving_pb2.FINISH_REASON_ABORT,
+    "error": serving_pb2.FINISH_REASON_ERROR,
+}
+# Proto fields with presence: unset means SamplingParams' default, not zero.
+OPTIONAL_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def sampling_params(msg: serving_pb2.SamplingParams) -> SamplingParams:
+    """Raises ValueError naming the field and its limit."""
+    kwargs = {name: getattr(msg, name) for name in OPTIONAL_SAMPLING_FIELDS if msg.HasField(name)}
+    if "temperature" in kwargs:
+        # float32 on the wire: 0.7 arrives as 0.699999988...; round to what the user typed.
+        kwargs["temperature"] = _float32_to_decimal(kwargs["temperature"])
+    if "top_p" in kwargs:
+        kwargs["top_p"] = _float32_to_decimal(kwargs["top_p"])
+    return SamplingParams(
+        **kwargs,
+        stop=list(msg.stop),
+        stop_token_ids=list(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        min_tokens=msg.min_tokens,
+        logprobs=msg.logprobs,
+        top_logprobs=msg.top_logprobs,
+        echo=msg.echo,
+    )
+
+
+def _float32_to_decimal(value: float) -> float:
+    return float(f"{value:.7g}")
+
+
+def check_input_fields(request: serving_pb2.GenerateRequest) -> None:
+    """Exactly one of prompt and prompt_token_ids; a request_id of sane length."""
+    has_text = bool(request.prompt)
+    has_ids = len(request.prompt_token_ids) > 0
+    if has_text and has_ids:
+        raise ValueError("set exactly one of prompt and prompt_token_ids, got both")
+    if not has_text and not has_ids:
+        raise ValueError("prompt must not be empty: set prompt or prompt_token_ids")
+    if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
+        raise ValueError(
+            f"request_id must be at most {MAX_REQUEST_ID_LENGTH} characters, "
+            f"got {len(request.request_id)}"
+        )
+
+
+def _top(entries: list[tuple[int, float]] | None) -> serving_pb2.TopLogprobs:
+    entries = entries or []
+    return serving_pb2.TopLogprobs(
+        token_ids=[token_id for token_id, _ in entries],
+        logprobs=[logprob for _, logprob in entries],
+    )
+
+
+def add_delta(response: serving_pb2.GenerateResponse, delta: RequestDelta) -> None:
+    """Append one engine delta to a response: a stream sends one response per delta; the
+    unary call adds every delta to the same response."""
+    response.text += delta.text
+    response.token_ids.extend(delta.token_ids)
+    response.logprobs.extend(delta.logprobs)
+    response.top_logprobs.extend(_top(entries) for entries in delta.top_logprobs)
+    if delta.prompt_token_ids is not None:
+        response.prompt_token_ids.extend(delta.prompt_token_ids)
+    if delta.prompt_logprobs is not None:
+        # The engine aligns these with the prompt (position 0 is None: no context); the API
+        # sends one entry fewer, starting at position 1.
+        response.prompt_logprobs.extend(lp for lp in delta.prompt_logprobs[1:] if lp is not None)
+    if delta.prompt_top_logprobs is not None:
+        response.prompt_top_logprobs.extend(_top(t) for t in delta.prompt_top_logprobs[1:])
+    if delta.finish_reason is not None:
+        response.finish_reason = FINISH_REASONS[delta.finish_reason]
+    if delta.usage is not None:
+        response.usage.prompt_tokens = delta.usage.prompt_tokens
+        response.usage.completion_tokens = delta.usage.completion_tokens
+        response.usage.cached_prompt_tokens = delta.usage.cached_prompt_tokens
