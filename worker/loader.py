@@ -19,6 +19,7 @@ from worker.model_args import (
     args_from_meta_params,
     expected_shapes,
 )
+from worker.torch_file_probe import first_cut_tensor
 
 
 class CheckpointError(Exception):
@@ -72,8 +73,10 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises several types for a cut or foreign file
+        cut = first_cut_tensor(path)
+        where = f", tensor {cut} is cut short" if cut else ""
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint, the file is truncated or corrupt ({exc})"
+            f"{path}: cannot read the checkpoint, the file is truncated or corrupt{where} ({exc})"
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds {type(state).__name__}, not a dict of tensors")

@@ -26,8 +26,11 @@ from worker.step import (
     StepOutput,
     Worker,
 )
+from worker.step_batch import RequestState, build_step_batch
 
 GREEDY = SamplingOptions(temperature=0.0)
+# Echo makes the batch compute logits at every position of a chunk, not only the last.
+ALL_ROWS = SamplingOptions(temperature=0.0, echo=True)
 
 
 @dataclass(slots=True)
@@ -192,3 +195,14 @@ def generate_alone(
     seq = driver.add("alone", prompt, options, max_new_tokens)
     driver.run()
     return seq
+
+
+def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
+    """Logits [len(token_ids), vocab] from one prefill of the worker's model and cache."""
+    block_size = worker.info().block_size
+    blocks = list(range(-(-len(token_ids) // block_size)))
+    state = RequestState("probe", list(token_ids), blocks, ALL_ROWS, num_computed=0)
+    batch = build_step_batch([(state, len(token_ids))], block_size, worker.device)
+    with torch.inference_mode():
+        hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
+        return worker.model.compute_logits(hidden, batch.logits_rows)

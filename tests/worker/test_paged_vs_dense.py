@@ -14,13 +14,16 @@ import pytest
 import torch
 
 from tests.worker.dense_reference import dense_logits
-from tests.worker.driver import ModelFiles, make_random_model, read_meta_model, start_worker
-from worker.step import SamplingOptions
+from tests.worker.driver import (
+    ALL_ROWS,
+    ModelFiles,
+    make_random_model,
+    read_meta_model,
+    start_worker,
+)
 from worker.step_batch import RequestState, build_step_batch
 
 TOLERANCE = 1e-4
-# Echo makes the batch compute logits at every position of a chunk, not only the last.
-ALL_ROWS = SamplingOptions(temperature=0.0, echo=True)
 
 
 @pytest.fixture(scope="module", params=["stories260K", "random-gqa", "random-mha"])
