@@ -213,6 +213,7 @@ class Engine:
                 self._aborts.append(req_id)
 
     def has_unfinished(self) -> bool:
+        """Whether `step()` has work: live requests, or finished ones the worker must drop."""
         with self._lock:
             return bool(self._live_req_ids) or self.scheduler.has_unfinished()
 
@@ -333,4 +334,6 @@ class Engine:
                 if builder is not None:
                     builder.add(delta)
                     num_left -= delta.finish_reason is not None
+        if self.has_unfinished() and not self._live_req_ids:
+            self.step()  # hand the worker the last finished ids, so it keeps no stale state
         return [builder.build() for builder in builders.values()]
