@@ -114,6 +114,12 @@ class Driver:
         self.seqs[req_id] = seq
         return seq
 
+    def reuse_blocks(self, seq: Seq, cached_block_ids: list[int]) -> None:
+        """A prefix-cache hit: `seq` starts with full blocks that already hold its K/V."""
+        seq.block_ids = list(cached_block_ids)
+        seq.num_computed = len(cached_block_ids) * self.block_size
+        self.free_blocks = [b for b in self.free_blocks if b not in cached_block_ids]
+
     def step(self, chunk_of: Callable[[Seq], int] = lambda seq: 1 << 30) -> StepOutput:
         """Schedule every unfinished request; a prefill gets `chunk_of(seq)` tokens at most."""
         step = StepInput(finished_req_ids=self.finished_req_ids)
