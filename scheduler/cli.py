@@ -177,13 +177,14 @@ def load_engine(args: argparse.Namespace):  # -> scheduler.Engine
 async def serve(engine, options: FrontendOptions) -> int:
     frontend = Frontend(engine, options)
     await frontend.start()
+    if frontend.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", options.host, frontend.metrics_port)
+    # Last, once everything is up: scripts wait for this line.
     log.info(
         "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
         options.host,
         frontend.port,
     )
-    if frontend.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", options.host, frontend.metrics_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

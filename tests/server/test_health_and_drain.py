@@ -20,6 +20,9 @@ from loompb import serving_pb2
 from scheduler.frontend import ServerHandle
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import engine_is_idle, wait_until
+from tests.server.serve_process import ServeProcess
+
+SERVE = [sys.executable, "-m", "scheduler", "serve"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -74,54 +77,10 @@ def test_drain_aborts_what_outlives_the_timeout(server: ServerHandle) -> None:
     wait_until(lambda: engine_is_idle(server.engine), 2.0, "the aborted request's blocks freed")
 
 
-class ServeProcess:
-    """`python -m scheduler serve` on a free port, its stderr collected as it runs."""
-
-    def __init__(self, *flags: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "serve", "--port", "0", *flags],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        listening = threading.Event()
-        self.target = ""
-
-        def read() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:  # until the process closes it
-                self.lines.append(line)
-                match = re.search(r"listening on ([\d.]+):(\d+)", line)
-                if match:
-                    self.target = f"{match.group(1)}:{match.group(2)}"
-                    listening.set()
-            listening.set()
-
-        self._reader = threading.Thread(target=read, daemon=True)
-        self._reader.start()
-        listening.wait(60)
-        if not self.target:
-            self.stop()
-            raise AssertionError(f"serve did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        """Everything it wrote; complete once the process has exited."""
-        if self.proc.poll() is not None:
-            self._reader.join(10)
-        return "".join(self.lines)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
 def test_sigterm_lets_streams_finish_and_exits_zero() -> None:
-    serve = ServeProcess("--num-kv-blocks", "128", "--shutdown-timeout", "60")
+    serve = ServeProcess(
+        SERVE + ["--port", "0", "--num-kv-blocks", "128", "--shutdown-timeout", "60"]
+    )
     try:
         assert health_status(serve.target) == SERVING
         with Client(serve.target) as client:

@@ -1,0 +1,41 @@
+# Loom's gRPC server with the bundled stories260K model.
+#
+#   docker build -t loom .
+#       torch from PyPI: on x86-64 Linux that is a CUDA build, which also runs on the CPU.
+#   docker build -t loom --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+#       a smaller, CPU-only image.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /opt/loom
+
+# torch first, in a layer of its own: the largest download and the one that changes least.
+ARG TORCH_INDEX_URL=""
+COPY constraints.txt ./
+RUN torch_version="$(sed -n 's/^torch==//p' constraints.txt)" \
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" "torch==${torch_version}"; \
+    else \
+        pip install "torch==${torch_version}"; \
+    fi
+
+COPY pyproject.toml README.md ./
+COPY proto ./proto
+COPY loompb ./loompb
+COPY scheduler ./scheduler
+COPY worker ./worker
+COPY client ./client
+COPY loadtest ./loadtest
+COPY bench ./bench
+COPY models ./models
+# Editable, so `serve` finds the bundled model beside the code in /opt/loom.
+RUN pip install -c constraints.txt -e . \
+ && useradd --system --uid 10001 --no-create-home loom
+
+USER loom
+EXPOSE 50051 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "scheduler", "health", "--target", "127.0.0.1:50051"]
+CMD ["python", "-m", "scheduler", "serve", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]
