@@ -126,17 +126,17 @@ class Scheduler:
         num_preempted = 0
 
         running = self.running
-        i = 0
-        while i < len(running):
-            req = running[i]
+        # Preemption pops victims off the end of `running` while this loop walks it from the
+        # front; a list iterator stops at the list's current length, so that is safe.
+        for i, req in enumerate(running):
             num_new = len(req.all_token_ids) - req.num_computed_tokens
             if num_new != 1:
                 # Leave one token for each running request after this one.
                 num_new = min(num_new, threshold, budget - (len(running) - i - 1))
                 if num_new <= 0:
-                    i += 1
                     continue
-            if (req.num_computed_tokens + num_new + bs - 1) // bs > len(req.block_ids):
+            block_ids = req.block_ids
+            if req.num_computed_tokens + num_new > len(block_ids) * bs:
                 while not kv.allocate_slots(req, num_new):
                     victim = running.pop()
                     self._preempt(victim)
@@ -145,19 +145,19 @@ class Scheduler:
                         break
                 if req.status is not RUNNING:
                     break  # it preempted itself, the last running request
+                block_ids = req.block_ids
+            req_id = req.req_id
             all_ids = req.all_token_ids
-            block_ids = req.block_ids
             running_reqs.append(
                 RunningRequest(
-                    req.req_id, all_ids[req.num_sent_tokens :], block_ids[req.num_sent_blocks :]
+                    req_id, all_ids[req.num_sent_tokens :], block_ids[req.num_sent_blocks :]
                 )
             )
             req.num_sent_tokens = len(all_ids)
             req.num_sent_blocks = len(block_ids)
-            num_scheduled[req.req_id] = num_new
+            num_scheduled[req_id] = num_new
             scheduled.append(req)
             budget -= num_new
-            i += 1
 
         # Admit waiting requests, unless blocks just ran out (they would preempt each other).
         waiting = self.waiting
@@ -204,24 +204,32 @@ class Scheduler:
         caching = self.config.enable_prefix_caching
         max_model_len = self.config.max_model_len
         num_scheduled = sched_out.step_input.num_scheduled_tokens
-        index = {req_id: i for i, req_id in enumerate(step_out.req_ids)}
+        out_req_ids = step_out.req_ids
+        num_out = len(out_req_ids)
+        index: dict[str, int] | None = None  # built only if the worker changed the order
         sampled_ids = step_out.sampled_token_ids
         logprobs = step_out.logprobs
         top_logprobs = step_out.top_logprobs
         prompt_logprobs = step_out.prompt_logprobs
         changed: list[Request] = []
         num_finished = 0
-        for req in sched_out.scheduled:
+        for k, req in enumerate(sched_out.scheduled):
             if req.status is not RUNNING:
                 continue  # finished or preempted since it was scheduled
-            num_new = num_scheduled[req.req_id]
+            req_id = req.req_id
+            num_new = num_scheduled[req_id]
             req.num_computed_tokens += num_new
             req.tenant_usage.num_input_tokens += num_new
             if caching and req.num_computed_tokens // bs > req.num_cached_blocks:
                 kv.cache_full_blocks(req)
             if prompt_logprobs and req.prompt_logprobs is not None:
-                self._add_prompt_logprobs(req, prompt_logprobs.get(req.req_id))
-            i = index.get(req.req_id)
+                self._add_prompt_logprobs(req, prompt_logprobs.get(req_id))
+            if k < num_out and out_req_ids[k] == req_id:
+                i: int | None = k
+            else:
+                if index is None:
+                    index = {rid: j for j, rid in enumerate(out_req_ids)}
+                i = index.get(req_id)
             new_ids = sampled_ids[i] if i is not None else ()
             if not new_ids:
                 if req.num_computed_tokens >= len(req.all_token_ids):
