@@ -66,7 +66,6 @@ class DenseLlama(nn.Module):
         b, s = tokens.shape
         end = start + s
         h = self.w["tok_embeddings.weight"][tokens]  # [B, S, dim]
-        group = self.n_heads // self.n_kv_heads
         for i in range(self.n_layers):
             p = f"layers.{i}."
             x = self._norm(h, self.w[p + "attention_norm.weight"])
@@ -77,10 +76,13 @@ class DenseLlama(nn.Module):
             q, k = self._rope(q, positions), self._rope(k, positions)
             k_cache, v_cache = self.cache[i]
             k_cache[:, start:end], v_cache[:, start:end] = k, v
-            # [B, L, KV, D] -> [B, heads, L, D]: each KV head serves `group` query heads
-            keys = k_cache[:, :end].repeat_interleave(group, dim=2).transpose(1, 2)
-            values = v_cache[:, :end].repeat_interleave(group, dim=2).transpose(1, 2)
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+            # [B, L, KV, D] -> [B, KV, L, D]; each KV head serves n_heads / n_kv_heads query
+            # heads (enable_gqa shares them without copying the cache).
+            keys = k_cache[:, :end].transpose(1, 2)
+            values = v_cache[:, :end].transpose(1, 2)
+            attn = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=True
+            )
             # [B, heads, S, D] -> [B, S, heads * D]
             attn = attn.transpose(1, 2).reshape(b, s, -1)
             h = h + attn @ self.w[p + "attention.wo.weight"].T

@@ -1,0 +1,62 @@
+"""Replays recorded steps through the model alone: the forward passes Loom ran, without the
+scheduler, the sampler or the engine loop around them.
+
+Uses the in-process worker's pieces (its model, KV cache and batch builder), so it measures
+exactly the tensors Loom's forward saw: the same token counts, positions, block tables and
+cache contents layout.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from worker.runner import ModelRunner
+from worker.step import StepInput
+from worker.step_batch import RequestState, StepBatch, build_step_batch
+
+
+def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch]:
+    """Every recorded step as the flat batch its forward ran on (built ahead of timing).
+    Running requests take the tokens recorded in the step, so no sampling is needed."""
+    states: dict[str, RequestState] = {}
+    batches = []
+    for step in steps:
+        for req_id in step.finished_req_ids:
+            states.pop(req_id, None)
+        for new in step.new:
+            states[new.req_id] = RequestState(
+                req_id=new.req_id,
+                token_ids=list(new.prompt_token_ids),
+                block_ids=list(new.block_ids),
+                sampling=new.sampling,
+                num_computed=new.num_computed_tokens,
+            )
+        for running in step.running:
+            states[running.req_id].token_ids.extend(running.new_token_ids)
+            states[running.req_id].block_ids.extend(running.new_block_ids)
+        scheduled = [(states[r], n) for r, n in step.num_scheduled_tokens.items()]
+        if not scheduled:
+            continue
+        batches.append(build_step_batch(scheduled, runner.block_size, runner.device))
+        for state, n in scheduled:
+            state.num_computed += n
+    return batches
+
+
+@torch.inference_mode()
+def time_forwards(runner: ModelRunner, batches: list[StepBatch]) -> list[float]:
+    """Seconds of each step's forward pass: the layers over every scheduled token, then the
+    LM head on the rows that needed logits."""
+    model, layers = runner.model, runner.kv_cache.layers
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    seconds = []
+    for batch in batches:
+        sync()
+        start = time.perf_counter()
+        hidden = model(batch.input_ids, batch.positions, layers, batch.attn)
+        model.compute_logits(hidden, batch.logits_rows)
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds
