@@ -13,7 +13,6 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 
 def root_hash(tenant: str) -> bytes:
@@ -27,24 +26,22 @@ def hash_block(parent_hash: bytes, token_ids: Sequence[int]) -> bytes:
     return hashlib.blake2b(parent_hash + array("i", token_ids).tobytes(), digest_size=16).digest()
 
 
-@dataclass(slots=True, eq=False)
-class KVBlock:
-    block_id: int
-    ref_cnt: int = 0
-    block_hash: bytes | None = None  # set while the block is in the prefix cache
-    token_ids: tuple[int, ...] = ()  # what the block holds, to verify a hash hit
-
-
 class BlockPool:
+    """Block state lives in flat lists indexed by block id, not in one object per block: a
+    cache of 100k+ blocks would otherwise give Python's garbage collector 100k+ objects to
+    walk on every full collection (tens of milliseconds of pause in the engine loop)."""
+
     def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        # block_id -> block, in eviction order (the front goes first).
-        self._free: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
-        self._cached: dict[bytes, KVBlock] = {}
+        self.ref_cnts = [0] * num_blocks
+        self.block_hashes: list[bytes | None] = [None] * num_blocks  # set while cached
+        self._token_ids: list[tuple[int, ...]] = [()] * num_blocks  # to verify a hash hit
+        # Free block ids in eviction order (the front goes first).
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._cached: dict[bytes, int] = {}  # block hash -> block id
 
     @property
     def num_free_blocks(self) -> int:
@@ -55,44 +52,49 @@ class BlockPool:
     def num_cached_blocks(self) -> int:
         return len(self._cached)
 
+    def free_block_ids(self) -> list[int]:
+        """In eviction order."""
+        return list(self._free)
+
     def allocate(self, num_blocks: int) -> list[int]:
         """Hand out `num_blocks` blocks, evicting cached ones from the front of the queue."""
         if num_blocks > len(self._free):
             raise RuntimeError(f"asked for {num_blocks} blocks, {len(self._free)} free")
         block_ids = []
-        free = self._free
+        popitem = self._free.popitem
         for _ in range(num_blocks):
-            block_id, block = free.popitem(last=False)
-            if block.block_hash is not None:
-                self._evict(block)
-            block.ref_cnt = 1
+            block_id = popitem(last=False)[0]
+            if self.block_hashes[block_id] is not None:
+                self._evict(block_id)
+            self.ref_cnts[block_id] = 1
             block_ids.append(block_id)
         return block_ids
 
-    def lookup(self, block_hash: bytes, token_ids: tuple[int, ...]) -> KVBlock | None:
+    def lookup(self, block_hash: bytes, token_ids: tuple[int, ...]) -> int | None:
         """The cached block holding exactly these tokens after this prefix, if any."""
-        block = self._cached.get(block_hash)
-        if block is None or block.token_ids != token_ids:
+        block_id = self._cached.get(block_hash)
+        if block_id is None or self._token_ids[block_id] != token_ids:
             return None
-        return block
+        return block_id
 
-    def take(self, blocks: Sequence[KVBlock]) -> None:
+    def take(self, block_ids: Sequence[int]) -> None:
         """A request takes prefix-cache hits: they leave the free queue if nobody held them."""
-        for block in blocks:
-            if block.ref_cnt == 0:
-                del self._free[block.block_id]
-            block.ref_cnt += 1
+        ref_cnts = self.ref_cnts
+        for block_id in block_ids:
+            if ref_cnts[block_id] == 0:
+                del self._free[block_id]
+            ref_cnts[block_id] += 1
 
     def free(self, block_ids: Sequence[int]) -> None:
         """Give blocks back. Callers pass a request's blocks last first, so that of two cached
         blocks of one request, its tail (the least likely to be shared) is evicted first."""
         free = self._free
+        ref_cnts = self.ref_cnts
         for block_id in block_ids:
-            block = self.blocks[block_id]
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                free[block_id] = block
-                if block.block_hash is None:
+            ref_cnts[block_id] -= 1
+            if ref_cnts[block_id] == 0:
+                free[block_id] = None
+                if self.block_hashes[block_id] is None:
                     free.move_to_end(block_id, last=False)
 
     def cache(self, block_id: int, block_hash: bytes, token_ids: tuple[int, ...]) -> None:
@@ -100,13 +102,13 @@ class BlockPool:
         requests computed it at once), the first stays and this one remains private."""
         if not self.enable_caching or block_hash in self._cached:
             return
-        block = self.blocks[block_id]
-        block.block_hash = block_hash
-        block.token_ids = token_ids
-        self._cached[block_hash] = block
+        self.block_hashes[block_id] = block_hash
+        self._token_ids[block_id] = token_ids
+        self._cached[block_hash] = block_id
 
-    def _evict(self, block: KVBlock) -> None:
-        if self._cached.get(block.block_hash) is block:
-            del self._cached[block.block_hash]
-        block.block_hash = None
-        block.token_ids = ()
+    def _evict(self, block_id: int) -> None:
+        block_hash = self.block_hashes[block_id]
+        if self._cached.get(block_hash) == block_id:
+            del self._cached[block_hash]
+        self.block_hashes[block_id] = None
+        self._token_ids[block_id] = ()

@@ -6,7 +6,7 @@ only unused slots are those at the end of each request's last block.
 
 from __future__ import annotations
 
-from scheduler.block_pool import BlockPool, KVBlock, hash_block, root_hash
+from scheduler.block_pool import BlockPool, hash_block, root_hash
 from scheduler.request import Request
 
 
@@ -24,7 +24,7 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def find_cached_prefix(self, req: Request) -> list[KVBlock]:
+    def find_cached_prefix(self, req: Request) -> list[int]:
         """The longest run of cached blocks matching the request's leading full blocks. The
         last token is always left to compute: the worker samples from its logits."""
         if not self.enable_caching or req.params.echo:  # echo needs every prompt position
@@ -36,14 +36,14 @@ class KVCacheManager:
         lookup = self.pool.lookup
         hits = []
         for i in range(num_blocks):
-            block = lookup(req.block_hashes[i], tuple(tokens[i * bs : (i + 1) * bs]))
-            if block is None:
+            block_id = lookup(req.block_hashes[i], tuple(tokens[i * bs : (i + 1) * bs]))
+            if block_id is None:
                 break
-            hits.append(block)
+            hits.append(block_id)
         return hits
 
     def allocate_slots(
-        self, req: Request, num_new_tokens: int, cached: list[KVBlock] | None = None
+        self, req: Request, num_new_tokens: int, cached: list[int] | None = None
     ) -> bool:
         """Make room for `num_new_tokens` more computed tokens. With `cached` (admission), the
         request starts from those prefix-cache hits. False, changing nothing, if blocks lack."""
@@ -61,11 +61,11 @@ class KVCacheManager:
         num_cached_tokens = len(cached) * self.block_size
         num_new_blocks = self.blocks_needed(num_cached_tokens + num_new_tokens) - len(cached)
         # Hits nobody holds sit in the free queue: taking them uses free blocks too.
-        num_idle_hits = sum(1 for block in cached if block.ref_cnt == 0)
+        num_idle_hits = sum(1 for block_id in cached if pool.ref_cnts[block_id] == 0)
         if num_new_blocks + num_idle_hits > pool.num_free_blocks:
             return False
         pool.take(cached)
-        req.block_ids = [block.block_id for block in cached] + pool.allocate(num_new_blocks)
+        req.block_ids = cached + pool.allocate(num_new_blocks)
         req.num_computed_tokens = num_cached_tokens
         req.num_cached_blocks = len(cached)
         if self.enable_caching and not req.params.echo:

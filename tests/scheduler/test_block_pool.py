@@ -11,10 +11,10 @@ def test_allocate_and_free_count_references() -> None:
     pool = BlockPool(4)
     assert pool.allocate(3) == [0, 1, 2]
     assert pool.num_free_blocks == 1
-    pool.take([pool.blocks[1]])  # a second holder of block 1
+    pool.take([1])  # a second holder of block 1
     pool.free([2, 1, 0])
     assert pool.num_free_blocks == 3  # block 1 is still held once
-    assert pool.blocks[1].ref_cnt == 1
+    assert pool.ref_cnts[1] == 1
     pool.free([1])
     assert pool.num_free_blocks == 4
     with pytest.raises(RuntimeError):
@@ -34,7 +34,7 @@ def test_uncached_blocks_are_reused_before_cached_ones_least_recent_first() -> N
     assert pool.allocate(2) == [3, 4]
     assert pool.allocate(1) == [1]  # evicts the least recently freed cached block
     assert pool.lookup(h1, (3, 4)) is None
-    assert pool.lookup(h0, (1, 2)) is pool.blocks[0]
+    assert pool.lookup(h0, (1, 2)) == 0
     assert pool.num_cached_blocks == 1
 
 
@@ -43,7 +43,7 @@ def test_hit_is_verified_against_token_ids() -> None:
     pool.allocate(1)
     h = hash_block(root_hash("t"), [5, 6])
     pool.cache(0, h, (5, 6))
-    assert pool.lookup(h, (5, 6)) is pool.blocks[0]
+    assert pool.lookup(h, (5, 6)) == 0
     assert pool.lookup(h, (5, 7)) is None
 
 
@@ -57,8 +57,8 @@ def test_first_registration_of_a_prefix_wins() -> None:
     h = hash_block(root_hash("t"), [1])
     pool.cache(0, h, (1,))
     pool.cache(1, h, (1,))  # computed twice at once: the second copy stays private
-    assert pool.lookup(h, (1,)) is pool.blocks[0]
-    assert pool.blocks[1].block_hash is None
+    assert pool.lookup(h, (1,)) == 0
+    assert pool.block_hashes[1] is None
 
 
 def test_disabled_caching_caches_nothing() -> None:

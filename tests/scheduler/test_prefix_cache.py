@@ -26,7 +26,7 @@ def test_second_request_shares_the_computed_full_blocks() -> None:
     new_b = out.step_input.new[0]
     assert (new_b.block_ids, new_b.num_computed_tokens) == ([0, 1, 3], 8)
     assert out.step_input.num_scheduled_tokens["b"] == 3
-    assert sched.kv.pool.blocks[0].ref_cnt == 2
+    assert sched.kv.pool.ref_cnts[0] == 2
     assert (sched.kv.num_queries, sched.kv.num_hits) == (10 + 11, 8)
     assert sched.requests["b"].num_cached_prompt_tokens == 8
 

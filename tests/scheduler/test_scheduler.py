@@ -41,7 +41,7 @@ def test_exact_block_ids_allocated_on_demand_and_freed() -> None:
     assert a.status is RequestStatus.FINISHED_LENGTH  # 4 tokens
     assert a.block_ids == []
     # a's blocks went back, last first, to the front of the queue (nothing cached).
-    assert list(sched.kv.pool._free) == [0, 1, 2, 5, 6, 7]
+    assert sched.kv.pool.free_block_ids() == [0, 1, 2, 5, 6, 7]
 
     out, _ = step(sched, worker)
     assert out.step_input.finished_req_ids == ["a"]
