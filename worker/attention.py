@@ -30,6 +30,26 @@ class PrefillChunk:
     mask: torch.Tensor | None  # [num_query_tokens, num_context_tokens] bool
 
 
+class GatherBuffers:
+    """Reusable destinations for K/V blocks gathered by block table, one pair per cache.
+
+    On CPU a fresh multi-megabyte tensor per gather costs page faults on every layer of every
+    step (several times the copy itself); reusing one buffer, grown on demand, avoids that.
+    Each layer's gather is consumed before the next layer's overwrites it.
+    """
+
+    def __init__(self, cache: torch.Tensor) -> None:  # cache: one layer's K (or V)
+        self._k = cache.new_empty((0, *cache.shape[1:]))
+        self._v = cache.new_empty((0, *cache.shape[1:]))
+
+    def take(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._k.shape[0] < num_blocks:
+            size = max(num_blocks, 2 * self._k.shape[0])
+            self._k = self._k.new_empty((size, *self._k.shape[1:]))
+            self._v = self._v.new_empty((size, *self._v.shape[1:]))
+        return self._k[:num_blocks], self._v[:num_blocks]
+
+
 @dataclass(slots=True)
 class AttentionMetadata:
     """Where this step's tokens go in the cache and what each one attends to.
@@ -43,6 +63,7 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor  # [num_decodes, max_decode_blocks], padded with block 0
     decode_mask: torch.Tensor  # [num_decodes, 1, 1, max_decode_blocks * block_size] bool
     prefills: list[PrefillChunk]
+    gather_buffers: GatherBuffers  # where the gathered K/V blocks go
 
 
 def paged_attention(
@@ -69,12 +90,10 @@ def paged_attention(
         # The query heads sharing a KV head act as that head's query rows, so K/V are not
         # repeated per query head: q [D, n_kv_heads, group, head_dim] vs K [D, n_kv_heads, L, d].
         query = q[:num_decodes].view(num_decodes, n_kv_heads, group, head_dim)
-        keys = _gather(k_cache, block_table.flatten()).view(
-            num_decodes, context_len, n_kv_heads, head_dim
-        )  # [D * blocks, block_size, kv, d] -> [D, L, kv, d]
-        values = _gather(v_cache, block_table.flatten()).view(
-            num_decodes, context_len, n_kv_heads, head_dim
-        )
+        keys, values = _gather(k_cache, v_cache, block_table.flatten(), meta.gather_buffers)
+        # [D * blocks, block_size, kv, d] -> [D, L, kv, d]
+        keys = keys.view(num_decodes, context_len, n_kv_heads, head_dim)
+        values = values.view(num_decodes, context_len, n_kv_heads, head_dim)
         attended = F.scaled_dot_product_attention(
             query, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.decode_mask
         )  # [D, n_kv_heads, group, head_dim]
@@ -87,9 +106,10 @@ def paged_attention(
             keys, values = k[rows], v[rows]  # [num_query, n_kv_heads, head_dim]
         else:
             num_context = chunk.num_context_tokens
+            keys, values = _gather(k_cache, v_cache, chunk.block_ids, meta.gather_buffers)
             # [blocks, block_size, kv, d] -> [blocks * block_size, kv, d] -> [num_context, kv, d]
-            keys = _gather(k_cache, chunk.block_ids).flatten(0, 1)[:num_context]
-            values = _gather(v_cache, chunk.block_ids).flatten(0, 1)[:num_context]
+            keys = keys.flatten(0, 1)[:num_context]
+            values = values.flatten(0, 1)[:num_context]
         attended = F.scaled_dot_product_attention(
             _group_queries(q[rows], n_kv_heads),
             _expand_kv(keys, group),
@@ -104,10 +124,18 @@ def paged_attention(
     return out.view(num_tokens, n_heads * head_dim)
 
 
-def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-    # index_select copies whole blocks (contiguous runs) and is several times faster on CPU
-    # than advanced indexing.
-    return cache.index_select(0, block_ids)
+def _gather(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_ids: torch.Tensor,  # [num_blocks]
+    buffers: GatherBuffers,
+) -> tuple[torch.Tensor, torch.Tensor]:  # each [num_blocks, block_size, kv, d]
+    # index_select copies whole blocks (contiguous runs): several times faster on CPU than
+    # advanced indexing.
+    k_out, v_out = buffers.take(block_ids.shape[0])
+    torch.index_select(k_cache, 0, block_ids, out=k_out)
+    torch.index_select(v_cache, 0, block_ids, out=v_out)
+    return k_out, v_out
 
 
 def _group_queries(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.attention import GatherBuffers
 from worker.model_args import ModelArgs
 
 GIB = 1 << 30
@@ -28,6 +29,7 @@ class KVCache:
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V) views into storage
     num_blocks: int
     block_size: int
+    gather_buffers: GatherBuffers  # where attention gathers K/V blocks, reused every step
 
     @property
     def capacity_tokens(self) -> int:
@@ -76,7 +78,13 @@ def allocate_kv_cache(
         device=device,
     )
     layers = [(storage[i, 0], storage[i, 1]) for i in range(args.n_layers)]
-    return KVCache(storage=storage, layers=layers, num_blocks=num_blocks, block_size=block_size)
+    return KVCache(
+        storage=storage,
+        layers=layers,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        gather_buffers=GatherBuffers(layers[0][0]),
+    )
 
 
 def _physical_memory_bytes() -> int:

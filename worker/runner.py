@@ -91,7 +91,9 @@ class ModelRunner:
         ]
         if not scheduled:
             return StepOutput()
-        batch = build_step_batch(scheduled, self.block_size, self.device)
+        batch = build_step_batch(
+            scheduled, self.block_size, self.device, self.kv_cache.gather_buffers
+        )
         with torch.inference_mode():
             hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
             logits = self.model.compute_logits(hidden, batch.logits_rows)

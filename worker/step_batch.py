@@ -11,7 +11,7 @@ from itertools import accumulate, chain
 
 import torch
 
-from worker.attention import AttentionMetadata, PrefillChunk
+from worker.attention import AttentionMetadata, GatherBuffers, PrefillChunk
 from worker.step import SamplingOptions
 
 
@@ -45,9 +45,13 @@ class StepBatch:
 
 
 def build_step_batch(
-    scheduled: list[tuple[RequestState, int]], block_size: int, device: torch.device
+    scheduled: list[tuple[RequestState, int]],
+    block_size: int,
+    device: torch.device,
+    gather_buffers: GatherBuffers,
 ) -> StepBatch:
-    """`scheduled` pairs each request with the number of tokens it computes this step."""
+    """`scheduled` pairs each request with the number of tokens it computes this step;
+    `gather_buffers` are the KV cache's, where attention gathers context blocks."""
     # One-token sequences first, so attention can run them as one batched call.
     order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] != 1)
     seqs = [scheduled[i] for i in order]
@@ -93,10 +97,11 @@ def build_step_batch(
     attn = AttentionMetadata(
         slot_mapping=slot_mapping,
         num_decodes=num_decodes,
-        decode_block_tables=block_table[:num_decodes, :decode_blocks],
+        decode_block_tables=block_table[:num_decodes, :decode_blocks].contiguous(),
         # [D, keys] -> [D, 1, 1, keys]: broadcast over KV heads and the query heads they serve
         decode_mask=decode_mask.view(num_decodes, 1, 1, decode_blocks * block_size),
         prefills=prefills,
+        gather_buffers=gather_buffers,
     )
 
     logits_rows: list[int] = []

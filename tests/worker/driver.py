@@ -208,7 +208,9 @@ def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
     block_size = worker.info().block_size
     blocks = list(range(-(-len(token_ids) // block_size)))
     state = RequestState("probe", list(token_ids), blocks, ALL_ROWS, num_computed=0)
-    batch = build_step_batch([(state, len(token_ids))], block_size, worker.device)
+    batch = build_step_batch(
+        [(state, len(token_ids))], block_size, worker.device, worker.kv_cache.gather_buffers
+    )
     with torch.inference_mode():
         hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
         return worker.model.compute_logits(hidden, batch.logits_rows)

@@ -72,7 +72,9 @@ def run_random_mix(files: ModelFiles, block_size: int, seed: int) -> dict[str, f
             scheduled.append((state, num_tokens))
         if not scheduled:
             continue
-        batch = build_step_batch(scheduled, block_size, worker.device)
+        batch = build_step_batch(
+            scheduled, block_size, worker.device, worker.kv_cache.gather_buffers
+        )
         with torch.inference_mode():
             hidden = worker.model(
                 batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn
