@@ -4,12 +4,16 @@ N requests decode together (prompts already computed); each step the no-op worke
 one token per request. Only the scheduler's two calls are timed, not the building of the fake
 worker output. Prefix caching stays on, so full blocks are hashed as they fill, as in serving.
 
-    python -m bench.bench_scheduler [--steps 200] [--sizes 64 256 1024]
+    python -m bench.bench_scheduler [--steps 200] [--sizes 64 256 1024] [--gc-off]
+
+With --gc-off, Python's garbage collector is paused while the steps are timed: the p99
+difference is what its full collections cost the loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import time
@@ -80,7 +84,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--gc-off", action="store_true", help="pause the garbage collector")
     args = parser.parse_args()
+    if args.gc_off:
+        gc.disable()
     rows = []
     for size in args.sizes:
         r = measure(size, args.steps)
@@ -99,7 +106,8 @@ def main() -> None:
     print()
     print(f"- Command: `{command_line()}`")
     print(f"- Machine: 2-core CPU ({cpu_model()}), no GPU; load average {load_average()}")
-    print(f"- Date: {today()}; {args.steps} decode steps per size, medians over steps")
+    gc_note = "garbage collector off" if args.gc_off else "garbage collector on"
+    print(f"- Date: {today()}; {args.steps} decode steps per size; {gc_note}")
     print()
     print(markdown_table(header, rows))
 
