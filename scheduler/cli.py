@@ -20,6 +20,7 @@ from pathlib import Path
 
 from scheduler.auth import load_api_keys
 from scheduler.frontend import Frontend, FrontendOptions
+from scheduler.queue_policy import QUEUE_POLICIES
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "models" / "stories260K"
 log = logging.getLogger("loom.serve")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="waiting requests beyond this get RESOURCE_EXHAUSTED (default: no cap)",
     )
-    add("--queue-policy", default="fcfs", choices=["fcfs", "priority"])
+    add("--queue-policy", default="fcfs", choices=QUEUE_POLICIES, help="who waits least")
     add(
         "--api-keys",
         default=None,
