@@ -20,49 +20,17 @@ tokens so that the second catches up with the first, under a token budget per st
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
 
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.queue_policy import create_queue_policy
 from scheduler.request import Request, RequestStatus, TenantUsage
+from scheduler.scheduler_config import SchedulerConfig, SchedulerOutput
 from worker.step import NewRequest, RunningRequest, StepInput, StepOutput
 
+__all__ = ["Scheduler", "SchedulerConfig", "SchedulerOutput"]
+
 RUNNING = RequestStatus.RUNNING
-
-
-@dataclass(slots=True, frozen=True)
-class SchedulerConfig:
-    num_blocks: int
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    long_prefill_threshold: int = 512
-    enable_prefix_caching: bool = True
-    queue_policy: str = "fcfs"
-    max_model_len: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("num_blocks", "block_size", "max_num_seqs", "long_prefill_threshold"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        # One token per running request must always fit: that is what keeps decodes flowing.
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(
-                f"max_num_batched_tokens must be >= max_num_seqs ({self.max_num_seqs}), "
-                f"got {self.max_num_batched_tokens}"
-            )
-
-
-@dataclass(slots=True)
-class SchedulerOutput:
-    step_input: StepInput
-    scheduled: list[Request] = field(default_factory=list)  # in the order they were scheduled
-    num_preempted: int = 0
-
-    @property
-    def num_scheduled_tokens(self) -> int:
-        return sum(self.step_input.num_scheduled_tokens.values())
 
 
 class Scheduler:
