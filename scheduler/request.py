@@ -133,7 +133,7 @@ def validate_prompt(
 class TenantUsage:
     """Tokens served to one tenant so far: what a fair-share (VTC) policy charges."""
 
-    num_input_tokens: int = 0  # tokens computed from known text (prompts, recomputation)
+    num_input_tokens: int = 0  # prompt tokens computed (again, after a preemption)
     num_output_tokens: int = 0  # tokens generated
 
 

@@ -26,7 +26,7 @@ from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.queue_policy import create_queue_policy
 from scheduler.request import Request, RequestStatus, TenantUsage
 from scheduler.scheduler_config import SchedulerConfig, SchedulerOutput
-from worker.step import NewRequest, RunningRequest, StepInput, StepOutput
+from worker.step import NewRequest, PromptLogprobs, RunningRequest, StepInput, StepOutput
 
 __all__ = ["Scheduler", "SchedulerConfig", "SchedulerOutput"]
 
@@ -186,8 +186,11 @@ class Scheduler:
                 continue  # finished or preempted since it was scheduled
             req_id = req.req_id
             num_new = num_scheduled[req_id]
+            num_prompt = len(req.prompt_token_ids)
+            if req.num_computed_tokens < num_prompt:  # a prompt chunk (recomputed ones count)
+                num_prompt_new = min(num_new, num_prompt - req.num_computed_tokens)
+                req.tenant_usage.num_input_tokens += num_prompt_new
             req.num_computed_tokens += num_new
-            req.tenant_usage.num_input_tokens += num_new
             if caching and req.num_computed_tokens // bs > req.num_cached_blocks:
                 kv.cache_full_blocks(req)
             if prompt_logprobs and req.prompt_logprobs is not None:
@@ -270,9 +273,7 @@ class Scheduler:
         req.status = status
         req.error = error
         self.kv.free(req)
-        if req.on_worker:
-            self._finished_req_ids[req.req_id] = None
-            req.on_worker = False
+        self._drop_from_worker(req)
         self.requests.pop(req.req_id, None)
 
     def _preempt(self, req: Request) -> None:
@@ -283,15 +284,20 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         self.num_preemptions += 1
+        self._drop_from_worker(req)
+        self.waiting.add(req)
+
+    def _drop_from_worker(self, req: Request) -> None:
+        """The next step tells the worker to forget the request; if it comes back, it is
+        sent whole again."""
         if req.on_worker:
             self._finished_req_ids[req.req_id] = None
             req.on_worker = False
         req.num_sent_tokens = 0
         req.num_sent_blocks = 0
-        self.waiting.add(req)
 
     @staticmethod
-    def _add_prompt_logprobs(req, chunk) -> None:
+    def _add_prompt_logprobs(req: Request, chunk: PromptLogprobs | None) -> None:
         """Place one chunk's prompt logprobs by position; positions already filled (seen
         again after a resume) keep their first value."""
         if chunk is None:

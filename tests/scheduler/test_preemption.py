@@ -48,6 +48,9 @@ def test_fcfs_preempts_the_newest_and_resumes_it_with_its_output() -> None:
         assert req.status is RequestStatus.FINISHED_LENGTH
         assert len(req.output_token_ids) == 3
     assert sched.kv.pool.num_free_blocks == 6
+    # The tenant is charged c's prompt twice: recomputing is service too.
+    usage = sched.tenant_usage["default"]
+    assert (usage.num_input_tokens, usage.num_output_tokens) == (4 * 8, 3 * 3)
 
 
 def test_priority_policy_preempts_the_least_important_even_if_oldest() -> None:

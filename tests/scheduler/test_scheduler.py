@@ -157,3 +157,17 @@ def test_abort_frees_blocks_in_every_state() -> None:
     out = sched.schedule()
     assert out.step_input.finished_req_ids == ["running"]  # waiting never reached the worker
     assert not sched.has_unfinished()
+
+
+def test_tokens_are_counted_per_tenant() -> None:
+    sched = make_scheduler(long_prefill_threshold=8)
+    worker = ContractWorker(block_size=4)
+    for i, (tenant, num_prompt, max_tokens) in enumerate(
+        [("t1", 20, 5), ("t1", 3, 2), ("t2", 7, 4)]
+    ):
+        req = make_request(f"r{i}", num_prompt, max_tokens=max_tokens, first_token=100 * (i + 1))
+        req.tenant = tenant
+        sched.add_request(req)
+    run_to_completion(sched, worker)
+    usage = {t: (u.num_input_tokens, u.num_output_tokens) for t, u in sched.tenant_usage.items()}
+    assert usage == {"t1": (23, 7), "t2": (7, 4)}
