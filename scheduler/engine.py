@@ -148,6 +148,8 @@ class Engine:
             raise ValueError(f"priority must be an integer, got {priority!r}")
         if not isinstance(tenant, str):
             raise ValueError(f"tenant must be a string, got {tenant!r}")
+        if req_id is not None and not isinstance(req_id, str):
+            raise ValueError(f"req_id must be a string, got {req_id!r}")
         return Request(
             req_id=req_id or uuid.uuid4().hex,
             prompt_token_ids=prompt_token_ids,
@@ -203,10 +205,17 @@ class Engine:
         with self._lock:
             pending, self._pending = self._pending, []
             aborts, self._aborts = self._aborts, []
-        for req in pending:
-            sched.add_request(req)
-            self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
         deltas: list[RequestDelta] = []
+        for req in pending:
+            try:
+                sched.add_request(req)
+                self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
+            except Exception as exc:  # validated already: a bug, which fails this request only
+                logger.exception("request %s could not join the scheduler", req.req_id)
+                sched.finish_requests(
+                    [req], RequestStatus.FINISHED_ERROR, f"admission failed: {exc!r}"
+                )
+                deltas.append(final_delta(req))
         for req_id in aborts:
             req = sched.abort_request(req_id)
             if req is not None:

@@ -201,3 +201,31 @@ def test_requests_added_from_another_thread_all_complete(engine: Engine) -> None
 def test_importing_the_scheduler_does_not_import_torch() -> None:
     code = "import sys, scheduler; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+def test_a_request_the_scheduler_refuses_at_the_step_fails_alone(engine: Engine) -> None:
+    refused = engine.add_request([1], SamplingParams(max_tokens=3, **GREEDY))
+    accepted = engine.add_request([1], SamplingParams(max_tokens=3, **GREEDY))
+    add_request = engine.scheduler.add_request
+
+    def refuse_one(req):
+        if req.req_id == refused:
+            raise RuntimeError("scheduler bug")
+        add_request(req)
+
+    engine.scheduler.add_request = refuse_one
+    try:
+        finished = {}
+        while engine.has_unfinished():
+            for delta in engine.step():
+                if delta.finished:
+                    finished[delta.req_id] = (delta.finish_reason, delta.error)
+    finally:
+        del engine.scheduler.add_request
+    assert finished[refused][0] == "error" and "scheduler bug" in finished[refused][1]
+    assert finished[accepted] == ("length", None)
+
+
+def test_req_id_must_be_a_string(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="req_id must be a string, got 7"):
+        engine.add_request([1], SamplingParams(), req_id=7)
