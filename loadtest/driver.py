@@ -38,12 +38,12 @@ class DriverOptions:
 
 
 def tenant_of(index: int, options: DriverOptions) -> tuple[str, list[tuple[str, str]]]:
-    """Request `index`'s tenant name and call metadata, round-robin over the tenants. With API
-    keys each tenant is one key (the server maps keys to tenants); without, the tenant is
-    named in `x-loom-tenant`."""
+    """Request `index`'s tenant label and call metadata, round-robin over the tenants. With
+    API keys each tenant is one key, labelled `key-<i>` (the server maps keys to its own
+    tenant names); without, the tenant `tenant-<i>` is named in `x-loom-tenant`."""
     if options.api_keys:
         slot = index % len(options.api_keys)
-        return f"tenant-{slot}", [("authorization", f"Bearer {options.api_keys[slot]}")]
+        return f"key-{slot}", [("authorization", f"Bearer {options.api_keys[slot]}")]
     if options.num_tenants:
         name = f"tenant-{index % options.num_tenants}"
         return name, [("x-loom-tenant", name)]

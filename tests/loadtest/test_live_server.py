@@ -147,3 +147,27 @@ def test_workload_longer_than_the_model_is_refused_before_sending(
     argv = ["--target", server.target, "--num-prompts", "2", "--input-len", "500"]
     assert main([*argv, "--output-len", "100", "--no-progress"]) == 2
     assert "exceeds the model's maximum length 512" in capsys.readouterr().err
+
+
+def test_api_keys_are_sent_one_per_tenant_and_refusals_counted_by_status(tmp_path: Path) -> None:
+    engine = Engine.from_model_dir(STORIES_DIR, num_kv_blocks=128)
+    with serve_in_thread(engine, api_keys={"k-alpha": "alpha", "k-beta": "beta"}) as server:
+        good = run(
+            server,
+            tmp_path,
+            *("--num-prompts", "6", "--input-len", "8", "--output-len", "4"),
+            *("--api-key", "k-alpha", "--api-key", "k-beta"),
+        )
+        # The first key also serves GetModelInfo; the second is refused request by request.
+        mixed = run(
+            server,
+            tmp_path,
+            *("--num-prompts", "6", "--input-len", "8", "--output-len", "4"),
+            *("--api-key", "k-alpha", "--api-key", "k-wrong"),
+        )
+    assert good["completed"] == 6
+    assert good["tenants"] == ["key-0", "key-1"] * 3
+    assert {k: v["completed"] for k, v in good["per_tenant"].items()} == {"key-0": 3, "key-1": 3}
+    assert mixed["completed"] == 3 and mixed["failed_by_status"] == {"UNAUTHENTICATED": 3}
+    assert mixed["statuses"] == ["OK", "UNAUTHENTICATED"] * 3
+    assert mixed["total_output_tokens"] == 3 * 4
