@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
 
 from scheduler.request import Request, RequestStatus
 
@@ -41,9 +40,6 @@ class QueuePolicy(ABC):
 
     @abstractmethod
     def __len__(self) -> int: ...
-
-    @abstractmethod
-    def __iter__(self) -> Iterator[Request]: ...
 
 
 class FCFSPolicy(QueuePolicy):
@@ -81,9 +77,6 @@ class FCFSPolicy(QueuePolicy):
     def __len__(self) -> int:
         return len(self._queue)
 
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self._queue)
-
 
 class PriorityPolicy(QueuePolicy):
     """Lowest `priority` value first (the vLLM convention: 0 beats 10), then arrival order."""
@@ -115,9 +108,6 @@ class PriorityPolicy(QueuePolicy):
 
     def __len__(self) -> int:
         return len(self._heap)
-
-    def __iter__(self) -> Iterator[Request]:
-        return (entry[2] for entry in sorted(self._heap, key=lambda e: e[:2]))
 
 
 def create_queue_policy(name: str) -> QueuePolicy:
