@@ -171,3 +171,18 @@ def test_tokens_are_counted_per_tenant() -> None:
     run_to_completion(sched, worker)
     usage = {t: (u.num_input_tokens, u.num_output_tokens) for t, u in sched.tenant_usage.items()}
     assert usage == {"t1": (23, 7), "t2": (7, 4)}
+
+
+@pytest.mark.parametrize(
+    ("policy", "order"), [("fcfs", ["p3", "p0", "p1"]), ("priority", ["p0", "p1", "p3"])]
+)
+def test_queue_policy_picks_who_is_admitted_next(policy: str, order: list[str]) -> None:
+    sched = make_scheduler(max_num_seqs=1, queue_policy=policy)
+    worker = ContractWorker(block_size=4)
+    for i, priority in enumerate([3, 0, 1]):
+        req = make_request(f"p{priority}", 3, max_tokens=1, first_token=100 * (i + 1))
+        req.priority = priority
+        sched.add_request(req)
+    outs = run_to_completion(sched, worker)
+    admitted = [new.req_id for out in outs for new in out.step_input.new]
+    assert admitted == order
