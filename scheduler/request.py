@@ -215,10 +215,6 @@ class Request:
         return len(self.all_token_ids)
 
     @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
-
-    @property
     def is_finished(self) -> bool:
         return self.status > RequestStatus.RUNNING
 

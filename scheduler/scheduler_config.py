@@ -36,7 +36,3 @@ class SchedulerOutput:
     step_input: StepInput
     scheduled: list[Request] = field(default_factory=list)  # in the order they were scheduled
     num_preempted: int = 0
-
-    @property
-    def num_scheduled_tokens(self) -> int:
-        return sum(self.step_input.num_scheduled_tokens.values())

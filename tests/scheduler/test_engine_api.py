@@ -229,3 +229,15 @@ def test_a_request_the_scheduler_refuses_at_the_step_fails_alone(engine: Engine)
 def test_req_id_must_be_a_string(engine: Engine) -> None:
     with pytest.raises(ValueError, match="req_id must be a string, got 7"):
         engine.add_request([1], SamplingParams(), req_id=7)
+
+
+def test_iter_deltas_streams_what_generate_returns(engine: Engine) -> None:
+    params = SamplingParams(max_tokens=12, logprobs=True, **GREEDY)
+    expected = engine.generate([[1]], params)[0]
+    req_id = engine.add_request([1], params)
+    deltas = [d for d in engine.iter_deltas() if d.req_id == req_id]
+    assert "".join(d.text for d in deltas) == expected.text
+    assert [t for d in deltas for t in d.token_ids] == expected.token_ids
+    assert [lp for d in deltas for lp in d.logprobs] == pytest.approx(expected.logprobs, abs=1e-5)
+    assert [d.finish_reason for d in deltas][-1] == "length"
+    assert all(d.finish_reason is None for d in deltas[:-1]) and len(deltas) == 12
