@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 
 MAX_TOP_LOGPROBS = 20
+# Candidates taken first for top-k / top-p rows; more only when they do not cover the row.
+MIN_CANDIDATES = 64
+_MAX_UNIFORM = 1.0 - 2.0**-23
 _MASK64 = (1 << 64) - 1
 
 
@@ -43,38 +46,75 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, t in enumerate(rows.temperatures) if t > 0]
-    if not random_rows:
-        return tokens
+    filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]
+    plain = [i for i in random_rows if rows.top_ks[i] == 0 and rows.top_ps[i] >= 1.0]
     device = logits.device
-    index = torch.tensor(random_rows, device=device)
 
-    def per_row(values: list, dtype: torch.dtype) -> torch.Tensor:  # [num_random, 1]
-        return torch.tensor([values[i] for i in random_rows], dtype=dtype, device=device)[:, None]
+    def column(values: list, index: list[int], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([values[i] for i in index], dtype=dtype, device=device)[:, None]
 
-    scaled = logits.index_select(0, index) / per_row(rows.temperatures, torch.float32)
-    filtered = any(rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0 for i in random_rows)
-    if filtered:
-        # Sorted descending, top-k is a prefix and top-p (Meta's sample_top_p) a shorter one.
-        scaled, order = scaled.sort(dim=-1, descending=True, stable=True)
-        ranks = torch.arange(scaled.shape[-1], device=device)
-        top_k = per_row(rows.top_ks, torch.long)
-        scaled = scaled.masked_fill((top_k > 0) & (ranks >= top_k), float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    if filtered:
-        # Drop a token once the mass of the tokens before it already exceeds p.
-        mass_before = probs.cumsum(dim=-1) - probs
-        probs = probs.masked_fill(mass_before > per_row(rows.top_ps, torch.float32), 0.0)
-    cdf = probs.cumsum(dim=-1)
-    target = per_row(rows.uniforms, torch.float32) * cdf[:, -1:]
-    # First index whose cumulative mass exceeds the target: a token with no mass is never
-    # picked, except past the end through rounding, which the clamp below prevents.
-    picked = torch.searchsorted(cdf, target, right=True)
-    last_kept = torch.where(probs > 0, torch.arange(probs.shape[-1], device=device), 0)
-    picked = torch.minimum(picked, last_kept.amax(dim=-1, keepdim=True))
-    if filtered:
-        picked = order.gather(-1, picked)
-    tokens[index] = picked.squeeze(-1)
+    for index, draw in ((plain, _draw_plain), (filtered, _draw_filtered)):
+        if not index:
+            continue
+        index_t = torch.tensor(index, device=device)
+        scaled = logits.index_select(0, index_t) / column(rows.temperatures, index, torch.float32)
+        # Below 1 - 2^-23 the float32 product u * total stays under total, so the draw never
+        # lands past the last token with mass.
+        uniforms = column([min(u, _MAX_UNIFORM) for u in rows.uniforms], index, torch.float32)
+        top_k = column(rows.top_ks, index, torch.long)
+        top_p = column(rows.top_ps, index, torch.float32)
+        tokens[index_t] = draw(scaled, uniforms, top_k, top_p)
     return tokens
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index of the first entry whose cumulative mass exceeds u * total mass: [rows].
+
+    A token with no mass adds nothing to the running sum, so it is never picked.
+    """
+    cdf = probs.cumsum(dim=-1)
+    return torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).squeeze(-1)
+
+
+def _draw_plain(scaled, uniforms, top_k, top_p) -> torch.Tensor:
+    return _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
+
+
+def _draw_filtered(
+    scaled: torch.Tensor,  # [rows, vocab] logits / temperature
+    uniforms: torch.Tensor,  # [rows, 1]
+    top_k: torch.Tensor,  # [rows, 1], 0 = off
+    top_p: torch.Tensor,  # [rows, 1], 1 = off
+) -> torch.Tensor:
+    """Top-k, then top-p (Meta's sample_top_p) on the renormalised top-k distribution.
+
+    Sorting a whole vocabulary row is slow on CPU, so candidates come from topk: k rows are
+    exact once the candidates cover k; a top-p row once the candidates' mass exceeds p (the
+    next token's preceding mass would exceed p too). Otherwise it retries with more.
+    """
+    vocab = scaled.shape[-1]
+    log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    num_candidates = min(vocab, max(MIN_CANDIDATES, int(top_k.max())))
+    while True:
+        candidates, candidate_ids = scaled.topk(num_candidates, dim=-1)  # best first
+        probs = torch.exp(candidates - log_total)
+        ranks = torch.arange(num_candidates, device=scaled.device)
+        probs = probs.masked_fill((top_k > 0) & (ranks >= top_k), 0.0)
+        # Top-k renormalises to its k tokens; without top-k the candidates keep their true mass.
+        probs = probs / torch.where(top_k > 0, probs.sum(-1, keepdim=True), 1.0)
+        mass_before = probs.cumsum(dim=-1) - probs
+        mass = probs.sum(dim=-1, keepdim=True)
+        covered = (top_k > 0) | (mass > top_p)
+        if num_candidates == vocab or bool(covered.all()):
+            break
+        # Sorted, each further token weighs at most the last candidate, so 16x the candidates
+        # hold at most 16x the mass: when that cannot reach p, go straight to the whole row.
+        reachable = bool((covered | (16 * mass > top_p)).all())
+        num_candidates = num_candidates * 16 if reachable else vocab
+        num_candidates = min(vocab, num_candidates)
+    probs = probs.masked_fill(mass_before > top_p, 0.0)
+    picked = _inverse_cdf(probs, uniforms)
+    return candidate_ids.gather(-1, picked[:, None]).squeeze(-1)
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.worker.driver import GREEDY, Driver, generate_alone, start_worker
-from worker.sampler import SamplingRows, sample, seeded_uniform
+from worker.sampler import MIN_CANDIDATES, SamplingRows, sample, seeded_uniform
 from worker.step import SamplingOptions
 
 NUM_DRAWS = 20_000
@@ -86,6 +86,23 @@ def test_top_k_then_top_p_on_the_renormalised_distribution():
     counts = draw(LOGITS, 1.0, top_k=4, top_p=0.7)
     assert counts[target == 0].sum() == 0
     assert chi_square(counts, target) < CHI_SQUARE_LIMIT
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.9])
+def test_top_p_over_a_large_vocabulary_is_exact(top_p):
+    """The nucleus holds fewer tokens than the sampler first takes as candidates (0.1) or
+    many more (0.9), which makes it widen its candidates."""
+    logits = torch.linspace(3.0, -3.0, 2000)
+    target = nucleus(torch.softmax(logits, -1), top_p)
+    counts = draw(logits, 1.0, top_p=top_p)
+    assert counts[target == 0].sum() == 0
+    assert ((target > 0).sum() > MIN_CANDIDATES) == (top_p == 0.9)
+    # Ten bins of equal expected mass over the nucleus, best tokens first.
+    edges = torch.searchsorted(target.cumsum(0), torch.linspace(0.1, 0.9, 9, dtype=torch.float64))
+    bins = torch.tensor_split(torch.arange(2000), edges)
+    binned_counts = torch.stack([counts[b].sum() for b in bins])
+    binned_target = torch.stack([target[b].sum() for b in bins])
+    assert chi_square(binned_counts, binned_target) < 27.9  # 9 degrees of freedom, p = 0.001
 
 
 def test_greedy_rows_take_the_argmax_beside_sampled_rows():
