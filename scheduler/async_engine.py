@@ -101,11 +101,6 @@ class AsyncEngine:
         """True while the loop thread runs and has not given up."""
         return self._thread.is_alive() and self._fatal is None and not self._stopping
 
-    @property
-    def num_in_flight(self) -> int:
-        with self._cond:
-            return len(self._streams)
-
     # ---- requests --------------------------------------------------------------------
 
     def add_request(
@@ -130,7 +125,7 @@ class AsyncEngine:
             if not self.alive:
                 raise EngineDeadError("the engine loop is not running")
             if req_id in self._streams:
-                raise DuplicateRequestError(f"request_id {req_id!r} is already in use")
+                raise DuplicateRequestError(f"{req_id!r} is already in use by a live request")
             # Registered before the engine sees it, so its first delta finds a reader.
             self._streams[req_id] = stream
         try:
@@ -142,7 +137,11 @@ class AsyncEngine:
                 self._streams.pop(req_id, None)
             raise
         with self._cond:
+            # A step that failed meanwhile already ended this stream: drop the request too.
+            ended_meanwhile = req_id not in self._streams
             self._cond.notify()
+        if ended_meanwhile:
+            self.engine.abort(req_id)
         return stream
 
     def abort(self, req_id: str) -> None:

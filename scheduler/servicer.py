@@ -117,8 +117,9 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             stream = self.async_engine.add_request(
                 prompt, params, req_id=req_id, tenant=tenant, priority=request.priority
             )
-        except DuplicateRequestError as exc:
-            code, message = grpc.StatusCode.ALREADY_EXISTS, str(exc)
+        except DuplicateRequestError:
+            code = grpc.StatusCode.ALREADY_EXISTS
+            message = f"request_id {request_id!r} is already in use by a live request"
         except CapacityError as exc:
             code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
         except EngineDeadError as exc:
