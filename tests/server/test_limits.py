@@ -30,12 +30,15 @@ def test_full_queue_is_resource_exhausted(start_server) -> None:
     server = start_server(make_engine(max_num_seqs=1, max_queued_requests=2))
     with grpc.insecure_channel(server.target) as channel:
         stub = serving_pb2_grpc.GenerationStub(channel)
-        calls = [
+        # A streaming call starts when made, not when first read. The engine counts a request
+        # as waiting until a step schedules it, so the first must run before the others come.
+        calls = [stub.GenerateStream(build_request("Story", max_tokens=400, ignore_eos=True))]
+        wait_until(lambda: server.engine.stats().num_running == 1, 5.0, "one request running")
+        calls += [
             stub.GenerateStream(build_request(f"Story {i}", max_tokens=400, ignore_eos=True))
-            for i in range(3)
-        ]  # a streaming call starts when made, not when first read
+            for i in range(2)
+        ]
         wait_until(lambda: server.engine.stats().num_waiting == 2, 5.0, "two requests waiting")
-        assert server.engine.stats().num_running == 1
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(build_request("One too many", max_tokens=4))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
