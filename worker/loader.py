@@ -71,7 +71,9 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"{path}: file is missing")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Read into memory rather than mmap: a server must not crash (SIGBUS) when the file
+        # is rewritten under it.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a cut or foreign file
         cut = first_cut_tensor(path)
         where = f", tensor {cut} is cut short" if cut else ""

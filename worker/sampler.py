@@ -46,25 +46,35 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
     tokens = logits.argmax(dim=-1)
     random_rows = [i for i, t in enumerate(rows.temperatures) if t > 0]
-    filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]
     plain = [i for i in random_rows if rows.top_ks[i] == 0 and rows.top_ps[i] >= 1.0]
-    device = logits.device
-
-    def column(values: list, index: list[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor([values[i] for i in index], dtype=dtype, device=device)[:, None]
-
-    for index, draw in ((plain, _draw_plain), (filtered, _draw_filtered)):
-        if not index:
-            continue
-        index_t = torch.tensor(index, device=device)
-        scaled = logits.index_select(0, index_t) / column(rows.temperatures, index, torch.float32)
-        # Below 1 - 2^-23 the float32 product u * total stays under total, so the draw never
-        # lands past the last token with mass.
-        uniforms = column([min(u, _MAX_UNIFORM) for u in rows.uniforms], index, torch.float32)
-        top_k = column(rows.top_ks, index, torch.long)
-        top_p = column(rows.top_ps, index, torch.float32)
-        tokens[index_t] = draw(scaled, uniforms, top_k, top_p)
+    filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]
+    if plain:
+        index, scaled, uniforms = _scaled_rows(logits, rows, plain)
+        tokens[index] = _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
+    if filtered:
+        index, scaled, uniforms = _scaled_rows(logits, rows, filtered)
+        top_k = _column([rows.top_ks[i] for i in filtered], torch.long, logits.device)
+        top_p = _column([rows.top_ps[i] for i in filtered], torch.float32, logits.device)
+        max_top_k = max(rows.top_ks[i] for i in filtered)
+        tokens[index] = _draw_filtered(scaled, uniforms, top_k, top_p, max_top_k)
     return tokens
+
+
+def _column(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)[:, None]  # [rows, 1]
+
+
+def _scaled_rows(
+    logits: torch.Tensor, rows: SamplingRows, index: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chosen rows' logits / temperature [n, vocab] and their uniforms [n, 1]."""
+    device = logits.device
+    index_t = torch.tensor(index, device=device)
+    temperatures = _column([rows.temperatures[i] for i in index], torch.float32, device)
+    # Below 1 - 2^-23 the float32 product u * total stays under total, so a draw never lands
+    # past the last token with mass.
+    uniforms = _column([min(rows.uniforms[i], _MAX_UNIFORM) for i in index], torch.float32, device)
+    return index_t, logits.index_select(0, index_t) / temperatures, uniforms
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -76,15 +86,12 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).squeeze(-1)
 
 
-def _draw_plain(scaled, uniforms, top_k, top_p) -> torch.Tensor:
-    return _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
-
-
 def _draw_filtered(
     scaled: torch.Tensor,  # [rows, vocab] logits / temperature
     uniforms: torch.Tensor,  # [rows, 1]
     top_k: torch.Tensor,  # [rows, 1], 0 = off
     top_p: torch.Tensor,  # [rows, 1], 1 = off
+    max_top_k: int,  # the largest top_k among the rows, known on the host
 ) -> torch.Tensor:
     """Top-k, then top-p (Meta's sample_top_p) on the renormalised top-k distribution.
 
@@ -94,7 +101,7 @@ def _draw_filtered(
     """
     vocab = scaled.shape[-1]
     log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)
-    num_candidates = min(vocab, max(MIN_CANDIDATES, int(top_k.max())))
+    num_candidates = min(vocab, max(MIN_CANDIDATES, max_top_k))
     while True:
         candidates, candidate_ids = scaled.topk(num_candidates, dim=-1)  # best first
         probs = torch.exp(candidates - log_total)
