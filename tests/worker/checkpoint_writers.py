@@ -38,7 +38,9 @@ def to_rotate_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, half, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def export_hf(files: ModelFiles, out_dir: Path, *, tied: bool = False) -> Path:
+def export_hf(
+    files: ModelFiles, out_dir: Path, *, tied: bool = False, safetensors: bool = True
+) -> Path:
     params = files.params
     n_heads = params["n_heads"]
     n_kv_heads = params.get("n_kv_heads") or n_heads
@@ -75,7 +77,10 @@ def export_hf(files: ModelFiles, out_dir: Path, *, tied: bool = False) -> Path:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(state, str(out_dir / "model.safetensors"))
+    if safetensors:
+        save_file(state, str(out_dir / "model.safetensors"))
+    else:
+        torch.save(state, out_dir / "pytorch_model.bin")
     return out_dir
 
 

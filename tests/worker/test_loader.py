@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from tests.worker.checkpoint_writers import export_hf, split_meta
 from tests.worker.driver import all_position_logits, read_meta_model, start_worker
 from worker.loader import CheckpointError
+from worker.model_args import meta_hidden_dim
 
 PROMPT = [1, 403, 14, 292, 77, 5, 498, 260, 261, 13, 51]
 
@@ -40,6 +41,11 @@ def test_hf_export_gives_the_same_logits(stories, reference_logits, tmp_path):
     assert torch.equal(all_position_logits(worker, PROMPT), reference_logits)
 
 
+def test_hf_export_as_pytorch_bin_gives_the_same_logits(stories, reference_logits, tmp_path):
+    hf_dir = export_hf(stories, tmp_path / "hf", safetensors=False)
+    assert torch.equal(all_position_logits(start_worker(hf_dir), PROMPT), reference_logits)
+
+
 def test_hf_export_with_tied_embeddings_gives_the_same_logits(stories, reference_logits, tmp_path):
     # stories260K ties its output to its embedding; the Meta file stores both anyway.
     hf_dir = export_hf(stories, tmp_path / "hf", tied=True)
@@ -58,6 +64,31 @@ def test_meta_vocab_size_minus_one_is_read_from_the_embedding(stories, reference
     worker = start_worker(model_dir)
     assert worker.info().vocab_size == 512
     assert torch.equal(all_position_logits(worker, PROMPT), reference_logits)
+
+
+def test_meta_checkpoint_with_rope_freqs_and_without_output_weight(
+    stories, reference_logits, tmp_path
+):
+    # rope.freqs (older releases) is recomputed; a missing output.weight means it is tied to
+    # the embedding, as stories260K's is.
+    model_dir = copy_model(stories.model_dir, tmp_path / "m")
+    weights = {k: v for k, v in stories.weights.items() if k != "output.weight"}
+    weights["rope.freqs"] = torch.ones(4)
+    torch.save(weights, model_dir / "consolidated.00.pth")
+    assert torch.equal(all_position_logits(start_worker(model_dir), PROMPT), reference_logits)
+
+
+@pytest.mark.parametrize(
+    ("dim", "multiple_of", "ffn_dim_multiplier", "hidden_dim"),
+    [
+        (64, 4, None, 172),  # stories260K
+        (4096, 256, None, 11008),  # Llama 2 7B
+        (8192, 4096, 1.3, 28672),  # Llama 2 70B
+        (4096, 1024, 1.3, 14336),  # Llama 3 8B
+    ],
+)
+def test_mlp_width_is_derived_as_meta_does(dim, multiple_of, ffn_dim_multiplier, hidden_dim):
+    assert meta_hidden_dim(dim, multiple_of, ffn_dim_multiplier) == hidden_dim
 
 
 def test_bfloat16_weights_run_close_to_float32(stories, reference_logits):

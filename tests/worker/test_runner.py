@@ -48,6 +48,12 @@ def test_kv_cache_is_sized_from_a_memory_budget(stories):
     assert worker.kv_cache.capacity_tokens == 40
 
 
+def test_default_cpu_kv_cache_holds_256_full_length_sequences(stories):
+    # stories260K's 1 GiB default would be ~800k tokens it can never use at 512 per sequence.
+    worker = start_worker(stories.model_dir, num_kv_blocks=None)
+    assert worker.info().num_kv_blocks == 256 * 512 // 16
+
+
 def test_mid_prefill_returns_nothing_and_the_last_chunk_samples(worker, stories):
     driver = Driver(worker)
     seq = driver.add("a", PROMPT, GREEDY, max_new_tokens=2)
