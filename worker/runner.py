@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class ModelRunner:
             args, num_blocks, config.block_size, self.dtype, self.device
         )
         self._info = WorkerInfo(
-            model_name=Path(config.model_dir).resolve().name,
+            # The directory's own name, even when it is a link ("." becomes the cwd's name).
+            model_name=Path(os.path.abspath(config.model_dir)).name,
             vocab_size=args.vocab_size,
             max_seq_len=args.max_seq_len,
             bos_id=loaded.bos_id,
