@@ -224,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = load_engine(args)
     try:
         return asyncio.run(serve(engine, options))
-    except RuntimeError as exc:
-        if "bind" not in str(exc).lower():
+    except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one
+        if not isinstance(exc, OSError) and "bind" not in str(exc).lower():
             raise
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        log.error("cannot listen on %s: %s", args.host, exc)
         return 2

@@ -99,13 +99,14 @@ class Frontend:
         )
         address = f"[{opts.host}]:{opts.port}" if ":" in opts.host else f"{opts.host}:{opts.port}"
         self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
+        if opts.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(opts.host, opts.metrics_port)  # OSError
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
+        # The loop runs before the first call can arrive, so no health check finds it absent.
+        self.async_engine.start()
         self._server = server
         await server.start()
-        if opts.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(opts.host, opts.metrics_port)
-        self.async_engine.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, SERVING)
         asyncio.get_running_loop().create_task(self._watch_engine_loop())

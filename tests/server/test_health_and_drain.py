@@ -115,3 +115,17 @@ def test_serve_refuses_a_missing_model_dir(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no model directory" in result.stderr
+
+
+def test_serve_refuses_a_taken_port(server: ServerHandle) -> None:
+    result = subprocess.run(
+        [*SERVE, "--port", str(server.port), "--num-kv-blocks", "16"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot listen" in result.stderr
+    assert health_status(server.target) == SERVING  # the first server is untouched
