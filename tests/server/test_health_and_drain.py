@@ -104,28 +104,25 @@ def test_sigterm_lets_streams_finish_and_exits_zero() -> None:
     assert len(re.findall(r"request default/\S+ .*finish=length", log)) == 4
 
 
-def test_serve_refuses_a_missing_model_dir(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "serve", "--model", str(tmp_path / "none")],
+def run_serve_to_exit(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SERVE, *flags],
         cwd=REPO_ROOT,
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_serve_refuses_a_missing_model_dir(tmp_path: Path) -> None:
+    result = run_serve_to_exit("--model", str(tmp_path / "none"))
     assert result.returncode == 2
     assert "no model directory" in result.stderr
 
 
 def test_serve_refuses_a_taken_port(server: ServerHandle) -> None:
-    result = subprocess.run(
-        [*SERVE, "--port", str(server.port), "--num-kv-blocks", "16"],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_serve_to_exit("--port", str(server.port), "--num-kv-blocks", "16")
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert health_status(server.target) == SERVING  # the first server is untouched
