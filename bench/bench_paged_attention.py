@@ -278,8 +278,16 @@ def main() -> None:
         "\n\n"
         "What paging costs here: the torch reference copies each decode's blocks (padded to "
         "the longest decode context) and the prefill's context blocks into a reused buffer "
-        "per layer before SDPA; the contiguous cache needs no copy. Everything else is shared."
-        "\n\n"
+        "per layer before SDPA (a memory-bound copy), and SDPA reads the gathered keys with "
+        "a stride between positions; the "
+        "contiguous cache needs neither. Everything else is shared. A fused GPU kernel would "
+        "read the blocks in place; "
+        + (
+            "this run is on the GPU."
+            if args.device.startswith("cuda")
+            else "there was no GPU here, so no GPU figure is reported."
+        )
+        + "\n\n"
         f"{run_header(args.device)}\n{markdown_table(header, rows)}\n"
     )
     print(body)
