@@ -39,7 +39,11 @@ def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch
         scheduled = [(states[r], n) for r, n in step.num_scheduled_tokens.items()]
         if not scheduled:
             continue
-        batches.append(build_step_batch(scheduled, runner.block_size, runner.device))
+        batches.append(
+            build_step_batch(
+                scheduled, runner.block_size, runner.device, runner.kv_cache.gather_buffers
+            )
+        )
         for state, n in scheduled:
             state.num_computed += n
     return batches
