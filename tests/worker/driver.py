@@ -72,7 +72,7 @@ def start_worker(model_dir: Path, **config: object) -> Worker:
     return create_worker(WorkerConfig(model_dir=str(model_dir), **config))  # type: ignore[arg-type]
 
 
-@dataclass
+@dataclass(slots=True)
 class Seq:
     req_id: str
     token_ids: list[int]
