@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
         help="a long prompt arrives each time the streams have made this many more tokens",
     )
     p.add_argument("--chunk", type=int, default=512, help="prefill chunk (and step budget)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mode, alternating, pooled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     return p.parse_args()
@@ -110,11 +111,25 @@ def run(args: argparse.Namespace, chunked: bool, vocab_size: int) -> Result:
     return Result(wall, np.array(itls), long_ttfts, num_tokens, num_steps)
 
 
+def pool(results: list[Result]) -> Result:
+    return Result(
+        wall=sum(r.wall for r in results),
+        itls=np.concatenate([r.itls for r in results]),
+        long_ttfts=[t for r in results for t in r.long_ttfts],
+        num_tokens=sum(r.num_tokens for r in results),
+        num_steps=sum(r.num_steps for r in results),
+    )
+
+
 def main() -> None:
     args = parse_args()
     vocab_size = ModelShape.from_meta_dir(args.model).vocab_size
-    chunked = run(args, True, vocab_size)
-    whole = run(args, False, vocab_size)
+    runs: dict[bool, list[Result]] = {True: [], False: []}
+    for repeat in range(args.repeats):
+        # Alternate which mode goes first, so a drift in machine load favours neither.
+        for is_chunked in (True, False) if repeat % 2 == 0 else (False, True):
+            runs[is_chunked].append(run(args, is_chunked, vocab_size))
+    chunked, whole = pool(runs[True]), pool(runs[False])
 
     def row(name: str, r: Result) -> list[object]:
         return [
@@ -149,8 +164,9 @@ def main() -> None:
 step budget and prefill chunk {args.chunk} tokens, decodes first (Sarathi-style). Whole: budget
 {args.prompt_len + args.num_streams} tokens, so a prompt runs in one step together with the
 decodes. ITL is the wall time between consecutive tokens of one stream, over all streams;
-throughput is every prompt and generated token over the run's wall time. Random-weight 60M
-model, float32, prefix cache off.
+throughput is every prompt and generated token over the runs' wall time. Each mode ran
+{args.repeats} times, alternating which went first; the figures pool the runs (steps and wall
+are totals). Random-weight 60M model, float32, prefix cache off.
 
 {table}
 
