@@ -110,7 +110,7 @@ def request_states(work: Workload, vocab: int, block_size: int, rng: random.Rand
         blocks, pool = pool[:nb], pool[nb:]
         tokens = [rng.randrange(vocab) for _ in range(n)]
         cached = n - 1 if i < len(work.decode_contexts) else work.prefill_cached
-        scheduled.append((RequestState(f"r{i}", tokens, blocks, GREEDY, cached), n - cached))
+        scheduled.append((RequestState(f"r{i}", tokens, blocks, GREEDY, cached, n), n - cached))
     return scheduled, sum(blocks_needed)
 
 

@@ -32,6 +32,7 @@ def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch
                 block_ids=list(new.block_ids),
                 sampling=new.sampling,
                 num_computed=new.num_computed_tokens,
+                num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
             )
         for running in step.running:
             states[running.req_id].token_ids.extend(running.new_token_ids)

@@ -81,8 +81,12 @@ class SamplingParams:
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, low=0)
 
-    def to_options(self) -> SamplingOptions:
-        """The subset the worker needs to sample."""
+    def to_options(self, eos_id: int | None = None) -> SamplingOptions:
+        """The subset the worker needs to sample; `eos_id` is the model's EOS, which the
+        worker holds back with the stop token ids until min_tokens are generated."""
+        stop_ids = set(self.stop_token_ids)
+        if eos_id is not None and not self.ignore_eos:
+            stop_ids.add(eos_id)
         return SamplingOptions(
             temperature=float(self.temperature),
             top_p=float(self.top_p),
@@ -91,6 +95,8 @@ class SamplingParams:
             logprobs=self.logprobs,
             top_logprobs=self.top_logprobs,
             echo=self.echo,
+            min_tokens=self.min_tokens,
+            stop_token_ids=tuple(sorted(stop_ids)) if self.min_tokens else (),
         )
 
 
@@ -202,7 +208,7 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
-        self.options = self.params.to_options()
+        self.options = self.params.to_options(self.eos_id)
         self.stop_token_ids = frozenset(self.params.stop_token_ids)
         self.eos_stop_id = None if self.params.ignore_eos else self.eos_id
         if self.params.echo:

@@ -150,6 +150,7 @@ class Scheduler:
                     list(req.block_ids),
                     req.options,
                     req.num_computed_tokens,
+                    num_output_tokens=len(req.output_token_ids),
                 )
             )
             req.on_worker = True

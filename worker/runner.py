@@ -126,6 +126,7 @@ class ModelRunner:
             block_ids=list(new.block_ids),
             sampling=new.sampling,
             num_computed=new.num_computed_tokens,
+            num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
         )
 
     def _extend(self, running: RunningRequest) -> None:
@@ -181,7 +182,9 @@ class ModelRunner:
             top_ps=[state.sampling.top_p for state, _ in samplers],
             uniforms=[self._uniform(state) for state, _ in samplers],
         )
-        tokens = sample(logits.index_select(0, sample_rows), rows)
+        sample_logits = logits.index_select(0, sample_rows)  # a copy: masking keeps raw scores
+        self._suppress_stops_before_min_tokens(sample_logits, [state for state, _ in samplers])
+        tokens = sample(sample_logits, rows)
 
         # One logprob pass over the sampled rows, then the echo rows (row p scores token p + 1).
         scored_rows, targets = [sample_rows], [tokens]
@@ -205,6 +208,24 @@ class ModelRunner:
                 top_logprobs=found.top_logprobs.tolist(),
             )
         return assemble_output(scheduled, batch.plans, tokens.tolist(), scores)
+
+    def _suppress_stops_before_min_tokens(
+        self, logits: torch.Tensor, states: list[RequestState]
+    ) -> None:
+        """Mask the stop tokens of rows that have not yet generated min_tokens tokens."""
+        rows: list[int] = []
+        token_ids: list[int] = []
+        for row, state in enumerate(states):
+            options = state.sampling
+            num_output = len(state.token_ids) - state.num_prompt_tokens
+            if num_output < options.min_tokens and options.stop_token_ids:
+                rows.extend([row] * len(options.stop_token_ids))
+                token_ids.extend(options.stop_token_ids)
+        if rows:
+            logits.index_put_(
+                (self._long_tensor(rows), self._long_tensor(token_ids)),
+                torch.tensor(float("-inf"), device=logits.device),
+            )
 
     def _long_tensor(self, values: list[int] | range) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -23,6 +23,10 @@ class SamplingOptions:
     logprobs: bool = False  # return the logprob of each sampled token
     top_logprobs: int = 0  # also the k most likely tokens per position, k <= 20
     echo: bool = False  # return the logprob of every prompt token after the first
+    # While fewer than min_tokens tokens have been generated, the tokens that would end the
+    # sequence (EOS unless ignored, and the request's stop token ids) are never sampled.
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -36,6 +40,9 @@ class NewRequest:
     sampling: SamplingOptions
     # Tokens whose K/V are already in the cache (a prefix-cache hit); the worker starts here.
     num_computed_tokens: int = 0
+    # How many of prompt_token_ids are earlier output (a resumed request), so the worker can
+    # count generated tokens for min_tokens.
+    num_output_tokens: int = 0
 
 
 @dataclass(slots=True)

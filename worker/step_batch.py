@@ -24,6 +24,7 @@ class RequestState:
     block_ids: list[int]  # logical block i -> physical block id
     sampling: SamplingOptions
     num_computed: int  # tokens whose K/V are in the cache
+    num_prompt_tokens: int  # token_ids[:num_prompt_tokens] is the prompt; the rest is output
 
 
 @dataclass(slots=True)

@@ -123,6 +123,20 @@ def test_stop_strings_inside_a_token_and_min_tokens(engine: Engine) -> None:
     assert (out.text, out.finish_reason, len(out.token_ids)) == ("", "stop", 1)
 
 
+def test_min_tokens_holds_back_stop_token_ids_in_the_worker(engine: Engine) -> None:
+    free = engine.generate([[1]], SamplingParams(max_tokens=1, top_logprobs=2, **GREEDY))[0]
+    (once, _), (runner_up, runner_up_logprob) = free.top_logprobs[0]
+    assert free.token_ids == [once]
+    # "Once" would stop the request at once; until min_tokens it is never sampled, so greedy
+    # takes the runner-up, whose logprob is still reported from the raw distribution.
+    held = SamplingParams(
+        max_tokens=3, stop_token_ids=[once], min_tokens=1, logprobs=True, **GREEDY
+    )
+    out = engine.generate([[1]], held)[0]
+    assert out.token_ids[0] == runner_up
+    assert out.logprobs[0] == pytest.approx(runner_up_logprob, abs=1e-6)
+
+
 class _FailingWorker:
     """The real worker, failing one chosen call of execute."""
 

@@ -44,6 +44,7 @@ def test_fcfs_preempts_the_newest_and_resumes_it_with_its_output() -> None:
     assert len(resumed) == 1
     # Everything known so far travels again: the prompt and the token generated before.
     assert resumed[0].prompt_token_ids == c.prompt_token_ids + [c_first_token]
+    assert resumed[0].num_output_tokens == 1  # so the worker counts it towards min_tokens
     for req in (a, b, c):
         assert req.status is RequestStatus.FINISHED_LENGTH
         assert len(req.output_token_ids) == 3

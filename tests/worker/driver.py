@@ -207,7 +207,14 @@ def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
     """Logits [len(token_ids), vocab] from one prefill of the worker's model and cache."""
     block_size = worker.info().block_size
     blocks = list(range(-(-len(token_ids) // block_size)))
-    state = RequestState("probe", list(token_ids), blocks, ALL_ROWS, num_computed=0)
+    state = RequestState(
+        "probe",
+        list(token_ids),
+        blocks,
+        ALL_ROWS,
+        num_computed=0,
+        num_prompt_tokens=len(token_ids),
+    )
     batch = build_step_batch(
         [(state, len(token_ids))], block_size, worker.device, worker.kv_cache.gather_buffers
     )

@@ -50,7 +50,7 @@ def run_random_mix(files: ModelFiles, block_size: int, seed: int) -> dict[str, f
     rng.shuffle(free_blocks)
 
     states = [
-        RequestState(f"r{i}", [rng.randrange(vocab) for _ in range(n)], [], ALL_ROWS, 0)
+        RequestState(f"r{i}", [rng.randrange(vocab) for _ in range(n)], [], ALL_ROWS, 0, n)
         for i, n in enumerate(prompt_lens)
     ]
     decodes_left = {s.req_id: rng.randint(0, 8) for s in states}
