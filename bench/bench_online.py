@@ -27,10 +27,18 @@ from bench.common import DEFAULT_MODEL_DIR, REPO_ROOT, markdown_table, run_heade
 from loompb import serving_pb2, serving_pb2_grpc
 
 SECTION = "Online serving: throughput-latency curve"
-# Saturated: achieved below this share of the offered rate, and no more than PLATEAU times
-# the best rate achieved before (short Poisson runs fall below the offered rate by chance).
-SATURATED = 0.85
-PLATEAU = 1.10
+# Saturated: the queue grows for as long as requests keep coming, so the last third of the
+# requests waits this many times longer for its first token than the first third did. (The
+# achieved request rate is a noisy test in short runs: Poisson arrivals and the final drain
+# move it by 10-20% at any load.)
+QUEUE_GROWTH = 2.0
+
+
+def queue_growth(ttfts: list[float]) -> float:
+    """Median TTFT of the last third of the requests (in arrival order) over the first's."""
+    third = max(1, len(ttfts) // 3)
+    first, last = sorted(ttfts[:third]), sorted(ttfts[-third:])
+    return last[len(last) // 2] / max(first[len(first) // 2], 1e-9)
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +50,7 @@ def parse_args() -> argparse.Namespace:
         "--rates", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4]
     )
     p.add_argument(
-        "--max-minutes", type=float, default=8.0, help="start no new rate after this long"
+        "--max-minutes", type=float, default=7.0, help="start no new rate after this long"
     )
     p.add_argument("--seconds-per-rate", type=float, default=40.0, help="arrivals per rate")
     p.add_argument("--min-prompts", type=int, default=16, help="requests per rate at least")
@@ -105,7 +113,7 @@ def run_loadtest(
 
 def main() -> None:
     args = parse_args()
-    rows, within_goals, saturated_at, best_achieved = [], None, None, 0.0
+    rows, within_goals, saturated_at = [], None, None
     started = time.monotonic()
     with loom_server(args) as target:
         info = wait_ready(target, timeout=300)
@@ -117,27 +125,31 @@ def main() -> None:
             num_prompts = max(args.min_prompts, math.ceil(rate * args.seconds_per_rate))
             r = run_loadtest(target, rate, num_prompts, args.seed + index, args)
             achieved = r["request_throughput"]
+            starts = r["start_times"]
+            sent = (len(starts) - 1) / max(starts[-1] - starts[0], 1e-9)
+            growth = queue_growth(r["ttfts"])
             ok = r["p99_ttft_ms"] <= args.ttft_goal_ms and r["p99_tpot_ms"] <= args.tpot_goal_ms
             ok = ok and r["failed"] == 0
             rows.append([
-                f"{rate:g}", num_prompts, achieved, r["output_throughput"],
+                f"{rate:g}", num_prompts, sent, achieved, r["output_throughput"],
                 r["median_ttft_ms"], r["p99_ttft_ms"], r["median_tpot_ms"], r["p99_tpot_ms"],
-                r["p99_itl_ms"], r["request_goodput"], r["failed"], "yes" if ok else "no",
+                r["p99_itl_ms"], r["request_goodput"], r["failed"], f"{growth:.1f}",
+                "yes" if ok else "no",
             ])  # fmt: skip
             print(f"rate {rate:g}: {achieved:.2f} req/s, p99 TTFT {r['p99_ttft_ms']:.0f} ms, "
                   f"p99 TPOT {r['p99_tpot_ms']:.0f} ms", file=sys.stderr, flush=True)  # fmt: skip
             if ok:
                 within_goals = rate
-            if achieved < SATURATED * rate and achieved < PLATEAU * best_achieved:
+            if growth >= QUEUE_GROWTH:
                 saturated_at = rate
                 break
-            best_achieved = max(best_achieved, achieved)
-    header = ["offered req/s", "requests", "achieved req/s", "output tok/s", "median TTFT ms",
+    header = ["offered req/s", "requests", "sent req/s", "achieved req/s", "output tok/s",
+              "median TTFT ms",
               "p99 TTFT ms", "median TPOT ms", "p99 TPOT ms", "p99 ITL ms", "goodput req/s",
-              "failed", "within goals"]  # fmt: skip
+              "failed", "TTFT growth", "within goals"]  # fmt: skip
     saturation = (
-        f"saturated at {saturated_at:g} req/s offered (achieved below {SATURATED:.0%} of it "
-        f"and less than {PLATEAU - 1:.0%} above the best before)"
+        f"saturated at {saturated_at:g} req/s offered: the queue grew (TTFT growth >= "
+        f"{QUEUE_GROWTH:g})"
         if saturated_at is not None
         else "did not saturate within the rates tried"
     )
@@ -152,6 +164,11 @@ arrivals for about {args.seconds_per_rate:g} s (at least {args.min_prompts} requ
 {args.seed} + the rate's index (fresh prompts at each rate, so none hit the prefix cache).
 
 {markdown_table(header, rows)}
+
+"sent" is the rate the Poisson draw actually produced; "achieved" is completed requests over
+the run's duration, which includes draining the last requests; "TTFT growth" is the median
+TTFT of the last third of the requests over that of the first third (about 1 while the server
+keeps up, growing when a queue builds).
 
 Goals (stated for this 2-core CPU and model): p99 TTFT <= {args.ttft_goal_ms:g} ms and p99
 TPOT <= {args.tpot_goal_ms:g} ms, no failed request. Highest rate within them: **{best}**;

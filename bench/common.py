@@ -8,6 +8,7 @@ import platform
 import re
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +44,30 @@ def machine_description(device: str) -> str:
     )
 
 
+class _LoadSampler:
+    """Samples the 1-minute load average every few seconds while a benchmark runs: above the
+    core count, other processes were sharing the cores with the measurement."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.samples = [os.getloadavg()[0]]
+        self._every_s = every_s
+        threading.Thread(target=self._run, name="load-sampler", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._every_s)
+            self.samples.append(os.getloadavg()[0])
+
+
+_LOAD = _LoadSampler()
+
+
 def load_average() -> str:
-    """The 1-minute load average when the measurement ended: above the core count means the
-    numbers were taken while other work shared the cores."""
-    one, _, _ = os.getloadavg()
-    return f"{one:.2f} on {os.cpu_count()} cores"
+    samples = _LOAD.samples
+    return (
+        f"{samples[0]:.2f} at the start, {max(samples):.2f} at most, {samples[-1]:.2f} at the "
+        f"end (1-minute averages on {os.cpu_count()} cores)"
+    )
 
 
 def command_line() -> str:
@@ -83,7 +103,7 @@ def run_header(device: str) -> str:
     return (
         f"- Command: `{command_line()}`\n"
         f"- Machine: {machine_description(device)}\n"
-        f"- Date: {today()}; load average at the end: {load_average()}\n"
+        f"- Date: {today()}; load: {load_average()}\n"
     )
 
 
