@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, write_section
-from bench.flops import ModelShape
+from bench.flops import ModelShape, measure_gemm_flops
 from bench.loom_runs import build_engine, run_workload, warm_up
 from bench.replay import build_batches, time_forwards
 from bench.workload import uniform_workload
@@ -58,12 +58,21 @@ def main() -> None:
 
     # Replay on the same worker: its model and cache, the block ids Loom used.
     runner = recorder.inner
-    batches = build_batches(runner, steps)
+    batches = build_batches(runner, steps, shape)
     time_forwards(runner, batches[: min(8, len(batches))])  # warm-up
     forward = np.array(time_forwards(runner, batches))
     forward_total = float(forward.sum())
-    num_tokens = np.array([len(b.input_ids) for b in batches])
+    num_tokens = np.array([b.num_tokens for b in batches])
+    decode_only = np.array([b.is_decode_only for b in batches])
+    flops = np.array([b.flops for b in batches], dtype=np.float64)
     ratio = forward_total / wall
+    gemm_rate, gemm_shape = measure_gemm_flops(args.device)
+
+    def rate_row(name: str, which: np.ndarray) -> list[object]:
+        seconds = float(forward[which].sum())
+        rate = flops[which].sum() / seconds if seconds else 0.0
+        return [name, int(which.sum()), int(num_tokens[which].sum()), seconds,
+                flops[which].sum() / 1e12, rate / 1e9, f"{rate / gemm_rate:.0%}"]  # fmt: skip
 
     rows = [
         ["Loom wall time (engine.generate)", wall, 1.0],
@@ -78,10 +87,18 @@ def main() -> None:
     steps_table = [
         ["steps", len(batches)],
         ["tokens per step: mean / max", f"{num_tokens.mean():.1f} / {num_tokens.max()}"],
-        ["decode-only steps", int(sum(1 for b in batches if not b.attn.prefills))],
+        ["decode-only steps", int(decode_only.sum())],
         ["forward ms per step: median / p99", f"{np.median(forward) * 1e3:.1f} / "
          f"{np.percentile(forward, 99) * 1e3:.1f}"],
     ]  # fmt: skip
+    rates_table = markdown_table(
+        ["replayed steps", "steps", "tokens", "forward s", "TFLOP", "GFLOP/s", "of GEMM peak"],
+        [
+            rate_row("with a prefill chunk", ~decode_only),
+            rate_row("decode only", decode_only),
+            rate_row("all", np.ones_like(decode_only)),
+        ],
+    )
     verdict = "met" if ratio >= GOAL else "**missed**"
     body = f"""{run_header(args.device)}
 Workload: benchmark a's ({args.num_requests} requests, prompts {args.prompt_len[0]}-
@@ -94,6 +111,11 @@ the rows that needed logits), with the batches built before the clock started.
 {markdown_table(["", "seconds", "share of wall"], rows)}
 
 {markdown_table(["step shapes", ""], steps_table)}
+
+Where the forward time goes, against this machine's best float32 GEMM rate
+({gemm_rate / 1e9:.1f} GFLOP/s on {gemm_shape}):
+
+{rates_table}
 
 | goal | measured | result |
 |---|---|---|

@@ -9,15 +9,36 @@ cache contents layout.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
+from bench.flops import ModelShape
 from worker.runner import ModelRunner
 from worker.step import StepInput
 from worker.step_batch import RequestState, StepBatch, build_step_batch
 
 
-def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch]:
+@dataclass(slots=True)
+class ReplayStep:
+    batch: StepBatch
+    num_tokens: int  # tokens computed in the step
+    is_decode_only: bool  # every scheduled request computes one token
+    flops: int  # matmul FLOPs: layers over the tokens, attention over their context, LM head
+
+
+def step_flops(shape: ModelShape, scheduled: list[tuple[RequestState, int]], num_rows: int) -> int:
+    flops = num_rows * 2 * shape.dim * shape.vocab_size
+    for state, n in scheduled:
+        first, last = state.num_computed + 1, state.num_computed + n  # contexts seen
+        flops += n * shape.linear_flops_per_token()
+        flops += shape.attention_flops(1) * (first + last) * n // 2
+    return flops
+
+
+def build_batches(
+    runner: ModelRunner, steps: list[StepInput], shape: ModelShape
+) -> list[ReplayStep]:
     """Every recorded step as the flat batch its forward ran on (built ahead of timing).
     Running requests take the tokens recorded in the step, so no sampling is needed."""
     states: dict[str, RequestState] = {}
@@ -40,9 +61,15 @@ def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch
         scheduled = [(states[r], n) for r, n in step.num_scheduled_tokens.items()]
         if not scheduled:
             continue
+        batch = build_step_batch(
+            scheduled, runner.block_size, runner.device, runner.kv_cache.gather_buffers
+        )
         batches.append(
-            build_step_batch(
-                scheduled, runner.block_size, runner.device, runner.kv_cache.gather_buffers
+            ReplayStep(
+                batch=batch,
+                num_tokens=sum(n for _, n in scheduled),
+                is_decode_only=all(n == 1 for _, n in scheduled),
+                flops=step_flops(shape, scheduled, len(batch.logits_rows)),
             )
         )
         for state, n in scheduled:
@@ -51,13 +78,14 @@ def build_batches(runner: ModelRunner, steps: list[StepInput]) -> list[StepBatch
 
 
 @torch.inference_mode()
-def time_forwards(runner: ModelRunner, batches: list[StepBatch]) -> list[float]:
+def time_forwards(runner: ModelRunner, steps: list[ReplayStep]) -> list[float]:
     """Seconds of each step's forward pass: the layers over every scheduled token, then the
     LM head on the rows that needed logits."""
     model, layers = runner.model, runner.kv_cache.layers
     sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
     seconds = []
-    for batch in batches:
+    for step in steps:
+        batch = step.batch
         sync()
         start = time.perf_counter()
         hidden = model(batch.input_ids, batch.positions, layers, batch.attn)
