@@ -100,13 +100,15 @@ def main() -> None:
         ],
     )
     verdict = "met" if ratio >= GOAL else "**missed**"
+    prompts = f"{args.prompt_len[0]}-{args.prompt_len[1]}"
+    outputs = f"{args.output_len[0]}-{args.output_len[1]}"
     body = f"""{run_header(args.device)}
-Workload: benchmark a's ({args.num_requests} requests, prompts {args.prompt_len[0]}-
-{args.prompt_len[1]}, outputs {args.output_len[0]}-{args.output_len[1]} tokens, seed
-{args.seed}, greedy, EOS ignored), random-weight 60M model, float32. Every `StepInput` the
-scheduler sent was recorded; afterwards the same worker (same weights, cache and block ids)
-ran each step's forward pass again (layers over every scheduled token plus the LM head on
-the rows that needed logits), with the batches built before the clock started.
+Workload: benchmark a's ({args.num_requests} requests, prompts {prompts} and outputs
+{outputs} tokens, seed {args.seed}, greedy, EOS ignored), random-weight 60M model, float32.
+Every `StepInput` the scheduler sent was recorded; afterwards the same worker (same
+weights, cache and block ids) ran each step's forward pass again (layers over every
+scheduled token plus the LM head on the rows that needed logits), with the batches built
+before the clock started.
 
 {markdown_table(["", "seconds", "share of wall"], rows)}
 
