@@ -17,7 +17,7 @@ import torch
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
 from bench.export_hf import export
-from bench.flops import ModelShape, measure_gemm_flops, workload_flops
+from bench.flops import ModelShape, measure_gemm_flops, static_batch_flops, workload_flops
 from bench.hf_baseline import hf_static_batches, load_hf_model
 from bench.loom_runs import build_engine, run_workload, warm_up
 from bench.static_batch import DenseLlama, run_static_batches
@@ -137,12 +137,20 @@ def main() -> None:
     static = run_static(args, workload, max_len, best_bs)
     log(f"static loop, batch {best_bs}: {static.wall:.1f} s, {useful / static.wall:.1f} tok/s")
 
+    prompt_lens = [len(p) for p in workload.prompts]
+    padded = static_batch_flops(shape, prompt_lens, workload.max_tokens, best_bs)
+
+    def row(name: str, run: Run, work: float) -> list[object]:
+        return [name, run.wall, useful / run.wall, hf.wall / run.wall, work / 1e12,
+                work / run.wall / 1e9]  # fmt: skip
+
     rows = [
-        ["Loom (continuous batching)", loom.wall, useful / loom.wall, hf.wall / loom.wall],
-        [f"transformers generate(), batch {best_bs}", hf.wall, useful / hf.wall, 1.0],
-        [f"Meta-style static loop, batch {best_bs}", static.wall, useful / static.wall,
-         hf.wall / static.wall],
-    ]  # fmt: skip
+        row("Loom (continuous batching)", loom, flops),
+        row(f"transformers generate(), batch {best_bs}", hf, padded),
+        row(f"Meta-style static loop, batch {best_bs}", static, padded),
+    ]
+    header = ["system", "wall s", "useful output tok/s", "speed-up vs transformers",
+              "matmul TFLOP done", "GFLOP/s"]  # fmt: skip
     speedup, of_floor = hf.wall / loom.wall, floor / loom.wall
     goals = [
         [f"Loom >= {GOAL_VS_HF}x transformers' best useful tok/s", f"{speedup:.2f}x",
@@ -159,7 +167,11 @@ in float32 on {args.device}. Useful tokens are only those each request asked for
 batches run to their longest member and throw the rest away. The three systems run the same
 weights (transformers through `bench.export_hf`) on the requests in arrival order.
 
-{markdown_table(["system", "wall s", "useful output tok/s", "speed-up vs transformers"], rows)}
+{markdown_table(header, rows)}
+
+Matmul work counts what each system computes: Loom only the requested tokens, static batches
+their padding as well ({padded / flops:.2f}x the useful work at batch {best_bs}). The
+speed-up over transformers is that ratio times the two forwards' relative GFLOP/s.
 
 transformers' batch sizes compared on the first {args.sweep_requests} requests; the best then
 ran the whole workload (its sweep batches counted as the first batches of that run), and the

@@ -70,6 +70,19 @@ def workload_flops(shape: ModelShape, prompt_lens: list[int], output_lens: list[
     return sum(shape.request_flops(p, n) for p, n in zip(prompt_lens, output_lens, strict=True))
 
 
+def static_batch_flops(
+    shape: ModelShape, prompt_lens: list[int], output_lens: list[int], batch_size: int
+) -> int:
+    """The matmul work static batches do: every row padded to its batch's longest prompt and
+    run for its batch's longest output."""
+    total = 0
+    for first in range(0, len(prompt_lens), batch_size):
+        rows = slice(first, first + batch_size)
+        num_rows = len(prompt_lens[rows])
+        total += num_rows * shape.request_flops(max(prompt_lens[rows]), max(output_lens[rows]))
+    return total
+
+
 def measure_gemm_flops(device: str = "cpu", seconds: float = 1.0) -> tuple[float, str]:
     """Best float32 GEMM rate (FLOP/s) over a few shapes, and the shape that reached it.
     The best, not a typical, rate: it makes the floor as hard to reach as possible."""
