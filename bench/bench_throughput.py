@@ -79,7 +79,7 @@ def run_transformers(
     hf_dir = args.hf_model or args.model.with_name(args.model.name + "-hf")
     if not (hf_dir / "model.safetensors").exists():
         export(args.model, hf_dir, max_len)
-    model = load_hf_model(hf_dir)
+    model = load_hf_model(hf_dir, args.device)
     hf_static_batches(model, [[5, 6, 7]], [2], 1)  # warm-up
     sweep = workload.head(args.sweep_requests)
     sweep_rows: list[list[object]] = []
@@ -101,7 +101,7 @@ def run_transformers(
 
 
 def run_static(args: argparse.Namespace, workload: Workload, max_len: int, bs: int) -> Run:
-    model = DenseLlama.load(args.model, max_len)
+    model = DenseLlama.load(args.model, max_len, args.device)
     return Run(*timed(lambda: run_static_batches(model, workload.prompts, workload.max_tokens, bs)))
 
 

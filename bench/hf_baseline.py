@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 
-def load_hf_model(hf_dir: Path):
+def load_hf_model(hf_dir: Path, device: str = "cpu"):
     try:
         from transformers import LlamaForCausalLM
     except ImportError as e:
@@ -15,7 +15,7 @@ def load_hf_model(hf_dir: Path):
     model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     model.generation_config.eos_token_id = None  # every request runs to its max_tokens
     model.generation_config.pad_token_id = 0
-    return model.eval()
+    return model.to(device).eval()
 
 
 @torch.inference_mode()
@@ -30,8 +30,8 @@ def hf_generate_batch(model, prompts: list[list[int]], max_tokens: list[int]) ->
         attention_mask[row, width - len(prompt) :] = 1
     num_new = max(max_tokens)
     out = model.generate(
-        input_ids=ids,
-        attention_mask=attention_mask,
+        input_ids=ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
         max_new_tokens=num_new,
         min_new_tokens=num_new,
         do_sample=False,
@@ -52,4 +52,4 @@ def hf_static_batches(
 
 @torch.inference_mode()
 def hf_last_logits(model, prompt: list[int]) -> torch.Tensor:
-    return model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+    return model(input_ids=torch.tensor([prompt], device=model.device)).logits[0, -1].float()

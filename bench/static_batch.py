@@ -19,7 +19,13 @@ from torch import nn
 class DenseLlama(nn.Module):
     """Llama with Meta's parameter names and a dense [batch, max_len] KV cache per layer."""
 
-    def __init__(self, params: dict, weights: dict[str, torch.Tensor], max_len: int) -> None:
+    def __init__(
+        self,
+        params: dict,
+        weights: dict[str, torch.Tensor],
+        max_len: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.n_layers = int(params["n_layers"])
         self.n_heads = int(params["n_heads"])
@@ -27,19 +33,22 @@ class DenseLlama(nn.Module):
         self.dim = weights["tok_embeddings.weight"].shape[1]
         self.head_dim = self.dim // self.n_heads
         self.eps = float(params.get("norm_eps", 1e-5))
-        self.w = {name: t.float() for name, t in weights.items()}
+        self.device = torch.device(device)
+        self.w = {name: t.float().to(self.device) for name, t in weights.items()}
         theta = float(params.get("rope_theta", 10000.0))
         freqs = 1.0 / theta ** (torch.arange(0, self.head_dim, 2).double() / self.head_dim)
         angles = torch.outer(torch.arange(max_len).double(), freqs)
-        self.rope = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+        rope = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+        self.rope = rope.to(self.device)
         self.max_len = max_len
         self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
-    def load(cls, model_dir: Path, max_len: int) -> DenseLlama:
+    def load(cls, model_dir: Path, max_len: int, device: str = "cpu") -> DenseLlama:
         params = json.loads((model_dir / "params.json").read_text())
         shard = sorted(model_dir.glob("consolidated.*.pth"))[0]
-        return cls(params, torch.load(shard, map_location="cpu", weights_only=True), max_len)
+        weights = torch.load(shard, map_location="cpu", weights_only=True)
+        return cls(params, weights, max_len, device)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
@@ -54,7 +63,10 @@ class DenseLlama(nn.Module):
 
     def reset(self, batch_size: int) -> None:
         shape = (batch_size, self.max_len, self.n_kv_heads, self.head_dim)
-        self.cache = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(self.n_layers)]
+        self.cache = [
+            (torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device))
+            for _ in range(self.n_layers)
+        ]
 
     def forward(
         self,
@@ -102,16 +114,18 @@ def generate_batch(
     b = len(prompts)
     width = max(len(p) for p in prompts)
     num_steps = max(max_tokens)
-    pads = torch.tensor([width - len(p) for p in prompts])  # [B]
+    device = model.device
+    pads = torch.tensor([width - len(p) for p in prompts], device=device)  # [B]
     tokens = torch.zeros(b, width, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         tokens[row, width - len(prompt) :] = torch.tensor(prompt)
+    tokens = tokens.to(device)
     model.reset(b)
-    slots = torch.arange(width + num_steps)
+    slots = torch.arange(width + num_steps, device=device)
     key_real = slots[None, :] >= pads[:, None]  # [B, L] False on pad slots
     # Pad queries see themselves only, so no row of the mask is empty.
     causal = slots[None, :width, None] >= slots[None, None, :width]  # [1, S, S]
-    own = torch.eye(width, dtype=torch.bool)[None]
+    own = torch.eye(width, dtype=torch.bool, device=device)[None]
     prefill_mask = (causal & key_real[:, None, :width]) | own  # [B, S, S]
     positions = (slots[None, :width] - pads[:, None]).clamp(min=0)  # [B, S]
     logits = model(tokens, positions, 0, prefill_mask.unsqueeze(1))
