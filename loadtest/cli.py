@@ -8,6 +8,7 @@ import datetime
 import math
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--save-result", type=Path, help="write the summary and per-request data")
     g.add_argument("--plot", type=Path, help="PNG of latency distributions and a timeline")
+    g.add_argument(
+        "--metrics-url",
+        help="the server's Prometheus endpoint (http://HOST:PORT/metrics): its running and "
+        "waiting requests are sampled during the run, saved and plotted",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         top_p=args.top_p,
         top_k=args.top_k,
         show_progress=not args.no_progress,
+        metrics_url=args.metrics_url,
     )
     # One generator, drawn from in a fixed order (workload, arrivals, cancels): a seed fixes
     # the whole run.
@@ -213,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     arrivals = arrival_offsets(len(requests), args.request_rate, args.burstiness, rng)
-    results, duration = asyncio.run(run_workload(args.target, requests, arrivals, options, rng))
+    results, duration, timeline = asyncio.run(
+        run_workload(args.target, requests, arrivals, options, rng)
+    )
 
     summary = summarize(results, duration, slos)
     print(format_table(summary, info.model_name))
@@ -221,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         document = result_document(
             summary, results, run_info(args, info), per_tenant(results, duration)
         )
+        if timeline is not None:
+            document["server_timeline"] = asdict(timeline)
         save_result(args.save_result, document)
     if args.plot:
         from loadtest.plot import save_plot
 
-        save_plot(args.plot, results, f"{info.model_name} @ {args.target}")
+        save_plot(args.plot, results, f"{info.model_name} @ {args.target}", timeline)
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 from loadtest.datasets import SampleRequest
 from loadtest.metrics import OK, RequestResult
 from loadtest.progress import ProgressBar
+from loadtest.server_metrics import ServerTimeline, poll
 from loompb import serving_pb2, serving_pb2_grpc
 
 # A stream that ends cleanly but says the request failed inside the server or was aborted
@@ -35,6 +36,8 @@ class DriverOptions:
     top_p: float = 1.0
     top_k: int = 0
     show_progress: bool = True
+    metrics_url: str | None = None  # the server's Prometheus /metrics, polled while running
+    metrics_every_s: float = 0.25
 
 
 def tenant_of(index: int, options: DriverOptions) -> tuple[str, list[tuple[str, str]]]:
@@ -126,10 +129,10 @@ async def run_workload(
     arrivals: Sequence[float],
     options: DriverOptions,
     rng: np.random.Generator,
-) -> tuple[list[RequestResult], float]:
+) -> tuple[list[RequestResult], float, ServerTimeline | None]:
     """Sends request i at `arrivals[i]` seconds after the start (waiting for a slot when
-    `max_concurrency` is reached) and returns every request's result and the run's duration
-    (first send to last completion)."""
+    `max_concurrency` is reached) and returns every request's result, the run's duration
+    (first send to last completion) and, with `metrics_url`, the server's own timeline."""
     num = len(requests)
     planned = rng.random(num) < options.cancel_rate
     delays = rng.uniform(0.0, options.cancel_max_delay, size=num)
@@ -154,6 +157,12 @@ async def run_workload(
             return result
 
         run_start = time.perf_counter()
+        stop_polling = asyncio.Event()
+        poller = None
+        if options.metrics_url:
+            poller = asyncio.create_task(
+                poll(options.metrics_url, run_start, stop_polling, options.metrics_every_s)
+            )
         tasks = []
         for index in range(num):
             wait = run_start + arrivals[index] - time.perf_counter()
@@ -162,5 +171,7 @@ async def run_workload(
             tasks.append(asyncio.create_task(one(index)))
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - run_start
+        stop_polling.set()
+        timeline = await poller if poller is not None else None
     progress.close()
-    return list(results), duration
+    return list(results), duration, timeline

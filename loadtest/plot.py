@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtest.metrics import RequestResult
+from loadtest.server_metrics import ServerTimeline
 
 
 def client_timeline(results: list[RequestResult]) -> tuple[list[float], list[int], list[int]]:
@@ -32,7 +33,9 @@ def client_timeline(results: list[RequestResult]) -> tuple[list[float], list[int
     return times, waiting, running
 
 
-def save_plot(path: Path, results: list[RequestResult], title: str) -> None:
+def save_plot(
+    path: Path, results: list[RequestResult], title: str, server: ServerTimeline | None = None
+) -> None:
     try:
         import matplotlib
 
@@ -54,10 +57,13 @@ def save_plot(path: Path, results: list[RequestResult], title: str) -> None:
         ax.set_ylabel("count")
     times, waiting, running = client_timeline(results)
     ax = axes[1][1]
-    ax.step(times, running, where="post", label="running (streaming)")
-    ax.step(times, waiting, where="post", label="waiting (no token yet)")
+    ax.step(times, running, where="post", label="client: streaming")
+    ax.step(times, waiting, where="post", label="client: sent, no token yet")
+    if server is not None and server.times:
+        ax.plot(server.times, server.running, "--", label="server: running")
+        ax.plot(server.times, server.waiting, "--", label="server: waiting")
     ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("requests, as seen by the client")
+    ax.set_ylabel("requests")
     ax.legend()
     fig.suptitle(title)
     fig.tight_layout()

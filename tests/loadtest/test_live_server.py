@@ -141,6 +141,25 @@ def test_jsonl_workload_is_tokenized_by_the_server_and_plotted(
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_server_timeline_is_sampled_from_its_metrics_endpoint(tmp_path: Path) -> None:
+    engine = Engine.from_model_dir(STORIES_DIR, num_kv_blocks=128)
+    with serve_in_thread(engine, metrics_port=0) as server:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        result = run(
+            server,
+            tmp_path,
+            *("--num-prompts", "6", "--input-len", "8", "--output-len", "200"),
+            *("--metrics-url", url, "--plot", str(tmp_path / "plot.png")),
+        )
+    timeline = result["server_timeline"]
+    assert timeline["num_errors"] == 0
+    assert len(timeline["times"]) == len(timeline["running"]) == len(timeline["waiting"]) >= 2
+    assert timeline["times"] == sorted(timeline["times"])
+    # Six requests sent at once: the server reports them running (never more than six).
+    assert 1 <= max(timeline["running"]) <= 6
+    assert result["completed"] == 6
+
+
 def test_workload_longer_than_the_model_is_refused_before_sending(
     server: ServerHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

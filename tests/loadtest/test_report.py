@@ -10,6 +10,7 @@ from loadtest.metrics import RequestResult, summarize
 from loadtest.plot import client_timeline, save_plot
 from loadtest.progress import ProgressBar
 from loadtest.report import format_table, result_document, save_result
+from loadtest.server_metrics import parse_gauges
 from tests.loadtest.required_keys import REQUIRED_KEYS
 
 
@@ -95,6 +96,18 @@ def test_timeline_counts_waiting_then_running_requests() -> None:
         (1.75, 0, 1),
         (2.0, 0, 0),
     ]
+
+
+def test_prometheus_gauges_are_summed_over_labels() -> None:
+    text = """# HELP loom:num_requests_running Requests running
+# TYPE loom:num_requests_running gauge
+loom:num_requests_running{model_name="m"} 3.0
+loom:num_requests_running_other{model_name="m"} 9.0
+loom:num_requests_waiting{model_name="m",tenant="a"} 2.0
+loom:num_requests_waiting{model_name="m",tenant="b"} 5.0
+loom:prompt_tokens_total{model_name="m"} 100.0
+"""
+    assert parse_gauges(text) == {"running": 3.0, "waiting": 7.0}
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
