@@ -47,14 +47,7 @@ def build_batches(
         for req_id in step.finished_req_ids:
             states.pop(req_id, None)
         for new in step.new:
-            states[new.req_id] = RequestState(
-                req_id=new.req_id,
-                token_ids=list(new.prompt_token_ids),
-                block_ids=list(new.block_ids),
-                sampling=new.sampling,
-                num_computed=new.num_computed_tokens,
-                num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
-            )
+            states[new.req_id] = RequestState.from_new(new)
         for running in step.running:
             states[running.req_id].token_ids.extend(running.new_token_ids)
             states[running.req_id].block_ids.extend(running.new_block_ids)

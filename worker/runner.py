@@ -120,14 +120,7 @@ class ModelRunner:
                 f"{MAX_TOP_LOGPROBS}"
             )
         self._check_blocks(new.req_id, new.block_ids)
-        self.requests[new.req_id] = RequestState(
-            req_id=new.req_id,
-            token_ids=list(new.prompt_token_ids),
-            block_ids=list(new.block_ids),
-            sampling=new.sampling,
-            num_computed=new.num_computed_tokens,
-            num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
-        )
+        self.requests[new.req_id] = RequestState.from_new(new)
 
     def _extend(self, running: RunningRequest) -> None:
         state = self.requests.get(running.req_id)

@@ -12,7 +12,7 @@ from itertools import accumulate, chain
 import torch
 
 from worker.attention import AttentionMetadata, GatherBuffers, PrefillChunk
-from worker.step import SamplingOptions
+from worker.step import NewRequest, SamplingOptions
 
 
 @dataclass(slots=True)
@@ -25,6 +25,17 @@ class RequestState:
     sampling: SamplingOptions
     num_computed: int  # tokens whose K/V are in the cache
     num_prompt_tokens: int  # token_ids[:num_prompt_tokens] is the prompt; the rest is output
+
+    @classmethod
+    def from_new(cls, new: NewRequest) -> RequestState:
+        return cls(
+            req_id=new.req_id,
+            token_ids=list(new.prompt_token_ids),
+            block_ids=list(new.block_ids),
+            sampling=new.sampling,
+            num_computed=new.num_computed_tokens,
+            num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
+        )
 
 
 @dataclass(slots=True)
