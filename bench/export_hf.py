@@ -17,33 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-_LAYER_NAMES = {
-    "attention.wq.weight": "self_attn.q_proj.weight",
-    "attention.wk.weight": "self_attn.k_proj.weight",
-    "attention.wv.weight": "self_attn.v_proj.weight",
-    "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-_TOP_NAMES = {
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
-def interleaved_to_rotate_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rows (2i, 2i+1) of each head move to (i, i + head_dim/2).
-    Head dim 4: Meta rows [0, 1, 2, 3] -> HF rows [0, 2, 1, 3]."""
-    rows, cols = weight.shape
-    head_dim = rows // n_heads
-    # [rows, cols] -> [n_heads, head_dim/2, 2, cols] -> [n_heads, 2, head_dim/2, cols]
-    pairs = weight.reshape(n_heads, head_dim // 2, 2, cols).transpose(1, 2)
-    # [n_heads, 2, head_dim/2, cols] -> [rows, cols]
-    return pairs.reshape(rows, cols)
+from worker.hf_layout import hf_name, interleaved_to_rotate_half
 
 
 def hf_config(params: dict, weights: dict[str, torch.Tensor], max_len: int) -> dict:
@@ -82,15 +56,11 @@ def export(model_dir: Path, out_dir: Path, max_len: int | None = None) -> Path:
     n_kv_heads = int(params.get("n_kv_heads") or n_heads)
     hf: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
-        if name in _TOP_NAMES:
-            hf[_TOP_NAMES[name]] = tensor.float().contiguous()
-            continue
-        _, index, rest = name.split(".", 2)  # layers.N.rest
         if name.endswith("attention.wq.weight"):
             tensor = interleaved_to_rotate_half(tensor, n_heads)
         elif name.endswith("attention.wk.weight"):
             tensor = interleaved_to_rotate_half(tensor, n_kv_heads)
-        hf[f"model.layers.{index}.{_LAYER_NAMES[rest]}"] = tensor.float().contiguous()
+        hf[hf_name(name)] = tensor.float().contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     config = hf_config(params, weights, max_len or int(params.get("max_seq_len") or 2048))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Hugging Face Llama names and rotary layout, translated to Meta's."""
+"""Hugging Face Llama names and rotary layout, translated to Meta's and back."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ def meta_name(hf_name: str) -> str | None:
     if match and match.group(2) in _LAYER_NAMES:
         return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
     return None
+
+
+def hf_name(meta_weight_name: str) -> str:
+    """HF's name for a Meta weight (the inverse of `meta_name`)."""
+    for hf, meta in _TOP_NAMES.items():
+        if meta == meta_weight_name:
+            return hf
+    _, index, rest = meta_weight_name.split(".", 2)  # layers.N.rest
+    hf_rest = next(hf for hf, meta in _LAYER_NAMES.items() if meta == rest)
+    return f"model.layers.{index}.{hf_rest}"
+
+
+def interleaved_to_rotate_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The permutation HF's converter applies to wq/wk: within each head, Meta's row pair
+    (2i, 2i+1) moves to (i, i + head_dim/2). Head dim 4: Meta rows [0,1,2,3] -> [0,2,1,3]."""
+    rows, cols = weight.shape
+    head_dim = rows // n_heads
+    # [n_heads, head_dim/2, 2, cols] -> [n_heads, 2, head_dim/2, cols] -> [rows, cols]
+    return weight.reshape(n_heads, head_dim // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
 def rotate_half_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:

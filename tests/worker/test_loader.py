@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bench.export_hf import export as bench_export_hf
 from tests.worker.checkpoint_writers import export_hf, split_meta
 from tests.worker.driver import all_position_logits, read_meta_model, start_worker
 from worker.loader import CheckpointError
@@ -39,6 +40,13 @@ def test_hf_export_gives_the_same_logits(stories, reference_logits, tmp_path):
     worker = start_worker(hf_dir)
     assert worker.info().model_name == "hf"
     assert torch.equal(all_position_logits(worker, PROMPT), reference_logits)
+
+
+def test_the_benchmarks_hf_exporter_gives_the_same_logits(stories, reference_logits, tmp_path):
+    # bench.export_hf builds its names from worker.hf_layout; this checks that inverse
+    # against the loader, while the exporter above keeps its own table as the oracle.
+    hf_dir = bench_export_hf(stories.model_dir, tmp_path / "bench-hf")
+    assert torch.equal(all_position_logits(start_worker(hf_dir), PROMPT), reference_logits)
 
 
 def test_hf_export_as_pytorch_bin_gives_the_same_logits(stories, reference_logits, tmp_path):
