@@ -24,6 +24,7 @@ RUN torch_version="$(sed -n 's/^torch==//p' constraints.txt)" \
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY loompb ./loompb
+COPY frontend ./frontend
 COPY scheduler ./scheduler
 COPY worker ./worker
 COPY client ./client

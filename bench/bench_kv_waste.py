@@ -17,8 +17,10 @@ import argparse
 import random
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from scheduler.config import SchedulerConfig
 from scheduler.request import Request, SamplingParams
-from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.scheduler import Scheduler
+from worker.config import CacheConfig
 from worker.step import StepOutput
 
 EOS = 2
@@ -41,14 +43,11 @@ def workload(num_requests: int, seed: int) -> list[tuple[list[int], int, int]]:
 
 def run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[str, float]:
     sched = Scheduler(
-        SchedulerConfig(
-            num_blocks=32768 // block_size,  # 32k token slots: enough pressure to preempt
-            block_size=block_size,
-            max_num_seqs=128,
-            max_num_batched_tokens=2048,
-            max_model_len=MAX_MODEL_LEN,
-            enable_prefix_caching=False,  # every slot belongs to one request
-        )
+        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048),
+        # every slot belongs to one request
+        CacheConfig(block_size=block_size, enable_prefix_caching=False),
+        num_blocks=32768 // block_size,  # 32k token slots: enough pressure to preempt
+        max_model_len=MAX_MODEL_LEN,
     )
     pending = workload(num_requests, seed=block_size)
     stop_after: dict[str, int] = {}

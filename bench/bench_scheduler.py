@@ -19,8 +19,10 @@ import statistics
 import time
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from scheduler.config import SchedulerConfig
 from scheduler.request import Request, SamplingParams
-from scheduler.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from scheduler.scheduler import Scheduler, SchedulerOutput
+from worker.config import CacheConfig
 from worker.step import StepOutput
 
 BLOCK_SIZE = 16
@@ -42,13 +44,10 @@ def measure(num_running: int, num_steps: int) -> dict[str, float]:
     max_tokens = num_steps + 2 * num_running  # outlives the warm-up, where decodes slow prefill
     blocks_per_req = -(-(PROMPT_TOKENS + max_tokens) // BLOCK_SIZE)
     sched = Scheduler(
-        SchedulerConfig(
-            num_blocks=num_running * blocks_per_req,
-            block_size=BLOCK_SIZE,
-            max_num_seqs=num_running,
-            max_num_batched_tokens=max(2048, num_running),
-            max_model_len=PROMPT_TOKENS + max_tokens,
-        )
+        SchedulerConfig(max_num_seqs=num_running, max_num_batched_tokens=max(2048, num_running)),
+        CacheConfig(block_size=BLOCK_SIZE),
+        num_blocks=num_running * blocks_per_req,
+        max_model_len=PROMPT_TOKENS + max_tokens,
     )
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     for i in range(num_running):

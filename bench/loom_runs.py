@@ -12,7 +12,6 @@ from scheduler import Engine, SamplingParams
 from scheduler.engine import EngineConfig
 from scheduler.tokenizer import Tokenizer
 from worker import create_worker
-from worker.config import WorkerConfig
 from worker.step import StepInput, StepOutput, Worker, WorkerInfo
 
 
@@ -38,23 +37,12 @@ class RecordingWorker:
 
 
 def build_engine(
-    model_dir: Path, device: str, record: bool = False, **engine_options: object
+    model_dir: Path, device: str, record: bool = False, **settings: object
 ) -> tuple[Engine, RecordingWorker | None]:
     """An engine over the in-process worker (wrapped in a RecordingWorker when `record`).
-    `engine_options`: EngineConfig fields, plus num_kv_blocks / kv_cache_memory for the
-    worker."""
-    worker_keys = ("num_kv_blocks", "kv_cache_memory")
-    worker_options = {k: engine_options.pop(k) for k in worker_keys if k in engine_options}
-    config = EngineConfig(**engine_options)
-    worker: Worker = create_worker(
-        WorkerConfig(
-            model_dir=str(model_dir),
-            device=device,
-            block_size=config.block_size,
-            max_model_len=config.max_model_len,
-            **worker_options,
-        )
-    )
+    `settings`: EngineConfig fields by name, as `Engine.from_model_dir` takes them."""
+    config = EngineConfig.from_kwargs(model=str(model_dir), device=device, **settings)
+    worker: Worker = create_worker(config.worker)
     recorder = RecordingWorker(worker) if record else None
     engine = Engine(recorder or worker, Tokenizer.from_model_dir(model_dir), config)
     return engine, recorder

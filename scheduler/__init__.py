@@ -1,38 +1,40 @@
-"""Loom's scheduler side: requests, the block pool, the scheduler and the engine loop.
+"""Loom's engine: requests, the block pool, the scheduler, the engine loop and the offline API.
 
-Imports no torch; the in-process worker is loaded only by `Engine.from_model_dir`.
+Imports no torch and no grpc; the in-process worker is loaded only by `Engine.from_model_dir`.
+Names are imported on first use, so `import scheduler.request` stays light (no tokenizer).
 """
 
-from scheduler.engine import Engine, EngineConfig, EngineStats
-from scheduler.errors import CapacityError
-from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder, Usage
-from scheduler.request import (
-    MAX_STOP_STRING_LENGTH,
-    MAX_STOP_STRINGS,
-    MAX_TOP_LOGPROBS,
-    Request,
-    RequestStatus,
-    SamplingParams,
-)
-from scheduler.scheduler import Scheduler, SchedulerConfig
-from scheduler.tokenizer import Tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "MAX_STOP_STRINGS",
-    "MAX_STOP_STRING_LENGTH",
-    "MAX_TOP_LOGPROBS",
-    "CapacityError",
-    "Engine",
-    "EngineConfig",
-    "EngineStats",
-    "Request",
-    "RequestDelta",
-    "RequestOutput",
-    "RequestOutputBuilder",
-    "RequestStatus",
-    "SamplingParams",
-    "Scheduler",
-    "SchedulerConfig",
-    "Tokenizer",
-    "Usage",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Engine": "scheduler.engine",
+    "EngineConfig": "scheduler.config",
+    "EngineStats": "scheduler.config",
+    "SchedulerConfig": "scheduler.config",
+    "CapacityError": "scheduler.errors",
+    "DuplicateRequestError": "scheduler.errors",
+    "RequestDelta": "scheduler.outputs",
+    "RequestOutput": "scheduler.outputs",
+    "RequestOutputBuilder": "scheduler.outputs",
+    "Usage": "scheduler.outputs",
+    "MAX_STOP_STRINGS": "scheduler.request",
+    "MAX_STOP_STRING_LENGTH": "scheduler.request",
+    "MAX_TOP_LOGPROBS": "scheduler.request",
+    "Request": "scheduler.request",
+    "RequestStatus": "scheduler.request",
+    "SamplingParams": "scheduler.request",
+    "Scheduler": "scheduler.scheduler",
+    "Tokenizer": "scheduler.tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scheduler' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

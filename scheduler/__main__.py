@@ -1,5 +1,7 @@
+"""`python -m scheduler serve` / `health`: a thin entry point to the server in frontend/."""
+
 import sys
 
-from scheduler.cli import main
+from frontend.cli import main
 
 sys.exit(main())

@@ -14,13 +14,14 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from scheduler.engine_config import EngineConfig, EngineStats
-from scheduler.errors import CapacityError
+from scheduler.config import EngineConfig, EngineStats
+from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
-from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.scheduler import Scheduler
 from scheduler.tokenizer import Tokenizer
 from worker.step import Worker, WorkerInfo
 
@@ -35,11 +36,12 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.info: WorkerInfo = worker.info()
-        if config.block_size != self.info.block_size:
+        if config.cache.block_size != self.info.block_size:
             raise ValueError(
-                f"block_size ({config.block_size}) must equal the worker's ({self.info.block_size})"
+                f"block_size ({config.cache.block_size}) must equal the worker's "
+                f"({self.info.block_size})"
             )
-        max_model_len = config.max_model_len or self.info.max_seq_len
+        max_model_len = config.model.max_model_len or self.info.max_seq_len
         if max_model_len > self.info.max_seq_len:
             raise ValueError(
                 f"max_model_len must be <= the model's maximum length ({self.info.max_seq_len}), "
@@ -47,16 +49,7 @@ class Engine:
             )
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(
-            SchedulerConfig(
-                num_blocks=self.info.num_kv_blocks,
-                block_size=self.info.block_size,
-                max_num_seqs=config.max_num_seqs,
-                max_num_batched_tokens=config.max_num_batched_tokens,
-                long_prefill_threshold=config.long_prefill_threshold,
-                enable_prefix_caching=config.enable_prefix_caching,
-                queue_policy=config.queue_policy,
-                max_model_len=max_model_len,
-            )
+            config.scheduler, config.cache, self.info.num_kv_blocks, max_model_len
         )
         self._lock = threading.Lock()
         self._pending: list[Request] = []  # added, not yet taken by a step
@@ -66,49 +59,19 @@ class Engine:
         self._states: dict[str, RequestOutputState] = {}
 
     @classmethod
-    def from_model_dir(
-        cls,
-        model_dir: str | Path,
-        device: str = "cpu",
-        dtype: str | None = None,
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        kv_cache_memory: int | None = None,
-        max_num_seqs: int = 256,
-        max_num_batched_tokens: int = 2048,
-        long_prefill_threshold: int = 512,
-        enable_prefix_caching: bool = True,
-        max_queued_requests: int | None = None,
-        queue_policy: str = "fcfs",
-        max_model_len: int | None = None,
-    ) -> Engine:
-        """An engine with the worker in this process (torch is imported only here)."""
-        from worker import create_worker
-        from worker.config import WorkerConfig
+    def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
+        """An engine with the worker in this process: `settings` are EngineConfig's fields by
+        name (`device="cpu", max_num_seqs=64, num_kv_blocks=256, ...`), the rest default; an
+        unknown name is a TypeError naming it."""
+        return cls.from_config(EngineConfig.from_kwargs(model=str(model_dir), **settings))
 
-        config = EngineConfig(
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            long_prefill_threshold=long_prefill_threshold,
-            enable_prefix_caching=enable_prefix_caching,
-            max_queued_requests=max_queued_requests,
-            queue_policy=queue_policy,
-            max_model_len=max_model_len,
-        )
-        tokenizer = Tokenizer.from_model_dir(model_dir)
-        worker = create_worker(
-            WorkerConfig(
-                model_dir=str(model_dir),
-                device=device,
-                dtype=dtype,
-                block_size=block_size,
-                num_kv_blocks=num_kv_blocks,
-                kv_cache_memory=kv_cache_memory,
-                max_model_len=max_model_len,
-            )
-        )
-        return cls(worker, tokenizer, config)
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> Engine:
+        """Load the tokenizer and the in-process worker (torch is imported only here)."""
+        from worker import create_worker
+
+        tokenizer = Tokenizer.from_model_dir(config.model.model)
+        return cls(create_worker(config.worker), tokenizer, config)
 
     # -- any thread -----------------------------------------------------------------------
 
@@ -142,7 +105,7 @@ class Engine:
             prompt_token_ids = self.tokenizer.encode(prompt, add_bos=True)
         else:
             prompt_token_ids = list(prompt)
-        validate_prompt(prompt_token_ids, params, self.info.vocab_size, self.max_model_len)
+        validate_prompt(prompt_token_ids, params, self.info.vocab_size)
         self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValueError(f"priority must be an integer, got {priority!r}")
@@ -163,8 +126,10 @@ class Engine:
     def _enqueue(self, req: Request) -> None:
         with self._lock:
             if req.req_id in self._live_req_ids:
-                raise ValueError(f"req_id {req.req_id!r} is already in use by a live request")
-            cap = self.config.max_queued_requests
+                raise DuplicateRequestError(
+                    f"req_id {req.req_id!r} is already in use by a live request"
+                )
+            cap = self.config.scheduler.max_queued_requests
             if cap is not None and self._num_waiting + len(self._pending) >= cap:
                 raise CapacityError(f"the waiting queue is full ({cap} requests)")
             self._live_req_ids.add(req.req_id)
@@ -233,7 +198,8 @@ class Engine:
                 failed = sched.fail_step(sched_out, f"worker step failed: {exc!r}")
                 deltas.extend(final_delta(req) for req in failed)
             else:
-                deltas.extend(self._process(sched.update(sched_out, step_out)))
+                changed = sched.update(sched_out, step_out, self._scan_text)
+                deltas.extend(self._states[req.req_id].next_delta() for req in changed)
 
         with self._lock:
             for delta in deltas:
@@ -243,28 +209,8 @@ class Engine:
             self._num_waiting = sched.num_waiting
         return deltas
 
-    def _process(self, changed: list[Request]) -> list[RequestDelta]:
-        """Detokenize and check stop strings; a failure here fails only that request."""
-        deltas = []
-        stopped = []
-        for req in changed:
-            try:
-                delta, stop_matched = self._states[req.req_id].next_delta()
-            except Exception as exc:
-                logger.exception("request %s failed while post-processing", req.req_id)
-                self.scheduler.finish_requests(
-                    [req], RequestStatus.FINISHED_ERROR, f"post-processing failed: {exc!r}"
-                )
-                delta = final_delta(req)
-            else:
-                if stop_matched:
-                    stopped.append(req)
-            deltas.append(delta)
-        if stopped:
-            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
-            for req in stopped:
-                req.status = RequestStatus.FINISHED_STOPPED  # a stop string beats a length stop
-        return deltas
+    def _scan_text(self, req: Request, final: bool) -> bool:
+        return self._states[req.req_id].scan(final)
 
     def iter_deltas(self) -> Iterator[RequestDelta]:
         """Step until nothing is left, yielding every delta as it is made."""

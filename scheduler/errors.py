@@ -6,3 +6,7 @@ from __future__ import annotations
 class CapacityError(Exception):
     """The server cannot take this request now or ever (gRPC RESOURCE_EXHAUSTED): the waiting
     queue is full, or the request could never fit in the KV cache."""
+
+
+class DuplicateRequestError(ValueError):
+    """A live request already has this id (gRPC ALREADY_EXISTS)."""

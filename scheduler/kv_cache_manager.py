@@ -42,36 +42,40 @@ class KVCacheManager:
             hits.append(block_id)
         return hits
 
-    def allocate_slots(
-        self, req: Request, num_new_tokens: int, cached: list[int] | None = None
-    ) -> bool:
-        """Make room for `num_new_tokens` more computed tokens. With `cached` (admission), the
-        request starts from those prefix-cache hits. False, changing nothing, if blocks lack."""
+    def allocate_slots(self, req: Request, num_new_tokens: int) -> list[int] | None:
+        """Blocks for `num_new_tokens` more computed tokens of a running request, appended to
+        its block table. Returns them ([] when none are needed), or None, changing nothing,
+        when blocks lack."""
         pool = self.pool
-        if cached is None:
-            num_new_blocks = self.blocks_needed(req.num_computed_tokens + num_new_tokens) - len(
-                req.block_ids
-            )
-            if num_new_blocks <= 0:
-                return True
-            if num_new_blocks > pool.num_free_blocks:
-                return False
-            req.block_ids.extend(pool.allocate(num_new_blocks))
-            return True
+        num_new_blocks = self.blocks_needed(req.num_computed_tokens + num_new_tokens) - len(
+            req.block_ids
+        )
+        if num_new_blocks <= 0:
+            return []
+        if num_new_blocks > pool.num_free_blocks:
+            return None
+        new_blocks = pool.allocate(num_new_blocks)
+        req.block_ids.extend(new_blocks)
+        return new_blocks
+
+    def admit(self, req: Request, num_new_tokens: int, cached: list[int]) -> int | None:
+        """Start a waiting request's block table: its prefix-cache hits `cached`, then blocks
+        for `num_new_tokens` tokens after them. Returns how many tokens the hits hold (they
+        count as computed), or None, changing nothing, when blocks lack."""
+        pool = self.pool
         num_cached_tokens = len(cached) * self.block_size
         num_new_blocks = self.blocks_needed(num_cached_tokens + num_new_tokens) - len(cached)
         # Hits nobody holds sit in the free queue: taking them uses free blocks too.
         num_idle_hits = sum(1 for block_id in cached if pool.ref_cnts[block_id] == 0)
         if num_new_blocks + num_idle_hits > pool.num_free_blocks:
-            return False
+            return None
         pool.take(cached)
         req.block_ids = cached + pool.allocate(num_new_blocks)
-        req.num_computed_tokens = num_cached_tokens
         req.num_cached_blocks = len(cached)
         if self.enable_caching and not req.params.echo:
             self.num_queries += len(req.all_token_ids)
             self.num_hits += num_cached_tokens
-        return True
+        return num_cached_tokens
 
     def cache_full_blocks(self, req: Request) -> None:
         """Register the request's newly computed full blocks in the prefix cache."""

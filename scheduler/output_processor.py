@@ -1,6 +1,6 @@
 """Turns the scheduler's updated requests into per-request deltas: text, tokens, logprobs,
-prompt logprobs for echo, finish reason and usage. Stop strings are checked here, on the
-text, since only here is the text known."""
+prompt logprobs for echo, finish reason and usage. Stop strings are looked for here, on the
+text, since only here is the text known; `check_stop` decides what a match means."""
 
 from __future__ import annotations
 
@@ -19,27 +19,39 @@ class RequestOutputState:
         self._detokenizer = IncrementalDetokenizer(tokenizer, req.prompt_token_ids)
         self._stop = StopStringMatcher(req.params.stop) if req.params.stop else None
         self.text = ""  # output text so far, cut before a stop string once one matched
+        self._stopped = False  # a stop string matched; nothing after it is text
+        self._num_tokens_scanned = 0
         self._num_text_sent = 0
         self._num_tokens_sent = 0
         self._prompt_logprobs_sent = not req.params.echo
 
-    def next_delta(self) -> tuple[RequestDelta, bool]:
-        """The delta since the last one, and whether a stop string just ended the request
-        (the caller finishes it in the scheduler)."""
+    def scan(self, final: bool) -> bool:
+        """Detokenize the tokens added since the last scan (flushing a partial character when
+        `final`) and look for a stop string in the new text; True when one matched (the text
+        is then cut before it). Called by `Scheduler.update`, which decides the finish."""
+        req = self.req
+        new_ids = req.output_token_ids[self._num_tokens_scanned :]
+        self._num_tokens_scanned = len(req.output_token_ids)
+        if self._stopped:
+            return True
+        num_checked = len(self.text)
+        self.text += self._detokenizer.add(new_ids, final=final)
+        if self._stop is None or len(req.output_token_ids) < req.params.min_tokens:
+            return False
+        i = self._stop.find(self.text, num_checked)
+        if i >= 0:
+            self.text = self.text[:i]
+            self._stopped = True
+        return self._stopped
+
+    def next_delta(self) -> RequestDelta:
+        """What the request gained since the last delta (text as far as scanned)."""
         req = self.req
         params = req.params
         new_ids = req.output_token_ids[self._num_tokens_sent :]
         start = self._num_tokens_sent
         self._num_tokens_sent = len(req.output_token_ids)
         finished = req.is_finished
-        num_checked = len(self.text)
-        self.text += self._detokenizer.add(new_ids, final=finished)
-        stop_matched = False
-        if self._stop is not None and len(req.output_token_ids) >= params.min_tokens:
-            i = self._stop.find(self.text, num_checked)
-            if i >= 0:
-                self.text = self.text[:i]
-                stop_matched = finished = True
         end = len(self.text)
         if not finished and self._stop is not None:
             end = max(end - self._stop.holdback, self._num_text_sent)
@@ -57,10 +69,10 @@ class RequestOutputState:
             if req.prompt_top_logprobs is not None:
                 delta.prompt_top_logprobs = list(req.prompt_top_logprobs)
         if finished:
-            delta.finish_reason = "stop" if stop_matched else req.finish_reason
+            delta.finish_reason = req.finish_reason
             delta.error = req.error
             delta.usage = usage_of(req)
-        return delta, stop_matched
+        return delta
 
 
 def usage_of(req: Request) -> Usage:

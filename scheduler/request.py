@@ -1,8 +1,9 @@
 """Requests as the scheduler tracks them, and the sampling parameters users send.
 
-Every check of user input lives here (`SamplingParams.__post_init__` for the parameters on
-their own, `validate_prompt` for what depends on the prompt and the model), so the engine and
-the gRPC frontend refuse the same things with the same messages.
+The checks of user input live here (`SamplingParams.__post_init__` for the parameters on
+their own, `validate_prompt` for what depends on the vocabulary) and in
+`Scheduler.check_fits` (model length, cache size), so the engine and every frontend refuse
+the same things with the same messages.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class SamplingParams:
     # Stop when one of these ids is generated; the id and its text are returned.
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False  # keep going past EOS (benchmarks)
-    # EOS, stop ids and stop strings do not end the request before this many tokens. The
-    # worker does not mask them, so an early EOS is kept as an ordinary output token.
+    # EOS, stop ids and stop strings do not end the request before this many tokens: the
+    # worker never samples EOS or the stop ids until then.
     min_tokens: int = 0
     logprobs: bool = False  # the logprob of each generated token
     top_logprobs: int = 0  # the k most likely tokens at each generated position, k <= 20
@@ -113,10 +114,9 @@ def _check_float(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
-def validate_prompt(
-    prompt_token_ids: list[int], params: SamplingParams, vocab_size: int, max_model_len: int
-) -> None:
-    """The checks that need the model: vocabulary and maximum length."""
+def validate_prompt(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int) -> None:
+    """The checks that need the model's vocabulary (the length and the cache are the
+    scheduler's: `Scheduler.check_fits`)."""
     if not prompt_token_ids:
         raise ValueError("prompt must hold at least 1 token, got an empty prompt")
     for token_id in prompt_token_ids:
@@ -127,12 +127,6 @@ def validate_prompt(
     for token_id in params.stop_token_ids:
         if token_id >= vocab_size:
             raise ValueError(f"stop_token_ids must be in [0, {vocab_size}), got {token_id}")
-    total = len(prompt_token_ids) + params.max_tokens
-    if total > max_model_len:
-        raise ValueError(
-            f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) must "
-            f"be <= the maximum model length ({max_model_len}), got {total}"
-        )
 
 
 @dataclass(slots=True)

@@ -20,23 +20,53 @@ tokens so that the second catches up with the first, under a token budget per st
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 
+from scheduler.config import SchedulerConfig
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.queue_policy import create_queue_policy
 from scheduler.request import Request, RequestStatus, TenantUsage
-from scheduler.scheduler_config import SchedulerConfig, SchedulerOutput
-from worker.step import NewRequest, PromptLogprobs, RunningRequest, StepInput, StepOutput
+from scheduler.step_results import (
+    TextScanner,
+    add_prompt_logprobs,
+    advance_computed,
+    append_output,
+    output_row_finder,
+    scan_for_stop_string,
+)
+from worker.config import CacheConfig
+from worker.step import NewRequest, RunningRequest, StepInput, StepOutput
 
-__all__ = ["Scheduler", "SchedulerConfig", "SchedulerOutput"]
+__all__ = ["Scheduler", "SchedulerOutput", "TextScanner"]
 
 RUNNING = RequestStatus.RUNNING
 
 
+@dataclass(slots=True)
+class SchedulerOutput:
+    step_input: StepInput
+    scheduled: list[Request] = field(default_factory=list)  # in the order they were scheduled
+    num_preempted: int = 0
+
+
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    """`num_blocks` is the worker's KV cache size and `max_model_len` the resolved model
+    length: facts the engine learns from the worker, beside the settings."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        cache: CacheConfig,
+        num_blocks: int,
+        max_model_len: int,
+    ) -> None:
         self.config = config
-        self.kv = KVCacheManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_size = cache.block_size
+        self.enable_prefix_caching = cache.enable_prefix_caching
+        self.num_blocks = num_blocks
+        self.max_model_len = max_model_len
+        self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.waiting = create_queue_policy(config.queue_policy)
         self._running_key = self.waiting.running_key
         self.running: list[Request] = []  # sorted by the policy's running key
@@ -50,25 +80,23 @@ class Scheduler:
     # -- admission ------------------------------------------------------------------------
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        """Refuse what could never run: over the model length, or bigger than the cache."""
+        """Refuse what could never run: over the model length, or bigger than the cache. The
+        engine calls this once per request, before queueing it."""
         total = num_prompt_tokens + max_tokens
-        if total > self.config.max_model_len:
+        if total > self.max_model_len:
             raise ValueError(
                 f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) must be <= "
-                f"the maximum model length ({self.config.max_model_len}), got {total}"
+                f"the maximum model length ({self.max_model_len}), got {total}"
             )
         # The last generated token is never computed, so it needs no slot.
         num_blocks = self.kv.blocks_needed(total - 1)
-        if num_blocks > self.config.num_blocks:
+        if num_blocks > self.num_blocks:
             raise CapacityError(
-                f"prompt + max_tokens need {num_blocks} KV blocks, the cache has "
-                f"{self.config.num_blocks}"
+                f"prompt + max_tokens need {num_blocks} KV blocks, the cache has {self.num_blocks}"
             )
 
     def add_request(self, req: Request) -> None:
-        if req.req_id in self.requests:
-            raise ValueError(f"req_id {req.req_id!r} is already in use")
-        self.check_fits(len(req.prompt_token_ids), req.params.max_tokens)
+        """Queue a request that passed `check_fits`, under an id no live request has."""
         req.arrival_seq = self._next_arrival_seq
         self._next_arrival_seq += 1
         usage = self.tenant_usage.get(req.tenant)
@@ -82,156 +110,121 @@ class Scheduler:
     # -- one step -------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        cfg = self.config
-        kv = self.kv
-        bs = cfg.block_size
-        threshold = cfg.long_prefill_threshold
-        budget = cfg.max_num_batched_tokens
-        new_reqs: list[NewRequest] = []
-        running_reqs: list[RunningRequest] = []
-        num_scheduled: dict[str, int] = {}
-        scheduled: list[Request] = []
-        num_preempted = 0
+        out = SchedulerOutput(StepInput())
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        # Admit waiting requests, unless blocks just ran out (they would preempt each other).
+        if not out.num_preempted:
+            self._schedule_waiting(out, budget)
+        out.step_input.finished_req_ids = list(self._finished_req_ids)
+        self._finished_req_ids.clear()
+        return out
 
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Give each running request its decode token or next prefill chunk; returns the
+        budget left."""
+        threshold = self.config.long_prefill_threshold
         running = self.running
         # Preemption pops victims off the end of `running` while this loop walks it from the
         # front; a list iterator stops at the list's current length, so that is safe.
         for i, req in enumerate(running):
-            num_new = len(req.all_token_ids) - req.num_computed_tokens
+            num_new = req.num_tokens - req.num_computed_tokens
             if num_new != 1:
                 # Leave one token for each running request after this one.
                 num_new = min(num_new, threshold, budget - (len(running) - i - 1))
                 if num_new <= 0:
                     continue
-            block_ids = req.block_ids
-            if req.num_computed_tokens + num_new > len(block_ids) * bs:
-                while not kv.allocate_slots(req, num_new):
+            if req.num_computed_tokens + num_new > len(req.block_ids) * self.block_size:
+                while self.kv.allocate_slots(req, num_new) is None:
                     victim = running.pop()
                     self._preempt(victim)
-                    num_preempted += 1
+                    out.num_preempted += 1
                     if victim is req:
                         break
                 if req.status is not RUNNING:
                     break  # it preempted itself, the last running request
-                block_ids = req.block_ids
-            req_id = req.req_id
-            all_ids = req.all_token_ids
-            running_reqs.append(
+            out.step_input.running.append(
                 RunningRequest(
-                    req_id, all_ids[req.num_sent_tokens :], block_ids[req.num_sent_blocks :]
+                    req.req_id,
+                    req.all_token_ids[req.num_sent_tokens :],
+                    req.block_ids[req.num_sent_blocks :],
                 )
             )
-            req.num_sent_tokens = len(all_ids)
-            req.num_sent_blocks = len(block_ids)
-            num_scheduled[req_id] = num_new
-            scheduled.append(req)
+            self._mark_scheduled(out, req, num_new)
             budget -= num_new
+        return budget
 
-        # Admit waiting requests, unless blocks just ran out (they would preempt each other).
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit waiting requests in the policy's order while budget, blocks and seats last."""
         waiting = self.waiting
-        while not num_preempted and budget > 0 and len(waiting) and len(running) < cfg.max_num_seqs:
+        threshold = self.config.long_prefill_threshold
+        while budget > 0 and len(waiting) and len(self.running) < self.config.max_num_seqs:
             req = waiting.peek()
             if req.req_id in self._finished_req_ids:
                 break  # the worker drops its old state first, at this coming step
-            cached = kv.find_cached_prefix(req)
-            num_new = min(len(req.all_token_ids) - len(cached) * bs, threshold, budget)
-            if not kv.allocate_slots(req, num_new, cached):
+            cached = self.kv.find_cached_prefix(req)
+            num_new = min(req.num_tokens - len(cached) * self.block_size, threshold, budget)
+            num_cached_tokens = self.kv.admit(req, num_new, cached)
+            if num_cached_tokens is None:
                 break
             waiting.pop()
+            req.num_computed_tokens = num_cached_tokens
             req.status = RUNNING
             if req.num_cached_prompt_tokens < 0:  # first admission: report its cache hit
-                num_prompt = len(req.prompt_token_ids)
-                req.num_cached_prompt_tokens = min(req.num_computed_tokens, num_prompt)
-            bisect.insort(running, req, key=self._running_key)
-            new_reqs.append(
+                req.num_cached_prompt_tokens = min(num_cached_tokens, len(req.prompt_token_ids))
+            bisect.insort(self.running, req, key=self._running_key)
+            out.step_input.new.append(
                 NewRequest(
                     req.req_id,
                     list(req.all_token_ids),
                     list(req.block_ids),
                     req.options,
-                    req.num_computed_tokens,
+                    num_cached_tokens,
                     num_output_tokens=len(req.output_token_ids),
                 )
             )
             req.on_worker = True
-            req.num_sent_tokens = len(req.all_token_ids)
-            req.num_sent_blocks = len(req.block_ids)
-            num_scheduled[req.req_id] = num_new
-            scheduled.append(req)
+            self._mark_scheduled(out, req, num_new)
             budget -= num_new
 
-        finished_req_ids = list(self._finished_req_ids)
-        self._finished_req_ids.clear()
-        step_input = StepInput(new_reqs, running_reqs, num_scheduled, finished_req_ids)
-        return SchedulerOutput(step_input, scheduled, num_preempted)
+    @staticmethod
+    def _mark_scheduled(out: SchedulerOutput, req: Request, num_new: int) -> None:
+        req.num_sent_tokens = req.num_tokens
+        req.num_sent_blocks = len(req.block_ids)
+        out.step_input.num_scheduled_tokens[req.req_id] = num_new
+        out.scheduled.append(req)
 
-    def update(self, sched_out: SchedulerOutput, step_out: StepOutput) -> list[Request]:
-        """Advance every scheduled request by what the worker computed and sampled. Returns
-        the requests that gained tokens or finished."""
-        kv = self.kv
-        bs = self.config.block_size
-        caching = self.config.enable_prefix_caching
-        max_model_len = self.config.max_model_len
+    def update(
+        self,
+        sched_out: SchedulerOutput,
+        step_out: StepOutput,
+        scan_text: TextScanner | None = None,
+    ) -> list[Request]:
+        """Advance every scheduled request by what the worker computed and sampled, and
+        finish those that stopped. Returns the requests that gained tokens or finished."""
         num_scheduled = sched_out.step_input.num_scheduled_tokens
-        out_req_ids = step_out.req_ids
-        num_out = len(out_req_ids)
-        index: dict[str, int] | None = None  # built only if the worker changed the order
-        sampled_ids = step_out.sampled_token_ids
-        logprobs = step_out.logprobs
-        top_logprobs = step_out.top_logprobs
-        prompt_logprobs = step_out.prompt_logprobs
+        find_row = output_row_finder(step_out.req_ids)
         changed: list[Request] = []
         num_finished = 0
         for k, req in enumerate(sched_out.scheduled):
             if req.status is not RUNNING:
                 continue  # finished or preempted since it was scheduled
-            req_id = req.req_id
-            num_new = num_scheduled[req_id]
-            num_prompt = len(req.prompt_token_ids)
-            if req.num_computed_tokens < num_prompt:  # a prompt chunk (recomputed ones count)
-                num_prompt_new = min(num_new, num_prompt - req.num_computed_tokens)
-                req.tenant_usage.num_input_tokens += num_prompt_new
-            req.num_computed_tokens += num_new
-            if caching and req.num_computed_tokens // bs > req.num_cached_blocks:
-                kv.cache_full_blocks(req)
-            if prompt_logprobs and req.prompt_logprobs is not None:
-                self._add_prompt_logprobs(req, prompt_logprobs.get(req_id))
-            if k < num_out and out_req_ids[k] == req_id:
-                i: int | None = k
+            advance_computed(req, num_scheduled[req.req_id], self.kv)
+            if step_out.prompt_logprobs and req.prompt_logprobs is not None:
+                add_prompt_logprobs(req, step_out.prompt_logprobs.get(req.req_id))
+            row = find_row(k, req.req_id)
+            error = None
+            if row is not None and step_out.sampled_token_ids[row]:
+                status = append_output(req, step_out, row, self.max_model_len)
+                if scan_text is not None:
+                    status, error = scan_for_stop_string(req, status, scan_text, self.max_model_len)
+            elif req.num_computed_tokens >= req.num_tokens:
+                # Everything computed but nothing sampled: the request would never run again.
+                status, error = RequestStatus.FINISHED_ERROR, "the worker sampled no token"
             else:
-                if index is None:
-                    index = {rid: j for j, rid in enumerate(out_req_ids)}
-                i = index.get(req_id)
-            new_ids = sampled_ids[i] if i is not None else ()
-            if not new_ids:
-                if req.num_computed_tokens >= len(req.all_token_ids):
-                    # Everything computed but nothing sampled: the request would never run again.
-                    self._finish(req, RequestStatus.FINISHED_ERROR, "the worker sampled no token")
-                    num_finished += 1
-                    changed.append(req)
-                continue
-            req.tenant_usage.num_output_tokens += len(new_ids)
-            if logprobs and logprobs[i]:
-                req.logprobs.extend(logprobs[i])
-            if top_logprobs and top_logprobs[i]:
-                req.top_logprobs.extend(top_logprobs[i])
-            output_ids = req.output_token_ids
-            params = req.params
-            for token_id in new_ids:
-                req.all_token_ids.append(token_id)
-                output_ids.append(token_id)
-                num_output = len(output_ids)
-                if (
-                    token_id == req.eos_stop_id or token_id in req.stop_token_ids
-                ) and num_output >= params.min_tokens:
-                    status = RequestStatus.FINISHED_STOPPED
-                elif num_output >= params.max_tokens or len(req.all_token_ids) >= max_model_len:
-                    status = RequestStatus.FINISHED_LENGTH
-                else:
-                    continue
-                self._finish(req, status)
+                continue  # mid-prefill
+            if status is not None:
+                self._finish(req, status, error)
                 num_finished += 1
-                break
             changed.append(req)
         if num_finished:
             self.running = [req for req in self.running if req.status is RUNNING]
@@ -250,7 +243,7 @@ class Scheduler:
     def finish_requests(
         self, reqs: list[Request], status: RequestStatus, error: str | None = None
     ) -> None:
-        """Finish requests from outside `update` (stop strings, aborts, errors)."""
+        """Finish requests from outside `update` (aborts, errors)."""
         any_running = False
         for req in reqs:
             if req.is_finished:
@@ -296,24 +289,6 @@ class Scheduler:
             req.on_worker = False
         req.num_sent_tokens = 0
         req.num_sent_blocks = 0
-
-    @staticmethod
-    def _add_prompt_logprobs(req: Request, chunk: PromptLogprobs | None) -> None:
-        """Place one chunk's prompt logprobs by position; positions already filled (seen
-        again after a resume) keep their first value."""
-        if chunk is None:
-            return
-        logprobs = req.prompt_logprobs
-        top = req.prompt_top_logprobs
-        num_prompt = len(logprobs)
-        for offset, value in enumerate(chunk.logprobs):
-            pos = chunk.start_position + offset
-            if pos >= num_prompt:
-                break
-            if logprobs[pos] is None:
-                logprobs[pos] = value
-                if top is not None and chunk.top_logprobs is not None:
-                    top[pos] = chunk.top_logprobs[offset]
 
     # -- state ----------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
-"""Stop strings, matched on the detokenized text across token boundaries."""
+"""When a request stops: stop strings matched on the text across token boundaries, and the
+one check that decides every finish."""
 
 from __future__ import annotations
+
+from scheduler.request import Request, RequestStatus
 
 
 class StopStringMatcher:
@@ -24,3 +27,23 @@ class StopStringMatcher:
             if i >= 0 and (best < 0 or i < best):
                 best = i
         return best
+
+
+def check_stop(
+    req: Request, max_model_len: int, stop_string_found: bool = False
+) -> RequestStatus | None:
+    """Whether a request is finished now that its newest output token is appended: the one
+    place every finish by EOS, stop token ids, stop strings and lengths is decided.
+
+    EOS, stop ids and stop strings (found by the output processor) count only once
+    `min_tokens` are out, and they beat the length limits when both apply to the same token.
+    """
+    output_ids = req.output_token_ids
+    num_output = len(output_ids)
+    if num_output >= req.params.min_tokens:
+        last = output_ids[-1]
+        if stop_string_found or last == req.eos_stop_id or last in req.stop_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+    if num_output >= req.params.max_tokens or len(req.all_token_ids) >= max_model_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None

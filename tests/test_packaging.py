@@ -95,7 +95,7 @@ def run_python(code: str) -> str:
 
 def test_server_modules_import_no_torch_and_client_needs_no_server_code() -> None:
     server = run_python(
-        "import sys, scheduler.frontend, scheduler.cli, scheduler.servicer;"
+        "import sys, frontend.server, frontend.cli, frontend.servicer;"
         "print('torch' in sys.modules)"
     )
     assert server.strip() == "False"
@@ -108,7 +108,7 @@ def test_server_modules_import_no_torch_and_client_needs_no_server_code() -> Non
 
 def test_serve_takes_every_documented_flag() -> None:
     help_text = run_python(
-        "from scheduler.cli import build_parser; build_parser().parse_args(['serve', '--help'])"
+        "from frontend.cli import build_parser; build_parser().parse_args(['serve', '--help'])"
     )
     for flag in re.findall(r"^\| `(--[a-z-]+)`", README, re.MULTILINE) + [
         "--model", "--host", "--port", "--device", "--dtype", "--block-size", "--num-kv-blocks",
@@ -117,3 +117,10 @@ def test_serve_takes_every_documented_flag() -> None:
         "--max-queued-requests", "--metrics-port", "--shutdown-timeout", "--log-level",
     ]:  # fmt: skip
         assert flag in help_text, flag
+
+
+def test_the_image_copies_every_package() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in {p.split("*")[0] for p in packages}:
+        assert f"COPY {package} ./{package}\n" in dockerfile, package

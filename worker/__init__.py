@@ -6,15 +6,22 @@ imported only when a worker is created.
 
 from __future__ import annotations
 
-from worker.config import WorkerConfig
+from typing import Any
+
+from worker.config import CacheConfig, ModelConfig, WorkerConfig, from_flat
 from worker.step import Worker
 
 
-def create_worker(config: WorkerConfig) -> Worker:
-    """Load the model and allocate the KV cache; returns the in-process worker."""
+def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker:
+    """Load the model and allocate the KV cache; returns the in-process worker. Takes a
+    WorkerConfig, or its fields by name (`create_worker(model=dir, num_kv_blocks=64)`)."""
     from worker.runner import ModelRunner
 
+    if config is None:
+        config = from_flat(WorkerConfig, **settings)
+    elif settings:
+        raise TypeError("pass a WorkerConfig or settings by name, not both")
     return ModelRunner(config)
 
 
-__all__ = ["WorkerConfig", "create_worker"]
+__all__ = ["CacheConfig", "ModelConfig", "WorkerConfig", "create_worker"]

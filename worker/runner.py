@@ -26,19 +26,23 @@ from worker.step_output import HostScores, assemble_output
 
 _DTYPES = {
     "float32": torch.float32,
-    "fp32": torch.float32,
     "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
     "float16": torch.float16,
-    "fp16": torch.float16,
 }
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`name` is one of worker.config.DTYPES (ModelConfig checked it), or None for the
+    device's default."""
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[name]
 
 
@@ -46,37 +50,36 @@ class ModelRunner:
     """Implements the `Worker` protocol of worker/step.py in-process."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        if config.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {config.block_size}")
-        self.device = torch.device(config.device)
-        self.dtype = resolve_dtype(config.dtype, self.device)
-        loaded = load_checkpoint(config.model_dir, self.dtype)
+        model, cache = config.model, config.cache
+        self.device = resolve_device(model.device)
+        self.dtype = resolve_dtype(model.dtype, self.device)
+        loaded = load_checkpoint(model.model, self.dtype)
         args = loaded.args
-        if config.max_model_len is not None:
-            args = dataclasses.replace(args, max_seq_len=config.max_model_len)
+        if model.max_model_len is not None:
+            args = dataclasses.replace(args, max_seq_len=model.max_model_len)
         self.model = Transformer.from_weights(args, loaded.weights, self.device)
-        self.block_size = config.block_size
-        num_blocks = config.num_kv_blocks or blocks_for_budget(
-            args, config.block_size, self.dtype, self.device, config.kv_cache_memory
+        self.block_size = cache.block_size
+        num_blocks = cache.num_kv_blocks or blocks_for_budget(
+            args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
         )
         self.kv_cache = allocate_kv_cache(
-            args, num_blocks, config.block_size, self.dtype, self.device
+            args, num_blocks, cache.block_size, self.dtype, self.device
         )
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
-            model_name=Path(os.path.abspath(config.model_dir)).name,
+            model_name=Path(os.path.abspath(model.model)).name,
             vocab_size=args.vocab_size,
             max_seq_len=args.max_seq_len,
             bos_id=loaded.bos_id,
             eos_id=loaded.eos_id,
-            block_size=config.block_size,
+            block_size=cache.block_size,
             num_kv_blocks=num_blocks,
             dtype=str(self.dtype).removeprefix("torch."),
             device=str(self.device),
         )
         self.requests: dict[str, RequestState] = {}
         # Draws for requests without a seed of their own.
-        self._rng = random.Random(config.seed)
+        self._rng = random.Random(model.seed)
 
     def info(self) -> WorkerInfo:
         return self._info

@@ -116,8 +116,23 @@ def build_step_batch(
         gather_buffers=gather_buffers,
     )
 
+    logits_rows, plans = _logits_plans(seqs, first_rows, order)
+    return StepBatch(
+        input_ids=input_ids,
+        positions=positions,
+        attn=attn,
+        logits_rows=tensor(logits_rows),
+        plans=plans,
+    )
+
+
+def _logits_plans(
+    seqs: list[tuple[RequestState, int]], first_rows: list[int], order: list[int]
+) -> tuple[list[int], list[LogitsPlan]]:
+    """Which batch rows need logits, and each request's plan, in the caller's order
+    (`seqs[b]` is request `order[b]`)."""
     logits_rows: list[int] = []
-    plans: list[LogitsPlan | None] = [None] * num_seqs
+    plans: list[LogitsPlan | None] = [None] * len(seqs)
     for batch_index, (state, n) in enumerate(seqs):
         first_row = first_rows[batch_index]
         completes = state.num_computed + n == len(state.token_ids)
@@ -133,13 +148,7 @@ def build_step_batch(
             plan.sample_row = len(logits_rows)
             logits_rows.append(first_row + n - 1)
         plans[order[batch_index]] = plan
-    return StepBatch(
-        input_ids=input_ids,
-        positions=positions,
-        attn=attn,
-        logits_rows=tensor(logits_rows),
-        plans=plans,  # type: ignore[arg-type]  # every slot was filled above
-    )
+    return logits_rows, plans  # type: ignore[return-value]  # every slot was filled above
 
 
 def _prefill_chunk(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
+from frontend.server import ServerHandle, serve_in_thread
 from loadtest.cli import main
 from scheduler import Engine
-from scheduler.frontend import ServerHandle, serve_in_thread
 from tests.conftest import STORIES_DIR
 from tests.loadtest.required_keys import REQUIRED_KEYS
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scheduler.config import SchedulerConfig
 from scheduler.request import Request, SamplingParams
-from scheduler.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from scheduler.scheduler import Scheduler, SchedulerOutput
+from worker.config import CacheConfig
 from worker.step import PromptLogprobs, StepInput, StepOutput
 
 EOS = 2
@@ -24,9 +26,16 @@ def make_request(
     return Request(req_id, prompt, SamplingParams(max_tokens=max_tokens, **params), eos_id=EOS)
 
 
-def make_scheduler(**config: object) -> Scheduler:
-    defaults: dict[str, object] = {"num_blocks": 64, "block_size": 4, "max_model_len": 4096}
-    return Scheduler(SchedulerConfig(**{**defaults, **config}))
+def make_scheduler(
+    num_blocks: int = 64,
+    block_size: int = 4,
+    max_model_len: int = 4096,
+    enable_prefix_caching: bool = True,
+    **config: object,
+) -> Scheduler:
+    """A scheduler over `num_blocks` blocks; `config` holds SchedulerConfig fields."""
+    cache = CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching)
+    return Scheduler(SchedulerConfig(**config), cache, num_blocks, max_model_len)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 from scheduler.engine import Engine, EngineConfig
 from scheduler.tokenizer import Tokenizer
 from tests.conftest import STORIES_DIR
-from worker import WorkerConfig, create_worker
+from worker import create_worker
 from worker.step import Worker
 
 _workers: dict[int, Worker] = {}
@@ -17,15 +17,13 @@ _workers: dict[int, Worker] = {}
 def stories_worker(num_kv_blocks: int) -> Worker:
     """One loaded worker per cache size, reused across tests (loading costs seconds)."""
     if num_kv_blocks not in _workers:
-        _workers[num_kv_blocks] = create_worker(
-            WorkerConfig(model_dir=str(STORIES_DIR), num_kv_blocks=num_kv_blocks)
-        )
+        _workers[num_kv_blocks] = create_worker(model=str(STORIES_DIR), num_kv_blocks=num_kv_blocks)
     return _workers[num_kv_blocks]
 
 
 def stories_engine(num_kv_blocks: int = 128, **config: object) -> Engine:
     tokenizer = Tokenizer.from_model_dir(Path(STORIES_DIR))
-    return Engine(stories_worker(num_kv_blocks), tokenizer, EngineConfig(**config))
+    return Engine(stories_worker(num_kv_blocks), tokenizer, EngineConfig.from_kwargs(**config))
 
 
 def random_prompt(rng: random.Random, num_tokens: int) -> list[int]:

@@ -134,9 +134,6 @@ def test_admission_refuses_what_could_never_fit() -> None:
         sched.check_fits(10, 8)
     with pytest.raises(ValueError, match=r"maximum model length \(20\)"):
         sched.check_fits(15, 6)
-    sched.add_request(make_request("x", 3, max_tokens=2))
-    with pytest.raises(ValueError, match="already in use"):
-        sched.add_request(make_request("x", 3, max_tokens=2))
 
 
 def test_abort_frees_blocks_in_every_state() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from frontend.server import ServerHandle, serve_in_thread
 from scheduler import Engine
-from scheduler.frontend import ServerHandle, serve_in_thread
 from tests.conftest import STORIES_DIR
 
 # 256 blocks x 16 tokens: room for 64 concurrent short streams, small enough to exhaust.

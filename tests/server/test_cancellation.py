@@ -6,8 +6,8 @@ import asyncio
 import time
 
 from client import AsyncClient
+from frontend.server import ServerHandle
 from loompb import serving_pb2
-from scheduler.frontend import ServerHandle
 from tests.server.conftest import engine_is_idle, wait_until
 
 NUM_STREAMS = 64

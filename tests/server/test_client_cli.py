@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
+from frontend.server import ServerHandle
 from scheduler import SamplingParams
-from scheduler.frontend import ServerHandle
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import make_engine
 

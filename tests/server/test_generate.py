@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from client import Client
+from frontend.server import ServerHandle
 from loompb import serving_pb2
 from scheduler import SamplingParams
-from scheduler.frontend import ServerHandle
 from tests.conftest import STORIES_DIR
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
 

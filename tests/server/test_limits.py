@@ -6,9 +6,9 @@ import grpc
 import pytest
 
 from client import Client, build_request
+from frontend.server import ServerHandle
 from loompb import serving_pb2_grpc
 from scheduler import Engine
-from scheduler.frontend import ServerHandle
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
 
 

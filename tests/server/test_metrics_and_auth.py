@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
-from scheduler.frontend import ServerHandle
+from frontend.server import ServerHandle
 from tests.server.conftest import engine_is_idle, wait_until
 
 MODEL = "stories260K"
@@ -82,7 +82,7 @@ def test_running_and_kv_usage_gauges_while_busy(start_server) -> None:
 
 @pytest.fixture
 def keyed_server(start_server, tmp_path) -> ServerHandle:
-    from scheduler.auth import load_api_keys
+    from frontend.auth import load_api_keys
 
     keys = tmp_path / "keys"
     keys.write_text("# key tenant\nkey-a alice\nkey-b bob\n")
@@ -115,7 +115,7 @@ def test_api_key_names_the_tenant(keyed_server: ServerHandle) -> None:
 
 
 def test_api_keys_file_errors(tmp_path) -> None:
-    from scheduler.auth import load_api_keys
+    from frontend.auth import load_api_keys
 
     bad = tmp_path / "keys"
     for text, words in (

@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from client import Client
+from frontend.server import ServerHandle, serve_in_thread
 from loompb import serving_pb2, serving_pb2_grpc
-from scheduler.frontend import ServerHandle, serve_in_thread
 from tests.server.conftest import engine_is_idle, make_engine
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

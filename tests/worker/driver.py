@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.make_random_model import random_weights, write_meta_model
-from worker import WorkerConfig, create_worker
+from worker import create_worker
 from worker.step import (
     NewRequest,
     PromptLogprobs,
@@ -69,7 +69,7 @@ def make_random_model(
 
 def start_worker(model_dir: Path, **config: object) -> Worker:
     config.setdefault("num_kv_blocks", 256)
-    return create_worker(WorkerConfig(model_dir=str(model_dir), **config))  # type: ignore[arg-type]
+    return create_worker(model=str(model_dir), **config)
 
 
 @dataclass(slots=True)

@@ -3,7 +3,7 @@
 Two ways to run it:
 
     # In a program that owns its event loop (what `python -m scheduler serve` does):
-    frontend = Frontend(engine, FrontendOptions(host="127.0.0.1", port=50051))
+    frontend = Frontend(engine, FrontendConfig(host="127.0.0.1", port=50051))
     await frontend.start()
     ...
     await frontend.drain()          # health NOT_SERVING, new calls UNAVAILABLE, then stop
@@ -12,7 +12,7 @@ Two ways to run it:
     with serve_in_thread(engine, port=0) as handle:
         Client(handle.target).generate("Once upon a time")
 
-The engine loop always runs in its own thread (scheduler.async_engine).
+The engine loop always runs in its own thread (frontend.async_engine).
 """
 
 from __future__ import annotations
@@ -20,35 +20,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from frontend.async_engine import AsyncEngine
+from frontend.auth import Authenticator
+from frontend.config import FrontendConfig
+from frontend.metrics import ServingMetrics
+from frontend.servicer import AdmissionGate, GenerationServicer
 from loompb import serving_pb2, serving_pb2_grpc
-from scheduler.async_engine import AsyncEngine
-from scheduler.auth import Authenticator
-from scheduler.metrics import ServingMetrics
-from scheduler.servicer import AdmissionGate, GenerationServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass(slots=True)
-class FrontendOptions:
-    host: str = "127.0.0.1"  # 0.0.0.0 to accept other hosts (the compose file does)
-    port: int = 50051  # 0 picks a free port
-    api_keys: dict[str, str] | None = None  # {key: tenant}; None: no auth, x-loom-tenant
-    metrics_port: int | None = None  # Prometheus /metrics on host:metrics_port; None: off
-    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on drain
-    max_request_bytes: int = 1 << 20  # gRPC receive limit; a larger request is refused
-    max_step_failures: int = 3  # failed engine steps in a row before the loop gives up
 
 
 class LiveHealthServicer(health.aio.HealthServicer):
@@ -67,11 +57,11 @@ class LiveHealthServicer(health.aio.HealthServicer):
 class Frontend:
     """One gRPC server and one engine loop; start, serve, then drain once."""
 
-    def __init__(self, engine: Any, options: FrontendOptions | None = None) -> None:
+    def __init__(self, engine: Any, config: FrontendConfig | None = None) -> None:
         self.engine = engine
-        self.options = options or FrontendOptions()
+        self.config = config or FrontendConfig()
         self.metrics = ServingMetrics(engine.info.model_name)
-        self.async_engine = AsyncEngine(engine, self.metrics, self.options.max_step_failures)
+        self.async_engine = AsyncEngine(engine, self.metrics, self.config.max_step_failures)
         self.gate = AdmissionGate()
         self.health = LiveHealthServicer(self.async_engine)
         self.port: int | None = None
@@ -81,26 +71,26 @@ class Frontend:
         self._cut_short = asyncio.Event()
 
     async def start(self) -> None:
-        opts = self.options
+        cfg = self.config
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", opts.max_request_bytes),
+                ("grpc.max_receive_message_length", cfg.max_request_bytes),
                 # Without this, a second server could bind an explicit port already in use.
                 ("grpc.so_reuseport", 0),
             ]
         )
         servicer = GenerationServicer(
-            self.async_engine, Authenticator(opts.api_keys), self.gate, opts.max_request_bytes
+            self.async_engine, Authenticator(cfg.api_keys), self.gate, cfg.max_request_bytes
         )
         serving_pb2_grpc.add_GenerationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        address = f"[{opts.host}]:{opts.port}" if ":" in opts.host else f"{opts.host}:{opts.port}"
+        address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
         self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
-        if opts.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(opts.host, opts.metrics_port)  # OSError
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         # The loop runs before the first call can arrive, so no health check finds it absent.
@@ -118,12 +108,12 @@ class Frontend:
 
     @property
     def target(self) -> str:
-        host = "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
         return f"{host}:{self.port}"
 
     async def drain(self, timeout: float | None = None) -> None:
         """Health NOT_SERVING and new calls UNAVAILABLE at once; in-flight requests get
-        `timeout` seconds (default: options.shutdown_timeout) to finish, then are aborted;
+        `timeout` seconds (default: config.shutdown_timeout) to finish, then are aborted;
         then the server and the engine loop stop. Safe to call more than once."""
         if self._drained is None:
             self._drained = asyncio.ensure_future(self._drain(timeout))
@@ -145,7 +135,7 @@ class Frontend:
         return idle in done
 
     async def _drain(self, timeout: float | None) -> None:
-        timeout = self.options.shutdown_timeout if timeout is None else timeout
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
         self.gate.draining = True
         await self.health.enter_graceful_shutdown()
         log.info("draining: %d requests in flight, up to %.1f s", self.gate.num_in_flight, timeout)
@@ -236,14 +226,14 @@ def serve_in_thread(
 ) -> ServerHandle:
     """Start a server for `engine` on a background thread and return once it is SERVING.
 
-    `options` are the other FrontendOptions fields: api_keys, metrics_port,
+    `options` are the other FrontendConfig fields: api_keys, metrics_port,
     shutdown_timeout, max_request_bytes, max_step_failures. The engine's own limits
     (max_queued_requests, ...) are set where the engine is built.
     """
-    known = {f.name for f in fields(FrontendOptions)} - {"host", "port"}
+    known = {f.name for f in fields(FrontendConfig)} - {"host", "port"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
-    handle = ServerHandle(Frontend(engine, FrontendOptions(host=host, port=port, **options)))
+    handle = ServerHandle(Frontend(engine, FrontendConfig(host=host, port=port, **options)))
     handle._start()
     return handle

@@ -1,8 +1,8 @@
 """The loom.v1.Generation servicer: admission, streaming, and the status code of every refusal.
 
 Every check happens before the engine queues anything, so a refused request costs nothing
-(DESIGN §7). A request whose caller goes away (cancel, disconnect, deadline) is aborted in
-the engine, which frees its blocks at the next step.
+(the README's error table lists each status). A request whose caller goes away (cancel,
+disconnect, deadline) is aborted in the engine, which frees its blocks at the next step.
 """
 
 from __future__ import annotations
@@ -14,17 +14,12 @@ from typing import Any
 
 import grpc
 
+from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
+from frontend.auth import Authenticator, AuthError
+from frontend.protocol import add_delta, check_input_fields, sampling_params
 from loompb import serving_pb2, serving_pb2_grpc
-from scheduler.async_engine import (
-    AsyncEngine,
-    DuplicateRequestError,
-    EngineDeadError,
-    RequestStream,
-)
-from scheduler.auth import Authenticator, AuthError
-from scheduler.errors import CapacityError
+from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.outputs import RequestDelta
-from scheduler.protocol import add_delta, check_input_fields, sampling_params
 from scheduler.request import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 
 log = logging.getLogger(__name__)
@@ -191,9 +186,9 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             max_stop_strings=MAX_STOP_STRINGS,
             max_stop_string_length=MAX_STOP_STRING_LENGTH,
             max_request_bytes=self.max_request_bytes,
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_queued_requests=config.max_queued_requests or 0,
+            max_num_seqs=config.scheduler.max_num_seqs,
+            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
+            max_queued_requests=config.scheduler.max_queued_requests or 0,
         )
 
     async def Tokenize(self, request: serving_pb2.TokenizeRequest, context: Any) -> Any:

@@ -20,7 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.metrics import ServingMetrics
+from frontend.metrics import ServingMetrics
+from scheduler.errors import DuplicateRequestError
 from scheduler.outputs import RequestDelta
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ request_log = logging.getLogger("loom.requests")
 
 class EngineDeadError(RuntimeError):
     """The engine loop has stopped; no request can be served (gRPC UNAVAILABLE)."""
-
-
-class DuplicateRequestError(ValueError):
-    """A live request already has this id (gRPC ALREADY_EXISTS)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -124,8 +121,13 @@ class AsyncEngine:
         with self._cond:
             if not self.alive:
                 raise EngineDeadError("the engine loop is not running")
+            # The engine decides which ids are live; this only keeps a stream whose final
+            # delta is still on its way from being replaced (the engine forgets an id when
+            # the step that finished it returns, just before that delta is dispatched).
             if req_id in self._streams:
-                raise DuplicateRequestError(f"{req_id!r} is already in use by a live request")
+                raise DuplicateRequestError(
+                    f"req_id {req_id!r} is already in use by a live request"
+                )
             # Registered before the engine sees it, so its first delta finds a reader.
             self._streams[req_id] = stream
         try:

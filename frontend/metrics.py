@@ -24,8 +24,9 @@ TOKEN_LATENCY_BUCKETS = (
 
 
 class ServingMetrics:
-    """The series of DESIGN §8. The engine loop thread feeds them; prometheus_client's metric
-    objects are thread-safe, and `update_engine_stats` is only called from that thread."""
+    """The series the README's Observability section lists. The engine loop thread feeds
+    them; prometheus_client's metric objects are thread-safe, and `update_engine_stats` is
+    only called from that thread."""
 
     def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
         self.model_name = model_name

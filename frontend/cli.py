@@ -1,0 +1,135 @@
+"""`python -m scheduler serve`: load a model, start the engine loop and the gRPC server.
+
+With no flags it serves the bundled models/stories260K on 127.0.0.1:50051, on the GPU when
+one is present and on the CPU otherwise. SIGTERM or Ctrl-C drains: health turns NOT_SERVING,
+new calls get UNAVAILABLE, requests in flight get --shutdown-timeout seconds to finish and are
+aborted after it (a second signal aborts them at once), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from frontend.config import FrontendConfig, ServeConfig
+from frontend.flags import add_settings_flags, settings_from_args
+from frontend.server import Frontend
+
+log = logging.getLogger("loom.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scheduler")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model over gRPC", description=__doc__)
+    add_settings_flags(serve, ServeConfig)
+
+    health = commands.add_parser(
+        "health", help="ask a server's grpc.health.v1 service; exit 0 only when SERVING"
+    )
+    health.add_argument("--target", default="127.0.0.1:50051", help="host:port")
+    health.add_argument("--service", default="", help="service name ('' is the whole server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    return parser
+
+
+def check_health(target: str, service: str, timeout: float) -> int:
+    """For container health checks: prints the status, exits 0 only when SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            print(f"{target}: {exc.code().name}: {exc.details()}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def load_engine(config: ServeConfig):  # -> scheduler.Engine
+    from scheduler.engine import Engine
+
+    started = time.monotonic()
+    engine = Engine.from_config(config.engine)
+    info = engine.info
+    log.info(
+        "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s",
+        info.model_name,
+        config.engine.model.model,
+        time.monotonic() - started,
+        info.vocab_size,
+        engine.max_model_len,
+        info.dtype,
+        info.device,
+    )
+    log.info(
+        "KV cache: %d blocks x %d tokens = %d tokens; prefix caching %s",
+        info.num_kv_blocks,
+        info.block_size,
+        info.num_kv_blocks * info.block_size,
+        "on" if config.engine.cache.enable_prefix_caching else "off",
+    )
+    return engine
+
+
+async def serve(engine, config: FrontendConfig) -> int:
+    frontend = Frontend(engine, config)
+    await frontend.start()
+    if frontend.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", config.host, frontend.metrics_port)
+    # Last, once everything is up: scripts wait for this line.
+    log.info(
+        "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
+        config.host,
+        frontend.port,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining (a second signal aborts requests in flight)")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, frontend.cut_drain_short)
+    await frontend.drain()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "health":
+        return check_health(args.target, args.service, args.timeout)
+    try:
+        config: ServeConfig = settings_from_args(ServeConfig, args)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2 with the usage line
+    if not Path(config.engine.model.model).is_dir():
+        print(f"error: no model directory at {args.model}; pass --model DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    api_keys = config.frontend.api_keys
+    if api_keys:
+        log.info("API keys: %d keys for %d tenants", len(api_keys), len(set(api_keys.values())))
+    engine = load_engine(config)
+    try:
+        return asyncio.run(serve(engine, config.frontend))
+    except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one
+        if not isinstance(exc, OSError) and "bind" not in str(exc).lower():
+            raise
+        log.error("cannot listen on %s: %s", config.frontend.host, exc)
+        return 2

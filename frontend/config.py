@@ -1,0 +1,58 @@
+"""The server's own settings, beside the engine's (scheduler/config.py).
+
+`ServeConfig` is everything `python -m scheduler serve` takes: the CLI builds one flag per
+leaf field of it, with the field's default and help, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from frontend.auth import load_api_keys
+from scheduler.config import EngineConfig
+from worker.config import check_at_least, parse_bytes, setting
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def api_keys_file(path: str) -> dict[str, str]:
+    """`--api-keys FILE` -> {key: tenant}; a bad file is a usage error naming it."""
+    try:
+        return load_api_keys(path)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+@dataclass(slots=True, frozen=True)
+class FrontendConfig:
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(50051, "gRPC port (0: any free port)")
+    # {key: tenant}; None: no auth, the tenant comes from x-loom-tenant.
+    api_keys: dict[str, str] | None = setting(
+        None,
+        "lines `KEY TENANT`; calls must send `authorization: Bearer KEY`",
+        type=api_keys_file,
+        metavar="FILE",
+    )
+    max_request_bytes: int = setting(
+        1 << 20, "largest request message accepted (default 1MiB)", type=parse_bytes
+    )
+    metrics_port: int | None = setting(None, "Prometheus /metrics port (default: off)")
+    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
+    max_step_failures: int = setting(3, "failed engine steps in a row before the loop stops")
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "port", 0)
+        check_at_least(self, "metrics_port", 0, optional=True)
+        check_at_least(self, "max_request_bytes", 1)
+        check_at_least(self, "max_step_failures", 1)
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+
+
+@dataclass(slots=True, frozen=True)
+class ServeConfig:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    log_level: str = setting("info", "one line per finished request at info", choices=LOG_LEVELS)

@@ -1,0 +1,72 @@
+"""The engine's settings, validated once, and what an engine reports about itself.
+
+`EngineConfig` nests the scheduler's own fields beside the worker's (worker/config.py), so
+every layer takes the part it needs and none declares a setting again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.queue_policy import QUEUE_POLICIES
+from worker.config import CacheConfig, ModelConfig, WorkerConfig, check_at_least, from_flat, setting
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = setting(256, "most requests running in one step")
+    max_num_batched_tokens: int = setting(2048, "token budget of one step")
+    long_prefill_threshold: int = setting(512, "largest prefill chunk one request gets in a step")
+    max_queued_requests: int | None = setting(
+        None, "waiting requests beyond this get RESOURCE_EXHAUSTED (default: no cap)"
+    )
+    queue_policy: str = setting("fcfs", "who is admitted first", choices=QUEUE_POLICIES)
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "long_prefill_threshold"):
+            check_at_least(self, name, 1)
+        check_at_least(self, "max_queued_requests", 1, optional=True)
+        # One token per running request must always fit: that is what keeps decodes flowing.
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens must be >= max_num_seqs ({self.max_num_seqs}), "
+                f"got {self.max_num_batched_tokens}"
+            )
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ValueError(
+                f"queue_policy must be one of {', '.join(QUEUE_POLICIES)}, "
+                f"got {self.queue_policy!r}"
+            )
+
+
+@dataclass(slots=True, frozen=True)
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @classmethod
+    def from_kwargs(cls, **settings: Any) -> EngineConfig:
+        """`EngineConfig.from_kwargs(max_num_seqs=64, block_size=32)`: flat names, the rest at
+        their defaults; an unknown name is a TypeError naming it."""
+        return from_flat(cls, **settings)
+
+    @property
+    def worker(self) -> WorkerConfig:
+        return WorkerConfig(model=self.model, cache=self.cache)
+
+
+@dataclass(slots=True, frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int  # queued or preempted, including requests not yet taken by a step
+    num_blocks: int
+    num_free_blocks: int  # held by no request, whether or not the prefix cache still has them
+    num_preemptions: int
+    prefix_cache_queries: int  # tokens looked up
+    prefix_cache_hits: int  # tokens found
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
