@@ -16,7 +16,7 @@ import torch
 from bench.flops import ModelShape
 from worker.runner import ModelRunner
 from worker.step import StepInput
-from worker.step_batch import RequestState, StepBatch, build_step_batch
+from worker.step_batch import RequestState, StepBatch
 
 
 @dataclass(slots=True)
@@ -54,9 +54,7 @@ def build_batches(
         scheduled = [(states[r], n) for r, n in step.num_scheduled_tokens.items()]
         if not scheduled:
             continue
-        batch = build_step_batch(
-            scheduled, runner.block_size, runner.device, runner.kv_cache.gather_buffers
-        )
+        batch = runner.build_batch(scheduled)
         batches.append(
             ReplayStep(
                 batch=batch,

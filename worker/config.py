@@ -17,6 +17,7 @@ BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu")
 
 
 def setting(default: Any, help: str, **flag: Any) -> Any:
@@ -53,6 +54,11 @@ class ModelConfig:
     )
     max_model_len: int | None = setting(None, "longest prompt + output (default: the model's)")
     seed: int = setting(0, "seeds the draws of requests that bring no seed of their own")
+    attention_backend: str = setting(
+        "auto",
+        "paged attention: torch (the reference), cpu (C++ kernel), auto (the fastest here)",
+        choices=ATTENTION_BACKENDS,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", str(self.model))
@@ -63,6 +69,11 @@ class ModelConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_at_least(self, "max_model_len", 2, optional=True)
         check_at_least(self, "seed", 0)
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                f"got {self.attention_backend!r}"
+            )
 
 
 @dataclass(slots=True, frozen=True)

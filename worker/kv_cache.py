@@ -1,13 +1,16 @@
-"""The physical KV cache: K and V per layer, [num_blocks, block_size, n_kv_heads, head_dim]."""
+"""The physical KV cache: K and V per layer, in the layout the attention backend reads
+(the torch reference: [num_blocks, block_size, n_kv_heads, head_dim] for both)."""
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 from dataclasses import dataclass
 
 import torch
 
-from worker.attention import GatherBuffers
+from worker.attention.backend import AttentionBackend
 from worker.model_args import ModelArgs
 
 GIB = 1 << 30
@@ -23,13 +26,12 @@ CUDA_FREE_MEMORY_FRACTION = 0.8
 
 @dataclass(slots=True)
 class KVCache:
-    # One zero-initialised tensor [n_layers, 2, num_blocks, block_size, n_kv_heads, head_dim];
-    # zeros, because padded attention reads unwritten slots (masked out, but 0 * NaN is NaN).
+    # One zero-initialised tensor [n_layers, K and V elements of a layer]; zeros, because the
+    # torch reference's padded attention reads unwritten slots (masked out, but 0 * NaN is NaN).
     storage: torch.Tensor
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V) views into storage
     num_blocks: int
     block_size: int
-    gather_buffers: GatherBuffers  # where attention gathers K/V blocks, reused every step
 
     @property
     def capacity_tokens(self) -> int:
@@ -70,21 +72,37 @@ def blocks_for_budget(
 
 
 def allocate_kv_cache(
-    args: ModelArgs, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    args: ModelArgs,
+    num_blocks: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: AttentionBackend,
 ) -> KVCache:
-    storage = torch.zeros(
-        (args.n_layers, 2, num_blocks, block_size, args.n_kv_heads, args.head_dim),
-        dtype=dtype,
-        device=device,
+    """Zeroed K and V for every layer, in the layout the attention backend reads."""
+    k_shape, v_shape = backend.kv_cache_shapes(
+        num_blocks, block_size, args.n_kv_heads, args.head_dim
     )
-    layers = [(storage[i, 0], storage[i, 1]) for i in range(args.n_layers)]
-    return KVCache(
-        storage=storage,
-        layers=layers,
-        num_blocks=num_blocks,
-        block_size=block_size,
-        gather_buffers=GatherBuffers(layers[0][0]),
-    )
+    per_layer = math.prod(k_shape) + math.prod(v_shape)
+    if device.type == "cpu":
+        flat = _zeros_on_huge_pages(args.n_layers * per_layer, dtype)
+    else:
+        flat = torch.zeros(args.n_layers * per_layer, dtype=dtype, device=device)
+    storage = flat.view(args.n_layers, per_layer)
+    split = math.prod(k_shape)
+    layers = [(row[:split].view(k_shape), row[split:].view(v_shape)) for row in storage]
+    return KVCache(storage=storage, layers=layers, num_blocks=num_blocks, block_size=block_size)
+
+
+def _zeros_on_huge_pages(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Zeroed host memory the kernel may back with 2 MiB pages: attention reads blocks all
+    over the cache, and with 4 KiB pages nearly every block costs a TLB miss. Pages are
+    zero-filled as they are first touched, so an unused cache costs no RAM."""
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    buffer = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(buffer, dtype=dtype, count=numel)
 
 
 def _physical_memory_bytes() -> int:

@@ -53,111 +53,139 @@ class RMSNorm(nn.Module):
         self.weight = _weight(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 as Meta does, whatever the weights' dtype.
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused pass; the same arithmetic as below.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Normalise in float32 as Meta does, round to x's dtype, then scale.
+        normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
         return normed.type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, [max_len, head_dim // 2] in float32."""
+def rope_table(head_dim: int, max_len: int, theta: float) -> torch.Tensor:
+    """cos + i sin of position * frequency: [max_len, head_dim // 2] complex64."""
     # Computed in float64, then rounded once, so long positions keep their accuracy.
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), freqs)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Meta's interleaved RoPE: dims (2i, 2i+1) are one complex number rotated by angle i.
 
-    x: [num_tokens, heads, head_dim]; cos, sin: [num_tokens, 1, head_dim // 2].
+    x: [num_tokens, heads, head_dim], rows may be strided; freqs: [num_tokens, 1, head_dim // 2]
+    complex64. Returns a new contiguous tensor of x's dtype.
     """
     num_tokens, heads, head_dim = x.shape
-    # [T, heads, head_dim] -> [T, heads, head_dim / 2, 2]
-    pairs = x.float().view(num_tokens, heads, head_dim // 2, 2)
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    # [T, heads, head_dim / 2, 2] -> [T, heads, head_dim]
-    return rotated.flatten(2).type_as(x)
+    xf = x if x.dtype == torch.float32 else x.float()
+    # [T, heads, head_dim] -> [T, heads, head_dim / 2] complex
+    pairs = torch.view_as_complex(xf.unflatten(-1, (head_dim // 2, 2)))
+    # [T, heads, head_dim / 2] complex -> [T, heads, head_dim]
+    return torch.view_as_real(pairs * freqs).flatten(2).type_as(x)
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    """Q, K and V come from one fused projection `wqkv` (the rows of Meta's wq, wk, wv one
+    after the other) unless `fused` is False, which keeps the three."""
+
+    def __init__(self, args: ModelArgs, fused: bool = True) -> None:
         super().__init__()
         self.n_heads = args.n_heads
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
-        self.wq = Linear(args.dim, args.n_heads * args.head_dim)
-        self.wk = Linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.wv = Linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.wo = Linear(args.n_heads * args.head_dim, args.dim)
+        q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+        self.fused = fused
+        if fused:
+            self.wqkv = Linear(args.dim, q_dim + 2 * kv_dim)
+        else:
+            self.wq = Linear(args.dim, q_dim)
+            self.wk = Linear(args.dim, kv_dim)
+            self.wv = Linear(args.dim, kv_dim)
+        self.wo = Linear(q_dim, args.dim)
 
     def forward(
         self,
         x: torch.Tensor,  # [num_tokens, dim]
-        cos: torch.Tensor,  # [num_tokens, 1, head_dim // 2]
-        sin: torch.Tensor,
+        freqs: torch.Tensor,  # [num_tokens, 1, head_dim // 2] complex64
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: Any,
         attention_fn: AttentionFn,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        # [T, heads * head_dim] -> [T, heads, head_dim]
-        q = self.wq(x).view(num_tokens, self.n_heads, self.head_dim)
-        k = self.wk(x).view(num_tokens, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(num_tokens, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        h, kvh = self.n_heads, self.n_kv_heads
+        if self.fused:
+            # [T, (h + 2 kvh) * head_dim] -> [T, h + 2 kvh, head_dim]
+            qkv = self.wqkv(x).view(num_tokens, h + 2 * kvh, self.head_dim)
+            # Q and K rotate in one pass; V stays a view into the projection.
+            qk = apply_rope(qkv[:, : h + kvh], freqs)
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
+        else:
+            # [T, heads * head_dim] -> [T, heads, head_dim]
+            q = apply_rope(self.wq(x).view(num_tokens, h, self.head_dim), freqs)
+            k = apply_rope(self.wk(x).view(num_tokens, kvh, self.head_dim), freqs)
+            v = self.wv(x).view(num_tokens, kvh, self.head_dim)
         return self.wo(attention_fn(q, k, v, k_cache, v_cache, meta))
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    """SwiGLU; the gate and up projections are one fused `w13` (w1's rows, then w3's) unless
+    `fused` is False."""
+
+    def __init__(self, dim: int, hidden_dim: int, fused: bool = True) -> None:
         super().__init__()
-        self.w1 = Linear(dim, hidden_dim)
+        self.hidden_dim = hidden_dim
+        self.fused = fused
+        if fused:
+            self.w13 = Linear(dim, 2 * hidden_dim)
+        else:
+            self.w1 = Linear(dim, hidden_dim)
+            self.w3 = Linear(dim, hidden_dim)
         self.w2 = Linear(hidden_dim, dim)
-        self.w3 = Linear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if not self.fused:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # [T, 2 * hidden] -> gate [T, hidden], up [T, hidden]; silu and the product in place
+        gate, up = self.w13(x).split(self.hidden_dim, dim=-1)
+        return self.w2(F.silu(gate, inplace=True).mul_(up))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, fused: bool = True) -> None:
         super().__init__()
-        self.attention = Attention(args)
-        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention = Attention(args, fused)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim, fused)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(
         self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        x: torch.Tensor,  # [num_tokens, dim], updated in place (the residual stream)
+        freqs: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: Any,
         attention_fn: AttentionFn,
     ) -> torch.Tensor:
-        h = x + self.attention(
-            self.attention_norm(x), cos, sin, k_cache, v_cache, meta, attention_fn
-        )
-        return h + self.feed_forward(self.ffn_norm(h))
+        x += self.attention(self.attention_norm(x), freqs, k_cache, v_cache, meta, attention_fn)
+        x += self.feed_forward(self.ffn_norm(x))
+        return x
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, attention_fn: AttentionFn = paged_attention) -> None:
+    def __init__(
+        self, args: ModelArgs, attention_fn: AttentionFn = paged_attention, fused: bool = True
+    ) -> None:
         super().__init__()
         self.args = args
         self.attention_fn = attention_fn
+        self.fused = fused
         self.tok_embeddings = Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, fused) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        freqs = rope_table(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.register_buffer("rope_freqs", freqs, persistent=False)
 
     @classmethod
     def from_weights(
@@ -166,9 +194,14 @@ class Transformer(nn.Module):
         weights: dict[str, torch.Tensor],
         device: torch.device,
         attention_fn: AttentionFn = paged_attention,
+        fused: bool = True,
     ) -> Transformer:
-        """Build straight from loaded tensors (the constructor allocates no weights)."""
-        model = cls(args, attention_fn)
+        """Build straight from loaded tensors with Meta's names (the constructor allocates
+        no weights). With `fused`, each layer's wq/wk/wv and w1/w3 are concatenated into
+        wqkv and w13 here, in memory only; `weights` is consumed."""
+        model = cls(args, attention_fn, fused)
+        if fused:
+            weights = fuse_projections(weights, args.n_layers)
         model.load_state_dict(weights, strict=True, assign=True)
         return model.to(device).eval().requires_grad_(False)
 
@@ -181,15 +214,30 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:  # [num_tokens, dim], before the final norm
         h = self.tok_embeddings(input_ids)
         # [T, head_dim / 2] -> [T, 1, head_dim / 2], shared by all heads
-        cos = self.rope_cos.index_select(0, positions).unsqueeze(1)
-        sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
+        freqs = self.rope_freqs.index_select(0, positions).unsqueeze(1)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, cos, sin, k_cache, v_cache, meta, self.attention_fn)
+            h = layer(h, freqs, k_cache, v_cache, meta, self.attention_fn)
         return h
 
     def compute_logits(
         self,
         hidden: torch.Tensor,  # [num_tokens, dim]
-        rows: torch.Tensor,  # [num_rows] which tokens need logits
+        rows: torch.Tensor | None,  # [num_rows] which tokens need logits; None: every one
     ) -> torch.Tensor:  # [num_rows, vocab_size] float32
-        return self.output(self.norm(hidden.index_select(0, rows))).float()
+        if rows is not None:
+            hidden = hidden.index_select(0, rows)
+        return self.output(self.norm(hidden)).float()
+
+
+def fuse_projections(weights: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Meta's per-projection weights -> the fused ones the model runs (`weights` is emptied
+    of the parts as it goes, so the unfused copies can be freed layer by layer)."""
+    fused = dict(weights)
+    weights.clear()
+    for i in range(n_layers):
+        attn, ffn = f"layers.{i}.attention.", f"layers.{i}.feed_forward."
+        parts = [fused.pop(f"{attn}{name}.weight") for name in ("wq", "wk", "wv")]
+        fused[f"{attn}wqkv.weight"] = torch.cat(parts)
+        parts = [fused.pop(f"{ffn}{name}.weight") for name in ("w1", "w3")]
+        fused[f"{ffn}w13.weight"] = torch.cat(parts)
+    return fused

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from pathlib import Path
 
 import torch
 
+from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import load_checkpoint
@@ -23,6 +25,8 @@ from worker.sampler import (
 from worker.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.step_batch import RequestState, StepBatch, build_step_batch
 from worker.step_output import HostScores, assemble_output
+
+log = logging.getLogger("loom.worker")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -62,9 +66,13 @@ class ModelRunner:
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
         )
-        self.kv_cache = allocate_kv_cache(
-            args, num_blocks, cache.block_size, self.dtype, self.device
+        self.attention_backend = create_attention_backend(
+            model.attention_backend, self.device, cache.block_size
         )
+        self.kv_cache = allocate_kv_cache(
+            args, num_blocks, cache.block_size, self.dtype, self.device, self.attention_backend
+        )
+        log.info("attention backend: %s", self.attention_backend.name)
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
@@ -96,9 +104,7 @@ class ModelRunner:
         ]
         if not scheduled:
             return StepOutput()
-        batch = build_step_batch(
-            scheduled, self.block_size, self.device, self.kv_cache.gather_buffers
-        )
+        batch = self.build_batch(scheduled)
         with torch.inference_mode():
             hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
             logits = self.model.compute_logits(hidden, batch.logits_rows)
@@ -106,6 +112,10 @@ class ModelRunner:
         for state, n in scheduled:
             state.num_computed += n
         return output
+
+    def build_batch(self, scheduled: list[tuple[RequestState, int]]) -> StepBatch:
+        """The flat batch of one step, for this worker's device and attention backend."""
+        return build_step_batch(scheduled, self.block_size, self.device, self.attention_backend)
 
     # ---- state -------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from itertools import accumulate, chain
 
 import torch
 
-from worker.attention import AttentionMetadata, GatherBuffers, PrefillChunk
+from worker.attention import AttentionMetadata
+from worker.attention.backend import AttentionBackend
 from worker.step import NewRequest, SamplingOptions
 
 
@@ -60,33 +61,34 @@ def build_step_batch(
     scheduled: list[tuple[RequestState, int]],
     block_size: int,
     device: torch.device,
-    gather_buffers: GatherBuffers,
+    backend: AttentionBackend,
 ) -> StepBatch:
     """`scheduled` pairs each request with the number of tokens it computes this step;
-    `gather_buffers` are the KV cache's, where attention gathers context blocks."""
-    # One-token sequences first, so attention can run them as one batched call.
+    `backend` is the attention backend that will run the step (it adds what it needs)."""
+    # One-token sequences first: backends may treat the decodes as one batch.
     order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] != 1)
     seqs = [scheduled[i] for i in order]
     num_seqs = len(seqs)
-    num_decodes = sum(1 for _, n in seqs if n == 1)
     starts = [state.num_computed for state, _ in seqs]
     lens = [n for _, n in seqs]
     contexts = [s + n for s, n in zip(starts, lens, strict=True)]
-    first_rows = [0, *accumulate(lens)][:-1]
-    num_tokens = sum(lens)
+    query_start_loc = [0, *accumulate(lens)]
+    first_rows = query_start_loc[:-1]
+    num_tokens = query_start_loc[-1]
     blocks_needed = [-(-c // block_size) for c in contexts]
     max_blocks = max(blocks_needed)
 
-    def tensor(values: list) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
+    def tensor(values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
 
     chunks = (st.token_ids[s : s + n] for (st, n), s in zip(seqs, starts, strict=True))
     input_ids = tensor(list(chain.from_iterable(chunks)))
-    block_table = tensor(
+    block_tables = tensor(
         [
             st.block_ids[:nb] + [0] * (max_blocks - nb)
             for (st, _), nb in zip(seqs, blocks_needed, strict=True)
-        ]
+        ],
+        torch.int32,
     )  # [num_seqs, max_blocks]
     seq_of_token = torch.repeat_interleave(
         torch.arange(num_seqs, device=device), tensor(lens), output_size=num_tokens
@@ -96,26 +98,22 @@ def build_step_batch(
     positions = torch.arange(num_tokens, device=device) + row_to_position[seq_of_token]
     # block_table [7, 2], block_size 16, position 20 -> slot 2 * 16 + 4 = 36
     slot_mapping = (
-        block_table[seq_of_token, positions // block_size] * block_size + positions % block_size
+        block_tables[seq_of_token, positions // block_size].long() * block_size
+        + positions % block_size
     )
-
-    decode_blocks = max(blocks_needed[:num_decodes], default=0)
-    decode_keys = torch.arange(decode_blocks * block_size, device=device)
-    decode_mask = decode_keys < tensor(contexts[:num_decodes])[:, None]  # [D, keys]
-    prefills = [
-        _prefill_chunk(first_rows[i], lens[i], starts[i], block_table[i, : blocks_needed[i]])
-        for i in range(num_decodes, num_seqs)
-    ]
     attn = AttentionMetadata(
         slot_mapping=slot_mapping,
-        num_decodes=num_decodes,
-        decode_block_tables=block_table[:num_decodes, :decode_blocks].contiguous(),
-        # [D, keys] -> [D, 1, 1, keys]: broadcast over KV heads and the query heads they serve
-        decode_mask=decode_mask.view(num_decodes, 1, 1, decode_blocks * block_size),
-        prefills=prefills,
-        gather_buffers=gather_buffers,
+        num_decodes=sum(1 for n in lens if n == 1),
+        query_start_loc=tensor(query_start_loc, torch.int32),
+        seq_lens=tensor(contexts, torch.int32),
+        block_tables=block_tables,
+        max_query_len=max(lens),
+        max_seq_len=max(contexts),
+        query_start_loc_host=query_start_loc,
+        seq_lens_host=contexts,
+        backend=backend,
     )
-
+    backend.prepare(attn)
     logits_rows, plans = _logits_plans(seqs, first_rows, order)
     return StepBatch(
         input_ids=input_ids,
@@ -149,16 +147,3 @@ def _logits_plans(
             logits_rows.append(first_row + n - 1)
         plans[order[batch_index]] = plan
     return logits_rows, plans  # type: ignore[return-value]  # every slot was filled above
-
-
-def _prefill_chunk(
-    first_row: int, num_query: int, num_cached: int, block_ids: torch.Tensor
-) -> PrefillChunk:
-    num_context = num_cached + num_query
-    if num_cached == 0:  # the chunk is the whole context: plain causal over its own keys
-        return PrefillChunk(first_row, num_query, num_context, block_ids=None, mask=None)
-    device = block_ids.device
-    # Query i sits at position num_cached + i and sees keys 0 ..= num_cached + i.
-    query_positions = torch.arange(num_cached, num_context, device=device)
-    mask = torch.arange(num_context, device=device)[None, :] <= query_positions[:, None]
-    return PrefillChunk(first_row, num_query, num_context, block_ids=block_ids, mask=mask)

@@ -26,7 +26,7 @@ from worker.step import (
     StepOutput,
     Worker,
 )
-from worker.step_batch import RequestState, build_step_batch
+from worker.step_batch import RequestState
 
 GREEDY = SamplingOptions(temperature=0.0)
 # Echo makes the batch compute logits at every position of a chunk, not only the last.
@@ -215,9 +215,7 @@ def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
         num_computed=0,
         num_prompt_tokens=len(token_ids),
     )
-    batch = build_step_batch(
-        [(state, len(token_ids))], block_size, worker.device, worker.kv_cache.gather_buffers
-    )
+    batch = worker.build_batch([(state, len(token_ids))])
     with torch.inference_mode():
         hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
         return worker.model.compute_logits(hidden, batch.logits_rows)

@@ -21,7 +21,7 @@ from tests.worker.driver import (
     read_meta_model,
     start_worker,
 )
-from worker.step_batch import RequestState, build_step_batch
+from worker.step_batch import RequestState
 
 TOLERANCE = 1e-4
 
@@ -73,9 +73,7 @@ def run_random_mix(files: ModelFiles, block_size: int, seed: int) -> dict[str, f
             scheduled.append((state, num_tokens))
         if not scheduled:
             continue
-        batch = build_step_batch(
-            scheduled, block_size, worker.device, worker.kv_cache.gather_buffers
-        )
+        batch = worker.build_batch(scheduled)
         with torch.inference_mode():
             hidden = worker.model(
                 batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn

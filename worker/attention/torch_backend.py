@@ -1,11 +1,10 @@
-"""Paged attention over a block KV cache: the one seam behind which a fast kernel can sit.
+"""The plain-torch reference backend: runs anywhere torch does and is the oracle in tests.
 
-The model calls `paged_attention` once per layer with the step's `AttentionMetadata`. This is
-the plain-torch reference: it runs anywhere torch does and is what the tests check.
-
-Cache layout per layer, for K and for V: [num_blocks, block_size, n_kv_heads, head_dim].
-A token at position p of a sequence with block table [7, 2] and block size 16 lives in
-slot block_table[p // 16] * 16 + p % 16: position 20 -> slot 2 * 16 + 4 = 36.
+Decodes attend in one batched SDPA call over their context blocks, gathered into a reused
+buffer and padded to the longest decode context; each prefill chunk after a cached prefix
+gathers its blocks and makes one SDPA call (a chunk that is its whole context attends to its
+own projections). Simple and exact, and it pays for the gather and the padding: the CPU and
+GPU backends read the blocks where they lie.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from worker.attention.metadata import AttentionMetadata
 
 
 @dataclass(slots=True)
@@ -25,55 +26,119 @@ class PrefillChunk:
     num_context_tokens: int  # keys the last query sees: tokens cached before + this chunk
     # Blocks holding the whole context, or None when the chunk is the whole context (its keys
     # are then read straight from this step's projections, no gather).
-    block_ids: torch.Tensor | None  # [ceil(num_context_tokens / block_size)]
+    block_ids: torch.Tensor | None  # [ceil(num_context_tokens / block_size)] int64
     # True where a query may attend; None means plain causal (chunk == context).
     mask: torch.Tensor | None  # [num_query_tokens, num_context_tokens] bool
 
 
 class GatherBuffers:
-    """Reusable destinations for K/V blocks gathered by block table, one pair per cache.
+    """Reusable destinations for K/V blocks gathered by block table.
 
     On CPU a fresh multi-megabyte tensor per gather costs page faults on every layer of every
     step (several times the copy itself); reusing one buffer, grown on demand, avoids that.
     Each layer's gather is consumed before the next layer's overwrites it.
     """
 
-    def __init__(self, cache: torch.Tensor) -> None:  # cache: one layer's K (or V)
-        self._k = cache.new_empty((0, *cache.shape[1:]))
-        self._v = cache.new_empty((0, *cache.shape[1:]))
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
 
-    def take(self, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._k.shape[0] < num_blocks:
-            size = max(num_blocks, 2 * self._k.shape[0])
-            self._k = self._k.new_empty((size, *self._k.shape[1:]))
-            self._v = self._v.new_empty((size, *self._v.shape[1:]))
+    def take(self, cache: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [num_blocks, *cache.shape[1:]] buffers shaped like blocks of `cache`."""
+        k = self._k
+        if k is None or k.shape[1:] != cache.shape[1:] or k.dtype != cache.dtype:
+            k = self._k = cache.new_empty((0, *cache.shape[1:]))
+            self._v = cache.new_empty((0, *cache.shape[1:]))
+        assert self._v is not None
+        if k.shape[0] < num_blocks:
+            size = max(num_blocks, 2 * k.shape[0])
+            self._k = k.new_empty((size, *k.shape[1:]))
+            self._v = k.new_empty((size, *k.shape[1:]))
         return self._k[:num_blocks], self._v[:num_blocks]
 
 
 @dataclass(slots=True)
-class AttentionMetadata:
-    """Where this step's tokens go in the cache and what each one attends to.
+class TorchAttentionExtra:
+    """What the reference derives from the shared metadata once per step."""
 
-    Single-token sequences (decodes) come first in the flat batch and run as one batched call;
-    longer chunks follow, one call each.
-    """
-
-    slot_mapping: torch.Tensor  # [num_tokens] cache slot of each new token's K/V
-    num_decodes: int  # rows [0, num_decodes) are one-token sequences
-    decode_block_tables: torch.Tensor  # [num_decodes, max_decode_blocks], padded with block 0
+    decode_block_tables: torch.Tensor  # [num_decodes, max_decode_blocks] int64, padded with 0
     decode_mask: torch.Tensor  # [num_decodes, 1, 1, max_decode_blocks * block_size] bool
     prefills: list[PrefillChunk]
-    gather_buffers: GatherBuffers  # where the gathered K/V blocks go
 
 
-def paged_attention(
+class TorchAttentionBackend:
+    name = "torch"
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.gather_buffers = GatherBuffers()
+
+    @staticmethod
+    def kv_cache_shapes(
+        num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        shape = (num_blocks, block_size, n_kv_heads, head_dim)
+        return shape, shape
+
+    def prepare(self, meta: AttentionMetadata) -> None:
+        bs = self.block_size
+        d = meta.num_decodes
+        device = meta.block_tables.device
+        seq_lens = meta.seq_lens_host
+        starts = meta.query_start_loc_host
+        decode_blocks = -(-max(seq_lens[:d], default=0) // bs)
+        decode_keys = torch.arange(decode_blocks * bs, device=device)
+        decode_mask = decode_keys < meta.seq_lens[:d, None]  # [D, keys]
+        block_tables = meta.block_tables.long()
+        prefills = []
+        for s in range(d, meta.num_seqs):
+            num_query = starts[s + 1] - starts[s]
+            num_blocks = -(-seq_lens[s] // bs)
+            prefills.append(
+                _prefill_chunk(starts[s], num_query, seq_lens[s], block_tables[s, :num_blocks])
+            )
+        meta.extra = TorchAttentionExtra(
+            decode_block_tables=block_tables[:d, :decode_blocks].contiguous(),
+            # [D, keys] -> [D, 1, 1, keys]: broadcast over KV heads and the query heads they serve
+            decode_mask=decode_mask.view(d, 1, 1, decode_blocks * bs),
+            prefills=prefills,
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        return torch_paged_attention(q, k, v, k_cache, v_cache, meta, self.gather_buffers)
+
+
+def _prefill_chunk(
+    first_row: int, num_query: int, num_context: int, block_ids: torch.Tensor
+) -> PrefillChunk:
+    num_cached = num_context - num_query
+    if num_cached == 0:  # the chunk is the whole context: plain causal over its own keys
+        return PrefillChunk(first_row, num_query, num_context, block_ids=None, mask=None)
+    device = block_ids.device
+    # Query i sits at position num_cached + i and sees keys 0 ..= num_cached + i.
+    query_positions = torch.arange(num_cached, num_context, device=device)
+    mask = torch.arange(num_context, device=device)[None, :] <= query_positions[:, None]
+    return PrefillChunk(first_row, num_query, num_context, block_ids=block_ids, mask=mask)
+
+
+def torch_paged_attention(
     q: torch.Tensor,  # [num_tokens, n_heads, head_dim]
     k: torch.Tensor,  # [num_tokens, n_kv_heads, head_dim]
     v: torch.Tensor,  # [num_tokens, n_kv_heads, head_dim]
     k_cache: torch.Tensor,  # [num_blocks, block_size, n_kv_heads, head_dim]
     v_cache: torch.Tensor,  # [num_blocks, block_size, n_kv_heads, head_dim]
     meta: AttentionMetadata,
+    buffers: GatherBuffers,
 ) -> torch.Tensor:  # [num_tokens, n_heads * head_dim]
+    extra: TorchAttentionExtra = meta.extra
     num_tokens, n_heads, head_dim = q.shape
     _, block_size, n_kv_heads, _ = k_cache.shape
     group = n_heads // n_kv_heads
@@ -85,28 +150,28 @@ def paged_attention(
 
     num_decodes = meta.num_decodes
     if num_decodes:
-        block_table = meta.decode_block_tables
+        block_table = extra.decode_block_tables
         context_len = block_table.shape[1] * block_size
         # The query heads sharing a KV head act as that head's query rows, so K/V are not
         # repeated per query head: q [D, n_kv_heads, group, head_dim] vs K [D, n_kv_heads, L, d].
         query = q[:num_decodes].view(num_decodes, n_kv_heads, group, head_dim)
-        keys, values = _gather(k_cache, v_cache, block_table.flatten(), meta.gather_buffers)
+        keys, values = _gather(k_cache, v_cache, block_table.flatten(), buffers)
         # [D * blocks, block_size, kv, d] -> [D, L, kv, d]
         keys = keys.view(num_decodes, context_len, n_kv_heads, head_dim)
         values = values.view(num_decodes, context_len, n_kv_heads, head_dim)
         attended = F.scaled_dot_product_attention(
-            query, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.decode_mask
+            query, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=extra.decode_mask
         )  # [D, n_kv_heads, group, head_dim]
         out[:num_decodes] = attended.view(num_decodes, n_heads, head_dim)
 
-    for chunk in meta.prefills:
+    for chunk in extra.prefills:
         start, num_query = chunk.query_start, chunk.num_query_tokens
         rows = slice(start, start + num_query)
         if chunk.block_ids is None:
             keys, values = k[rows], v[rows]  # [num_query, n_kv_heads, head_dim]
         else:
             num_context = chunk.num_context_tokens
-            keys, values = _gather(k_cache, v_cache, chunk.block_ids, meta.gather_buffers)
+            keys, values = _gather(k_cache, v_cache, chunk.block_ids, buffers)
             # [blocks, block_size, kv, d] -> [blocks * block_size, kv, d] -> [num_context, kv, d]
             keys = keys.flatten(0, 1)[:num_context]
             values = values.flatten(0, 1)[:num_context]
@@ -132,7 +197,7 @@ def _gather(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # each [num_blocks, block_size, kv, d]
     # index_select copies whole blocks (contiguous runs): several times faster on CPU than
     # advanced indexing.
-    k_out, v_out = buffers.take(block_ids.shape[0])
+    k_out, v_out = buffers.take(k_cache, block_ids.shape[0])
     torch.index_select(k_cache, 0, block_ids, out=k_out)
     torch.index_select(v_cache, 0, block_ids, out=v_out)
     return k_out, v_out

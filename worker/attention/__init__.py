@@ -1,0 +1,65 @@
+"""Paged attention over the block KV cache, behind one call and several backends.
+
+The model calls `paged_attention(q, k, v, k_cache, v_cache, meta)` once per layer; it writes
+this step's K/V into their cache slots and attends, through the backend that built `meta`:
+
+- `torch`: the plain-torch reference (gathers blocks, pads decodes); the oracle in tests.
+- `cpu`: a C++ kernel that reads the blocks where they lie (worker/attention/cpu_backend.py),
+  built once on first use; without a compiler, `auto` falls back to `torch` with a warning.
+
+`auto` picks the fastest backend the device has.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from worker.attention.backend import AttentionBackend
+from worker.attention.metadata import AttentionMetadata
+from worker.attention.torch_backend import TorchAttentionBackend
+from worker.config import ATTENTION_BACKENDS
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AttentionBackend",
+    "AttentionMetadata",
+    "create_attention_backend",
+    "paged_attention",
+]
+
+log = logging.getLogger("loom.attention")
+
+
+def paged_attention(
+    q: torch.Tensor,  # [num_tokens, n_heads, head_dim]
+    k: torch.Tensor,  # [num_tokens, n_kv_heads, head_dim]
+    v: torch.Tensor,  # [num_tokens, n_kv_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, n_kv_heads, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, n_kv_heads, head_dim]
+    meta: AttentionMetadata,
+) -> torch.Tensor:  # [num_tokens, n_heads * head_dim]
+    return meta.backend.forward(q, k, v, k_cache, v_cache, meta)
+
+
+def create_attention_backend(
+    name: str, device: torch.device, block_size: int
+) -> AttentionBackend:
+    """The backend called `name` for `device` ("auto": the fastest available)."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}"
+        )
+    if name == "torch" or (name == "auto" and device.type != "cpu"):
+        return TorchAttentionBackend(block_size)
+    if device.type != "cpu":
+        raise ValueError(f"attention_backend 'cpu' runs on the CPU, not on {device}")
+    from worker.attention.cpu_backend import CpuAttentionBackend, load_cpu_kernel
+
+    if load_cpu_kernel():
+        return CpuAttentionBackend(block_size)
+    if name == "cpu":
+        raise RuntimeError("attention_backend 'cpu' needs its C++ kernel, which did not build")
+    log.warning("the CPU attention kernel is unavailable; using the slower torch reference")
+    return TorchAttentionBackend(block_size)
