@@ -47,18 +47,35 @@ class Embedding(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    """Meta's RMSNorm. With `kernels` (float32 on CPU) it runs as one fused C++ pass, and
+    `add` folds the residual add into it."""
+
+    def __init__(self, dim: int, eps: float, kernels: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.kernels = kernels
         self.weight = _weight(dim)
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        return self.kernels and x.dtype == torch.float32 and x.device.type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            return torch.ops.loom.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # One fused pass; the same arithmetic as below.
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 as Meta does, round to x's dtype, then scale.
         normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
         return normed.type_as(x) * self.weight
+
+    def add(self, x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+        """x += delta (the residual stream, in place), then the norm of x."""
+        if delta is None:
+            return self(x)
+        if self._fused(x):
+            return torch.ops.loom.add_rms_norm(x, delta, self.weight, self.eps)
+        x += delta
+        return self(x)
 
 
 def rope_table(head_dim: int, max_len: int, theta: float) -> torch.Tensor:
@@ -129,12 +146,13 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
     """SwiGLU; the gate and up projections are one fused `w13` (w1's rows, then w3's) unless
-    `fused` is False."""
+    `fused` is False; with `kernels` SiLU(gate) * up is one C++ pass."""
 
-    def __init__(self, dim: int, hidden_dim: int, fused: bool = True) -> None:
+    def __init__(self, dim: int, hidden_dim: int, fused: bool = True, kernels: bool = False):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.fused = fused
+        self.kernels = kernels
         if fused:
             self.w13 = Linear(dim, 2 * hidden_dim)
         else:
@@ -145,44 +163,55 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate_up = self.w13(x)  # [T, 2 * hidden]: gate, then up
+        if self.kernels and gate_up.dtype == torch.float32 and gate_up.device.type == "cpu":
+            return self.w2(torch.ops.loom.silu_and_mul(gate_up))
         # [T, 2 * hidden] -> gate [T, hidden], up [T, hidden]; silu and the product in place
-        gate, up = self.w13(x).split(self.hidden_dim, dim=-1)
+        gate, up = gate_up.split(self.hidden_dim, dim=-1)
         return self.w2(F.silu(gate, inplace=True).mul_(up))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, fused: bool = True) -> None:
+    def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
         self.attention = Attention(args, fused)
-        self.feed_forward = FeedForward(args.dim, args.hidden_dim, fused)
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim, fused, kernels)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
 
     def forward(
         self,
-        x: torch.Tensor,  # [num_tokens, dim], updated in place (the residual stream)
+        x: torch.Tensor,  # [num_tokens, dim]: the residual stream, updated in place
+        delta: torch.Tensor | None,  # the previous block's output, not yet added to x
         freqs: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: Any,
         attention_fn: AttentionFn,
-    ) -> torch.Tensor:
-        x += self.attention(self.attention_norm(x), freqs, k_cache, v_cache, meta, attention_fn)
-        x += self.feed_forward(self.ffn_norm(x))
-        return x
+    ) -> torch.Tensor:  # this block's feed-forward output, for the next block to add
+        # Each residual add happens inside the norm that follows it.
+        normed = self.attention_norm.add(x, delta)
+        h = self.attention(normed, freqs, k_cache, v_cache, meta, attention_fn)
+        return self.feed_forward(self.ffn_norm.add(x, h))
 
 
 class Transformer(nn.Module):
     def __init__(
-        self, args: ModelArgs, attention_fn: AttentionFn = paged_attention, fused: bool = True
+        self,
+        args: ModelArgs,
+        attention_fn: AttentionFn = paged_attention,
+        fused: bool = True,
+        kernels: bool = False,
     ) -> None:
         super().__init__()
         self.args = args
         self.attention_fn = attention_fn
         self.fused = fused
         self.tok_embeddings = Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args, fused) for _ in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.layers = nn.ModuleList(
+            TransformerBlock(args, fused, kernels) for _ in range(args.n_layers)
+        )
+        self.norm = RMSNorm(args.dim, args.norm_eps, kernels)
         self.output = Linear(args.dim, args.vocab_size)
         freqs = rope_table(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_freqs", freqs, persistent=False)
@@ -195,11 +224,13 @@ class Transformer(nn.Module):
         device: torch.device,
         attention_fn: AttentionFn = paged_attention,
         fused: bool = True,
+        kernels: bool = False,
     ) -> Transformer:
         """Build straight from loaded tensors with Meta's names (the constructor allocates
         no weights). With `fused`, each layer's wq/wk/wv and w1/w3 are concatenated into
-        wqkv and w13 here, in memory only; `weights` is consumed."""
-        model = cls(args, attention_fn, fused)
+        wqkv and w13 here, in memory only; `weights` is consumed. `kernels`: run the norms
+        and SiLU through Loom's C++ CPU kernels (worker/cpu_kernels.py), which must load."""
+        model = cls(args, attention_fn, fused, kernels)
         if fused:
             weights = fuse_projections(weights, args.n_layers)
         model.load_state_dict(weights, strict=True, assign=True)
@@ -215,8 +246,11 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(input_ids)
         # [T, head_dim / 2] -> [T, 1, head_dim / 2], shared by all heads
         freqs = self.rope_freqs.index_select(0, positions).unsqueeze(1)
+        delta = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, freqs, k_cache, v_cache, meta, self.attention_fn)
+            delta = layer(h, delta, freqs, k_cache, v_cache, meta, self.attention_fn)
+        if delta is not None:
+            h += delta
         return h
 
     def compute_logits(

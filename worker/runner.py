@@ -17,14 +17,11 @@ from worker.loader import load_checkpoint
 from worker.model import Transformer
 from worker.sampler import (
     MAX_TOP_LOGPROBS,
-    SamplingRows,
-    sample,
     seeded_uniform,
-    token_logprobs,
 )
 from worker.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.step_batch import RequestState, StepBatch, build_step_batch
-from worker.step_output import HostScores, assemble_output
+from worker.step_sampling import sample_and_score
 
 log = logging.getLogger("loom.worker")
 
@@ -36,7 +33,7 @@ _DTYPES = {
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the GPU when torch sees one, else the CPU."""
+    """ "auto" is the GPU when torch sees one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -61,13 +58,15 @@ class ModelRunner:
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
-        self.model = Transformer.from_weights(args, loaded.weights, self.device)
+        self.attention_backend = create_attention_backend(
+            model.attention_backend, self.device, cache.block_size
+        )
+        # The CPU backend's library also holds fused norms and SiLU for the layers.
+        kernels = self.attention_backend.name == "cpu"
+        self.model = Transformer.from_weights(args, loaded.weights, self.device, kernels=kernels)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
-        )
-        self.attention_backend = create_attention_backend(
-            model.attention_backend, self.device, cache.block_size
         )
         self.kv_cache = allocate_kv_cache(
             args, num_blocks, cache.block_size, self.dtype, self.device, self.attention_backend
@@ -108,7 +107,12 @@ class ModelRunner:
         with torch.inference_mode():
             hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
             logits = self.model.compute_logits(hidden, batch.logits_rows)
-            output = self._sample_and_score(scheduled, batch, logits)
+            uniforms = {
+                plan.sample_row: self._uniform(state)
+                for (state, _), plan in zip(scheduled, batch.plans, strict=True)
+                if plan.sample_row is not None
+            }
+            output = sample_and_score(scheduled, batch.plans, logits, uniforms)
         for state, n in scheduled:
             state.num_computed += n
         return output
@@ -171,70 +175,7 @@ class ModelRunner:
             )
         return state
 
-    # ---- sampling and logprobs ---------------------------------------------------------------
-
-    def _sample_and_score(
-        self, scheduled: list[tuple[RequestState, int]], batch: StepBatch, logits: torch.Tensor
-    ) -> StepOutput:
-        samplers = [
-            (state, plan.sample_row)
-            for (state, _), plan in zip(scheduled, batch.plans, strict=True)
-            if plan.sample_row is not None
-        ]
-        sample_rows = self._long_tensor([row for _, row in samplers])
-        rows = SamplingRows(
-            temperatures=[state.sampling.temperature for state, _ in samplers],
-            top_ks=[state.sampling.top_k for state, _ in samplers],
-            top_ps=[state.sampling.top_p for state, _ in samplers],
-            uniforms=[self._uniform(state) for state, _ in samplers],
-        )
-        sample_logits = logits.index_select(0, sample_rows)  # a copy: masking keeps raw scores
-        self._suppress_stops_before_min_tokens(sample_logits, [state for state, _ in samplers])
-        tokens = sample(sample_logits, rows)
-
-        # One logprob pass over the sampled rows, then the echo rows (row p scores token p + 1).
-        scored_rows, targets = [sample_rows], [tokens]
-        for (state, _), plan in zip(scheduled, batch.plans, strict=True):
-            if plan.num_echo_scored:
-                first = plan.echo_first_row
-                scored_rows.append(self._long_tensor(range(first, first + plan.num_echo_scored)))
-                start = state.num_computed + 1
-                targets.append(
-                    self._long_tensor(state.token_ids[start : start + plan.num_echo_scored])
-                )
-        k = max(state.sampling.top_logprobs for state, _ in scheduled)
-        scores = None
-        if k > 0 or any(s.sampling.logprobs or s.sampling.echo for s, _ in scheduled):
-            found = token_logprobs(
-                logits.index_select(0, torch.cat(scored_rows)), torch.cat(targets), k
-            )
-            scores = HostScores(
-                logprobs=found.logprobs.tolist(),
-                top_ids=found.top_ids.tolist(),
-                top_logprobs=found.top_logprobs.tolist(),
-            )
-        return assemble_output(scheduled, batch.plans, tokens.tolist(), scores)
-
-    def _suppress_stops_before_min_tokens(
-        self, logits: torch.Tensor, states: list[RequestState]
-    ) -> None:
-        """Mask the stop tokens of rows that have not yet generated min_tokens tokens."""
-        rows: list[int] = []
-        token_ids: list[int] = []
-        for row, state in enumerate(states):
-            options = state.sampling
-            num_output = len(state.token_ids) - state.num_prompt_tokens
-            if num_output < options.min_tokens and options.stop_token_ids:
-                rows.extend([row] * len(options.stop_token_ids))
-                token_ids.extend(options.stop_token_ids)
-        if rows:
-            logits.index_put_(
-                (self._long_tensor(rows), self._long_tensor(token_ids)),
-                torch.tensor(float("-inf"), device=logits.device),
-            )
-
-    def _long_tensor(self, values: list[int] | range) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+    # ---- sampling ----------------------------------------------------------------------
 
     def _uniform(self, state: RequestState) -> float:
         # The token being sampled lands at position len(token_ids).

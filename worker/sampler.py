@@ -44,7 +44,8 @@ def _splitmix64(x: int) -> int:
 
 def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
-    tokens = logits.argmax(dim=-1)
+    # max's indices, not argmax: the same first maximum, several times faster on CPU.
+    tokens = logits.max(dim=-1).indices
     random_rows = [i for i, t in enumerate(rows.temperatures) if t > 0]
     plain = [i for i in random_rows if rows.top_ks[i] == 0 and rows.top_ps[i] >= 1.0]
     filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]

@@ -10,7 +10,7 @@ from worker.step_batch import LogitsPlan, RequestState
 
 @dataclass(slots=True)
 class HostScores:
-    """Logprobs of the scored rows: the sampled rows first, then every echo row, in order."""
+    """Logprobs of every logits row of the step (sample rows and echo rows alike)."""
 
     logprobs: list[float]
     top_ids: list[list[int]]  # best first, as many as the largest top_logprobs asked
@@ -23,35 +23,32 @@ class HostScores:
 def assemble_output(
     scheduled: list[tuple[RequestState, int]],
     plans: list[LogitsPlan],
-    sampled_token_ids: list[int],  # one per request with a sample_row, in order
+    tokens_by_row: dict[int, int],  # sample row -> the token sampled from it
     scores: HostScores | None,  # None when no request asked for logprobs
 ) -> StepOutput:
     out = StepOutput()
-    sample_index = 0
-    echo_index = len(sampled_token_ids)
     for (state, _), plan in zip(scheduled, plans, strict=True):
         opts = state.sampling
         out.req_ids.append(state.req_id)
         tokens: list[int] = []
         logprobs: list[float] = []
         top: list[list[tuple[int, float]]] = []
-        if plan.sample_row is not None:
-            tokens.append(sampled_token_ids[sample_index])
+        row = plan.sample_row
+        if row is not None:
+            tokens.append(tokens_by_row[row])
             if scores is not None and opts.logprobs:
-                logprobs.append(scores.logprobs[sample_index])
+                logprobs.append(scores.logprobs[row])
             if scores is not None and opts.top_logprobs:
-                top.append(scores.top(sample_index, opts.top_logprobs))
-            sample_index += 1
+                top.append(scores.top(row, opts.top_logprobs))
         out.sampled_token_ids.append(tokens)
         out.logprobs.append(logprobs)
         out.top_logprobs.append(top)
         if plan.num_echo_scored and scores is not None:
-            rows = range(echo_index, echo_index + plan.num_echo_scored)
-            echo_index += plan.num_echo_scored
+            rows = range(plan.echo_first_row, plan.echo_first_row + plan.num_echo_scored)
             out.prompt_logprobs[state.req_id] = PromptLogprobs(
                 start_position=state.num_computed + 1,
                 logprobs=scores.logprobs[rows.start : rows.stop],
-                top_logprobs=[scores.top(row, opts.top_logprobs) for row in rows]
+                top_logprobs=[scores.top(r, opts.top_logprobs) for r in rows]
                 if opts.top_logprobs
                 else None,
             )

@@ -18,8 +18,9 @@ import torch
 
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
-from worker.attention.cpu_backend import CpuAttentionBackend, load_cpu_kernel
+from worker.attention.cpu_backend import CpuAttentionBackend
 from worker.attention.torch_backend import TorchAttentionBackend
+from worker.cpu_kernels import load_cpu_kernels
 from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
@@ -79,7 +80,7 @@ def run_schedule(
     return worst
 
 
-needs_kernel = pytest.mark.skipif(not load_cpu_kernel(), reason="no C++ compiler here")
+needs_kernel = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
 
 @needs_kernel
@@ -164,7 +165,7 @@ def test_without_a_compiler_auto_falls_back_to_the_reference(tmp_path) -> None:
         "torch",
         "refused: attention_backend 'cpu' needs its C++ kernel, which did not build",
     ]
-    assert "cannot build the CPU attention kernel" in result.stderr
+    assert "cannot build the CPU kernels" in result.stderr
     assert "using the slower torch reference" in result.stderr
 
 

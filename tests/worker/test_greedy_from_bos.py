@@ -7,13 +7,13 @@ import sentencepiece as spm
 import torch
 
 from tests.worker.driver import GREEDY, all_position_logits, generate_alone, start_worker
-from worker.attention.cpu_backend import load_cpu_kernel
+from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.model import Transformer
 
 BACKENDS = [
     "torch",
-    pytest.param("cpu", marks=pytest.mark.skipif(not load_cpu_kernel(), reason="no compiler")),
+    pytest.param("cpu", marks=pytest.mark.skipif(not load_cpu_kernels(), reason="no compiler")),
 ]
 
 

@@ -5,7 +5,8 @@ this step's K/V into their cache slots and attends, through the backend that bui
 
 - `torch`: the plain-torch reference (gathers blocks, pads decodes); the oracle in tests.
 - `cpu`: a C++ kernel that reads the blocks where they lie (worker/attention/cpu_backend.py),
-  built once on first use; without a compiler, `auto` falls back to `torch` with a warning.
+  built once on first use (worker/cpu_kernels.py); without a compiler, `auto` falls back to
+  `torch` with a warning.
 
 `auto` picks the fastest backend the device has.
 """
@@ -55,11 +56,12 @@ def create_attention_backend(
         return TorchAttentionBackend(block_size)
     if device.type != "cpu":
         raise ValueError(f"attention_backend 'cpu' runs on the CPU, not on {device}")
-    from worker.attention.cpu_backend import CpuAttentionBackend, load_cpu_kernel
+    from worker.attention.cpu_backend import CpuAttentionBackend
+    from worker.cpu_kernels import load_cpu_kernels
 
-    if load_cpu_kernel():
+    if load_cpu_kernels():
         return CpuAttentionBackend(block_size)
     if name == "cpu":
         raise RuntimeError("attention_backend 'cpu' needs its C++ kernel, which did not build")
-    log.warning("the CPU attention kernel is unavailable; using the slower torch reference")
+    log.warning("the CPU kernels are unavailable; using the slower torch reference")
     return TorchAttentionBackend(block_size)

@@ -31,12 +31,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "vector_math.h"
+
 namespace {
 
 // Rows of one work item: query tile x the query heads of one KV head.
 constexpr int kMaxTileRows = 32;
-// Rows whose scores are computed together, sharing each loaded vector of keys.
-constexpr int kRowBlock = 4;
+// Rows whose scores (and value sums) are computed together, sharing each loaded vector of
+// keys (values): a register tile of kRowBlock rows x 16 floats.
+constexpr int kRowBlock = 8;
 // A context split covers at least this many keys, so merging stays cheap.
 constexpr int kMinKeysPerSplit = 256;
 // Cache lines of the next block's keys and values fetched ahead; the hardware prefetcher
@@ -49,25 +52,8 @@ inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
 inline float to_float(c10::Half x) { return static_cast<float>(x); }
 
-// exp(x) for x <= 0 to about 2 ulp, written so that loops over it vectorise: 2^n * e^r with
-// n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite), e^r by a degree-6
-// polynomial, 2^n by building the float's exponent bits.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+// Softmax weights: every argument is <= 0 here (scores minus their running max).
+inline float exp_nonpositive(float x) { return loom::exp_clamped(x); }
 
 struct WorkItem {
   int32_t seq;
@@ -88,7 +74,9 @@ struct Shape {
 // One thread's scratch: the item's queries, one block's keys and scores in float, and the
 // running softmax state (per row the max, the sum of weights and the unnormalised output).
 struct Scratch {
-  std::vector<float> q, keys, values, scores, acc, row_max, row_sum;
+  // row_lanes[r][j]: row r's softmax denominator, kept per key lane (lane j sums the weights
+  // of keys j, j + BS, ...) so adding a block needs no horizontal sum; finish() adds the lanes.
+  std::vector<float> q, keys, values, scores, acc, row_max, row_lanes, row_sum;
   void reset(int rows, int64_t head_dim, int64_t block_size) {
     q.resize(rows * head_dim);
     keys.resize(head_dim * block_size);
@@ -96,7 +84,15 @@ struct Scratch {
     scores.resize(rows * block_size);
     acc.assign(rows * head_dim, 0.0f);
     row_max.assign(rows, kNegBig);
-    row_sum.assign(rows, 0.0f);
+    row_lanes.assign(rows * block_size, 0.0f);
+    row_sum.resize(rows);
+  }
+  void finish(int rows, int64_t block_size) {
+    for (int r = 0; r < rows; ++r) {
+      float sum = 0.0f;
+      for (int64_t j = 0; j < block_size; ++j) sum += row_lanes[r * block_size + j];
+      row_sum[r] = sum;
+    }
   }
 };
 
@@ -109,6 +105,22 @@ inline const float* as_float(const scalar_t* src, int64_t n, std::vector<float>&
   } else {
     for (int64_t i = 0; i < n; ++i) buffer[i] = to_float(src[i]);
     return buffer.data();
+  }
+}
+
+// Calls f(std::integral_constant<int, n>) for 0 < n < kRowBlock: the rows left after the
+// full register tiles, still with a row count fixed at compile time.
+template <typename F>
+inline void remainder_rows(int n, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return;
   }
 }
 
@@ -153,34 +165,48 @@ inline void block_scores(const float* q, int rows, const float* keys, int64_t D,
     int r = 0;
     for (; r + kRowBlock <= rows; r += kRowBlock)
       scores_fixed<kRowBlock, BS_T>(q + r * D, D, keys, scores + r * BS_T);
-    switch (rows - r) {
-      case 3: return scores_fixed<3, BS_T>(q + r * D, D, keys, scores + r * BS_T);
-      case 2: return scores_fixed<2, BS_T>(q + r * D, D, keys, scores + r * BS_T);
-      case 1: return scores_fixed<1, BS_T>(q + r * D, D, keys, scores + r * BS_T);
-      default: return;
-    }
+    if (r < rows) remainder_rows(rows - r, [&](auto n) {
+      scores_fixed<decltype(n)::value, BS_T>(q + r * D, D, keys, scores + r * BS_T);
+    });
   }
 }
 
-// acc[0:D] += sum_j p[j] * values[j][0:D] over the first `limit` rows of a block's values,
-// a chunk of acc held in registers across all of them.
-inline void accumulate_values(float* acc, const float* p, const float* values, int64_t limit,
-                              int64_t D) {
+// acc_r[0:D] += sum_j p_r[j] * values[j][0:D] over a block's first `num_keys` values, for
+// ROWS rows at once: each loaded chunk of a value row feeds every row's accumulator, which
+// stays in registers across the whole block.
+template <int ROWS>
+inline void values_fixed(float* acc, const float* p, int64_t p_stride, const float* values,
+                         int64_t num_keys, int64_t D) {
   constexpr int64_t kChunk = 16;
   int64_t d0 = 0;
   for (; d0 + kChunk <= D; d0 += kChunk) {
-    float a[kChunk];
-    for (int64_t k = 0; k < kChunk; ++k) a[k] = acc[d0 + k];
-    for (int64_t j = 0; j < limit; ++j) {
-      const float pj = p[j];
+    float a[ROWS][kChunk];
+    for (int r = 0; r < ROWS; ++r)
+      for (int64_t k = 0; k < kChunk; ++k) a[r][k] = acc[r * D + d0 + k];
+    for (int64_t j = 0; j < num_keys; ++j) {
       const float* v = values + j * D + d0;
+      for (int r = 0; r < ROWS; ++r) {
+        const float pj = p[r * p_stride + j];
 #pragma omp simd
-      for (int64_t k = 0; k < kChunk; ++k) a[k] += pj * v[k];
+        for (int64_t k = 0; k < kChunk; ++k) a[r][k] += pj * v[k];
+      }
     }
-    for (int64_t k = 0; k < kChunk; ++k) acc[d0 + k] = a[k];
+    for (int r = 0; r < ROWS; ++r)
+      for (int64_t k = 0; k < kChunk; ++k) acc[r * D + d0 + k] = a[r][k];
   }
-  for (int64_t j = 0; j < limit; ++j)
-    for (int64_t d = d0; d < D; ++d) acc[d] += p[j] * values[j * D + d];
+  for (int r = 0; r < ROWS; ++r)  // head sizes that are not a multiple of the chunk
+    for (int64_t j = 0; j < num_keys; ++j)
+      for (int64_t d = d0; d < D; ++d) acc[r * D + d] += p[r * p_stride + j] * values[j * D + d];
+}
+
+inline void block_values(float* acc, int rows, const float* p, int64_t p_stride,
+                         const float* values, int64_t num_keys, int64_t D) {
+  int r = 0;
+  for (; r + kRowBlock <= rows; r += kRowBlock)
+    values_fixed<kRowBlock>(acc + r * D, p + r * p_stride, p_stride, values, num_keys, D);
+  if (r < rows) remainder_rows(rows - r, [&](auto n) {
+    values_fixed<decltype(n)::value>(acc + r * D, p + r * p_stride, p_stride, values, num_keys, D);
+  });
 }
 
 template <typename scalar_t, int BS_T>
@@ -204,7 +230,6 @@ void attend_item(const WorkItem& item, const Shape& sh, const scalar_t* q, const
   const int32_t* table = block_tables + item.seq * sh.max_blocks;
   const int64_t last_pos = first_pos + item.tile_start + item.tile_len - 1;
   const int64_t block_elems = BS * D;  // one head's keys (or values) of one block
-  int64_t limits[kMaxTileRows];
   for (int32_t b = item.block_begin; b < item.block_end; ++b) {
     const int64_t base_pos = static_cast<int64_t>(b) * BS;
     const int64_t num_keys = std::min<int64_t>(BS, last_pos + 1 - base_pos);
@@ -226,21 +251,23 @@ void attend_item(const WorkItem& item, const Shape& sh, const scalar_t* q, const
     for (int r = 0; r < rows; ++r) {
       const int64_t pos = first_pos + item.tile_start + r / G;
       const int64_t limit = std::max<int64_t>(0, std::min<int64_t>(num_keys, pos + 1 - base_pos));
-      limits[r] = limit;
-      if (limit == 0) continue;
       float* s = a.scores.data() + r * BS;
+      if (limit == 0) {  // a row that sees none of this block: it adds nothing
+        for (int64_t j = 0; j < BS; ++j) s[j] = 0.0f;
+        continue;
+      }
       for (int64_t j = limit; j < BS; ++j) s[j] = kNegBig;
       float block_max = kNegBig;
+#pragma omp simd reduction(max : block_max)
       for (int64_t j = 0; j < BS; ++j) block_max = std::max(block_max, s[j]);
       const float new_max = std::max(a.row_max[r], block_max);
       const float alpha = exp_nonpositive(a.row_max[r] - new_max);
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < BS; ++j) {
-        s[j] = exp_nonpositive(s[j] - new_max);
-        sum += s[j];
-      }
-      a.row_sum[r] = a.row_sum[r] * alpha + sum;
+#pragma omp simd
+      for (int64_t j = 0; j < BS; ++j) s[j] = exp_nonpositive(s[j] - new_max);
+      for (int64_t j = limit; j < BS; ++j) s[j] = 0.0f;  // exactly nothing from masked keys
+      float* lanes = a.row_lanes.data() + r * BS;
+#pragma omp simd
+      for (int64_t j = 0; j < BS; ++j) lanes[j] = lanes[j] * alpha + s[j];
       a.row_max[r] = new_max;
       if (alpha != 1.0f) {
         float* acc = a.acc.data() + r * D;
@@ -250,10 +277,9 @@ void attend_item(const WorkItem& item, const Shape& sh, const scalar_t* q, const
     // acc_r += p_rj * v_j; slots past num_keys are never read (they may hold another
     // request's stale values).
     const float* values = as_float(v_cache + offset, num_keys * D, a.values);
-    for (int r = 0; r < rows; ++r)
-      if (limits[r] > 0)
-        accumulate_values(a.acc.data() + r * D, a.scores.data() + r * BS, values, limits[r], D);
+    block_values(a.acc.data(), rows, a.scores.data(), BS, values, num_keys, D);
   }
+  a.finish(rows, BS);
 }
 
 template <typename scalar_t>

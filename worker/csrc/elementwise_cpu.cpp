@@ -1,0 +1,106 @@
+// The elementwise work between the model's GEMMs, fused into single passes (float32, CPU):
+//   add_rms_norm: residual += delta, then RMSNorm(residual) * weight, in one pass over rows;
+//   rms_norm:     RMSNorm(x) * weight;
+//   silu_and_mul: SiLU(gate) * up for x = [gate | up] along the last dimension.
+// Rows are split over torch's intra-op threads. RMSNorm follows Meta's reference: the mean of
+// squares in float32, x * rsqrt(mean + eps), then the weight.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "vector_math.h"
+
+namespace {
+
+inline void norm_row(const float* x, const float* weight, float eps, int64_t dim, float* out) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < dim; ++i) sum += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum / static_cast<float>(dim) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void check_rows(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1,
+              "expected float32 [rows, dim] with contiguous rows");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
+                  weight.scalar_type() == at::kFloat,
+              "weight must be float32 [dim]");
+}
+
+at::Tensor add_rms_norm(at::Tensor residual, const at::Tensor& delta, const at::Tensor& weight,
+                        double eps) {
+  check_rows(residual, weight);
+  check_rows(delta, weight);
+  TORCH_CHECK(delta.size(0) == residual.size(0), "delta and residual must have the same rows");
+  const int64_t rows = residual.size(0), dim = residual.size(1);
+  at::Tensor out = at::empty({rows, dim}, residual.options());
+  float* r = residual.data_ptr<float>();
+  const float* d = delta.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t rs = residual.stride(0), ds = delta.stride(0);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      float* x = r + row * rs;
+      const float* y = d + row * ds;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) x[i] += y[i];
+      norm_row(x, w, static_cast<float>(eps), dim, o + row * dim);
+    }
+  });
+  return out;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rows(x, weight);
+  const int64_t rows = x.size(0), dim = x.size(1);
+  at::Tensor out = at::empty({rows, dim}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t xs = x.stride(0);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      norm_row(xp + row * xs, w, static_cast<float>(eps), dim, o + row * dim);
+  });
+  return out;
+}
+
+at::Tensor silu_and_mul(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1 &&
+                  x.size(1) % 2 == 0,
+              "expected float32 [rows, 2 * hidden] with contiguous rows");
+  const int64_t rows = x.size(0), hidden = x.size(1) / 2;
+  at::Tensor out = at::empty({rows, hidden}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t xs = x.stride(0);
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* gate = xp + row * xs;
+      const float* up = gate + hidden;
+      float* dst = o + row * hidden;
+#pragma omp simd
+      for (int64_t i = 0; i < hidden; ++i) dst[i] = gate[i] / (1.0f + loom::exp_clamped(-gate[i])) * up[i];
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(loom, m) {
+  m.def("add_rms_norm(Tensor(a!) residual, Tensor delta, Tensor weight, float eps) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.impl("add_rms_norm", c10::DispatchKey::CPU, &add_rms_norm);
+  m.impl("rms_norm", c10::DispatchKey::CPU, &rms_norm);
+  m.impl("silu_and_mul", c10::DispatchKey::CPU, &silu_and_mul);
+}

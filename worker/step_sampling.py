@@ -1,0 +1,99 @@
+"""One step's sampling and scoring over the logits the model computed for it.
+
+Logits rows follow the batch (decodes first); a request samples from its `sample_row` and an
+echo request also scores its prompt rows. The rows are sampled in their own order, with no
+copy of the logits unless some rows must be masked (stop tokens before `min_tokens`), and
+when any request wants logprobs, one log-softmax covers every row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from worker.sampler import SamplingRows, sample, token_logprobs
+from worker.step import StepOutput
+from worker.step_batch import LogitsPlan, RequestState
+from worker.step_output import HostScores, assemble_output
+
+
+def sample_and_score(
+    scheduled: list[tuple[RequestState, int]],
+    plans: list[LogitsPlan],
+    logits: torch.Tensor,  # [num_rows, vocab] float32
+    uniforms: dict[int, float],  # sample row -> its random number in [0, 1)
+) -> StepOutput:
+    device = logits.device
+    by_row = sorted(
+        (plan.sample_row, state)
+        for (state, _), plan in zip(scheduled, plans, strict=True)
+        if plan.sample_row is not None
+    )
+    rows = [row for row, _ in by_row]
+    states = [state for _, state in by_row]
+    # Without echo rows every logits row is a sample row, in order: sample them in place.
+    in_place = len(rows) == logits.shape[0]
+    sample_logits = logits if in_place else logits.index_select(0, _long(rows, device))
+    masked = _stop_mask(states, device)
+    if masked is not None:
+        if in_place:  # masking must not touch the raw scores logprobs come from
+            sample_logits = sample_logits.clone()
+        sample_logits.index_put_(masked, torch.tensor(float("-inf"), device=device))
+    params = SamplingRows(
+        temperatures=[s.sampling.temperature for s in states],
+        top_ks=[s.sampling.top_k for s in states],
+        top_ps=[s.sampling.top_p for s in states],
+        uniforms=[uniforms[row] for row in rows],
+    )
+    tokens = sample(sample_logits, params)
+    scores = _scores(scheduled, plans, logits, rows, tokens)
+    tokens_by_row = dict(zip(rows, tokens.tolist(), strict=True))
+    return assemble_output(scheduled, plans, tokens_by_row, scores)
+
+
+def _stop_mask(
+    states: list[RequestState], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, token ids) of the stop tokens that rows may not sample yet (min_tokens)."""
+    rows: list[int] = []
+    token_ids: list[int] = []
+    for row, state in enumerate(states):
+        options = state.sampling
+        num_output = len(state.token_ids) - state.num_prompt_tokens
+        if num_output < options.min_tokens and options.stop_token_ids:
+            rows.extend([row] * len(options.stop_token_ids))
+            token_ids.extend(options.stop_token_ids)
+    return (_long(rows, device), _long(token_ids, device)) if rows else None
+
+
+def _scores(
+    scheduled: list[tuple[RequestState, int]],
+    plans: list[LogitsPlan],
+    logits: torch.Tensor,
+    sample_rows: list[int],
+    tokens: torch.Tensor,
+) -> HostScores | None:
+    """Logprobs of every logits row when any request asked: a sample row scores its sampled
+    token, echo row p the prompt token p + 1."""
+    k = max(state.sampling.top_logprobs for state, _ in scheduled)
+    if not k and not any(s.sampling.logprobs or s.sampling.echo for s, _ in scheduled):
+        return None
+    device = logits.device
+    targets = [0] * logits.shape[0]
+    for (state, _), plan in zip(scheduled, plans, strict=True):
+        if plan.num_echo_scored:
+            start = state.num_computed + 1
+            first = plan.echo_first_row
+            targets[first : first + plan.num_echo_scored] = state.token_ids[
+                start : start + plan.num_echo_scored
+            ]
+    target_ids = _long(targets, device).index_copy_(0, _long(sample_rows, device), tokens)
+    found = token_logprobs(logits, target_ids, k)
+    return HostScores(
+        logprobs=found.logprobs.tolist(),
+        top_ids=found.top_ids.tolist(),
+        top_logprobs=found.top_logprobs.tolist(),
+    )
+
+
+def _long(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
