@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,15 @@ class Engine:
         req_id: str | None = None,
         tenant: str = "default",
         priority: int = 0,
+        admit: Callable[[Request], None] | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
-        invalid input and CapacityError when it cannot be taken. Returns its req_id."""
+        invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
+        the validated request before it is queued and may raise to refuse it (quotas).
+        Returns its req_id."""
         req = self._make_request(prompt, params, req_id, tenant, priority)
+        if admit is not None:
+            admit(req)
         self._enqueue(req)
         return req.req_id
 
