@@ -72,8 +72,9 @@ def check_health(
 ) -> int:
     """For container health checks: prints the status, exits 0 only when SERVING."""
     import grpc
-    from client.channel import channel_credentials
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from client.channel import channel_credentials
 
     credentials = channel_credentials(tls_ca, tls_cert, tls_key)
     if credentials is None:
@@ -123,17 +124,17 @@ async def serve(engine, config: FrontendConfig) -> int:
     await frontend.start()
     if frontend.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", config.host, frontend.metrics_port)
-    # Last, once everything is up: scripts wait for this line.
-    log.info(
-        "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
-        config.host,
-        frontend.port,
-    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, frontend.reload_tenants)
+    # Last, once everything is up and the signals are handled: scripts wait for this line.
+    log.info(
+        "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
+        config.host,
+        frontend.port,
+    )
     await stop.wait()
     log.info("signal received: draining (a second signal aborts requests in flight)")
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -197,6 +197,8 @@ class _FileParser:
                     header_line = number
                     if field is None:
                         return number
+                elif tenant is None and section.split(".")[0] == field:
+                    return number  # an unknown top-level table
                 continue
             key = line.split("=", 1)[0].strip().strip("\"'")
             in_section = section == (None if tenant is None else f"tenants.{tenant}")
