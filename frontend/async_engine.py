@@ -189,9 +189,10 @@ class AsyncEngine:
                         raise
                     continue
                 failures = 0
-                self._dispatch(deltas, step_start)
+                # Gauges first: a caller that sees this step's tokens sees its stats too.
                 if self.metrics is not None:
                     self.metrics.update_engine_stats(self.engine.stats())
+                self._dispatch(deltas, step_start)
         except BaseException as exc:
             self._fatal = exc
             log.critical("engine loop stopped: %r; the server is NOT_SERVING", exc)
