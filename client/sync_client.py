@@ -19,7 +19,9 @@ class Client:
             print(reply.text)
 
     Sampling keyword arguments are those of `client.request.build_request`. Errors surface
-    as `grpc.RpcError` with the server's status code and message.
+    as `grpc.RpcError` with the server's status code and message. TLS: `tls_ca` (PEM file) to
+    trust a private CA, or `tls=True` for the system's; `tls_cert` and `tls_key` for a server
+    that requires client certificates (`client.channel.channel_credentials`).
     """
 
     def __init__(
