@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import grpc
-
+from client.channel import channel_credentials, open_channel
 from client.request import build_request, call_metadata
 from loompb import serving_pb2, serving_pb2_grpc
 
@@ -27,11 +27,16 @@ class AsyncClient:
         tenant: str | None = None,
         timeout: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self._metadata = call_metadata(api_key, tenant)
-        self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        credentials = channel_credentials(tls_ca, tls_cert, tls_key, tls)
+        self._channel = open_channel(target, credentials, options, aio=True)
         self._stub = serving_pb2_grpc.GenerationStub(self._channel)
 
     async def generate(
@@ -58,6 +63,16 @@ class AsyncClient:
                 yield delta
         finally:
             call.cancel()
+
+    async def abort(self, request_ids: str | Sequence[str]) -> list[str]:
+        """Abort this tenant's live requests by id (a finished one, an unknown one or another
+        tenant's is left alone); returns the ids that were aborted. Their streams end with
+        FINISH_REASON_ABORT."""
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        reply = await self._stub.Abort(
+            serving_pb2.AbortRequest(request_ids=ids), timeout=self.timeout, metadata=self._metadata
+        )
+        return list(reply.aborted_request_ids)
 
     async def model_info(self) -> serving_pb2.ModelInfo:
         return await self._stub.GetModelInfo(

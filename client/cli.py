@@ -3,6 +3,7 @@
 python -m client generate "Once upon a time" --max-tokens 64 --temperature 0 --logprobs
 python -m client info
 python -m client tokenize "Once upon a time" --add-bos
+python -m client abort REQUEST_ID --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connection.add_argument("--tenant", help="sent as x-loom-tenant when the server has no keys")
     connection.add_argument("--timeout", type=float, help="deadline per call, seconds")
+    connection.add_argument("--tls", action="store_true", help="speak TLS (the system's CAs)")
+    connection.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle to trust (TLS)")
+    connection.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mTLS)")
+    connection.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
 
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-logprobs", type=int, default=0, help="alternatives per token")
     gen.add_argument("--stream", action="store_true", help="print text as it is generated")
 
+    gen.add_argument("--request-id", default="", help="default: the server picks one")
+    gen.add_argument("--priority", type=int, help="default: the tenant's")
+
     commands.add_parser("info", parents=[connection], help="describe the model and limits")
+
+    abort = commands.add_parser("abort", parents=[connection], help="abort requests by id")
+    abort.add_argument("request_ids", nargs="+", metavar="REQUEST_ID")
 
     tok = commands.add_parser("tokenize", parents=[connection], help="token ids of a text")
     tok.add_argument("text")
@@ -70,6 +81,8 @@ def run_generate(client: Client, args: argparse.Namespace) -> None:
         ignore_eos=args.ignore_eos,
         logprobs=args.logprobs or args.top_logprobs > 0,
         top_logprobs=args.top_logprobs,
+        request_id=args.request_id,
+        priority=args.priority,
     )
     if args.stream:
         # Merge the deltas into one response so the table below is the same either way.
@@ -109,14 +122,36 @@ def print_logprob_table(client: Client, reply: serving_pb2.GenerateResponse) -> 
         print(line)
 
 
+def connect(args: argparse.Namespace) -> Client:
+    return Client(
+        args.target,
+        api_key=args.api_key,
+        tenant=args.tenant,
+        timeout=args.timeout,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with Client(args.target, api_key=args.api_key, tenant=args.tenant, timeout=args.timeout) as c:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = connect(args)
+    except (OSError, ValueError) as exc:  # a TLS file missing, or a certificate without key
+        parser.error(str(exc))
+    with client as c:
         try:
             if args.command == "generate":
                 run_generate(c, args)
             elif args.command == "info":
                 print(c.model_info(), end="")
+            elif args.command == "abort":
+                aborted = set(c.abort(args.request_ids))
+                for request_id in args.request_ids:
+                    print(f"{request_id}: {'aborted' if request_id in aborted else 'not found'}")
             else:
                 reply = c.tokenize(args.text, add_bos=args.add_bos)
                 for token_id, piece in zip(reply.token_ids, reply.pieces, strict=True):

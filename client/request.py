@@ -22,13 +22,13 @@ def build_request(
     logprobs: bool = False,
     top_logprobs: int = 0,
     echo: bool = False,
-    priority: int = 0,
+    priority: int | None = None,
     request_id: str = "",
 ) -> serving_pb2.GenerateRequest:
     """A text prompt gets BOS from the server; a list of ids is used as given.
 
     Arguments left as None are not sent, so the server's documented default applies
-    (max_tokens 16, temperature 1.0, top_p 1.0, top_k 0, unseeded).
+    (max_tokens 16, temperature 1.0, top_p 1.0, top_k 0, unseeded; the tenant's priority).
     """
     sampling = serving_pb2.SamplingParams(
         stop=list(stop),
@@ -50,9 +50,9 @@ def build_request(
     for name, value in optional.items():
         if value is not None:
             setattr(sampling, name, value)
-    request = serving_pb2.GenerateRequest(
-        request_id=request_id, sampling=sampling, priority=priority
-    )
+    request = serving_pb2.GenerateRequest(request_id=request_id, sampling=sampling)
+    if priority is not None:  # unset: the tenant's default priority
+        request.priority = priority
     if isinstance(prompt, str):
         request.prompt = prompt
     else:

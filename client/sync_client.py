@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import grpc
-
+from client.channel import channel_credentials, open_channel
 from client.request import build_request, call_metadata
 from loompb import serving_pb2, serving_pb2_grpc
 
@@ -19,7 +19,9 @@ class Client:
             print(reply.text)
 
     Sampling keyword arguments are those of `client.request.build_request`. Errors surface
-    as `grpc.RpcError` with the server's status code and message.
+    as `grpc.RpcError` with the server's status code and message. TLS: `tls_ca` (PEM file) to
+    trust a private CA, or `tls=True` for the system's; `tls_cert` and `tls_key` for a server
+    that requires client certificates (`client.channel.channel_credentials`).
     """
 
     def __init__(
@@ -30,11 +32,16 @@ class Client:
         tenant: str | None = None,
         timeout: float | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout  # default per-call deadline in seconds; None waits forever
         self._metadata = call_metadata(api_key, tenant)
-        self._channel = grpc.insecure_channel(target, options=list(options))
+        credentials = channel_credentials(tls_ca, tls_cert, tls_key, tls)
+        self._channel = open_channel(target, credentials, options, aio=False)
         self._stub = serving_pb2_grpc.GenerationStub(self._channel)
 
     def generate(
@@ -61,6 +68,16 @@ class Client:
             yield from call
         finally:
             call.cancel()  # no-op when the stream already ended
+
+    def abort(self, request_ids: str | Sequence[str]) -> list[str]:
+        """Abort this tenant's live requests by id (a finished one, an unknown one or another
+        tenant's is left alone); returns the ids that were aborted. Their streams end with
+        FINISH_REASON_ABORT."""
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        reply = self._stub.Abort(
+            serving_pb2.AbortRequest(request_ids=ids), timeout=self.timeout, metadata=self._metadata
+        )
+        return list(reply.aborted_request_ids)
 
     def model_info(self) -> serving_pb2.ModelInfo:
         return self._stub.GetModelInfo(

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,10 +109,11 @@ class AsyncEngine:
         req_id: str,
         tenant: str = "default",
         priority: int = 0,
+        admit: Callable[[Any], None] | None = None,
     ) -> RequestStream:
         """Queue a request; call from the event loop that will read its stream. Raises what
-        `engine.add_request` raises (ValueError, CapacityError), DuplicateRequestError, or
-        EngineDeadError."""
+        `engine.add_request` raises (ValueError, CapacityError, what `admit` raises),
+        DuplicateRequestError, or EngineDeadError."""
         stream = RequestStream(
             req_id=req_id,
             tenant=tenant,
@@ -133,7 +135,9 @@ class AsyncEngine:
         try:
             # Validates and tokenizes here, on the caller's thread; the engine's lock is held
             # only to enqueue, never across a step.
-            self.engine.add_request(prompt, params, req_id=req_id, tenant=tenant, priority=priority)
+            self.engine.add_request(
+                prompt, params, req_id=req_id, tenant=tenant, priority=priority, admit=admit
+            )
         except BaseException:
             with self._cond:
                 self._streams.pop(req_id, None)
@@ -146,15 +150,16 @@ class AsyncEngine:
             self.engine.abort(req_id)
         return stream
 
-    def abort(self, req_id: str) -> None:
-        """Abort a request (client gone, deadline passed); its final delta says "abort" and
-        its blocks are freed at the next step."""
+    def abort(self, req_id: str) -> bool:
+        """Abort a request (client gone, deadline passed, the Abort call); its final delta
+        says "abort" and its blocks are freed at the next step. Returns whether it was live."""
         with self._cond:
             if req_id not in self._streams:
-                return
-        self.engine.abort(req_id)
+                return False
+        aborted = self.engine.abort(req_id)
         with self._cond:
             self._cond.notify()
+        return aborted
 
     def abort_all(self) -> None:
         with self._cond:
@@ -184,9 +189,10 @@ class AsyncEngine:
                         raise
                     continue
                 failures = 0
-                self._dispatch(deltas, step_start)
+                # Gauges first: a caller that sees this step's tokens sees its stats too.
                 if self.metrics is not None:
                     self.metrics.update_engine_stats(self.engine.stats())
+                self._dispatch(deltas, step_start)
         except BaseException as exc:
             self._fatal = exc
             log.critical("engine loop stopped: %r; the server is NOT_SERVING", exc)

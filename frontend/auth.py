@@ -1,27 +1,29 @@
-"""Who is calling: API keys to tenants, or the tenant a trusted client names.
+"""Who is calling: the tenant of an API key, or the tenant a trusted client names.
 
-With `--api-keys FILE` (lines `KEY TENANT`, `#` comments), every call must carry
-`authorization: Bearer KEY` and runs as that key's tenant. Without it, the server trusts
-the caller (it listens on loopback by default) and takes the tenant from `x-loom-tenant`.
+With a tenant directory (`--tenants FILE`, or `--api-keys FILE` with lines `KEY TENANT`),
+every call must carry `authorization: Bearer KEY` and runs as that key's tenant. Without one,
+the server trusts the caller (it listens on loopback by default) and takes the tenant from
+`x-loom-tenant`. Headers are gRPC metadata pairs or an HTTP header mapping alike.
 """
 
 from __future__ import annotations
 
-import hmac
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import grpc
+from frontend.tenants import DEFAULT_TENANT, TENANT_PATTERN, Tenant, TenantDirectory
 
-DEFAULT_TENANT = "default"
 TENANT_HEADER = "x-loom-tenant"
-# Tenant names become metric labels and log fields: keep them short and plain.
-TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+Headers = Iterable[tuple[str, str | bytes]] | Mapping[str, str | bytes] | None
+
+__all__ = ["DEFAULT_TENANT", "TENANT_HEADER", "AuthError", "Authenticator", "load_api_keys"]
 
 
 class AuthError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    """`code` is the gRPC status name: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT
+    (an HTTP server maps them to 401, 403 and 400)."""
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -49,55 +51,52 @@ def load_api_keys(path: str | Path) -> dict[str, str]:
 
 
 class Authenticator:
-    def __init__(self, api_keys: dict[str, str] | None = None) -> None:
-        self._api_keys = dict(api_keys) if api_keys else None
+    def __init__(self, directory: TenantDirectory | None = None) -> None:
+        self.directory = directory
 
     @property
     def enabled(self) -> bool:
-        return self._api_keys is not None
+        return self.directory is not None
 
-    def tenant(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """The caller's tenant, or AuthError with the gRPC status to answer."""
-        headers = {key.lower(): value for key, value in metadata or ()}
-        named = headers.get(TENANT_HEADER)
-        if isinstance(named, bytes):
-            named = named.decode(errors="replace")
-        if self._api_keys is None:
+    def replace(self, directory: TenantDirectory) -> None:
+        """A reloaded tenants file: the next call sees it; calls admitted keep going."""
+        self.directory = directory
+
+    def authenticate(self, headers: Headers) -> Tenant:
+        """The caller's tenant, or AuthError with the status to answer."""
+        pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+        found = {key.lower(): _text(value) for key, value in pairs}
+        named = found.get(TENANT_HEADER)
+        directory = self.directory  # one read: a reload swaps it whole
+        if directory is None:
             if named is None:
-                return DEFAULT_TENANT
+                return Tenant(DEFAULT_TENANT)
             if not TENANT_PATTERN.fullmatch(named):
                 raise AuthError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "INVALID_ARGUMENT",
                     f"{TENANT_HEADER} must match {TENANT_PATTERN.pattern}, got {named[:80]!r}",
                 )
-            return named
-        tenant = self._tenant_of_key(headers.get("authorization"))
-        if named is not None and named != tenant:
+            return Tenant(named)
+        tenant = _tenant_of_key(directory, found.get("authorization"))
+        if named is not None and named != tenant.name:
             raise AuthError(
-                grpc.StatusCode.PERMISSION_DENIED,
+                "PERMISSION_DENIED",
                 f"this API key belongs to another tenant than {TENANT_HEADER} names",
             )
         return tenant
 
-    def _tenant_of_key(self, header: str | bytes | None) -> str:
-        assert self._api_keys is not None
-        if isinstance(header, bytes):
-            header = header.decode(errors="replace")
-        if not header:
-            raise AuthError(
-                grpc.StatusCode.UNAUTHENTICATED, "missing `authorization: Bearer <API key>`"
-            )
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise AuthError(
-                grpc.StatusCode.UNAUTHENTICATED, "authorization must be `Bearer <API key>`"
-            )
-        key = key.strip()
-        # Compare against every key in constant time so timing does not leak key prefixes.
-        tenant = None
-        for known, known_tenant in self._api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                tenant = known_tenant
-        if tenant is None:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
-        return tenant
+
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _tenant_of_key(directory: TenantDirectory, header: str | None) -> Tenant:
+    if not header:
+        raise AuthError("UNAUTHENTICATED", "missing `authorization: Bearer <API key>`")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthError("UNAUTHENTICATED", "authorization must be `Bearer <API key>`")
+    tenant = directory.find_key(key.strip())
+    if tenant is None:
+        raise AuthError("UNAUTHENTICATED", "unknown API key")
+    return tenant

@@ -1,9 +1,11 @@
 """`python -m scheduler serve`: load a model, start the engine loop and the gRPC server.
+`health` asks a server whether it serves; `hash-key` prints a tenants-file key line.
 
 With no flags it serves the bundled models/stories260K on 127.0.0.1:50051, on the GPU when
 one is present and on the CPU otherwise. SIGTERM or Ctrl-C drains: health turns NOT_SERVING,
 new calls get UNAVAILABLE, requests in flight get --shutdown-timeout seconds to finish and are
-aborted after it (a second signal aborts them at once), and the process exits 0.
+aborted after it (a second signal aborts them at once), and the process exits 0. SIGHUP
+reloads the --tenants file.
 """
 
 from __future__ import annotations
@@ -36,15 +38,50 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port")
     health.add_argument("--service", default="", help="service name ('' is the whole server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle: speak TLS, trust it")
+    health.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS)")
+    health.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+
+    commands.add_parser(
+        "hash-key",
+        help="read an API key from stdin, print its tenants-file line",
+        description="Reads one API key from stdin (the trailing newline dropped) and prints "
+        "the `api_key_sha256 = [...]` line for a [tenants.NAME] table of a --tenants file.",
+    )
     return parser
 
 
-def check_health(target: str, service: str, timeout: float) -> int:
+def print_hash_line() -> int:
+    key = sys.stdin.readline().rstrip("\r\n")
+    if not key.strip():
+        print("error: no API key on stdin", file=sys.stderr)
+        return 2
+    from frontend.tenants import hash_line
+
+    print(hash_line(key))
+    return 0
+
+
+def check_health(
+    target: str,
+    service: str,
+    timeout: float,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> int:
     """For container health checks: prints the status, exits 0 only when SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    from client.channel import channel_credentials
+
+    credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+    if credentials is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        channel = grpc.secure_channel(target, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -87,16 +124,17 @@ async def serve(engine, config: FrontendConfig) -> int:
     await frontend.start()
     if frontend.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", config.host, frontend.metrics_port)
-    # Last, once everything is up: scripts wait for this line.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, frontend.reload_tenants)
+    # Last, once everything is up and the signals are handled: scripts wait for this line.
     log.info(
         "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
         config.host,
         frontend.port,
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signal received: draining (a second signal aborts requests in flight)")
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "health":
-        return check_health(args.target, args.service, args.timeout)
+        return check_health(
+            args.target, args.service, args.timeout, args.tls_ca, args.tls_cert, args.tls_key
+        )
+    if args.command == "hash-key":
+        return print_hash_line()
     try:
         config: ServeConfig = settings_from_args(ServeConfig, args)
     except ValueError as exc:
@@ -125,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_keys = config.frontend.api_keys
     if api_keys:
         log.info("API keys: %d keys for %d tenants", len(api_keys), len(set(api_keys.values())))
+    if config.frontend.tenants:
+        log.info("tenants from %s (SIGHUP reloads it)", config.frontend.tenants)
     engine = load_engine(config)
     try:
         return asyncio.run(serve(engine, config.frontend))

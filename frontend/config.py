@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from frontend.auth import load_api_keys
+from frontend.tenants import load_tenants
 from scheduler.config import EngineConfig
 from worker.config import check_at_least, parse_bytes, setting
 
@@ -24,6 +26,22 @@ def api_keys_file(path: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def tenants_file(path: str) -> str:
+    """`--tenants FILE`, checked before the model loads; the server reads it again at start
+    and on SIGHUP."""
+    try:
+        load_tenants(path)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return path
+
+
+def readable_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"no file at {path}")
+    return path
+
+
 @dataclass(slots=True, frozen=True)
 class FrontendConfig:
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
@@ -33,6 +51,27 @@ class FrontendConfig:
         None,
         "lines `KEY TENANT`; calls must send `authorization: Bearer KEY`",
         type=api_keys_file,
+        metavar="FILE",
+    )
+    tenants: str | None = setting(
+        None,
+        "TOML tenants file: hashed API keys, weights, priorities, quotas; SIGHUP reloads it",
+        type=tenants_file,
+        metavar="FILE",
+    )
+    tls_cert: str | None = setting(
+        None,
+        "PEM certificate chain: serve TLS (with --tls-key)",
+        type=readable_file,
+        metavar="FILE",
+    )
+    tls_key: str | None = setting(
+        None, "PEM private key of --tls-cert", type=readable_file, metavar="FILE"
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "PEM CA bundle: mutual TLS, every client must present a certificate it signed",
+        type=readable_file,
         metavar="FILE",
     )
     max_request_bytes: int = setting(
@@ -47,6 +86,12 @@ class FrontendConfig:
         check_at_least(self, "metrics_port", 0, optional=True)
         check_at_least(self, "max_request_bytes", 1)
         check_at_least(self, "max_step_failures", 1)
+        if self.api_keys is not None and self.tenants is not None:
+            raise ValueError("give at most one of api_keys and tenants")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         if self.shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
 

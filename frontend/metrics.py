@@ -1,6 +1,7 @@
 """Prometheus metrics of a serving engine, named as users of vLLM already scrape them.
 
-Engine-wide gauges carry a `model` label; per-request series carry `model` and `tenant`.
+Engine-wide series carry a `model` label; per-request series, the running and waiting gauges,
+the fair-share charge and quota refusals carry `model` and `tenant`.
 Each server has its own registry, so several servers can live in one process (tests).
 """
 
@@ -34,8 +35,8 @@ class ServingMetrics:
         per_model = ["model"]
         per_tenant = ["model", "tenant"]
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, per_model, registry=self.registry)
+        def gauge(name: str, doc: str, labels: list[str] = per_model) -> Gauge:
+            return Gauge(name, doc, labels, registry=self.registry)
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
             return Counter(name, doc, labels, registry=self.registry)
@@ -43,8 +44,22 @@ class ServingMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, per_tenant, buckets=buckets, registry=self.registry)
 
-        self.num_requests_running = gauge("loom:num_requests_running", "Requests running")
-        self.num_requests_waiting = gauge("loom:num_requests_waiting", "Requests waiting")
+        self.num_requests_running = gauge(
+            "loom:num_requests_running", "Requests running", per_tenant
+        )
+        self.num_requests_waiting = gauge(
+            "loom:num_requests_waiting", "Requests waiting", per_tenant
+        )
+        self.tenant_service_tokens = counter(
+            "loom:tenant_service_tokens",
+            "Fair-share charge: fair_w_in per prompt token computed + fair_w_out per output token",
+            per_tenant,
+        )
+        self.quota_rejections = counter(
+            "loom:quota_rejections",
+            "Requests refused by a tenant quota, by the limit they were over",
+            ["model", "tenant", "limit"],
+        )
         self.kv_cache_usage_perc = gauge(
             "loom:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)"
         )
@@ -81,8 +96,6 @@ class ServingMetrics:
             LATENCY_BUCKETS,
         )
         for engine_wide in (
-            self.num_requests_running,
-            self.num_requests_waiting,
             self.kv_cache_usage_perc,
             self.prefix_cache_queries,
             self.prefix_cache_hits,
@@ -91,13 +104,19 @@ class ServingMetrics:
             engine_wide.labels(model_name)  # show 0 before the first step, not nothing
         # Engine counters are cumulative; remember the last reading to add only the increase.
         self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
+        self._last_service: dict[str, float] = {}
         self._http_server: Any = None
 
     def update_engine_stats(self, stats: Any) -> None:
         """Called after every engine step with `engine.stats()`."""
         model = self.model_name
-        self.num_requests_running.labels(model).set(stats.num_running)
-        self.num_requests_waiting.labels(model).set(stats.num_waiting)
+        for tenant, tenant_stats in stats.tenants.items():
+            self.num_requests_running.labels(model, tenant).set(tenant_stats.num_running)
+            self.num_requests_waiting.labels(model, tenant).set(tenant_stats.num_waiting)
+            increase = tenant_stats.service - self._last_service.get(tenant, 0.0)
+            if increase > 0:
+                self.tenant_service_tokens.labels(model, tenant).inc(increase)
+                self._last_service[tenant] = tenant_stats.service
         used = stats.num_blocks - stats.num_free_blocks
         self.kv_cache_usage_perc.labels(model).set(
             used / stats.num_blocks if stats.num_blocks else 0
@@ -110,6 +129,19 @@ class ServingMetrics:
             if value > self._last_counts[key]:
                 metric.labels(model).inc(value - self._last_counts[key])
             self._last_counts[key] = value
+
+    def add_tenants(self, tenants: list[str]) -> None:
+        """Show 0 for tenants known before they send anything (those of a tenants file)."""
+        for tenant in tenants:
+            for metric in (
+                self.num_requests_running,
+                self.num_requests_waiting,
+                self.tenant_service_tokens,
+            ):
+                metric.labels(self.model_name, tenant)
+
+    def observe_quota_rejection(self, tenant: str, limit: str) -> None:
+        self.quota_rejections.labels(self.model_name, tenant, limit).inc()
 
     def observe_first_token(self, tenant: str, ttft: float, queue_time: float) -> None:
         self.time_to_first_token.labels(self.model_name, tenant).observe(ttft)

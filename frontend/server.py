@@ -31,7 +31,10 @@ from frontend.async_engine import AsyncEngine
 from frontend.auth import Authenticator
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
+from frontend.quotas import Quotas
 from frontend.servicer import AdmissionGate, GenerationServicer
+from frontend.tenants import DEFAULT_TENANT, TenantDirectory, directory_from_api_keys, load_tenants
+from frontend.tls import server_credentials
 from loompb import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class Frontend:
         self.async_engine = AsyncEngine(engine, self.metrics, self.config.max_step_failures)
         self.gate = AdmissionGate()
         self.health = LiveHealthServicer(self.async_engine)
+        self.authenticator = Authenticator(self._load_directory())
+        self.quotas = Quotas()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
@@ -80,15 +85,25 @@ class Frontend:
             ]
         )
         servicer = GenerationServicer(
-            self.async_engine, Authenticator(cfg.api_keys), self.gate, cfg.max_request_bytes
+            self.async_engine,
+            self.authenticator,
+            self.gate,
+            cfg.max_request_bytes,
+            self.quotas,
+            self.metrics,
         )
+        self._use_directory(self.authenticator.directory)
         serving_pb2_grpc.add_GenerationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
-        self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
+        credentials = server_credentials(cfg)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
         for service in ("", SERVICE_NAME):
@@ -100,6 +115,43 @@ class Frontend:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, SERVING)
         asyncio.get_running_loop().create_task(self._watch_engine_loop())
+
+    def _load_directory(self) -> TenantDirectory | None:
+        cfg = self.config
+        if cfg.tenants is not None:
+            return load_tenants(cfg.tenants)  # ValueError naming the file, line and field
+        if cfg.api_keys is not None:
+            return directory_from_api_keys(cfg.api_keys)
+        return None
+
+    def _use_directory(self, directory: TenantDirectory | None) -> None:
+        if directory is None:
+            self.metrics.add_tenants([DEFAULT_TENANT])
+            return
+        self.engine.set_tenant_weights(directory.weights())
+        self.metrics.add_tenants([tenant.name for tenant in directory])
+
+    def reload_tenants(self) -> bool:
+        """SIGHUP: read the tenants file again. A good file serves the next call (admitted
+        requests keep going); a bad one is logged and the previous tenants stay."""
+        path = self.config.tenants
+        if path is None:
+            log.warning("SIGHUP: no --tenants file to reload")
+            return False
+        try:
+            directory = load_tenants(path)
+        except (OSError, ValueError) as exc:
+            log.error("tenants not reloaded, keeping the previous ones: %s", exc)
+            return False
+        self._use_directory(directory)
+        self.authenticator.replace(directory)
+        log.info(
+            "tenants reloaded from %s: %d tenants, %d keys",
+            path,
+            len(directory),
+            directory.num_keys,
+        )
+        return True
 
     async def _watch_engine_loop(self) -> None:
         """Flip health (for Watch callers too) when the engine loop stops for good."""
@@ -226,9 +278,9 @@ def serve_in_thread(
 ) -> ServerHandle:
     """Start a server for `engine` on a background thread and return once it is SERVING.
 
-    `options` are the other FrontendConfig fields: api_keys, metrics_port,
-    shutdown_timeout, max_request_bytes, max_step_failures. The engine's own limits
-    (max_queued_requests, ...) are set where the engine is built.
+    `options` are the other FrontendConfig fields: api_keys or tenants, tls_cert, tls_key,
+    tls_client_ca, metrics_port, shutdown_timeout, max_request_bytes, max_step_failures.
+    The engine's own limits (max_queued_requests, ...) are set where the engine is built.
     """
     known = {f.name for f in fields(FrontendConfig)} - {"host", "port"}
     unknown = set(options) - known

@@ -26,6 +26,7 @@ from loadtest.datasets import (
 from loadtest.driver import DriverOptions, run_workload
 from loadtest.metrics import parse_goodput, per_tenant, summarize
 from loadtest.report import format_table, result_document, save_result
+from loadtest.tenants import check_tenants, format_tenant_table, parse_tenant, tenant_arrivals
 from loompb import serving_pb2, serving_pb2_grpc
 
 DATASETS = ("random", "shared-prefix", "sharegpt", "jsonl")
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", action="append", default=[], help="bearer key; repeat: one key per tenant"
     )
     g.add_argument("--tenants", type=int, default=None, help="spread requests over N tenants")
+    g.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY:RATE",
+        help="repeatable: a tenant with its own key (empty: x-loom-tenant NAME) and its own "
+        "arrivals at RATE req/s; --num-prompts is split in proportion to the rates",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--save-result", type=Path, help="write the summary and per-request data")
     g.add_argument("--plot", type=Path, help="PNG of latency distributions and a timeline")
@@ -106,6 +115,13 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--timeout must be > 0")
     if args.dataset in ("sharegpt", "jsonl") and args.dataset_path is None:
         raise ValueError(f"--dataset {args.dataset} needs --dataset-path")
+    args.tenant_specs = [parse_tenant(text) for text in args.tenant]
+    if args.tenant_specs:
+        if args.api_key or args.tenants is not None:
+            raise ValueError("--tenant does not go with --api-key or --tenants")
+        if not math.isinf(args.request_rate):
+            raise ValueError("--tenant gives each tenant its RATE: drop --request-rate")
+        check_tenants(args.tenant_specs, args.num_prompts)
     if args.tenants is not None:
         if args.tenants < 1:
             raise ValueError("--tenants must be >= 1")
@@ -161,10 +177,12 @@ def build_workload(
     return requests
 
 
-def run_info(args: argparse.Namespace, info: serving_pb2.ModelInfo) -> dict[str, object]:
+def run_info(
+    args: argparse.Namespace, info: serving_pb2.ModelInfo, argv: list[str]
+) -> dict[str, object]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m loadtest", *sys.argv[1:]]),
+        "command": " ".join(["python -m loadtest", *redacted(argv)]),
         "client_host": platform.node(),
         "target": args.target,
         "model_name": info.model_name,
@@ -179,11 +197,26 @@ def run_info(args: argparse.Namespace, info: serving_pb2.ModelInfo) -> dict[str,
         "seed": args.seed,
         "cancel_rate": args.cancel_rate,
         "timeout": args.timeout,
-        "num_tenants": len(args.api_key) or args.tenants,
+        "num_tenants": len(args.tenant_specs) or len(args.api_key) or args.tenants,
+        "tenant_rates": {spec.name: spec.rate for spec in args.tenant_specs},
     }
 
 
+def redacted(argv: list[str]) -> list[str]:
+    """The command line as saved: API keys replaced by `***`."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--api-key":
+            arg = "***"
+        elif i > 0 and argv[i - 1] == "--tenant" and arg.count(":") >= 2:
+            name, _, rest = arg.partition(":")
+            arg = f"{name}:***:{rest.rpartition(':')[2]}"
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         validate(args)
@@ -207,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     # One generator, drawn from in a fixed order (workload, arrivals, cancels): a seed fixes
     # the whole run.
     rng = np.random.default_rng(args.seed)
+    options.tenant_specs = specs = args.tenant_specs
     metadata = [("authorization", f"Bearer {args.api_key[0]}")] if args.api_key else []
+    if specs:
+        metadata = specs[0].metadata
     try:
         with grpc.insecure_channel(args.target) as channel:
             stub = serving_pb2_grpc.GenerationStub(channel)
@@ -219,17 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    arrivals = arrival_offsets(len(requests), args.request_rate, args.burstiness, rng)
+    if specs:
+        arrivals, options.request_tenants = tenant_arrivals(
+            len(requests), specs, args.burstiness, rng
+        )
+    else:
+        arrivals = arrival_offsets(len(requests), args.request_rate, args.burstiness, rng)
     results, duration, timeline = asyncio.run(
         run_workload(args.target, requests, arrivals, options, rng)
     )
 
     summary = summarize(results, duration, slos)
     print(format_table(summary, info.model_name))
+    tenants = per_tenant(results, duration)
+    if tenants:
+        print(format_tenant_table(tenants))
     if args.save_result:
-        document = result_document(
-            summary, results, run_info(args, info), per_tenant(results, duration)
-        )
+        document = result_document(summary, results, run_info(args, info, argv), tenants)
         if timeline is not None:
             document["server_timeline"] = asdict(timeline)
         save_result(args.save_result, document)

@@ -14,6 +14,7 @@ from loadtest.datasets import SampleRequest
 from loadtest.metrics import OK, RequestResult
 from loadtest.progress import ProgressBar
 from loadtest.server_metrics import ServerTimeline, poll
+from loadtest.tenants import TenantSpec
 from loompb import serving_pb2, serving_pb2_grpc
 
 # A stream that ends cleanly but says the request failed inside the server or was aborted
@@ -38,12 +39,18 @@ class DriverOptions:
     show_progress: bool = True
     metrics_url: str | None = None  # the server's Prometheus /metrics, polled while running
     metrics_every_s: float = 0.25
+    tenant_specs: list[TenantSpec] = field(default_factory=list)  # --tenant NAME:KEY:RATE
+    request_tenants: list[int] = field(default_factory=list)  # request i's index in the specs
 
 
 def tenant_of(index: int, options: DriverOptions) -> tuple[str, list[tuple[str, str]]]:
     """Request `index`'s tenant label and call metadata, round-robin over the tenants. With
     API keys each tenant is one key, labelled `key-<i>` (the server maps keys to its own
-    tenant names); without, the tenant `tenant-<i>` is named in `x-loom-tenant`."""
+    tenant names); without, the tenant `tenant-<i>` is named in `x-loom-tenant`. With
+    `--tenant` specs, a request belongs to the tenant whose arrival process sent it."""
+    if options.tenant_specs:
+        spec = options.tenant_specs[options.request_tenants[index]]
+        return spec.name, spec.metadata
     if options.api_keys:
         slot = index % len(options.api_keys)
         return f"key-{slot}", [("authorization", f"Bearer {options.api_keys[slot]}")]

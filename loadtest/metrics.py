@@ -132,17 +132,26 @@ def summarize(
 
 
 def per_tenant(results: list[RequestResult], duration: float) -> dict[str, dict[str, float]]:
-    """Completed requests, output tokens/s and median TTFT of each tenant (multi-tenant runs)."""
-    tenants = sorted({r.tenant for r in results if r.tenant})
+    """Per tenant of a multi-tenant run: counts, throughput, its share of the output tokens,
+    TTFT and ITL percentiles (completed requests only, as the run's summary counts them)."""
+    total_output = sum(r.output_len for r in results if r.ok) or 1
+    rate = (lambda n: n / duration) if duration > 0 else (lambda n: 0.0)
     table = {}
-    for tenant in tenants:
+    for tenant in sorted({r.tenant for r in results if r.tenant}):
         mine = [r for r in results if r.tenant == tenant]
         done = [r for r in mine if r.ok]
         output = sum(r.output_len for r in done)
+        ttfts = [r.ttft * 1e3 for r in done]
+        itls = [gap * 1e3 for r in done for gap in r.itls]
         table[tenant] = {
             "completed": len(done),
             "failed": len(mine) - len(done),
-            "output_throughput": output / duration if duration > 0 else 0.0,
-            "median_ttft_ms": percentile([r.ttft * 1e3 for r in done], 50),
+            "request_throughput": rate(len(done)),
+            "output_throughput": rate(output),
+            "output_token_share": output / total_output,
+            "median_ttft_ms": percentile(ttfts, 50),
+            "p99_ttft_ms": percentile(ttfts, 99),
+            "median_itl_ms": percentile(itls, 50),
+            "p99_itl_ms": percentile(itls, 99),
         }
     return table

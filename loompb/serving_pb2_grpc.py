@@ -59,6 +59,11 @@ class GenerationStub:
                 request_serializer=loompb_dot_serving__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=loompb_dot_serving__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/loom.v1.Generation/Abort',
+                request_serializer=loompb_dot_serving__pb2.AbortRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.AbortResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -100,6 +105,14 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Abort(self, request, context):
+        """Aborts live requests of the caller's tenant by request_id; their streams (and unary
+        calls) end with FINISH_REASON_ABORT and their KV blocks are freed at the next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=loompb_dot_serving__pb2.DetokenizeRequest.FromString,
                     response_serializer=loompb_dot_serving__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=loompb_dot_serving__pb2.AbortRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.AbortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class Generation:
             '/loom.v1.Generation/Detokenize',
             loompb_dot_serving__pb2.DetokenizeRequest.SerializeToString,
             loompb_dot_serving__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/Abort',
+            loompb_dot_serving__pb2.AbortRequest.SerializeToString,
+            loompb_dot_serving__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,

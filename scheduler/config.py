@@ -6,6 +6,7 @@ every layer takes the part it needs and none declares a setting again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,12 @@ class SchedulerConfig:
     max_queued_requests: int | None = setting(
         None, "waiting requests beyond this get RESOURCE_EXHAUSTED (default: no cap)"
     )
-    queue_policy: str = setting("fcfs", "who is admitted first", choices=QUEUE_POLICIES)
+    queue_policy: str = setting(
+        "fcfs", "who is admitted first (fair: per-tenant fair share, VTC)", choices=QUEUE_POLICIES
+    )
+    # VTC's prices (Sheng et al., OSDI'24): a generated token costs more than a prompt token.
+    fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed")
+    fair_w_out: float = setting(2.0, "fair share: cost of one generated token")
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "long_prefill_threshold"):
@@ -33,6 +39,12 @@ class SchedulerConfig:
                 f"max_num_batched_tokens must be >= max_num_seqs ({self.max_num_seqs}), "
                 f"got {self.max_num_batched_tokens}"
             )
+        for name in ("fair_w_in", "fair_w_out"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.fair_w_in == self.fair_w_out == 0:
+            raise ValueError("fair_w_in and fair_w_out must not both be 0")
         if self.queue_policy not in QUEUE_POLICIES:
             raise ValueError(
                 f"queue_policy must be one of {', '.join(QUEUE_POLICIES)}, "
@@ -58,6 +70,13 @@ class EngineConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class TenantStats:
+    num_running: int
+    num_waiting: int  # queued or preempted, including requests not yet taken by a step
+    service: float  # fair-share charge so far: w_in per prompt token computed, w_out per output
+
+
+@dataclass(slots=True, frozen=True)
 class EngineStats:
     num_running: int
     num_waiting: int  # queued or preempted, including requests not yet taken by a step
@@ -66,6 +85,7 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int  # tokens looked up
     prefix_cache_hits: int  # tokens found
+    tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
 
     @property
     def kv_cache_usage(self) -> float:

@@ -12,16 +12,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.config import EngineConfig, EngineStats
+from scheduler.config import EngineConfig, EngineStats, TenantStats
 from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
 from scheduler.scheduler import Scheduler
+from scheduler.tenant_usage import TenantLedger
 from scheduler.tokenizer import Tokenizer
 from worker.step import Worker, WorkerInfo
 
@@ -54,6 +56,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pending: list[Request] = []  # added, not yet taken by a step
         self._aborts: list[str] = []
+        self._new_weights: dict[str, float] | None = None  # for the scheduler, at the next step
         self._live_req_ids: set[str] = set()  # added and not yet given their final delta
         self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
         self._states: dict[str, RequestOutputState] = {}
@@ -82,10 +85,15 @@ class Engine:
         req_id: str | None = None,
         tenant: str = "default",
         priority: int = 0,
+        admit: Callable[[Request], None] | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
-        invalid input and CapacityError when it cannot be taken. Returns its req_id."""
+        invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
+        the validated request before it is queued and may raise to refuse it (quotas).
+        Returns its req_id."""
         req = self._make_request(prompt, params, req_id, tenant, priority)
+        if admit is not None:
+            admit(req)
         self._enqueue(req)
         return req.req_id
 
@@ -135,12 +143,23 @@ class Engine:
             self._live_req_ids.add(req.req_id)
             self._pending.append(req)
 
-    def abort(self, req_id: str) -> None:
-        """Abort a request at the next step (its blocks are freed there). Unknown ids and
-        finished requests are ignored."""
+    def abort(self, req_id: str) -> bool:
+        """Abort a request at the next step (its blocks are freed there). Returns whether it
+        was live; unknown ids and finished requests are ignored."""
         with self._lock:
-            if req_id in self._live_req_ids:
-                self._aborts.append(req_id)
+            if req_id not in self._live_req_ids:
+                return False
+            self._aborts.append(req_id)
+            return True
+
+    def set_tenant_weights(self, weights: dict[str, float]) -> None:
+        """Each tenant's share of the engine under contention (`queue_policy="fair"`); tenants
+        not named weigh 1. Takes effect at the next step; raises ValueError for a weight that
+        is not > 0."""
+        weights = dict(weights)
+        TenantLedger().set_weights(weights)  # validate here, on the caller's thread
+        with self._lock:
+            self._new_weights = weights
 
     def has_unfinished(self) -> bool:
         """Whether `step()` has work: live requests, or finished ones the worker must drop."""
@@ -151,16 +170,30 @@ class Engine:
         sched = self.scheduler
         pool = sched.kv.pool
         with self._lock:
-            num_pending = len(self._pending)
+            pending = [req.tenant for req in self._pending]
         return EngineStats(
             num_running=sched.num_running,
-            num_waiting=self._num_waiting + num_pending,
+            num_waiting=self._num_waiting + len(pending),
             num_blocks=pool.num_blocks,
             num_free_blocks=pool.num_free_blocks,
             num_preemptions=sched.num_preemptions,
             prefix_cache_queries=sched.kv.num_queries,
             prefix_cache_hits=sched.kv.num_hits,
+            tenants=self._tenant_stats(pending),
         )
+
+    def _tenant_stats(self, pending: list[str]) -> dict[str, TenantStats]:
+        # Copies first: the loop thread may add a tenant or a running request meanwhile.
+        running = Counter(req.tenant for req in list(self.scheduler.running))
+        queued = Counter(pending)
+        tenants = {}
+        for tenant, usage in list(self.scheduler.tenant_usage.items()):
+            num_running = running[tenant]
+            num_waiting = max(0, usage.num_unfinished - num_running) + queued.pop(tenant, 0)
+            tenants[tenant] = TenantStats(num_running, num_waiting, usage.service)
+        for tenant, num_waiting in queued.items():
+            tenants[tenant] = TenantStats(0, num_waiting, 0.0)
+        return tenants
 
     # -- the loop thread ------------------------------------------------------------------
 
@@ -170,6 +203,9 @@ class Engine:
         with self._lock:
             pending, self._pending = self._pending, []
             aborts, self._aborts = self._aborts, []
+            weights, self._new_weights = self._new_weights, None
+        if weights is not None:
+            sched.tenants.set_weights(weights)
         deltas: list[RequestDelta] = []
         for req in pending:
             try:

@@ -12,6 +12,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from scheduler.tenant_usage import TenantUsage
 from worker.step import SamplingOptions
 
 # Request limits, checked before any work is queued (the gRPC ModelInfo reports them).
@@ -127,14 +128,6 @@ def validate_prompt(prompt_token_ids: list[int], params: SamplingParams, vocab_s
     for token_id in params.stop_token_ids:
         if token_id >= vocab_size:
             raise ValueError(f"stop_token_ids must be in [0, {vocab_size}), got {token_id}")
-
-
-@dataclass(slots=True)
-class TenantUsage:
-    """Tokens served to one tenant so far: what a fair-share (VTC) policy charges."""
-
-    num_input_tokens: int = 0  # prompt tokens computed (again, after a preemption)
-    num_output_tokens: int = 0  # tokens generated
 
 
 class RequestStatus(enum.IntEnum):

@@ -26,7 +26,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.queue_policy import create_queue_policy
-from scheduler.request import Request, RequestStatus, TenantUsage
+from scheduler.request import Request, RequestStatus
 from scheduler.step_results import (
     TextScanner,
     add_prompt_logprobs,
@@ -35,6 +35,7 @@ from scheduler.step_results import (
     output_row_finder,
     scan_for_stop_string,
 )
+from scheduler.tenant_usage import TenantLedger, TenantUsage
 from worker.config import CacheConfig
 from worker.step import NewRequest, RunningRequest, StepInput, StepOutput
 
@@ -71,7 +72,8 @@ class Scheduler:
         self._running_key = self.waiting.running_key
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
-        self.tenant_usage: dict[str, TenantUsage] = {}
+        self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
+        self.tenant_usage: dict[str, TenantUsage] = self.tenants.usage
         self.num_preemptions = 0
         self._next_arrival_seq = 0
         # The worker drops these at the next step; a req_id here is not re-sent before then.
@@ -99,10 +101,8 @@ class Scheduler:
         """Queue a request that passed `check_fits`, under an id no live request has."""
         req.arrival_seq = self._next_arrival_seq
         self._next_arrival_seq += 1
-        usage = self.tenant_usage.get(req.tenant)
-        if usage is None:
-            usage = self.tenant_usage[req.tenant] = TenantUsage()
-        req.tenant_usage = usage
+        req.tenant_usage = self.tenants.of(req.tenant)
+        req.tenant_usage.num_unfinished += 1
         req.status = RequestStatus.WAITING
         self.requests[req.req_id] = req
         self.waiting.add(req)
@@ -111,6 +111,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(StepInput())
+        self.waiting.order_running(self.running)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
         # Admit waiting requests, unless blocks just ran out (they would preempt each other).
         if not out.num_preempted:
@@ -167,6 +168,7 @@ class Scheduler:
             if num_cached_tokens is None:
                 break
             waiting.pop()
+            req.tenant_usage.charge_prefill(req.num_tokens - num_cached_tokens)
             req.num_computed_tokens = num_cached_tokens
             req.status = RUNNING
             if req.num_cached_prompt_tokens < 0:  # first admission: report its cache hit
@@ -266,6 +268,7 @@ class Scheduler:
         """Release everything a request holds. The caller removes it from `running`."""
         req.status = status
         req.error = error
+        req.tenant_usage.num_unfinished -= 1
         self.kv.free(req)
         self._drop_from_worker(req)
         self.requests.pop(req.req_id, None)

@@ -40,7 +40,7 @@ def append_output(
     """Append the tokens sampled for `req` (row `row`) and their logprobs, up to the first
     that stops it; returns its finished status, or None while it goes on."""
     new_ids = step_out.sampled_token_ids[row]
-    req.tenant_usage.num_output_tokens += len(new_ids)
+    req.tenant_usage.charge_output(len(new_ids))
     if step_out.logprobs and step_out.logprobs[row]:
         req.logprobs.extend(step_out.logprobs[row])
     if step_out.top_logprobs and step_out.top_logprobs[row]:

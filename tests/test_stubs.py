@@ -56,8 +56,11 @@ def test_serving_contract_names() -> None:
         "GetModelInfo",
         "Tokenize",
         "Detokenize",
+        "Abort",
     ]
     sampling = serving_pb2.SamplingParams.DESCRIPTOR
     # Fields whose unset value must mean the documented default, not zero, have presence.
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
         assert sampling.fields_by_name[name].has_presence, name
+    # Unset priority means the tenant's default, not 0.
+    assert serving_pb2.GenerateRequest.DESCRIPTOR.fields_by_name["priority"].has_presence

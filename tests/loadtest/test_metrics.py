@@ -109,8 +109,13 @@ def test_per_tenant_split() -> None:
     assert table["tenant-0"] == {
         "completed": 1,
         "failed": 1,
+        "request_throughput": 0.5,
         "output_throughput": 2.0,
+        "output_token_share": pytest.approx(1 / 3),  # 4 of the 12 tokens completed
         "median_ttft_ms": pytest.approx(100.0),
+        "p99_ttft_ms": pytest.approx(100.0),
+        "median_itl_ms": pytest.approx(300.0),  # (1.0 - 0.1) s over 3 gaps
+        "p99_itl_ms": pytest.approx(300.0),
     }
     assert table["tenant-1"]["completed"] == 2
     assert table["tenant-1"]["median_ttft_ms"] == pytest.approx(300.0)

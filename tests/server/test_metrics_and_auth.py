@@ -25,8 +25,12 @@ def scrape(port: int) -> dict[tuple[str, frozenset], float]:
     }
 
 
+def _key(**labels: str) -> frozenset:
+    return frozenset(dict(model=MODEL, **labels).items())
+
+
 def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(dict(model=MODEL, **labels).items())), 0.0)
+    return samples.get((name, _key(**labels)), 0.0)
 
 
 def test_metrics_match_the_traffic(start_server) -> None:
@@ -63,8 +67,15 @@ def test_metrics_match_the_traffic(start_server) -> None:
         assert itl == num_tokens - num_requests
     assert value(samples, "loom:prefix_cache_hits_total") == 32
     assert value(samples, "loom:prefix_cache_queries_total") >= 80
-    assert value(samples, "loom:num_requests_running") == 0
-    assert value(samples, "loom:num_requests_waiting") == 0
+    for tenant in ("alice", "bob"):
+        samples_of = {"tenant": tenant}
+        assert ("loom:num_requests_running", _key(**samples_of)) in samples
+        assert value(samples, "loom:num_requests_running", **samples_of) == 0
+        assert value(samples, "loom:num_requests_waiting", **samples_of) == 0
+    # The fair-share charge: w_in 1 per prompt token computed, w_out 2 per generated token.
+    assert value(samples, "loom:tenant_service_tokens_total", tenant="alice") == (
+        prompt_tokens["alice"] + 2 * 12
+    )
     assert value(samples, "loom:kv_cache_usage_perc") == 0
     assert ("loom:num_preemptions_total", frozenset({("model", MODEL)})) in samples
 
@@ -76,7 +87,7 @@ def test_running_and_kv_usage_gauges_while_busy(start_server) -> None:
         next(stream)
         samples = scrape(server.metrics_port)
         stream.close()
-    assert value(samples, "loom:num_requests_running") == 1
+    assert value(samples, "loom:num_requests_running", tenant="default") == 1
     assert value(samples, "loom:kv_cache_usage_perc") > 0
 
 
