@@ -8,8 +8,14 @@ FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TORCH_EXTENSIONS_DIR=/opt/loom/.cache/torch_extensions
 WORKDIR /opt/loom
+
+# A C++ compiler and ninja: the CPU kernels (worker/csrc) are compiled for the CPU they run on.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ ninja-build \
+ && rm -rf /var/lib/apt/lists/*
 
 # torch first, in a layer of its own: the largest download and the one that changes least.
 ARG TORCH_INDEX_URL=""
@@ -33,9 +39,12 @@ COPY bench ./bench
 COPY models ./models
 # Editable, so `serve` finds the bundled model beside the code in /opt/loom.
 RUN pip install -c constraints.txt -e . \
- && useradd --system --uid 10001 --no-create-home loom
+ && useradd --system --uid 10001 --no-create-home loom \
+ && mkdir -p "$TORCH_EXTENSIONS_DIR" && chown -R loom "$TORCH_EXTENSIONS_DIR"
 
 USER loom
+# Build the CPU kernels now for this CPU; a host with another CPU builds its own at first start.
+RUN python -c "from worker.cpu_kernels import load_cpu_kernels; assert load_cpu_kernels()"
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "scheduler", "health", "--target", "127.0.0.1:50051"]

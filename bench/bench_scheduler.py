@@ -4,10 +4,11 @@ N requests decode together (prompts already computed); each step the no-op worke
 one token per request. Only the scheduler's two calls are timed, not the building of the fake
 worker output. Prefix caching stays on, so full blocks are hashed as they fill, as in serving.
 
-    python -m bench.bench_scheduler [--steps 200] [--sizes 64 256 1024] [--gc-off]
+    python -m bench.bench_scheduler [--steps 200] [--sizes 64 256 1024] [--gc default|serving|off]
 
-With --gc-off, Python's garbage collector is paused while the steps are timed: the p99
-difference is what its full collections cost the loop.
+--gc default keeps Python's collector as a plain program has it; serving tunes it as `serve`
+does (scheduler/gc_tuning.py); off pauses it while the steps are timed, so the p99 difference
+is what its collections cost the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
 from scheduler.config import SchedulerConfig
+from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
 from scheduler.request import Request, SamplingParams
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
@@ -83,9 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
-    parser.add_argument("--gc-off", action="store_true", help="pause the garbage collector")
+    parser.add_argument(
+        "--gc",
+        choices=["default", "serving", "off"],
+        default="serving",
+        help="the collector as a plain program has it, as `serve` tunes it, or paused",
+    )
     args = parser.parse_args()
-    if args.gc_off:
+    if args.gc == "serving":
+        tune_gc_for_serving()
+    elif args.gc == "off":
         gc.disable()
     rows = []
     for size in args.sizes:
@@ -105,7 +114,12 @@ def main() -> None:
     print()
     print(f"- Command: `{command_line()}`")
     print(f"- Machine: 2-core CPU ({cpu_model()}), no GPU; load average {load_average()}")
-    gc_note = "garbage collector off" if args.gc_off else "garbage collector on"
+    gc_note = {
+        "default": "garbage collector at Python's defaults",
+        "serving": f"garbage collector as `serve` runs it (frozen start-up, thresholds "
+        f"{SERVING_THRESHOLDS})",
+        "off": "garbage collector off",
+    }[args.gc]
     print(f"- Date: {today()}; {args.steps} decode steps per size; {gc_note}")
     print()
     print(markdown_table(header, rows))

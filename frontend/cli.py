@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 from frontend.config import FrontendConfig, ServeConfig
 from frontend.flags import add_settings_flags, settings_from_args
 from frontend.server import Frontend
+from scheduler.gc_tuning import tune_gc_for_serving
+from worker.threads import available_cpus
 
 log = logging.getLogger("loom.serve")
 
@@ -97,7 +100,11 @@ def load_engine(config: ServeConfig):  # -> scheduler.Engine
     from scheduler.engine import Engine
 
     started = time.monotonic()
-    engine = Engine.from_config(config.engine)
+    engine_config = config.engine
+    if engine_config.model.num_threads is None:  # the cores this process may really use
+        model = dataclasses.replace(engine_config.model, num_threads=available_cpus())
+        engine_config = dataclasses.replace(engine_config, model=model)
+    engine = Engine.from_config(engine_config)
     info = engine.info
     log.info(
         "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s",
@@ -170,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.frontend.tenants:
         log.info("tenants from %s (SIGHUP reloads it)", config.frontend.tenants)
     engine = load_engine(config)
+    tune_gc_for_serving()  # everything loaded so far lives as long as the server
     try:
         return asyncio.run(serve(engine, config.frontend))
     except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one

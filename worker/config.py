@@ -54,6 +54,11 @@ class ModelConfig:
     )
     max_model_len: int | None = setting(None, "longest prompt + output (default: the model's)")
     seed: int = setting(0, "seeds the draws of requests that bring no seed of their own")
+    num_threads: int | None = setting(
+        None,
+        "torch CPU threads (serve's default: the cores this process may use, a cgroup CPU "
+        "quota included; the offline API's: torch's own)",
+    )
     attention_backend: str = setting(
         "auto",
         "paged attention: torch (the reference), cpu (C++ kernel), auto (the fastest here)",
@@ -69,6 +74,7 @@ class ModelConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_at_least(self, "max_model_len", 2, optional=True)
         check_at_least(self, "seed", 0)
+        check_at_least(self, "num_threads", 1, optional=True)
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "

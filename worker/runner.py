@@ -53,6 +53,8 @@ class ModelRunner:
     def __init__(self, config: WorkerConfig) -> None:
         model, cache = config.model, config.cache
         self.device = resolve_device(model.device)
+        if model.num_threads is not None:
+            torch.set_num_threads(model.num_threads)
         self.dtype = resolve_dtype(model.dtype, self.device)
         loaded = load_checkpoint(model.model, self.dtype)
         args = loaded.args
@@ -71,7 +73,11 @@ class ModelRunner:
         self.kv_cache = allocate_kv_cache(
             args, num_blocks, cache.block_size, self.dtype, self.device, self.attention_backend
         )
-        log.info("attention backend: %s", self.attention_backend.name)
+        log.info(
+            "attention backend: %s; %d torch threads",
+            self.attention_backend.name,
+            torch.get_num_threads(),
+        )
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
