@@ -10,12 +10,21 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "vector_math.h"
 
 namespace {
+
+// Rows per thread chunk: at least this many elements, so that a small batch (a decode step)
+// runs on one thread instead of paying for waking the others.
+constexpr int64_t kMinElementsPerChunk = 1 << 16;
+
+inline int64_t row_grain(int64_t row_elements) {
+  return std::max<int64_t>(1, kMinElementsPerChunk / std::max<int64_t>(1, row_elements));
+}
 
 inline void norm_row(const float* x, const float* weight, float eps, int64_t dim, float* out) {
   float sum = 0.0f;
@@ -46,7 +55,7 @@ at::Tensor add_rms_norm(at::Tensor residual, const at::Tensor& delta, const at::
   const float* w = weight.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t rs = residual.stride(0), ds = delta.stride(0);
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       float* x = r + row * rs;
       const float* y = d + row * ds;
@@ -66,7 +75,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const float* w = weight.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t xs = x.stride(0);
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row)
       norm_row(xp + row * xs, w, static_cast<float>(eps), dim, o + row * dim);
   });
@@ -82,7 +91,7 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   const float* xp = x.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t xs = x.stride(0);
-  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, row_grain(2 * hidden), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const float* gate = xp + row * xs;
       const float* up = gate + hidden;

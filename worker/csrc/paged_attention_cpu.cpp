@@ -351,7 +351,8 @@ void write_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at:
   scalar_t* kc = k_cache.data_ptr<scalar_t>();
   scalar_t* vc = v_cache.data_ptr<scalar_t>();
   const int64_t ks = k.stride(0), vs = v.stride(0);
-  at::parallel_for(0, T, 64, [&](int64_t begin, int64_t end) {
+  // A token's K and V are a few KB: only a long prefill is worth more than one thread.
+  at::parallel_for(0, T, 512, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t block = slots[t] / BS, offset = slots[t] % BS;
       for (int64_t h = 0; h < KVH; ++h) {
