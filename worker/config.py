@@ -17,7 +17,7 @@ BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
-ATTENTION_BACKENDS = ("auto", "torch", "cpu")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 def setting(default: Any, help: str, **flag: Any) -> Any:
@@ -56,7 +56,8 @@ class ModelConfig:
     seed: int = setting(0, "seeds the draws of requests that bring no seed of their own")
     attention_backend: str = setting(
         "auto",
-        "paged attention: torch (the reference), cpu (C++ kernel), auto (the fastest here)",
+        "paged attention: torch (the reference), cpu (C++ kernel), triton (CUDA kernel), "
+        "auto (the fastest here: cpu on the CPU, triton on CUDA)",
         choices=ATTENTION_BACKENDS,
     )
 
