@@ -60,6 +60,9 @@ class ModelConfig:
         "auto (the fastest here: cpu on the CPU, triton on CUDA)",
         choices=ATTENTION_BACKENDS,
     )
+    enforce_eager: bool = setting(
+        False, "no CUDA graphs: decode steps run eagerly too (graphs need the triton backend)"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", str(self.model))
@@ -102,6 +105,12 @@ class WorkerConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # The scheduler's max_num_seqs, the largest decode batch (the top of the CUDA graph
+    # ladder); None where the worker runs without a scheduler config (the ladder goes to 256).
+    max_num_seqs: int | None = None
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "max_num_seqs", 1, optional=True)
 
 
 def leaf_fields(cls: type) -> dict[str, tuple[str, ...]]:

@@ -12,8 +12,10 @@ import torch
 
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
+from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.device_io import to_device, to_host_lists
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
-from worker.loader import load_checkpoint
+from worker.loader import LoadedCheckpoint, load_checkpoint
 from worker.model import Transformer
 from worker.sampler import (
     MAX_TOP_LOGPROBS,
@@ -53,11 +55,13 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Implements the `Worker` protocol of worker/step.py in-process."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, checkpoint: LoadedCheckpoint | None = None) -> None:
+        """`checkpoint`: weights already in memory, in the worker's dtype and on its device
+        (a benchmark's random model); by default they are read from `config.model.model`."""
         model, cache = config.model, config.cache
         self.device = resolve_device(model.device)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        loaded = load_checkpoint(model.model, self.dtype)
+        loaded = checkpoint or load_checkpoint(model.model, self.dtype)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
@@ -73,6 +77,10 @@ class ModelRunner:
             args, num_blocks, cache.block_size, self.dtype, self.device, self.attention_backend
         )
         log.info("attention backend: %s", self.attention_backend.name)
+        self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
+            self.model, self.kv_cache, self.attention_backend, self.device,
+            config.max_num_seqs, model.enforce_eager,
+        )  # fmt: skip
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
@@ -104,10 +112,17 @@ class ModelRunner:
         ]
         if not scheduled:
             return StepOutput()
-        batch = self.build_batch(scheduled)
         with torch.inference_mode():
-            hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
-            logits = self.model.compute_logits(hidden, batch.logits_rows)
+            # Decode-only steps replay a captured CUDA graph when there is one.
+            replayed = self.decode_graphs.run(scheduled) if self.decode_graphs else None
+            if replayed is None:
+                batch = self.build_batch(scheduled)
+                hidden = self.model(
+                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
+                )
+                logits = self.model.compute_logits(hidden, batch.logits_rows)
+            else:
+                batch, logits = replayed
             output = self._sample_and_score(scheduled, batch, logits)
         for state, n in scheduled:
             state.num_computed += n
@@ -203,17 +218,17 @@ class ModelRunner:
                     self._long_tensor(state.token_ids[start : start + plan.num_echo_scored])
                 )
         k = max(state.sampling.top_logprobs for state, _ in scheduled)
-        scores = None
-        if k > 0 or any(s.sampling.logprobs or s.sampling.echo for s, _ in scheduled):
-            found = token_logprobs(
-                logits.index_select(0, torch.cat(scored_rows)), torch.cat(targets), k
-            )
-            scores = HostScores(
-                logprobs=found.logprobs.tolist(),
-                top_ids=found.top_ids.tolist(),
-                top_logprobs=found.top_logprobs.tolist(),
-            )
-        return assemble_output(scheduled, batch.plans, tokens.tolist(), scores)
+        if not (k > 0 or any(s.sampling.logprobs or s.sampling.echo for s, _ in scheduled)):
+            [token_list] = to_host_lists(tokens)
+            return assemble_output(scheduled, batch.plans, token_list, None)
+        scored = logits.index_select(0, torch.cat(scored_rows))
+        found = token_logprobs(scored, torch.cat(targets), k)
+        # The step's one wait for the device: tokens and logprobs come back together.
+        token_list, logprobs, top_ids, top_logprobs = to_host_lists(
+            tokens, found.logprobs, found.top_ids, found.top_logprobs
+        )
+        scores = HostScores(logprobs=logprobs, top_ids=top_ids, top_logprobs=top_logprobs)
+        return assemble_output(scheduled, batch.plans, token_list, scores)
 
     def _suppress_stops_before_min_tokens(
         self, logits: torch.Tensor, states: list[RequestState]
@@ -228,13 +243,11 @@ class ModelRunner:
                 rows.extend([row] * len(options.stop_token_ids))
                 token_ids.extend(options.stop_token_ids)
         if rows:
-            logits.index_put_(
-                (self._long_tensor(rows), self._long_tensor(token_ids)),
-                torch.tensor(float("-inf"), device=logits.device),
-            )
+            # A Python scalar: no host tensor to copy to the device.
+            logits[self._long_tensor(rows), self._long_tensor(token_ids)] = float("-inf")
 
     def _long_tensor(self, values: list[int] | range) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+        return to_device(values, torch.long, self.device)
 
     def _uniform(self, state: RequestState) -> float:
         # The token being sampled lands at position len(token_ids).
