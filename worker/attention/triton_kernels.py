@@ -81,7 +81,9 @@ def _sequence_of_tile(query_start_loc_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr
     return lo
 
 
-@triton.jit
+# num_seqs stays a runtime value even when it is 1: a step with one sequence reuses the kernel
+# the others compiled.
+@triton.jit(do_not_specialize=["num_seqs"])
 def paged_attention_kernel(
     out_ptr,  # [num_tokens, n_heads, head_dim]
     q_ptr,  # [num_tokens, n_heads, head_dim], head_dim contiguous
@@ -172,9 +174,7 @@ def paged_attention_kernel(
         probs = tl.exp2(scores - safe_max[:, None])
         rescale = tl.exp2(running_max - safe_max)
         running_sum = running_sum * rescale + tl.sum(probs, axis=1)
-        acc = acc * rescale[:, None] + tl.dot(
-            probs.to(v.dtype), v, input_precision=PRECISION
-        )
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         running_max = new_max
 
     out = acc / tl.where(running_sum == 0.0, 1.0, running_sum)[:, None]
