@@ -51,6 +51,13 @@ def padded_size(num_seqs: int, sizes: list[int]) -> int | None:
     return sizes[index] if index < len(sizes) else None
 
 
+def replay_size(scheduled: Scheduled, sizes: list[int]) -> int | None:
+    """The captured size a step replays, or None when it runs eagerly."""
+    if any(num_tokens != 1 for _, num_tokens in scheduled):
+        return None  # a prefill chunk: the graphs hold one token per sequence
+    return padded_size(len(scheduled), sizes)
+
+
 class DecodeInputs:
     """The persistent device inputs every captured graph reads, and their host staging.
 
@@ -191,16 +198,10 @@ class DecodeGraphs:
 
         return forward
 
-    def replay_size(self, scheduled: Scheduled) -> int | None:
-        """The captured size this step replays, or None when it runs eagerly."""
-        if any(num_tokens != 1 for _, num_tokens in scheduled):
-            return None  # a prefill chunk: the graphs hold one token per sequence
-        return padded_size(len(scheduled), self.sizes)
-
     def run(self, scheduled: Scheduled) -> tuple[StepBatch, torch.Tensor] | None:
         """Replay the step: its batch (for sampling) and the logits rows it needs; None when
         the step must run eagerly."""
-        size = self.replay_size(scheduled)
+        size = replay_size(scheduled, self.sizes)
         if size is None:
             return None
         num_seqs = len(scheduled)

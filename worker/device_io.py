@@ -31,6 +31,12 @@ def to_host_lists(*tensors: torch.Tensor) -> list[list]:
     """
     if all(t.device.type == "cpu" for t in tensors):
         return [t.tolist() for t in tensors]
+    return packed_host_lists(tensors)
+
+
+def packed_host_lists(tensors: Sequence[torch.Tensor]) -> list[list]:
+    """to_host_lists' one copy: the values side by side in one float64 tensor, split again
+    on the host."""
     flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu()  # the one wait
     lists, start = [], 0
     for t in tensors:

@@ -18,7 +18,13 @@ import torch
 
 from tests.worker.driver import ALL_ROWS, Driver, start_worker
 from worker.attention.triton_backend import triton_missing
-from worker.cuda_graphs import DecodeGraphs, DecodeInputs, capture_sizes, padded_size
+from worker.cuda_graphs import (
+    DecodeGraphs,
+    DecodeInputs,
+    capture_sizes,
+    padded_size,
+    replay_size,
+)
 from worker.step import SamplingOptions
 from worker.step_batch import RequestState
 
@@ -127,12 +133,12 @@ def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir
     # padded to 4, then "slow" alone.
     assert graphs.num_replays == Counter({4: 5, 1: 1})
 
+
 def test_a_step_with_a_prefill_chunk_or_too_many_rows_runs_eagerly() -> None:
-    graphs = DecodeGraphs.__new__(DecodeGraphs)  # the decision needs only the ladder
-    graphs.sizes = capture_sizes(8)
+    sizes = capture_sizes(8)
     decodes = [(decode_state(f"d{i}", 3, [i]), 1) for i in range(9)]
-    assert graphs.replay_size(decodes[:3]) == 4
-    assert graphs.replay_size(decodes[:8]) == 8
-    assert graphs.replay_size(decodes) is None  # more rows than the largest graph
+    assert replay_size(decodes[:3], sizes) == 4
+    assert replay_size(decodes[:8], sizes) == 8
+    assert replay_size(decodes, sizes) is None  # more rows than the largest graph
     chunk = (RequestState("p", [1] * 8, [9], GREEDY_LOGPROBS, 0, 8), 8)
-    assert graphs.replay_size([*decodes[:2], chunk]) is None
+    assert replay_size([*decodes[:2], chunk], sizes) is None
