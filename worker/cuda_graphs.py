@@ -1,7 +1,7 @@
 """CUDA graphs for decode-only steps: captured once per batch size, replayed every step.
 
-A decode step of a large model on a GPU is short enough that launching its few hundred
-kernels from Python takes longer than running them. So at start the worker captures the
+A decode step on a GPU is short enough that launching its few hundred kernels from Python
+can take as long as running them. So at start the worker captures the
 forward pass (and the logits) of a decode step for a ladder of batch sizes (1, 2, 4, 8, 16,
 then every 16 up to max_num_seqs) and from then on replays the graph of the next size up:
 the step's token ids, positions, slots, context lengths and block tables are written into
