@@ -66,7 +66,9 @@ class EngineConfig:
 
     @property
     def worker(self) -> WorkerConfig:
-        return WorkerConfig(model=self.model, cache=self.cache)
+        return WorkerConfig(
+            model=self.model, cache=self.cache, max_num_seqs=self.scheduler.max_num_seqs
+        )
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,7 +17,7 @@ BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
-ATTENTION_BACKENDS = ("auto", "torch", "cpu")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 def setting(default: Any, help: str, **flag: Any) -> Any:
@@ -61,8 +61,12 @@ class ModelConfig:
     )
     attention_backend: str = setting(
         "auto",
-        "paged attention: torch (the reference), cpu (C++ kernel), auto (the fastest here)",
+        "paged attention: torch (the reference), cpu (C++ kernel), triton (CUDA kernel), "
+        "auto (the fastest here: cpu on the CPU, triton on CUDA)",
         choices=ATTENTION_BACKENDS,
+    )
+    enforce_eager: bool = setting(
+        False, "no CUDA graphs: decode steps run eagerly too (graphs need the triton backend)"
     )
 
     def __post_init__(self) -> None:
@@ -107,6 +111,12 @@ class WorkerConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # The scheduler's max_num_seqs, the largest decode batch (the top of the CUDA graph
+    # ladder); None where the worker runs without a scheduler config (the ladder goes to 256).
+    max_num_seqs: int | None = None
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "max_num_seqs", 1, optional=True)
 
 
 def leaf_fields(cls: type) -> dict[str, tuple[str, ...]]:

@@ -12,8 +12,9 @@ import torch
 
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
+from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
-from worker.loader import load_checkpoint
+from worker.loader import LoadedCheckpoint, load_checkpoint
 from worker.model import Transformer
 from worker.sampler import (
     MAX_TOP_LOGPROBS,
@@ -50,13 +51,15 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 class ModelRunner:
     """Implements the `Worker` protocol of worker/step.py in-process."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, checkpoint: LoadedCheckpoint | None = None) -> None:
+        """`checkpoint`: weights already in memory, in the worker's dtype and on its device
+        (a benchmark's random model); by default they are read from `config.model.model`."""
         model, cache = config.model, config.cache
         self.device = resolve_device(model.device)
         if model.num_threads is not None:
             torch.set_num_threads(model.num_threads)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        loaded = load_checkpoint(model.model, self.dtype)
+        loaded = checkpoint or load_checkpoint(model.model, self.dtype)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
@@ -78,6 +81,10 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
+        self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
+            self.model, self.kv_cache, self.attention_backend, self.device,
+            config.max_num_seqs, model.enforce_eager,
+        )  # fmt: skip
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
@@ -109,10 +116,17 @@ class ModelRunner:
         ]
         if not scheduled:
             return StepOutput()
-        batch = self.build_batch(scheduled)
         with torch.inference_mode():
-            hidden = self.model(batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn)
-            logits = self.model.compute_logits(hidden, batch.logits_rows)
+            # Decode-only steps replay a captured CUDA graph when there is one.
+            replayed = self.decode_graphs.run(scheduled) if self.decode_graphs else None
+            if replayed is None:
+                batch = self.build_batch(scheduled)
+                hidden = self.model(
+                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
+                )
+                logits = self.model.compute_logits(hidden, batch.logits_rows)
+            else:
+                batch, logits = replayed
             uniforms = {
                 plan.sample_row: self._uniform(state)
                 for (state, _), plan in zip(scheduled, batch.plans, strict=True)

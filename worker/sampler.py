@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.device_io import to_device
+
 MAX_TOP_LOGPROBS = 20
 # Candidates taken first for top-k / top-p rows; more only when they do not cover the row.
 MIN_CANDIDATES = 64
@@ -62,7 +64,7 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
 
 
 def _column(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)[:, None]  # [rows, 1]
+    return to_device(values, dtype, device)[:, None]  # [rows, 1]
 
 
 def _scaled_rows(
@@ -70,7 +72,7 @@ def _scaled_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The chosen rows' logits / temperature [n, vocab] and their uniforms [n, 1]."""
     device = logits.device
-    index_t = torch.tensor(index, device=device)
+    index_t = to_device(index, torch.long, device)
     temperatures = _column([rows.temperatures[i] for i in index], torch.float32, device)
     # Below 1 - 2^-23 the float32 product u * total stays under total, so a draw never lands
     # past the last token with mass.
@@ -103,6 +105,10 @@ def _draw_filtered(
     vocab = scaled.shape[-1]
     log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)
     num_candidates = min(vocab, max(MIN_CANDIDATES, max_top_k))
+    if scaled.device.type != "cpu":
+        # A GPU sorts a whole row quickly, and asking whether the candidates suffice would
+        # make the host wait for the device.
+        num_candidates = vocab
     while True:
         candidates, candidate_ids = scaled.topk(num_candidates, dim=-1)  # best first
         probs = torch.exp(candidates - log_total)

@@ -13,6 +13,7 @@ import torch
 
 from worker.attention import AttentionMetadata
 from worker.attention.backend import AttentionBackend
+from worker.device_io import to_device
 from worker.step import NewRequest, SamplingOptions
 
 
@@ -79,7 +80,7 @@ def build_step_batch(
     max_blocks = max(blocks_needed)
 
     def tensor(values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=device)
+        return to_device(values, dtype, device)
 
     chunks = (st.token_ids[s : s + n] for (st, n), s in zip(seqs, starts, strict=True))
     input_ids = tensor(list(chain.from_iterable(chunks)))

@@ -3,14 +3,16 @@
 Logits rows follow the batch (decodes first); a request samples from its `sample_row` and an
 echo request also scores its prompt rows. The rows are sampled in their own order, with no
 copy of the logits unless some rows must be masked (stop tokens before `min_tokens`), and
-when any request wants logprobs, one log-softmax covers every row.
+when any request wants logprobs, one log-softmax covers every row. The sampled tokens and
+their logprobs come back to the host in one copy, the step's one wait for a GPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-from worker.sampler import SamplingRows, sample, token_logprobs
+from worker.device_io import to_device, to_host_lists
+from worker.sampler import SamplingRows, TokenLogprobs, sample, token_logprobs
 from worker.step import StepOutput
 from worker.step_batch import LogitsPlan, RequestState
 from worker.step_output import HostScores, assemble_output
@@ -37,7 +39,7 @@ def sample_and_score(
     if masked is not None:
         if in_place:  # masking must not touch the raw scores logprobs come from
             sample_logits = sample_logits.clone()
-        sample_logits.index_put_(masked, torch.tensor(float("-inf"), device=device))
+        sample_logits[masked] = float("-inf")  # a Python scalar: nothing to copy to a GPU
     params = SamplingRows(
         temperatures=[s.sampling.temperature for s in states],
         top_ks=[s.sampling.top_k for s in states],
@@ -45,8 +47,16 @@ def sample_and_score(
         uniforms=[uniforms[row] for row in rows],
     )
     tokens = sample(sample_logits, params)
-    scores = _scores(scheduled, plans, logits, rows, tokens)
-    tokens_by_row = dict(zip(rows, tokens.tolist(), strict=True))
+    found = _logprobs(scheduled, plans, logits, rows, tokens)
+    if found is None:
+        [token_list] = to_host_lists(tokens)
+        scores = None
+    else:
+        token_list, logprobs, top_ids, top_logprobs = to_host_lists(
+            tokens, found.logprobs, found.top_ids, found.top_logprobs
+        )
+        scores = HostScores(logprobs=logprobs, top_ids=top_ids, top_logprobs=top_logprobs)
+    tokens_by_row = dict(zip(rows, token_list, strict=True))
     return assemble_output(scheduled, plans, tokens_by_row, scores)
 
 
@@ -65,13 +75,13 @@ def _stop_mask(
     return (_long(rows, device), _long(token_ids, device)) if rows else None
 
 
-def _scores(
+def _logprobs(
     scheduled: list[tuple[RequestState, int]],
     plans: list[LogitsPlan],
     logits: torch.Tensor,
     sample_rows: list[int],
     tokens: torch.Tensor,
-) -> HostScores | None:
+) -> TokenLogprobs | None:
     """Logprobs of every logits row when any request asked: a sample row scores its sampled
     token, echo row p the prompt token p + 1."""
     k = max(state.sampling.top_logprobs for state, _ in scheduled)
@@ -87,13 +97,8 @@ def _scores(
                 start : start + plan.num_echo_scored
             ]
     target_ids = _long(targets, device).index_copy_(0, _long(sample_rows, device), tokens)
-    found = token_logprobs(logits, target_ids, k)
-    return HostScores(
-        logprobs=found.logprobs.tolist(),
-        top_ids=found.top_ids.tolist(),
-        top_logprobs=found.top_logprobs.tolist(),
-    )
+    return token_logprobs(logits, target_ids, k)
 
 
 def _long(values: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long, device=device)
+    return to_device(values, torch.long, device)

@@ -7,8 +7,11 @@ this step's K/V into their cache slots and attends, through the backend that bui
 - `cpu`: a C++ kernel that reads the blocks where they lie (worker/attention/cpu_backend.py),
   built once on first use (worker/cpu_kernels.py); without a compiler, `auto` falls back to
   `torch` with a warning.
+- `triton`: Triton kernels for CUDA (worker/attention/triton_backend.py), one launch per layer
+  for the whole mixed batch; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1).
 
-`auto` picks the fastest backend the device has.
+`auto` picks the fastest backend the device has: `cpu` on the CPU, `triton` on CUDA (the
+torch reference, with a warning, where triton is not installed).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def create_attention_backend(
         raise ValueError(
             f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}"
         )
+    if name == "triton" or (name == "auto" and device.type == "cuda"):
+        return _triton_backend(name, device, block_size)
     if name == "torch" or (name == "auto" and device.type != "cpu"):
         return TorchAttentionBackend(block_size)
     if device.type != "cpu":
@@ -64,4 +69,25 @@ def create_attention_backend(
     if name == "cpu":
         raise RuntimeError("attention_backend 'cpu' needs its C++ kernel, which did not build")
     log.warning("the CPU kernels are unavailable; using the slower torch reference")
+    return TorchAttentionBackend(block_size)
+
+
+def _triton_backend(name: str, device: torch.device, block_size: int) -> AttentionBackend:
+    from worker.attention.triton_backend import (
+        TritonAttentionBackend,
+        interpreting,
+        triton_missing,
+    )
+
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
+        raise ValueError(
+            f"attention_backend 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1), "
+            f"not on {device}"
+        )
+    missing = triton_missing()
+    if missing is None:
+        return TritonAttentionBackend(block_size)
+    if name == "triton":
+        raise RuntimeError(f"attention_backend 'triton' is unavailable: {missing}")
+    log.warning("%s; using the slower torch reference on %s", missing, device)
     return TorchAttentionBackend(block_size)

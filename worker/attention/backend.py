@@ -12,6 +12,9 @@ Shape = tuple[int, ...]
 
 
 class AttentionBackend(Protocol):
+    """A backend may also set `supports_cuda_graphs = True`: its launches read every length
+    from device tensors, so a decode step can be captured once and replayed (cuda_graphs.py)."""
+
     name: str
 
     def kv_cache_shapes(

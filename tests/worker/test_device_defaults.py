@@ -1,0 +1,44 @@
+"""What the worker chooses by device: bfloat16 on CUDA, logprobs in float32 whatever the
+model's dtype, and graphs only where they can run."""
+
+from __future__ import annotations
+
+import torch
+
+from frontend.cli import build_parser
+from frontend.config import ServeConfig
+from frontend.flags import settings_from_args
+from tests.worker.driver import Driver, all_position_logits, start_worker
+from worker.runner import resolve_dtype
+from worker.step import SamplingOptions
+
+CUDA = torch.device("cuda")
+
+
+def test_bfloat16_is_the_default_on_cuda_and_the_others_stay_selectable() -> None:
+    assert resolve_dtype(None, CUDA) is torch.bfloat16
+    assert resolve_dtype(None, torch.device("cpu")) is torch.float32
+    assert resolve_dtype("float16", CUDA) is torch.float16
+    assert resolve_dtype("float32", CUDA) is torch.float32
+
+
+def test_a_bfloat16_model_reports_float32_logprobs(stories_dir) -> None:
+    worker = start_worker(stories_dir, device="cpu", dtype="bfloat16")
+    prompt = [1, 403, 407, 261]
+    driver = Driver(worker)
+    seq = driver.add("r", prompt, SamplingOptions(temperature=0.0, logprobs=True), 4)
+    driver.run()
+    logits = all_position_logits(worker, prompt + seq.output_ids[:-1])
+    assert logits.dtype == torch.float32
+    expected = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 :]
+    expected = expected.gather(1, torch.tensor(seq.output_ids)[:, None]).squeeze(1).tolist()
+    assert seq.logprobs == expected
+    # A logprob of bfloat16 precision would survive a round trip through bfloat16 unchanged.
+    assert any(torch.tensor(lp).bfloat16().item() != lp for lp in seq.logprobs)
+
+
+def test_enforce_eager_is_a_serve_flag_and_graphs_stay_off_on_the_cpu(stories_dir) -> None:
+    args = build_parser().parse_args(["serve", "--enforce-eager"])
+    assert settings_from_args(ServeConfig, args).engine.model.enforce_eager is True
+    assert ServeConfig().engine.model.enforce_eager is False
+    assert start_worker(stories_dir, device="cpu").decode_graphs is None
