@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from frontend.config import FrontendConfig, ServeConfig
 from frontend.flags import add_settings_flags, settings_from_args
 from frontend.server import Frontend
+from worker.model_source import UnreadableModelError, resolve_model
 
 log = logging.getLogger("loom.serve")
 
@@ -114,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config: ServeConfig = settings_from_args(ServeConfig, args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    if not Path(config.engine.model.model).is_dir():
-        print(f"error: no model directory at {args.model}; pass --model DIR", file=sys.stderr)
+    try:
+        resolve_model(config.engine.model.model)  # before logging starts: one line, exit 2
+    except UnreadableModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -125,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_keys = config.frontend.api_keys
     if api_keys:
         log.info("API keys: %d keys for %d tenants", len(api_keys), len(set(api_keys.values())))
-    engine = load_engine(config)
+    try:
+        engine = load_engine(config)
+    except UnreadableModelError as exc:  # a broken checkpoint, tokenizer or GGUF file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(serve(engine, config.frontend))
     except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one

@@ -56,7 +56,10 @@ def test_serving_contract_names() -> None:
         "GetModelInfo",
         "Tokenize",
         "Detokenize",
+        "ApplyChatTemplate",
     ]
+    request = serving_pb2.ApplyChatTemplateRequest.DESCRIPTOR
+    assert request.fields_by_name["add_generation_prompt"].has_presence  # unset means true
     sampling = serving_pb2.SamplingParams.DESCRIPTOR
     # Fields whose unset value must mean the documented default, not zero, have presence.
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
