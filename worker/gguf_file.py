@@ -23,7 +23,9 @@ def open_gguf(path: str | Path) -> Any:  # -> gguf.GGUFReader
     try:
         return GGUFReader(path)
     except Exception as exc:  # the reader raises ValueError, IndexError... for a broken file
-        raise UnreadableModelError(f"{path}: cannot read the GGUF file ({exc})") from exc
+        raise UnreadableModelError(
+            f"{path}: cannot read the GGUF file, it is truncated or corrupt ({exc})"
+        ) from exc
 
 
 def gguf_metadata(reader: Any, with_vocab: bool = False) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from worker.gguf_dequant import SUPPORTED_TYPES, dequantize
 from worker.gguf_file import gguf_metadata, open_gguf
 from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
+from worker.model_source import UnreadableModelError
 
 _TOP_NAMES = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -62,8 +63,11 @@ def load_gguf(
 ) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
     """Hyper-parameters, float32 Meta-named weights and the header's metadata; `error` is
     raised, naming the file and tensor, for anything Loom cannot read."""
-    reader = open_gguf(path)
-    metadata = gguf_metadata(reader)
+    try:
+        reader = open_gguf(path)
+        metadata = gguf_metadata(reader)
+    except UnreadableModelError as exc:
+        raise error(str(exc)) from exc
     tensors = {t.name: t for t in reader.tensors}
     if "rope_freqs.weight" in tensors:
         raise error(f"{path}: Llama 3.1-style scaled RoPE (rope_freqs.weight) is not supported")
