@@ -3,6 +3,8 @@ model converted by transformers) serves the same text as the Meta directory."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from scheduler import Engine, SamplingParams
@@ -23,6 +25,10 @@ def hf_dir(stories_dir, tmp_path_factory):
     model_dir = export_hf(read_meta_model(stories_dir), root / "model")
     transformers.LlamaTokenizer.from_pretrained(str(sp_dir)).save_pretrained(str(model_dir))
     assert not (model_dir / "tokenizer.model").exists()
+    # As Llama 2's Hugging Face repositories say it (this conversion leaves it out).
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "add_bos_token": True}))
     return model_dir
 
 
