@@ -27,6 +27,13 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 def run_chat(
     client: Client, args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
 ) -> None:
+    try:
+        _converse(client, args, stdin, out)
+    except KeyboardInterrupt:  # Ctrl-C ends the chat (and cancels a reply in flight)
+        out.write("\n")
+
+
+def _converse(client: Client, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
     interactive = stdin.isatty()
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
