@@ -169,3 +169,6 @@ def test_a_directory_without_tokenizer_is_refused(stories_dir, tmp_path):
     (tmp_path / "params.json").write_text((stories_dir / "params.json").read_text())
     with pytest.raises(TokenizerError, match="neither tokenizer.json .* nor tokenizer.model"):
         load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a model")  # e.g. Llama 3's tiktoken file
+    with pytest.raises(TokenizerError, match="tokenizer.model: not a SentencePiece model"):
+        load_tokenizer(tmp_path)
