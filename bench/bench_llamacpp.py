@@ -14,8 +14,8 @@ The workload is benchmark a's shape (random token-id prompts, greedy, EOS ignore
 request exactly its max_tokens). llama-server runs with continuous batching and one slot per
 request (`--parallel N`, each slot holding a whole request), on the same threads as Loom; its
 requests go over loopback HTTP all at once (token ids in, token ids back), and Loom's through
-its offline engine. The two alternate over the repeats; each run's wall time is from the
-first request sent to the last token received.
+its offline engine. Each runs the workload once untimed first; then the two alternate over
+the repeats, each run's wall time from the first request sent to the last token received.
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ def main() -> None:
     walls: dict[str, list[float]] = {"Loom": [], "llama.cpp": []}
     outputs: dict[str, list[list[int]]] = {}
     try:
-        server.run(Workload(workload.prompts[:2], [4, 4]))  # warm up too
+        # One untimed pass each first: the first pass over fresh memory (page faults, the
+        # allocators growing) is not what serving costs.
+        run_workload(engine, workload)
+        server.run(workload)
         for repeat in range(args.repeats):
             order = ["Loom", "llama.cpp"] if repeat % 2 == 0 else ["llama.cpp", "Loom"]
             for name in order:

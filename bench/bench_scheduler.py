@@ -54,7 +54,7 @@ def measure(num_running: int, num_steps: int) -> dict[str, float]:
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     for i in range(num_running):
         prompt = [rng.randrange(3, 32000) for _ in range(PROMPT_TOKENS)]
-        sched.add_request(Request(f"r{i}", prompt, params, eos_id=2))
+        sched.add_request(Request(f"r{i}", prompt, params, eos_ids=(2,)))
     # Prefill every prompt first: the measured steps are pure decode steps.
     while any(r.num_computed_tokens < len(r.all_token_ids) - 1 for r in sched.requests.values()):
         out = sched.schedule()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from client.channel import channel_credentials, open_channel
-from client.request import build_request, call_metadata
+from client.request import build_chat_request, build_request, call_metadata
 from loompb import serving_pb2, serving_pb2_grpc
 
 
@@ -92,6 +92,21 @@ class AsyncClient:
             timeout=self.timeout,
             metadata=self._metadata,
         )
+
+    async def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> serving_pb2.ApplyChatTemplateResponse:
+        return await self._stub.ApplyChatTemplate(
+            build_chat_request(messages, add_generation_prompt),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    async def chat(
+        self, messages: Sequence[Mapping[str, str]], **sampling: Any
+    ) -> serving_pb2.GenerateResponse:
+        prompt = await self.apply_chat_template(messages)
+        return await self.generate(list(prompt.prompt_token_ids), **sampling)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -1,6 +1,7 @@
 """`python -m client ...`: talk to a Loom server from the shell.
 
 python -m client generate "Once upon a time" --max-tokens 64 --temperature 0 --logprobs
+python -m client chat --target 127.0.0.1:50051     (a model with a chat template)
 python -m client info
 python -m client tokenize "Once upon a time" --add-bos
 python -m client abort REQUEST_ID --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from client.chat import add_chat_arguments, run_chat
 from client.sync_client import Client
 from loompb import serving_pb2
 
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", parents=[connection], help="generate from a prompt")
-    gen.add_argument("prompt", help="text prompt; BOS is prepended by the server")
+    gen.add_argument("prompt", help="text prompt; the server adds BOS where the model wants it")
     gen.add_argument("--max-tokens", type=int, help="default 16")
     gen.add_argument("--temperature", type=float, help="0 is greedy; default 1.0")
     gen.add_argument("--top-p", type=float, help="default 1.0")
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen.add_argument("--request-id", default="", help="default: the server picks one")
     gen.add_argument("--priority", type=int, help="default: the tenant's")
+    chat = commands.add_parser(
+        "chat", parents=[connection], help="chat in the terminal with the model's chat template"
+    )
+    add_chat_arguments(chat)
 
     commands.add_parser("info", parents=[connection], help="describe the model and limits")
 
@@ -146,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "generate":
                 run_generate(c, args)
+            elif args.command == "chat":
+                run_chat(c, args)
             elif args.command == "info":
                 print(c.model_info(), end="")
             elif args.command == "abort":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from loompb import serving_pb2
 
@@ -69,3 +69,13 @@ def call_metadata(api_key: str | None, tenant: str | None) -> tuple[tuple[str, s
     if tenant:
         metadata.append(("x-loom-tenant", tenant))
     return tuple(metadata)
+
+
+def build_chat_request(
+    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
+) -> serving_pb2.ApplyChatTemplateRequest:
+    """`messages`: [{"role": "user", "content": "Hi"}, ...]."""
+    return serving_pb2.ApplyChatTemplateRequest(
+        messages=[serving_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+        add_generation_prompt=add_generation_prompt,
+    )

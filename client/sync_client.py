@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from client.channel import channel_credentials, open_channel
-from client.request import build_request, call_metadata
+from client.request import build_chat_request, build_request, call_metadata
 from loompb import serving_pb2, serving_pb2_grpc
 
 
@@ -97,6 +97,30 @@ class Client:
             timeout=self.timeout,
             metadata=self._metadata,
         )
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+    ) -> serving_pb2.ApplyChatTemplateResponse:
+        """The prompt the model's chat template makes of `messages`, and its token ids."""
+        return self._stub.ApplyChatTemplate(
+            build_chat_request(messages, add_generation_prompt),
+            timeout=self.timeout,
+            metadata=self._metadata,
+        )
+
+    def chat(
+        self, messages: Sequence[Mapping[str, str]], **sampling: Any
+    ) -> serving_pb2.GenerateResponse:
+        """The assistant's reply to `messages`: the chat template applied on the server, then
+        Generate on the ids (the reply ends at the model's end of turn)."""
+        prompt = self.apply_chat_template(messages)
+        return self.generate(list(prompt.prompt_token_ids), **sampling)
+
+    def chat_stream(
+        self, messages: Sequence[Mapping[str, str]], **sampling: Any
+    ) -> Iterator[serving_pb2.GenerateResponse]:
+        prompt = self.apply_chat_template(messages)
+        yield from self.generate_stream(list(prompt.prompt_token_ids), **sampling)
 
     def close(self) -> None:
         self._channel.close()

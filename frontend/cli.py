@@ -18,12 +18,12 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from frontend.config import FrontendConfig, ServeConfig
 from frontend.flags import add_settings_flags, settings_from_args
 from frontend.server import Frontend
 from scheduler.gc_tuning import tune_gc_for_serving
+from worker.model_source import UnreadableModelError, resolve_model
 from worker.threads import available_cpus
 
 log = logging.getLogger("loom.serve")
@@ -163,8 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config: ServeConfig = settings_from_args(ServeConfig, args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    if not Path(config.engine.model.model).is_dir():
-        print(f"error: no model directory at {args.model}; pass --model DIR", file=sys.stderr)
+    try:
+        resolve_model(config.engine.model.model)  # before logging starts: one line, exit 2
+    except UnreadableModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),
@@ -176,7 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("API keys: %d keys for %d tenants", len(api_keys), len(set(api_keys.values())))
     if config.frontend.tenants:
         log.info("tenants from %s (SIGHUP reloads it)", config.frontend.tenants)
-    engine = load_engine(config)
+    try:
+        engine = load_engine(config)
+    except UnreadableModelError as exc:  # a broken checkpoint, tokenizer or GGUF file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tune_gc_for_serving()  # everything loaded so far lives as long as the server
     try:
         return asyncio.run(serve(engine, config.frontend))

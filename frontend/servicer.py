@@ -37,6 +37,7 @@ from scheduler.request import (
     MAX_TOP_LOGPROBS,
     Request,
 )
+from scheduler.tokenizer import NoChatTemplateError
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,8 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             max_model_len=self.engine.max_model_len,
             bos_token_id=info.bos_id,
             eos_token_id=info.eos_id,
+            eos_token_ids=list(self.engine.eos_ids),
+            chat_template=self.engine.tokenizer.chat_template or "",
             block_size=info.block_size,
             num_kv_blocks=info.num_kv_blocks,
             kv_cache_capacity_tokens=info.num_kv_blocks * info.block_size,
@@ -255,7 +258,8 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
     async def Tokenize(self, request: serving_pb2.TokenizeRequest, context: Any) -> Any:
         await self._tenant(context)
         tokenizer = self.engine.tokenizer
-        token_ids = tokenizer.encode(request.text, add_bos=request.add_bos)
+        # add_bos: as Generate tokenizes a text prompt (the tokenizer's rule); else no BOS.
+        token_ids = tokenizer.encode(request.text, add_bos=None if request.add_bos else False)
         pieces = [tokenizer.id_to_piece(token_id) for token_id in token_ids]
         return serving_pb2.TokenizeResponse(token_ids=token_ids, pieces=pieces)
 
@@ -274,3 +278,22 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             text=tokenizer.decode(token_ids),
             pieces=[tokenizer.id_to_piece(token_id) for token_id in token_ids],
         )
+
+    async def ApplyChatTemplate(
+        self, request: serving_pb2.ApplyChatTemplateRequest, context: Any
+    ) -> serving_pb2.ApplyChatTemplateResponse:
+        await self._tenant(context)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        add_generation_prompt = (
+            request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+        )
+        try:
+            prompt, token_ids = self.engine.tokenizer.encode_chat(messages, add_generation_prompt)
+        except NoChatTemplateError as exc:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{exc}: send a prompt to Generate instead ({self.engine.info.model_name})",
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return serving_pb2.ApplyChatTemplateResponse(prompt=prompt, prompt_token_ids=token_ids)

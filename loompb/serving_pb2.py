@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loompb/serving.proto\x12\x07loom.v1\"\xbe\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x12\n\nmin_tokens\x18\t \x01(\x05\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\x05\x12\x0c\n\x04\x65\x63ho\x18\x0c \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.loom.v1.SamplingParams\x12\x15\n\x08priority\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_priority\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"\xb8\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12*\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x14.loom.v1.TopLogprobs\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.loom.v1.FinishReason\x12\x1d\n\x05usage\x18\x07 \x01(\x0b\x32\x0e.loom.v1.Usage\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\x05\x12\x17\n\x0fprompt_logprobs\x18\t \x03(\x02\x12\x31\n\x13prompt_top_logprobs\x18\n \x03(\x0b\x32\x14.loom.v1.TopLogprobs\"\x15\n\x13GetModelInfoRequest\"\xa4\x03\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x14\n\x0c\x62os_token_id\x18\x04 \x01(\x05\x12\x14\n\x0c\x65os_token_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12 \n\x18kv_cache_capacity_tokens\x18\x08 \x01(\x03\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x18\n\x10max_top_logprobs\x18\x0b \x01(\x05\x12\x18\n\x10max_stop_strings\x18\x0c \x01(\x05\x12\x1e\n\x16max_stop_string_length\x18\r \x01(\x05\x12\x19\n\x11max_request_bytes\x18\x0e \x01(\x05\x12\x14\n\x0cmax_num_seqs\x18\x0f \x01(\x05\x12\x1e\n\x16max_num_batched_tokens\x18\x10 \x01(\x05\x12\x1b\n\x13max_queued_requests\x18\x11 \x01(\x05\"0\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64_bos\x18\x02 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"&\n\x11\x44\x65tokenizeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\",\n\rAbortResponse\x12\x1b\n\x13\x61\x62orted_request_ids\x18\x01 \x03(\t*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\x98\x03\n\nGeneration\x12?\n\x08Generate\x12\x18.loom.v1.GenerateRequest\x1a\x19.loom.v1.GenerateResponse\x12G\n\x0eGenerateStream\x12\x18.loom.v1.GenerateRequest\x1a\x19.loom.v1.GenerateResponse0\x01\x12@\n\x0cGetModelInfo\x12\x1c.loom.v1.GetModelInfoRequest\x1a\x12.loom.v1.ModelInfo\x12?\n\x08Tokenize\x12\x18.loom.v1.TokenizeRequest\x1a\x19.loom.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.loom.v1.DetokenizeRequest\x1a\x1b.loom.v1.DetokenizeResponse\x12\x36\n\x05\x41\x62ort\x12\x15.loom.v1.AbortRequest\x1a\x16.loom.v1.AbortResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loompb/serving.proto\x12\x07loom.v1\"\xbe\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x12\n\nmin_tokens\x18\t \x01(\x05\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\x05\x12\x0c\n\x04\x65\x63ho\x18\x0c \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x9e\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.loom.v1.SamplingParams\x12\x15\n\x08priority\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_priority\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\x05\"\xb8\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12*\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x14.loom.v1.TopLogprobs\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.loom.v1.FinishReason\x12\x1d\n\x05usage\x18\x07 \x01(\x0b\x32\x0e.loom.v1.Usage\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\x05\x12\x17\n\x0fprompt_logprobs\x18\t \x03(\x02\x12\x31\n\x13prompt_top_logprobs\x18\n \x03(\x0b\x32\x14.loom.v1.TopLogprobs\"\x15\n\x13GetModelInfoRequest\"\xd2\x03\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x14\n\x0c\x62os_token_id\x18\x04 \x01(\x05\x12\x14\n\x0c\x65os_token_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12 \n\x18kv_cache_capacity_tokens\x18\x08 \x01(\x03\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x18\n\x10max_top_logprobs\x18\x0b \x01(\x05\x12\x18\n\x10max_stop_strings\x18\x0c \x01(\x05\x12\x1e\n\x16max_stop_string_length\x18\r \x01(\x05\x12\x19\n\x11max_request_bytes\x18\x0e \x01(\x05\x12\x14\n\x0cmax_num_seqs\x18\x0f \x01(\x05\x12\x1e\n\x16max_num_batched_tokens\x18\x10 \x01(\x05\x12\x1b\n\x13max_queued_requests\x18\x11 \x01(\x05\x12\x15\n\reos_token_ids\x18\x12 \x03(\x05\x12\x15\n\rchat_template\x18\x13 \x01(\t\"0\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64_bos\x18\x02 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"&\n\x11\x44\x65tokenizeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"2\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"#\n\x0c\x41\x62ortRequest\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\",\n\rAbortResponse\x12\x1b\n\x13\x61\x62orted_request_ids\x18\x01 \x03(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x80\x01\n\x18\x41pplyChatTemplateRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.loom.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"E\n\x19\x41pplyChatTemplateResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xf4\x03\n\nGeneration\x12?\n\x08Generate\x12\x18.loom.v1.GenerateRequest\x1a\x19.loom.v1.GenerateResponse\x12G\n\x0eGenerateStream\x12\x18.loom.v1.GenerateRequest\x1a\x19.loom.v1.GenerateResponse0\x01\x12@\n\x0cGetModelInfo\x12\x1c.loom.v1.GetModelInfoRequest\x1a\x12.loom.v1.ModelInfo\x12?\n\x08Tokenize\x12\x18.loom.v1.TokenizeRequest\x1a\x19.loom.v1.TokenizeResponse\x12\x45\n\nDetokenize\x12\x1a.loom.v1.DetokenizeRequest\x1a\x1b.loom.v1.DetokenizeResponse\x12\x36\n\x05\x41\x62ort\x12\x15.loom.v1.AbortRequest\x1a\x16.loom.v1.AbortResponse\x12Z\n\x11\x41pplyChatTemplate\x12!.loom.v1.ApplyChatTemplateRequest\x1a\".loom.v1.ApplyChatTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loompb.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1698
-  _globals['_FINISHREASON']._serialized_end=1843
+  _globals['_FINISHREASON']._serialized_start=1992
+  _globals['_FINISHREASON']._serialized_end=2137
   _globals['_SAMPLINGPARAMS']._serialized_start=34
   _globals['_SAMPLINGPARAMS']._serialized_end=352
   _globals['_GENERATEREQUEST']._serialized_start=355
@@ -46,19 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFOREQUEST']._serialized_start=971
   _globals['_GETMODELINFOREQUEST']._serialized_end=992
   _globals['_MODELINFO']._serialized_start=995
-  _globals['_MODELINFO']._serialized_end=1415
-  _globals['_TOKENIZEREQUEST']._serialized_start=1417
-  _globals['_TOKENIZEREQUEST']._serialized_end=1465
-  _globals['_TOKENIZERESPONSE']._serialized_start=1467
-  _globals['_TOKENIZERESPONSE']._serialized_end=1520
-  _globals['_DETOKENIZEREQUEST']._serialized_start=1522
-  _globals['_DETOKENIZEREQUEST']._serialized_end=1560
-  _globals['_DETOKENIZERESPONSE']._serialized_start=1562
-  _globals['_DETOKENIZERESPONSE']._serialized_end=1612
-  _globals['_ABORTREQUEST']._serialized_start=1614
-  _globals['_ABORTREQUEST']._serialized_end=1649
-  _globals['_ABORTRESPONSE']._serialized_start=1651
-  _globals['_ABORTRESPONSE']._serialized_end=1695
-  _globals['_GENERATION']._serialized_start=1846
-  _globals['_GENERATION']._serialized_end=2254
+  _globals['_MODELINFO']._serialized_end=1461
+  _globals['_TOKENIZEREQUEST']._serialized_start=1463
+  _globals['_TOKENIZEREQUEST']._serialized_end=1511
+  _globals['_TOKENIZERESPONSE']._serialized_start=1513
+  _globals['_TOKENIZERESPONSE']._serialized_end=1566
+  _globals['_DETOKENIZEREQUEST']._serialized_start=1568
+  _globals['_DETOKENIZEREQUEST']._serialized_end=1606
+  _globals['_DETOKENIZERESPONSE']._serialized_start=1608
+  _globals['_DETOKENIZERESPONSE']._serialized_end=1658
+  _globals['_ABORTREQUEST']._serialized_start=1660
+  _globals['_ABORTREQUEST']._serialized_end=1695
+  _globals['_ABORTRESPONSE']._serialized_start=1697
+  _globals['_ABORTRESPONSE']._serialized_end=1741
+  _globals['_CHATMESSAGE']._serialized_start=1743
+  _globals['_CHATMESSAGE']._serialized_end=1787
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_start=1790
+  _globals['_APPLYCHATTEMPLATEREQUEST']._serialized_end=1918
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_start=1920
+  _globals['_APPLYCHATTEMPLATERESPONSE']._serialized_end=1989
+  _globals['_GENERATION']._serialized_start=2140
+  _globals['_GENERATION']._serialized_end=2640
 # @@protoc_insertion_point(module_scope)

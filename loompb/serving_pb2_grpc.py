@@ -64,6 +64,11 @@ class GenerationStub:
                 request_serializer=loompb_dot_serving__pb2.AbortRequest.SerializeToString,
                 response_deserializer=loompb_dot_serving__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.ApplyChatTemplate = channel.unary_unary(
+                '/loom.v1.Generation/ApplyChatTemplate',
+                request_serializer=loompb_dot_serving__pb2.ApplyChatTemplateRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.ApplyChatTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -99,7 +104,7 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Detokenize(self, request, context):
-        """Turns token ids back into text and SentencePiece pieces (e.g. to label logprobs).
+        """Turns token ids back into text and the vocabulary's pieces (e.g. to label logprobs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +113,15 @@ class GenerationServicer:
     def Abort(self, request, context):
         """Aborts live requests of the caller's tenant by request_id; their streams (and unary
         calls) end with FINISH_REASON_ABORT and their KV blocks are freed at the next step.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyChatTemplate(self, request, context):
+        """Renders chat messages with the model's chat template into a prompt and its token ids,
+        to send to Generate as prompt_token_ids. FAILED_PRECONDITION when the model has no
+        chat template; INVALID_ARGUMENT for messages the template refuses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +159,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=loompb_dot_serving__pb2.AbortRequest.FromString,
                     response_serializer=loompb_dot_serving__pb2.AbortResponse.SerializeToString,
+            ),
+            'ApplyChatTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyChatTemplate,
+                    request_deserializer=loompb_dot_serving__pb2.ApplyChatTemplateRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.ApplyChatTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +328,33 @@ class Generation:
             '/loom.v1.Generation/Abort',
             loompb_dot_serving__pb2.AbortRequest.SerializeToString,
             loompb_dot_serving__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyChatTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/ApplyChatTemplate',
+            loompb_dot_serving__pb2.ApplyChatTemplateRequest.SerializeToString,
+            loompb_dot_serving__pb2.ApplyChatTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

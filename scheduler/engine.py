@@ -24,7 +24,7 @@ from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
 from scheduler.scheduler import Scheduler
 from scheduler.tenant_usage import TenantLedger
-from scheduler.tokenizer import Tokenizer
+from scheduler.tokenizer import Tokenizer, load_tokenizer
 from worker.step import Worker, WorkerInfo
 
 __all__ = ["Engine", "EngineConfig", "EngineStats"]
@@ -50,6 +50,9 @@ class Engine:
                 f"got {max_model_len}"
             )
         self.max_model_len = max_model_len
+        # Every id that ends a sequence: the tokenizer's (tokenizer_config.json,
+        # generation_config.json, the GGUF header) and the checkpoint's own.
+        self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys([*tokenizer.eos_ids, self.info.eos_id]))
         self.scheduler = Scheduler(
             config.scheduler, config.cache, self.info.num_kv_blocks, max_model_len
         )
@@ -73,7 +76,7 @@ class Engine:
         """Load the tokenizer and the in-process worker (torch is imported only here)."""
         from worker import create_worker
 
-        tokenizer = Tokenizer.from_model_dir(config.model.model)
+        tokenizer = load_tokenizer(config.model.model)
         return cls(create_worker(config.worker), tokenizer, config)
 
     # -- any thread -----------------------------------------------------------------------
@@ -110,7 +113,7 @@ class Engine:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt must hold at least 1 token, got an empty prompt")
-            prompt_token_ids = self.tokenizer.encode(prompt, add_bos=True)
+            prompt_token_ids = self.tokenizer.encode(prompt)  # BOS as the tokenizer says
         else:
             prompt_token_ids = list(prompt)
         validate_prompt(prompt_token_ids, params, self.info.vocab_size)
@@ -125,7 +128,7 @@ class Engine:
             req_id=req_id or uuid.uuid4().hex,
             prompt_token_ids=prompt_token_ids,
             params=params,
-            eos_id=self.info.eos_id,
+            eos_ids=self.eos_ids,
             tenant=tenant,
             priority=priority,
             arrival_time=time.monotonic(),

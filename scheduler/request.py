@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scheduler.tenant_usage import TenantUsage
@@ -83,12 +84,16 @@ class SamplingParams:
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, low=0)
 
-    def to_options(self, eos_id: int | None = None) -> SamplingOptions:
-        """The subset the worker needs to sample; `eos_id` is the model's EOS, which the
-        worker holds back with the stop token ids until min_tokens are generated."""
-        stop_ids = set(self.stop_token_ids)
-        if eos_id is not None and not self.ignore_eos:
-            stop_ids.add(eos_id)
+    def end_ids(self, eos_ids: Iterable[int] = ()) -> frozenset[int]:
+        """The ids that end the request: its stop token ids, and the model's EOS ids
+        (several for Llama 3) unless ignore_eos."""
+        eos = () if self.ignore_eos else eos_ids
+        return frozenset(self.stop_token_ids).union(eos)
+
+    def to_options(self, eos_ids: Iterable[int] = ()) -> SamplingOptions:
+        """The subset the worker needs to sample; `eos_ids` are the model's EOS ids, which
+        the worker holds back with the stop token ids until min_tokens are generated."""
+        stop_ids = self.end_ids(eos_ids)
         return SamplingOptions(
             temperature=float(self.temperature),
             top_p=float(self.top_p),
@@ -161,7 +166,7 @@ class Request:
     req_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    eos_id: int
+    eos_ids: Iterable[int]  # the model's end-of-sequence ids
     tenant: str = "default"
     priority: int = 0  # lower is more important (the vLLM convention)
     arrival_time: float = 0.0
@@ -190,14 +195,14 @@ class Request:
     tenant_usage: TenantUsage = field(default_factory=TenantUsage)
     # Derived from params once, for the per-step path.
     options: SamplingOptions = field(init=False)
-    stop_token_ids: frozenset[int] = field(init=False)
-    eos_stop_id: int | None = field(init=False)  # None when EOS does not stop (ignore_eos)
+    # Generating one of these ends the request: the stop token ids, and EOS unless ignored.
+    end_ids: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
-        self.options = self.params.to_options(self.eos_id)
-        self.stop_token_ids = frozenset(self.params.stop_token_ids)
-        self.eos_stop_id = None if self.params.ignore_eos else self.eos_id
+        self.eos_ids = frozenset(self.eos_ids)
+        self.options = self.params.to_options(self.eos_ids)
+        self.end_ids = self.params.end_ids(self.eos_ids)
         if self.params.echo:
             self.prompt_logprobs = [None] * len(self.prompt_token_ids)
             if self.params.top_logprobs:

@@ -42,7 +42,7 @@ def check_stop(
     num_output = len(output_ids)
     if num_output >= req.params.min_tokens:
         last = output_ids[-1]
-        if stop_string_found or last == req.eos_stop_id or last in req.stop_token_ids:
+        if stop_string_found or last in req.end_ids:
             return RequestStatus.FINISHED_STOPPED
     if num_output >= req.params.max_tokens or len(req.all_token_ids) >= max_model_len:
         return RequestStatus.FINISHED_LENGTH

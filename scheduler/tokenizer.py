@@ -1,48 +1,135 @@
-"""The SentencePiece tokenizer of a Llama model (BOS=1, EOS=2, no pad in Meta's files)."""
+"""The tokenizer seam: what the engine and the frontends need of a tokenizer, and which one a
+model brings.
+
+- SentencePiece `tokenizer.model` (Llama 1 and 2): scheduler/tokenizer_sp.py.
+- Hugging Face `tokenizer.json` with `tokenizer_config.json` (Llama 3, SmolLM, most
+  fine-tunes; byte-level BPE or SentencePiece-style): scheduler/tokenizer_hf.py.
+- A GGUF file's own vocabulary, `llama` (SentencePiece) or `gpt2` (byte-level BPE) style:
+  scheduler/tokenizer_gguf.py.
+
+Imports no torch: a scheduler host needs no tensor stack.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import sentencepiece as spm
+from scheduler.chat_template import render_chat
+from worker.model_source import UnreadableModelError, resolve_model
 
 
-class Tokenizer:
-    def __init__(self, model_path: str | Path) -> None:
-        self.model_path = Path(model_path)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
-        self.vocab_size: int = self._sp.vocab_size()
-        self.bos_id: int = self._sp.bos_id()
-        self.eos_id: int = self._sp.eos_id()
+class TokenizerError(UnreadableModelError):
+    """A tokenizer that cannot be loaded; the message names the file."""
+
+
+class NoChatTemplateError(ValueError):
+    """The model brings no chat template."""
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids for one model.
+
+    `eos_ids` holds every id that ends a sequence (Llama 3 has several: <|end_of_text|>,
+    <|eom_id|>, <|eot_id|>), the model's own EOS first. `add_bos` says whether a text prompt
+    gets BOS (Llama 2 and 3 do, SmolLM2 does not). Decoding drops special tokens (BOS, EOS,
+    chat markers), as SentencePiece drops control tokens.
+    """
+
+    vocab_size: int
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+    add_bos: bool
+    chat_template: str | None = None
+    bos_token: str | None = None  # the texts of BOS and EOS, for chat templates
+    eos_token: str | None = None
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> Tokenizer:
-        path = Path(model_dir) / "tokenizer.model"
-        if not path.is_file():
-            raise FileNotFoundError(f"no SentencePiece tokenizer at {path}")
-        return cls(path)
+    def from_model_dir(cls, model: str | Path) -> Tokenizer:
+        """The tokenizer a `--model` brings (see `load_tokenizer`)."""
+        return load_tokenizer(model)
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of `text`, with BOS first when `add_bos` (as a text prompt gets)."""
-        ids = self._sp.encode(text)
-        return [self.bos_id, *ids] if add_bos else ids
+    @property
+    def eos_id(self) -> int | None:
+        return self.eos_ids[0] if self.eos_ids else None
 
-    def decode(self, token_ids: list[int]) -> str:
-        """Text of the ids; control tokens (BOS, EOS) decode to nothing."""
-        return self._sp.decode(token_ids)
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`. BOS goes first when `add_bos`, or, when it is None, when the
+        tokenizer adds it to a text prompt. Special tokens written in the text
+        ("<|im_start|>") become their ids, as in Hugging Face's tokenizers."""
+        ids = self._encode(text)
+        if add_bos is None:
+            add_bos = self.add_bos
+        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
+    @abstractmethod
+    def _encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of the ids; special tokens decode to nothing."""
+
+    @abstractmethod
     def id_to_piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(token_id)
+        """The vocabulary's own spelling of a token: "▁Once", "<0x0A>", "Ġthe"."""
 
     def anchor_id(self) -> int:
         """A token that decodes to visible text. Decoding it in front of other tokens makes
-        SentencePiece treat them as mid-text, so it keeps their leading spaces."""
-        sp = self._sp
-        for token_id in sp.encode("a"):
-            if sp.decode([token_id]).strip():
+        a SentencePiece-style decoder treat them as mid-text, so it keeps their leading
+        spaces (scheduler/detokenizer.py)."""
+        for token_id in self._encode("a"):
+            if self.decode([token_id]).strip():
                 return token_id
         for token_id in range(self.vocab_size):
-            special = sp.is_control(token_id) or sp.is_byte(token_id) or sp.is_unknown(token_id)
-            if not special and sp.decode([token_id]).strip():
+            if self.decode([token_id]).strip():
                 return token_id
-        raise ValueError(f"{self.model_path} has no token that decodes to text")
+        raise TokenizerError(f"{self}: no token decodes to text")
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt text the model's chat template makes of `messages` ({"role",
+        "content"} dicts). NoChatTemplateError when the model has none; ValueError for
+        messages the template refuses."""
+        if not self.chat_template:
+            raise NoChatTemplateError("the model has no chat template")
+        return render_chat(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
+
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> tuple[str, list[int]]:
+        """The chat prompt and its ids. The template writes BOS itself where the model wants
+        it, so none is added, as Hugging Face's apply_chat_template(tokenize=True) does."""
+        text = self.apply_chat_template(messages, add_generation_prompt)
+        return text, self.encode(text, add_bos=False)
+
+
+def load_tokenizer(model: str | Path) -> Tokenizer:
+    """The tokenizer of a `--model`: a GGUF file's vocabulary; in a directory,
+    tokenizer.json (Hugging Face) before tokenizer.model (SentencePiece)."""
+    source = resolve_model(model)
+    if source.kind == "gguf":
+        from scheduler.tokenizer_gguf import gguf_tokenizer
+
+        return gguf_tokenizer(source.path)
+    directory = source.directory
+    if (directory / "tokenizer.json").is_file():
+        from scheduler.tokenizer_hf import HFTokenizer
+
+        return HFTokenizer.from_dir(directory)
+    if (directory / "tokenizer.model").is_file():
+        from scheduler.tokenizer_sp import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_dir(directory)
+    raise TokenizerError(
+        f"{directory} has no tokenizer: neither tokenizer.json (Hugging Face) nor "
+        "tokenizer.model (SentencePiece) is there"
+    )

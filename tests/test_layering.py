@@ -44,9 +44,13 @@ def test_the_engine_package_imports_no_grpc_server_code_or_torch() -> None:
 
 
 def test_importing_a_request_pulls_in_no_tokenizer() -> None:
-    loaded = imported_after("import scheduler.request")
-    assert "sentencepiece" not in loaded
-    assert "sentencepiece" in imported_after("from scheduler import Engine")
+    tokenizer_libraries = {"sentencepiece", "tokenizers", "gguf", "jinja2"}
+    assert not imported_after("import scheduler.request") & tokenizer_libraries
+    # Each tokenizer library is imported when a model needs it, not with the engine.
+    assert not imported_after("from scheduler import Engine") & tokenizer_libraries
+    load = f"import scheduler.tokenizer as t; t.load_tokenizer({str(STORIES_DIR)!r})"
+    loaded = imported_after(load)
+    assert "sentencepiece" in loaded and "tokenizers" not in loaded
 
 
 def serve_options(parser: argparse.ArgumentParser) -> set[str]:

@@ -57,7 +57,10 @@ def test_serving_contract_names() -> None:
         "Tokenize",
         "Detokenize",
         "Abort",
+        "ApplyChatTemplate",
     ]
+    request = serving_pb2.ApplyChatTemplateRequest.DESCRIPTOR
+    assert request.fields_by_name["add_generation_prompt"].has_presence  # unset means true
     sampling = serving_pb2.SamplingParams.DESCRIPTOR
     # Fields whose unset value must mean the documented default, not zero, have presence.
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):

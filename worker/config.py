@@ -47,7 +47,12 @@ def check_at_least(owner: object, name: str, low: int, optional: bool = False) -
 
 @dataclass(slots=True, frozen=True)
 class ModelConfig:
-    model: str = setting(BUNDLED_MODEL, "Meta or Hugging Face Llama model directory", metavar="DIR")
+    model: str = setting(
+        BUNDLED_MODEL,
+        "Meta or Hugging Face Llama directory, a .gguf file (or a directory holding one), "
+        "or smollm2",
+        metavar="MODEL",
+    )
     device: str = setting("auto", "cpu, cuda, cuda:N; auto: cuda when torch sees a GPU, else cpu")
     dtype: str | None = setting(
         None, "weights and KV cache (default: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES

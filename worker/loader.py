@@ -1,6 +1,7 @@
 """Read a checkpoint into Meta-named tensors: Meta releases (params.json + consolidated.*.pth,
-one or many model-parallel shards) and Hugging Face Llama directories (config.json +
-*.safetensors or *.bin). Every broken input becomes a CheckpointError naming file and tensor."""
+one or many model-parallel shards), Hugging Face Llama directories (config.json +
+*.safetensors or *.bin) and GGUF files (worker/gguf_loader.py). Every broken input becomes a
+CheckpointError naming file and tensor."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from typing import Any
 import torch
 
 from worker import hf_layout
+from worker.gguf_loader import load_gguf, special_ids
 from worker.model_args import (
     ModelArgs,
     args_from_hf_config,
     args_from_meta_params,
     expected_shapes,
 )
+from worker.model_source import UnreadableModelError, resolve_model
 from worker.torch_file_probe import first_cut_tensor
 
 
-class CheckpointError(Exception):
+class CheckpointError(UnreadableModelError):
     """A checkpoint that cannot be loaded; the message names the file (and tensor)."""
 
 
@@ -43,19 +46,19 @@ _SPLIT_DIM = {
 _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
 
 
-def load_checkpoint(model_dir: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: model directory does not exist")
-    if (model_dir / "params.json").exists():
-        loaded = _load_meta(model_dir)
-    elif (model_dir / "config.json").exists():
-        loaded = _load_hf(model_dir)
+def load_checkpoint(model: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
+    """`model` is what `--model` takes (worker/model_source.py): a directory, a .gguf file,
+    or a packaged model's name."""
+    try:
+        source = resolve_model(model)
+    except UnreadableModelError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if source.kind == "meta":
+        loaded = _load_meta(source.path)
+    elif source.kind == "hf":
+        loaded = _load_hf(source.path)
     else:
-        raise CheckpointError(
-            f"{model_dir}: neither params.json (Meta layout) nor config.json "
-            "(Hugging Face layout) is there"
-        )
+        loaded = _load_gguf(source.path)
     loaded.weights = {name: w.to(dtype) for name, w in loaded.weights.items()}
     return loaded
 
@@ -187,6 +190,12 @@ def _split_dim(name: str, piece: torch.Tensor, full_shape: tuple[int, ...]) -> i
     if kind == "tok_embeddings" and piece.shape[1] == full_shape[1]:
         return 0  # Llama 3 splits the vocabulary rather than the embedding width
     return _SPLIT_DIM[kind]
+
+
+def _load_gguf(path: Path) -> LoadedCheckpoint:
+    args, weights, metadata = load_gguf(path, CheckpointError)
+    bos_id, eos_id = special_ids(metadata)
+    return LoadedCheckpoint(args=args, weights=weights, bos_id=bos_id, eos_id=eos_id)
 
 
 # ---- Hugging Face layout ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Model hyper-parameters and how to read them from Meta's params.json or HF's config.json."""
+"""Model hyper-parameters and how to read them from Meta's params.json, HF's config.json or
+a GGUF file's metadata."""
 
 from __future__ import annotations
 
@@ -68,6 +69,38 @@ def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=float(config.get("rope_theta", 10000.0)),
         max_seq_len=int(config.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN),
+    )
+
+
+def args_from_gguf_metadata(metadata: dict[str, Any], vocab_size: int) -> ModelArgs:
+    """`llama.*` keys of a GGUF header; `vocab_size` is passed in because older files leave
+    `llama.vocab_size` out (the embedding's rows say it)."""
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"architecture {arch!r} is not supported; Loom runs 'llama'")
+    scaling = metadata.get("llama.rope.scaling.type", "none")
+    if scaling != "none":
+        raise ValueError(f"RoPE scaling {scaling!r} (llama.rope.scaling.type) is not supported")
+    dim = int(metadata["llama.embedding_length"])
+    n_heads = int(metadata["llama.attention.head_count"])
+    head_dim = int(metadata.get("llama.attention.key_length") or dim // n_heads)
+    rope_dim = int(metadata.get("llama.rope.dimension_count") or head_dim)
+    if rope_dim != head_dim:
+        raise ValueError(
+            f"partial RoPE (llama.rope.dimension_count {rope_dim} < head dim {head_dim}) "
+            "is not supported"
+        )
+    return ModelArgs(
+        dim=dim,
+        n_layers=int(metadata["llama.block_count"]),
+        n_heads=n_heads,
+        n_kv_heads=int(metadata.get("llama.attention.head_count_kv") or n_heads),
+        vocab_size=vocab_size,
+        hidden_dim=int(metadata["llama.feed_forward_length"]),
+        head_dim=head_dim,
+        norm_eps=float(metadata.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(metadata.get("llama.rope.freq_base", 10000.0)),
+        max_seq_len=int(metadata.get("llama.context_length") or DEFAULT_MAX_SEQ_LEN),
     )
 
 

@@ -23,7 +23,7 @@ def make_request(
 ) -> Request:
     """A request whose prompt counts up from `first_token` (never EOS)."""
     prompt = [3 + (first_token - 3 + i) % (VOCAB - 3) for i in range(num_prompt_tokens)]
-    return Request(req_id, prompt, SamplingParams(max_tokens=max_tokens, **params), eos_id=EOS)
+    return Request(req_id, prompt, SamplingParams(max_tokens=max_tokens, **params), eos_ids=(EOS,))
 
 
 def make_scheduler(

@@ -9,6 +9,7 @@ import pytest
 from scheduler.detokenizer import IncrementalDetokenizer
 from scheduler.stop import StopStringMatcher
 from scheduler.tokenizer import Tokenizer
+from scheduler.tokenizer_sp import SentencePieceTokenizer
 
 CJK_EMOJI = "你好，世界！ 日本語のテキスト 😀🎉 café  two  spaces\nnew line"
 
@@ -20,7 +21,7 @@ def stories_tokenizer(stories_dir) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def llama2_tokenizer(llama2_tokenizer_path) -> Tokenizer:
-    return Tokenizer(llama2_tokenizer_path)
+    return SentencePieceTokenizer(llama2_tokenizer_path)
 
 
 def _stream(tokenizer: Tokenizer, ids: list[int], context=None, chunk: int = 1) -> list[str]:

@@ -10,7 +10,7 @@ def _with_prompt(
     req_id: str, prompt: list[int], tenant: str = "default", max_tokens: int = 2, **params
 ) -> Request:
     params = SamplingParams(max_tokens=max_tokens, **params)
-    return Request(req_id, prompt, params, eos_id=EOS, tenant=tenant)
+    return Request(req_id, prompt, params, eos_ids=(EOS,), tenant=tenant)
 
 
 def test_second_request_shares_the_computed_full_blocks() -> None:

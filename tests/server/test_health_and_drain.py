@@ -118,7 +118,8 @@ def run_serve_to_exit(*flags: str) -> subprocess.CompletedProcess:
 def test_serve_refuses_a_missing_model_dir(tmp_path: Path) -> None:
     result = run_serve_to_exit("--model", str(tmp_path / "none"))
     assert result.returncode == 2
-    assert "no model directory" in result.stderr
+    assert result.stderr.startswith(f"error: no model at {tmp_path / 'none'}")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_serve_refuses_a_taken_port(server: ServerHandle) -> None:

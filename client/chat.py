@@ -1,0 +1,66 @@
+"""`python -m client chat`: a terminal chat over gRPC.
+
+Each turn sends the whole conversation to ApplyChatTemplate (the server renders the model's
+own chat template and tokenizes it) and streams the reply from GenerateStream on those ids.
+One line of input is one user message; an empty line or end of input ends the chat, and
+`/reset` starts a new conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from client.sync_client import Client
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--system", help="a system message to open the conversation with")
+    parser.add_argument("--max-tokens", type=int, default=512, help="per reply; default 512")
+    parser.add_argument("--temperature", type=float, help="0 is greedy; default 1.0")
+    parser.add_argument("--top-p", type=float, help="default 1.0")
+    parser.add_argument("--top-k", type=int, help="default 0 (off)")
+    parser.add_argument("--seed", type=int)
+
+
+def run_chat(
+    client: Client, args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
+) -> None:
+    try:
+        _converse(client, args, stdin, out)
+    except KeyboardInterrupt:  # Ctrl-C ends the chat (and cancels a reply in flight)
+        out.write("\n")
+
+
+def _converse(client: Client, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
+    interactive = stdin.isatty()
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
+    sampling = dict(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    while True:
+        if interactive:
+            out.write("you> ")
+            out.flush()
+        line = stdin.readline()
+        if not line.strip():
+            return
+        if line.strip() == "/reset":
+            messages = list(opening)
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        if interactive:
+            out.write("assistant> ")
+        reply = []
+        for delta in client.chat_stream(messages, **sampling):
+            out.write(delta.text)
+            out.flush()
+            reply.append(delta.text)
+        out.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})

@@ -1,0 +1,126 @@
+"""Read a GGUF checkpoint (llama.cpp, Ollama, LM Studio) into Meta-named float tensors.
+
+The header's `llama.*` keys give the hyper-parameters; each tensor is renamed from GGUF's
+names (`blk.N.attn_q.weight`) to Meta's (`layers.N.attention.wq.weight`). GGUF keeps wq/wk
+in Meta's row order: llama.cpp's converter undoes Hugging Face's rotate-half permutation,
+because its RoPE for `llama` rotates adjacent pairs as Meta's does; so they load unchanged.
+F32, F16 and BF16 tensors are taken as they are, quantized ones are dequantized
+(worker/gguf_dequant.py), then everything is cast to the serving dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worker.gguf_dequant import SUPPORTED_TYPES, dequantize
+from worker.gguf_file import gguf_metadata, open_gguf
+from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
+from worker.model_source import UnreadableModelError
+
+_TOP_NAMES = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "attention_norm.weight",
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_output.weight": "attention.wo.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+def meta_name(gguf_name: str) -> str | None:
+    """Meta's name for a GGUF llama tensor, or None when it is not one."""
+    if gguf_name in _TOP_NAMES:
+        return _TOP_NAMES[gguf_name]
+    match = _LAYER_RE.fullmatch(gguf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    return None
+
+
+def special_ids(metadata: dict[str, Any]) -> tuple[int, int]:
+    """(BOS, EOS) from the header, with Llama's 1 and 2 when it names none."""
+    bos = metadata.get("tokenizer.ggml.bos_token_id", 1)
+    eos = metadata.get("tokenizer.ggml.eos_token_id", 2)
+    return int(bos), int(eos)
+
+
+def load_gguf(
+    path: Path, error: type[Exception]
+) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
+    """Hyper-parameters, float32 Meta-named weights and the header's metadata; `error` is
+    raised, naming the file and tensor, for anything Loom cannot read."""
+    try:
+        reader = open_gguf(path)
+        metadata = gguf_metadata(reader)
+    except UnreadableModelError as exc:
+        raise error(str(exc)) from exc
+    tensors = {t.name: t for t in reader.tensors}
+    if "rope_freqs.weight" in tensors:
+        raise error(f"{path}: Llama 3.1-style scaled RoPE (rope_freqs.weight) is not supported")
+    embedding = tensors.get("token_embd.weight")
+    if embedding is None:
+        raise error(f"{path}: tensor token_embd.weight is missing")
+    vocab_size = int(metadata.get("llama.vocab_size") or embedding.shape[-1])
+    try:
+        args = args_from_gguf_metadata(metadata, vocab_size)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise error(f"{path}: unusable model parameters ({exc})") from exc
+    weights: dict[str, torch.Tensor] = {}
+    for gguf_name, tensor in tensors.items():
+        name = meta_name(gguf_name)
+        if name is None:
+            raise error(f"{path}: unexpected tensor {gguf_name}")
+        weights[name] = _read_tensor(path, gguf_name, tensor, error)
+    if "output.weight" not in weights:  # tied output: the embedding serves as the LM head
+        weights["output.weight"] = weights["tok_embeddings.weight"]
+    _check_shapes(path, weights, args, error)
+    return args, weights, metadata
+
+
+def _read_tensor(path: Path, name: str, tensor: Any, error: type[Exception]) -> torch.Tensor:
+    type_name = tensor.tensor_type.name
+    if type_name not in SUPPORTED_TYPES:
+        raise error(
+            f"{path}: tensor {name} is stored as {type_name}, which Loom does not read "
+            f"(it reads {', '.join(SUPPORTED_TYPES)})"
+        )
+    # GGUF lists dimensions innermost first: [row length, rows] is Meta's [rows, row length].
+    shape = [int(n) for n in reversed(tensor.shape.tolist())]
+    row_length = shape[-1]
+    # A copy in memory, not a view of the file's memory map: a file rewritten under a running
+    # server must not crash it.
+    raw = np.array(tensor.data, copy=True).view(np.uint8)
+    raw = torch.from_numpy(raw.reshape(-1, raw.size // max(1, int(np.prod(shape[:-1])))))
+    try:
+        values = dequantize(raw, type_name, row_length)
+    except RuntimeError as exc:
+        raise error(f"{path}: tensor {name} holds the wrong number of bytes ({exc})") from exc
+    return values.reshape(shape)
+
+
+def _check_shapes(
+    path: Path, weights: dict[str, torch.Tensor], args: ModelArgs, error: type[Exception]
+) -> None:
+    expected = expected_shapes(args)
+    for name, shape in expected.items():
+        if name not in weights:
+            raise error(f"{path}: tensor {name} is missing")
+        if tuple(weights[name].shape) != shape:
+            raise error(
+                f"{path}: tensor {name} has shape {tuple(weights[name].shape)}, "
+                f"the header implies {shape}"
+            )
