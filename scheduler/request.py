@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from scheduler.errors import InvalidFieldError
 from scheduler.tenant_usage import TenantUsage
 from worker.step import SamplingOptions
 
@@ -21,6 +22,9 @@ MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LENGTH = 256
 MAX_SEED = 2**63 - 1
+MAX_PENALTY = 2.0  # presence and frequency penalties lie in [-2, 2], as OpenAI's do
+MAX_LOGIT_BIAS = 100.0  # a bias lies in [-100, 100]
+MAX_LOGIT_BIAS_ENTRIES = 300
 
 
 @dataclass(slots=True)
@@ -48,41 +52,69 @@ class SamplingParams:
     logprobs: bool = False  # the logprob of each generated token
     top_logprobs: int = 0  # the k most likely tokens at each generated position, k <= 20
     echo: bool = False  # also the logprob of every prompt token (these skip the prefix cache)
+    # Sequences to generate from the prompt, >= 1 (the engine caps it: max_n). They share the
+    # prompt's KV blocks; with a seed, sequence i draws from (seed, i, position).
+    n: int = 1
+    # OpenAI's penalties over the generated tokens: each token's logit loses
+    # frequency_penalty * its count + presence_penalty if it occurred; in [-2, 2].
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # CTRL's (Hugging Face's), over prompt and generated tokens: > 0, 1 is off; above 1 makes
+    # a token already seen less likely.
+    repetition_penalty: float = 1.0
+    # Token id -> bias in [-100, 100] added to its logit; at most 300 entries.
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_int("max_tokens", self.max_tokens, low=1)
         _check_int("top_k", self.top_k, low=0)
         _check_int("min_tokens", self.min_tokens, low=0)
         if self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}"
+            raise InvalidFieldError(
+                "min_tokens",
+                f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
             )
         _check_int("top_logprobs", self.top_logprobs, low=0, high=MAX_TOP_LOGPROBS)
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, high=MAX_SEED)
         _check_float("temperature", self.temperature)
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise InvalidFieldError(
+                "temperature", f"temperature must be >= 0, got {self.temperature}"
+            )
         _check_float("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidFieldError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         # A lone string is a common slip; take it as one stop string.
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise ValueError(
-                f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}"
+            raise InvalidFieldError(
+                "stop", f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}"
             )
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+                raise InvalidFieldError(
+                    "stop", f"stop strings must be non-empty strings, got {s!r}"
+                )
             if len(s) > MAX_STOP_STRING_LENGTH:
-                raise ValueError(
+                raise InvalidFieldError(
+                    "stop",
                     f"stop strings must be at most {MAX_STOP_STRING_LENGTH} characters, "
-                    f"got {len(s)}"
+                    f"got {len(s)}",
                 )
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, low=0)
+        _check_int("n", self.n, low=1)
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_float(name, getattr(self, name), -MAX_PENALTY, MAX_PENALTY)
+        _check_float("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0:
+            raise InvalidFieldError(
+                "repetition_penalty",
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+            )
+        self.logit_bias = _checked_logit_bias(self.logit_bias)
 
     def end_ids(self, eos_ids: Iterable[int] = ()) -> frozenset[int]:
         """The ids that end the request: its stop token ids, and the model's EOS ids
@@ -104,35 +136,72 @@ class SamplingParams:
             echo=self.echo,
             min_tokens=self.min_tokens,
             stop_token_ids=tuple(sorted(stop_ids)) if self.min_tokens else (),
+            presence_penalty=float(self.presence_penalty),
+            frequency_penalty=float(self.frequency_penalty),
+            repetition_penalty=float(self.repetition_penalty),
+            logit_bias=tuple(sorted(self.logit_bias.items())),
         )
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise InvalidFieldError(name, f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         limit = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {limit}, got {value}")
+        raise InvalidFieldError(name, f"{name} must be {limit}, got {value}")
 
 
-def _check_float(name: str, value: object) -> None:
+def _check_float(
+    name: str, value: object, low: float | None = None, high: float | None = None
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise InvalidFieldError(name, f"{name} must be a finite number, got {value!r}")
+    if low is not None and high is not None and not low <= value <= high:
+        raise InvalidFieldError(name, f"{name} must be in [{low:g}, {high:g}], got {value}")
+
+
+def _checked_logit_bias(logit_bias: object) -> dict[int, float]:
+    if not isinstance(logit_bias, dict):
+        raise InvalidFieldError(
+            "logit_bias", f"logit_bias must map token ids to biases, got {logit_bias!r}"
+        )
+    if len(logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidFieldError(
+            "logit_bias",
+            f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(logit_bias)}",
+        )
+    for token_id, bias in logit_bias.items():
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise InvalidFieldError(
+                "logit_bias", f"logit_bias keys must be token ids >= 0, got {token_id!r}"
+            )
+        _check_float("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+    return {token_id: float(bias) for token_id, bias in logit_bias.items()}
 
 
 def validate_prompt(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int) -> None:
     """The checks that need the model's vocabulary (the length and the cache are the
     scheduler's: `Scheduler.check_fits`)."""
     if not prompt_token_ids:
-        raise ValueError("prompt must hold at least 1 token, got an empty prompt")
+        raise InvalidFieldError("prompt", "prompt must hold at least 1 token, got an empty prompt")
     for token_id in prompt_token_ids:
         if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise ValueError(f"prompt token ids must be integers, got {token_id!r}")
+            raise InvalidFieldError(
+                "prompt", f"prompt token ids must be integers, got {token_id!r}"
+            )
         if not 0 <= token_id < vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {vocab_size}), got {token_id}")
-    for token_id in params.stop_token_ids:
-        if token_id >= vocab_size:
-            raise ValueError(f"stop_token_ids must be in [0, {vocab_size}), got {token_id}")
+            raise InvalidFieldError(
+                "prompt", f"prompt token ids must be in [0, {vocab_size}), got {token_id}"
+            )
+    for name, token_ids in (
+        ("stop_token_ids", params.stop_token_ids),
+        ("logit_bias keys", params.logit_bias),
+    ):
+        for token_id in token_ids:
+            if token_id >= vocab_size:
+                raise InvalidFieldError(
+                    name.split()[0], f"{name} must be in [0, {vocab_size}), got {token_id}"
+                )
 
 
 class RequestStatus(enum.IntEnum):

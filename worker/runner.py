@@ -16,6 +16,7 @@ from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint, load_checkpoint
 from worker.model import Transformer
+from worker.penalties import PenaltyTable
 from worker.sampler import (
     MAX_TOP_LOGPROBS,
     seeded_uniform,
@@ -98,6 +99,7 @@ class ModelRunner:
             device=str(self.device),
         )
         self.requests: dict[str, RequestState] = {}
+        self.penalties = PenaltyTable(args.vocab_size, self.device)
         # Draws for requests without a seed of their own.
         self._rng = random.Random(model.seed)
 
@@ -106,7 +108,7 @@ class ModelRunner:
 
     def execute(self, step: StepInput) -> StepOutput:
         for req_id in step.finished_req_ids:
-            self.requests.pop(req_id, None)
+            self._drop(req_id)
         for new in step.new:
             self._add(new)
         for running in step.running:
@@ -132,7 +134,7 @@ class ModelRunner:
                 for (state, _), plan in zip(scheduled, batch.plans, strict=True)
                 if plan.sample_row is not None
             }
-            output = sample_and_score(scheduled, batch.plans, logits, uniforms)
+            output = sample_and_score(scheduled, batch.plans, logits, uniforms, self.penalties)
         for state, n in scheduled:
             state.num_computed += n
         return output
@@ -156,8 +158,28 @@ class ModelRunner:
                 f"request {new.req_id}: temperature must be >= 0, top_logprobs <= "
                 f"{MAX_TOP_LOGPROBS}"
             )
+        self._check_shaping(new)
         self._check_blocks(new.req_id, new.block_ids)
-        self.requests[new.req_id] = RequestState.from_new(new)
+        self._drop(new.req_id)  # a request sent again starts over
+        state = RequestState.from_new(new)
+        if new.sampling.shapes_logits:
+            state.penalty_row = self.penalties.add(
+                state.token_ids, state.num_prompt_tokens, new.sampling
+            )
+        self.requests[new.req_id] = state
+
+    def _check_shaping(self, new: NewRequest) -> None:
+        options = new.sampling
+        vocab_size = self._info.vocab_size
+        if options.repetition_penalty <= 0:
+            raise ValueError(f"request {new.req_id}: repetition_penalty must be > 0")
+        if any(not 0 <= token_id < vocab_size for token_id, _ in options.logit_bias):
+            raise ValueError(f"request {new.req_id}: logit_bias ids must be in [0, {vocab_size})")
+
+    def _drop(self, req_id: str) -> None:
+        state = self.requests.pop(req_id, None)
+        if state is not None and state.penalty_row is not None:
+            self.penalties.release(state.penalty_row)
 
     def _extend(self, running: RunningRequest) -> None:
         state = self.requests.get(running.req_id)

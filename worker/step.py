@@ -27,6 +27,25 @@ class SamplingOptions:
     # sequence (EOS unless ignored, and the request's stop token ids) are never sampled.
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
+    # Penalties and biases change the logits a token is drawn from (greedy too), never the
+    # logprobs reported. OpenAI's: logit[t] -= frequency_penalty * count[t] +
+    # presence_penalty * (count[t] > 0), counts over generated tokens. CTRL's (Hugging Face's)
+    # repetition_penalty over prompt and generated tokens: a positive logit is divided by it,
+    # a negative one multiplied. Then logit_bias adds its value to its token's logit.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 is off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids ascending
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether any penalty or bias applies to this request's logits."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+        )
 
 
 @dataclass(slots=True)

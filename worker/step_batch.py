@@ -27,6 +27,7 @@ class RequestState:
     sampling: SamplingOptions
     num_computed: int  # tokens whose K/V are in the cache
     num_prompt_tokens: int  # token_ids[:num_prompt_tokens] is the prompt; the rest is output
+    penalty_row: int | None = None  # its row of the PenaltyTable, when it asked for penalties
 
     @classmethod
     def from_new(cls, new: NewRequest) -> RequestState:

@@ -2,8 +2,9 @@
 
 Logits rows follow the batch (decodes first); a request samples from its `sample_row` and an
 echo request also scores its prompt rows. The rows are sampled in their own order, with no
-copy of the logits unless some rows must be masked (stop tokens before `min_tokens`), and
-when any request wants logprobs, one log-softmax covers every row. The sampled tokens and
+copy of the logits unless some rows must be shaped (penalties and logit biases, then stop
+tokens masked before `min_tokens`), and when any request wants logprobs, one log-softmax
+covers every row, over the raw logits. The sampled tokens and
 their logprobs come back to the host in one copy, the step's one wait for a GPU.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from worker.device_io import to_device, to_host_lists
+from worker.penalties import PenaltyTable
 from worker.sampler import SamplingRows, TokenLogprobs, sample, token_logprobs
 from worker.step import StepOutput
 from worker.step_batch import LogitsPlan, RequestState
@@ -23,6 +25,7 @@ def sample_and_score(
     plans: list[LogitsPlan],
     logits: torch.Tensor,  # [num_rows, vocab] float32
     uniforms: dict[int, float],  # sample row -> its random number in [0, 1)
+    penalties: PenaltyTable | None = None,  # the rows of requests with penalties or biases
 ) -> StepOutput:
     device = logits.device
     by_row = sorted(
@@ -35,10 +38,16 @@ def sample_and_score(
     # Without echo rows every logits row is a sample row, in order: sample them in place.
     in_place = len(rows) == logits.shape[0]
     sample_logits = logits if in_place else logits.index_select(0, _long(rows, device))
+    penalised = [i for i, s in enumerate(states) if s.penalty_row is not None]
     masked = _stop_mask(states, device)
+    if in_place and (penalised or masked is not None):
+        sample_logits = sample_logits.clone()  # the raw scores logprobs come from stay as they are
+    if penalised and penalties is not None:
+        penalty_rows = [states[i].penalty_row for i in penalised]
+        penalties.apply(
+            sample_logits, penalised, penalty_rows, [states[i].sampling for i in penalised]
+        )
     if masked is not None:
-        if in_place:  # masking must not touch the raw scores logprobs come from
-            sample_logits = sample_logits.clone()
         sample_logits[masked] = float("-inf")  # a Python scalar: nothing to copy to a GPU
     params = SamplingRows(
         temperatures=[s.sampling.temperature for s in states],
@@ -47,6 +56,8 @@ def sample_and_score(
         uniforms=[uniforms[row] for row in rows],
     )
     tokens = sample(sample_logits, params)
+    if penalised and penalties is not None:
+        penalties.record(penalty_rows, tokens.index_select(0, _long(penalised, device)))
     found = _logprobs(scheduled, plans, logits, rows, tokens)
     if found is None:
         [token_list] = to_host_lists(tokens)

@@ -143,6 +143,7 @@ class Driver:
                         list(seq.block_ids),
                         seq.options,
                         seq.num_computed,
+                        num_output_tokens=len(seq.output_ids),
                     )  # fmt: skip
                 )
                 seq.on_worker = True
