@@ -28,9 +28,10 @@ class SchedulerConfig:
     # VTC's prices (Sheng et al., OSDI'24): a generated token costs more than a prompt token.
     fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed")
     fair_w_out: float = setting(2.0, "fair share: cost of one generated token")
+    max_n: int = setting(16, "most sequences one request may ask for (n); they share its prompt")
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "long_prefill_threshold"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "long_prefill_threshold", "max_n"):
             check_at_least(self, name, 1)
         check_at_least(self, "max_queued_requests", 1, optional=True)
         # One token per running request must always fit: that is what keeps decodes flowing.

@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.config import EngineConfig, EngineStats, TenantStats
-from scheduler.errors import CapacityError, DuplicateRequestError
+from scheduler.config import EngineConfig, EngineStats
+from scheduler.engine_stats import collect_stats
+from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
+from scheduler.fanout import SequenceGroups, child_req_ids
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
@@ -60,7 +61,11 @@ class Engine:
         self._pending: list[Request] = []  # added, not yet taken by a step
         self._aborts: list[str] = []
         self._new_weights: dict[str, float] | None = None  # for the scheduler, at the next step
-        self._live_req_ids: set[str] = set()  # added and not yet given their final delta
+        # Added and not yet given their final delta; with n > 1 the sequences' ids too.
+        self._live_req_ids: set[str] = set()
+        self._num_pending_sequences = 0
+        self._groups = SequenceGroups()  # requests with n > 1
+        self._n_of: dict[str, int] = {}  # n of the live requests with n > 1
         self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
         self._states: dict[str, RequestOutputState] = {}
 
@@ -117,6 +122,9 @@ class Engine:
         else:
             prompt_token_ids = list(prompt)
         validate_prompt(prompt_token_ids, params, self.info.vocab_size)
+        max_n = self.config.scheduler.max_n
+        if params.n > max_n:
+            raise InvalidFieldError("n", f"n must be in [1, {max_n}], got {params.n}")
         self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValueError(f"priority must be an integer, got {priority!r}")
@@ -135,16 +143,25 @@ class Engine:
         )
 
     def _enqueue(self, req: Request) -> None:
+        n = req.params.n
+        ids = {req.req_id, *child_req_ids(req.req_id, n)}
         with self._lock:
-            if req.req_id in self._live_req_ids:
+            if not ids.isdisjoint(self._live_req_ids):
                 raise DuplicateRequestError(
                     f"req_id {req.req_id!r} is already in use by a live request"
                 )
             cap = self.config.scheduler.max_queued_requests
-            if cap is not None and self._num_waiting + len(self._pending) >= cap:
-                raise CapacityError(f"the waiting queue is full ({cap} requests)")
-            self._live_req_ids.add(req.req_id)
+            if cap is not None and self._num_waiting + self._num_pending_sequences + n > cap:
+                raise CapacityError(
+                    f"the waiting queue is full ({cap} requests)"
+                    if n == 1
+                    else f"the waiting queue cannot take {n} more sequences ({cap} requests)"
+                )
+            self._live_req_ids |= ids
+            if n > 1:
+                self._n_of[req.req_id] = n
             self._pending.append(req)
+            self._num_pending_sequences += n
 
     def abort(self, req_id: str) -> bool:
         """Abort a request at the next step (its blocks are freed there). Returns whether it
@@ -170,33 +187,9 @@ class Engine:
             return bool(self._live_req_ids) or self.scheduler.has_unfinished()
 
     def stats(self) -> EngineStats:
-        sched = self.scheduler
-        pool = sched.kv.pool
         with self._lock:
-            pending = [req.tenant for req in self._pending]
-        return EngineStats(
-            num_running=sched.num_running,
-            num_waiting=self._num_waiting + len(pending),
-            num_blocks=pool.num_blocks,
-            num_free_blocks=pool.num_free_blocks,
-            num_preemptions=sched.num_preemptions,
-            prefix_cache_queries=sched.kv.num_queries,
-            prefix_cache_hits=sched.kv.num_hits,
-            tenants=self._tenant_stats(pending),
-        )
-
-    def _tenant_stats(self, pending: list[str]) -> dict[str, TenantStats]:
-        # Copies first: the loop thread may add a tenant or a running request meanwhile.
-        running = Counter(req.tenant for req in list(self.scheduler.running))
-        queued = Counter(pending)
-        tenants = {}
-        for tenant, usage in list(self.scheduler.tenant_usage.items()):
-            num_running = running[tenant]
-            num_waiting = max(0, usage.num_unfinished - num_running) + queued.pop(tenant, 0)
-            tenants[tenant] = TenantStats(num_running, num_waiting, usage.service)
-        for tenant, num_waiting in queued.items():
-            tenants[tenant] = TenantStats(0, num_waiting, 0.0)
-        return tenants
+            pending = [req.tenant for req in self._pending for _ in range(req.params.n)]
+        return collect_stats(self.scheduler, self._num_waiting, pending)
 
     # -- the loop thread ------------------------------------------------------------------
 
@@ -205,25 +198,16 @@ class Engine:
         sched = self.scheduler
         with self._lock:
             pending, self._pending = self._pending, []
+            self._num_pending_sequences = 0
             aborts, self._aborts = self._aborts, []
             weights, self._new_weights = self._new_weights, None
         if weights is not None:
             sched.tenants.set_weights(weights)
         deltas: list[RequestDelta] = []
         for req in pending:
-            try:
-                sched.add_request(req)
-                self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
-            except Exception as exc:  # validated already: a bug, which fails this request only
-                logger.exception("request %s could not join the scheduler", req.req_id)
-                sched.finish_requests(
-                    [req], RequestStatus.FINISHED_ERROR, f"admission failed: {exc!r}"
-                )
-                deltas.append(final_delta(req))
+            deltas += self._schedule_new(self._groups.start(req))
         for req_id in aborts:
-            req = sched.abort_request(req_id)
-            if req is not None:
-                deltas.append(final_delta(req))
+            deltas += self._abort_now(req_id)
 
         sched_out = sched.schedule()
         step_input = sched_out.step_input
@@ -239,14 +223,43 @@ class Engine:
             else:
                 changed = sched.update(sched_out, step_out, self._scan_text)
                 deltas.extend(self._states[req.req_id].next_delta() for req in changed)
+        for delta in deltas:  # by sequence id, before the ids become the requests'
+            if delta.finish_reason is not None:
+                self._states.pop(delta.req_id, None)
+        deltas, released = self._groups.route(deltas)
+        deltas += self._schedule_new(released)
 
         with self._lock:
             for delta in deltas:
-                if delta.finish_reason is not None:
-                    self._live_req_ids.discard(delta.req_id)
-                    self._states.pop(delta.req_id, None)
-            self._num_waiting = sched.num_waiting
+                if delta.finished:
+                    n = self._n_of.pop(delta.req_id, 1)
+                    self._live_req_ids.difference_update(
+                        [delta.req_id, *child_req_ids(delta.req_id, n)]
+                    )
+            self._num_waiting = sched.num_waiting + self._groups.num_held
         return deltas
+
+    def _schedule_new(self, reqs: list[Request]) -> list[RequestDelta]:
+        """Hand new requests (or sequences) to the scheduler; the deltas of any that fail."""
+        deltas = []
+        for req in reqs:
+            try:
+                self.scheduler.add_request(req)
+                self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
+            except Exception as exc:  # validated already: a bug, which fails this request only
+                logger.exception("request %s could not join the scheduler", req.req_id)
+                self.scheduler.finish_requests(
+                    [req], RequestStatus.FINISHED_ERROR, f"admission failed: {exc!r}"
+                )
+                deltas.append(final_delta(req))
+        return deltas
+
+    def _abort_now(self, req_id: str) -> list[RequestDelta]:
+        """The final deltas of an aborted request (of each of its sequences)."""
+        found = self._groups.abort(req_id)
+        scheduled, held = found if found is not None else ([req_id], [])
+        reqs = [req for r in scheduled if (req := self.scheduler.abort_request(r)) is not None]
+        return [final_delta(req) for req in reqs + held]
 
     def _scan_text(self, req: Request, final: bool) -> bool:
         return self._states[req.req_id].scan(final)
@@ -290,7 +303,7 @@ class Engine:
                 builder = builders.get(delta.req_id)
                 if builder is not None:
                     builder.add(delta)
-                    num_left -= delta.finish_reason is not None
+                    num_left -= delta.finished
         if self.has_unfinished() and not self._live_req_ids:
             self.step()  # hand the worker the last finished ids, so it keeps no stale state
         return [builder.build() for builder in builders.values()]

@@ -26,18 +26,36 @@ class RequestDelta:
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" on the last delta
+    # "stop" | "length" | "abort" | "error" on the sequence's last delta
+    finish_reason: str | None = None
     error: str | None = None  # set with finish_reason "error": what went wrong
-    usage: Usage | None = None  # on the last delta
+    usage: Usage | None = None  # on the request's last delta
+    index: int = 0  # which of the request's n sequences this is about
+    # Set with finish_reason while other sequences of the request still run.
+    others_running: bool = False
 
     @property
     def finished(self) -> bool:
-        return self.finish_reason is not None
+        """The whole request is done (every one of its sequences)."""
+        return self.finish_reason is not None and not self.others_running
+
+
+@dataclass(slots=True)
+class SequenceOutput:
+    """One of the n sequences of a request."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list[tuple[int, float]]]
+    finish_reason: str
 
 
 @dataclass(slots=True)
 class RequestOutput:
-    """A finished request, as the offline API returns it."""
+    """A finished request, as the offline API returns it. The top-level text, tokens, logprobs
+    and finish reason are sequence 0's; `sequences` holds all n (n >= 1) in index order."""
 
     req_id: str
     prompt_token_ids: list[int]
@@ -51,42 +69,60 @@ class RequestOutput:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     error: str | None = None
+    sequences: list[SequenceOutput] = field(default_factory=list)
 
 
 class RequestOutputBuilder:
-    """Concatenates one request's deltas into its RequestOutput."""
+    """Concatenates one request's deltas (of all its sequences) into its RequestOutput."""
 
     def __init__(self, req_id: str, prompt_token_ids: list[int]) -> None:
-        self._output = RequestOutput(
-            req_id=req_id,
-            prompt_token_ids=list(prompt_token_ids),
-            text="",
-            token_ids=[],
-            logprobs=[],
-            top_logprobs=[],
-            finish_reason="",
-            usage=Usage(),
-        )
-        self._texts: list[str] = []
+        self.req_id = req_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self._sequences: dict[int, SequenceOutput] = {}
+        self._texts: dict[int, list[str]] = {}
+        self._usage: Usage | None = None
+        self._error: str | None = None
+        self._prompt_logprobs: list[float | None] | None = None
+        self._prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
     @property
     def finished(self) -> bool:
-        return bool(self._output.finish_reason)
+        return self._usage is not None
 
     def add(self, delta: RequestDelta) -> None:
-        out = self._output
-        self._texts.append(delta.text)
-        out.token_ids.extend(delta.token_ids)
-        out.logprobs.extend(delta.logprobs)
-        out.top_logprobs.extend(delta.top_logprobs)
-        if delta.prompt_logprobs is not None:
-            out.prompt_logprobs = delta.prompt_logprobs
-            out.prompt_top_logprobs = delta.prompt_top_logprobs
+        seq = self._sequences.get(delta.index)
+        if seq is None:
+            seq = self._sequences[delta.index] = SequenceOutput(delta.index, "", [], [], [], "")
+            self._texts[delta.index] = []
+        self._texts[delta.index].append(delta.text)
+        seq.token_ids.extend(delta.token_ids)
+        seq.logprobs.extend(delta.logprobs)
+        seq.top_logprobs.extend(delta.top_logprobs)
+        if delta.prompt_logprobs is not None and self._prompt_logprobs is None:
+            self._prompt_logprobs = delta.prompt_logprobs
+            self._prompt_top_logprobs = delta.prompt_top_logprobs
         if delta.finish_reason is not None:
-            out.finish_reason = delta.finish_reason
-            out.error = delta.error
-            out.usage = delta.usage or Usage()
+            seq.finish_reason = delta.finish_reason
+            self._error = self._error or delta.error
+        if delta.finished:
+            self._usage = delta.usage or Usage()
 
     def build(self) -> RequestOutput:
-        self._output.text = "".join(self._texts)
-        return self._output
+        sequences = [self._sequences[i] for i in sorted(self._sequences)]
+        for seq in sequences:
+            seq.text = "".join(self._texts[seq.index])
+        first = sequences[0] if sequences else SequenceOutput(0, "", [], [], [], "")
+        return RequestOutput(
+            req_id=self.req_id,
+            prompt_token_ids=self.prompt_token_ids,
+            text=first.text,
+            token_ids=first.token_ids,
+            logprobs=first.logprobs,
+            top_logprobs=first.top_logprobs,
+            finish_reason=first.finish_reason,
+            usage=self._usage or Usage(),
+            prompt_logprobs=self._prompt_logprobs,
+            prompt_top_logprobs=self._prompt_top_logprobs,
+            error=self._error,
+            sequences=sequences,
+        )

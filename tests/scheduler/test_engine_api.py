@@ -31,6 +31,14 @@ INVALID_PARAMS = [
     ({"min_tokens": 20, "max_tokens": 10}, r"min_tokens must be <= max_tokens \(10\)"),
     ({"seed": -1}, r"seed must be in \[0, "),
     ({"stop_token_ids": [-2]}, "stop_token_ids must be >= 0"),
+    ({"n": 0}, "n must be >= 1, got 0"),
+    ({"n": 17}, r"n must be in \[1, 16\], got 17"),
+    ({"presence_penalty": 2.5}, r"presence_penalty must be in \[-2, 2\], got 2.5"),
+    ({"frequency_penalty": -3}, r"frequency_penalty must be in \[-2, 2\], got -3"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0, got 0.0"),
+    ({"logit_bias": {5: 101.0}}, r"logit_bias must be in \[-100, 100\], got 101.0"),
+    ({"logit_bias": {-1: 1.0}}, "logit_bias keys must be token ids >= 0, got -1"),
+    ({"logit_bias": {i: 1.0 for i in range(301)}}, "at most 300 entries, got 301"),
 ]
 
 INVALID_PROMPTS = [
@@ -40,6 +48,7 @@ INVALID_PROMPTS = [
     ([1, -1], {}, r"prompt token ids must be in \[0, 512\), got -1"),
     ([1] * 500, {"max_tokens": 13}, r"must be <= the maximum model length \(512\), got 513"),
     ([1], {"stop_token_ids": [512]}, r"stop_token_ids must be in \[0, 512\)"),
+    ([1], {"logit_bias": {512: 1.0}}, r"logit_bias keys must be in \[0, 512\), got 512"),
 ]
 
 
