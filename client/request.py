@@ -22,13 +22,19 @@ def build_request(
     logprobs: bool = False,
     top_logprobs: int = 0,
     echo: bool = False,
+    n: int | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    repetition_penalty: float | None = None,
+    logit_bias: Mapping[int, float] | None = None,
     priority: int | None = None,
     request_id: str = "",
 ) -> serving_pb2.GenerateRequest:
     """A text prompt gets BOS from the server; a list of ids is used as given.
 
     Arguments left as None are not sent, so the server's documented default applies
-    (max_tokens 16, temperature 1.0, top_p 1.0, top_k 0, unseeded; the tenant's priority).
+    (max_tokens 16, temperature 1.0, top_p 1.0, top_k 0, unseeded, n 1, repetition_penalty 1;
+    the tenant's priority).
     """
     sampling = serving_pb2.SamplingParams(
         stop=list(stop),
@@ -38,6 +44,9 @@ def build_request(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         echo=echo,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        logit_bias=dict(logit_bias or {}),
     )
     # Setting an optional field, even to its zero value, marks it present.
     optional = {
@@ -46,6 +55,8 @@ def build_request(
         "top_p": top_p,
         "top_k": top_k,
         "seed": seed,
+        "n": n,
+        "repetition_penalty": repetition_penalty,
     }
     for name, value in optional.items():
         if value is not None:

@@ -20,18 +20,19 @@ FINISH_REASONS = {
     "error": serving_pb2.FINISH_REASON_ERROR,
 }
 # Proto fields with presence: unset means SamplingParams' default, not zero.
-OPTIONAL_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+OPTIONAL_SAMPLING_FIELDS = (
+    "max_tokens", "temperature", "top_p", "top_k", "seed", "n", "repetition_penalty",
+)  # fmt: skip
+FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty")
 MAX_REQUEST_ID_LENGTH = 128
 
 
 def sampling_params(msg: serving_pb2.SamplingParams) -> SamplingParams:
     """Raises ValueError naming the field and its limit."""
     kwargs = {name: getattr(msg, name) for name in OPTIONAL_SAMPLING_FIELDS if msg.HasField(name)}
-    if "temperature" in kwargs:
-        # float32 on the wire: 0.7 arrives as 0.699999988...; round to what the user typed.
-        kwargs["temperature"] = _float32_to_decimal(kwargs["temperature"])
-    if "top_p" in kwargs:
-        kwargs["top_p"] = _float32_to_decimal(kwargs["top_p"])
+    for name in FLOAT_FIELDS:
+        if name in kwargs:
+            kwargs[name] = _float32_to_decimal(kwargs[name])
     return SamplingParams(
         **kwargs,
         stop=list(msg.stop),
@@ -41,10 +42,14 @@ def sampling_params(msg: serving_pb2.SamplingParams) -> SamplingParams:
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
         echo=msg.echo,
+        presence_penalty=_float32_to_decimal(msg.presence_penalty),
+        frequency_penalty=_float32_to_decimal(msg.frequency_penalty),
+        logit_bias={k: _float32_to_decimal(v) for k, v in msg.logit_bias.items()},
     )
 
 
 def _float32_to_decimal(value: float) -> float:
+    # float32 on the wire: 0.7 arrives as 0.699999988...; round to what the user typed.
     return float(f"{value:.7g}")
 
 
@@ -74,6 +79,7 @@ def _top(entries: list[tuple[int, float]] | None) -> serving_pb2.TopLogprobs:
 def add_delta(response: serving_pb2.GenerateResponse, delta: RequestDelta) -> None:
     """Append one engine delta to a response: a stream sends one response per delta; the
     unary call adds every delta to the same response."""
+    response.index = delta.index
     response.text += delta.text
     response.token_ids.extend(delta.token_ids)
     response.logprobs.extend(delta.logprobs)
@@ -92,3 +98,46 @@ def add_delta(response: serving_pb2.GenerateResponse, delta: RequestDelta) -> No
         response.usage.prompt_tokens = delta.usage.prompt_tokens
         response.usage.completion_tokens = delta.usage.completion_tokens
         response.usage.cached_prompt_tokens = delta.usage.cached_prompt_tokens
+
+
+class UnaryResponse:
+    """Generate's one response from every delta of a request: sequence 0's text, tokens and
+    logprobs at the top, and with n > 1 each sequence in `sequences`, by index."""
+
+    def __init__(self, request_id: str, n: int) -> None:
+        self._request_id = request_id
+        self._n = n
+        self._by_index: dict[int, serving_pb2.GenerateResponse] = {}
+
+    def add(self, delta: RequestDelta) -> None:
+        response = self._by_index.get(delta.index)
+        if response is None:
+            response = self._by_index[delta.index] = serving_pb2.GenerateResponse(
+                request_id=self._request_id
+            )
+        add_delta(response, delta)
+
+    def response(self) -> serving_pb2.GenerateResponse:
+        first = self._by_index.get(0) or serving_pb2.GenerateResponse(request_id=self._request_id)
+        first.index = 0
+        if self._n == 1:
+            return first
+        for index in sorted(self._by_index):
+            part = self._by_index[index]
+            if part.prompt_token_ids and not first.prompt_token_ids:
+                first.prompt_token_ids.extend(part.prompt_token_ids)
+                first.prompt_logprobs.extend(part.prompt_logprobs)
+                first.prompt_top_logprobs.extend(part.prompt_top_logprobs)
+            if part.HasField("usage"):
+                first.usage.CopyFrom(part.usage)
+            first.sequences.append(
+                serving_pb2.Sequence(
+                    index=index,
+                    text=part.text,
+                    token_ids=part.token_ids,
+                    logprobs=part.logprobs,
+                    top_logprobs=part.top_logprobs,
+                    finish_reason=part.finish_reason,
+                )
+            )
+        return first

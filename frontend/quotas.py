@@ -93,18 +93,21 @@ class Quotas:
         self._lock = threading.Lock()
         self._states: dict[str, _TenantState] = {}
 
-    def admit(self, tenant: Tenant, num_prompt_tokens: int, max_tokens: int) -> Admission:
-        """Admit one request or raise QuotaExceeded naming the limit; a refusal changes
-        nothing."""
+    def admit(
+        self, tenant: Tenant, num_prompt_tokens: int, max_tokens: int, n: int = 1
+    ) -> Admission:
+        """Admit one request (of `n` sequences, each up to `max_tokens`) or raise
+        QuotaExceeded naming the limit; a refusal changes nothing."""
         if not tenant.has_quotas:
             return UNLIMITED
         cap = tenant.max_tokens_per_request
-        if cap is not None and num_prompt_tokens + max_tokens > cap:
+        if cap is not None and num_prompt_tokens + n * max_tokens > cap:
+            times_n = f" x n ({n})" if n > 1 else ""
             raise QuotaExceeded(
                 tenant.name,
                 "max_tokens_per_request",
-                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) is over "
-                f"tenant {tenant.name!r}'s max_tokens_per_request ({cap})",
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}){times_n} is "
+                f"over tenant {tenant.name!r}'s max_tokens_per_request ({cap})",
                 None,
             )
         with self._lock:

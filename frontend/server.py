@@ -27,12 +27,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from frontend.admission import AdmissionGate
 from frontend.async_engine import AsyncEngine
 from frontend.auth import Authenticator
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
 from frontend.quotas import Quotas
-from frontend.servicer import AdmissionGate, GenerationServicer
+from frontend.servicer import GenerationServicer
 from frontend.tenants import DEFAULT_TENANT, TenantDirectory, directory_from_api_keys, load_tenants
 from frontend.tls import server_credentials
 from loompb import serving_pb2, serving_pb2_grpc

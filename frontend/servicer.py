@@ -1,81 +1,36 @@
 """The loom.v1.Generation servicer: admission, streaming, and the status code of every refusal.
 
-Every check happens before the engine queues anything, so a refused request costs nothing
-(the README's error table lists each status): the tenant (frontend/auth.py), the fields, the
-engine's validation, then the tenant's quotas (frontend/quotas.py), then the queue. A request
-whose caller goes away (cancel, disconnect, deadline) or that the Abort call names is aborted
-in the engine, which frees its blocks at the next step.
+Admission is frontend/admission.py's, shared with the HTTP API: every check happens before
+the engine queues anything, so a refused request costs nothing (the README's error table
+lists each status). A request whose caller goes away (cancel, disconnect, deadline) or that
+the Abort call names is aborted in the engine, which frees its blocks at the next step.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
+from frontend.admission import AdmissionGate, AdmittedCall, Admitter, Refused
+from frontend.async_engine import AsyncEngine
 from frontend.auth import Authenticator, AuthError
 from frontend.metrics import ServingMetrics
 from frontend.protocol import (
     MAX_REQUEST_ID_LENGTH,
+    UnaryResponse,
     add_delta,
     check_input_fields,
     sampling_params,
 )
-from frontend.quotas import RETRY_AFTER_KEY, Admission, QuotaExceeded, Quotas
+from frontend.quotas import RETRY_AFTER_KEY, Quotas
 from frontend.tenants import Tenant
 from loompb import serving_pb2, serving_pb2_grpc
-from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.outputs import RequestDelta
-from scheduler.request import (
-    MAX_STOP_STRING_LENGTH,
-    MAX_STOP_STRINGS,
-    MAX_TOP_LOGPROBS,
-    Request,
-)
+from scheduler.request import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 from scheduler.tokenizer import NoChatTemplateError
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class _Call:
-    """One generation call the servicer admitted."""
-
-    stream: RequestStream
-    request_id: str  # as the caller knows it (the engine's req_id adds the tenant)
-    admission: Admission
-
-
-class AdmissionGate:
-    """Counts the generation calls in flight, and closes admission while draining."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.aborted_by_shutdown = False  # in-flight requests were cut off after the timeout
-        self.num_in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.num_in_flight += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.num_in_flight -= 1
-        if self.num_in_flight == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float | None) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+__all__ = ["AdmissionGate", "GenerationServicer"]
 
 
 class GenerationServicer(serving_pb2_grpc.GenerationServicer):
@@ -94,24 +49,24 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
         self.gate = gate
         self.max_request_bytes = max_request_bytes
         self.quotas = quotas if quotas is not None else Quotas()
-        self.metrics = metrics
+        self.admitter = Admitter(async_engine, gate, self.quotas, metrics)
 
     # ---- generation --------------------------------------------------------------------
 
     async def Generate(self, request: serving_pb2.GenerateRequest, context: Any) -> Any:
-        call = await self._admit(request, context)
-        response = serving_pb2.GenerateResponse(request_id=call.request_id)
+        call, n = await self._admit(request, context)
+        response = UnaryResponse(call.request_id, n)
         try:
             while True:
                 delta = await self._next_delta(call, context)
-                add_delta(response, delta)
+                response.add(delta)
                 if delta.finished:
-                    return response
+                    return response.response()
         finally:
-            self._release(call)
+            self.admitter.release(call)
 
     async def GenerateStream(self, request: serving_pb2.GenerateRequest, context: Any) -> Any:
-        call = await self._admit(request, context)
+        call, _ = await self._admit(request, context)
         try:
             while True:
                 delta = await self._next_delta(call, context)
@@ -121,88 +76,32 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
                 if delta.finished:
                     return
         finally:
-            self._release(call)
+            self.admitter.release(call)
 
-    async def _admit(self, request: serving_pb2.GenerateRequest, context: Any) -> _Call:
+    async def _admit(
+        self, request: serving_pb2.GenerateRequest, context: Any
+    ) -> tuple[AdmittedCall, int]:
         tenant = await self._tenant(context)
-        if self.gate.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if not self.async_engine.alive:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the engine loop is not running")
-        request_id = request.request_id or uuid.uuid4().hex
-        # Ids are scoped by tenant: no request id can name another tenant's request.
-        req_id = f"{tenant.name}/{request_id}"
-        admitted: list[Admission] = []
-
-        def admit(req: Request) -> None:  # validated, not yet queued: the quotas decide
-            admitted.append(
-                self.quotas.admit(tenant, len(req.prompt_token_ids), req.params.max_tokens)
-            )
-
-        code = grpc.StatusCode.INVALID_ARGUMENT
-        trailers: tuple[tuple[str, str], ...] = ()
         try:
-            check_input_fields(request)
-            params = sampling_params(request.sampling)
+            self.admitter.check_open()
+            try:
+                check_input_fields(request)
+                params = sampling_params(request.sampling)
+            except ValueError as exc:
+                raise Refused.invalid(exc) from exc
             prompt = request.prompt or list(request.prompt_token_ids)
-            priority = request.priority if request.HasField("priority") else tenant.priority
-            stream = self.async_engine.add_request(
-                prompt, params, req_id=req_id, tenant=tenant.name, priority=priority, admit=admit
-            )
-        except QuotaExceeded as exc:
-            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message
-            if exc.retry_after_ms is not None:
-                trailers = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
-            if self.metrics is not None:
-                self.metrics.observe_quota_rejection(tenant.name, exc.limit)
-        except DuplicateRequestError:
-            code = grpc.StatusCode.ALREADY_EXISTS
-            message = f"request_id {request_id!r} is already in use by a live request"
-        except CapacityError as exc:
-            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-        except EngineDeadError as exc:
-            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
-        except ValueError as exc:
-            message = str(exc)
-        else:
-            self.gate.enter()
-            return _Call(stream, request_id, admitted[0])
-        for admission in admitted:  # admitted, then refused by the engine (queue full)
-            admission.cancel()
-        await context.abort(code, message, trailing_metadata=trailers)
-        raise AssertionError("unreachable: context.abort raises")
+            priority = request.priority if request.HasField("priority") else None
+            call = self.admitter.admit(tenant, prompt, params, request.request_id, priority)
+        except Refused as refused:
+            await _abort(context, refused)
+        return call, params.n
 
-    async def _next_delta(self, call: _Call, context: Any) -> RequestDelta:
-        stream, request_id = call.stream, call.request_id
-        remaining = context.time_remaining()
+    async def _next_delta(self, call: AdmittedCall, context: Any) -> RequestDelta:
         try:
-            if remaining is None:
-                delta = await anext(stream)
-            else:
-                delta = await asyncio.wait_for(anext(stream), max(remaining, 0.0))
-        except asyncio.TimeoutError:
-            self.async_engine.abort(stream.req_id)
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded; aborted")
-        call.admission.charge(len(delta.token_ids))
-        if delta.finish_reason == "error":
-            log.error("request %s failed: %s", stream.req_id, delta.error)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"request {request_id} failed: {delta.error}"
-            )
-        if delta.finish_reason == "abort" and self.gate.aborted_by_shutdown:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"request {request_id} aborted: the server shut down before it finished",
-            )
-        return delta
-
-    def _release(self, call: _Call) -> None:
-        # Reached on success, on an error status, and when the call is cancelled (client
-        # cancel, disconnect, deadline): an unfinished request must not keep its blocks.
-        if not call.stream.finished:
-            self.async_engine.abort(call.stream.req_id)
-        call.admission.release()
-        self.gate.leave()
+            return await self.admitter.next_delta(call, context.time_remaining())
+        except Refused as refused:
+            await _abort(context, refused)
+            raise AssertionError("unreachable: context.abort raises") from refused
 
     async def _tenant(self, context: Any) -> Tenant:
         try:
@@ -253,6 +152,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             max_num_seqs=config.scheduler.max_num_seqs,
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             max_queued_requests=config.scheduler.max_queued_requests or 0,
+            max_n=config.scheduler.max_n,
         )
 
     async def Tokenize(self, request: serving_pb2.TokenizeRequest, context: Any) -> Any:
@@ -297,3 +197,14 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return serving_pb2.ApplyChatTemplateResponse(prompt=prompt, prompt_token_ids=token_ids)
+
+
+async def _abort(context: Any, refused: Refused) -> None:
+    """End the call with the refusal's status (a retry hint when waiting helps)."""
+    trailers = ()
+    if refused.retry_after_ms is not None:
+        trailers = ((RETRY_AFTER_KEY, str(refused.retry_after_ms)),)
+    await context.abort(
+        grpc.StatusCode[refused.status], refused.message, trailing_metadata=trailers
+    )
+    raise AssertionError("unreachable: context.abort raises")

@@ -1,0 +1,206 @@
+"""Admission and delivery shared by the gRPC and the HTTP APIs; imports no grpc.
+
+Every check happens before the engine queues anything, so a refused request costs nothing:
+the server is open (not draining, engine loop alive), then the engine's validation of the
+prompt and sampling parameters, then the tenant's quotas (frontend/quotas.py), then the
+queue. A refusal is a `Refused` carrying the gRPC status name of the README's error table;
+the gRPC servicer answers with that status, the HTTP routes with the code it maps to.
+
+    admitter.check_open()                                    # Refused(UNAVAILABLE)
+    call = admitter.admit(tenant, prompt, params, request_id, priority)   # or Refused
+    try:
+        delta = await admitter.next_delta(call)              # Refused(INTERNAL, ...)
+    finally:
+        admitter.release(call)                               # aborts it if unfinished
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+
+from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
+from frontend.metrics import ServingMetrics
+from frontend.quotas import Admission, QuotaExceeded, Quotas
+from frontend.tenants import Tenant
+from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
+from scheduler.outputs import RequestDelta
+from scheduler.request import Request, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """A call refused at admission or failed after it. `status` is a gRPC status name
+    (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...); `param` the field at fault when one is."""
+
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        *,
+        param: str | None = None,
+        limit: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.limit = limit  # the quota a RESOURCE_EXHAUSTED refusal was over, if any
+        self.retry_after_s = retry_after_s  # when waiting helps
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        return None if self.retry_after_s is None else max(1, math.ceil(self.retry_after_s * 1e3))
+
+    @classmethod
+    def invalid(cls, exc: ValueError) -> Refused:
+        param = exc.param if isinstance(exc, InvalidFieldError) else None
+        return cls("INVALID_ARGUMENT", str(exc), param=param)
+
+
+class AdmissionGate:
+    """Counts the generation calls in flight, and closes admission while draining."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.aborted_by_shutdown = False  # in-flight requests were cut off after the timeout
+        self.num_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.num_in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.num_in_flight -= 1
+        if self.num_in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class AdmittedCall:
+    """One generation request the server admitted."""
+
+    stream: RequestStream
+    request_id: str  # as the caller knows it (the engine's req_id adds the tenant)
+    admission: Admission
+    prompt_token_ids: list[int]  # as the engine tokenized the prompt
+
+
+class Admitter:
+    def __init__(
+        self,
+        async_engine: AsyncEngine,
+        gate: AdmissionGate,
+        quotas: Quotas,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        self.async_engine = async_engine
+        self.gate = gate
+        self.quotas = quotas
+        self.metrics = metrics
+
+    def check_open(self) -> None:
+        if self.gate.draining:
+            raise Refused("UNAVAILABLE", "server is shutting down")
+        if not self.async_engine.alive:
+            raise Refused("UNAVAILABLE", "the engine loop is not running")
+
+    def admit(
+        self,
+        tenant: Tenant,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int | None = None,
+    ) -> AdmittedCall:
+        """Queue one request for `tenant`, or raise Refused with the status to answer."""
+        self.check_open()
+        request_id = request_id or uuid.uuid4().hex
+        # Ids are scoped by tenant: no request id can name another tenant's request.
+        req_id = f"{tenant.name}/{request_id}"
+        admitted: list[tuple[Admission, Request]] = []
+
+        def admit(req: Request) -> None:  # validated, not yet queued: the quotas decide
+            n = req.params.n
+            holds = self.quotas.admit(tenant, len(req.prompt_token_ids), req.params.max_tokens, n)
+            admitted.append((holds, req))
+
+        try:
+            stream = self.async_engine.add_request(
+                prompt,
+                params,
+                req_id=req_id,
+                tenant=tenant.name,
+                priority=tenant.priority if priority is None else priority,
+                admit=admit,
+            )
+        except (QuotaExceeded, DuplicateRequestError, CapacityError, EngineDeadError) as exc:
+            for holds, _ in admitted:  # admitted, then refused by the engine (queue full)
+                holds.cancel()
+            raise self._refusal(exc, tenant, request_id) from exc
+        except ValueError as exc:
+            raise Refused.invalid(exc) from exc
+        self.gate.enter()
+        holds, req = admitted[0]
+        return AdmittedCall(stream, request_id, holds, req.prompt_token_ids)
+
+    def _refusal(self, exc: Exception, tenant: Tenant, request_id: str) -> Refused:
+        if isinstance(exc, QuotaExceeded):
+            if self.metrics is not None:
+                self.metrics.observe_quota_rejection(tenant.name, exc.limit)
+            return Refused(
+                "RESOURCE_EXHAUSTED", exc.message, limit=exc.limit, retry_after_s=exc.retry_after_s
+            )
+        if isinstance(exc, DuplicateRequestError):
+            return Refused(
+                "ALREADY_EXISTS", f"request_id {request_id!r} is already in use by a live request"
+            )
+        if isinstance(exc, CapacityError):
+            return Refused("RESOURCE_EXHAUSTED", str(exc))
+        return Refused("UNAVAILABLE", str(exc))  # the engine loop stopped
+
+    async def next_delta(self, call: AdmittedCall, timeout: float | None = None) -> RequestDelta:
+        """The request's next delta, its tokens charged to the tenant. Refused when the
+        request failed (INTERNAL), the server cut it off while shutting down (UNAVAILABLE) or
+        `timeout` seconds passed first (DEADLINE_EXCEEDED; the request is aborted)."""
+        stream = call.stream
+        try:
+            if timeout is None:
+                delta = await anext(stream)
+            else:
+                delta = await asyncio.wait_for(anext(stream), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            self.async_engine.abort(stream.req_id)
+            raise Refused("DEADLINE_EXCEEDED", "deadline exceeded; aborted") from None
+        call.admission.charge(len(delta.token_ids))
+        if delta.finish_reason == "error":
+            log.error("request %s failed: %s", stream.req_id, delta.error)
+            raise Refused("INTERNAL", f"request {call.request_id} failed: {delta.error}")
+        if delta.finish_reason == "abort" and self.gate.aborted_by_shutdown:
+            raise Refused(
+                "UNAVAILABLE",
+                f"request {call.request_id} aborted: the server shut down before it finished",
+            )
+        return delta
+
+    def release(self, call: AdmittedCall) -> None:
+        """Reached on success, on an error, and when the caller went away (cancel,
+        disconnect, deadline): an unfinished request must not keep its blocks."""
+        if not call.stream.finished:
+            self.async_engine.abort(call.stream.req_id)
+        call.admission.release()
+        self.gate.leave()
