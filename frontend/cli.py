@@ -1,4 +1,5 @@
-"""`python -m scheduler serve`: load a model, start the engine loop and the gRPC server.
+"""`python -m scheduler serve`: load a model, start the engine loop and the gRPC server (with
+`--http-port`, the OpenAI-compatible HTTP API too, on the same event loop).
 `health` asks a server whether it serves; `hash-key` prints a tenants-file key line.
 
 With no flags it serves the bundled models/stories260K on 127.0.0.1:50051, on the GPU when
@@ -32,7 +33,9 @@ log = logging.getLogger("loom.serve")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scheduler")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model over gRPC", description=__doc__)
+    serve = commands.add_parser(
+        "serve", help="serve a model over gRPC (and HTTP)", description=__doc__
+    )
     add_settings_flags(serve, ServeConfig)
 
     health = commands.add_parser(
@@ -131,6 +134,14 @@ async def serve(engine, config: FrontendConfig) -> int:
     await frontend.start()
     if frontend.metrics_port is not None:
         log.info("metrics on http://%s:%d/metrics", config.host, frontend.metrics_port)
+    if frontend.http_port is not None:
+        scheme = "https" if config.tls_cert else "http"
+        log.info(
+            "OpenAI-compatible API on %s://%s:%d/v1 (and /health, /metrics)",
+            scheme,
+            config.host,
+            frontend.http_port,
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -78,12 +78,18 @@ class FrontendConfig:
         1 << 20, "largest request message accepted (default 1MiB)", type=parse_bytes
     )
     metrics_port: int | None = setting(None, "Prometheus /metrics port (default: off)")
+    http_port: int | None = setting(
+        None,
+        "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics; default: off; 0: any free port)",
+    )
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
     max_step_failures: int = setting(3, "failed engine steps in a row before the loop stops")
 
     def __post_init__(self) -> None:
         check_at_least(self, "port", 0)
         check_at_least(self, "metrics_port", 0, optional=True)
+        check_at_least(self, "http_port", 0, optional=True)
         check_at_least(self, "max_request_bytes", 1)
         check_at_least(self, "max_step_failures", 1)
         if self.api_keys is not None and self.tenants is not None:

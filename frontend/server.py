@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from dataclasses import fields
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from frontend.admission import AdmissionGate
+from frontend.admission import AdmissionGate, Admitter
 from frontend.async_engine import AsyncEngine
 from frontend.auth import Authenticator
 from frontend.config import FrontendConfig
@@ -72,7 +70,9 @@ class Frontend:
         self.quotas = Quotas()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._server: Any = None
+        self._http: Any = None  # frontend.http.app.HttpServer
         self._drained: asyncio.Future[None] | None = None
         self._cut_short = asyncio.Event()
 
@@ -107,15 +107,32 @@ class Frontend:
             self.port = server.add_secure_port(address, credentials)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
+        if cfg.http_port is not None:
+            self._http = self._http_server()  # OSError when the port is taken
+            self.http_port = self._http.port
         for service in ("", SERVICE_NAME):
             await self.health.set(service, NOT_SERVING)
         # The loop runs before the first call can arrive, so no health check finds it absent.
         self.async_engine.start()
         self._server = server
         await server.start()
+        if self._http is not None:
+            await self._http.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, SERVING)
         asyncio.get_running_loop().create_task(self._watch_engine_loop())
+
+    def _http_server(self) -> Any:
+        # Imported only when asked for: a gRPC-only server loads no HTTP stack.
+        from frontend.http.app import HttpServer
+        from frontend.http.routes import OpenAIRoutes
+
+        cfg = self.config
+        admitter = Admitter(self.async_engine, self.gate, self.quotas, self.metrics)
+        routes = OpenAIRoutes(admitter, self.authenticator, self.metrics, cfg.max_request_bytes)
+        return HttpServer(
+            routes, cfg.host, cfg.http_port, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca
+        )
 
     def _load_directory(self) -> TenantDirectory | None:
         cfg = self.config
@@ -161,8 +178,20 @@ class Frontend:
 
     @property
     def target(self) -> str:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
-        return f"{host}:{self.port}"
+        return f"{self._reachable_host}:{self.port}"
+
+    @property
+    def base_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        scheme = "https" if self.config.tls_cert else "http"
+        host = self._reachable_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.http_port}/v1"
+
+    @property
+    def _reachable_host(self) -> str:
+        return "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
 
     async def drain(self, timeout: float | None = None) -> None:
         """Health NOT_SERVING and new calls UNAVAILABLE at once; in-flight requests get
@@ -199,94 +228,15 @@ class Frontend:
             await self.gate.wait_idle(10.0)
         if self._server is not None:
             await self._server.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.async_engine.shutdown)
         self.metrics.close()
         log.info("stopped")
 
 
-class ServerHandle:
-    """A Frontend running on its own thread and event loop. Stable API for tests and
-    embedding: `.port`, `.target`, `.metrics_port`, `.engine`, `.stop(grace)`, and use as
-    a context manager (stop on exit)."""
+# The embedded server (its own thread and loop) lives beside it; imported here, where callers
+# have always found it. frontend/__init__ imports this module first, so Frontend is defined.
+from frontend.embedded import ServerHandle, serve_in_thread  # noqa: E402
 
-    def __init__(self, frontend: Frontend) -> None:
-        self.frontend = frontend
-        self.engine = frontend.engine
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-        self._stop_requested: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="grpc-frontend", daemon=True)
-
-    @property
-    def port(self) -> int:
-        assert self.frontend.port is not None
-        return self.frontend.port
-
-    @property
-    def target(self) -> str:
-        return self.frontend.target
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.frontend.metrics_port
-
-    def _start(self) -> None:
-        self._thread.start()
-        self._started.wait()
-        if self._start_error is not None:
-            self._thread.join()
-            raise self._start_error
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop_requested = asyncio.Event()
-        try:
-            await self.frontend.start()
-        except BaseException as exc:
-            self._start_error = exc
-            self._started.set()
-            return
-        self._started.set()
-        await self._stop_requested.wait()
-
-    def stop(self, grace: float | None = None) -> None:
-        """Drain as on SIGTERM: in-flight requests get `grace` seconds (default: the
-        shutdown_timeout option), then are aborted. Blocks until the server has stopped."""
-        if not self._thread.is_alive():
-            return
-        future = asyncio.run_coroutine_threadsafe(self.frontend.drain(grace), self._loop)
-        future.result()
-        assert self._stop_requested is not None
-        self._loop.call_soon_threadsafe(self._stop_requested.set)
-        self._thread.join()
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def serve_in_thread(
-    engine: Any, host: str = "127.0.0.1", port: int = 0, **options: Any
-) -> ServerHandle:
-    """Start a server for `engine` on a background thread and return once it is SERVING.
-
-    `options` are the other FrontendConfig fields: api_keys or tenants, tls_cert, tls_key,
-    tls_client_ca, metrics_port, shutdown_timeout, max_request_bytes, max_step_failures.
-    The engine's own limits (max_queued_requests, ...) are set where the engine is built.
-    """
-    known = {f.name for f in fields(FrontendConfig)} - {"host", "port"}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
-    handle = ServerHandle(Frontend(engine, FrontendConfig(host=host, port=port, **options)))
-    handle._start()
-    return handle
+__all__ = ["Frontend", "LiveHealthServicer", "ServerHandle", "serve_in_thread"]

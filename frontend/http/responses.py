@@ -1,0 +1,66 @@
+"""The response objects of the OpenAI API around their choices: completions, chat
+completions, their stream chunks, usage and the model list."""
+
+from __future__ import annotations
+
+from scheduler.outputs import Usage
+
+
+def usage_json(usages: list[Usage]) -> dict:
+    """The usage of a response: each prompt counted once, every sequence's tokens."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(u.cached_prompt_tokens for u in usages)},
+    }
+
+
+class Envelope:
+    """What every object of one response shares: its id, time, model and kind."""
+
+    def __init__(self, response_id: str, created: int, model: str, chat: bool) -> None:
+        self.response_id = response_id
+        self.created = created
+        self.model = model
+        self.chat = chat
+
+    def _head(self, kind: str) -> dict:
+        return {
+            "id": self.response_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def whole(self, choices: list[dict], usages: list[Usage]) -> dict:
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {**self._head(kind), "choices": choices, "usage": usage_json(usages)}
+
+    def chunk(self, choices: list[dict], include_usage: bool) -> dict:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        body = {**self._head(kind), "choices": choices}
+        if include_usage:
+            body["usage"] = None  # every chunk has the key; the last one after all the choices
+        return body
+
+    def usage_chunk(self, usages: list[Usage]) -> dict:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._head(kind), "choices": [], "usage": usage_json(usages)}
+
+
+def model_list(model: str, created: int, max_model_len: int) -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model,
+                "object": "model",
+                "created": created,
+                "owned_by": "loom",
+                "max_model_len": max_model_len,
+            }
+        ],
+    }

@@ -1,0 +1,198 @@
+"""The routes of the OpenAI-compatible API: /v1/completions, /v1/chat/completions,
+/v1/models, and beside them /health and /metrics.
+
+A generation call is checked as a gRPC one is, in the same order and before anything is
+queued: the API key (or x-loom-tenant), the server being open, the body (size, JSON, types),
+the model name, the engine's limits, the tenant's quotas, the queue. Each prompt of a
+completion request is one engine request; a refusal of any of them releases the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from frontend.admission import AdmittedCall, Admitter, Refused
+from frontend.auth import Authenticator, AuthError
+from frontend.http.choices import ChatChoice, CompletionChoice
+from frontend.http.convert import EngineInputs, chat_inputs, completion_inputs
+from frontend.http.errors import HttpError
+from frontend.http.logprobs import TokenTexts
+from frontend.http.responses import Envelope, model_list
+from frontend.http.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from frontend.http.streaming import ClientGone, MergedDeltas, sse_body, unless_disconnected
+from frontend.metrics import ServingMetrics
+from frontend.tenants import Tenant
+from scheduler.outputs import RequestDelta, Usage
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class OpenAIRoutes:
+    def __init__(
+        self,
+        admitter: Admitter,
+        authenticator: Authenticator,
+        metrics: ServingMetrics,
+        max_request_bytes: int,
+    ) -> None:
+        self.admitter = admitter
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+        self.engine = admitter.async_engine.engine
+        self.model = self.engine.info.model_name
+        self.created = int(time.time())
+        self.texts = TokenTexts(self.engine.tokenizer)
+
+    # ---- plain routes ------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        self.admitter.check_open()  # 503 while draining or once the engine loop stopped
+        return JSONResponse({"status": "ok"})
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def models(self, request: Request) -> Response:
+        self._tenant(request)
+        return JSONResponse(model_list(self.model, self.created, self.engine.max_model_len))
+
+    # ---- generation --------------------------------------------------------------------
+
+    async def completions(self, request: Request) -> Response:
+        tenant = self._tenant(request)
+        self.admitter.check_open()
+        body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
+        self._check_model(body.model)
+        inputs = completion_inputs(body)
+        calls = self._admit_all(tenant, inputs, body.priority)
+        n = inputs.params.n
+        choices = [
+            CompletionChoice(
+                i * n + j,
+                call.prompt_token_ids,
+                self._echo_text(prompt, call) if body.echo else None,
+                body.logprobs is not None,
+                self.texts,
+                self.engine.tokenizer,
+            )
+            for i, (prompt, call) in enumerate(zip(inputs.prompts, calls, strict=True))
+            for j in range(n)
+        ]
+        envelope = Envelope(f"cmpl-{calls[0].request_id}", int(time.time()), self.model, False)
+        return await self._respond(request, body, calls, choices, envelope)
+
+    async def chat_completions(self, request: Request) -> Response:
+        tenant = self._tenant(request)
+        self.admitter.check_open()
+        body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
+        self._check_model(body.model)
+        inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
+        calls = self._admit_all(tenant, inputs, body.priority)
+        choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(inputs.params.n)]
+        envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), self.model, True)
+        return await self._respond(request, body, calls, choices, envelope)
+
+    async def _respond(
+        self,
+        request: Request,
+        body: Any,
+        calls: list[AdmittedCall],
+        choices: list[Any],
+        envelope: Envelope,
+    ) -> Response:
+        merged = MergedDeltas(self.admitter, calls)
+        n = body.n
+        usages: list[Usage] = []
+
+        def choice_of(index: int, delta: RequestDelta) -> Any:
+            if delta.finished and delta.usage is not None:
+                usages.append(delta.usage)
+            return choices[index * n + delta.index]
+
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+            def render(index: int, delta: RequestDelta) -> Iterable[dict]:
+                piece = choice_of(index, delta).take(delta)
+                yield envelope.chunk([piece], include_usage)
+
+            opening = [
+                envelope.chunk([c.opening()], include_usage) for c in choices if envelope.chat
+            ]
+            closing = (lambda: [envelope.usage_chunk(usages)]) if include_usage else (lambda: [])
+            events = sse_body(merged, render, opening, closing)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+        async def collect() -> dict:
+            try:
+                async for index, delta in merged:
+                    choice_of(index, delta).take(delta)
+            finally:
+                merged.close()
+            return envelope.whole([c.whole() for c in choices], usages)
+
+        try:
+            return JSONResponse(await unless_disconnected(request, collect()))
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it: the requests were aborted
+
+    # ---- admission ---------------------------------------------------------------------
+
+    def _tenant(self, request: Request) -> Tenant:
+        try:
+            return self.authenticator.authenticate(request.headers)
+        except AuthError as exc:
+            raise Refused(exc.code, exc.message) from exc
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        too_large = HttpError(
+            413,
+            f"the request body is larger than the server's limit ({limit} bytes)",
+            "invalid_request_error",
+            code="request_too_large",
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model:
+            raise HttpError(
+                404,
+                f"the model {model!r} does not exist; this server serves {self.model!r}",
+                "not_found_error",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _admit_all(
+        self, tenant: Tenant, inputs: EngineInputs, priority: int | None
+    ) -> list[AdmittedCall]:
+        calls: list[AdmittedCall] = []
+        try:
+            for prompt in inputs.prompts:
+                calls.append(self.admitter.admit(tenant, prompt, inputs.params, None, priority))
+        except Refused as refused:
+            for call in calls:
+                self.admitter.release(call)
+            refused.param = inputs.param_names.get(refused.param or "", refused.param)
+            raise
+        return calls
+
+    def _echo_text(self, prompt: str | list[int], call: AdmittedCall) -> str:
+        return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt)

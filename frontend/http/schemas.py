@@ -1,0 +1,125 @@
+"""The request bodies of the OpenAI-compatible routes, as pydantic models.
+
+Types are strict (a string is not a number), unknown fields are ignored as OpenAI's clients
+expect, and fields that would change what a request means but that Loom does not do
+(`suffix`, `best_of` above n, tools, JSON output) are refused by name. Limits on values are
+the engine's (scheduler/request.py), checked with the same words for both APIs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from frontend.admission import Refused
+
+MAX_MESSAGES = 1024
+PROMPT_FORMS = "prompt must be a string, a list of strings, token ids or a list of token-id lists"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class SamplingFields(_Body):
+    """What both routes take: OpenAI's sampling fields, then vLLM's extras."""
+
+    model: str | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None  # JSON keys are strings: "50256": -100
+    user: str | None = None
+    # vLLM's extras
+    top_k: int | None = None  # 0 or -1: off
+    min_tokens: int = 0
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    priority: int | None = None
+
+    def unsupported(self) -> str | None:
+        """The first field given that Loom cannot honour, with why."""
+        extra = self.model_extra or {}
+        for name in ("suffix", "tools", "functions", "tool_choice", "function_call"):
+            if extra.get(name) not in (None, [], ""):
+                return f"{name} is not supported"
+        best_of = extra.get("best_of")
+        if best_of is not None and best_of != self.n:
+            return "best_of is not supported (only equal to n)"
+        response_format = extra.get("response_format")
+        if response_format not in (None, {"type": "text"}):
+            return "response_format is not supported (only text)"
+        return None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int = 16
+    echo: bool = False
+    logprobs: int | None = None  # top alternatives per position, with the chosen token
+
+
+class TextPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise Refused(
+                    "INVALID_ARGUMENT",
+                    f"message content parts of type {part.type!r} are not supported (only text)",
+                    param="messages",
+                )
+        return "".join(part.text or "" for part in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = None  # default: what the model length leaves after the prompt
+    max_completion_tokens: int | None = None  # OpenAI's newer name for it
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True  # vLLM's extra
+
+
+def parse_body(model: type[_Body], raw: bytes) -> Any:
+    """The body as `model`, or Refused(INVALID_ARGUMENT) naming the field at fault."""
+    try:
+        body = model.model_validate_json(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        location = [str(part) for part in error["loc"]]
+        if error["type"] == "json_invalid":
+            raise Refused("INVALID_ARGUMENT", f"the body is not JSON: {error['msg']}") from None
+        if not location:
+            message = f"the body must be a JSON object: {error['msg']}"
+            raise Refused("INVALID_ARGUMENT", message) from None
+        param = location[0]
+        if param == "prompt" and isinstance(exc.errors()[0]["input"], (int, float, dict)):
+            raise Refused("INVALID_ARGUMENT", PROMPT_FORMS, param="prompt") from None
+        where = ".".join(part for part in location if not part.startswith(("str", "list[")))
+        raise Refused("INVALID_ARGUMENT", f"{where}: {error['msg']}", param=param) from None
+    reason = body.unsupported()
+    if reason is not None:
+        raise Refused("INVALID_ARGUMENT", reason, param=reason.split()[0])
+    return body
