@@ -115,7 +115,7 @@ def parse_body(model: type[_Body], raw: bytes) -> Any:
             message = f"the body must be a JSON object: {error['msg']}"
             raise Refused("INVALID_ARGUMENT", message) from None
         param = location[0]
-        if param == "prompt" and isinstance(exc.errors()[0]["input"], (int, float, dict)):
+        if param == "prompt":
             raise Refused("INVALID_ARGUMENT", PROMPT_FORMS, param="prompt") from None
         where = ".".join(part for part in location if not part.startswith(("str", "list[")))
         raise Refused("INVALID_ARGUMENT", f"{where}: {error['msg']}", param=param) from None

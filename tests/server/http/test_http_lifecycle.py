@@ -1,0 +1,149 @@
+"""The HTTP API's life beside gRPC: one event loop, /health and /metrics on its port, a client
+that hangs up aborts its request, draining refuses new calls with 503 while streams finish,
+and SIGTERM to a real `serve` process drains both APIs."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from frontend.server import ServerHandle
+from tests.server.conftest import engine_is_idle, make_engine, wait_until
+from tests.server.http.conftest import openai_client
+from tests.server.serve_process import ServeProcess
+
+MODEL = "stories260K"
+LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True}
+HTTP_LINE = re.compile(r"OpenAI-compatible API on (http://\S+/v1)")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def num_aborted(server: ServerHandle) -> float:
+    value = server.frontend.metrics.registry.get_sample_value(
+        "loom:request_finished_total",
+        {"model": MODEL, "tenant": "default", "finish_reason": "abort"},
+    )
+    return value or 0.0
+
+
+def open_post(base_url: str, body: dict) -> tuple[http.client.HTTPConnection, socket.socket]:
+    """A POST whose response is left unread; the socket, to hang up on it."""
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    payload = json.dumps(body).encode()
+    connection.request(
+        "POST", f"{parts.path}/completions", payload, {"content-type": "application/json"}
+    )
+    return connection, connection.sock
+
+
+def test_one_loop_health_and_metrics_on_the_http_port(http_server) -> None:
+    http_task = http_server.frontend._http._task
+    assert http_task.get_loop() is http_server._loop  # the gRPC server's loop
+    root = http_server.base_url.removesuffix("/v1")
+    assert get(f"{root}/health") == (200, b'{"status":"ok"}')
+    openai_client(http_server).completions.create(model=MODEL, prompt="Hi", max_tokens=3)
+    status, text = get(f"{root}/metrics")
+    assert status == 200
+    assert re.search(rb'loom:request_finished_total\{.*finish_reason="length".*\} 1\.0', text)
+
+
+def test_hanging_up_on_a_stream_aborts_its_request(http_server) -> None:
+    connection, sock = open_post(http_server.base_url, {**LONG, "stream": True})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+    wait_until(lambda: num_aborted(http_server) == 1, 1.0, "the request aborted")
+    wait_until(lambda: engine_is_idle(http_server.engine), 1.0, "every block free")
+
+
+def test_hanging_up_before_a_plain_response_aborts_its_request(start_server) -> None:
+    engine = make_engine(max_num_seqs=1, max_num_batched_tokens=64)
+    server = start_server(engine, http_port=0)
+    sdk_long = {"model": MODEL, "prompt": "Once", "max_tokens": 400}
+    busy = openai_client(server).completions.create(
+        **sdk_long, stream=True, extra_body={"ignore_eos": True}
+    )
+    next(iter(busy))  # the one seat is taken: the next request waits
+    connection, sock = open_post(server.base_url, {**LONG, "prompt": "Twice"})
+    wait_until(lambda: engine.stats().num_waiting == 1, 5, "the plain request waits")
+    sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+    wait_until(lambda: num_aborted(server) == 1, 1.0, "the waiting request aborted")
+    assert engine.stats().num_waiting == 0 and engine.stats().num_running == 1
+    busy.close()
+    wait_until(lambda: engine_is_idle(engine), 1.0, "every block free")
+
+
+def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(http_server) -> None:
+    client = openai_client(http_server)
+    stream = client.completions.create(
+        model=MODEL,
+        prompt="Once",
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = iter(stream)
+    first = next(chunks)
+    stopper = threading.Thread(target=http_server.stop, kwargs={"grace": 30.0})
+    stopper.start()
+    wait_until(lambda: http_server.frontend.gate.draining, 2.0, "draining")
+    root = http_server.base_url.removesuffix("/v1")
+    status, body = get(f"{root}/health")
+    assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable_error"
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    assert caught.value.status_code == 503 and "shutting down" in caught.value.body["message"]
+    rest = list(chunks)  # the stream in flight runs to its end
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert first.choices and rest[-1].usage.completion_tokens == 40
+    assert rest[-2].choices[0].finish_reason == "length"
+    assert engine_is_idle(http_server.engine)
+
+
+def test_sigterm_drains_both_apis_and_exits_zero() -> None:
+    serve = ServeProcess(
+        [sys.executable, "-m", "scheduler", "serve", "--port", "0", "--http-port", "0"]
+        + ["--num-kv-blocks", "128", "--shutdown-timeout", "60"]
+    )
+    try:
+        [base_url] = [m.group(1) for line in serve.lines if (m := HTTP_LINE.search(line))]
+        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+        stream = client.completions.create(
+            model=MODEL, prompt="Story", max_tokens=30, stream=True, extra_body={"ignore_eos": True}
+        )
+        chunks = iter(stream)
+        texts = [next(chunks).choices[0].text]
+        serve.proc.send_signal(signal.SIGTERM)
+        health = base_url.removesuffix("/v1") + "/health"
+        wait_until(lambda: get(health)[0] == 503, 5.0, "/health answers 503")
+        texts += [chunk.choices[0].text for chunk in chunks]
+        assert serve.proc.wait(timeout=30) == 0
+    finally:
+        serve.stop()
+    assert re.search(
+        r"request default/\S+ .*finish=length prompt_tokens=\d+ completion_tokens=30", serve.log()
+    )
+    assert len("".join(texts)) > 0
