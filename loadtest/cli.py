@@ -8,6 +8,7 @@ import datetime
 import math
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,20 +26,25 @@ from loadtest.datasets import (
 )
 from loadtest.driver import DriverOptions, run_workload
 from loadtest.metrics import parse_goodput, per_tenant, summarize
+from loadtest.openai_backend import run_workload_openai, served_model, tokenize
+from loadtest.preflight import validate
 from loadtest.report import format_table, result_document, save_result
-from loadtest.tenants import check_tenants, format_tenant_table, parse_tenant, tenant_arrivals
+from loadtest.tenants import format_tenant_table, tenant_arrivals
 from loompb import serving_pb2, serving_pb2_grpc
 
 DATASETS = ("random", "shared-prefix", "sharegpt", "jsonl")
+BACKENDS = ("grpc", "openai")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest",
-        description="Load-test a running Loom server over gRPC (in the conventions of "
-        "`vllm bench serve`).",
+        description="Load-test a running Loom server over gRPC, or any OpenAI-compatible "
+        "server over HTTP (in the conventions of `vllm bench serve`).",
     )
-    p.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    p.add_argument("--backend", choices=BACKENDS, default="grpc", help="the API to load")
+    p.add_argument("--target", default="127.0.0.1:50051", help="grpc: the server's HOST:PORT")
+    p.add_argument("--base-url", help="openai: the API's base URL, http://HOST:PORT/v1")
     p.add_argument("--num-prompts", type=int, default=1000, help="requests to send")
     p.add_argument("--seed", type=int, default=0, help="seeds the workload, arrivals, cancels")
     g = p.add_argument_group("arrivals")
@@ -102,48 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate(args: argparse.Namespace) -> None:
-    if args.num_prompts < 1:
-        raise ValueError("--num-prompts must be >= 1")
-    if args.max_concurrency is not None and args.max_concurrency < 1:
-        raise ValueError("--max-concurrency must be >= 1")
-    if not 0.0 <= args.cancel_rate <= 1.0:
-        raise ValueError("--cancel-rate must be in [0, 1]")
-    if args.cancel_max_delay < 0:
-        raise ValueError("--cancel-max-delay must be >= 0")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError("--timeout must be > 0")
-    if args.dataset in ("sharegpt", "jsonl") and args.dataset_path is None:
-        raise ValueError(f"--dataset {args.dataset} needs --dataset-path")
-    args.tenant_specs = [parse_tenant(text) for text in args.tenant]
-    if args.tenant_specs:
-        if args.api_key or args.tenants is not None:
-            raise ValueError("--tenant does not go with --api-key or --tenants")
-        if not math.isinf(args.request_rate):
-            raise ValueError("--tenant gives each tenant its RATE: drop --request-rate")
-        check_tenants(args.tenant_specs, args.num_prompts)
-    if args.tenants is not None:
-        if args.tenants < 1:
-            raise ValueError("--tenants must be >= 1")
-        if len(args.api_key) > 1 and args.tenants != len(args.api_key):
-            raise ValueError("with several --api-key, --tenants must equal the number of keys")
-        if len(args.api_key) == 1 and args.tenants > 1:
-            raise ValueError("one --api-key is one tenant; give one key per tenant")
-
-
 def build_workload(
     args: argparse.Namespace,
     info: serving_pb2.ModelInfo,
-    stub: serving_pb2_grpc.GenerationStub,
-    metadata: list[tuple[str, str]],
+    tokenize: Callable[[str], list[int]],
     rng: np.random.Generator,
 ) -> list[SampleRequest]:
+    """`info`: the ModelInfo fields the workload needs (model length, vocabulary)."""
+    if args.dataset in ("random", "shared-prefix") and not info.vocab_size:
+        raise ValueError(
+            f"the server does not say its vocabulary size: --dataset {args.dataset} draws "
+            "token ids from it; use --dataset sharegpt or jsonl"
+        )
     vocab = Vocabulary(info.vocab_size, frozenset({info.bos_token_id, info.eos_token_id}))
-
-    def tokenize(text: str) -> list[int]:
-        reply = stub.Tokenize(serving_pb2.TokenizeRequest(text=text), metadata=metadata or None)
-        return list(reply.token_ids)
-
     if args.dataset == "random":
         requests = random_requests(
             args.num_prompts, args.input_len, args.output_len, args.range_ratio, vocab, rng
@@ -177,6 +154,20 @@ def build_workload(
     return requests
 
 
+def grpc_workload(
+    args: argparse.Namespace, metadata: list[tuple[str, str]], rng: np.random.Generator
+) -> tuple[serving_pb2.ModelInfo, list[SampleRequest]]:
+    with grpc.insecure_channel(args.target) as channel:
+        stub = serving_pb2_grpc.GenerationStub(channel)
+        info = stub.GetModelInfo(serving_pb2.GetModelInfoRequest(), metadata=metadata or None)
+
+        def tokenize_text(text: str) -> list[int]:
+            request = serving_pb2.TokenizeRequest(text=text)
+            return list(stub.Tokenize(request, metadata=metadata or None).token_ids)
+
+        return info, build_workload(args, info, tokenize_text, rng)
+
+
 def run_info(
     args: argparse.Namespace, info: serving_pb2.ModelInfo, argv: list[str]
 ) -> dict[str, object]:
@@ -184,7 +175,8 @@ def run_info(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m loadtest", *redacted(argv)]),
         "client_host": platform.node(),
-        "target": args.target,
+        "backend": args.backend,
+        "target": args.base_url if args.backend == "openai" else args.target,
         "model_name": info.model_name,
         "device": info.device,
         "dtype": info.dtype,
@@ -244,13 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     metadata = [("authorization", f"Bearer {args.api_key[0]}")] if args.api_key else []
     if specs:
         metadata = specs[0].metadata
+    where = args.base_url if args.backend == "openai" else args.target
     try:
-        with grpc.insecure_channel(args.target) as channel:
-            stub = serving_pb2_grpc.GenerationStub(channel)
-            info = stub.GetModelInfo(serving_pb2.GetModelInfoRequest(), metadata=metadata or None)
-            requests = build_workload(args, info, stub, metadata, rng)
+        if args.backend == "openai":
+            info = served_model(args.base_url, metadata)
+            requests = build_workload(
+                args, info, lambda text: tokenize(args.base_url, metadata, text), rng
+            )
+        else:
+            info, requests = grpc_workload(args, metadata, rng)
     except grpc.RpcError as e:
-        print(f"error: {args.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(f"error: {where}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except ConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -261,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         arrivals = arrival_offsets(len(requests), args.request_rate, args.burstiness, rng)
-    results, duration, timeline = asyncio.run(
-        run_workload(args.target, requests, arrivals, options, rng)
-    )
+    if args.backend == "openai":
+        run = run_workload_openai(args.base_url, info.model_name, requests, arrivals, options, rng)
+    else:
+        run = run_workload(args.target, requests, arrivals, options, rng)
+    results, duration, timeline = asyncio.run(run)
 
     summary = summarize(results, duration, slos)
     print(format_table(summary, info.model_name))
@@ -278,5 +279,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from loadtest.plot import save_plot
 
-        save_plot(args.plot, results, f"{info.model_name} @ {args.target}", timeline)
+        save_plot(args.plot, results, f"{info.model_name} @ {where}", timeline)
     return 0

@@ -1,10 +1,12 @@
-"""Sends a workload to a Loom server over grpc.aio and records what each request saw."""
+"""Sends a workload to a Loom server and records what each request saw: the arrivals,
+concurrency and cancellations (`drive`), and the gRPC sender (the OpenAI one is in
+loadtest/openai_backend.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -137,48 +139,62 @@ async def run_workload(
     options: DriverOptions,
     rng: np.random.Generator,
 ) -> tuple[list[RequestResult], float, ServerTimeline | None]:
+    """Sends request i at `arrivals[i]` seconds after the start over gRPC; see `drive`."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = serving_pb2_grpc.GenerationStub(channel)
+
+        def send(index: int, cancel_after: float | None, run_start: float) -> Awaitable:
+            return _stream_one(stub, index, requests[index], options, cancel_after, run_start)
+
+        return await drive(len(requests), arrivals, options, rng, send)
+
+
+# (request index, seconds after which the client cancels it or None, the run's start) ->
+# what the client saw of it.
+Sender = Callable[[int, float | None, float], Awaitable[RequestResult]]
+
+
+async def drive(
+    num: int,
+    arrivals: Sequence[float],
+    options: DriverOptions,
+    rng: np.random.Generator,
+    send: Sender,
+) -> tuple[list[RequestResult], float, ServerTimeline | None]:
     """Sends request i at `arrivals[i]` seconds after the start (waiting for a slot when
     `max_concurrency` is reached) and returns every request's result, the run's duration
     (first send to last completion) and, with `metrics_url`, the server's own timeline."""
-    num = len(requests)
     planned = rng.random(num) < options.cancel_rate
     delays = rng.uniform(0.0, options.cancel_max_delay, size=num)
     limit = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
     progress = ProgressBar(num, enabled=options.show_progress)
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = serving_pb2_grpc.GenerationStub(channel)
+    async def one(index: int) -> RequestResult:
+        cancel_after = float(delays[index]) if planned[index] else None
+        if limit is None:
+            result = await send(index, cancel_after, run_start)
+        else:
+            async with limit:
+                result = await send(index, cancel_after, run_start)
+        progress.update(result.status == OK)
+        return result
 
-        async def one(index: int) -> RequestResult:
-            cancel_after = float(delays[index]) if planned[index] else None
-            if limit is None:
-                result = await _stream_one(
-                    stub, index, requests[index], options, cancel_after, run_start
-                )
-            else:
-                async with limit:
-                    result = await _stream_one(
-                        stub, index, requests[index], options, cancel_after, run_start
-                    )
-            progress.update(result.status == OK)
-            return result
-
-        run_start = time.perf_counter()
-        stop_polling = asyncio.Event()
-        poller = None
-        if options.metrics_url:
-            poller = asyncio.create_task(
-                poll(options.metrics_url, run_start, stop_polling, options.metrics_every_s)
-            )
-        tasks = []
-        for index in range(num):
-            wait = run_start + arrivals[index] - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(one(index)))
-        results = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - run_start
-        stop_polling.set()
-        timeline = await poller if poller is not None else None
+    run_start = time.perf_counter()
+    stop_polling = asyncio.Event()
+    poller = None
+    if options.metrics_url:
+        poller = asyncio.create_task(
+            poll(options.metrics_url, run_start, stop_polling, options.metrics_every_s)
+        )
+    tasks = []
+    for index in range(num):
+        wait = run_start + arrivals[index] - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(one(index)))
+    results = await asyncio.gather(*tasks)
+    duration = time.perf_counter() - run_start
+    stop_polling.set()
+    timeline = await poller if poller is not None else None
     progress.close()
     return list(results), duration, timeline

@@ -51,7 +51,10 @@ class Envelope:
         return {**self._head(kind), "choices": [], "usage": usage_json(usages)}
 
 
-def model_list(model: str, created: int, max_model_len: int) -> dict:
+def model_list(model: str, created: int, engine) -> dict:
+    """OpenAI's model list; `max_model_len` as vLLM adds it, and what a load generator needs
+    to draw token-id prompts (the vocabulary and its special ids)."""
+    info = engine.info
     return {
         "object": "list",
         "data": [
@@ -60,7 +63,10 @@ def model_list(model: str, created: int, max_model_len: int) -> dict:
                 "object": "model",
                 "created": created,
                 "owned_by": "loom",
-                "max_model_len": max_model_len,
+                "max_model_len": engine.max_model_len,
+                "vocab_size": info.vocab_size,
+                "bos_token_id": info.bos_id,
+                "eos_token_ids": list(engine.eos_ids),
             }
         ],
     }

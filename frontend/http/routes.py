@@ -24,7 +24,12 @@ from frontend.http.convert import EngineInputs, chat_inputs, completion_inputs
 from frontend.http.errors import HttpError
 from frontend.http.logprobs import TokenTexts
 from frontend.http.responses import Envelope, model_list
-from frontend.http.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from frontend.http.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+    parse_body,
+)
 from frontend.http.streaming import ClientGone, MergedDeltas, sse_body, unless_disconnected
 from frontend.metrics import ServingMetrics
 from frontend.tenants import Tenant
@@ -61,7 +66,18 @@ class OpenAIRoutes:
 
     async def models(self, request: Request) -> Response:
         self._tenant(request)
-        return JSONResponse(model_list(self.model, self.created, self.engine.max_model_len))
+        return JSONResponse(model_list(self.model, self.created, self.engine))
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize: a text's token ids as a completion's prompt gets them."""
+        self._tenant(request)
+        body: TokenizeRequest = parse_body(TokenizeRequest, await self._body(request))
+        self._check_model(body.model)
+        add_bos = None if body.add_special_tokens else False
+        ids = self.engine.tokenizer.encode(body.prompt, add_bos=add_bos)
+        return JSONResponse(
+            {"count": len(ids), "max_model_len": self.engine.max_model_len, "tokens": ids}
+        )
 
     # ---- generation --------------------------------------------------------------------
 

@@ -102,6 +102,17 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True  # vLLM's extra
 
 
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize."""
+
+    prompt: str
+    model: str | None = None
+    add_special_tokens: bool = True  # BOS first, as a completion's text prompt gets it
+
+    def unsupported(self) -> str | None:
+        return None
+
+
 def parse_body(model: type[_Body], raw: bytes) -> Any:
     """The body as `model`, or Refused(INVALID_ARGUMENT) naming the field at fault."""
     try:
