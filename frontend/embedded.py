@@ -97,7 +97,8 @@ def serve_in_thread(
     """Start a server for `engine` on a background thread and return once it is SERVING.
 
     `options` are the other FrontendConfig fields: api_keys or tenants, tls_cert, tls_key,
-    tls_client_ca, metrics_port, shutdown_timeout, max_request_bytes, max_step_failures.
+    tls_client_ca, metrics_port, http_port (the OpenAI-compatible API; `handle.base_url`),
+    shutdown_timeout, max_request_bytes, max_step_failures.
     The engine's own limits (max_queued_requests, ...) are set where the engine is built.
     """
     known = {f.name for f in fields(FrontendConfig)} - {"host", "port"}
