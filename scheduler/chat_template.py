@@ -84,3 +84,27 @@ def render_chat(
         )
     except TemplateError as exc:
         raise ChatTemplateError(f"the chat template failed: {exc}") from exc
+
+
+# Meta's Llama 2 chat format (llama/generation.py's chat_completion), for Meta checkpoints of
+# the chat models, which bring no template: an optional system message folded into the first
+# user turn between <<SYS>> markers, user and assistant alternating, each exchange in
+# `<s>[INST] user [/INST] answer </s>`, and the last user turn left open for the answer.
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+    "{% if not turns or turns[-1]['role'] != 'user' %}"
+    "{{ raise_exception('the last message must be the user\\'s') }}{% endif %}"
+    "{% for message in turns %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('after an optional system message, user and assistant messages "
+    "must alternate, starting with the user') }}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% set content = message['content'] %}"
+    "{% if loop.first and system is not none %}"
+    "{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}{% endif %}"
+    "{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.chat_template import render_chat
+from scheduler.chat_template import LLAMA2_CHAT_TEMPLATE, render_chat
 from worker.model_source import UnreadableModelError, resolve_model
 
 
@@ -128,7 +128,11 @@ def load_tokenizer(model: str | Path) -> Tokenizer:
     if (directory / "tokenizer.model").is_file():
         from scheduler.tokenizer_sp import SentencePieceTokenizer
 
-        return SentencePieceTokenizer.from_dir(directory)
+        tokenizer = SentencePieceTokenizer.from_dir(directory)
+        # Meta's chat checkpoints (llama-2-7b-chat, ...) bring no template: Meta's format.
+        if source.kind == "meta" and "chat" in directory.name.lower():
+            tokenizer.chat_template = tokenizer.chat_template or LLAMA2_CHAT_TEMPLATE
+        return tokenizer
     raise TokenizerError(
         f"{directory} has no tokenizer: neither tokenizer.json (Hugging Face) nor "
         "tokenizer.model (SentencePiece) is there"
