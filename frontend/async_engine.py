@@ -229,8 +229,7 @@ class AsyncEngine:
                     del self._streams[delta.req_id]
                 by_loop[stream.loop].append((stream, delta))
         for loop, items in by_loop.items():
-            for stream, delta in items:
-                self._record(stream, delta, step_start, now)
+            self._record_step(items, step_start, now)
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # that event loop is closed: nobody is left to read
@@ -238,11 +237,30 @@ class AsyncEngine:
                     if not delta.finished:
                         self.engine.abort(stream.req_id)
 
+    def _record_step(
+        self, items: list[tuple[RequestStream, RequestDelta]], step_start: float, now: float
+    ) -> None:
+        """A request with n sequences has a delta per sequence in a step: its tokens count
+        once there, as one gap since its previous step."""
+        num_tokens: dict[RequestStream, int] = defaultdict(int)
+        final: dict[RequestStream, RequestDelta] = {}
+        for stream, delta in items:
+            num_tokens[stream] += len(delta.token_ids)
+            if delta.finished:
+                final[stream] = delta
+        for stream, count in num_tokens.items():
+            self._record(stream, count, final.get(stream), step_start, now)
+
     def _record(
-        self, stream: RequestStream, delta: RequestDelta, step_start: float, now: float
+        self,
+        stream: RequestStream,
+        num_tokens: int,
+        delta: RequestDelta | None,  # the request's final delta, when it came this step
+        step_start: float,
+        now: float,
     ) -> None:
         metrics = self.metrics
-        if delta.token_ids:
+        if num_tokens:
             if stream.last_token_time is None:
                 if metrics is not None:
                     queue_time = max(0.0, step_start - stream.arrival_time)
@@ -254,8 +272,8 @@ class AsyncEngine:
                 gap = now - stream.last_token_time
             stream.last_token_time = now
             if metrics is not None:
-                metrics.observe_tokens(stream.tenant, len(delta.token_ids), gap)
-        if not delta.finished:
+                metrics.observe_tokens(stream.tenant, num_tokens, gap)
+        if delta is None:
             return
         e2e = now - stream.arrival_time
         usage = delta.usage

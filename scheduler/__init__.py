@@ -19,6 +19,7 @@ _EXPORTS = {
     "RequestDelta": "scheduler.outputs",
     "RequestOutput": "scheduler.outputs",
     "RequestOutputBuilder": "scheduler.outputs",
+    "SequenceOutput": "scheduler.outputs",
     "Usage": "scheduler.outputs",
     "MAX_STOP_STRINGS": "scheduler.request",
     "MAX_STOP_STRING_LENGTH": "scheduler.request",

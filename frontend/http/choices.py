@@ -63,8 +63,6 @@ class CompletionChoice:
         prompt_logprobs = delta.prompt_logprobs or [None] * len(self._prompt_ids)
         prompt_tops = delta.prompt_top_logprobs or [None] * len(self._prompt_ids)
         part = self._logprobs.add(self._prompt_ids, prompt_logprobs, prompt_tops)
-        if not delta.prompt_top_logprobs:
-            part["top_logprobs"] = [None] * len(self._prompt_ids)
         self._logprobs.start(self._prompt_ids, len(self._echo_text))
         return part
 

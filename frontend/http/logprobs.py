@@ -64,18 +64,18 @@ class CompletionLogprobs:
             part["token_logprobs"].append(logprobs[i] if i < len(logprobs) else None)
             part["text_offset"].append(self._offset)
             self._offset += len(self._detokenizer.add([token_id]))
+            logprob = logprobs[i] if i < len(logprobs) else None
             top = tops[i] if i < len(tops) else None
-            part["top_logprobs"].append(
-                self._top(text, logprobs[i], top) if top is not None else None
-            )
+            # None where the position has no logprob (the prompt's first token); with
+            # logprobs=0 the chosen token alone.
+            part["top_logprobs"].append(None if logprob is None else self._top(text, logprob, top))
         self._parts.append(part)
         return part
 
-    def _top(self, chosen: str, logprob: float | None, top: TopEntries) -> dict[str, float]:
+    def _top(self, chosen: str, logprob: float, top: TopEntries | None) -> dict[str, float]:
         # OpenAI's: the k likeliest tokens and, when not among them, the chosen one.
-        entries = {self._texts(token_id): value for token_id, value in top}
-        if logprob is not None:
-            entries.setdefault(chosen, logprob)
+        entries = {self._texts(token_id): value for token_id, value in top or []}
+        entries.setdefault(chosen, logprob)
         return entries
 
     def full(self) -> dict[str, list]:
