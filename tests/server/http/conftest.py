@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from frontend.server import ServerHandle
 from scheduler import Engine
 from tests.models.gguf_writer import GGUFOptions, write_stories_gguf
-from tests.server.conftest import NUM_KV_BLOCKS
+from tests.server.conftest import NUM_KV_BLOCKS, make_engine
 from tests.worker.driver import read_meta_model
 
 # A chat template the stories model can follow: user turns, then "assistant:".
@@ -19,6 +20,24 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}"
 )
+
+
+class HeldEngine(Engine):
+    """An engine whose loop takes no step until `running` is set: what is queued stays
+    queued, so a test can act on a request before the engine does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.running = threading.Event()
+
+    def step(self) -> Any:
+        self.running.wait()
+        return super().step()
+
+
+def held_engine(**engine_kwargs: Any) -> HeldEngine:
+    base = make_engine(**engine_kwargs)
+    return HeldEngine(base.worker, base.tokenizer, base.config)
 
 
 def openai_client(server: ServerHandle, api_key: str = "none", **options: Any) -> openai.OpenAI:

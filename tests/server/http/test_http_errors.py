@@ -12,8 +12,8 @@ import pytest
 
 from frontend.server import ServerHandle
 from frontend.tenants import hash_key
-from tests.server.conftest import engine_is_idle, make_engine, wait_until
-from tests.server.http.conftest import openai_client
+from tests.server.conftest import engine_is_idle, wait_until
+from tests.server.http.conftest import held_engine, openai_client
 
 MODEL = "stories260K"
 TENANTS = f"""\
@@ -134,17 +134,15 @@ def test_quotas_are_429_naming_the_limit(tenants_server) -> None:
 
 
 def test_a_full_queue_is_429(start_server) -> None:
-    engine = make_engine(max_num_seqs=1, max_num_batched_tokens=64, max_queued_requests=1)
+    engine = held_engine(max_queued_requests=1)
     server = start_server(engine, http_port=0)
     client = openai_client(server)
-    long = {"model": MODEL, "max_tokens": 400, "stream": True, "extra_body": {"ignore_eos": True}}
-    running = client.completions.create(prompt="Once", **long)
-    next(iter(running))
-    waiting = client.completions.create(prompt="Twice", **long)
-    wait_until(lambda: engine.stats().num_waiting == 1, 5, "the second request waits")
+    queued = client.completions.create(model=MODEL, prompt="Once", max_tokens=4, stream=True)
     with pytest.raises(openai.RateLimitError) as caught:
-        client.completions.create(model=MODEL, prompt="Thrice", max_tokens=2)
-    assert "the waiting queue is full (1 requests)" in error_of(caught)["message"]
-    running.close()
-    waiting.close()
-    wait_until(lambda: engine_is_idle(engine), 5, "both aborted, every block free")
+        client.completions.create(model=MODEL, prompt="Twice", max_tokens=2)
+    assert error_of(caught)["message"] == "the waiting queue is full (1 requests)"
+    with pytest.raises(openai.RateLimitError):  # its 3 sequences would not fit either
+        client.completions.create(model=MODEL, prompt="Thrice", max_tokens=2, n=3)
+    engine.running.set()
+    assert "".join(chunk.choices[0].text for chunk in queued)
+    wait_until(lambda: engine_is_idle(engine), 5, "every block free")

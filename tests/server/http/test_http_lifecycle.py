@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from frontend.server import ServerHandle
-from tests.server.conftest import engine_is_idle, make_engine, wait_until
-from tests.server.http.conftest import openai_client
+from tests.server.conftest import engine_is_idle, wait_until
+from tests.server.http.conftest import held_engine, openai_client
 from tests.server.serve_process import ServeProcess
 
 MODEL = "stories260K"
@@ -77,25 +77,27 @@ def test_hanging_up_on_a_stream_aborts_its_request(http_server) -> None:
 
 
 def test_hanging_up_before_a_plain_response_aborts_its_request(start_server) -> None:
-    engine = make_engine(max_num_seqs=1, max_num_batched_tokens=64)
+    engine = held_engine()  # the request stays queued until the test lets the engine run
     server = start_server(engine, http_port=0)
-    sdk_long = {"model": MODEL, "prompt": "Once", "max_tokens": 400}
-    busy = openai_client(server).completions.create(
-        **sdk_long, stream=True, extra_body={"ignore_eos": True}
-    )
-    next(iter(busy))  # the one seat is taken: the next request waits
-    connection, sock = open_post(server.base_url, {**LONG, "prompt": "Twice"})
-    wait_until(lambda: engine.stats().num_waiting == 1, 5, "the plain request waits")
+    gate = server.frontend.gate
+    connection, sock = open_post(server.base_url, LONG)
+    wait_until(lambda: gate.num_in_flight == 1, 5, "the plain request admitted")
     sock.shutdown(socket.SHUT_RDWR)
     connection.close()
-    wait_until(lambda: num_aborted(server) == 1, 1.0, "the waiting request aborted")
-    assert engine.stats().num_waiting == 0 and engine.stats().num_running == 1
-    busy.close()
+    wait_until(lambda: gate.num_in_flight == 0, 1.0, "the hang-up seen, the request released")
+    engine.running.set()
+    wait_until(lambda: num_aborted(server) == 1, 1.0, "the request aborted")
     wait_until(lambda: engine_is_idle(engine), 1.0, "every block free")
+    generated = server.frontend.metrics.registry.get_sample_value(
+        "loom:generation_tokens_total", {"model": MODEL, "tenant": "default"}
+    )
+    assert not generated  # aborted before its first step
 
 
-def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(http_server) -> None:
-    client = openai_client(http_server)
+def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(start_server) -> None:
+    engine = held_engine()  # the stream stays in flight until the drain has been seen
+    server = start_server(engine, http_port=0)
+    client = openai_client(server)
     stream = client.completions.create(
         model=MODEL,
         prompt="Once",
@@ -104,23 +106,22 @@ def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(http_server
         stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
-    chunks = iter(stream)
-    first = next(chunks)
-    stopper = threading.Thread(target=http_server.stop, kwargs={"grace": 30.0})
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 30.0})
     stopper.start()
-    wait_until(lambda: http_server.frontend.gate.draining, 2.0, "draining")
-    root = http_server.base_url.removesuffix("/v1")
+    wait_until(lambda: server.frontend.gate.draining, 2.0, "draining")
+    root = server.base_url.removesuffix("/v1")
     status, body = get(f"{root}/health")
     assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable_error"
     with pytest.raises(openai.InternalServerError) as caught:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
     assert caught.value.status_code == 503 and "shutting down" in caught.value.body["message"]
-    rest = list(chunks)  # the stream in flight runs to its end
+    engine.running.set()
+    chunks = list(stream)  # the stream in flight runs to its end
     stopper.join(10)
     assert not stopper.is_alive()
-    assert first.choices and rest[-1].usage.completion_tokens == 40
-    assert rest[-2].choices[0].finish_reason == "length"
-    assert engine_is_idle(http_server.engine)
+    assert chunks[-1].usage.completion_tokens == 40
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert engine_is_idle(engine)
 
 
 def test_sigterm_drains_both_apis_and_exits_zero() -> None:
@@ -132,7 +133,11 @@ def test_sigterm_drains_both_apis_and_exits_zero() -> None:
         [base_url] = [m.group(1) for line in serve.lines if (m := HTTP_LINE.search(line))]
         client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
         stream = client.completions.create(
-            model=MODEL, prompt="Story", max_tokens=30, stream=True, extra_body={"ignore_eos": True}
+            model=MODEL,
+            prompt="Story",
+            max_tokens=300,
+            stream=True,
+            extra_body={"ignore_eos": True},
         )
         chunks = iter(stream)
         texts = [next(chunks).choices[0].text]
@@ -144,6 +149,6 @@ def test_sigterm_drains_both_apis_and_exits_zero() -> None:
     finally:
         serve.stop()
     assert re.search(
-        r"request default/\S+ .*finish=length prompt_tokens=\d+ completion_tokens=30", serve.log()
+        r"request default/\S+ .*finish=length prompt_tokens=\d+ completion_tokens=300", serve.log()
     )
     assert len("".join(texts)) > 0

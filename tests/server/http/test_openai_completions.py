@@ -99,9 +99,13 @@ def test_logprobs_in_the_legacy_shape(client) -> None:
         assert logprob <= 0 and 3 <= len(top) <= 4 and top[token] == logprob
         assert max(top.values()) == logprob  # greedy: the chosen token is the likeliest
     assert logprobs.text_offset[0] == 0 and logprobs.text_offset == sorted(logprobs.text_offset)
-    chosen_only = client.completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=0
-    ).choices[0].logprobs
+    chosen_only = (
+        client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=0
+        )
+        .choices[0]
+        .logprobs
+    )
     assert chosen_only.token_logprobs == logprobs.token_logprobs
     assert [list(top) for top in chosen_only.top_logprobs] == [[t] for t in logprobs.tokens]
 
