@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -93,7 +94,7 @@ class OpenAIRoutes:
             CompletionChoice(
                 i * n + j,
                 call.prompt_token_ids,
-                self._echo_text(prompt, call) if body.echo else None,
+                self._echo_text(prompt) if body.echo else None,
                 body.logprobs is not None,
                 self.texts,
                 self.engine.tokenizer,
@@ -144,20 +145,26 @@ class OpenAIRoutes:
             ]
             closing = (lambda: [envelope.usage_chunk(usages)]) if include_usage else (lambda: [])
             events = sse_body(merged, render, opening, closing)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+            # The body's own cleanup releases the calls; a client gone before the body starts
+            # leaves that to the task that runs once the response is done, however it ended.
+            return StreamingResponse(
+                events,
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+                background=BackgroundTask(merged.close),
+            )
 
         async def collect() -> dict:
-            try:
-                async for index, delta in merged:
-                    choice_of(index, delta).take(delta)
-            finally:
-                merged.close()
+            async for index, delta in merged:
+                choice_of(index, delta).take(delta)
             return envelope.whole([c.whole() for c in choices], usages)
 
         try:
             return JSONResponse(await unless_disconnected(request, collect()))
         except ClientGone:
             return Response(status_code=499)  # nobody reads it: the requests were aborted
+        finally:
+            merged.close()
 
     # ---- admission ---------------------------------------------------------------------
 
@@ -210,5 +217,5 @@ class OpenAIRoutes:
             raise
         return calls
 
-    def _echo_text(self, prompt: str | list[int], call: AdmittedCall) -> str:
+    def _echo_text(self, prompt: str | list[int]) -> str:
         return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt)

@@ -74,6 +74,7 @@ def test_hanging_up_on_a_stream_aborts_its_request(http_server) -> None:
     connection.close()
     wait_until(lambda: num_aborted(http_server) == 1, 1.0, "the request aborted")
     wait_until(lambda: engine_is_idle(http_server.engine), 1.0, "every block free")
+    assert http_server.frontend.gate.num_in_flight == 0  # released: a drain would not wait
 
 
 def test_hanging_up_before_a_plain_response_aborts_its_request(start_server) -> None:
