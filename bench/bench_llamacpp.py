@@ -25,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,9 @@ class LlamaServer:
             "--threads", str(threads), "--threads-batch", str(threads),
             "--batch-size", "2048", "--ubatch-size", "512", "--cont-batching",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its log goes to a file: a pipe nobody reads would fill and stall the server.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the server)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -62,7 +65,9 @@ class LlamaServer:
             except OSError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = self.process.stderr.read().decode(errors="replace")[-2000:]
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")[-2000:]
+                self.close()
                 raise SystemExit(f"llama-server did not start: {err}")
             time.sleep(0.2)
 
@@ -91,7 +96,12 @@ class LlamaServer:
 
     def close(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
 
 
 def main() -> None:
