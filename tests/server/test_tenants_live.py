@@ -56,9 +56,26 @@ def test_keys_are_checked_by_hash(server: ServerHandle) -> None:
     assert engine_is_idle(server.engine)
 
 
-def test_concurrency_refuses_the_third_stream_until_one_ends(server: ServerHandle) -> None:
+@pytest.fixture
+def concurrency_server(start_server, tmp_path) -> ServerHandle:
+    """acme's only limit is two calls at a time, so its streams may run long."""
+    path = tmp_path / "tenants.toml"
+    path.write_text(
+        f'[tenants.acme]\napi_key_sha256 = ["{hash_key("key-acme")}"]\n'
+        "max_concurrent_requests = 2\n\n"
+        f'[tenants.bolt]\napi_key_sha256 = ["{hash_key("key-bolt")}"]\n'
+    )
+    return start_server(tenants=str(path), metrics_port=0)
+
+
+def test_concurrency_refuses_the_third_stream_until_one_ends(
+    concurrency_server: ServerHandle,
+) -> None:
+    server = concurrency_server
     acme = Client(server.target, api_key="key-acme")
-    streams = [acme.generate_stream([1, 5, 6], max_tokens=50, ignore_eos=True) for _ in range(2)]
+    # As long as the model allows: the streams must outlast every check below, which take a
+    # few engine steps at most.
+    streams = [acme.generate_stream([1, 5, 6], max_tokens=509, ignore_eos=True) for _ in range(2)]
     for stream in streams:
         next(stream)  # both admitted and running
     err = refused(lambda: acme.generate([1, 5], max_tokens=2))
@@ -70,7 +87,7 @@ def test_concurrency_refuses_the_third_stream_until_one_ends(server: ServerHandl
     streams[0].close()
     wait_until(lambda: server.frontend.quotas.num_in_flight("acme") == 1, 5.0, "a slot freed")
     assert acme.generate([1, 5], max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
-    assert list(streams[1])[-1].usage.completion_tokens == 50
+    assert list(streams[1])[-1].usage.completion_tokens == 509
     acme.close()
     wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
     samples = scrape(server.metrics_port)
