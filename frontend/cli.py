@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no model directory at {args.model}; pass --model DIR", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.log_level.upper(),
+        level=config.frontend.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -6,7 +6,8 @@ only unused slots are those at the end of each request's last block.
 
 from __future__ import annotations
 
-from scheduler.block_pool import BlockPool, hash_block, root_hash
+from common.prefix_hash import hash_block, num_lookup_blocks, root_hash
+from scheduler.block_pool import BlockPool
 from scheduler.request import Request
 
 
@@ -30,7 +31,7 @@ class KVCacheManager:
         if not self.enable_caching or req.params.echo:  # echo needs every prompt position
             return []
         bs = self.block_size
-        num_blocks = (len(req.all_token_ids) - 1) // bs
+        num_blocks = num_lookup_blocks(len(req.all_token_ids), bs)
         self._extend_hashes(req, num_blocks)
         tokens = req.all_token_ids
         lookup = self.pool.lookup
