@@ -57,6 +57,7 @@ def test_serving_contract_names() -> None:
         "Tokenize",
         "Detokenize",
         "Abort",
+        "GetLoad",
     ]
     sampling = serving_pb2.SamplingParams.DESCRIPTOR
     # Fields whose unset value must mean the documented default, not zero, have presence.
