@@ -34,13 +34,13 @@ def num_lookup_blocks(num_tokens: int, block_size: int) -> int:
     return max(0, num_tokens - 1) // block_size
 
 
-def block_hashes(
-    tenant: str, token_ids: Sequence[int], block_size: int, num_blocks: int
+def extend_block_hashes(
+    hashes: list[bytes], root: bytes, token_ids: Sequence[int], block_size: int, num_blocks: int
 ) -> list[bytes]:
-    """The hashes of the first `num_blocks` full blocks of `token_ids`."""
-    parent = root_hash(tenant)
-    hashes = []
-    for i in range(num_blocks):
+    """Extend `hashes`, those of the first len(hashes) full blocks of `token_ids` chained from
+    `root` (a tenant's root_hash), to its first `num_blocks` blocks, in place; returns it."""
+    parent = hashes[-1] if hashes else root
+    for i in range(len(hashes), num_blocks):
         parent = hash_block(parent, token_ids[i * block_size : (i + 1) * block_size])
         hashes.append(parent)
     return hashes
