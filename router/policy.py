@@ -8,8 +8,9 @@
   loaded. The chosen backend's index takes the prompt's blocks at once, so the next request
   with this prefix follows it there even before this one has finished.
 
-Ties go to the backend whose index is emptiest, then in turn: new prefixes spread over the
-backends instead of piling on the first one.
+A new prefix (no backend holds it) goes to the backend with the most room in its index among
+those within the margin of the least loaded, so new prefixes spread over the backends instead
+of piling on the first one. Remaining ties are broken in turn.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ class Chooser:
 
         return min(enumerate(candidates), key=key)[1]
 
+    def _most_room(self, candidates: list[Backend], least: Backend) -> Backend:
+        """For a new prefix: of the backends within the margin of the least loaded, the one
+        whose index is emptiest (the most room to cache it), so homes spread evenly."""
+        bound = least.estimated_load() + self.margin
+        n, turn = len(candidates), self._turn
+
+        def key(item: tuple[int, Backend]) -> tuple[float, int, int]:
+            i, backend = item
+            fill = backend.index.fill if backend.index is not None else 0.0
+            return fill, backend.estimated_load(), (i - turn) % n
+
+        within = [(i, b) for i, b in enumerate(candidates) if b.estimated_load() <= bound]
+        return min(within, key=key)[1]
+
     def _by_prefix(self, candidates: list[Backend], prompt: PromptBlocks, least: Backend) -> Route:
         best, best_tokens, best_tick = least, 0, -1
         for backend in candidates:
@@ -107,7 +122,7 @@ class Chooser:
             if (tokens, tick) > (best_tokens, best_tick):
                 best, best_tokens, best_tick = backend, tokens, tick
         if best_tokens == 0:
-            return Route(least, "prefix_miss")
+            return Route(self._most_room(candidates, least), "prefix_miss")
         if best.estimated_load() - least.estimated_load() > self.margin:
             return Route(least, "load_fallback")
         return Route(best, "prefix_hit", best_tokens)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from frontend.quotas import UNLIMITED, Admission
+from frontend.tenants import Tenant
 from loompb import serving_pb2
 from router.backend import Backend, ForwardedCall
 from router.backend_pool import BackendPool
@@ -33,8 +34,27 @@ _CACHED_FINISHES = (serving_pb2.FINISH_REASON_STOP, serving_pb2.FINISH_REASON_LE
 class Caller:
     """Who is calling, as far as the backends need to know."""
 
-    scope: str  # request ids and prefix hashes are the caller's tenant's own
+    tenant: Tenant  # as the router's keys (or x-loom-tenant) say: its quotas apply here
+    scope: str  # request ids and prefix hashes are the caller's own
     metadata: tuple[tuple[str, str], ...]  # sent on with every call: key, tenant
+
+
+@dataclass(slots=True)
+class Generation:
+    """One Generate or GenerateStream call at the router."""
+
+    request: serving_pb2.GenerateRequest  # as forwarded: with its request_id
+    caller: Caller
+    streaming: bool
+    arrived: float  # time.perf_counter() when it reached the router
+    prompt: PromptBlocks | None = None  # for prefix routing
+    admission: Admission = UNLIMITED  # the caller's quotas, charged as tokens come
+    backend: Backend | None = None  # where it runs now (Abort looks it up)
+    tried: list[Backend] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return "GenerateStream" if self.streaming else "Generate"
 
 
 @dataclass(slots=True)
@@ -57,49 +77,36 @@ class Relay:
         self.metrics = metrics
         self.retries = retries
 
-    async def generate(
-        self,
-        request: serving_pb2.GenerateRequest,
-        context: Any,
-        caller: Caller,
-        prompt: PromptBlocks | None,
-        arrived: float,
-        on_route: Callable[[Backend], None],
-        streaming: bool,
-    ) -> serving_pb2.GenerateResponse | None:
+    async def generate(self, gen: Generation, context: Any) -> serving_pb2.GenerateResponse | None:
         """The reply of a unary call (None for a stream, whose messages went out as they
         came); ends the call with the backend's status when it fails."""
-        method = "GenerateStream" if streaming else "Generate"
-        tried: list[Backend] = []
         for attempt in range(self.retries + 1):
-            candidates = [b for b in self.pool.serving() if b not in tried]
-            route = self.chooser.choose(candidates, prompt)
+            candidates = [b for b in self.pool.serving() if b not in gen.tried]
+            route = self.chooser.choose(candidates, gen.prompt)
             if route is None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, self._none_serving())
-            backend = route.backend
+                gen.admission.cancel()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, self.none_serving())
+            backend = gen.backend = route.backend
             if attempt == 0:
-                self.metrics.added_latency.labels(method).observe(time.perf_counter() - arrived)
+                added = time.perf_counter() - gen.arrived
+                self.metrics.added_latency.labels(gen.method).observe(added)
             self.metrics.decisions.labels(backend.address, route.decision).inc()
-            self.metrics.requests.labels(backend.address, method).inc()
-            on_route(backend)
-            tried.append(backend)
-            can_retry = attempt < self.retries
+            self.metrics.requests.labels(backend.address, gen.method).inc()
+            gen.tried.append(backend)
             try:
-                reply = await self._forward(
-                    backend, request, context, caller, prompt, streaming, can_retry, tried
-                )
+                reply = await self._forward(gen, context, can_retry=attempt < self.retries)
             except _Retry:
                 self.metrics.retries.labels(backend.address).inc()
                 continue
+            status = reply.code.name if isinstance(reply, _Failure) else "OK"
+            self._log(gen, route.decision, status)
             if isinstance(reply, _Failure):
-                self.metrics.errors.labels(backend.address, method, reply.code.name).inc()
-                self._log(caller, request, backend, route.decision, reply.code.name, arrived)
+                self.metrics.errors.labels(backend.address, gen.method, status).inc()
                 await context.abort(reply.code, reply.details, trailing_metadata=reply.trailers)
-            self._log(caller, request, backend, route.decision, "OK", arrived)
             return reply
         raise AssertionError("unreachable: the last attempt returns or aborts")
 
-    def _none_serving(self) -> str:
+    def none_serving(self) -> str:
         states = ", ".join(
             f"{b.address} {b.state.value}" + f" ({b.reason})" * bool(b.reason)
             for b in self.pool.backends
@@ -107,71 +114,70 @@ class Relay:
         return f"no backend is serving; backends: {states}"
 
     async def _forward(
-        self,
-        backend: Backend,
-        request: serving_pb2.GenerateRequest,
-        context: Any,
-        caller: Caller,
-        prompt: PromptBlocks | None,
-        streaming: bool,
-        can_retry: bool,
-        tried: list[Backend],
+        self, gen: Generation, context: Any, can_retry: bool
     ) -> serving_pb2.GenerateResponse | _Failure | None:
-        stub_method = backend.stub.GenerateStream if streaming else backend.stub.Generate
-        call = stub_method(request, timeout=context.time_remaining(), metadata=caller.metadata)
+        backend = gen.backend
+        assert backend is not None
+        stub_method = backend.stub.GenerateStream if gen.streaming else backend.stub.Generate
+        timeout = context.time_remaining()
+        call = stub_method(gen.request, timeout=timeout, metadata=gen.caller.metadata)
         forwarded = ForwardedCall(call)
         backend.calls.add(forwarded)
-        gauge = self.metrics.in_flight.labels(backend.address)
-        gauge.inc()
+        in_flight = self.metrics.in_flight.labels(backend.address)
+        in_flight.inc()
         output: list[int] = []
         finish = serving_pb2.FINISH_REASON_UNSPECIFIED
-        replied = False
         try:
-            if streaming:
+            if gen.streaming:
                 async for reply in call:
-                    replied = True
                     output.extend(reply.token_ids)
+                    gen.admission.charge(len(reply.token_ids))
                     finish = reply.finish_reason or finish
                     await context.write(reply)
                 result = None
             else:
                 result = await call
                 output, finish = list(result.token_ids), result.finish_reason
+                gen.admission.charge(len(output))
         except asyncio.CancelledError:
             if forwarded.lost is None:
                 raise  # the caller went away, or its deadline passed: `finally` cancels
             return _Failure(grpc.StatusCode.UNAVAILABLE, forwarded.lost)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE:
-                self.pool.suspect(backend, err.details() or "UNAVAILABLE")
-                others = [b for b in self.pool.serving() if b not in tried]
-                if not replied and can_retry and others:
-                    raise _Retry from err
-            trailers = tuple((key, value) for key, value in (err.trailing_metadata() or ()))
-            return _Failure(err.code(), err.details() or "", trailers)
+            return self._failed(gen, err, bool(output), can_retry)
         finally:
             backend.calls.discard(forwarded)
-            gauge.dec()
+            in_flight.dec()
             call.cancel()  # no-op once it has ended
-        if prompt is not None and backend.index is not None and finish in _CACHED_FINISHES:
-            self.chooser.touch(backend, prompt.with_output(backend.index.block_size, output))
+        if gen.prompt is not None and backend.index is not None and finish in _CACHED_FINISHES:
+            hashes = gen.prompt.with_output(backend.index.block_size, output)
+            self.chooser.touch(backend, hashes)
         return result
 
-    def _log(
-        self,
-        caller: Caller,
-        request: serving_pb2.GenerateRequest,
-        backend: Backend,
-        decision: str,
-        status: str,
-        arrived: float,
-    ) -> None:
+    def _failed(
+        self, gen: Generation, err: grpc.aio.AioRpcError, replied: bool, can_retry: bool
+    ) -> _Failure:
+        """What to answer for a backend's error status; raises _Retry to try another."""
+        assert gen.backend is not None
+        if err.code() == grpc.StatusCode.UNAVAILABLE:
+            self.pool.suspect(gen.backend, err.details() or "UNAVAILABLE")
+            others = [b for b in self.pool.serving() if b not in gen.tried]
+            if not replied and can_retry and others:
+                raise _Retry from err
+        if not replied:
+            gen.admission.cancel()  # refused: as if the router had never admitted it
+        trailers = tuple((key, value) for key, value in (err.trailing_metadata() or ()))
+        return _Failure(err.code(), err.details() or "", trailers)
+
+    def _log(self, gen: Generation, decision: str, status: str) -> None:
+        assert gen.backend is not None
         request_log.info(
-            "request %s/%s backend=%s decision=%s status=%s e2e=%.1fms",
-            caller.scope,
-            request.request_id,
-            backend.address,
+            "request %s/%s tenant=%s backend=%s decision=%s status=%s e2e=%.1fms",
+            gen.caller.scope,
+            gen.request.request_id,
+            gen.caller.tenant.name,
+            gen.backend.address,
             decision,
             status,
-            (time.perf_counter() - arrived) * 1000,
+            (time.perf_counter() - gen.arrived) * 1000,
         )

@@ -3,8 +3,10 @@
 Auth happens here first, with the router's own keys or tenants file (frontend/auth.py): a
 wrong key never reaches a backend. The caller's key travels on, with the tenant it names, so
 each engine runs the request as the same tenant (give the engines the same tenants file, or
-none). Generation calls go where the routing policy says (router/relay.py); Abort goes to the
-backend that has the request; the other calls to any serving backend.
+none). A tenants file's quotas are applied here, for all the backends together
+(frontend/quotas.py), before any backend is asked. Generation calls go where the routing
+policy says (router/relay.py); Abort goes to the backend that has the request; the other calls
+to any serving backend.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any
 import grpc
 
 from frontend.auth import TENANT_HEADER, Authenticator, AuthError
+from frontend.quotas import RETRY_AFTER_KEY, UNLIMITED, Admission, QuotaExceeded, Quotas
 from loompb import serving_pb2, serving_pb2_grpc
 from router.backend import Backend
 from router.backend_pool import BackendPool
 from router.metrics import RouterMetrics
 from router.policy import PromptBlocks
-from router.relay import Caller, Relay
+from router.relay import Caller, Generation, Relay
+
+DEFAULT_MAX_TOKENS = 16  # SamplingParams.max_tokens when unset, as the API documents it
 
 
 class RouterServicer(serving_pb2_grpc.GenerationServicer):
@@ -47,8 +52,9 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
         self.num_in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        # (scope, request_id) of each live generation call -> the backend that has it.
-        self.live: dict[tuple[str, str], Backend | None] = {}
+        self.quotas = Quotas()
+        # (scope, request_id) -> each live generation call (Abort finds its backend there).
+        self.live: dict[tuple[str, str], Generation] = {}
         self._turn = 0
 
     # ---- generation --------------------------------------------------------------------
@@ -76,30 +82,28 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"request_id {forwarded.request_id!r} is already in use by a live request",
             )
-        self.live[key] = None
+        gen = self.live[key] = Generation(forwarded, caller, streaming, arrived)
         self._enter()
         try:
-            prompt = await self._prompt_blocks(request, caller, context)
-
-            def on_route(backend: Backend) -> None:
-                self.live[key] = backend
-
-            return await self.relay.generate(
-                forwarded, context, caller, prompt, arrived, on_route, streaming
-            )
+            prompt_ids = await self._prompt_ids(request, caller, context)
+            if prompt_ids is not None and self.use_prefix and not request.sampling.echo:
+                gen.prompt = PromptBlocks(caller.scope, prompt_ids)  # echo skips the cache
+            gen.admission = await self._admit(request, caller, prompt_ids, context)
+            return await self.relay.generate(gen, context)
         finally:
+            gen.admission.release()
             del self.live[key]
             self._leave()
 
-    async def _prompt_blocks(
+    async def _prompt_ids(
         self, request: serving_pb2.GenerateRequest, caller: Caller, context: Any
-    ) -> PromptBlocks | None:
-        """The prompt's tokens, for prefix routing; None where the prefix cannot help (echo
-        skips the cache) or the request is malformed (the backend will say how)."""
-        if not self.use_prefix or request.sampling.echo:
+    ) -> list[int] | None:
+        """The prompt's token ids, where routing or quotas need them; None when neither
+        does, or the request is malformed (the backend will say how)."""
+        if not self.use_prefix and not caller.tenant.has_quotas:
             return None
         if request.prompt_token_ids and not request.prompt:
-            return PromptBlocks(caller.scope, list(request.prompt_token_ids))
+            return list(request.prompt_token_ids)
         if not request.prompt or request.prompt_token_ids:
             return None
         tokenize = serving_pb2.TokenizeRequest(text=request.prompt, add_bos=True)
@@ -107,7 +111,30 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
             reply = await self._call_any("Tokenize", tokenize, context, caller)
         except grpc.aio.AioRpcError:
             return None  # routed by load; the backend answers what is wrong, if anything
-        return PromptBlocks(caller.scope, list(reply.token_ids))
+        return list(reply.token_ids)
+
+    async def _admit(
+        self,
+        request: serving_pb2.GenerateRequest,
+        caller: Caller,
+        prompt_ids: list[int] | None,
+        context: Any,
+    ) -> Admission:
+        """The caller's tenant quotas, for all the backends together, before any is asked."""
+        if not caller.tenant.has_quotas or prompt_ids is None:
+            return UNLIMITED
+        sampling = request.sampling
+        max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else DEFAULT_MAX_TOKENS
+        try:
+            return self.quotas.admit(caller.tenant, len(prompt_ids), max_tokens)
+        except QuotaExceeded as exc:
+            trailers = ()
+            if exc.retry_after_ms is not None:
+                trailers = ((RETRY_AFTER_KEY, str(exc.retry_after_ms)),)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, trailing_metadata=trailers
+            )
+            raise AssertionError("unreachable: context.abort raises") from exc
 
     def _enter(self) -> None:
         self.num_in_flight += 1
@@ -141,7 +168,7 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
                 scope = f"{tenant.name}/key-{digest}"
             if TENANT_HEADER in found:
                 forward.append((TENANT_HEADER, found[TENANT_HEADER]))
-        return Caller(scope, tuple(forward))
+        return Caller(tenant, scope, tuple(forward))
 
     # ---- everything else ---------------------------------------------------------------
 
@@ -150,7 +177,8 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
         request_ids = list(dict.fromkeys(request.request_ids))  # once each, in order
         by_backend: dict[Backend | None, list[str]] = {}
         for request_id in request_ids:
-            backend = self.live.get((caller.scope, request_id))
+            gen = self.live.get((caller.scope, request_id))
+            backend = gen.backend if gen is not None else None
             by_backend.setdefault(backend, []).append(request_id)
         # Ids the router is not relaying go to one backend, which checks them (an empty or
         # overlong id is INVALID_ARGUMENT) and aborts any the caller sent it directly.
@@ -198,8 +226,11 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
     async def GetLoad(self, request: serving_pb2.GetLoadRequest, context: Any) -> Any:
         """The sum over the backends that answer, as if they were one engine."""
         await self._caller(context)
+        answering = self.pool.answering()
+        if not answering:  # as an engine whose loop has stopped answers
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.relay.none_serving())
         total = serving_pb2.Load(draining=self.draining)
-        for backend in self.pool.answering():
+        for backend in answering:
             load = backend.load
             assert load is not None
             total.num_requests_running += load.num_requests_running
@@ -223,7 +254,7 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
         """One serving backend's answer, another's if it is UNAVAILABLE; raises AioRpcError."""
         serving = self.pool.serving()
         if not serving:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, self.relay._none_serving())
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.relay.none_serving())
         first = self._next(serving)
         attempts = ([first] + [b for b in serving if b is not first])[: 1 + self.relay.retries]
         for attempt, backend in enumerate(attempts):
