@@ -31,6 +31,8 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # A replica that comes back at a new address (a restarted pod) is looked up again soon.
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
     # Replies are the backends' own; the router's callers are limited where they come in.
     ("grpc.max_receive_message_length", -1),
 ]

@@ -14,6 +14,7 @@ the router is not draining.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import fields
 from typing import Any
@@ -97,13 +98,13 @@ class Router:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
         await self._set_health(False)
+        # Each backend is asked once before the first call can come, so that a server that
+        # has said it listens routes at once (each poll ends within its timeouts).
+        await self.pool.start()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.pool.polled_once.wait(), 2 * cfg.health_check_timeout + 1)
         self._server = server
         await server.start()
-        await self.pool.start()
-
-    async def wait_polled(self, timeout: float | None = None) -> None:
-        """Until every backend has answered, or failed, its first poll."""
-        await asyncio.wait_for(self.pool.polled_once.wait(), timeout)
 
     def _backends_changed(self) -> None:
         serving = bool(self.pool.serving()) and not self.servicer.draining
@@ -184,18 +185,13 @@ class RouterHandle(ServerThread):
         return self
 
 
-def serve_router_in_thread(
-    wait_polled: float | None = 10.0, host: str = "127.0.0.1", port: int = 0, **options: Any
-) -> RouterHandle:
-    """Start a router on a background thread; returns once every backend has been polled once
-    (or `wait_polled` seconds passed). `options` are RouterConfig's other fields, `backend`
-    (a tuple of HOST:PORT) first among them."""
+def serve_router_in_thread(host: str = "127.0.0.1", port: int = 0, **options: Any) -> RouterHandle:
+    """Start a router on a background thread; returns once it listens, every backend polled
+    once. `options` are RouterConfig's other fields, `backend` (HOST:PORT ...) first of all."""
     known = {f.name for f in fields(RouterConfig)} - {"host", "port"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown router options: {', '.join(sorted(unknown))}")
     handle = RouterHandle(Router(RouterConfig(host=host, port=port, **options)))
     handle._start()
-    if wait_polled is not None:
-        handle.run_coroutine(handle.router.wait_polled(wait_polled))
     return handle
