@@ -1,6 +1,7 @@
 """The shared-prefix workload of the router benchmark and its tests, and a client that drives
-it: `num_prefixes` prefixes of `prefix_len` random tokens, `per_prefix` requests each (the
-prefix then a suffix of its own), in shuffled order, sent `concurrency` at a time as streams.
+it: `num_prefixes` prefixes of `prefix_len` random tokens, `per_prefix` requests each on
+average (the prefix then a suffix of its own; with `hot_share`, one prefix takes that share
+of them), in shuffled order, sent `concurrency` at a time as streams.
 No torch here: the tests run it against servers in their own process.
 """
 
@@ -10,6 +11,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from client import AsyncClient
@@ -26,6 +28,19 @@ class SharedPrefixWorkload:
     max_tokens: int = 4
     vocab_size: int = 512
     seed: int = 0
+    # Skew: this share of all requests use prefix 0, the rest spread over the others.
+    hot_share: float = 0.0
+
+    @property
+    def num_requests(self) -> int:
+        return self.num_prefixes * self.per_prefix
+
+    def prefix_of_each(self) -> list[int]:
+        num_hot = round(self.hot_share * self.num_requests)
+        if num_hot == 0 or self.num_prefixes == 1:
+            return [i % self.num_prefixes for i in range(self.num_requests)]
+        rest = range(self.num_requests - num_hot)
+        return [0] * num_hot + [1 + i % (self.num_prefixes - 1) for i in rest]
 
     def prompts(self) -> list[list[int]]:
         rng = random.Random(self.seed)
@@ -34,7 +49,7 @@ class SharedPrefixWorkload:
             return [rng.randrange(FIRST_ORDINARY_ID, self.vocab_size) for _ in range(num)]
 
         prefixes = [tokens(self.prefix_len) for _ in range(self.num_prefixes)]
-        prompts = [p + tokens(self.suffix_len) for p in prefixes for _ in range(self.per_prefix)]
+        prompts = [prefixes[i] + tokens(self.suffix_len) for i in self.prefix_of_each()]
         rng.shuffle(prompts)
         return prompts
 
@@ -52,6 +67,12 @@ class RunResult:
         return statistics.median(self.ttfts) * 1000 if self.ttfts else float("nan")
 
     @property
+    def p90_ttft_ms(self) -> float:
+        if len(self.ttfts) < 2:
+            return self.median_ttft_ms
+        return statistics.quantiles(self.ttfts, n=10)[-1] * 1000
+
+    @property
     def median_e2e_ms(self) -> float:
         return statistics.median(self.e2es) * 1000 if self.e2es else float("nan")
 
@@ -66,17 +87,18 @@ class RunResult:
 
 async def drive(
     target: str,
-    prompts: list[list[int]],
+    prompts: Sequence[str | list[int]],
     max_tokens: int,
     concurrency: int,
     timeout: float = 120.0,
 ) -> RunResult:
-    """Send every prompt (greedy, EOS ignored), at most `concurrency` in flight."""
+    """Send every prompt (token ids, or text the server tokenizes), greedy, EOS ignored, at
+    most `concurrency` in flight."""
     result = RunResult()
     slots = asyncio.Semaphore(concurrency)
     async with AsyncClient(target, timeout=timeout) as client:
 
-        async def one(prompt: list[int]) -> None:
+        async def one(prompt: str | list[int]) -> None:
             async with slots:
                 sent = time.perf_counter()
                 first: float | None = None

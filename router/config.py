@@ -16,10 +16,10 @@ from frontend.server_config import ServerConfig, readable_file
 
 POLICIES = ("prefix", "least_loaded", "round_robin")
 _ADDRESS = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")
-# Measured on the shared-prefix workload (BENCHMARKS.md, "Router"): how many more requests
-# the backend caching a prefix may have in flight than the least loaded one before the
-# request goes to the least loaded one instead.
-DEFAULT_PREFIX_LOAD_MARGIN = 4
+# Measured on the shared-prefix workloads (BENCHMARKS.md, "Router"): how much busier than the
+# least loaded backend, as a share of its max_num_seqs, the backend caching a prefix may be
+# before a request with that prefix goes to the least loaded one instead.
+DEFAULT_PREFIX_LOAD_MARGIN = 0.5
 
 
 def backend_address(text: str) -> str:
@@ -53,10 +53,11 @@ class RouterConfig(ServerConfig):
         "least loaded by more than --prefix-load-margin; least_loaded; round_robin",
         choices=POLICIES,
     )
-    prefix_load_margin: int = setting(
+    prefix_load_margin: float = setting(
         DEFAULT_PREFIX_LOAD_MARGIN,
-        "prefix policy: requests (running + waiting) the backend caching the prefix may have "
-        "beyond the least loaded backend before the request goes to the least loaded",
+        "prefix policy: how many more requests (running + waiting), as a share of its "
+        "max_num_seqs, the backend caching the prefix may have than the least loaded backend "
+        "before the request goes to the least loaded",
     )
     health_check_interval: float = setting(
         0.5, "seconds between polls (GetLoad) of each backend: its load and whether it answers"
@@ -101,7 +102,9 @@ class RouterConfig(ServerConfig):
             raise ValueError(f"a backend is named twice: {', '.join(self.backend)}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        check_at_least(self, "prefix_load_margin", 0)
+        margin = self.prefix_load_margin
+        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"prefix_load_margin must be a number >= 0, got {margin!r}")
         check_at_least(self, "health_check_failures", 1)
         check_at_least(self, "retries", 0)
         for name in ("health_check_interval", "health_check_timeout"):

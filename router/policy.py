@@ -4,9 +4,10 @@
 - `least_loaded`: the fewest requests running + waiting (Backend.estimated_load).
 - `prefix`: the backend holding the longest run of the prompt's leading blocks (its
   PrefixIndex), the one that served it most recently among equals, unless its load exceeds the
-  least loaded backend's by more than `margin`; then, and when no backend holds any, the least
-  loaded. The chosen backend's index takes the prompt's blocks at once, so the next request
-  with this prefix follows it there even before this one has finished.
+  least loaded backend's by more than its margin, `margin` times its max_num_seqs (so the
+  margin scales with what a replica runs at once); then the least loaded. The chosen
+  backend's index takes the prompt's blocks at once, so the next request with this prefix
+  follows it there even before this one has finished.
 
 A new prefix (no backend holds it) goes to the backend with the most room in its index among
 those within the margin of the least loaded, so new prefixes spread over the backends instead
@@ -58,9 +59,9 @@ class Route:
 
 
 class Chooser:
-    def __init__(self, policy: str, margin: int) -> None:
+    def __init__(self, policy: str, margin: float) -> None:
         self.policy = policy
-        self.margin = margin
+        self.margin = margin  # a share of a backend's max_num_seqs
         self._turn = 0  # advances every choice: round robin, and the last tie-break
         self._tick = 0  # advances every time an index is touched
 
@@ -87,6 +88,11 @@ class Chooser:
             self._tick += 1
             backend.index.add(hashes, self._tick)
 
+    def margin_requests(self, backend: Backend) -> float:
+        """How many more requests than the least loaded this backend may have."""
+        max_num_seqs = backend.info.max_num_seqs if backend.info is not None else 0
+        return self.margin * max(1, max_num_seqs)
+
     def _least_loaded(self, candidates: list[Backend]) -> Backend:
         n, turn = len(candidates), self._turn
 
@@ -100,7 +106,7 @@ class Chooser:
     def _most_room(self, candidates: list[Backend], least: Backend) -> Backend:
         """For a new prefix: of the backends within the margin of the least loaded, the one
         whose index is emptiest (the most room to cache it), so homes spread evenly."""
-        bound = least.estimated_load() + self.margin
+        bound = least.estimated_load() + self.margin_requests(least)
         n, turn = len(candidates), self._turn
 
         def key(item: tuple[int, Backend]) -> tuple[float, int, int]:
@@ -123,6 +129,6 @@ class Chooser:
                 best, best_tokens, best_tick = backend, tokens, tick
         if best_tokens == 0:
             return Route(self._most_room(candidates, least), "prefix_miss")
-        if best.estimated_load() - least.estimated_load() > self.margin:
+        if best.estimated_load() - least.estimated_load() > self.margin_requests(best):
             return Route(least, "load_fallback")
         return Route(best, "prefix_hit", best_tokens)

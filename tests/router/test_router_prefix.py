@@ -49,10 +49,11 @@ def test_prefix_routing_gets_far_more_cache_hits_than_round_robin(
 
 
 def test_a_busy_prefix_holder_loses_to_the_idle_backend_beyond_the_margin(
-    two_engines: tuple[ServerHandle, ServerHandle], start_router: Callable[..., RouterHandle]
+    start_engine: Callable[..., ServerHandle], start_router: Callable[..., RouterHandle]
 ) -> None:
-    margin = 2
-    router = start_router(*(e.target for e in two_engines), prefix_load_margin=margin)
+    two_engines = [start_engine(make_engine(max_num_seqs=8)) for _ in range(2)]
+    margin = 2  # requests: a quarter of max_num_seqs
+    router = start_router(*(e.target for e in two_engines), prefix_load_margin=0.25)
     prompt = list(range(3, 3 + 100))
     with Client(router.target) as client:
         client.generate(prompt, max_tokens=2)

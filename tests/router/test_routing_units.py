@@ -57,13 +57,16 @@ def test_the_index_matches_leading_blocks_and_evicts_tails_first() -> None:
 
 
 def backend(name: str, running: int = 0, capacity: int = 64) -> Backend:
+    """Runs 8 requests at once: a margin of 0.25 is 2 requests."""
     load = serving_pb2.Load(num_requests_running=running, num_kv_blocks=capacity)
-    return Backend(name, None, None, BackendState.UP, load=load, index=PrefixIndex(4, capacity))
+    info = serving_pb2.ModelInfo(block_size=4, num_kv_blocks=capacity, max_num_seqs=8)
+    index = PrefixIndex(4, capacity)
+    return Backend(name, None, None, BackendState.UP, info=info, load=load, index=index)
 
 
 def test_prefix_goes_to_the_longest_match_then_the_most_recent() -> None:
     a, b, c = backend("a"), backend("b"), backend("c")
-    chooser = Chooser("prefix", margin=2)
+    chooser = Chooser("prefix", margin=0.25)
     long, short = PromptBlocks("t", list(range(40))), PromptBlocks("t", list(range(12)) + [99] * 20)
     chooser.touch(a, short.hashes(4))  # the first 3 blocks of `long` too
     chooser.touch(b, long.hashes(4))
@@ -79,7 +82,7 @@ def test_prefix_goes_to_the_longest_match_then_the_most_recent() -> None:
 def test_the_margin_sends_a_hit_to_the_least_loaded() -> None:
     busy, idle = backend("busy", running=3), backend("idle")
     prompt = PromptBlocks("t", list(range(40)))
-    chooser = Chooser("prefix", margin=3)
+    chooser = Chooser("prefix", margin=0.375)  # 3 of 8
     chooser.touch(busy, prompt.hashes(4))
     assert chooser.choose([busy, idle], prompt).backend is busy  # 3 more: within the margin
     busy.load.num_requests_waiting = 1
@@ -91,7 +94,7 @@ def test_the_margin_sends_a_hit_to_the_least_loaded() -> None:
 
 def test_new_prefixes_spread_by_room_within_the_margin() -> None:
     a, b = backend("a", running=1), backend("b")
-    chooser = Chooser("prefix", margin=2)
+    chooser = Chooser("prefix", margin=0.25)
     homes = []
     for i in range(6):
         route = chooser.choose([a, b], PromptBlocks("t", [i] * 17))  # 4 blocks each
