@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--hot-share", type=float, default=0.75, help="skewed: share on one prefix")
     p.add_argument(
-        "--margins", type=float, nargs="*", default=[0, 0.25, 1, 2, 16], help="prefix policy"
+        "--margins", type=float, nargs="*", default=[0, 0.25, 0.5, 2, 16], help="prefix policy"
     )
     p.add_argument("--latency-requests", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -176,7 +176,8 @@ Figures = dict[str, float]
 def policy_rows(
     args: argparse.Namespace, workload: SharedPrefixWorkload
 ) -> tuple[list[list[object]], dict[str, Figures]]:
-    """The table's rows, and by policy (at the default margin) the figures the summary quotes."""
+    """The table's rows, and the figures the summary quotes: by policy (`prefix` at the
+    default margin), and by margin (`margin M`)."""
     rows, figures = [], {}
     runs = [(p, DEFAULT_PREFIX_LOAD_MARGIN) for p in POLICIES]
     runs += [("prefix", m) for m in args.margins if m != DEFAULT_PREFIX_LOAD_MARGIN]
@@ -188,9 +189,10 @@ def policy_rows(
             result.p90_ttft_ms, result.median_e2e_ms, result.requests_per_s,
             result.output_tokens_per_s,
         ])  # fmt: skip
-        if i < len(POLICIES):
-            figures[policy] = {"hits": hits, "ttft": result.median_ttft_ms,
-                               "rate": result.requests_per_s}  # fmt: skip
+        figure = {"hits": hits, "ttft": result.median_ttft_ms, "rate": result.requests_per_s}
+        figures[policy if i < len(POLICIES) else f"margin {margin:g}"] = figure
+        if policy == "prefix" and i < len(POLICIES):
+            figures[f"margin {margin:g}"] = figure
         print(f"{policy} margin {margin:g}: {hits} hit tokens, TTFT p50 "
               f"{result.median_ttft_ms:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
     return rows, figures
@@ -207,16 +209,34 @@ def summary(name: str, figures: dict[str, Figures]) -> str:
     )
 
 
+def margin_summary(uniform: dict[str, Figures], skewed: dict[str, Figures]) -> str:
+    """What this run says about the margin: hits on the uniform workload against balance
+    (median TTFT) on the skewed one, where a large margin piles the hot prefix on one replica."""
+    margins = sorted(float(k.split()[1]) for k in uniform if k.startswith("margin "))
+    hits = [uniform[f"margin {m:g}"]["hits"] for m in margins]
+    ttfts = [skewed[f"margin {m:g}"]["ttft"] for m in margins]
+    best = min(ttfts)
+    balanced = [m for m, t in zip(margins, ttfts, strict=True) if t <= 1.25 * best]
+    return (
+        f"In this run, the uniform workload's hit tokens go from {hits[0]:,} at margin "
+        f"{margins[0]:g} to {max(hits):,} (at {margins[hits.index(max(hits))]:g}); on the skewed "
+        f"one the median TTFT stays within 25% of the best ({best:.1f} ms) at margins "
+        f"{', '.join(f'{m:g}' for m in balanced)} and reaches {max(ttfts):.1f} ms (at "
+        f"{margins[ttfts.index(max(ttfts))]:g}). The default is {DEFAULT_PREFIX_LOAD_MARGIN:g}."
+    )
+
+
 def main() -> None:
     args = parse_args()
     header = ["policy", "margin", "completed", "failed", "hit tokens", "hit rate",
               "TTFT p50 ms", "TTFT p90 ms", "e2e p50 ms", "req/s", "output tok/s"]  # fmt: skip
-    tables, summaries = [], []
+    tables, summaries, by_workload = [], [], []
     for name, workload in workloads(args).items():
         rows, figures = policy_rows(args, workload)
         tables.append(f"**{name}**, {workload.num_requests} requests:\n\n"
                       f"{markdown_table(header, rows)}")  # fmt: skip
         summaries.append(summary(name, figures))
+        by_workload.append(figures)
     latency = added_latency(args)
     ids_added = latency[1][3] - latency[0][3]
     text_added = latency[3][3] - latency[2][3]
@@ -246,12 +266,11 @@ of it. Through the router a text prompt is tokenized by a backend first (to hash
   ms to one with text, for which it asks a backend to tokenize the prompt first: two more
   gRPC hops on loopback and the relay of each message, in Python on the same shared cores.
 
-Margins: with no margin (0) the prefix policy is least_loaded in all but ties and gets its hit
-rate; with a margin above what the load can differ by, it never falls back, which gets the
-most hits and, when one prefix is hot, piles that prefix's requests on one replica while the
-other idles (its TTFT and throughput above). The default, {DEFAULT_PREFIX_LOAD_MARGIN:g} of a
-replica's `max_num_seqs`, was chosen from these runs: between the two, it keeps most of the
-hits of the one and the balance of the other on both workloads.
+Margins (a share of a replica's `max_num_seqs`, {args.max_num_seqs} here): with no margin the
+prefix policy is least_loaded in all but ties, and gets its hit rate; with a margin above what
+the load can differ by ({args.concurrency / args.max_num_seqs:g} here) it never falls back,
+which gets the most hits and, when one prefix is hot, piles that prefix's requests on one
+replica while the other idles. {margin_summary(*by_workload)}
 
 What limits these figures: both engines, the router and the client share 2 cores with other
 work (load above), so a request moved to the idle replica also moves onto cores the busy one

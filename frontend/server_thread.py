@@ -37,10 +37,6 @@ class ServerThread:
     def metrics_port(self) -> int | None:
         return self.server.metrics_port
 
-    def run_coroutine(self, coro: Any, timeout: float | None = None) -> Any:
-        """Run `coro` on the server's event loop from another thread; returns its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
     def _start(self) -> None:
         self._thread.start()
         self._started.wait()

@@ -16,10 +16,13 @@ from frontend.server_config import ServerConfig, readable_file
 
 POLICIES = ("prefix", "least_loaded", "round_robin")
 _ADDRESS = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")
-# Measured on the shared-prefix workloads (BENCHMARKS.md, "Router"): how much busier than the
-# least loaded backend, as a share of its max_num_seqs, the backend caching a prefix may be
-# before a request with that prefix goes to the least loaded one instead.
-DEFAULT_PREFIX_LOAD_MARGIN = 0.5
+# How much busier than the least loaded backend, as a share of its max_num_seqs, the backend
+# caching a prefix may be before a request with that prefix goes to the least loaded instead.
+# Measured (BENCHMARKS.md, "Router"): on a uniform shared-prefix workload the hit tokens rise
+# with the margin; on a skewed one (75% on one prefix) margins above 1 pile the hot prefix on
+# one replica and the median TTFT roughly doubles or worse (three runs on a 2-core CPU). 1 is
+# the largest margin short of that.
+DEFAULT_PREFIX_LOAD_MARGIN = 1.0
 
 
 def backend_address(text: str) -> str:

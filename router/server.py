@@ -64,7 +64,7 @@ class Router:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
-        self._serving: bool | None = None
+        self._serving = False
         self._drained: asyncio.Future[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._cut_short = asyncio.Event()
@@ -97,7 +97,8 @@ class Router:
             self.port = server.add_secure_port(address, credentials)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
-        await self._set_health(False)
+        self._serving = False
+        await self._publish_health()
         # Each backend is asked once before the first call can come, so that a server that
         # has said it listens routes at once (each poll ends within its timeouts).
         await self.pool.start()
@@ -110,12 +111,12 @@ class Router:
         serving = bool(self.pool.serving()) and not self.servicer.draining
         if serving != self._serving:
             self._serving = serving
-            self._health_task = asyncio.ensure_future(self._set_health(serving))
+            self._health_task = asyncio.ensure_future(self._publish_health())
 
-    async def _set_health(self, serving: bool) -> None:
-        self._serving = serving
+    async def _publish_health(self) -> None:
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, SERVING if serving else NOT_SERVING)
+            # The latest state, not the one that scheduled this: the last update wins.
+            await self.health.set(service, SERVING if self._serving else NOT_SERVING)
 
     def reload_tenants(self) -> bool:
         """SIGHUP: read the tenants file again; a bad one is logged and the old one stays."""
@@ -152,7 +153,8 @@ class Router:
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         servicer = self.servicer
         servicer.draining = True
-        await self._set_health(False)
+        self._serving = False
+        await self._publish_health()
         log.info("draining: %d calls in flight, up to %.1f s", servicer.num_in_flight, timeout)
         idle = asyncio.ensure_future(servicer.idle.wait())
         cut = asyncio.ensure_future(self._cut_short.wait())
