@@ -30,9 +30,11 @@ RUN torch_version="$(sed -n 's/^torch==//p' constraints.txt)" \
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY loompb ./loompb
+COPY common ./common
 COPY frontend ./frontend
 COPY scheduler ./scheduler
 COPY worker ./worker
+COPY router ./router
 COPY client ./client
 COPY loadtest ./loadtest
 COPY bench ./bench

@@ -79,6 +79,12 @@ class AsyncClient:
             serving_pb2.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
         )
 
+    async def load(self) -> serving_pb2.Load:
+        """How busy the server is: requests running and waiting, KV blocks, prefix-cache hits."""
+        return await self._stub.GetLoad(
+            serving_pb2.GetLoadRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+
     async def tokenize(self, text: str, *, add_bos: bool = False) -> serving_pb2.TokenizeResponse:
         return await self._stub.Tokenize(
             serving_pb2.TokenizeRequest(text=text, add_bos=add_bos),

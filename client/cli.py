@@ -3,6 +3,7 @@
 python -m client generate "Once upon a time" --max-tokens 64 --temperature 0 --logprobs
 python -m client chat --target 127.0.0.1:50051     (a model with a chat template)
 python -m client info
+python -m client load
 python -m client tokenize "Once upon a time" --add-bos
 python -m client abort REQUEST_ID --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
 """
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_arguments(chat)
 
     commands.add_parser("info", parents=[connection], help="describe the model and limits")
+    commands.add_parser("load", parents=[connection], help="requests, KV blocks, cache hits")
 
     abort = commands.add_parser("abort", parents=[connection], help="abort requests by id")
     abort.add_argument("request_ids", nargs="+", metavar="REQUEST_ID")
@@ -156,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_chat(c, args)
             elif args.command == "info":
                 print(c.model_info(), end="")
+            elif args.command == "load":
+                print(c.load(), end="")
             elif args.command == "abort":
                 aborted = set(c.abort(args.request_ids))
                 for request_id in args.request_ids:

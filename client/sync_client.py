@@ -84,6 +84,12 @@ class Client:
             serving_pb2.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
         )
 
+    def load(self) -> serving_pb2.Load:
+        """How busy the server is: requests running and waiting, KV blocks, prefix-cache hits."""
+        return self._stub.GetLoad(
+            serving_pb2.GetLoadRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+
     def tokenize(self, text: str, *, add_bos: bool = False) -> serving_pb2.TokenizeResponse:
         return self._stub.Tokenize(
             serving_pb2.TokenizeRequest(text=text, add_bos=add_bos),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frontend.metrics import ServingMetrics
+from scheduler.config import EngineStats
 from scheduler.errors import DuplicateRequestError
 from scheduler.outputs import RequestDelta
 
@@ -75,6 +76,9 @@ class AsyncEngine:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        # The engine's stats as of its last step, for any thread to read without touching the
+        # engine: the loop thread swaps the whole object after each step (GetLoad reads it).
+        self.last_stats: EngineStats = engine.stats()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -189,9 +193,10 @@ class AsyncEngine:
                         raise
                     continue
                 failures = 0
-                # Gauges first: a caller that sees this step's tokens sees its stats too.
+                # Stats first: a caller that sees this step's tokens sees its stats too.
+                self.last_stats = stats = self.engine.stats()
                 if self.metrics is not None:
-                    self.metrics.update_engine_stats(self.engine.stats())
+                    self.metrics.update_engine_stats(stats)
                 self._dispatch(deltas, step_start)
         except BaseException as exc:
             self._fatal = exc

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any
 
-from worker.config import from_flat, leaf_fields
+from common.settings import from_flat, leaf_fields
 
 
 def flag_name(field_name: str) -> str:

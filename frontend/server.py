@@ -236,7 +236,7 @@ class Frontend:
 
 
 # The embedded server (its own thread and loop) lives beside it; imported here, where callers
-# have always found it. frontend/__init__ imports this module first, so Frontend is defined.
+# have always found it. Frontend is defined above by the time this runs.
 from frontend.embedded import ServerHandle, serve_in_thread  # noqa: E402
 
 __all__ = ["Frontend", "LiveHealthServicer", "ServerHandle", "serve_in_thread"]

@@ -126,6 +126,25 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
         ]
         return serving_pb2.AbortResponse(aborted_request_ids=aborted)
 
+    async def GetLoad(self, request: serving_pb2.GetLoadRequest, context: Any) -> Any:
+        """From the stats the engine loop published after its last step: no engine state
+        is read here and no lock is taken, so polling it costs the engine nothing."""
+        await self._tenant(context)
+        if not self.async_engine.alive:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the engine loop is not running")
+        stats = self.async_engine.last_stats
+        queries, hits = stats.prefix_cache_queries, stats.prefix_cache_hits
+        return serving_pb2.Load(
+            num_requests_running=stats.num_running,
+            num_requests_waiting=stats.num_waiting,
+            num_kv_blocks_used=stats.num_blocks - stats.num_free_blocks,
+            num_kv_blocks=stats.num_blocks,
+            prefix_cache_queries=queries,
+            prefix_cache_hits=hits,
+            prefix_cache_hit_rate=hits / queries if queries else 0.0,
+            draining=self.gate.draining,
+        )
+
     # ---- model and tokenizer ------------------------------------------------------------
 
     async def GetModelInfo(self, request: Any, context: Any) -> serving_pb2.ModelInfo:

@@ -8,13 +8,15 @@ port, and so its TLS; the Prometheus `/metrics` port stays plain HTTP.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from frontend.config import FrontendConfig
+if TYPE_CHECKING:
+    from frontend.server_config import ServerConfig
 
 
-def server_credentials(config: FrontendConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     """None for plaintext; OSError when a file cannot be read."""
     if config.tls_cert is None or config.tls_key is None:
         return None

@@ -69,6 +69,11 @@ class GenerationStub:
                 request_serializer=loompb_dot_serving__pb2.ApplyChatTemplateRequest.SerializeToString,
                 response_deserializer=loompb_dot_serving__pb2.ApplyChatTemplateResponse.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/loom.v1.Generation/GetLoad',
+                request_serializer=loompb_dot_serving__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.Load.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -127,6 +132,14 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """How busy the server is, as of its last engine step: cheap enough to poll several times
+        a second (a router does, to pick a replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.ApplyChatTemplate,
                     request_deserializer=loompb_dot_serving__pb2.ApplyChatTemplateRequest.FromString,
                     response_serializer=loompb_dot_serving__pb2.ApplyChatTemplateResponse.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=loompb_dot_serving__pb2.GetLoadRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.Load.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +373,33 @@ class Generation:
             '/loom.v1.Generation/ApplyChatTemplate',
             loompb_dot_serving__pb2.ApplyChatTemplateRequest.SerializeToString,
             loompb_dot_serving__pb2.ApplyChatTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/GetLoad',
+            loompb_dot_serving__pb2.GetLoadRequest.SerializeToString,
+            loompb_dot_serving__pb2.Load.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,26 +4,13 @@ A block is free when no request holds it (ref_cnt 0). A freed block that is full
 hash and stays findable in the prefix cache until it is handed out again, so a later request
 with the same prefix reuses its K/V instead of recomputing them. The free queue is ordered for
 eviction: blocks without a hash in front (they are worth nothing), then hashed blocks from
-least to most recently freed.
+least to most recently freed. Block hashes come from common/prefix_hash.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-
-
-def root_hash(tenant: str) -> bytes:
-    """The parent hash of a request's first block. Salting it with the tenant keeps each
-    tenant's prefixes apart, so one tenant cannot probe another's prompts by cache timing."""
-    return hashlib.blake2b(tenant.encode(), digest_size=16, person=b"loom-prefix").digest()
-
-
-def hash_block(parent_hash: bytes, token_ids: Sequence[int]) -> bytes:
-    """A full block's hash, chained from its parent's, so equal hashes mean equal prefixes."""
-    return hashlib.blake2b(parent_hash + array("i", token_ids).tobytes(), digest_size=16).digest()
 
 
 class BlockPool:

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.settings import check_at_least, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
-from worker.config import CacheConfig, ModelConfig, WorkerConfig, check_at_least, from_flat, setting
+from worker.config import CacheConfig, ModelConfig, WorkerConfig
 
 
 @dataclass(slots=True, frozen=True)

@@ -6,7 +6,8 @@ only unused slots are those at the end of each request's last block.
 
 from __future__ import annotations
 
-from scheduler.block_pool import BlockPool, hash_block, root_hash
+from common.prefix_hash import extend_block_hashes, num_lookup_blocks, root_hash
+from scheduler.block_pool import BlockPool
 from scheduler.request import Request
 
 
@@ -30,7 +31,7 @@ class KVCacheManager:
         if not self.enable_caching or req.params.echo:  # echo needs every prompt position
             return []
         bs = self.block_size
-        num_blocks = (len(req.all_token_ids) - 1) // bs
+        num_blocks = num_lookup_blocks(len(req.all_token_ids), bs)
         self._extend_hashes(req, num_blocks)
         tokens = req.all_token_ids
         lookup = self.pool.lookup
@@ -96,17 +97,9 @@ class KVCacheManager:
         req.num_cached_blocks = 0
 
     def _extend_hashes(self, req: Request, num_blocks: int) -> None:
-        hashes = req.block_hashes
-        if len(hashes) >= num_blocks:
+        if len(req.block_hashes) >= num_blocks:
             return
-        if hashes:
-            parent = hashes[-1]
-        else:
-            parent = self._root_hashes.get(req.tenant)
-            if parent is None:
-                parent = self._root_hashes[req.tenant] = root_hash(req.tenant)
-        bs = self.block_size
-        tokens = req.all_token_ids
-        for i in range(len(hashes), num_blocks):
-            parent = hash_block(parent, tokens[i * bs : (i + 1) * bs])
-            hashes.append(parent)
+        root = self._root_hashes.get(req.tenant)
+        if root is None:
+            root = self._root_hashes[req.tenant] = root_hash(req.tenant)
+        extend_block_hashes(req.block_hashes, root, req.all_token_ids, self.block_size, num_blocks)

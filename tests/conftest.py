@@ -23,3 +23,11 @@ def llama2_tokenizer_path() -> Path:
     if not LLAMA2_TOKENIZER.exists():
         pytest.skip(f"{LLAMA2_TOKENIZER} is absent")
     return LLAMA2_TOKENIZER
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the C++ CPU kernels once, before any test: servers the tests start in their own
+    processes then load the cached build instead of each waiting on the compiler."""
+    from worker.cpu_kernels import load_cpu_kernels
+
+    load_cpu_kernels()

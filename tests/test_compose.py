@@ -93,3 +93,52 @@ def test_compose_command_serves_a_client(compose: dict) -> None:
         serve.stop()
     # The health command fails once nothing serves there.
     assert subprocess.run(check, capture_output=True, timeout=60).returncode == 1
+
+
+def test_router_profile(compose: dict) -> None:
+    from frontend.cli import build_parser as serve_parser
+    from router.cli import build_parser as router_parser
+
+    services = compose["services"]
+    router = services["loom-router"]
+    replicas = {name: s for name, s in services.items() if name.startswith("loom-replica-")}
+    assert len(replicas) == 2
+    assert all(s["profiles"] == ["router"] for s in [router, *replicas.values()])
+    args = router_parser().parse_args(router["command"][3:])
+    assert router["command"][:4] == ["python", "-m", "router", "serve"]
+    assert args.host == "0.0.0.0" and f"{args.port}" == router["ports"][0].split(":")[1]
+    # Each --backend is a replica, on the port its own command listens on.
+    backends = {}
+    for name, replica in replicas.items():
+        command = replica["command"]
+        assert command[:4] == ["python", "-m", "scheduler", "serve"]
+        serve = serve_parser().parse_args(command[3:])
+        assert serve.host == "0.0.0.0"
+        backends[f"{name}:{serve.port}"] = name
+        assert "ports" not in replica  # reached through the router only
+        assert replica["healthcheck"] == services["loom"]["healthcheck"]
+    assert set(args.backend) == set(backends)
+    assert set(router["depends_on"]) == set(replicas)
+    published = [p for s in ("loom", "loom-gpu") for p in services[s]["ports"]]
+    assert not {p.split(":")[0] for p in router["ports"]} & {p.split(":")[0] for p in published}
+    assert float(router["stop_grace_period"].rstrip("s")) > args.shutdown_timeout
+
+
+def test_router_command_serves_a_client(compose: dict) -> None:
+    from frontend.server import serve_in_thread
+    from tests.server.conftest import make_engine
+
+    command = with_free_ports(compose["services"]["loom-router"]["command"])
+    with serve_in_thread(make_engine()) as a, serve_in_thread(make_engine()) as b:
+        targets = iter([a.target, b.target])
+        local = [next(targets) if c.startswith("loom-replica-") else c for c in command]
+        router = ServeProcess(local)
+        try:
+            with Client(router.target) as client:
+                for i in range(2):
+                    reply = client.generate(f"Once upon a time {i}", max_tokens=4)
+                    assert reply.usage.completion_tokens == 4
+            router.proc.send_signal(signal.SIGTERM)
+            assert router.proc.wait(timeout=30) == 0
+        finally:
+            router.stop()

@@ -12,12 +12,12 @@ import sys
 import pytest
 
 import scheduler
+from common.settings import leaf_fields
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
 from frontend.flags import flag_name
 from scheduler.config import EngineConfig
 from tests.conftest import REPO_ROOT, STORIES_DIR
-from worker.config import leaf_fields
 
 
 def imported_after(code: str) -> set[str]:

@@ -106,11 +106,16 @@ def test_server_modules_import_no_torch_and_client_needs_no_server_code() -> Non
     assert client.strip() == "[]"
 
 
+def readme_section(heading: str) -> str:
+    return re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## )", README, re.S | re.M).group(1)
+
+
 def test_serve_takes_every_documented_flag() -> None:
     help_text = run_python(
         "from frontend.cli import build_parser; build_parser().parse_args(['serve', '--help'])"
     )
-    for flag in re.findall(r"^\| `(--[a-z-]+)`", README, re.MULTILINE) + [
+    table = readme_section("Server flags (`python -m scheduler serve`)")
+    for flag in re.findall(r"^\| `(--[a-z-]+)`", table, re.MULTILINE) + [
         "--model", "--host", "--port", "--device", "--dtype", "--block-size", "--num-kv-blocks",
         "--kv-cache-memory", "--max-num-seqs", "--max-num-batched-tokens",
         "--long-prefill-threshold", "--enable-prefix-caching", "--no-enable-prefix-caching",
@@ -124,3 +129,15 @@ def test_the_image_copies_every_package() -> None:
     packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in {p.split("*")[0] for p in packages}:
         assert f"COPY {package} ./{package}\n" in dockerfile, package
+
+
+def test_router_serve_takes_every_documented_flag() -> None:
+    help_text = run_python(
+        "from router.cli import build_parser; build_parser().parse_args(['serve', '--help'])"
+    )
+    table = readme_section("Several replicas behind one endpoint (`python -m router serve`)")
+    rows = [line for line in table.splitlines() if line.startswith("| `--")]
+    flags = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)", row.split(" | ")[0])}
+    assert len(flags) >= 20
+    for flag in flags:
+        assert flag in help_text, flag

@@ -58,6 +58,7 @@ def test_serving_contract_names() -> None:
         "Detokenize",
         "Abort",
         "ApplyChatTemplate",
+        "GetLoad",
     ]
     request = serving_pb2.ApplyChatTemplateRequest.DESCRIPTOR
     assert request.fields_by_name["add_generation_prompt"].has_presence  # unset means true

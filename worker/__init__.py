@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.config import CacheConfig, ModelConfig, WorkerConfig, from_flat
+from common.settings import from_flat
+from worker.config import CacheConfig, ModelConfig, WorkerConfig
 from worker.step import Worker
 
 

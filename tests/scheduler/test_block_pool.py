@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.block_pool import BlockPool, hash_block, root_hash
+from common.prefix_hash import hash_block, root_hash
+from scheduler.block_pool import BlockPool
 
 
 def test_allocate_and_free_count_references() -> None:

@@ -47,6 +47,9 @@ def test_info_tokenize_and_errors(server: ServerHandle) -> None:
     info = run_client("info", "--target", server.target)
     assert info.returncode == 0
     assert 'model_name: "stories260K"' in info.stdout
+    load = run_client("load", "--target", server.target)
+    assert load.returncode == 0
+    assert "num_kv_blocks: 256" in load.stdout.splitlines()
     tokens = run_client("tokenize", "Once upon", "--add-bos", "--target", server.target)
     assert tokens.stdout.split()[:2] == ["1", "'<s>'"]
     bad = run_client("generate", "Hi", "--temperature", "-1", "--target", server.target)

@@ -1,0 +1,100 @@
+"""What every Loom gRPC server takes, the engine's (`scheduler serve`) and the router's
+(`router serve`): where it listens, who may call (API keys or a tenants file), TLS, the
+largest message, metrics, how long a drain waits, and how much it logs.
+
+`FrontendConfig` (frontend/config.py) and `RouterConfig` (router/config.py) extend
+`ServerConfig`, so each of these settings is declared once for both. No engine code here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import check_at_least, parse_bytes, setting
+from frontend.auth import load_api_keys
+from frontend.tenants import load_tenants
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def api_keys_file(path: str) -> dict[str, str]:
+    """`--api-keys FILE` -> {key: tenant}; a bad file is a usage error naming it."""
+    try:
+        return load_api_keys(path)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def tenants_file(path: str) -> str:
+    """`--tenants FILE`, checked before anything starts; the server reads it again at start
+    and on SIGHUP."""
+    try:
+        load_tenants(path)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return path
+
+
+def readable_file(path: str) -> str:
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"no file at {path}")
+    return path
+
+
+@dataclass(slots=True, frozen=True)
+class ServerConfig:
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(50051, "gRPC port (0: any free port)")
+    # {key: tenant}; None: no auth, the tenant comes from x-loom-tenant.
+    api_keys: dict[str, str] | None = setting(
+        None,
+        "lines `KEY TENANT`; calls must send `authorization: Bearer KEY`",
+        type=api_keys_file,
+        metavar="FILE",
+    )
+    tenants: str | None = setting(
+        None,
+        "TOML tenants file: hashed API keys, weights, priorities, quotas; SIGHUP reloads it",
+        type=tenants_file,
+        metavar="FILE",
+    )
+    tls_cert: str | None = setting(
+        None,
+        "PEM certificate chain: serve TLS (with --tls-key)",
+        type=readable_file,
+        metavar="FILE",
+    )
+    tls_key: str | None = setting(
+        None, "PEM private key of --tls-cert", type=readable_file, metavar="FILE"
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "PEM CA bundle: mutual TLS, every client must present a certificate it signed",
+        type=readable_file,
+        metavar="FILE",
+    )
+    max_request_bytes: int = setting(
+        1 << 20, "largest request message accepted (default 1MiB)", type=parse_bytes
+    )
+    metrics_port: int | None = setting(None, "Prometheus /metrics port (default: off)")
+    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
+    log_level: str = setting("info", "one line per finished request at info", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "port", 0)
+        check_at_least(self, "metrics_port", 0, optional=True)
+        check_at_least(self, "max_request_bytes", 1)
+        if self.api_keys is not None and self.tenants is not None:
+            raise ValueError("give at most one of api_keys and tenants")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
