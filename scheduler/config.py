@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.queue_policy import QUEUE_POLICIES
-from worker.config import CacheConfig, ModelConfig, WorkerConfig, check_at_least, from_flat, setting
+from worker.config import (
+    CacheConfig,
+    ModelConfig,
+    ParallelConfig,
+    WorkerConfig,
+    check_at_least,
+    from_flat,
+    setting,
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,6 +65,7 @@ class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     @classmethod
     def from_kwargs(cls, **settings: Any) -> EngineConfig:
@@ -66,7 +75,7 @@ class EngineConfig:
 
     @property
     def worker(self) -> WorkerConfig:
-        return WorkerConfig(model=self.model, cache=self.cache)
+        return WorkerConfig(model=self.model, cache=self.cache, parallel=self.parallel)
 
 
 @dataclass(slots=True, frozen=True)

@@ -96,11 +96,67 @@ class CacheConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = setting(
+        1, "split the model over this many GPUs (CPU: processes), Megatron-style"
+    )
+    distributed_timeout: float = setting(
+        60.0, "seconds a tensor-parallel rank may keep the others waiting before the step fails"
+    )
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "tensor_parallel_size", 1)
+        timeout = self.distributed_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"distributed_timeout must be a number > 0, got {timeout!r}")
+
+
+@dataclass(slots=True, frozen=True)
 class WorkerConfig:
     """What `create_worker` needs."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerServerConfig:
+    """The worker server's own settings (`python -m worker serve`)."""
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(50061, "gRPC port (0: any free port)")
+    session_timeout: float = setting(
+        10.0, "seconds a silent scheduler keeps the worker before another may connect"
+    )
+    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "port", 0)
+        if not self.session_timeout > 0:
+            raise ValueError(f"session_timeout must be > 0, got {self.session_timeout}")
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerServeConfig:
+    """Everything `python -m worker serve` takes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    server: WorkerServerConfig = field(default_factory=WorkerServerConfig)
+
+    @property
+    def worker(self) -> WorkerConfig:
+        return WorkerConfig(model=self.model, cache=self.cache, parallel=self.parallel)
+
+
+# Leaves of WorkerServeConfig that are the scheduler's business: `worker serve` has no flag
+# for them.
+SCHEDULER_ONLY_SETTINGS = frozenset({"enable_prefix_caching"})
 
 
 def leaf_fields(cls: type) -> dict[str, tuple[str, ...]]:
