@@ -94,20 +94,32 @@ def check_health(
 
 
 def load_engine(config: ServeConfig):  # -> scheduler.Engine
-    from scheduler.engine import Engine
-
+    """The engine with its worker: in this process, or the remote one --worker names."""
     started = time.monotonic()
-    engine = Engine.from_config(config.engine)
+    remote = config.remote
+    if remote.worker is not None:
+        from frontend.remote_worker import remote_engine
+
+        engine = remote_engine(
+            config.engine, remote.worker, remote.worker_timeout, remote.worker_startup_timeout
+        )
+        source = f"the worker at {remote.worker}"
+    else:
+        from scheduler.engine import Engine
+
+        engine = Engine.from_config(config.engine)
+        source = config.engine.model.model
     info = engine.info
     log.info(
-        "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s",
+        "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s, tensor parallel %d",
         info.model_name,
-        config.engine.model.model,
+        source,
         time.monotonic() - started,
         info.vocab_size,
         engine.max_model_len,
         info.dtype,
         info.device,
+        info.tensor_parallel_size,
     )
     log.info(
         "KV cache: %d blocks x %d tokens = %d tokens; prefix caching %s",
@@ -156,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config: ServeConfig = settings_from_args(ServeConfig, args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    if not Path(config.engine.model.model).is_dir():
+    if config.remote.worker is None and not Path(config.engine.model.model).is_dir():
         print(f"error: no model directory at {args.model}; pass --model DIR", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -169,7 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("API keys: %d keys for %d tenants", len(api_keys), len(set(api_keys.values())))
     if config.frontend.tenants:
         log.info("tenants from %s (SIGHUP reloads it)", config.frontend.tenants)
-    engine = load_engine(config)
+    try:
+        engine = load_engine(config)
+    except ValueError as exc:  # a tensor-parallel size the model cannot be split by, ...
+        log.error("%s", exc)
+        return 2
+    except RuntimeError as exc:  # the remote worker never answered, or refused
+        if config.remote.worker is None:
+            raise
+        log.error("%s", exc)
+        return 1
     try:
         return asyncio.run(serve(engine, config.frontend))
     except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one
@@ -177,3 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         log.error("cannot listen on %s: %s", config.frontend.host, exc)
         return 2
+    finally:
+        close = getattr(engine.worker, "close", None)  # remote, or tensor-parallel ranks
+        if close is not None:
+            close()

@@ -128,6 +128,10 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if not self.async_engine.alive:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the engine loop is not running")
+        if not self.engine.worker_available:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the worker is unavailable (reconnecting); retry"
+            )
         request_id = request.request_id or uuid.uuid4().hex
         # Ids are scoped by tenant: no request id can name another tenant's request.
         req_id = f"{tenant.name}/{request_id}"
@@ -185,9 +189,8 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
         call.admission.charge(len(delta.token_ids))
         if delta.finish_reason == "error":
             log.error("request %s failed: %s", stream.req_id, delta.error)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"request {request_id} failed: {delta.error}"
-            )
+            code = grpc.StatusCode.UNAVAILABLE if delta.unavailable else grpc.StatusCode.INTERNAL
+            await context.abort(code, f"request {request_id} failed: {delta.error}")
         if delta.finish_reason == "abort" and self.gate.aborted_by_shutdown:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

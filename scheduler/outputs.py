@@ -28,6 +28,8 @@ class RequestDelta:
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" on the last delta
     error: str | None = None  # set with finish_reason "error": what went wrong
+    # With "error": the worker could not be reached; a retry may succeed (gRPC UNAVAILABLE).
+    unavailable: bool = False
     usage: Usage | None = None  # on the last delta
 
     @property

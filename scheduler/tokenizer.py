@@ -8,9 +8,14 @@ import sentencepiece as spm
 
 
 class Tokenizer:
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, model_proto: bytes | None = None) -> None:
+        """Reads the file at `model_path`; with `model_proto`, that file's bytes as they came
+        from elsewhere (a remote worker's Info), and `model_path` only names where."""
         self.model_path = Path(model_path)
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        if model_proto is None:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        else:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size: int = self._sp.vocab_size()
         self.bos_id: int = self._sp.bos_id()
         self.eos_id: int = self._sp.eos_id()
