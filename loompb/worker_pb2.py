@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loompb/worker.proto\x12\x0eloom.worker.v1\"\r\n\x0bInfoRequest\"&\n\x0e\x43onnectRequest\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\"<\n\x0f\x43onnectResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"H\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0csession_live\x18\x03 \x01(\x08\"\xc2\x01\n\x0fSamplingOptions\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08logprobs\x18\x05 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x06 \x01(\x05\x12\x0c\n\x04\x65\x63ho\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\t \x03(\x05\x42\x07\n\x05_seed\"\xb4\x01\n\nNewRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\tblock_ids\x18\x03 \x03(\x05\x12\x31\n\x08sampling\x18\x04 \x01(\x0b\x32\x1f.loom.worker.v1.SamplingOptions\x12\x1b\n\x13num_computed_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\x05\"N\n\x0eRunningRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x15\n\rnew_token_ids\x18\x02 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x03 \x03(\x05\"\x8b\x02\n\tStepInput\x12\'\n\x03new\x18\x01 \x03(\x0b\x32\x1a.loom.worker.v1.NewRequest\x12/\n\x07running\x18\x02 \x03(\x0b\x32\x1e.loom.worker.v1.RunningRequest\x12O\n\x14num_scheduled_tokens\x18\x03 \x03(\x0b\x32\x31.loom.worker.v1.StepInput.NumScheduledTokensEntry\x12\x18\n\x10\x66inished_req_ids\x18\x04 \x03(\t\x1a\x39\n\x17NumScheduledTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"m\n\x0ePromptLogprobs\x12\x16\n\x0estart_position\x18\x01 \x01(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\"\xb8\x01\n\rRequestResult\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x19\n\x11sampled_token_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\x12\x37\n\x0fprompt_logprobs\x18\x05 \x01(\x0b\x32\x1e.loom.worker.v1.PromptLogprobs\"<\n\nStepOutput\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.loom.worker.v1.RequestResult\"\xeb\x02\n\nWorkerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x05\x12\x0e\n\x06\x62os_id\x18\x04 \x01(\x05\x12\x0e\n\x06\x65os_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0b\n\x03\x64im\x18\n \x01(\x05\x12\x10\n\x08n_layers\x18\x0b \x01(\x05\x12\x0f\n\x07n_heads\x18\x0c \x01(\x05\x12\x12\n\nn_kv_heads\x18\r \x01(\x05\x12\x10\n\x08head_dim\x18\x0e \x01(\x05\x12\x12\n\nhidden_dim\x18\x0f \x01(\x05\x12\x1c\n\x14tensor_parallel_size\x18\x10 \x01(\x05\x12\x16\n\x0etokenizer_name\x18\x11 \x01(\t\x12\x16\n\x0etokenizer_data\x18\x12 \x01(\x0c\x32\x9d\x02\n\x06Worker\x12?\n\x04Info\x12\x1b.loom.worker.v1.InfoRequest\x1a\x1a.loom.worker.v1.WorkerInfo\x12J\n\x07\x43onnect\x12\x1e.loom.worker.v1.ConnectRequest\x1a\x1f.loom.worker.v1.ConnectResponse\x12=\n\x04Step\x12\x19.loom.worker.v1.StepInput\x1a\x1a.loom.worker.v1.StepOutput\x12G\n\x06Health\x12\x1d.loom.worker.v1.HealthRequest\x1a\x1e.loom.worker.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loompb/worker.proto\x12\x0eloom.worker.v1\"\r\n\x0bInfoRequest\"&\n\x0e\x43onnectRequest\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\"<\n\x0f\x43onnectResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"\x13\n\x11\x44isconnectRequest\"#\n\x12\x44isconnectResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"H\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0csession_live\x18\x03 \x01(\x08\"\xc2\x01\n\x0fSamplingOptions\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08logprobs\x18\x05 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x06 \x01(\x05\x12\x0c\n\x04\x65\x63ho\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\t \x03(\x05\x42\x07\n\x05_seed\"\xb4\x01\n\nNewRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\tblock_ids\x18\x03 \x03(\x05\x12\x31\n\x08sampling\x18\x04 \x01(\x0b\x32\x1f.loom.worker.v1.SamplingOptions\x12\x1b\n\x13num_computed_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\x05\"N\n\x0eRunningRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x15\n\rnew_token_ids\x18\x02 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x03 \x03(\x05\"\x8b\x02\n\tStepInput\x12\'\n\x03new\x18\x01 \x03(\x0b\x32\x1a.loom.worker.v1.NewRequest\x12/\n\x07running\x18\x02 \x03(\x0b\x32\x1e.loom.worker.v1.RunningRequest\x12O\n\x14num_scheduled_tokens\x18\x03 \x03(\x0b\x32\x31.loom.worker.v1.StepInput.NumScheduledTokensEntry\x12\x18\n\x10\x66inished_req_ids\x18\x04 \x03(\t\x1a\x39\n\x17NumScheduledTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"m\n\x0ePromptLogprobs\x12\x16\n\x0estart_position\x18\x01 \x01(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\"\xb8\x01\n\rRequestResult\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x19\n\x11sampled_token_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\x12\x37\n\x0fprompt_logprobs\x18\x05 \x01(\x0b\x32\x1e.loom.worker.v1.PromptLogprobs\"<\n\nStepOutput\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.loom.worker.v1.RequestResult\"\xeb\x02\n\nWorkerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x05\x12\x0e\n\x06\x62os_id\x18\x04 \x01(\x05\x12\x0e\n\x06\x65os_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0b\n\x03\x64im\x18\n \x01(\x05\x12\x10\n\x08n_layers\x18\x0b \x01(\x05\x12\x0f\n\x07n_heads\x18\x0c \x01(\x05\x12\x12\n\nn_kv_heads\x18\r \x01(\x05\x12\x10\n\x08head_dim\x18\x0e \x01(\x05\x12\x12\n\nhidden_dim\x18\x0f \x01(\x05\x12\x1c\n\x14tensor_parallel_size\x18\x10 \x01(\x05\x12\x16\n\x0etokenizer_name\x18\x11 \x01(\t\x12\x16\n\x0etokenizer_data\x18\x12 \x01(\x0c\x32\xf2\x02\n\x06Worker\x12?\n\x04Info\x12\x1b.loom.worker.v1.InfoRequest\x1a\x1a.loom.worker.v1.WorkerInfo\x12J\n\x07\x43onnect\x12\x1e.loom.worker.v1.ConnectRequest\x1a\x1f.loom.worker.v1.ConnectResponse\x12=\n\x04Step\x12\x19.loom.worker.v1.StepInput\x1a\x1a.loom.worker.v1.StepOutput\x12G\n\x06Health\x12\x1d.loom.worker.v1.HealthRequest\x1a\x1e.loom.worker.v1.HealthResponse\x12S\n\nDisconnect\x12!.loom.worker.v1.DisconnectRequest\x1a\".loom.worker.v1.DisconnectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,28 +41,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTRESPONSE']._serialized_end=154
   _globals['_HEALTHREQUEST']._serialized_start=156
   _globals['_HEALTHREQUEST']._serialized_end=171
-  _globals['_HEALTHRESPONSE']._serialized_start=173
-  _globals['_HEALTHRESPONSE']._serialized_end=245
-  _globals['_SAMPLINGOPTIONS']._serialized_start=248
-  _globals['_SAMPLINGOPTIONS']._serialized_end=442
-  _globals['_NEWREQUEST']._serialized_start=445
-  _globals['_NEWREQUEST']._serialized_end=625
-  _globals['_RUNNINGREQUEST']._serialized_start=627
-  _globals['_RUNNINGREQUEST']._serialized_end=705
-  _globals['_STEPINPUT']._serialized_start=708
-  _globals['_STEPINPUT']._serialized_end=975
-  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_start=918
-  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_end=975
-  _globals['_TOPLOGPROBS']._serialized_start=977
-  _globals['_TOPLOGPROBS']._serialized_end=1027
-  _globals['_PROMPTLOGPROBS']._serialized_start=1029
-  _globals['_PROMPTLOGPROBS']._serialized_end=1138
-  _globals['_REQUESTRESULT']._serialized_start=1141
-  _globals['_REQUESTRESULT']._serialized_end=1325
-  _globals['_STEPOUTPUT']._serialized_start=1327
-  _globals['_STEPOUTPUT']._serialized_end=1387
-  _globals['_WORKERINFO']._serialized_start=1390
-  _globals['_WORKERINFO']._serialized_end=1753
-  _globals['_WORKER']._serialized_start=1756
-  _globals['_WORKER']._serialized_end=2041
+  _globals['_DISCONNECTREQUEST']._serialized_start=173
+  _globals['_DISCONNECTREQUEST']._serialized_end=192
+  _globals['_DISCONNECTRESPONSE']._serialized_start=194
+  _globals['_DISCONNECTRESPONSE']._serialized_end=229
+  _globals['_HEALTHRESPONSE']._serialized_start=231
+  _globals['_HEALTHRESPONSE']._serialized_end=303
+  _globals['_SAMPLINGOPTIONS']._serialized_start=306
+  _globals['_SAMPLINGOPTIONS']._serialized_end=500
+  _globals['_NEWREQUEST']._serialized_start=503
+  _globals['_NEWREQUEST']._serialized_end=683
+  _globals['_RUNNINGREQUEST']._serialized_start=685
+  _globals['_RUNNINGREQUEST']._serialized_end=763
+  _globals['_STEPINPUT']._serialized_start=766
+  _globals['_STEPINPUT']._serialized_end=1033
+  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_start=976
+  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_end=1033
+  _globals['_TOPLOGPROBS']._serialized_start=1035
+  _globals['_TOPLOGPROBS']._serialized_end=1085
+  _globals['_PROMPTLOGPROBS']._serialized_start=1087
+  _globals['_PROMPTLOGPROBS']._serialized_end=1196
+  _globals['_REQUESTRESULT']._serialized_start=1199
+  _globals['_REQUESTRESULT']._serialized_end=1383
+  _globals['_STEPOUTPUT']._serialized_start=1385
+  _globals['_STEPOUTPUT']._serialized_end=1445
+  _globals['_WORKERINFO']._serialized_start=1448
+  _globals['_WORKERINFO']._serialized_end=1811
+  _globals['_WORKER']._serialized_start=1814
+  _globals['_WORKER']._serialized_end=2184
 # @@protoc_insertion_point(module_scope)

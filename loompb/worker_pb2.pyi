@@ -28,6 +28,16 @@ class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DisconnectRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisconnectResponse(_message.Message):
+    __slots__ = ("ended",)
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ended: bool
+    def __init__(self, ended: _Optional[bool] = ...) -> None: ...
+
 class HealthResponse(_message.Message):
     __slots__ = ("serving", "message", "session_live")
     SERVING_FIELD_NUMBER: _ClassVar[int]

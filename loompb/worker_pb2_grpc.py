@@ -54,6 +54,11 @@ class WorkerStub:
                 request_serializer=loompb_dot_worker__pb2.HealthRequest.SerializeToString,
                 response_deserializer=loompb_dot_worker__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.Disconnect = channel.unary_unary(
+                '/loom.worker.v1.Worker/Disconnect',
+                request_serializer=loompb_dot_worker__pb2.DisconnectRequest.SerializeToString,
+                response_deserializer=loompb_dot_worker__pb2.DisconnectResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -95,6 +100,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Disconnect(self, request, context):
+        """Ends the session named in `loom-session-id` (a scheduler shutting down): its requests are
+        dropped and another scheduler may connect at once. Ending a session that is not the live
+        one changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +131,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=loompb_dot_worker__pb2.HealthRequest.FromString,
                     response_serializer=loompb_dot_worker__pb2.HealthResponse.SerializeToString,
+            ),
+            'Disconnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disconnect,
+                    request_deserializer=loompb_dot_worker__pb2.DisconnectRequest.FromString,
+                    response_serializer=loompb_dot_worker__pb2.DisconnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +246,33 @@ class Worker:
             '/loom.worker.v1.Worker/Health',
             loompb_dot_worker__pb2.HealthRequest.SerializeToString,
             loompb_dot_worker__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disconnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.worker.v1.Worker/Disconnect',
+            loompb_dot_worker__pb2.DisconnectRequest.SerializeToString,
+            loompb_dot_worker__pb2.DisconnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,9 +7,10 @@ behind proto/worker.proto, for a scheduler in another process or on another host
     server.stop()
 
 One scheduler drives it at a time, in a session (see proto/worker.proto): Connect starts one
-and drops every request the worker held, Step and Health name it in `loom-session-id`
-metadata. A session that is silent for `session_timeout` seconds may be taken over by another
-scheduler; until then another scheduler's Connect is FAILED_PRECONDITION. Steps run one at a
+and drops every request the worker held, Step, Health and Disconnect name it in
+`loom-session-id` metadata. A session that is silent for `session_timeout` seconds may be
+taken over by another scheduler; until then, or until it disconnects, another scheduler's
+Connect is FAILED_PRECONDITION. Steps run one at a
 time, and Connect waits for a step in flight, so a new session never races an old step.
 
 Every Step is checked against the worker's state before any of it is applied
@@ -132,6 +133,20 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.ConnectResponse(
             session_id=session.session_id, lease_seconds=self.session_timeout
         )
+
+    def Disconnect(self, request: Any, context: Any) -> worker_pb2.DisconnectResponse:
+        session_id = self._caller_session(context)
+        with self._step_lock:
+            with self._session_lock:
+                held = self._session
+                ended = held is not None and held.session_id == session_id
+                if ended:
+                    self._session = None
+            if ended and self.worker.requests:
+                self._run(StepInput(finished_req_ids=list(self.worker.requests)), context)
+        if ended:
+            log.info("scheduler %s disconnected", held.scheduler_id)
+        return worker_pb2.DisconnectResponse(ended=ended)
 
     # ---- calls -------------------------------------------------------------------------
 
@@ -256,6 +271,11 @@ def _add_worker_service(service: WorkerService, server: grpc.Server) -> None:
         ),
         "Health": grpc.unary_unary_rpc_method_handler(
             service.Health, pb.HealthRequest.FromString, pb.HealthResponse.SerializeToString
+        ),
+        "Disconnect": grpc.unary_unary_rpc_method_handler(
+            service.Disconnect,
+            pb.DisconnectRequest.FromString,
+            pb.DisconnectResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -100,11 +100,19 @@ def test_one_scheduler_at_a_time_until_the_first_falls_silent(
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     health = stub.Health(worker_pb2.HealthRequest(), metadata=((SESSION_METADATA, first),))
     assert health.serving and health.session_live
-    connect_when_free(stub, "scheduler-b")  # takes over once scheduler-a is silent
+    second = connect_when_free(stub, "scheduler-b")  # takes over once scheduler-a is silent
     code, details = code_of(lambda: step(stub, first, StepInput()))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "call Connect" in details
     health = stub.Health(worker_pb2.HealthRequest(), metadata=((SESSION_METADATA, first),))
     assert health.serving and not health.session_live
+    # A scheduler that disconnects frees the worker at once.
+    assert not stub.Disconnect(
+        worker_pb2.DisconnectRequest(), metadata=((SESSION_METADATA, first),)
+    ).ended
+    assert stub.Disconnect(
+        worker_pb2.DisconnectRequest(), metadata=((SESSION_METADATA, second),)
+    ).ended
+    connect(stub, "scheduler-c")
 
 
 def test_a_reconnect_drops_every_request_of_the_old_session(
