@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from worker.config import SCHEDULER_ONLY_SETTINGS, WorkerServeConfig
@@ -87,8 +88,10 @@ def serve(config: WorkerServeConfig) -> int:
     from worker import create_worker
     from worker.server import WorkerServer
 
+    # Load and step on one thread (worker/server.py says why).
+    step_thread = ThreadPoolExecutor(1, thread_name_prefix="worker-step")
     try:
-        worker = create_worker(config.worker)
+        worker = step_thread.submit(create_worker, config.worker).result()
     except ValueError as exc:  # e.g. a tensor_parallel_size the model cannot be split by
         log.error("%s", exc)
         return 2
@@ -109,7 +112,8 @@ def serve(config: WorkerServeConfig) -> int:
     tokenizer = Path(config.model.model) / TOKENIZER_FILE
     if not tokenizer.is_file():
         log.warning("%s is missing: a scheduler cannot serve text with this worker", tokenizer)
-    server = WorkerServer(worker, config.server, tokenizer if tokenizer.is_file() else None)
+    tokenizer_path = tokenizer if tokenizer.is_file() else None
+    server = WorkerServer(worker, config.server, tokenizer_path, step_thread)
     try:
         port = server.start()
     except RuntimeError as exc:

@@ -75,6 +75,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         tokenizer_path: Path | None,
         session_timeout: float,
         health_servicer: health.HealthServicer,
+        step_thread: futures.Executor | None = None,
     ) -> None:
         self.worker = worker
         self.session_timeout = session_timeout
@@ -84,6 +85,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._tokenizer_name = tokenizer_path.name if tokenizer_path else ""
         self._tokenizer_data = tokenizer_path.read_bytes() if tokenizer_path else b""
         self._step_lock = threading.Lock()  # one step at a time; Connect waits for it
+        # Every step runs on one thread, whichever RPC thread took the call: OpenMP keeps a
+        # team of threads per thread that calls into it, and with more than one team in the
+        # process it stops keeping its threads awake between parallel regions (on CPU, a
+        # 60M-model decode step then takes 10 ms instead of 6). Best is the thread that
+        # loaded the worker (see worker/cli.py).
+        self._step_thread = step_thread or futures.ThreadPoolExecutor(1, "worker-step")
         self._session_lock = threading.Lock()
         self._session: Session | None = None
         self._failure: str | None = None
@@ -187,7 +194,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _run(self, step: StepInput, context: Any) -> StepOutput:
         try:
-            return self.worker.execute(step)
+            return self._step_thread.submit(self.worker.execute, step).result()
         except Exception as exc:
             if getattr(self.worker, "available", True):
                 log.exception("step failed")
@@ -216,11 +223,19 @@ class WorkerServer:
     """The gRPC server around one worker: Worker, grpc.health.v1 and reflection."""
 
     def __init__(
-        self, worker: ServedWorker, config: WorkerServerConfig, tokenizer_path: Path | None
+        self,
+        worker: ServedWorker,
+        config: WorkerServerConfig,
+        tokenizer_path: Path | None,
+        step_thread: futures.Executor | None = None,
     ) -> None:
+        """`step_thread`: the one-thread executor that runs every step (by default a new
+        one; pass the one that created the worker)."""
         self.config = config
         self.health = health.HealthServicer()
-        self.service = WorkerService(worker, tokenizer_path, config.session_timeout, self.health)
+        self.service = WorkerService(
+            worker, tokenizer_path, config.session_timeout, self.health, step_thread
+        )
         self.port: int | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-rpc"),
