@@ -141,13 +141,19 @@ class RankGroup:
     def all_gather_on_load(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's CPU `tensor` (same shape everywhere), in rank order."""
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous(), group=self.loading)
+        try:
+            dist.all_gather(parts, tensor.contiguous(), group=self.loading)
+        except RuntimeError as exc:
+            raise RankFailure(f"a rank failed while the model loaded: {exc}") from exc
         return parts
 
     def min_on_load(self, value: int) -> int:
         """The smallest of every rank's `value`."""
         tensor = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.loading)
+        try:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.loading)
+        except RuntimeError as exc:
+            raise RankFailure(f"a rank failed while the model loaded: {exc}") from exc
         return int(tensor)
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ closes the worker, and by themselves when rank 0 dies (their next collective fai
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import subprocess
@@ -137,16 +136,13 @@ def _wait_started(store: dist.TCPStore, processes: list[subprocess.Popen]) -> No
     """Until every started rank has reached the store; a rank that exits first ends this."""
     keys = [STARTED_KEY.format(rank) for rank in range(1, len(processes) + 1)]
     deadline = time.monotonic() + LOAD_TIMEOUT.total_seconds()
-    while True:
+    while not store.check(keys):
         for rank, process in enumerate(processes, start=1):
             if process.poll() is not None:
                 raise RuntimeError(
                     f"tensor-parallel rank {rank} exited with status {process.returncode} "
                     "before the group formed (its error is in the log above)"
                 )
-        try:
-            store.wait(keys, datetime.timedelta(seconds=0.5))
-            return
-        except dist.DistStoreError:
-            if time.monotonic() > deadline:
-                raise
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the tensor-parallel ranks did not start within {LOAD_TIMEOUT}")
+        time.sleep(0.05)  # other processes starting: nothing to wait on but the store
