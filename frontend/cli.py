@@ -199,6 +199,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", config.frontend.host, exc)
         return 2
     finally:
-        close = getattr(engine.worker, "close", None)  # remote, or tensor-parallel ranks
-        if close is not None:
-            close()
+        engine.close()  # a remote worker's session, tensor-parallel ranks

@@ -163,6 +163,13 @@ class Engine:
         with self._lock:
             self._new_weights = weights
 
+    def close(self) -> None:
+        """Release the worker: stop a tensor-parallel worker's other ranks, end a remote
+        worker's session. The engine is unusable afterwards."""
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            close()
+
     @property
     def worker_available(self) -> bool:
         """Whether the worker can run steps now (a remote one may be reconnecting)."""

@@ -33,7 +33,7 @@ def worker_process() -> Iterator[ServeProcess]:
 def remote(worker_process: ServeProcess) -> Iterator[Engine]:
     engine = remote_engine(EngineConfig(), worker_process.target, 30.0, 60.0)
     yield engine
-    engine.worker.close()
+    engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_echo(remote: Engine, embedded: Engine) -> None:
 def test_preemption_under_a_small_cache(remote: Engine, embedded: Engine) -> None:
     before = (remote.scheduler.num_preemptions, embedded.scheduler.num_preemptions)
     prompts = [*PROMPTS, "One day"]
-    params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True, logprobs=True)
+    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True, logprobs=True)
     assert_same(remote, embedded, prompts, [params] * len(prompts))
     preempted = (
         remote.scheduler.num_preemptions - before[0],

@@ -38,6 +38,6 @@ def test_a_two_rank_worker_serves_a_scheduler_and_exits_when_a_rank_dies() -> No
         assert re.search(r"the worker cannot run steps any more: tensor-parallel \w+ failed", log)
         assert "exiting: the worker cannot run steps any more" in log
         wait_until(lambda: not engine.worker_available, 10, "the scheduler sees it gone")
-        engine.worker.close()
+        engine.close()
     finally:
         worker.stop()
