@@ -243,6 +243,8 @@ class RemoteWorker:
                     delay = min(2 * delay, MAX_BACKOFF)
                 continue
             conn = self._conn
+            if conn is None:  # closed meanwhile
+                continue
             due = self._last_contact + conn.lease_seconds / 3 - time.monotonic()
             if due > 0:
                 self._wake.wait(due)

@@ -10,8 +10,7 @@ tok_embeddings and output (padded up to a multiple of N), the norms whole.
   it shares with N/S - 1 other ranks when S divides N) and cuts its slice out of them. Llama
   2's shards split the embedding by width, not by vocabulary: the ranks exchange their width
   slices once, at load, and each keeps its vocabulary rows.
-- Hugging Face checkpoints are cut at load: from safetensors only the rank's rows or columns
-  are read; wq/wk get HF's rotary permutation undone per head of the slice.
+- Hugging Face checkpoints are cut at load (worker/tp_hf_loader.py).
 
 Errors are CheckpointErrors naming the file and tensor, as worker/loader.py's.
 """
@@ -20,33 +19,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from worker import hf_layout
 from worker.loader import (  # the single-process loader's checks, shared
     CheckpointError,
     LoadedCheckpoint,
     _check_complete,
-    _check_safetensors_length,
-    _hf_weight_paths,
     _meta_shard_paths,
     _parse_args,
     _read_json,
     _read_torch_file,
     _split_dim,
 )
-from worker.model_args import ModelArgs, args_from_hf_config, args_from_meta_params, expected_shapes
+from worker.model_args import ModelArgs, args_from_meta_params, expected_shapes
 from worker.parallel import RankGroup
 from worker.tp_model import check_tensor_parallel_size, rank_args, rows_per_rank
 
 # The dimension a rank's slice is cut along (Megatron's layout); norms are whole.
-_RANK_DIM = {
+RANK_DIM = {
     "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1,
     "output": 0, "tok_embeddings": 0,
 }  # fmt: skip
-_VOCAB = ("output", "tok_embeddings")
+VOCAB_WEIGHTS = ("output", "tok_embeddings")
 
 log = logging.getLogger("loom.worker.tp")
 
@@ -59,7 +54,9 @@ def load_rank_checkpoint(
     if (model_dir / "params.json").exists():
         loaded = _load_meta(model_dir, group)
     elif (model_dir / "config.json").exists():
-        loaded = _load_hf(model_dir, group)
+        from worker.tp_hf_loader import load_hf_rank
+
+        loaded = load_hf_rank(model_dir, group)
     else:
         raise CheckpointError(
             f"{model_dir}: neither params.json (Meta layout) nor config.json "
@@ -89,7 +86,7 @@ def rank_range(size: int, rank: int, world_size: int, vocab: bool) -> tuple[int,
     return rank * size // world_size, (rank + 1) * size // world_size, size // world_size
 
 
-def _padded(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+def padded(tensor: torch.Tensor, dim: int, length: int) -> torch.Tensor:
     missing = length - tensor.shape[dim]
     if missing == 0:
         return tensor
@@ -177,9 +174,11 @@ def _meta_rank_slice(
     held = torch.cat(pieces, dim=shard_dim) if len(pieces) > 1 else pieces[0]
     offset = indices[0] * piece_shape[shard_dim]  # where `held` starts in the whole tensor
     kind = name.split(".")[-2]
-    rank_dim = _RANK_DIM[kind]
+    rank_dim = RANK_DIM[kind]
     if num_shards == 1 or shard_dim == rank_dim:
-        return _cut(held, rank_dim, offset, full_shape[rank_dim], kind in _VOCAB, group, name)
+        return _cut(
+            held, rank_dim, offset, full_shape[rank_dim], kind in VOCAB_WEIGHTS, group, name
+        )
     # Llama 2's embedding is split by width: gather the width, keep the vocabulary rows.
     width = _cut(held, shard_dim, offset, full_shape[shard_dim], False, group, name)
     whole = torch.cat(group.all_gather_on_load(width), dim=shard_dim)
@@ -204,7 +203,7 @@ def _cut(
             f"({offset}..{offset + held.shape[dim]}); use a tensor_parallel_size the shard "
             "count divides or that divides it"
         )
-    return _padded(held.narrow(dim, start - offset, stop - start).clone(), dim, length)
+    return padded(held.narrow(dim, start - offset, stop - start).clone(), dim, length)
 
 
 def _check_rank_complete(
@@ -217,98 +216,3 @@ def _check_rank_complete(
     _check_complete(
         weights, rank_args(args, world_size), where, f"{source} split {world_size} ways"
     )
-
-
-# ---- Hugging Face layout ---------------------------------------------------------------------
-
-
-def _load_hf(model_dir: Path, group: RankGroup) -> LoadedCheckpoint:
-    config_path = model_dir / "config.json"
-    config = _read_json(config_path)
-    args = _parse_args(config_path, args_from_hf_config, config)
-    check_tensor_parallel_size(args, group.world_size)
-    sources = _HfTensors(model_dir)
-    if "output.weight" not in sources.shapes and "tok_embeddings.weight" in sources.shapes:
-        sources.alias("output.weight", "tok_embeddings.weight")  # tie_word_embeddings
-    shapes = {name: torch.empty(shape, device="meta") for name, shape in sources.shapes.items()}
-    _check_complete(shapes, args, sources.where, "config.json")  # names and whole shapes
-    local_heads = {
-        "wq": args.n_heads // group.world_size,
-        "wk": args.n_kv_heads // group.world_size,
-    }
-    weights = {}
-    for name, shape in sources.shapes.items():
-        kind = name.split(".")[-2]
-        if len(shape) == 1:
-            weights[name] = sources.read(name)
-            continue
-        dim = _RANK_DIM[kind]
-        start, stop, length = rank_range(shape[dim], group.rank, group.world_size, kind in _VOCAB)
-        tensor = _padded(sources.read(name, dim, start, stop), dim, length)
-        if kind in local_heads:
-            tensor = hf_layout.rotate_half_to_interleaved(tensor, local_heads[kind])
-        weights[name] = tensor
-    eos = config.get("eos_token_id", 2)
-    return LoadedCheckpoint(
-        args=args,
-        weights=weights,
-        bos_id=int(config.get("bos_token_id", 1)),
-        eos_id=int(eos[0] if isinstance(eos, list) else eos),
-    )
-
-
-class _HfTensors:
-    """The checkpoint's tensors under Meta's names, read in slices: safetensors by their
-    headers (nothing else is read until a slice is asked for), .bin files memory-mapped."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.where: dict[str, Path] = {}
-        self._sources: dict[str, tuple[Any, str]] = {}  # name -> (open file, its HF name)
-        for path in _hf_weight_paths(model_dir):
-            for hf_name, (handle, shape) in self._open(path).items():
-                if hf_name.endswith(hf_layout.IGNORED_SUFFIXES):
-                    continue
-                name = hf_layout.meta_name(hf_name)
-                if name is None:
-                    raise CheckpointError(f"{path}: unexpected tensor {hf_name}")
-                self.shapes[name] = shape
-                self.where[name] = path
-                self._sources[name] = (handle, hf_name)
-
-    def alias(self, name: str, of: str) -> None:
-        self.shapes[name], self.where[name] = self.shapes[of], self.where[of]
-        self._sources[name] = self._sources[of]
-
-    @staticmethod
-    def _open(path: Path) -> dict[str, tuple[Any, tuple[int, ...]]]:
-        if not path.exists():
-            raise CheckpointError(f"{path}: file is missing")
-        if path.suffix != ".safetensors":
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:
-                raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
-            return {name: (state, tuple(t.shape)) for name, t in state.items()}
-        from safetensors import safe_open
-
-        _check_safetensors_length(path)
-        handle = safe_open(str(path), framework="pt")
-        names = handle.keys()  # a safetensors handle is no mapping
-        return {name: (handle, tuple(handle.get_slice(name).get_shape())) for name in names}
-
-    def read(
-        self, name: str, dim: int = 0, start: int = 0, stop: int | None = None
-    ) -> torch.Tensor:
-        """Rows (dim 0) or columns (dim 1) [start, stop) of the tensor; the whole one when
-        stop is None."""
-        handle, hf_name = self._sources[name]
-        if isinstance(handle, dict):  # a memory-mapped .bin: copy out the slice
-            tensor = handle[hf_name]
-            return (
-                tensor.clone() if stop is None else tensor.narrow(dim, start, stop - start).clone()
-            )
-        if stop is None:
-            return handle.get_tensor(hf_name)
-        part = handle.get_slice(hf_name)
-        return part[start:stop] if dim == 0 else part[:, start:stop]
