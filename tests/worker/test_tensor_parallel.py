@@ -2,8 +2,9 @@
 
 Two ranks give the same greedy tokens as one, and logits within 1e-4 (only the summation
 order of the all-reduces differs), for stories260K, for a random GQA model read from a Hugging
-Face export (split at load, a vocabulary two ranks do not divide), and for a two-shard Meta
-checkpoint, of which each rank reads only its own shard. An N the model cannot be split by is
+Face export (split at load, a vocabulary two ranks do not divide), and for Meta checkpoints
+in two shards (each rank reads only its own) and in four (each reads the two of its slice).
+An N the model cannot be split by is
 refused before any process starts; a rank killed or hung mid-generation fails the requests in
 flight within the collective timeout, and the worker stays unavailable.
 """
@@ -100,16 +101,29 @@ def test_random_gqa_model_split_from_a_hugging_face_export_matches_one(tmp_path:
     assert_same_as_one_rank(hf_dir, reference_dir=meta_dir)
 
 
-def test_two_meta_shards_load_one_per_rank(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+@pytest.mark.parametrize(
+    ("num_shards", "rank_0_reads", "rank_1_reads"),
+    [
+        (2, "consolidated.00.pth", "consolidated.01.pth"),
+        (4, "consolidated.00.pth, consolidated.01.pth", "consolidated.02.pth, consolidated.03.pth"),
+    ],
+)
+def test_meta_shards_load_per_rank(
+    num_shards: int,
+    rank_0_reads: str,
+    rank_1_reads: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture,
 ) -> None:
-    sharded = split_meta(read_meta_model(STORIES_DIR), tmp_path / "sharded", 2)
+    """Two shards: each rank reads its own. Four: each reads the two that make its slice.
+    Either way the embedding, split by width in the shards, is exchanged once at load."""
+    sharded = split_meta(read_meta_model(STORIES_DIR), tmp_path / "sharded", num_shards)
     caplog.set_level(logging.INFO, logger="loom.worker.tp")
     assert_same_as_one_rank(sharded, reference_dir=STORIES_DIR)
-    assert "rank 0 reads consolidated.00.pth" in caplog.text
+    assert f"rank 0 reads {rank_0_reads}\n" in caplog.text
     rank_one = capfd.readouterr().err  # the other rank's log, on the stderr it inherited
-    assert "rank 1 reads consolidated.01.pth" in rank_one
-    assert "consolidated.00.pth" not in rank_one
+    assert f"rank 1 reads {rank_1_reads}\n" in rank_one
 
 
 def test_a_size_that_does_not_divide_the_kv_heads_is_refused_before_starting() -> None:
