@@ -11,8 +11,8 @@ the worker unavailable and raises WorkerUnavailableError; the engine then fails 
 in flight (UNAVAILABLE) and the frontend reports NOT_SERVING. A background thread reconnects
 with backoff, and renews the session's lease with Health calls while no step does. Each new
 session counts in `session_epoch`, which tells the engine that the worker holds nothing of
-what it sent before (nor any cached prefix). A worker that comes back with another model
-stays unavailable.
+what it sent before (nor any cached prefix). A worker that comes back with another model,
+or fewer KV blocks, stays unavailable.
 """
 
 from __future__ import annotations
@@ -203,11 +203,12 @@ class RemoteWorker:
             (info.tokenizer_name, info.tokenizer_data),
         )
         first = self._first
-        if first is not None and (conn.info, conn.tokenizer) != (first.info, first.tokenizer):
+        if first is not None and not _can_resume(first, conn):
             channel.close()
             raise WorkerChangedError(
-                f"the worker at {self.target} came back with another model, tokenizer or KV "
-                f"cache ({conn.info} instead of {first.info}); restart this scheduler to use it"
+                f"the worker at {self.target} came back with another model, tokenizer or a "
+                f"smaller KV cache ({conn.info} instead of {first.info}); restart this "
+                "scheduler to use it"
             )
         with self._lock:
             old, self._conn = self._conn, conn
@@ -270,6 +271,18 @@ class RemoteWorker:
             self._mark_down("the worker lost this scheduler's session (restarted, or taken over)")
         else:
             self._last_contact = max(self._last_contact, time.monotonic())
+
+
+def _can_resume(first: _Connection, new: _Connection) -> bool:
+    """Whether the scheduler, sized for `first`, can drive `new`: the same model and
+    tokenizer, and at least as many KV blocks (a GPU worker sized by free memory may find a
+    little more after a restart; the extra blocks go unused)."""
+    same = dataclasses.replace(new.info, num_kv_blocks=first.info.num_kv_blocks)
+    return (
+        same == first.info
+        and new.tokenizer == first.tokenizer
+        and new.info.num_kv_blocks >= first.info.num_kv_blocks
+    )
 
 
 def _describe(exc: BaseException) -> str:
