@@ -49,6 +49,7 @@ def start_tensor_parallel(config: WorkerConfig) -> TensorParallelWorker:
         "127.0.0.1", 0, world_size, is_master=True, timeout=LOAD_TIMEOUT, wait_for_workers=False
     )
     processes = [_start_rank(config, rank, store.port) for rank in range(1, world_size)]
+    group = None
     try:
         _wait_started(store, processes)
         group = _group(RankInfo(0, world_size, 0), config, store)
@@ -57,6 +58,8 @@ def start_tensor_parallel(config: WorkerConfig) -> TensorParallelWorker:
         for process in processes:
             process.kill()
             process.wait()
+        if group is not None:  # so that this process can form another group later
+            group.close()
         raise
 
 
