@@ -11,6 +11,9 @@ import re
 from dataclasses import field
 from typing import Any
 
+# What every server's --log-level takes.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def setting(default: Any, help: str, **flag: Any) -> Any:
     """A settings field: its default, and what the command line needs to offer it (help, and

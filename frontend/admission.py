@@ -118,6 +118,8 @@ class Admitter:
             raise Refused("UNAVAILABLE", "server is shutting down")
         if not self.async_engine.alive:
             raise Refused("UNAVAILABLE", "the engine loop is not running")
+        if not self.async_engine.engine.worker_available:
+            raise Refused("UNAVAILABLE", "the worker is unavailable (reconnecting); retry")
 
     def admit(
         self,
@@ -175,8 +177,9 @@ class Admitter:
 
     async def next_delta(self, call: AdmittedCall, timeout: float | None = None) -> RequestDelta:
         """The request's next delta, its tokens charged to the tenant. Refused when the
-        request failed (INTERNAL), the server cut it off while shutting down (UNAVAILABLE) or
-        `timeout` seconds passed first (DEADLINE_EXCEEDED; the request is aborted)."""
+        request failed (INTERNAL; UNAVAILABLE when its worker could not be reached), the
+        server cut it off while shutting down (UNAVAILABLE) or `timeout` seconds passed first
+        (DEADLINE_EXCEEDED; the request is aborted)."""
         stream = call.stream
         try:
             if timeout is None:
@@ -189,7 +192,9 @@ class Admitter:
         call.admission.charge(len(delta.token_ids))
         if delta.finish_reason == "error":
             log.error("request %s failed: %s", stream.req_id, delta.error)
-            raise Refused("INTERNAL", f"request {call.request_id} failed: {delta.error}")
+            # A worker that could not be reached: the caller may retry elsewhere.
+            status = "UNAVAILABLE" if delta.unavailable else "INTERNAL"
+            raise Refused(status, f"request {call.request_id} failed: {delta.error}")
         if delta.finish_reason == "abort" and self.gate.aborted_by_shutdown:
             raise Refused(
                 "UNAVAILABLE",

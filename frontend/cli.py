@@ -17,12 +17,14 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
+from common.flags import add_settings_flags, settings_from_args
 from frontend.config import FrontendConfig, ServeConfig
-from frontend.flags import add_settings_flags, settings_from_args
 from frontend.server import Frontend
+from scheduler.config import EngineConfig
 from scheduler.gc_tuning import tune_gc_for_serving
 from worker.model_source import UnreadableModelError, resolve_model
 from worker.threads import available_cpus
@@ -99,25 +101,57 @@ def check_health(
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def load_engine(config: ServeConfig):  # -> scheduler.Engine
+def load_local_engine(engine_config: EngineConfig):  # -> scheduler.Engine
+    """The engine with its worker in this process, built on a thread of its own that then
+    ends. OpenMP keeps a pool of threads per thread that starts parallel work; a pool left on
+    the main thread beside the engine loop's makes libgomp stop spinning its threads between
+    parallel regions (more threads than cores), so every region would wait for a wake-up."""
     from scheduler.engine import Engine
 
-    started = time.monotonic()
-    engine_config = config.engine
     if engine_config.model.num_threads is None:  # the cores this process may really use
         model = dataclasses.replace(engine_config.model, num_threads=available_cpus())
         engine_config = dataclasses.replace(engine_config, model=model)
-    engine = Engine.from_config(engine_config)
+    result: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            result["engine"] = Engine.from_config(engine_config)
+        except BaseException as exc:  # raised again on the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=build, name="engine-load")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["engine"]
+
+
+def load_engine(config: ServeConfig):  # -> scheduler.Engine
+    """The engine with its worker: in this process, or the remote one --worker names."""
+    started = time.monotonic()
+    remote = config.remote
+    if remote.worker is not None:
+        from frontend.remote_worker import remote_engine
+
+        engine = remote_engine(
+            config.engine, remote.worker, remote.worker_timeout, remote.worker_startup_timeout
+        )
+        source = f"the worker at {remote.worker}"
+    else:
+        engine = load_local_engine(config.engine)
+        source = config.engine.model.model
     info = engine.info
     log.info(
-        "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s",
+        "loaded %s from %s in %.1f s: vocab %d, max length %d, %s on %s, tensor parallel %d",
         info.model_name,
-        config.engine.model.model,
+        source,
         time.monotonic() - started,
         info.vocab_size,
         engine.max_model_len,
         info.dtype,
         info.device,
+        info.tensor_parallel_size,
     )
     log.info(
         "KV cache: %d blocks x %d tokens = %d tokens; prefix caching %s",
@@ -174,11 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config: ServeConfig = settings_from_args(ServeConfig, args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    try:
-        resolve_model(config.engine.model.model)  # before logging starts: one line, exit 2
-    except UnreadableModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if config.remote.worker is None:
+        try:
+            resolve_model(config.engine.model.model)  # before logging starts: one line, exit 2
+        except UnreadableModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=config.frontend.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -194,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnreadableModelError as exc:  # a broken checkpoint, tokenizer or GGUF file
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a tensor-parallel size the model cannot be split by, ...
+        log.error("%s", exc)
+        return 2
+    except RuntimeError as exc:  # the remote worker never answered, or refused
+        if config.remote.worker is None:
+            raise
+        log.error("%s", exc)
+        return 1
     tune_gc_for_serving()  # everything loaded so far lives as long as the server
     try:
         return asyncio.run(serve(engine, config.frontend))
@@ -202,3 +245,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         log.error("cannot listen on %s: %s", config.frontend.host, exc)
         return 2
+    finally:
+        engine.close()  # a remote worker's session, tensor-parallel ranks

@@ -41,19 +41,32 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+WORKER_WATCH_INTERVAL = 0.25  # seconds between looks at the worker's availability
 
 
 class LiveHealthServicer(health.aio.HealthServicer):
-    """Answers NOT_SERVING as soon as the engine loop is gone, even between updates."""
+    """Answers NOT_SERVING as soon as the engine loop is gone, even between updates, and
+    while the worker is unavailable (a remote one reconnecting)."""
 
     def __init__(self, async_engine: AsyncEngine) -> None:
         super().__init__()
         self._async_engine = async_engine
+        self._worker_available: bool | None = None
 
     async def Check(self, request: Any, context: Any) -> Any:
+        await self.sync()
+        return await super().Check(request, context)
+
+    async def sync(self) -> None:
+        """Bring the status up to date (once draining, nothing changes it again)."""
         if not self._async_engine.alive:
             await self.enter_graceful_shutdown()
-        return await super().Check(request, context)
+            return
+        available = self._async_engine.engine.worker_available
+        if available != self._worker_available:
+            self._worker_available = available
+            for service in ("", SERVICE_NAME):
+                await self.set(service, SERVING if available else NOT_SERVING)
 
 
 class Frontend:
@@ -74,6 +87,7 @@ class Frontend:
         self._server: Any = None
         self._http: Any = None  # frontend.http.app.HttpServer
         self._drained: asyncio.Future[None] | None = None
+        self._worker_watch: asyncio.Task[None] | None = None
         self._cut_short = asyncio.Event()
 
     async def start(self) -> None:
@@ -118,9 +132,9 @@ class Frontend:
         await server.start()
         if self._http is not None:
             await self._http.start()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, SERVING)
+        await self.health.sync()
         asyncio.get_running_loop().create_task(self._watch_engine_loop())
+        self._worker_watch = asyncio.get_running_loop().create_task(self._watch_worker())
 
     def _http_server(self) -> Any:
         # Imported only when asked for: a gRPC-only server loads no HTTP stack.
@@ -171,6 +185,12 @@ class Frontend:
         )
         return True
 
+    async def _watch_worker(self) -> None:
+        """Keep health (for Watch callers too) in step with the worker's availability."""
+        while self.async_engine.alive:
+            await self.health.sync()
+            await asyncio.sleep(WORKER_WATCH_INTERVAL)
+
     async def _watch_engine_loop(self) -> None:
         """Flip health (for Watch callers too) when the engine loop stops for good."""
         await asyncio.get_running_loop().run_in_executor(None, self.async_engine.wait_stopped)
@@ -219,6 +239,8 @@ class Frontend:
     async def _drain(self, timeout: float | None) -> None:
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         self.gate.draining = True
+        if self._worker_watch is not None:
+            self._worker_watch.cancel()
         await self.health.enter_graceful_shutdown()
         log.info("draining: %d requests in flight, up to %.1f s", self.gate.num_in_flight, timeout)
         if not await self._wait_in_flight(timeout):

@@ -12,11 +12,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import check_at_least, parse_bytes, setting
+from common.settings import LOG_LEVELS, check_at_least, parse_bytes, setting
 from frontend.auth import load_api_keys
 from frontend.tenants import load_tenants
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def api_keys_file(path: str) -> dict[str, str]:

@@ -6,9 +6,47 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class GetInfoRequest(_message.Message):
+class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ConnectRequest(_message.Message):
+    __slots__ = ("scheduler_id",)
+    SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
+    scheduler_id: str
+    def __init__(self, scheduler_id: _Optional[str] = ...) -> None: ...
+
+class ConnectResponse(_message.Message):
+    __slots__ = ("session_id", "lease_seconds")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_seconds: float
+    def __init__(self, session_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisconnectRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisconnectResponse(_message.Message):
+    __slots__ = ("ended",)
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ended: bool
+    def __init__(self, ended: _Optional[bool] = ...) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("serving", "message", "session_live")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_LIVE_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    message: str
+    session_live: bool
+    def __init__(self, serving: _Optional[bool] = ..., message: _Optional[str] = ..., session_live: _Optional[bool] = ...) -> None: ...
 
 class SamplingOptions(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "seed", "logprobs", "top_logprobs", "echo", "min_tokens", "stop_token_ids", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias")
@@ -131,7 +169,7 @@ class StepOutput(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[RequestResult, _Mapping]]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device")
+    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "tensor_parallel_size", "tokenizer_name", "tokenizer_data")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +179,15 @@ class WorkerInfo(_message.Message):
     NUM_KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    N_HEADS_FIELD_NUMBER: _ClassVar[int]
+    N_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_DATA_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     max_seq_len: int
@@ -150,4 +197,13 @@ class WorkerInfo(_message.Message):
     num_kv_blocks: int
     dtype: str
     device: str
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    tensor_parallel_size: int
+    tokenizer_name: str
+    tokenizer_data: bytes
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., tensor_parallel_size: _Optional[int] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_data: _Optional[bytes] = ...) -> None: ...

@@ -34,31 +34,76 @@ class WorkerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.GetInfo = channel.unary_unary(
-                '/loom.worker.v1.Worker/GetInfo',
-                request_serializer=loompb_dot_worker__pb2.GetInfoRequest.SerializeToString,
+        self.Info = channel.unary_unary(
+                '/loom.worker.v1.Worker/Info',
+                request_serializer=loompb_dot_worker__pb2.InfoRequest.SerializeToString,
                 response_deserializer=loompb_dot_worker__pb2.WorkerInfo.FromString,
                 _registered_method=True)
-        self.Execute = channel.unary_unary(
-                '/loom.worker.v1.Worker/Execute',
+        self.Connect = channel.unary_unary(
+                '/loom.worker.v1.Worker/Connect',
+                request_serializer=loompb_dot_worker__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=loompb_dot_worker__pb2.ConnectResponse.FromString,
+                _registered_method=True)
+        self.Step = channel.unary_unary(
+                '/loom.worker.v1.Worker/Step',
                 request_serializer=loompb_dot_worker__pb2.StepInput.SerializeToString,
                 response_deserializer=loompb_dot_worker__pb2.StepOutput.FromString,
+                _registered_method=True)
+        self.Health = channel.unary_unary(
+                '/loom.worker.v1.Worker/Health',
+                request_serializer=loompb_dot_worker__pb2.HealthRequest.SerializeToString,
+                response_deserializer=loompb_dot_worker__pb2.HealthResponse.FromString,
+                _registered_method=True)
+        self.Disconnect = channel.unary_unary(
+                '/loom.worker.v1.Worker/Disconnect',
+                request_serializer=loompb_dot_worker__pb2.DisconnectRequest.SerializeToString,
+                response_deserializer=loompb_dot_worker__pb2.DisconnectResponse.FromString,
                 _registered_method=True)
 
 
 class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def GetInfo(self, request, context):
-        """What the worker loaded: model shape, special tokens, KV cache geometry.
+    def Info(self, request, context):
+        """What the worker loaded: model shape, special tokens, KV cache geometry, the tokenizer
+        file. Anyone may ask; it changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Execute(self, request, context):
-        """Runs one step. Steps are strictly ordered: the scheduler sends the next one only after
-        the previous answer arrived, because each StepInput is a diff against the worker's state.
+    def Connect(self, request, context):
+        """Starts a session for one scheduler, after any step in flight, and drops every request
+        of the previous session. FAILED_PRECONDITION while another scheduler's session is live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Step(self, request, context):
+        """Runs one step of the session named in `loom-session-id`. Steps are strictly ordered: the
+        scheduler sends the next one only after the previous answer arrived, because each
+        StepInput is a diff against the worker's state. FAILED_PRECONDITION when that session is
+        not the live one (the worker restarted, or another scheduler connected); INVALID_ARGUMENT
+        for a step that does not fit the worker's state (nothing of it is applied but its
+        finished_req_ids); UNAVAILABLE when a tensor-parallel rank has failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Health(self, request, context):
+        """Whether the worker can run steps (every tensor-parallel rank answers); renews the lease
+        of the session named in `loom-session-id`, when it is the live one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Disconnect(self, request, context):
+        """Ends the session named in `loom-session-id` (a scheduler shutting down): its requests are
+        dropped and another scheduler may connect at once. Ending a session that is not the live
+        one changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -67,15 +112,30 @@ class WorkerServicer:
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'GetInfo': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetInfo,
-                    request_deserializer=loompb_dot_worker__pb2.GetInfoRequest.FromString,
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=loompb_dot_worker__pb2.InfoRequest.FromString,
                     response_serializer=loompb_dot_worker__pb2.WorkerInfo.SerializeToString,
             ),
-            'Execute': grpc.unary_unary_rpc_method_handler(
-                    servicer.Execute,
+            'Connect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=loompb_dot_worker__pb2.ConnectRequest.FromString,
+                    response_serializer=loompb_dot_worker__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Step': grpc.unary_unary_rpc_method_handler(
+                    servicer.Step,
                     request_deserializer=loompb_dot_worker__pb2.StepInput.FromString,
                     response_serializer=loompb_dot_worker__pb2.StepOutput.SerializeToString,
+            ),
+            'Health': grpc.unary_unary_rpc_method_handler(
+                    servicer.Health,
+                    request_deserializer=loompb_dot_worker__pb2.HealthRequest.FromString,
+                    response_serializer=loompb_dot_worker__pb2.HealthResponse.SerializeToString,
+            ),
+            'Disconnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Disconnect,
+                    request_deserializer=loompb_dot_worker__pb2.DisconnectRequest.FromString,
+                    response_serializer=loompb_dot_worker__pb2.DisconnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,7 +149,7 @@ class Worker:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def GetInfo(request,
+    def Info(request,
             target,
             options=(),
             channel_credentials=None,
@@ -102,8 +162,8 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/loom.worker.v1.Worker/GetInfo',
-            loompb_dot_worker__pb2.GetInfoRequest.SerializeToString,
+            '/loom.worker.v1.Worker/Info',
+            loompb_dot_worker__pb2.InfoRequest.SerializeToString,
             loompb_dot_worker__pb2.WorkerInfo.FromString,
             options,
             channel_credentials,
@@ -116,7 +176,7 @@ class Worker:
             _registered_method=True)
 
     @staticmethod
-    def Execute(request,
+    def Connect(request,
             target,
             options=(),
             channel_credentials=None,
@@ -129,9 +189,90 @@ class Worker:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/loom.worker.v1.Worker/Execute',
+            '/loom.worker.v1.Worker/Connect',
+            loompb_dot_worker__pb2.ConnectRequest.SerializeToString,
+            loompb_dot_worker__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Step(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.worker.v1.Worker/Step',
             loompb_dot_worker__pb2.StepInput.SerializeToString,
             loompb_dot_worker__pb2.StepOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Health(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.worker.v1.Worker/Health',
+            loompb_dot_worker__pb2.HealthRequest.SerializeToString,
+            loompb_dot_worker__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Disconnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.worker.v1.Worker/Disconnect',
+            loompb_dot_worker__pb2.DisconnectRequest.SerializeToString,
+            loompb_dot_worker__pb2.DisconnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

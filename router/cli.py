@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from frontend.flags import add_settings_flags, settings_from_args
+from common.flags import add_settings_flags, settings_from_args
 from router.config import RouterConfig
 from router.server import Router
 

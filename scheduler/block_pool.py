@@ -93,6 +93,13 @@ class BlockPool:
         self._token_ids[block_id] = token_ids
         self._cached[block_hash] = block_id
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: the worker's KV cache no longer holds them (it was
+        restarted, or reconnected after a failure)."""
+        self._cached.clear()
+        self.block_hashes = [None] * self.num_blocks
+        self._token_ids = [()] * self.num_blocks
+
     def _evict(self, block_id: int) -> None:
         block_hash = self.block_hashes[block_id]
         if self._cached.get(block_hash) == block_id:

@@ -12,7 +12,7 @@ from typing import Any
 
 from common.settings import check_at_least, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
-from worker.config import CacheConfig, ModelConfig, WorkerConfig
+from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +59,7 @@ class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     @classmethod
     def from_kwargs(cls, **settings: Any) -> EngineConfig:
@@ -69,7 +70,10 @@ class EngineConfig:
     @property
     def worker(self) -> WorkerConfig:
         return WorkerConfig(
-            model=self.model, cache=self.cache, max_num_seqs=self.scheduler.max_num_seqs
+            model=self.model,
+            cache=self.cache,
+            parallel=self.parallel,
+            max_num_seqs=self.scheduler.max_num_seqs,
         )
 
 

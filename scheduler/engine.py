@@ -23,7 +23,7 @@ from scheduler.fanout import SequenceGroups, child_req_ids
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
-from scheduler.scheduler import Scheduler
+from scheduler.scheduler import Scheduler, SchedulerOutput
 from scheduler.tenant_usage import TenantLedger
 from scheduler.tokenizer import Tokenizer, load_tokenizer
 from worker.step import Worker, WorkerInfo
@@ -68,6 +68,8 @@ class Engine:
         self._n_of: dict[str, int] = {}  # n of the live requests with n > 1
         self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
         self._states: dict[str, RequestOutputState] = {}
+        # A worker that can lose its state counts its sessions (worker/step.py's Worker).
+        self._worker_epoch = getattr(worker, "session_epoch", 0)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
@@ -181,6 +183,18 @@ class Engine:
         with self._lock:
             self._new_weights = weights
 
+    def close(self) -> None:
+        """Release the worker: stop a tensor-parallel worker's other ranks, end a remote
+        worker's session. The engine is unusable afterwards."""
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def worker_available(self) -> bool:
+        """Whether the worker can run steps now (a remote one may be reconnecting)."""
+        return getattr(self.worker, "available", True)
+
     def has_unfinished(self) -> bool:
         """Whether `step()` has work: live requests, or finished ones the worker must drop."""
         with self._lock:
@@ -209,17 +223,19 @@ class Engine:
         for req_id in aborts:
             deltas += self._abort_now(req_id)
 
+        epoch = getattr(self.worker, "session_epoch", 0)
+        if epoch != self._worker_epoch:  # a new session: the worker holds nothing of ours
+            self._worker_epoch = epoch
+            lost = sched.worker_lost("the worker was reconnected; its state is lost", True)
+            deltas.extend(final_delta(req) for req in lost)
+
         sched_out = sched.schedule()
         step_input = sched_out.step_input
         if step_input.num_scheduled_tokens or step_input.finished_req_ids:
             try:
                 step_out = self.worker.execute(step_input)
             except Exception as exc:
-                logger.exception(
-                    "worker step failed; failing its %d requests", len(sched_out.scheduled)
-                )
-                failed = sched.fail_step(sched_out, f"worker step failed: {exc!r}")
-                deltas.extend(final_delta(req) for req in failed)
+                deltas.extend(final_delta(req) for req in self._step_failed(sched_out, exc))
             else:
                 changed = sched.update(sched_out, step_out, self._scan_text)
                 deltas.extend(self._states[req.req_id].next_delta() for req in changed)
@@ -260,6 +276,18 @@ class Engine:
         scheduled, held = found if found is not None else ([req_id], [])
         reqs = [req for r in scheduled if (req := self.scheduler.abort_request(r)) is not None]
         return [final_delta(req) for req in reqs + held]
+
+    def _step_failed(self, sched_out: SchedulerOutput, exc: Exception) -> list[Request]:
+        """A worker that is still available failed this step: its requests fail (INTERNAL).
+        One that is not (unreachable, a tensor-parallel rank gone) takes every request in
+        flight with it (UNAVAILABLE)."""
+        if self.worker_available:
+            logger.exception(
+                "worker step failed; failing its %d requests", len(sched_out.scheduled)
+            )
+            return self.scheduler.fail_step(sched_out, f"worker step failed: {exc!r}")
+        logger.error("the worker is unavailable: %s; failing every request in flight", exc)
+        return self.scheduler.worker_lost(f"the worker is unavailable: {exc}", False)
 
     def _scan_text(self, req: Request, final: bool) -> bool:
         return self._states[req.req_id].scan(final)

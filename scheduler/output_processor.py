@@ -71,6 +71,7 @@ class RequestOutputState:
         if finished:
             delta.finish_reason = req.finish_reason
             delta.error = req.error
+            delta.unavailable = req.unavailable
             delta.usage = usage_of(req)
         return delta
 
@@ -86,5 +87,9 @@ def usage_of(req: Request) -> Usage:
 def final_delta(req: Request) -> RequestDelta:
     """The closing delta of a request finished without new output (abort, error)."""
     return RequestDelta(
-        req.req_id, finish_reason=req.finish_reason, error=req.error, usage=usage_of(req)
+        req.req_id,
+        finish_reason=req.finish_reason,
+        error=req.error,
+        unavailable=req.unavailable,
+        usage=usage_of(req),
     )

@@ -29,6 +29,8 @@ class RequestDelta:
     # "stop" | "length" | "abort" | "error" on the sequence's last delta
     finish_reason: str | None = None
     error: str | None = None  # set with finish_reason "error": what went wrong
+    # With "error": the worker could not be reached; a retry may succeed (gRPC UNAVAILABLE).
+    unavailable: bool = False
     usage: Usage | None = None  # on the request's last delta
     index: int = 0  # which of the request's n sequences this is about
     # Set with finish_reason while other sequences of the request still run.

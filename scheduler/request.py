@@ -260,6 +260,9 @@ class Request:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
     error: str | None = None
+    # With FINISHED_ERROR: the worker could not be reached, so a retry may succeed
+    # (UNAVAILABLE), rather than a failure of this request (INTERNAL).
+    unavailable: bool = False
     # Shared by the tenant's requests once the scheduler takes the request.
     tenant_usage: TenantUsage = field(default_factory=TenantUsage)
     # Derived from params once, for the per-step path.

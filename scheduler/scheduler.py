@@ -264,6 +264,22 @@ class Scheduler:
         self.finish_requests(failed, RequestStatus.FINISHED_ERROR, error)
         return failed
 
+    def worker_lost(self, error: str, only_on_worker: bool) -> list[Request]:
+        """The worker's state is gone (unreachable, or a new session): fail the requests it
+        held (`only_on_worker`) or every unfinished one, as unavailable, and forget what it
+        was to drop and which prefixes its cache held. Returns the failed requests."""
+        failed = [
+            req
+            for req in self.requests.values()
+            if not req.is_finished and (req.on_worker or not only_on_worker)
+        ]
+        for req in failed:
+            req.unavailable = True
+        self.finish_requests(failed, RequestStatus.FINISHED_ERROR, error)
+        self._finished_req_ids.clear()
+        self.kv.pool.reset_prefix_cache()
+        return failed
+
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         """Release everything a request holds. The caller removes it from `running`."""
         req.status = status

@@ -1,4 +1,5 @@
-"""docker-compose.yml: the services, and the loom service's command run here for real."""
+"""docker-compose.yml: the services, and the commands of loom and of the remote profile run
+here for real."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def with_free_ports(command: list[str]) -> list[str]:
     """The compose command with this machine's python and ports the OS picks."""
     local = [sys.executable, *command[1:]]
     for name in ("--port", "--metrics-port"):
-        local[local.index(name) + 1] = "0"
+        if name in local:
+            local[local.index(name) + 1] = "0"
     return local
 
 
@@ -119,7 +121,12 @@ def test_router_profile(compose: dict) -> None:
         assert replica["healthcheck"] == services["loom"]["healthcheck"]
     assert set(args.backend) == set(backends)
     assert set(router["depends_on"]) == set(replicas)
-    published = [p for s in ("loom", "loom-gpu") for p in services[s]["ports"]]
+    published = [
+        p
+        for name, s in services.items()
+        if name != "loom-router"
+        for p in s.get("ports", [])
+    ]
     assert not {p.split(":")[0] for p in router["ports"]} & {p.split(":")[0] for p in published}
     assert float(router["stop_grace_period"].rstrip("s")) > args.shutdown_timeout
 
@@ -142,3 +149,68 @@ def test_router_command_serves_a_client(compose: dict) -> None:
             assert router.proc.wait(timeout=30) == 0
         finally:
             router.stop()
+@pytest.mark.parametrize(
+    ("profile", "worker_name", "scheduler_name"),
+    [
+        ("remote", "loom-worker", "loom-scheduler"),
+        ("remote-gpu", "loom-worker-gpu", "loom-scheduler-gpu"),
+    ],
+)
+def test_remote_profiles_mount_the_model_only_in_the_worker(
+    compose: dict, profile: str, worker_name: str, scheduler_name: str
+) -> None:
+    services = compose["services"]
+    worker, scheduler = services[worker_name], services[scheduler_name]
+    assert worker["profiles"] == scheduler["profiles"] == [profile]
+    command = worker["command"]
+    assert command[:4] == ["python", "-m", "worker", "serve"]
+    [volume] = worker["volumes"]
+    host_dir, container_dir, mode = volume.rsplit(":", 2)
+    assert host_dir.startswith("${LOOM_MODEL_DIR") and mode == "ro"
+    assert container_dir == flag(command, "--model") and flag(command, "--host") == "0.0.0.0"
+    worker_port = flag(command, "--port")
+    assert flag(worker["healthcheck"]["test"], "--target") == f"127.0.0.1:{worker_port}"
+    # The scheduler has no model: it reaches the worker by its service name, once healthy.
+    assert "volumes" not in scheduler
+    assert "--model" not in scheduler["command"]
+    assert flag(scheduler["command"], "--worker") == f"{worker_name}:{worker_port}"
+    assert scheduler["depends_on"] == {worker_name: {"condition": "service_healthy"}}
+    assert scheduler["healthcheck"] == services["loom"]["healthcheck"]
+    assert float(scheduler["stop_grace_period"].rstrip("s")) > float(
+        flag(scheduler["command"], "--shutdown-timeout")
+    )
+    gpus = worker.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    assert (gpus is not None) == (profile == "remote-gpu")
+
+
+def test_no_two_services_share_a_host_port(compose: dict) -> None:
+    ports = [port for service in compose["services"].values() for port in service.get("ports", [])]
+    host_ports = [port.split(":")[0] for port in ports]
+    assert len(host_ports) == len(set(host_ports))
+
+
+def test_remote_profile_commands_serve_a_client(compose: dict) -> None:
+    """The worker and scheduler commands of the remote profile, run here: the bundled model
+    in place of the mount, ports the OS picks, the worker's address for the service name."""
+    worker_command = list(compose["services"]["loom-worker"]["command"])
+    worker_command[worker_command.index("--model") + 1] = str(REPO_ROOT / "models" / "stories260K")
+    worker = ServeProcess(with_free_ports(worker_command))
+    serve = None
+    try:
+        scheduler_command = with_free_ports(compose["services"]["loom-scheduler"]["command"])
+        scheduler_command[scheduler_command.index("--worker") + 1] = worker.target
+        serve = ServeProcess(scheduler_command)
+        for target in (worker.target, serve.target):
+            check = [sys.executable, "-m", "scheduler", "health", "--target", target]
+            assert subprocess.run(check, capture_output=True, timeout=60).returncode == 0
+        with Client(serve.target) as client:
+            reply = client.generate("Once upon a time", max_tokens=8, temperature=0)
+        assert reply.usage.completion_tokens == 8
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=30) == 0
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=30) == 0
+    finally:
+        if serve is not None:
+            serve.stop()
+        worker.stop()

@@ -9,9 +9,9 @@ import re
 import pytest
 import yaml
 
+from common.flags import settings_from_args
 from frontend.cli import build_parser as serve_parser
 from frontend.config import ServeConfig
-from frontend.flags import settings_from_args
 from router.cli import build_parser as router_parser
 from router.config import RouterConfig
 from tests.conftest import REPO_ROOT

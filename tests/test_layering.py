@@ -12,12 +12,20 @@ import sys
 import pytest
 
 import scheduler
+from common.flags import flag_name, settings_from_args, settings_to_argv
 from common.settings import leaf_fields
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
-from frontend.flags import flag_name
 from scheduler.config import EngineConfig
 from tests.conftest import REPO_ROOT, STORIES_DIR
+from worker.cli import build_parser as build_worker_parser
+from worker.config import (
+    SCHEDULER_ONLY_SETTINGS,
+    CacheConfig,
+    ModelConfig,
+    ParallelConfig,
+    WorkerServeConfig,
+)
 
 
 def imported_after(code: str) -> set[str]:
@@ -53,6 +61,11 @@ def test_importing_a_request_pulls_in_no_tokenizer() -> None:
     assert "sentencepiece" in loaded and "tokenizers" not in loaded
 
 
+def test_the_remote_worker_client_and_the_serve_cli_import_no_torch() -> None:
+    loaded = imported_after("import frontend.remote_worker, frontend.cli, worker.step_proto")
+    assert "torch" not in loaded and "grpc" in loaded
+
+
 def serve_options(parser: argparse.ArgumentParser) -> set[str]:
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     serve = commands.choices["serve"]
@@ -72,9 +85,27 @@ def test_every_serve_flag_is_exactly_one_settings_field() -> None:
     assert serve_options(build_parser()) == {flag_name(name) for name in fields}
     # Defaults come from the dataclasses: parsing no flags gives the default settings.
     args = build_parser().parse_args(["serve"])
-    from frontend.flags import settings_from_args
-
     assert settings_from_args(ServeConfig, args) == ServeConfig()
+
+
+def test_every_worker_serve_flag_is_exactly_one_settings_field() -> None:
+    fields = set(leaf_fields(WorkerServeConfig)) - SCHEDULER_ONLY_SETTINGS
+    assert serve_options(build_worker_parser()) == {flag_name(name) for name in fields}
+    args = build_worker_parser().parse_args(["serve"])
+    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == (
+        WorkerServeConfig()
+    )
+
+
+def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
+    settings = WorkerServeConfig(
+        model=ModelConfig(model="/models/x", device="cpu", dtype="bfloat16", seed=3),
+        cache=CacheConfig(block_size=32, kv_cache_memory=1 << 30),
+        parallel=ParallelConfig(tensor_parallel_size=2, distributed_timeout=5.0),
+    )
+    argv = ["serve", *settings_to_argv(settings, SCHEDULER_ONLY_SETTINGS)]
+    args = build_worker_parser().parse_args(argv)
+    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == settings
 
 
 def test_a_settings_name_is_declared_once_across_the_tree() -> None:
@@ -114,6 +145,9 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
         (["--num-kv-blocks", "8", "--kv-cache-memory", "1GiB"], "at most one of num_kv_blocks"),
         (["--max-num-seqs", "64", "--max-num-batched-tokens", "32"], "must be >= max_num_seqs"),
         (["--kv-cache-memory", "lots"], "not a size in bytes"),
+        (["--worker", "localhost"], "worker must be HOST:PORT, got 'localhost'"),
+        (["--worker", "127.0.0.1:1", "--device", "cpu"], "device is the worker's setting"),
+        (["--tensor-parallel-size", "3"], "does not divide the model's 4 KV heads"),
     ],
 )
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:

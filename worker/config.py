@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.settings import check_at_least, parse_bytes, setting
+from common.settings import LOG_LEVELS, check_at_least, parse_bytes, setting
 
 BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories260K")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -86,14 +86,67 @@ class CacheConfig:
 
 
 @dataclass(slots=True, frozen=True)
+class ParallelConfig:
+    tensor_parallel_size: int = setting(
+        1, "split the model over this many GPUs (CPU: processes), Megatron-style"
+    )
+    distributed_timeout: float = setting(
+        60.0, "seconds a tensor-parallel rank may keep the others waiting before the step fails"
+    )
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "tensor_parallel_size", 1)
+        timeout = self.distributed_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"distributed_timeout must be a number > 0, got {timeout!r}")
+
+
+@dataclass(slots=True, frozen=True)
 class WorkerConfig:
     """What `create_worker` needs."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # The scheduler's max_num_seqs, the largest decode batch (the top of the CUDA graph
     # ladder); None where the worker runs without a scheduler config (the ladder goes to 256).
     max_num_seqs: int | None = None
 
     def __post_init__(self) -> None:
         check_at_least(self, "max_num_seqs", 1, optional=True)
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerServerConfig:
+    """The worker server's own settings (`python -m worker serve`)."""
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(50061, "gRPC port (0: any free port)")
+    session_timeout: float = setting(
+        10.0, "seconds a silent scheduler keeps the worker before another may connect"
+    )
+    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "port", 0)
+        if not self.session_timeout > 0:
+            raise ValueError(f"session_timeout must be > 0, got {self.session_timeout}")
+
+
+@dataclass(slots=True, frozen=True)
+class WorkerServeConfig:
+    """Everything `python -m worker serve` takes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    server: WorkerServerConfig = field(default_factory=WorkerServerConfig)
+
+    @property
+    def worker(self) -> WorkerConfig:
+        return WorkerConfig(model=self.model, cache=self.cache, parallel=self.parallel)
+
+
+# Leaves of WorkerServeConfig that are the scheduler's business: `worker serve` has no flag
+# for them.
+SCHEDULER_ONLY_SETTINGS = frozenset({"enable_prefix_caching"})

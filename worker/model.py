@@ -225,12 +225,14 @@ class Transformer(nn.Module):
         attention_fn: AttentionFn = paged_attention,
         fused: bool = True,
         kernels: bool = False,
+        **options: Any,
     ) -> Transformer:
         """Build straight from loaded tensors with Meta's names (the constructor allocates
         no weights). With `fused`, each layer's wq/wk/wv and w1/w3 are concatenated into
         wqkv and w13 here, in memory only; `weights` is consumed. `kernels`: run the norms
-        and SiLU through Loom's C++ CPU kernels (worker/cpu_kernels.py), which must load."""
-        model = cls(args, attention_fn, fused, kernels)
+        and SiLU through Loom's C++ CPU kernels (worker/cpu_kernels.py), which must load.
+        `options` go to a subclass's constructor (worker/tp_model.py's group)."""
+        model = cls(args, attention_fn, fused, kernels, **options)
         if fused:
             weights = fuse_projections(weights, args.n_layers)
         model.load_state_dict(weights, strict=True, assign=True)

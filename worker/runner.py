@@ -14,9 +14,9 @@ from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
-from worker.loader import LoadedCheckpoint, load_checkpoint
-from worker.model import Transformer
+from worker.loader import LoadedCheckpoint
 from worker.penalties import PenaltyTable
+from worker.placement import Placement, SingleDevice
 from worker.sampler import (
     MAX_TOP_LOGPROBS,
     seeded_uniform,
@@ -34,13 +34,6 @@ _DTYPES = {
 }
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" is the GPU when torch sees one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """`name` is one of worker.config.DTYPES (ModelConfig checked it), or None for the
     device's default."""
@@ -50,32 +43,42 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """Implements the `Worker` protocol of worker/step.py in-process."""
+    """Implements the `Worker` protocol of worker/step.py in-process. `placement` says what
+    of the model this process holds: all of it, or one tensor-parallel rank's slice."""
 
-    def __init__(self, config: WorkerConfig, checkpoint: LoadedCheckpoint | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        placement: Placement | None = None,
+        checkpoint: LoadedCheckpoint | None = None,
+    ) -> None:
         """`checkpoint`: weights already in memory, in the worker's dtype and on its device
-        (a benchmark's random model); by default they are read from `config.model.model`."""
+        (a benchmark's random model); by default `placement` reads `config.model.model`."""
         model, cache = config.model, config.cache
-        self.device = resolve_device(model.device)
+        placement = placement or SingleDevice()
+        self.device = placement.device(model.device)
         if model.num_threads is not None:
             torch.set_num_threads(model.num_threads)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        loaded = checkpoint or load_checkpoint(model.model, self.dtype)
+        loaded = checkpoint or placement.load(model.model, self.dtype)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
+        local_args = placement.local_args(args)
         self.attention_backend = create_attention_backend(
             model.attention_backend, self.device, cache.block_size
         )
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
-        self.model = Transformer.from_weights(args, loaded.weights, self.device, kernels=kernels)
+        self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
-            args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
+            local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
         )
+        num_blocks = placement.agree_num_blocks(num_blocks)  # every rank has the same ids
+        backend = self.attention_backend
         self.kv_cache = allocate_kv_cache(
-            args, num_blocks, cache.block_size, self.dtype, self.device, self.attention_backend
+            local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
         )
         log.info(
             "attention backend: %s; %d torch threads",
@@ -97,6 +100,13 @@ class ModelRunner:
             num_kv_blocks=num_blocks,
             dtype=str(self.dtype).removeprefix("torch."),
             device=str(self.device),
+            dim=args.dim,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            n_kv_heads=args.n_kv_heads,
+            head_dim=args.head_dim,
+            hidden_dim=args.hidden_dim,
+            tensor_parallel_size=placement.world_size,
         )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
@@ -129,15 +139,22 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden, batch.logits_rows)
             else:
                 batch, logits = replayed
-            uniforms = {
-                plan.sample_row: self._uniform(state)
-                for (state, _), plan in zip(scheduled, batch.plans, strict=True)
-                if plan.sample_row is not None
-            }
-            output = sample_and_score(scheduled, batch.plans, logits, uniforms, self.penalties)
+            output = self.sample(scheduled, batch, logits)
         for state, n in scheduled:
             state.num_computed += n
         return output
+
+    def sample(
+        self, scheduled: list[tuple[RequestState, int]], batch: StepBatch, logits: torch.Tensor
+    ) -> StepOutput:
+        """Tokens and logprobs from the step's logits (a tensor-parallel follower rank,
+        which gets no logits, samples nothing)."""
+        uniforms = {
+            plan.sample_row: self._uniform(state)
+            for (state, _), plan in zip(scheduled, batch.plans, strict=True)
+            if plan.sample_row is not None
+        }
+        return sample_and_score(scheduled, batch.plans, logits, uniforms, self.penalties)
 
     def build_batch(self, scheduled: list[tuple[RequestState, int]]) -> StepBatch:
         """The flat batch of one step, for this worker's device and attention backend."""

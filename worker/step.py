@@ -121,10 +121,24 @@ class WorkerInfo:
     num_kv_blocks: int
     dtype: str
     device: str
+    # The model's hyper-parameters (the whole model's, not one tensor-parallel rank's).
+    dim: int = 0
+    n_layers: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    head_dim: int = 0
+    hidden_dim: int = 0
+    tensor_parallel_size: int = 1
 
 
 class Worker(Protocol):
-    """The worker side of the contract: embedded in-process, or remote over gRPC."""
+    """The worker side of the contract: embedded in-process, or remote over gRPC.
+
+    A worker that can go away and come back (a remote one, a tensor-parallel group) also has
+    `available` (bool: steps can run now) and `session_epoch` (int, counting the sessions it
+    has had): when the epoch moves, whatever the engine believed the worker held (requests,
+    cached prefixes) is gone. An in-process worker needs neither.
+    """
 
     def info(self) -> WorkerInfo: ...
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from client import Client
+from common.flags import flag_name, settings_from_args
 from common.settings import leaf_fields
-from frontend.flags import flag_name, settings_from_args
 from frontend.server import ServerHandle
 from router.cli import build_parser
 from router.config import RouterConfig

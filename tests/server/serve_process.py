@@ -14,14 +14,17 @@ METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 
 
 class ServeProcess:
-    """Starts `argv` in the repo root and waits for its "listening on" line.
+    """Starts `argv` in the repo root (`env` added to the environment) and waits for its
+    "listening on" line.
 
     `target` is where a client on this machine reaches it (a 0.0.0.0 listener is reached
     on 127.0.0.1); `metrics_port` is set when the server logged one.
     """
 
-    def __init__(self, argv: list[str], startup_timeout: float = 60.0) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    def __init__(
+        self, argv: list[str], startup_timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             argv,
             cwd=REPO_ROOT,

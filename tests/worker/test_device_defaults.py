@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from common.flags import settings_from_args
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
-from frontend.flags import settings_from_args
 from tests.worker.driver import Driver, all_position_logits, start_worker
 from worker.runner import resolve_dtype
 from worker.step import SamplingOptions

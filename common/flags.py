@@ -4,6 +4,9 @@ Every leaf field of a nested settings dataclass becomes `--field-name`, with the
 default, its help, and its `type`/`choices`/`metavar` from the field's metadata or, failing
 that, from its annotation; a bool becomes `--name` / `--no-name`. Parsing builds the same
 dataclasses again, so their validation runs once, where the settings are declared.
+`python -m scheduler serve` and `python -m worker serve` both build their flags here; a
+program may leave out (`exclude`) the leaves that mean nothing to it, which keep their
+defaults. `settings_to_argv` writes settings back as flags (to start another process).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, cls: type, exclude: frozenset[str] = frozenset()
+) -> None:
     for f, annotation in _leaves(cls):
+        if f.name in exclude:
+            continue
         meta = dict(f.metadata)
         kwargs: dict[str, Any] = {"default": f.default, "help": meta.pop("help", None)}
         kind = _scalar_type(annotation)
@@ -47,9 +54,34 @@ def _with_message(parse: Any) -> Any:
     return parse_value
 
 
-def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+def settings_from_args(
+    cls: type, args: argparse.Namespace, exclude: frozenset[str] = frozenset()
+) -> Any:
     """The settings the parsed flags say; ValueError when they do not validate."""
-    return from_flat(cls, **{name: getattr(args, name) for name in leaf_fields(cls)})
+    names = [name for name in leaf_fields(cls) if name not in exclude]
+    return from_flat(cls, **{name: getattr(args, name) for name in names})
+
+
+def settings_to_argv(settings: Any, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The flags that give `settings` back (`settings_from_args` of their parse); a leaf at
+    its default is left out. Only for leaves whose values print as they parse."""
+    argv: list[str] = []
+    for f, _ in _leaves(type(settings)):
+        value = _leaf_value(settings, f.name)
+        if f.name in exclude or value == f.default:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag_name(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        elif value is not None:
+            argv += [flag_name(f.name), str(value)]
+    return argv
+
+
+def _leaf_value(settings: Any, name: str) -> Any:
+    node = settings
+    for part in leaf_fields(type(settings))[name]:
+        node = getattr(node, part)
+    return node
 
 
 def _leaves(cls: type) -> list[tuple[dataclasses.Field, Any]]:
