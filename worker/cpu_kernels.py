@@ -9,6 +9,7 @@ says why in a warning and returns False, and the callers use plain torch instead
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import threading
@@ -47,7 +48,10 @@ def load_cpu_kernels() -> bool:
 
 
 def _build_key() -> str:
-    """What the build depends on beyond torch: every source and header, and the CPU."""
+    """What a build depends on: every source and header, the CPU, and the torch it is built
+    against (its version and where it is installed: each virtualenv gets its own build)."""
+    import torch
+
     digest = hashlib.sha256()
     for path in sorted(CSRC.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
@@ -57,29 +61,40 @@ def _build_key() -> str:
         cpuinfo = ""
     flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     digest.update(flags.encode())
+    digest.update(f"{torch.__version__} {Path(torch.__file__).parent}".encode())
     return digest.hexdigest()[:12]
 
 
 def _build_and_load() -> bool:
+    import torch
     from torch.utils import cpp_extension
 
     name = f"loom_cpu_kernels_{_build_key()}"
-    library = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
-    if not library.exists():
-        log.info("building the CPU kernels (once; cached in %s)", library.parent)
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    library = build_dir / f"{name}.so"
     started = time.monotonic()
     try:
-        cpp_extension.load(
-            name=name,
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=CFLAGS,
-            extra_ldflags=LDFLAGS,
-            is_python_module=False,
-            verbose=False,
-        )
+        # One process builds while the others wait; an flock dies with its process, so a
+        # build killed half way leaves no lock behind (torch's own lock file would stay, and
+        # make every later load wait forever: one found while holding ours is stale).
+        with open(build_dir / "loom.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if library.exists():  # the key names everything the build depends on
+                torch.ops.load_library(str(library))
+            else:
+                log.info("building the CPU kernels (once; cached in %s)", build_dir)
+                (build_dir / "lock").unlink(missing_ok=True)
+                cpp_extension.load(
+                    name=name,
+                    sources=[str(source) for source in SOURCES],
+                    extra_cflags=CFLAGS,
+                    extra_ldflags=LDFLAGS,
+                    is_python_module=False,
+                    verbose=False,
+                )
     except Exception as exc:  # no compiler, a failed build: the callers fall back
         reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
         log.warning("cannot build the CPU kernels: %s", reason[0])
         return False
-    log.info("CPU kernels ready in %.1f s", time.monotonic() - started)
+    log.info("CPU kernels ready in %.2f s", time.monotonic() - started)
     return True

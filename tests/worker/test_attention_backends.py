@@ -172,3 +172,24 @@ def test_without_a_compiler_auto_falls_back_to_the_reference(tmp_path) -> None:
 def test_an_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="attention_backend must be one of auto, torch, cpu"):
         create_attention_backend("flash", CPU, 16)
+
+
+def test_a_build_killed_half_way_does_not_block_the_next(tmp_path) -> None:
+    # A build that died leaves torch's lock file in the build directory; the next process
+    # must build anyway instead of waiting for that lock forever.
+    code = (
+        "from pathlib import Path\n"
+        "from torch.utils import cpp_extension\n"
+        "from worker import cpu_kernels\n"
+        "name = f'loom_cpu_kernels_{cpu_kernels._build_key()}'\n"
+        "d = Path(cpp_extension._get_build_directory(name, verbose=False))\n"
+        "(d / 'lock').touch()\n"
+        "print(cpu_kernels.load_cpu_kernels())\n"
+    )
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
