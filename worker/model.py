@@ -15,6 +15,7 @@ from torch import nn
 
 from worker.attention import paged_attention
 from worker.model_args import ModelArgs
+from worker.weight_layout import store_input_major, wants_input_major
 
 # (q, k, v, k_cache, v_cache, metadata) -> [num_tokens, n_heads * head_dim]
 AttentionFn = Callable[..., torch.Tensor]
@@ -236,7 +237,10 @@ class Transformer(nn.Module):
         if fused:
             weights = fuse_projections(weights, args.n_layers)
         model.load_state_dict(weights, strict=True, assign=True)
-        return model.to(device).eval().requires_grad_(False)
+        model = model.to(device).eval().requires_grad_(False)
+        if wants_input_major(device, model.output.weight.dtype):
+            store_input_major(model, Linear)
+        return model
 
     def forward(
         self,

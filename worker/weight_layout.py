@@ -1,0 +1,42 @@
+"""How the projection weights sit in memory on the CPU.
+
+A Linear's weight is [out_features, in_features] (Meta's and torch's convention), and
+`F.linear(x, w)` multiplies by its transpose. Stored that way, the CPU's float32 GEMM runs the
+small row counts of decode steps (4-128 rows) markedly slower than when the transpose is the
+contiguous one (bench/bench_gemm_layout.py measures both). So on the CPU each projection keeps
+its [out, in] shape and name but holds a column-major view of an [in, out] tensor: nothing
+that reads the weight changes, only which GEMM torch picks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def wants_input_major(device: torch.device, dtype: torch.dtype) -> bool:
+    """Where the layout was measured to pay: float32 GEMMs on the CPU."""
+    return device.type == "cpu" and dtype == torch.float32
+
+
+def store_input_major(model: nn.Module, linear_type: type[nn.Module]) -> int:
+    """Re-lay the weight of every `linear_type` module of `model` as described above, one
+    at a time (each copy freed before the next); a weight that shares memory with another
+    parameter (a tied embedding, which gathers rows) is left as it is. Returns how many were
+    re-laid."""
+    others = {
+        p.data_ptr()
+        for name, module in model.named_modules()
+        if not isinstance(module, linear_type)
+        for p in module.parameters(recurse=False)
+    }
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, linear_type):
+            continue
+        weight = module.weight
+        if weight.data_ptr() in others or weight.dim() != 2:
+            continue
+        module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=False)
+        count += 1
+    return count
