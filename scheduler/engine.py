@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from scheduler.config import EngineConfig, EngineStats
 from scheduler.engine_stats import collect_stats
-from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
+from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.fanout import SequenceGroups, child_req_ids
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
-from scheduler.request import Request, RequestStatus, SamplingParams, validate_prompt
+from scheduler.request import Request, RequestStatus, SamplingParams
+from scheduler.request_factory import RequestFactory
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from scheduler.tenant_usage import TenantLedger
 from scheduler.tokenizer import Tokenizer, load_tokenizer
@@ -56,6 +55,13 @@ class Engine:
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys([*tokenizer.eos_ids, self.info.eos_id]))
         self.scheduler = Scheduler(
             config.scheduler, config.cache, self.info.num_kv_blocks, max_model_len
+        )
+        self._requests = RequestFactory(
+            tokenizer,
+            self.info.vocab_size,
+            config.scheduler.max_n,
+            self.eos_ids,
+            self.scheduler.check_fits,
         )
         self._lock = threading.Lock()
         self._pending: list[Request] = []  # added, not yet taken by a step
@@ -101,48 +107,11 @@ class Engine:
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
         the validated request before it is queued and may raise to refuse it (quotas).
         Returns its req_id."""
-        req = self._make_request(prompt, params, req_id, tenant, priority)
+        req = self._requests.make(prompt, params, req_id, tenant, priority)
         if admit is not None:
             admit(req)
         self._enqueue(req)
         return req.req_id
-
-    def _make_request(
-        self,
-        prompt: str | Sequence[int],
-        params: SamplingParams | None,
-        req_id: str | None,
-        tenant: str,
-        priority: int,
-    ) -> Request:
-        """Tokenize and validate, before anything is queued."""
-        params = SamplingParams() if params is None else params
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt must hold at least 1 token, got an empty prompt")
-            prompt_token_ids = self.tokenizer.encode(prompt)  # BOS as the tokenizer says
-        else:
-            prompt_token_ids = list(prompt)
-        validate_prompt(prompt_token_ids, params, self.info.vocab_size)
-        max_n = self.config.scheduler.max_n
-        if params.n > max_n:
-            raise InvalidFieldError("n", f"n must be in [1, {max_n}], got {params.n}")
-        self.scheduler.check_fits(len(prompt_token_ids), params.max_tokens)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValueError(f"priority must be an integer, got {priority!r}")
-        if not isinstance(tenant, str):
-            raise ValueError(f"tenant must be a string, got {tenant!r}")
-        if req_id is not None and not isinstance(req_id, str):
-            raise ValueError(f"req_id must be a string, got {req_id!r}")
-        return Request(
-            req_id=req_id or uuid.uuid4().hex,
-            prompt_token_ids=prompt_token_ids,
-            params=params,
-            eos_ids=self.eos_ids,
-            tenant=tenant,
-            priority=priority,
-            arrival_time=time.monotonic(),
-        )
 
     def _enqueue(self, req: Request) -> None:
         n = req.params.n
@@ -313,7 +282,7 @@ class Engine:
                 f"params must hold one entry per prompt ({len(prompts)}), got {len(params)}"
             )
         reqs = [
-            self._make_request(prompt, p, None, "default", 0)
+            self._requests.make(prompt, p, None, "default", 0)
             for prompt, p in zip(prompts, params, strict=True)
         ]
         builders: dict[str, RequestOutputBuilder] = {}
