@@ -8,7 +8,9 @@ worker runs it, `F.linear(x, w)` in float32, at the row counts of decode and pre
 with `w` [out, in] stored two ways: row-major (as loaded) and column-major (the transpose of a
 contiguous [in, out] tensor, worker/weight_layout.py, what the CPU worker uses). The two
 layouts alternate within each repeat; the best of the repeats is kept. A step's total weighs
-each layer's projections by the number of layers and the LM head once.
+each layer's projections by the number of layers and the LM head once. The last column is the
+same GEMMs in bfloat16 (row-major), where the CPU's bf16 units (AVX512-BF16, AMX) would
+serve a bf16 model: a measure of what a bf16 CPU path could gain, which Loom does not have.
 """
 
 from __future__ import annotations
@@ -53,23 +55,26 @@ def projections(shape: ModelShape) -> dict[str, tuple[int, int, int]]:
 def measure(shape: ModelShape, rows: list[int], repeats: int) -> list[list[object]]:
     table = []
     for num_rows in rows:
-        totals = [0.0, 0.0]
+        totals = [0.0, 0.0, 0.0]
         for out_features, in_features, per_step in projections(shape).values():
             weight = torch.randn(out_features, in_features)
-            column_major = weight.t().contiguous().t()
-            x = torch.randn(num_rows, in_features)
+            variants = [
+                (weight, torch.randn(num_rows, in_features)),
+                (weight.t().contiguous().t(), torch.randn(num_rows, in_features)),
+                (weight.bfloat16(), torch.randn(num_rows, in_features, dtype=torch.bfloat16)),
+            ]
             calls = max(1, int(2e8 / (2 * num_rows * out_features * in_features)))
-            times = [float("inf"), float("inf")]
-            for _ in range(repeats):  # alternate, so drift hits both layouts alike
-                for i, w in enumerate((weight, column_major)):
+            times = [float("inf")] * len(variants)
+            for _ in range(repeats):  # alternate, so drift hits every variant alike
+                for i, (w, x) in enumerate(variants):
                     step = best_seconds(lambda w=w, x=x: F.linear(x, w), calls, 1)
                     times[i] = min(times[i], step)
-            totals[0] += times[0] * per_step
-            totals[1] += times[1] * per_step
+            for i, seconds in enumerate(times):
+                totals[i] += seconds * per_step
         flops = 2 * num_rows * sum(o * i * n for o, i, n in projections(shape).values())
         table.append(
             [num_rows, totals[0] * 1e3, totals[1] * 1e3, f"{totals[0] / totals[1]:.2f}",
-             flops / totals[0] / 1e9, flops / totals[1] / 1e9]
+             flops / totals[0] / 1e9, flops / totals[1] / 1e9, totals[2] * 1e3]
         )  # fmt: skip
         print(table[-1])
     return table
@@ -86,7 +91,7 @@ def main() -> None:
     table = measure(shape, args.rows, args.repeats)
     header = [
         "rows", "row-major ms per step", "column-major ms per step", "speed-up",
-        "row-major GFLOP/s", "column-major GFLOP/s",
+        "row-major GFLOP/s", "column-major GFLOP/s", "bfloat16 ms per step",
     ]  # fmt: skip
     body = (
         f"{__doc__.split(chr(10) + chr(10), 2)[2].strip()}\n\n"
