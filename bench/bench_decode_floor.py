@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, write_section
+from bench.common import DEFAULT_MODEL_DIR, described_run, markdown_table, publish
 from bench.flops import ModelShape
 from bench.loom_runs import build_engine, greedy_params, warm_up
 
@@ -96,16 +96,13 @@ def main() -> None:
         f"step / floor (goal <= {GOAL})", "floor ms (read rate)", "step / read floor",
     ]  # fmt: skip
     body = (
-        f"{__doc__.split(chr(10) + chr(10), 2)[2].strip()}\n\n"
-        f"{run_header('cpu')}\n"
+        f"{described_run(__doc__, 'cpu')}"
         f"Model {args.model.name}, float32: {num_bytes / 1e6:.1f} MB read per step. Memory: "
         f"{copy_rate / 1e9:.1f} GB/s copied, {read_rate / 1e9:.1f} GB/s read (1 GiB tensors, "
         f"best of 5), {torch.get_num_threads()} threads.\n\n"
         f"{markdown_table(header, rows)}\n"
     )
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, not args.no_write)
 
 
 if __name__ == "__main__":

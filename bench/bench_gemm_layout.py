@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, write_section
+from bench.common import DEFAULT_MODEL_DIR, described_run, markdown_table, publish
 from bench.flops import ModelShape
 
 SECTION = "Worker: projection weights row-major or column-major"
@@ -94,14 +94,11 @@ def main() -> None:
         "row-major GFLOP/s", "column-major GFLOP/s", "bfloat16 ms per step",
     ]  # fmt: skip
     body = (
-        f"{__doc__.split(chr(10) + chr(10), 2)[2].strip()}\n\n"
-        f"{run_header('cpu')}\n"
+        f"{described_run(__doc__, 'cpu')}"
         f"Model {args.model.name}, float32, {torch.get_num_threads()} threads.\n\n"
         f"{markdown_table(header, table)}\n"
     )
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, not args.no_write)
 
 
 if __name__ == "__main__":

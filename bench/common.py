@@ -107,6 +107,18 @@ def run_header(device: str) -> str:
     )
 
 
+def described_run(doc: str, device: str) -> str:
+    """A section's opening: the module docstring past its usage paragraph, then the run."""
+    return f"{doc.split(chr(10) + chr(10), 2)[2].strip()}\n\n{run_header(device)}\n"
+
+
+def publish(title: str, body: str, write: bool) -> None:
+    """Print a section, and with `write` put it into BENCHMARKS.md."""
+    print(body)
+    if write:
+        write_section(title, body)
+
+
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the `## title` section of BENCHMARKS.md (or append it), leaving every other
     section as it is. The file is read just before it is written: others edit it too."""
