@@ -27,7 +27,7 @@ from loadtest.soak_plan import (
     SHED_STATUS,
     PlannedCall,
     SoakOptions,
-    plan_calls,
+    plan_call,
 )
 from loompb import serving_pb2, serving_pb2_grpc
 
@@ -95,7 +95,6 @@ async def run_soak(
     max_model_len: int,
 ) -> SoakReport:
     rng = np.random.default_rng(options.seed)
-    plans = plan_calls(options, vocab_size, max_model_len, rng)
     report = SoakReport()
     start = time.perf_counter()
     stop_sampling = asyncio.Event()
@@ -111,16 +110,29 @@ async def run_soak(
                     return None  # the run's time is up: not sent
                 return await _call(stub, target, plan)
 
-        for number, chunk in enumerate(np.array_split(np.arange(len(plans)), options.rounds)):
+        first = 0
+        for number, size in enumerate(round_sizes(options.streams, options.rounds)):
             if time.perf_counter() >= end_by:
                 break
-            results = await asyncio.gather(*(bounded(plans[i]) for i in chunk))
+            # Planned round by round, in one sequence of draws: a seed fixes the whole run.
+            plans = [
+                plan_call(i, options, vocab_size, max_model_len, rng)
+                for i in range(first, first + size)
+            ]
+            first += size
+            results = await asyncio.gather(*(bounded(plan) for plan in plans))
             report.calls.extend(r for r in results if r is not None)
             report.idle_checks.append(await wait_idle(metrics_url, options.idle_timeout, number))
     report.duration = time.perf_counter() - start
     stop_sampling.set()
     await sampler
     return report
+
+
+def round_sizes(num_calls: int, num_rounds: int) -> list[int]:
+    """Calls per round, as even as they divide: 10 over 3 -> [4, 3, 3]."""
+    base, extra = divmod(num_calls, num_rounds)
+    return [base + (i < extra) for i in range(num_rounds)]
 
 
 async def _call(

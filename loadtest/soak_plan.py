@@ -79,12 +79,6 @@ class PlannedCall:
     cancel_after: float | None
 
 
-def plan_calls(
-    options: SoakOptions, vocab_size: int, max_model_len: int, rng: np.random.Generator
-) -> list[PlannedCall]:
-    return [plan_call(i, options, vocab_size, max_model_len, rng) for i in range(options.streams)]
-
-
 def plan_call(
     index: int,
     options: SoakOptions,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from frontend.server import serve_in_thread
 from loadtest.cli import main
+from loadtest.soak import round_sizes
 from loadtest.soak_cli import check_loopback
 from tests.reliability.conftest import assert_idle
 from tests.server.conftest import make_engine
@@ -50,6 +51,7 @@ def test_a_short_soak_loses_nothing_and_leaks_nothing(tmp_path: Path, capsys) ->
     assert fates == {"complete", "cancel", "deadline", "disconnect"}
     assert {call["tenant"] for call in report["calls"]} == {"soak-0", "soak-1", "soak-2"}
     assert report["rss_samples"] and report["rss_samples"][0][1] > 0
+    assert round_sizes(300, 3) == [100, 100, 100] and round_sizes(10, 3) == [4, 3, 3]
     assert "Calls lost:" in printed and "PASS" in printed
 
 
