@@ -10,6 +10,8 @@ import grpc
 import pytest
 
 from client import Client
+from loompb import serving_pb2
+from scheduler import Engine
 from scheduler.request import SamplingParams
 from tests.reliability.conftest import PROMPTS, assert_idle, clean_tokens, config_of, greedy
 from tests.server.conftest import make_engine
@@ -44,7 +46,7 @@ def test_max_tokens_at_the_limit(start_server) -> None:
         stream = client.generate_stream([1], max_tokens=511, temperature=0, ignore_eos=True)
         deltas = list(stream)
         assert [t for d in deltas for t in d.token_ids] == clean_ids([1], 511)
-        assert deltas[-1].finish_reason == 2  # FINISH_REASON_LENGTH
+        assert deltas[-1].finish_reason == serving_pb2.FINISH_REASON_LENGTH
         with pytest.raises(grpc.RpcError) as refused:
             client.generate([1], max_tokens=512)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -53,8 +55,6 @@ def test_max_tokens_at_the_limit(start_server) -> None:
 
 def test_a_kv_cache_that_fits_one_request_only(start_server) -> None:
     # 5 prompt tokens + 400 generated need ceil(404 / 16) = 26 blocks: the whole cache.
-    from scheduler import Engine
-
     engine = Engine.from_config(config_of(num_kv_blocks=26))
     server = start_server(engine)
     with Client(server.target) as client:

@@ -1,7 +1,7 @@
 """SIGTERM to a real `serve` process with streams in flight: they finish to their clean
-tokens (none lost, none cut without a status), new calls on both APIs are UNAVAILABLE / 503,
-and it exits 0. A second signal aborts what is left: every stream then ends either complete
-or with UNAVAILABLE, and the process still exits 0."""
+tokens (none lost, none cut without a status), new calls are refused on both APIs (gRPC
+UNAVAILABLE, HTTP 503), and it exits 0. A second signal aborts what is left: every stream
+then ends either complete or with UNAVAILABLE, and the process still exits 0."""
 
 from __future__ import annotations
 
@@ -53,9 +53,18 @@ def test_sigterm_drains_streams_in_flight_refuses_new_calls_and_exits_zero() -> 
             with pytest.raises(grpc.RpcError) as refused:
                 client.generate("Hi", max_tokens=2)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(urllib.error.HTTPError) as http_refused:
-                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=5)
-            assert http_refused.value.code == 503
+            base = f"http://127.0.0.1:{http_port}"
+            for request in (
+                urllib.request.Request(f"{base}/health"),
+                urllib.request.Request(
+                    f"{base}/v1/completions",
+                    data=b'{"prompt": "Hi", "max_tokens": 2}',
+                    headers={"content-type": "application/json"},
+                ),
+            ):
+                with pytest.raises(urllib.error.HTTPError) as http_refused:
+                    urllib.request.urlopen(request, timeout=5)
+                assert http_refused.value.code == 503
             ends = list(pool.map(read_stream, streams))
         assert serve.proc.wait(timeout=30) == 0
     finally:
