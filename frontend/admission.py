@@ -117,7 +117,11 @@ class Admitter:
         if self.gate.draining:
             raise Refused("UNAVAILABLE", "server is shutting down")
         if not self.async_engine.alive:
-            raise Refused("UNAVAILABLE", "the engine loop is not running")
+            reason = self.async_engine.stop_reason
+            raise Refused(
+                "UNAVAILABLE",
+                "the engine loop is not running" + (f": {reason}" if reason else ""),
+            )
         if not self.async_engine.engine.worker_available:
             raise Refused("UNAVAILABLE", "the worker is unavailable (reconnecting); retry")
 

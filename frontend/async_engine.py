@@ -6,8 +6,10 @@ loop that submitted it, with one `call_soon_threadsafe` per loop, so the gRPC fr
 awaits deltas without ever blocking on the engine.
 
 An exception escaping `engine.step()` fails the requests in flight (finish reason "error")
-and aborts them in the engine, then the loop goes on; after `max_step_failures` failures in
-a row the loop gives up and `alive` turns False, which health checks report.
+and aborts them in the engine, then the loop goes on; a worker step that fails inside
+`engine.step()` has already failed its own requests. Either counts as a failed step
+(scheduler/step_failures.py): after `max_step_failures` in a row the loop gives up and `alive`
+turns False, which health checks report; a step that succeeds resets the count.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from frontend.metrics import ServingMetrics
 from scheduler.config import EngineStats
 from scheduler.errors import DuplicateRequestError
 from scheduler.outputs import RequestDelta
+from scheduler.step_failures import StepFailures
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("loom.requests")
@@ -97,6 +100,11 @@ class AsyncEngine:
     def wait_stopped(self, timeout: float | None = None) -> None:
         """Block until the loop thread has ended (shutdown, or it gave up)."""
         self._thread.join(timeout)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the loop gave up (too many failed steps in a row); None otherwise."""
+        return None if self._fatal is None else str(self._fatal)
 
     @property
     def alive(self) -> bool:
@@ -174,7 +182,7 @@ class AsyncEngine:
     # ---- the loop thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
+        failures = StepFailures(self.max_step_failures)
         try:
             while True:
                 with self._cond:
@@ -186,18 +194,20 @@ class AsyncEngine:
                 try:
                     deltas = self.engine.step()
                 except Exception as exc:
-                    failures += 1
-                    log.exception("engine step failed (%d in a row)", failures)
+                    log.exception("engine step failed (%d in a row)", failures.consecutive + 1)
                     self._fail_in_flight(f"engine step failed: {exc!r}")
-                    if failures >= self.max_step_failures:
-                        raise
+                    failures.failed(f"engine step failed: {exc!r}")
                     continue
-                failures = 0
                 # Stats first: a caller that sees this step's tokens sees its stats too.
                 self.last_stats = stats = self.engine.stats()
                 if self.metrics is not None:
                     self.metrics.update_engine_stats(stats)
                 self._dispatch(deltas, step_start)
+                step_error = getattr(self.engine, "last_step_error", None)
+                if step_error is not None:  # its requests have their final deltas, above
+                    failures.failed(step_error)
+                elif getattr(self.engine, "last_step_computed", True):
+                    failures.succeeded()  # a step that only dropped finished requests is neither
         except BaseException as exc:
             self._fatal = exc
             log.critical("engine loop stopped: %r; the server is NOT_SERVING", exc)

@@ -22,13 +22,17 @@ class FrontendConfig(ServerConfig):
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
     )
-    max_step_failures: int = setting(3, "failed engine steps in a row before the loop stops")
+    max_step_failures: int = setting(
+        3,
+        "failed engine steps in a row (worker faults, not an unreachable worker) before the "
+        "engine loop stops and health turns NOT_SERVING; 0: never stop",
+    )
 
     def __post_init__(self) -> None:
         # Zero-argument super() does not work in a slots dataclass (the class is rebuilt).
         ServerConfig.__post_init__(self)
         check_at_least(self, "http_port", 0, optional=True)
-        check_at_least(self, "max_step_failures", 1)
+        check_at_least(self, "max_step_failures", 0)
 
 
 @dataclass(slots=True, frozen=True)

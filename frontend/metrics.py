@@ -2,7 +2,9 @@
 
 Engine-wide series carry a `model` label; per-request series, the running and waiting gauges,
 the fair-share charge and quota refusals carry `model` and `tenant`.
-Each server has its own registry, so several servers can live in one process (tests).
+Each server has its own registry, so several servers can live in one process (tests); each
+registry also carries the process collector (`process_resident_memory_bytes` and the other
+`process_*` series on Linux), which a soak reads to see whether memory grows.
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 # Bucket bounds in seconds: a tiny CPU model answers in milliseconds, a large GPU model's
 # queue can hold a request for minutes.
@@ -63,6 +72,15 @@ class ServingMetrics:
         self.kv_cache_usage_perc = gauge(
             "loom:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)"
         )
+        self.kv_cache_blocks_used = gauge(
+            "loom:kv_cache_blocks_used", "KV cache blocks held by requests (0 when idle)"
+        )
+        self.kv_cache_blocks = gauge("loom:kv_cache_blocks", "KV cache blocks in all")
+        self.prefix_cache_blocks = gauge(
+            "loom:prefix_cache_blocks",
+            "KV cache blocks holding a cached prefix, held by a request or not (an idle engine "
+            "retains them until they are reallocated)",
+        )
         self.prefix_cache_queries = counter(
             "loom:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", per_model
         )
@@ -95,8 +113,12 @@ class ServingMetrics:
             "From arrival to the start of the engine step that produced its first output",
             LATENCY_BUCKETS,
         )
+        ProcessCollector(registry=self.registry)
         for engine_wide in (
             self.kv_cache_usage_perc,
+            self.kv_cache_blocks_used,
+            self.kv_cache_blocks,
+            self.prefix_cache_blocks,
             self.prefix_cache_queries,
             self.prefix_cache_hits,
             self.num_preemptions,
@@ -121,6 +143,9 @@ class ServingMetrics:
         self.kv_cache_usage_perc.labels(model).set(
             used / stats.num_blocks if stats.num_blocks else 0
         )
+        self.kv_cache_blocks_used.labels(model).set(used)
+        self.kv_cache_blocks.labels(model).set(stats.num_blocks)
+        self.prefix_cache_blocks.labels(model).set(stats.num_cached_blocks)
         for key, value, metric in (
             ("queries", stats.prefix_cache_queries, self.prefix_cache_queries),
             ("hits", stats.prefix_cache_hits, self.prefix_cache_hits),

@@ -77,6 +77,7 @@ class Frontend:
         self.config = config or FrontendConfig()
         self.metrics = ServingMetrics(engine.info.model_name)
         self.async_engine = AsyncEngine(engine, self.metrics, self.config.max_step_failures)
+        self.metrics.update_engine_stats(self.async_engine.last_stats)  # block counts from start
         self.gate = AdmissionGate()
         self.health = LiveHealthServicer(self.async_engine)
         self.authenticator = Authenticator(self._load_directory())

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest",
         description="Load-test a running Loom server over gRPC, or any OpenAI-compatible "
-        "server over HTTP (in the conventions of `vllm bench serve`).",
+        "server over HTTP (in the conventions of `vllm bench serve`). "
+        "`python -m loadtest soak --help`: a soak with faults, checked for leaks.",
     )
     p.add_argument("--backend", choices=BACKENDS, default="grpc", help="the API to load")
     p.add_argument("--target", default="127.0.0.1:50051", help="grpc: the server's HOST:PORT")
@@ -209,6 +210,10 @@ def redacted(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["soak"]:
+        from loadtest.soak_cli import main as soak
+
+        return soak(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         validate(args)

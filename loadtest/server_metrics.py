@@ -26,8 +26,24 @@ def parse_gauges(text: str) -> dict[str, float]:
 
 
 def fetch_gauges(url: str, timeout: float = 2.0) -> dict[str, float]:
+    return parse_gauges(fetch_text(url, timeout))
+
+
+def fetch_text(url: str, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (user's URL)
-        return parse_gauges(response.read().decode())
+        return response.read().decode()
+
+
+def parse_series(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each named series summed over its labels (0 for a series the text lacks)."""
+    values = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in values:
+            values[name] += float(line.rsplit(" ", 1)[1])
+    return values
 
 
 @dataclass(slots=True)

@@ -94,6 +94,8 @@ class EngineStats:
     prefix_cache_queries: int  # tokens looked up
     prefix_cache_hits: int  # tokens found
     tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
+    # Blocks holding a cached prefix, held by a request or not: what an idle engine keeps.
+    num_cached_blocks: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

@@ -76,6 +76,11 @@ class Engine:
         self._states: dict[str, RequestOutputState] = {}
         # A worker that can lose its state counts its sessions (worker/step.py's Worker).
         self._worker_epoch = getattr(worker, "session_epoch", 0)
+        # How the last step's worker call went, for the loop to count failures in a row:
+        # why it failed while the worker stayed available (its requests failed, INTERNAL),
+        # and whether it computed tokens (a step that only drops requests proves nothing).
+        self.last_step_error: str | None = None
+        self.last_step_computed = False
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
@@ -198,6 +203,7 @@ class Engine:
             lost = sched.worker_lost("the worker was reconnected; its state is lost", True)
             deltas.extend(final_delta(req) for req in lost)
 
+        self.last_step_error, self.last_step_computed = None, False
         sched_out = sched.schedule()
         step_input = sched_out.step_input
         if step_input.num_scheduled_tokens or step_input.finished_req_ids:
@@ -206,6 +212,7 @@ class Engine:
             except Exception as exc:
                 deltas.extend(final_delta(req) for req in self._step_failed(sched_out, exc))
             else:
+                self.last_step_computed = bool(step_input.num_scheduled_tokens)
                 changed = sched.update(sched_out, step_out, self._scan_text)
                 deltas.extend(self._states[req.req_id].next_delta() for req in changed)
         for delta in deltas:  # by sequence id, before the ids become the requests'
@@ -254,7 +261,8 @@ class Engine:
             logger.exception(
                 "worker step failed; failing its %d requests", len(sched_out.scheduled)
             )
-            return self.scheduler.fail_step(sched_out, f"worker step failed: {exc!r}")
+            self.last_step_error = f"worker step failed: {exc!r}"
+            return self.scheduler.fail_step(sched_out, self.last_step_error)
         logger.error("the worker is unavailable: %s; failing every request in flight", exc)
         return self.scheduler.worker_lost(f"the worker is unavailable: {exc}", False)
 

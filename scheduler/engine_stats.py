@@ -21,6 +21,7 @@ def collect_stats(sched: Scheduler, num_waiting: int, pending_tenants: list[str]
         prefix_cache_queries=sched.kv.num_queries,
         prefix_cache_hits=sched.kv.num_hits,
         tenants=_tenant_stats(sched, pending_tenants),
+        num_cached_blocks=pool.num_cached_blocks,
     )
 
 

@@ -210,6 +210,13 @@ class Scheduler:
         for k, req in enumerate(sched_out.scheduled):
             if req.status is not RUNNING:
                 continue  # finished or preempted since it was scheduled
+            if step_out.errors and req.req_id in step_out.errors:
+                # Failed alone (non-finite logits): nothing of this step is kept, so no block
+                # it computed joins the prefix cache; the others in the step go on.
+                self._finish(req, RequestStatus.FINISHED_ERROR, step_out.errors[req.req_id])
+                num_finished += 1
+                changed.append(req)
+                continue
             advance_computed(req, num_scheduled[req.req_id], self.kv)
             if step_out.prompt_logprobs and req.prompt_logprobs is not None:
                 add_prompt_logprobs(req, step_out.prompt_logprobs.get(req.req_id))

@@ -86,7 +86,10 @@ def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     A token with no mass adds nothing to the running sum, so it is never picked.
     """
     cdf = probs.cumsum(dim=-1)
-    return torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).squeeze(-1)
+    picked = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).squeeze(-1)
+    # A row with mass never reaches the end (u * total < total); a NaN row can, and its
+    # token must still be an index (the step fails only that row, worker/step_output.py).
+    return picked.clamp_(max=probs.shape[-1] - 1)
 
 
 def _draw_filtered(

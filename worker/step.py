@@ -106,6 +106,9 @@ class StepOutput:
     top_logprobs: list[list[list[tuple[int, float]]]] = field(default_factory=list)
     # Only for echo requests, per prefill chunk computed this step.
     prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
+    # Requests this step failed on their own, req_id -> why (their logits were not finite):
+    # their rows hold nothing, the scheduler fails them and the others go on.
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

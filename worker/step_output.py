@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from worker.step import PromptLogprobs, StepOutput
 from worker.step_batch import LogitsPlan, RequestState
 
+NON_FINITE_LOGITS = "the model's logits for this request are not finite (NaN or inf)"
+
 
 @dataclass(slots=True)
 class HostScores:
@@ -25,6 +27,7 @@ def assemble_output(
     plans: list[LogitsPlan],
     tokens_by_row: dict[int, int],  # sample row -> the token sampled from it
     scores: HostScores | None,  # None when no request asked for logprobs
+    finite_rows: list[bool],  # logits row -> whether every logit in it is finite
 ) -> StepOutput:
     out = StepOutput()
     for (state, _), plan in zip(scheduled, plans, strict=True):
@@ -34,6 +37,13 @@ def assemble_output(
         logprobs: list[float] = []
         top: list[list[tuple[int, float]]] = []
         row = plan.sample_row
+        if not _rows_finite(plan, finite_rows):
+            # Nothing drawn from such a row means anything: the request fails, alone.
+            out.errors[state.req_id] = NON_FINITE_LOGITS
+            out.sampled_token_ids.append(tokens)
+            out.logprobs.append(logprobs)
+            out.top_logprobs.append(top)
+            continue
         if row is not None:
             tokens.append(tokens_by_row[row])
             if scores is not None and opts.logprobs:
@@ -53,3 +63,11 @@ def assemble_output(
                 else None,
             )
     return out
+
+
+def _rows_finite(plan: LogitsPlan, finite_rows: list[bool]) -> bool:
+    """Whether the request's sample row and echo rows are all finite."""
+    if plan.sample_row is not None and not finite_rows[plan.sample_row]:
+        return False
+    first = plan.echo_first_row
+    return all(finite_rows[first : first + plan.num_echo_scored]) if plan.num_echo_scored else True

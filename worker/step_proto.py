@@ -158,7 +158,10 @@ def step_output_to_proto(out: StepOutput) -> pb.StepOutput:
     msg = pb.StepOutput()
     for i, req_id in enumerate(out.req_ids):
         result = msg.results.add(
-            req_id=req_id, sampled_token_ids=out.sampled_token_ids[i], logprobs=out.logprobs[i]
+            req_id=req_id,
+            sampled_token_ids=out.sampled_token_ids[i],
+            logprobs=out.logprobs[i],
+            error=out.errors.get(req_id, ""),
         )
         for entries in out.top_logprobs[i]:
             _top_to_proto(entries, result.top_logprobs.add())
@@ -183,6 +186,8 @@ def step_output_from_proto(msg: pb.StepOutput) -> StepOutput:
         out.sampled_token_ids.append(list(result.sampled_token_ids))
         out.logprobs.append(list(result.logprobs))
         out.top_logprobs.append([_top_from_proto(t) for t in result.top_logprobs])
+        if result.error:
+            out.errors[result.req_id] = result.error
         if result.HasField("prompt_logprobs"):
             prompt = result.prompt_logprobs
             out.prompt_logprobs[result.req_id] = PromptLogprobs(

@@ -5,7 +5,9 @@ echo request also scores its prompt rows. The rows are sampled in their own orde
 copy of the logits unless some rows must be shaped (penalties and logit biases, then stop
 tokens masked before `min_tokens`), and when any request wants logprobs, one log-softmax
 covers every row, over the raw logits. The sampled tokens and
-their logprobs come back to the host in one copy, the step's one wait for a GPU.
+their logprobs come back to the host in one copy, the step's one wait for a GPU, with a flag
+per row saying whether its logits were finite: a request with a NaN or infinite row fails
+alone (StepOutput.errors), whatever else shares the step.
 """
 
 from __future__ import annotations
@@ -58,17 +60,20 @@ def sample_and_score(
     tokens = sample(sample_logits, params)
     if penalised and penalties is not None:
         penalties.record(penalty_rows, tokens.index_select(0, _long(penalised, device)))
+    # One pass over the raw logits: a row's sum is finite only when every logit is (or when
+    # finite logits overflow float32, which is no less broken). It comes back with the tokens.
+    finite = torch.isfinite(logits.sum(dim=-1))
     found = _logprobs(scheduled, plans, logits, rows, tokens)
     if found is None:
-        [token_list] = to_host_lists(tokens)
+        token_list, finite_rows = to_host_lists(tokens, finite)
         scores = None
     else:
-        token_list, logprobs, top_ids, top_logprobs = to_host_lists(
-            tokens, found.logprobs, found.top_ids, found.top_logprobs
+        token_list, finite_rows, logprobs, top_ids, top_logprobs = to_host_lists(
+            tokens, finite, found.logprobs, found.top_ids, found.top_logprobs
         )
         scores = HostScores(logprobs=logprobs, top_ids=top_ids, top_logprobs=top_logprobs)
     tokens_by_row = dict(zip(rows, token_list, strict=True))
-    return assemble_output(scheduled, plans, tokens_by_row, scores)
+    return assemble_output(scheduled, plans, tokens_by_row, scores, finite_rows)
 
 
 def _stop_mask(
