@@ -64,6 +64,10 @@ def _sampling_to_proto(options: SamplingOptions, msg: pb.SamplingOptions) -> Non
     msg.echo = options.echo
     msg.min_tokens = options.min_tokens
     msg.stop_token_ids.extend(options.stop_token_ids)
+    msg.presence_penalty = options.presence_penalty
+    msg.frequency_penalty = options.frequency_penalty
+    msg.repetition_penalty = options.repetition_penalty
+    msg.logit_bias.update(dict(options.logit_bias))
 
 
 def step_input_from_proto(msg: pb.StepInput) -> StepInput:
@@ -121,6 +125,7 @@ def _sampling_from_proto(msg: pb.SamplingOptions, req_id: str) -> SamplingOption
     if msg.HasField("seed") and msg.seed < 0:
         raise ValueError(f"{where}.seed must be >= 0, got {msg.seed}")
     _check_ids(msg.stop_token_ids, f"{where}.stop_token_ids")
+    _check_shaping(msg, where)
     return SamplingOptions(
         temperature=msg.temperature,
         top_p=msg.top_p,
@@ -131,7 +136,23 @@ def _sampling_from_proto(msg: pb.SamplingOptions, req_id: str) -> SamplingOption
         echo=msg.echo,
         min_tokens=msg.min_tokens,
         stop_token_ids=tuple(msg.stop_token_ids),
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        repetition_penalty=msg.repetition_penalty,
+        logit_bias=tuple(sorted(msg.logit_bias.items())),
     )
+
+
+def _check_shaping(msg: pb.SamplingOptions, where: str) -> None:
+    penalties = (msg.presence_penalty, msg.frequency_penalty, msg.repetition_penalty)
+    if not all(math.isfinite(value) for value in penalties) or msg.repetition_penalty <= 0:
+        raise ValueError(
+            f"{where}: presence, frequency and repetition penalties must be finite "
+            f"(repetition > 0, 1 is off), got {penalties}"
+        )
+    _check_ids(list(msg.logit_bias), f"{where}.logit_bias")
+    if not all(math.isfinite(bias) for bias in msg.logit_bias.values()):
+        raise ValueError(f"{where}.logit_bias values must be finite")
 
 
 def _req_id(req_id: str, where: str) -> str:

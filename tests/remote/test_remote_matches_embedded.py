@@ -94,3 +94,18 @@ def test_preemption_under_a_small_cache(remote: Engine, embedded: Engine) -> Non
     )
     assert preempted[0] > 0 and preempted[0] == preempted[1]
     assert remote.stats().num_free_blocks == NUM_BLOCKS  # nothing leaked
+
+
+def test_penalties_and_logit_bias_reach_the_remote_worker(remote: Engine, embedded: Engine) -> None:
+    greedy = {"max_tokens": 48, "temperature": 0, "ignore_eos": True}
+    shaped = [
+        SamplingParams(**greedy, frequency_penalty=2.0),
+        SamplingParams(**greedy, presence_penalty=2.0, repetition_penalty=1.5),
+        SamplingParams(max_tokens=24, temperature=0.9, seed=5, logit_bias={13: 30.0, 2: -100.0}),
+    ]
+    outputs = assert_same(remote, embedded, PROMPTS, shaped)
+    unshaped = embedded.generate(PROMPTS[:2], [SamplingParams(**greedy)] * 2)
+    # Each setting changed what was drawn, so a worker that ignored it would differ.
+    for out, base in zip(outputs[:2], unshaped, strict=True):
+        assert out.token_ids != base.token_ids
+    assert outputs[2].token_ids.count(13) > len(outputs[2].token_ids) // 2

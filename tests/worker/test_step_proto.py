@@ -49,6 +49,10 @@ def test_step_input_round_trip_keeps_every_field() -> None:
                     echo=True,
                     min_tokens=3,
                     stop_token_ids=(2, 13),
+                    presence_penalty=0.3,  # not float32 values either
+                    frequency_penalty=-0.7,
+                    repetition_penalty=1.1,
+                    logit_bias=((5, -100.0), (13, 2.3)),
                 ),
                 num_computed_tokens=1,
                 num_output_tokens=1,
@@ -90,12 +94,15 @@ def new_request(**fields: object) -> worker_pb2.NewRequest:
     """A well-formed NewRequest message, with `fields` (its own or its sampling's) replaced."""
     message = worker_pb2.NewRequest(req_id="r", prompt_token_ids=[1, 2, 3], block_ids=[0])
     message.sampling.top_p = 1.0
+    message.sampling.repetition_penalty = 1.0
     sampling_fields = worker_pb2.SamplingOptions.DESCRIPTOR.fields_by_name
     for name, value in fields.items():
         target = message.sampling if name in sampling_fields else message
         if isinstance(value, list):
             del getattr(target, name)[:]
             getattr(target, name).extend(value)
+        elif isinstance(value, dict):
+            getattr(target, name).update(value)
         else:
             setattr(target, name, value)
     return message
@@ -116,6 +123,10 @@ def new_request(**fields: object) -> worker_pb2.NewRequest:
         ({"top_logprobs": 21}, "top_logprobs must be in [0, 20]"),
         ({"seed": -5}, "new[r].sampling.seed must be >= 0, got -5"),
         ({"block_ids": [-1]}, "new[r].block_ids must be >= 0, got -1"),
+        ({"presence_penalty": float("inf")}, "penalties must be finite (repetition > 0"),
+        ({"repetition_penalty": 0.0}, "penalties must be finite (repetition > 0"),
+        ({"logit_bias": {-3: 1.0}}, "new[r].sampling.logit_bias must be >= 0, got -3"),
+        ({"logit_bias": {3: float("nan")}}, "new[r].sampling.logit_bias values must be finite"),
     ],
 )
 def test_malformed_new_requests_are_refused_naming_the_field(fields: dict, message: str) -> None:
