@@ -66,7 +66,8 @@ def run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[str,
             req_id = f"r{next_id}"
             next_id += 1
             stop_after[req_id] = num_output
-            sched.add_request(Request(req_id, prompt, SamplingParams(max_tokens=max_tokens), EOS))
+            params = SamplingParams(max_tokens=max_tokens)
+            sched.add_request(Request(req_id, prompt, params, (EOS,)))
         del pending[:arrivals_per_step]
 
         out = sched.schedule()

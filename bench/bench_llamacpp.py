@@ -16,6 +16,8 @@ request (`--parallel N`, each slot holding a whole request), on the same threads
 requests go over loopback HTTP all at once (token ids in, token ids back), and Loom's through
 its offline engine. Each runs the workload once untimed first; then the two alternate over
 the repeats, each run's wall time from the first request sent to the last token received.
+Both run without a prefix cache (`cache_prompt: false`; Loom's `enable_prefix_caching` off),
+so a repeat recomputes every prompt as the first pass did.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def main() -> None:
                                 tuple(args.output_len), shape.vocab_size, args.seed)  # fmt: skip
     useful = workload.num_output_tokens
     threads = torch.get_num_threads()
-    engine, _ = build_engine(args.model, "cpu")
+    # No prefix cache: the repeats send the same prompts, and llama-server's is off too.
+    engine, _ = build_engine(args.model, "cpu", enable_prefix_caching=False)
     warm_up(engine)
     server = LlamaServer(args.server, args.gguf, args.num_requests,
                          args.prompt_len[1] + args.output_len[1], args.port, threads)  # fmt: skip
