@@ -2,7 +2,7 @@
 
 `RemoteWorker.connect(target, ...)` waits for a `python -m worker serve` to answer, starts a
 session on it (Connect: the worker drops every request it held) and reads its Info, tokenizer
-file included, so this host needs no model files and no torch. Each `execute` is one Step
+files included, so this host needs no model files and no torch. Each `execute` is one Step
 call with a deadline of `timeout` seconds.
 
 A step that cannot reach the worker within the deadline, or that the worker answers with
@@ -25,11 +25,10 @@ import uuid
 
 import grpc
 
+from frontend.remote_tokenizer import tokenizer_from_files
 from loompb import worker_pb2, worker_pb2_grpc
 from scheduler.config import EngineConfig
 from scheduler.engine import Engine
-from scheduler.tokenizer import TokenizerError
-from scheduler.tokenizer_sp import SentencePieceTokenizer
 from worker.step import StepInput, StepOutput, WorkerInfo
 from worker.step_proto import (
     MAX_MESSAGE_BYTES,
@@ -50,7 +49,6 @@ _UNREACHABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.ABORTED,
 }
-TOKENIZER_NAME = "tokenizer.model"  # the SentencePiece file, the one format Tokenizer reads
 
 
 class WorkerUnavailableError(RuntimeError):
@@ -76,7 +74,7 @@ class _Connection:
     session_id: str
     lease_seconds: float
     info: WorkerInfo
-    tokenizer: tuple[str, bytes]  # file name, bytes
+    tokenizer_files: dict[str, bytes]  # file name -> bytes
 
 
 class RemoteWorker:
@@ -128,9 +126,9 @@ class RemoteWorker:
         return self._first.info
 
     @property
-    def tokenizer_file(self) -> tuple[str, bytes]:
+    def tokenizer_files(self) -> dict[str, bytes]:
         assert self._first is not None
-        return self._first.tokenizer
+        return self._first.tokenizer_files
 
     def execute(self, step: StepInput) -> StepOutput:
         request = step_input_to_proto(step)
@@ -201,7 +199,7 @@ class RemoteWorker:
             session.session_id,
             session.lease_seconds,
             worker_info_from_proto(info),
-            (info.tokenizer_name, info.tokenizer_data),
+            dict(info.tokenizer_files),
         )
         first = self._first
         if first is not None and not _can_resume(first, conn):
@@ -281,7 +279,7 @@ def _can_resume(first: _Connection, new: _Connection) -> bool:
     same = dataclasses.replace(new.info, num_kv_blocks=first.info.num_kv_blocks)
     return (
         same == first.info
-        and new.tokenizer == first.tokenizer
+        and new.tokenizer_files == first.tokenizer_files
         and new.info.num_kv_blocks >= first.info.num_kv_blocks
     )
 
@@ -296,22 +294,13 @@ def remote_engine(
     config: EngineConfig, target: str, timeout: float, startup_timeout: float
 ) -> Engine:
     """An engine driving the worker at `target`: its model, block size and KV cache come from
-    the worker's Info, the tokenizer from the file it sends."""
+    the worker's Info, the tokenizer from the files it sends."""
     worker = RemoteWorker.connect(target, timeout, startup_timeout)
-    name, data = worker.tokenizer_file
-    if name != TOKENIZER_NAME or not data:
-        worker.close()
-        raise ValueError(
-            f"the worker at {target} sends no {TOKENIZER_NAME} (got {name or 'none'}): its "
-            "model directory needs the SentencePiece tokenizer file"
-        )
     try:
-        tokenizer = SentencePieceTokenizer(name=f"{target}/{name}", model_proto=data)
-    except TokenizerError as exc:
+        tokenizer = tokenizer_from_files(worker.tokenizer_files, target)
+    except ValueError:
         worker.close()
-        raise ValueError(
-            f"the tokenizer file the worker at {target} sends is unreadable: {exc}"
-        ) from exc
+        raise
     info = worker.info()
     cache = dataclasses.replace(config.cache, block_size=info.block_size)
     return Engine(worker, tokenizer, dataclasses.replace(config, cache=cache))

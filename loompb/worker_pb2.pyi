@@ -171,7 +171,14 @@ class StepOutput(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[RequestResult, _Mapping]]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "tensor_parallel_size", "tokenizer_name", "tokenizer_data")
+    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "tensor_parallel_size", "tokenizer_files")
+    class TokenizerFilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -188,8 +195,7 @@ class WorkerInfo(_message.Message):
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
     TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_NAME_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_DATA_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FILES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     max_seq_len: int
@@ -206,6 +212,5 @@ class WorkerInfo(_message.Message):
     head_dim: int
     hidden_dim: int
     tensor_parallel_size: int
-    tokenizer_name: str
-    tokenizer_data: bytes
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., tensor_parallel_size: _Optional[int] = ..., tokenizer_name: _Optional[str] = ..., tokenizer_data: _Optional[bytes] = ...) -> None: ...
+    tokenizer_files: _containers.ScalarMap[str, bytes]
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., tensor_parallel_size: _Optional[int] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from common.flags import add_settings_flags, settings_from_args
 from worker.config import SCHEDULER_ONLY_SETTINGS, WorkerServeConfig
+from worker.tokenizer_files import tokenizer_files
 
 log = logging.getLogger("loom.worker.serve")
-
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +108,15 @@ def serve(config: WorkerServeConfig) -> int:
         info.num_kv_blocks,
         info.block_size,
     )
-    tokenizer = Path(config.model.model) / TOKENIZER_FILE
-    if not tokenizer.is_file():
-        log.warning("%s is missing: a scheduler cannot serve text with this worker", tokenizer)
-    tokenizer_path = tokenizer if tokenizer.is_file() else None
-    server = WorkerServer(worker, config.server, tokenizer_path, step_thread)
+    files = tokenizer_files(config.model.model)
+    if not files:
+        log.warning(
+            "%s has no tokenizer files to send (neither tokenizer.json nor tokenizer.model; a "
+            "GGUF model's vocabulary stays in its header): a scheduler cannot serve text with "
+            "this worker",
+            config.model.model,
+        )
+    server = WorkerServer(worker, config.server, files, step_thread)
     try:
         port = server.start()
     except RuntimeError as exc:

@@ -1,7 +1,7 @@
 """The worker server: one worker (embedded runner, or rank 0 of a tensor-parallel group)
 behind proto/worker.proto, for a scheduler in another process or on another host.
 
-    server = WorkerServer(worker, WorkerServerConfig(port=0), tokenizer_path)
+    server = WorkerServer(worker, WorkerServerConfig(port=0), tokenizer_files(model_dir))
     server.start()            # -> the port; also grpc.health.v1 and reflection
     ...
     server.stop()
@@ -28,7 +28,6 @@ import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -72,7 +71,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(
         self,
         worker: ServedWorker,
-        tokenizer_path: Path | None,
+        tokenizer_files: dict[str, bytes],
         session_timeout: float,
         health_servicer: health.HealthServicer,
         step_thread: futures.Executor | None = None,
@@ -82,8 +81,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.health = health_servicer
         self.fatal = threading.Event()
         self._info = worker.info()
-        self._tokenizer_name = tokenizer_path.name if tokenizer_path else ""
-        self._tokenizer_data = tokenizer_path.read_bytes() if tokenizer_path else b""
+        self._tokenizer_files = tokenizer_files
         self._step_lock = threading.Lock()  # one step at a time; Connect waits for it
         # Every step runs on one thread, whichever RPC thread took the call: OpenMP keeps a
         # team of threads per thread that calls into it, and with more than one team in the
@@ -158,7 +156,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     # ---- calls -------------------------------------------------------------------------
 
     def Info(self, request: Any, context: Any) -> worker_pb2.WorkerInfo:
-        return worker_info_to_proto(self._info, self._tokenizer_name, self._tokenizer_data)
+        return worker_info_to_proto(self._info, self._tokenizer_files)
 
     def Health(self, request: Any, context: Any) -> worker_pb2.HealthResponse:
         live = self._touch(self._caller_session(context))
@@ -226,7 +224,7 @@ class WorkerServer:
         self,
         worker: ServedWorker,
         config: WorkerServerConfig,
-        tokenizer_path: Path | None,
+        tokenizer_files: dict[str, bytes],
         step_thread: futures.Executor | None = None,
     ) -> None:
         """`step_thread`: the one-thread executor that runs every step (by default a new
@@ -234,7 +232,7 @@ class WorkerServer:
         self.config = config
         self.health = health.HealthServicer()
         self.service = WorkerService(
-            worker, tokenizer_path, config.session_timeout, self.health, step_thread
+            worker, tokenizer_files, config.session_timeout, self.health, step_thread
         )
         self.port: int | None = None
         self._server = grpc.server(

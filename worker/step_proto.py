@@ -25,7 +25,7 @@ from worker.step import (
 MAX_TOP_LOGPROBS = 20  # as scheduler.request and worker.sampler have it
 # The metadata entry naming the session a Step or Health call belongs to.
 SESSION_METADATA = "loom-session-id"
-# A step names its requests' whole prompts once; the tokenizer file rides in Info.
+# A step names its requests' whole prompts once; the tokenizer files ride in Info.
 MAX_MESSAGE_BYTES = 64 << 20
 TopEntries = list[tuple[int, float]]
 
@@ -232,11 +232,9 @@ _INFO_FIELDS = (
 )  # fmt: skip
 
 
-def worker_info_to_proto(
-    info: WorkerInfo, tokenizer_name: str, tokenizer_data: bytes
-) -> pb.WorkerInfo:
+def worker_info_to_proto(info: WorkerInfo, tokenizer_files: dict[str, bytes]) -> pb.WorkerInfo:
     fields = {name: getattr(info, name) for name in _INFO_FIELDS}
-    return pb.WorkerInfo(**fields, tokenizer_name=tokenizer_name, tokenizer_data=tokenizer_data)
+    return pb.WorkerInfo(**fields, tokenizer_files=tokenizer_files)
 
 
 def worker_info_from_proto(msg: pb.WorkerInfo) -> WorkerInfo:

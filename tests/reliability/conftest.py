@@ -24,6 +24,7 @@ from tests.server.conftest import NUM_KV_BLOCKS, engine_is_idle, make_engine, wa
 from worker.config import WorkerServerConfig
 from worker.runner import ModelRunner
 from worker.server import WorkerServer
+from worker.tokenizer_files import tokenizer_files
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -113,7 +114,7 @@ def start_remote() -> Iterator[Callable[..., RemoteRig]]:
         config = config_of()
         worker = FaultyWorker(runner_of(config, poison))
         worker_server = WorkerServer(
-            worker, WorkerServerConfig(port=0, session_timeout=2.0), STORIES_DIR / "tokenizer.model"
+            worker, WorkerServerConfig(port=0, session_timeout=2.0), tokenizer_files(STORIES_DIR)
         )
         port = worker_server.start()
         proxy = TcpProxy(("127.0.0.1", port))

@@ -15,13 +15,14 @@ from tests.server.conftest import wait_until
 from worker import create_worker
 from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
+from worker.tokenizer_files import tokenizer_files
 
 
 @contextmanager
 def serving(num_kv_blocks: int, port: int = 0) -> Iterator[WorkerServer]:
     worker = create_worker(model=str(STORIES_DIR), device="cpu", num_kv_blocks=num_kv_blocks)
     server = WorkerServer(
-        worker, WorkerServerConfig(port=port, session_timeout=2.0), STORIES_DIR / "tokenizer.model"
+        worker, WorkerServerConfig(port=port, session_timeout=2.0), tokenizer_files(STORIES_DIR)
     )
     server.start()
     try:

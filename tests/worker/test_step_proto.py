@@ -85,9 +85,10 @@ def test_step_output_round_trip_keeps_every_field() -> None:
 
 def test_worker_info_round_trip() -> None:
     info = WorkerInfo("m", 512, 512, 1, 2, 16, 64, "float32", "cpu", 64, 5, 8, 4, 8, 172, 2)
-    message = wire(worker_info_to_proto(info, "tokenizer.model", b"\x00\x01"))
+    files = {"tokenizer.json": b"{}", "config.json": b"\x00\x01"}
+    message = wire(worker_info_to_proto(info, files))
     assert worker_info_from_proto(message) == info
-    assert (message.tokenizer_name, message.tokenizer_data) == ("tokenizer.model", b"\x00\x01")
+    assert dict(message.tokenizer_files) == files
 
 
 def new_request(**fields: object) -> worker_pb2.NewRequest:

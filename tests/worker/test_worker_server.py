@@ -16,6 +16,7 @@ from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
 from worker.step import NewRequest, RunningRequest, SamplingOptions, StepInput
 from worker.step_proto import SESSION_METADATA, step_input_to_proto
+from worker.tokenizer_files import tokenizer_files
 
 NUM_BLOCKS = 64
 LEASE = 0.5  # seconds: short, so the take-over test need not wait long
@@ -25,7 +26,7 @@ LEASE = 0.5  # seconds: short, so the take-over test need not wait long
 def served() -> Iterator[tuple[object, str]]:
     worker = create_worker(model=str(STORIES_DIR), device="cpu", num_kv_blocks=NUM_BLOCKS)
     config = WorkerServerConfig(port=0, session_timeout=LEASE)
-    server = WorkerServer(worker, config, STORIES_DIR / "tokenizer.model")
+    server = WorkerServer(worker, config, tokenizer_files(STORIES_DIR))
     port = server.start()
     yield worker, f"127.0.0.1:{port}"
     server.stop(grace=0)
@@ -85,8 +86,8 @@ def test_info_describes_the_model_and_sends_the_tokenizer(stub: worker_pb2_grpc.
     )
     shape = (info.dim, info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim, info.hidden_dim)
     assert shape == (64, 5, 8, 4, 8, 172) and info.tensor_parallel_size == 1
-    assert info.tokenizer_name == "tokenizer.model"
-    assert info.tokenizer_data == (STORIES_DIR / "tokenizer.model").read_bytes()
+    tokenizer = (STORIES_DIR / "tokenizer.model").read_bytes()
+    assert dict(info.tokenizer_files) == {"tokenizer.model": tokenizer}
 
 
 def test_one_scheduler_at_a_time_until_the_first_falls_silent(
