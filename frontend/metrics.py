@@ -9,7 +9,6 @@ registry also carries the process collector (`process_resident_memory_bytes` and
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from prometheus_client import (
@@ -18,8 +17,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
 )
+
+from frontend.metrics_http import MetricsEndpoint
 
 # Bucket bounds in seconds: a tiny CPU model answers in milliseconds, a large GPU model's
 # queue can hold a request for minutes.
@@ -127,7 +127,7 @@ class ServingMetrics:
         # Engine counters are cumulative; remember the last reading to add only the increase.
         self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
         self._last_service: dict[str, float] = {}
-        self._http_server: Any = None
+        self._endpoint = MetricsEndpoint(self.registry, "metrics-http-close")
 
     def update_engine_stats(self, stats: Any) -> None:
         """Called after every engine step with `engine.stats()`."""
@@ -191,16 +191,7 @@ class ServingMetrics:
 
     def serve_http(self, host: str, port: int) -> int:
         """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http_server = server
-        return server.server_port
+        return self._endpoint.serve(host, port)
 
     def close(self) -> None:
-        if self._http_server is not None:
-            server, self._http_server = self._http_server, None
-
-            def shut() -> None:
-                server.shutdown()  # waits up to one poll interval (0.5 s) for serve_forever
-                server.server_close()
-
-            threading.Thread(target=shut, name="metrics-http-close", daemon=True).start()
+        self._endpoint.close()

@@ -4,11 +4,9 @@ Each router has its own registry, so several can live in one process (tests)."""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
+from frontend.metrics_http import MetricsEndpoint
 from loompb import serving_pb2
 
 # Seconds: routing takes well under a millisecond unless a text prompt must be tokenized.
@@ -93,7 +91,7 @@ class RouterMetrics:
             for gauge in (self.backend_up, self.in_flight, self.backend_load):
                 gauge.labels(backend).set(0)
             self.retries.labels(backend)
-        self._http_server: Any = None
+        self._endpoint = MetricsEndpoint(self.registry, "router-metrics-close")
 
     def observe_poll(self, backend: str, load: serving_pb2.Load, estimated: int) -> None:
         self.backend_load.labels(backend).set(estimated)
@@ -110,16 +108,7 @@ class RouterMetrics:
 
     def serve_http(self, host: str, port: int) -> int:
         """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http_server = server
-        return server.server_port
+        return self._endpoint.serve(host, port)
 
     def close(self) -> None:
-        if self._http_server is not None:
-            server, self._http_server = self._http_server, None
-
-            def shut() -> None:
-                server.shutdown()
-                server.server_close()
-
-            threading.Thread(target=shut, name="router-metrics-close", daemon=True).start()
+        self._endpoint.close()
