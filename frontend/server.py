@@ -22,23 +22,26 @@ import logging
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from frontend.admission import AdmissionGate, Admitter
 from frontend.async_engine import AsyncEngine
 from frontend.auth import Authenticator
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
+from frontend.public_api import SERVICE_NAME, add_public_port, add_public_services
 from frontend.quotas import Quotas
 from frontend.servicer import GenerationServicer
-from frontend.tenants import DEFAULT_TENANT, TenantDirectory, directory_from_api_keys, load_tenants
-from frontend.tls import server_credentials
-from loompb import serving_pb2, serving_pb2_grpc
+from frontend.tenants import (
+    DEFAULT_TENANT,
+    TenantDirectory,
+    directory_from_api_keys,
+    load_tenants,
+    reload_tenants_file,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 WORKER_WATCH_INTERVAL = 0.25  # seconds between looks at the worker's availability
@@ -109,17 +112,8 @@ class Frontend:
             self.metrics,
         )
         self._use_directory(self.authenticator.directory)
-        serving_pb2_grpc.add_GenerationServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
-        address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
-        credentials = server_credentials(cfg)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)  # raises RuntimeError when taken
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        add_public_services(server, servicer, self.health)
+        self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
         if cfg.http_port is not None:
@@ -167,23 +161,11 @@ class Frontend:
     def reload_tenants(self) -> bool:
         """SIGHUP: read the tenants file again. A good file serves the next call (admitted
         requests keep going); a bad one is logged and the previous tenants stay."""
-        path = self.config.tenants
-        if path is None:
-            log.warning("SIGHUP: no --tenants file to reload")
-            return False
-        try:
-            directory = load_tenants(path)
-        except (OSError, ValueError) as exc:
-            log.error("tenants not reloaded, keeping the previous ones: %s", exc)
+        directory = reload_tenants_file(self.config.tenants)
+        if directory is None:
             return False
         self._use_directory(directory)
         self.authenticator.replace(directory)
-        log.info(
-            "tenants reloaded from %s: %d tenants, %d keys",
-            path,
-            len(directory),
-            directory.num_keys,
-        )
         return True
 
     async def _watch_worker(self) -> None:

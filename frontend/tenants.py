@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,8 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 # Tenant names become metric labels and log fields: keep them short and plain.
@@ -125,6 +128,23 @@ def load_tenants(path: str | Path) -> TenantDirectory:
             key_hashes[key_hash] = name
         tenants[name] = tenant
     return TenantDirectory(tenants, key_hashes)
+
+
+def reload_tenants_file(path: str | Path | None) -> TenantDirectory | None:
+    """SIGHUP's read of the tenants file: the new directory, or None (logged) when there is no
+    file to reload or it is bad, so that the caller keeps the tenants it has."""
+    if path is None:
+        log.warning("SIGHUP: no --tenants file to reload")
+        return None
+    try:
+        directory = load_tenants(path)
+    except (OSError, ValueError) as exc:
+        log.error("tenants not reloaded, keeping the previous ones: %s", exc)
+        return None
+    log.info(
+        "tenants reloaded from %s: %d tenants, %d keys", path, len(directory), directory.num_keys
+    )
+    return directory
 
 
 class _FileParser:

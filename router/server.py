@@ -20,14 +20,17 @@ from dataclasses import fields
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from frontend.auth import Authenticator
+from frontend.public_api import SERVICE_NAME, add_public_port, add_public_services
 from frontend.server_thread import ServerThread
-from frontend.tenants import TenantDirectory, directory_from_api_keys, load_tenants
-from frontend.tls import server_credentials
-from loompb import serving_pb2, serving_pb2_grpc
+from frontend.tenants import (
+    TenantDirectory,
+    directory_from_api_keys,
+    load_tenants,
+    reload_tenants_file,
+)
 from router.backend_pool import BackendPool
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
@@ -37,7 +40,6 @@ from router.servicer import RouterServicer
 
 log = logging.getLogger("loom.router")
 
-SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -84,17 +86,8 @@ class Router:
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
             ]
         )
-        serving_pb2_grpc.add_GenerationServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
-        address = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
-        credentials = server_credentials(cfg)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)  # RuntimeError when taken
-        else:
-            self.port = server.add_secure_port(address, credentials)
+        add_public_services(server, self.servicer, self.health)
+        self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
         self._serving = False
@@ -120,17 +113,10 @@ class Router:
 
     def reload_tenants(self) -> bool:
         """SIGHUP: read the tenants file again; a bad one is logged and the old one stays."""
-        path = self.config.tenants
-        if path is None:
-            log.warning("SIGHUP: no --tenants file to reload")
-            return False
-        try:
-            directory = load_tenants(path)
-        except (OSError, ValueError) as exc:
-            log.error("tenants not reloaded, keeping the previous ones: %s", exc)
+        directory = reload_tenants_file(self.config.tenants)
+        if directory is None:
             return False
         self.authenticator.replace(directory)
-        log.info("tenants reloaded from %s: %d tenants", path, len(directory))
         return True
 
     @property
