@@ -66,3 +66,10 @@ def rotate_half_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tens
     head_dim = rows // n_heads
     # [n_heads, 2, head_dim/2, cols] -> [n_heads, head_dim/2, 2, cols] -> [rows, cols]
     return weight.view(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def special_token_ids(config: dict) -> tuple[int, int]:
+    """(BOS, EOS) from config.json; the first EOS where it lists several (the tokenizer brings
+    the rest), Llama's 1 and 2 where it names none."""
+    eos = config.get("eos_token_id", 2)
+    return int(config.get("bos_token_id", 1)), int(eos[0] if isinstance(eos, list) else eos)

@@ -225,13 +225,8 @@ def _load_hf(model_dir: Path) -> LoadedCheckpoint:
         for proj, n_heads in (("wq", args.n_heads), ("wk", args.n_kv_heads)):
             name = f"layers.{i}.attention.{proj}.weight"
             weights[name] = hf_layout.rotate_half_to_interleaved(weights[name], n_heads)
-    eos = config.get("eos_token_id", 2)
-    return LoadedCheckpoint(
-        args=args,
-        weights=weights,
-        bos_id=int(config.get("bos_token_id", 1)),
-        eos_id=int(eos[0] if isinstance(eos, list) else eos),
-    )
+    bos_id, eos_id = hf_layout.special_token_ids(config)
+    return LoadedCheckpoint(args=args, weights=weights, bos_id=bos_id, eos_id=eos_id)
 
 
 def _hf_weight_paths(model_dir: Path) -> list[Path]:

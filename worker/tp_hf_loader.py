@@ -55,13 +55,8 @@ def load_hf_rank(model_dir: Path, group: RankGroup) -> LoadedCheckpoint:
         if kind in local_heads:
             tensor = hf_layout.rotate_half_to_interleaved(tensor, local_heads[kind])
         weights[name] = tensor
-    eos = config.get("eos_token_id", 2)
-    return LoadedCheckpoint(
-        args=args,
-        weights=weights,
-        bos_id=int(config.get("bos_token_id", 1)),
-        eos_id=int(eos[0] if isinstance(eos, list) else eos),
-    )
+    bos_id, eos_id = hf_layout.special_token_ids(config)
+    return LoadedCheckpoint(args=args, weights=weights, bos_id=bos_id, eos_id=eos_id)
 
 
 class _HfTensors:
