@@ -203,10 +203,10 @@ class AsyncEngine:
                 if self.metrics is not None:
                     self.metrics.update_engine_stats(stats)
                 self._dispatch(deltas, step_start)
-                step_error = getattr(self.engine, "last_step_error", None)
+                step_error = self.engine.last_step_error
                 if step_error is not None:  # its requests have their final deltas, above
                     failures.failed(step_error)
-                elif getattr(self.engine, "last_step_computed", True):
+                elif self.engine.last_step_computed:
                     failures.succeeded()  # a step that only dropped finished requests is neither
         except BaseException as exc:
             self._fatal = exc

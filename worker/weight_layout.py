@@ -19,18 +19,16 @@ def wants_input_major(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32
 
 
-def store_input_major(model: nn.Module, linear_type: type[nn.Module]) -> int:
+def store_input_major(model: nn.Module, linear_type: type[nn.Module]) -> None:
     """Re-lay the weight of every `linear_type` module of `model` as described above, one
     at a time (each copy freed before the next); a weight that shares memory with another
-    parameter (a tied embedding, which gathers rows) is left as it is. Returns how many were
-    re-laid."""
+    parameter (a tied embedding, which gathers rows) is left as it is."""
     others = {
         p.data_ptr()
-        for name, module in model.named_modules()
+        for module in model.modules()
         if not isinstance(module, linear_type)
         for p in module.parameters(recurse=False)
     }
-    count = 0
     for module in model.modules():
         if not isinstance(module, linear_type):
             continue
@@ -38,5 +36,3 @@ def store_input_major(model: nn.Module, linear_type: type[nn.Module]) -> int:
         if weight.data_ptr() in others or weight.dim() != 2:
             continue
         module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=False)
-        count += 1
-    return count
