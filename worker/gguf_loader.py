@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelfiles.gguf_file import gguf_metadata, open_gguf
+from modelfiles.model_source import UnreadableModelError
 from worker.gguf_dequant import SUPPORTED_TYPES, dequantize
-from worker.gguf_file import gguf_metadata, open_gguf
 from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
-from worker.model_source import UnreadableModelError
 
 _TOP_NAMES = {
     "token_embd.weight": "tok_embeddings.weight",

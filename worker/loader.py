@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from modelfiles.model_source import UnreadableModelError, resolve_model
 from worker import hf_layout
 from worker.gguf_loader import load_gguf, special_ids
 from worker.model_args import (
@@ -21,7 +22,6 @@ from worker.model_args import (
     args_from_meta_params,
     expected_shapes,
 )
-from worker.model_source import UnreadableModelError, resolve_model
 from worker.torch_file_probe import first_cut_tensor
 
 
@@ -47,7 +47,7 @@ _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
 
 
 def load_checkpoint(model: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
-    """`model` is what `--model` takes (worker/model_source.py): a directory, a .gguf file,
+    """`model` is what `--model` takes (modelfiles/model_source.py): a directory, a .gguf file,
     or a packaged model's name."""
     try:
         source = resolve_model(model)

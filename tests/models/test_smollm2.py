@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from client import Client
-from frontend.server import serve_in_thread
+from frontend.embedded import serve_in_thread
 from loompb import serving_pb2
+from modelfiles.model_source import smollm2_path
 from scheduler import Engine, SamplingParams
-from worker.model_source import smollm2_path
 
 GGUF = smollm2_path()
 pytestmark = pytest.mark.skipif(
