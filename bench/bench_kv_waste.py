@@ -17,9 +17,10 @@ import argparse
 import random
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from contract.sampling import SamplingParams
 from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler
 from worker.config import CacheConfig
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+from contract.sampling import MAX_SEED, SamplingParams
 from scheduler.outputs import RequestDelta, Usage
-from scheduler.request import MAX_SEED, Request, RequestStatus, SamplingParams
+from scheduler.request import Request, RequestStatus
 
 SEPARATOR = "#"
 

@@ -179,9 +179,10 @@ class Scheduler:
                     req.req_id,
                     list(req.all_token_ids),
                     list(req.block_ids),
-                    req.options,
+                    req.sampling,
                     num_cached_tokens,
                     num_output_tokens=len(req.output_token_ids),
+                    end_token_ids=req.held_end_ids,
                 )
             )
             req.on_worker = True

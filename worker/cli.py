@@ -136,8 +136,6 @@ def serve(config: WorkerServeConfig) -> int:
     if server.fatal.is_set():
         log.critical("exiting: the worker cannot run steps any more")
         os._exit(1)  # a broken tensor-parallel group must not be torn down
-    close = getattr(worker, "close", None)
-    if close is not None:
-        close()
+    worker.close()
     log.info("stopped")
     return 0

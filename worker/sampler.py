@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from contract.sampling import SamplingParams
 from worker.device_io import to_device
 
-MAX_TOP_LOGPROBS = 20
 # Candidates taken first for top-k / top-p rows; more only when they do not cover the row.
 MIN_CANDIDATES = 64
 _MAX_UNIFORM = 1.0 - 2.0**-23
@@ -24,12 +24,15 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(slots=True)
 class SamplingRows:
-    """Per-row settings for one batch of logits rows (host lists, one entry per row)."""
+    """What one batch of logits rows is sampled with: one entry per row."""
 
-    temperatures: list[float]  # 0 means greedy
-    top_ks: list[int]  # 0 keeps every token
-    top_ps: list[float]  # 1 keeps every token
+    params: list[SamplingParams]  # each row's request's settings (floats in float32)
     uniforms: list[float]  # the row's random number in [0, 1); unused for greedy rows
+
+    def filters(self, row: int) -> bool:
+        """Whether the row draws from fewer than all tokens (top-k, top-p)."""
+        params = self.params[row]
+        return params.top_k > 0 or params.top_p < 1.0
 
 
 def seeded_uniform(seed: int, position: int) -> float:
@@ -48,17 +51,18 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
     # max's indices, not argmax: the same first maximum, several times faster on CPU.
     tokens = logits.max(dim=-1).indices
-    random_rows = [i for i, t in enumerate(rows.temperatures) if t > 0]
-    plain = [i for i in random_rows if rows.top_ks[i] == 0 and rows.top_ps[i] >= 1.0]
-    filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]
+    random_rows = [i for i, params in enumerate(rows.params) if params.temperature > 0]
+    plain = [i for i in random_rows if not rows.filters(i)]
+    filtered = [i for i in random_rows if rows.filters(i)]
     if plain:
         index, scaled, uniforms = _scaled_rows(logits, rows, plain)
         tokens[index] = _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
     if filtered:
         index, scaled, uniforms = _scaled_rows(logits, rows, filtered)
-        top_k = _column([rows.top_ks[i] for i in filtered], torch.long, logits.device)
-        top_p = _column([rows.top_ps[i] for i in filtered], torch.float32, logits.device)
-        max_top_k = max(rows.top_ks[i] for i in filtered)
+        params = [rows.params[i] for i in filtered]
+        top_k = _column([p.top_k for p in params], torch.long, logits.device)
+        top_p = _column([p.top_p for p in params], torch.float32, logits.device)
+        max_top_k = max(p.top_k for p in params)
         tokens[index] = _draw_filtered(scaled, uniforms, top_k, top_p, max_top_k)
     return tokens
 
@@ -73,7 +77,7 @@ def _scaled_rows(
     """The chosen rows' logits / temperature [n, vocab] and their uniforms [n, 1]."""
     device = logits.device
     index_t = to_device(index, torch.long, device)
-    temperatures = _column([rows.temperatures[i] for i in index], torch.float32, device)
+    temperatures = _column([rows.params[i].temperature for i in index], torch.float32, device)
     # Below 1 - 2^-23 the float32 product u * total stays under total, so a draw never lands
     # past the last token with mass.
     uniforms = _column([min(rows.uniforms[i], _MAX_UNIFORM) for i in index], torch.float32, device)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.sampling import SamplingParams
 from contract.step import PromptLogprobs, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
 

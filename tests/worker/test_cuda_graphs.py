@@ -16,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (l
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.worker.driver import ALL_ROWS, Driver, start_worker
 from worker.attention.triton_backend import triton_missing
 from worker.cuda_graphs import (
@@ -29,7 +29,7 @@ from worker.cuda_graphs import (
 from worker.step_batch import RequestState
 
 CPU = torch.device("cpu")
-GREEDY_LOGPROBS = SamplingOptions(temperature=0.0, logprobs=True, top_logprobs=2)
+GREEDY_LOGPROBS = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
 needs_triton = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
 
 
