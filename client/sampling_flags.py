@@ -11,6 +11,7 @@ SAMPLING_FLAGS: dict[str, tuple[type, str | None]] = {
     "temperature": (float, "0 is greedy; default 1.0"),
     "top_p": (float, "nucleus mass; default 1.0"),
     "top_k": (int, "default 0 (off)"),
+    "min_p": (float, "keep tokens at least min_p times as likely as the likeliest; default 0"),
     "seed": (int, "draws depend only on (seed, position); default unseeded"),
 }
 

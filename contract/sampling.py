@@ -142,6 +142,9 @@ class SamplingParams:
     temperature: float = sampling_field(1.0, number(0.0), http=True)  # 0 picks the likeliest
     top_p: float = sampling_field(1.0, number(0.0, 1.0, low_open=True), http=True)  # 1: all
     top_k: int = sampling_field(0, integer(0))  # 0 keeps every token
+    # Keep only tokens at least min_p times as likely as the likeliest (after temperature,
+    # before top-k and top-p); 0 is off, 1 keeps the likeliest alone.
+    min_p: float = sampling_field(0.0, number(0.0, 1.0), http=True)
     # None: the worker's own generator; else draws depend only on (seed, position).
     seed: int | None = sampling_field(None, integer(0, MAX_SEED, optional=True), http=True)
     # Stop when the generated text contains one of these; it and what follows are dropped.
