@@ -13,11 +13,12 @@ so an instance is always valid, wherever it was built. No torch, no protobuf.
 
 from __future__ import annotations
 
-import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from common.checks import Check, InvalidFieldError, boolean, integer, number
 
 # Request limits, checked before any work is queued (GetModelInfo reports them).
 MAX_TOP_LOGPROBS = 20
@@ -27,59 +28,6 @@ MAX_SEED = 2**63 - 1
 MAX_PENALTY = 2.0  # presence and frequency penalties lie in [-2, 2], as OpenAI's do
 MAX_LOGIT_BIAS = 100.0  # a bias lies in [-100, 100]
 MAX_LOGIT_BIAS_ENTRIES = 300
-
-
-class InvalidFieldError(ValueError):
-    """A request field outside its limit (gRPC INVALID_ARGUMENT, HTTP 400); `param` names the
-    field as the engine knows it (`temperature`, `logit_bias`, `prompt`)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-Check = Callable[[str, Any], Any]  # (name, value) -> the value to keep; raises InvalidFieldError
-
-
-def integer(low: int, high: int | None = None, optional: bool = False) -> Check:
-    def check(name: str, value: Any) -> Any:
-        if optional and value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidFieldError(name, f"{name} must be an integer, got {value!r}")
-        if value < low or (high is not None and value > high):
-            limit = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise InvalidFieldError(name, f"{name} must be {limit}, got {value}")
-        return value
-
-    return check
-
-
-def number(low: float, high: float = math.inf, low_open: bool = False) -> Check:
-    """A finite number in [low, high], or (low, high] when `low_open`."""
-    opening = "(" if low_open else "["
-
-    def check(name: str, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidFieldError(name, f"{name} must be a finite number, got {value!r}")
-        if not math.isfinite(value):
-            raise InvalidFieldError(name, f"{name} must be a finite number, got {value!r}")
-        above_low = value > low if low_open else value >= low
-        if not above_low or value > high:
-            if high == math.inf:
-                limit = f"> {low:g}" if low_open else f">= {low:g}"
-            else:
-                limit = f"in {opening}{low:g}, {high:g}]"
-            raise InvalidFieldError(name, f"{name} must be {limit}, got {value}")
-        return float(value)
-
-    return check
-
-
-def boolean(name: str, value: Any) -> Any:
-    if not isinstance(value, bool):
-        raise InvalidFieldError(name, f"{name} must be true or false, got {value!r}")
-    return value
 
 
 def stop_strings(name: str, value: Any) -> Any:

@@ -64,10 +64,10 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.block_size = cache.block_size
-        self.enable_prefix_caching = cache.enable_prefix_caching
+        self.enable_prefix_caching = config.enable_prefix_caching
         self.num_blocks = num_blocks
         self.max_model_len = max_model_len
-        self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.kv = KVCacheManager(num_blocks, cache.block_size, config.enable_prefix_caching)
         self.waiting = create_queue_policy(config.queue_policy)
         self._running_key = self.waiting.running_key
         self.running: list[Request] = []  # sorted by the policy's running key

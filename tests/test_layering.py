@@ -13,18 +13,18 @@ import pytest
 
 import scheduler
 from common.flags import flag_name, settings_from_args, settings_to_argv
-from common.settings import leaf_fields
+from common.settings import from_flat, leaf_fields
 from frontend.cli import build_parser
-from frontend.config import ServeConfig
+from frontend.config import WORKER_SIDE_SETTINGS, ServeConfig
 from scheduler.config import EngineConfig
 from tests.conftest import REPO_ROOT, STORIES_DIR
 from worker.cli import build_parser as build_worker_parser
 from worker.config import (
-    SCHEDULER_ONLY_SETTINGS,
     CacheConfig,
     ModelConfig,
     ParallelConfig,
     WorkerServeConfig,
+    WorkerServerConfig,
 )
 
 
@@ -89,12 +89,10 @@ def test_every_serve_flag_is_exactly_one_settings_field() -> None:
 
 
 def test_every_worker_serve_flag_is_exactly_one_settings_field() -> None:
-    fields = set(leaf_fields(WorkerServeConfig)) - SCHEDULER_ONLY_SETTINGS
+    fields = set(leaf_fields(WorkerServeConfig))
     assert serve_options(build_worker_parser()) == {flag_name(name) for name in fields}
     args = build_worker_parser().parse_args(["serve"])
-    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == (
-        WorkerServeConfig()
-    )
+    assert settings_from_args(WorkerServeConfig, args) == WorkerServeConfig()
 
 
 def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
@@ -103,9 +101,9 @@ def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
         cache=CacheConfig(block_size=32, kv_cache_memory=1 << 30),
         parallel=ParallelConfig(tensor_parallel_size=2, distributed_timeout=5.0),
     )
-    argv = ["serve", *settings_to_argv(settings, SCHEDULER_ONLY_SETTINGS)]
+    argv = ["serve", *settings_to_argv(settings)]
     args = build_worker_parser().parse_args(argv)
-    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == settings
+    assert settings_from_args(WorkerServeConfig, args) == settings
 
 
 def test_a_settings_name_is_declared_once_across_the_tree() -> None:
@@ -121,6 +119,22 @@ def test_a_settings_name_is_declared_once_across_the_tree() -> None:
 
     names = all_leaves(ServeConfig)
     assert len(names) == len(set(names)) == len(leaf_fields(ServeConfig))
+
+
+def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
+    # The worker's model, cache and parallel settings, whatever they are now or later.
+    worker_settings = set(leaf_fields(WorkerServeConfig)) - set(leaf_fields(WorkerServerConfig))
+    assert worker_settings == WORKER_SIDE_SETTINGS
+    for name in worker_settings:
+        with pytest.raises(ValueError, match=f"{name} is the worker's setting"):
+            from_flat(ServeConfig, worker="127.0.0.1:1", **{name: _not_default(name)})
+
+
+def _not_default(name: str) -> object:
+    return {"model": "/models/x", "device": "cpu", "dtype": "float32", "max_model_len": 64,
+            "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
+            "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
+            "tensor_parallel_size": 2, "distributed_timeout": 5.0}[name]  # fmt: skip
 
 
 def test_offline_keywords_build_the_nested_settings() -> None:
@@ -147,6 +161,9 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
         (["--kv-cache-memory", "lots"], "not a size in bytes"),
         (["--worker", "localhost"], "worker must be HOST:PORT, got 'localhost'"),
         (["--worker", "127.0.0.1:1", "--device", "cpu"], "device is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--dtype", "float32"], "dtype is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--enforce-eager"], "enforce_eager is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--num-threads", "2"], "num_threads is the worker's setting"),
         (["--tensor-parallel-size", "3"], "does not divide the model's 4 KV heads"),
     ],
 )

@@ -35,8 +35,8 @@ def make_scheduler(
     **config: object,
 ) -> Scheduler:
     """A scheduler over `num_blocks` blocks; `config` holds SchedulerConfig fields."""
-    cache = CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching)
-    return Scheduler(SchedulerConfig(**config), cache, num_blocks, max_model_len)
+    settings = SchedulerConfig(enable_prefix_caching=enable_prefix_caching, **config)
+    return Scheduler(settings, CacheConfig(block_size=block_size), num_blocks, max_model_len)
 
 
 @dataclass
