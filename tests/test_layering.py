@@ -4,10 +4,12 @@ declared once: the serve flags are exactly the settings fields."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +42,119 @@ def imported_after(code: str) -> set[str]:
     return {name.split(".")[0] for name in eval(out)}
 
 
+# Which packages each package may import, and does: the README's diagram. A new arrow fails
+# here until the diagram (and this table) say it should be there; so does a stale one.
+ALLOWED_IMPORTS = {
+    "loompb": set(),
+    "common": set(),
+    "modelfiles": set(),
+    "contract": {"common", "loompb"},
+    "worker": {"common", "contract", "modelfiles", "loompb"},
+    # worker: its settings and create_worker, for the engine whose worker runs in-process.
+    "scheduler": {"common", "contract", "modelfiles", "worker"},
+    "serving": {"common", "loompb"},
+    # client: `python -m frontend health` asks a server as any client does.
+    "frontend": {"common", "contract", "modelfiles", "scheduler", "serving", "client", "loompb"},
+    "router": {"common", "serving", "client", "loompb"},
+    "client": {"loompb"},
+    "loadtest": {"loompb"},
+}
+PACKAGES = [*ALLOWED_IMPORTS, "bench"]
+
+
+def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+    """The modules a file imports (inside functions too, unless `top_level_only`); for
+    `from package import name`, both `package` and `package.name` (which may be a module)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def package_files(package: str) -> list[Path]:
+    return sorted((REPO_ROOT / package).rglob("*.py"))
+
+
+def test_packages_import_exactly_what_the_diagram_allows() -> None:
+    imports = {
+        package: {
+            module.split(".")[0]
+            for path in package_files(package)
+            for module in imports_of(path)
+            if module.split(".")[0] in PACKAGES and module.split(".")[0] != package
+        }
+        for package in ALLOWED_IMPORTS
+    }
+    assert imports == ALLOWED_IMPORTS
+
+
+def test_the_engine_reaches_the_worker_only_for_an_in_process_one() -> None:
+    worker_imports = {
+        module
+        for path in package_files("scheduler")
+        for module in imports_of(path)
+        if module.split(".")[0] == "worker"
+    }
+    # create_worker and the worker's settings dataclasses, none of which imports torch.
+    assert {module.rsplit(".", 1)[0] for module in worker_imports} <= {"worker", "worker.config"}
+
+
+def test_no_module_imports_itself_back_at_import_time() -> None:
+    """No cycle among the imports every module runs when it is first imported."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in package_files(package):
+            name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            name = name.removesuffix(".__init__")
+            graph[name] = imports_of(path, top_level_only=True)
+    graph = {name: {m for m in graph[name] if m in graph and m != name} for name in graph}
+    cycles = _cycles(graph)
+    assert cycles == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in graph[node]:
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
 def test_the_engine_package_imports_no_grpc_server_code_or_torch() -> None:
-    modules = sorted(
-        f"scheduler.{m.name}"
-        for m in pkgutil.iter_modules(scheduler.__path__)
-        if m.name != "__main__"  # the `python -m frontend` entry point starts the server
-    )
+    modules = sorted(f"scheduler.{m.name}" for m in pkgutil.iter_modules(scheduler.__path__))
     assert "scheduler.engine" in modules and "scheduler.scheduler" in modules
     loaded = imported_after("import " + ", ".join(modules))
     assert not loaded & {"grpc", "frontend", "loompb", "torch", "prometheus_client"}
