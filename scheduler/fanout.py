@@ -132,7 +132,7 @@ class SequenceGroup:
         """End the sequences never scheduled (the request was aborted)."""
         aborted, self.held = self.held, []
         for seq in aborted:
-            seq.status = RequestStatus.FINISHED_ABORTED
+            seq.finish(RequestStatus.FINISHED_ABORTED)  # never scheduled: nothing to free
         return aborted
 
 

@@ -130,6 +130,12 @@ class Request:
     def is_finished(self) -> bool:
         return self.status > RequestStatus.RUNNING
 
+    def finish(self, status: RequestStatus, error: str | None = None) -> None:
+        """The one transition into a finished status (scheduler/stop.py says who calls it)."""
+        assert status > RequestStatus.RUNNING, status
+        self.status = status
+        self.error = error
+
     @property
     def finish_reason(self) -> str | None:
         return self.status.finish_reason

@@ -290,8 +290,7 @@ class Scheduler:
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         """Release everything a request holds. The caller removes it from `running`."""
-        req.status = status
-        req.error = error
+        req.finish(status, error)
         req.tenant_usage.num_unfinished -= 1
         self.kv.free(req)
         self._drop_from_worker(req)
