@@ -7,11 +7,8 @@ persistent buffers eagerly (`ReplayEagerly`), with the Triton kernels under the 
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (lazily, below)
 
 import pytest
 import torch
@@ -91,6 +88,7 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
 
 
 @needs_triton
+@pytest.mark.usefixtures("triton_interpreter")
 def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:
     reference = start_worker(stories_dir, device="cpu", attention_backend="torch")
     worker = start_worker(stories_dir, device="cpu", attention_backend="triton")

@@ -13,8 +13,6 @@ import random
 import subprocess
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (lazily, below)
-
 import pytest
 import torch
 
@@ -25,7 +23,10 @@ from worker.attention.torch_backend import TorchAttentionBackend
 from worker.attention.triton_backend import triton_missing
 from worker.step_batch import RequestState, build_step_batch
 
-pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
+pytestmark = [
+    pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed"),
+    pytest.mark.usefixtures("triton_interpreter"),
+]
 
 CPU = torch.device("cpu")
 GREEDY = SamplingParams(temperature=0.0)
