@@ -277,6 +277,7 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
         (["--tensor-parallel-size", "3"], "does not divide the model's 4 KV heads"),
     ],
 )
+@pytest.mark.server
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "frontend", "serve", *flags],
