@@ -11,68 +11,17 @@ file, and bench/models/ is ignored by git, so it never enters the repository.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from worker.model_args import args_from_meta_params, expected_shapes
+from worker.random_model import LLAMA_60M_PARAMS, random_weights, write_meta_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOKENIZER = REPO_ROOT.parent / "shared" / "models" / "llama2-tokenizer" / "tokenizer.model"
 
 
 def default_params() -> dict[str, Any]:
-    return {
-        "dim": 512,
-        "n_layers": 8,
-        "n_heads": 8,
-        "n_kv_heads": 4,
-        "vocab_size": 32000,
-        "multiple_of": 32,
-        "ffn_dim_multiplier": None,
-        "norm_eps": 1e-5,
-        "max_seq_len": 2048,
-        "rope_theta": 10000.0,
-    }
-
-
-def random_weights(
-    params: dict[str, Any],
-    seed: int,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, torch.Tensor]:
-    """Weights scaled so activations stay of order one through every layer. Made where they
-    are used: a 7B model's 13 GB are drawn on the GPU in a second, and never touch a disk."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    args = args_from_meta_params(params, int(params["vocab_size"]))
-    weights = {}
-    for name, shape in expected_shapes(args).items():
-        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        if len(shape) == 1:  # RMSNorm gains near one
-            weights[name] = 1.0 + 0.1 * noise
-        elif name == "tok_embeddings.weight":
-            weights[name] = noise
-        else:  # a projection: 1/sqrt(fan_in) keeps each output of order one
-            weights[name] = noise / shape[1] ** 0.5
-    return weights
-
-
-def write_meta_model(
-    out_dir: Path,
-    params: dict[str, Any],
-    weights: dict[str, torch.Tensor],
-    tokenizer: Path | None = None,
-) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    torch.save(weights, out_dir / "consolidated.00.pth")
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, out_dir / "tokenizer.model")
-    return out_dir
+    return dict(LLAMA_60M_PARAMS)
 
 
 def main(argv: list[str] | None = None) -> None:

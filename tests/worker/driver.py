@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from bench.make_random_model import random_weights, write_meta_model
 from contract.step import (
     NewRequest,
     PromptLogprobs,
@@ -26,6 +25,7 @@ from contract.step import (
     Worker,
 )
 from worker import create_worker
+from worker.random_model import random_weights, write_meta_model
 from worker.step_batch import RequestState
 
 GREEDY = SamplingOptions(temperature=0.0)
