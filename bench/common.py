@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from contract.step import SamplingOptions, StepInput, StepOutput, Worker, WorkerInfo
-from scheduler import Engine, SamplingParams
+from contract.sampling import SamplingParams
+from contract.step import StepInput, StepOutput, Worker, WorkerInfo
+from scheduler import Engine
 from scheduler.engine import EngineConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +31,15 @@ BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 DEFAULT_MODEL_DIR = REPO_ROOT / "bench" / "models" / "llama60m"
 STORIES_DIR = REPO_ROOT / "models" / "stories260K"
 
-# ---- greedy sampling, the one place the benchmarks build sampling settings ---------------
+# ---- greedy sampling, the one place the benchmarks build sampling parameters -------------
 
-# The worker's per-request settings, for benchmarks that drive a worker directly.
-GREEDY_OPTIONS = SamplingOptions(temperature=0.0)
+# For benchmarks that drive a worker directly (its steps carry each request's parameters).
+GREEDY = SamplingParams(temperature=0.0)
 
 
-def greedy_params(max_tokens: int) -> SamplingParams:
-    """The engine's: greedy, exactly `max_tokens` tokens (EOS ignored)."""
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+def greedy_params(max_tokens: int, ignore_eos: bool = True) -> SamplingParams:
+    """Greedy, `max_tokens` tokens: exactly that many, unless EOS may end it first."""
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
 
 
 # ---- the machine and BENCHMARKS.md -------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bench.common import (
-    GREEDY_OPTIONS,
+    GREEDY,
     RecordingWorker,
     Workload,
     greedy_params,
@@ -96,7 +96,7 @@ def random_mix(rng: random.Random, sizes: MixSizes, block_size: int, decodes_onl
     scheduled = []
     for i, num_query, context in seqs:
         blocks = [free.pop() for _ in range(-(-context // block_size))]
-        state = RequestState(f"s{i}", [0] * context, blocks, GREEDY_OPTIONS,
+        state = RequestState(f"s{i}", [0] * context, blocks, GREEDY,
                              context - num_query, context)  # fmt: skip
         scheduled.append((state, num_query))
     return scheduled, num_blocks

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from bench.common import (
     DEFAULT_MODEL_DIR,
-    GREEDY_OPTIONS,
+    GREEDY,
     bench_parser,
     markdown_table,
     publish,
@@ -123,7 +123,7 @@ def request_states(
         blocks, pool = pool[:nb], pool[nb:]
         tokens = [token_rng.randrange(vocab) for _ in range(n)]
         cached = n - 1 if i < len(work.decode_contexts) else work.prefill_cached
-        state = RequestState(f"r{i}", tokens, blocks, GREEDY_OPTIONS, cached, n)
+        state = RequestState(f"r{i}", tokens, blocks, GREEDY, cached, n)
         scheduled.append((state, n - cached))
     return scheduled, sum(blocks_needed)
 
@@ -167,7 +167,7 @@ def fill_paged(kv_cache: KVCache, truth: torch.Tensor, scheduled, backend, devic
     """Write each sequence's cached K/V (`truth` [layers, 2, seq, kv, position, d]) into the
     backend's cache through the backend's own write path: one prefill of the cached tokens."""
     fill = [
-        (RequestState(st.req_id, st.token_ids, st.block_ids, GREEDY_OPTIONS, 0, len(st.token_ids)),
+        (RequestState(st.req_id, st.token_ids, st.block_ids, GREEDY, 0, len(st.token_ids)),
          st.num_computed)
         for st, _ in scheduled
     ]  # fmt: skip

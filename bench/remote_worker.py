@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.common import (
     DEFAULT_MODEL_DIR,
-    GREEDY_OPTIONS,
+    GREEDY,
     bench_parser,
     markdown_table,
     publish,
@@ -76,7 +76,7 @@ class Decoding:
         for req_id in self.req_ids:
             prompt = [1] + [rng.randrange(3, vocab) for _ in range(context - 1)]
             self.blocks[req_id] = self._blocks(-(-(context + 1) // BLOCK_SIZE))
-            new.append(NewRequest(req_id, prompt, list(self.blocks[req_id]), GREEDY_OPTIONS))
+            new.append(NewRequest(req_id, prompt, list(self.blocks[req_id]), GREEDY))
         out = worker.execute(
             StepInput(new=new, num_scheduled_tokens=dict.fromkeys(self.req_ids, context))
         )
@@ -139,7 +139,7 @@ def paired_prefill_times(workers: dict[str, Worker], length: int, repeats: int) 
     for i in range(repeats):
         for name, worker in workers.items():
             req_id = f"p{i}"
-            new = NewRequest(req_id, prompt, blocks, GREEDY_OPTIONS)
+            new = NewRequest(req_id, prompt, blocks, GREEDY)
             step = StepInput(new=[new], num_scheduled_tokens={req_id: length})
             start = time.perf_counter()
             worker.execute(step)

@@ -26,11 +26,19 @@ import random
 import statistics
 import time
 
-from bench.common import bench_parser, command_line, cpu_model, load_average, markdown_table, today
+from bench.common import (
+    bench_parser,
+    command_line,
+    cpu_model,
+    greedy_params,
+    load_average,
+    markdown_table,
+    today,
+)
 from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
 
@@ -58,7 +66,7 @@ def measure(num_running: int, num_steps: int) -> dict[str, float]:
         num_blocks=num_running * blocks_per_req,
         max_model_len=PROMPT_TOKENS + max_tokens,
     )
-    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    params = greedy_params(max_tokens)
     for i in range(num_running):
         prompt = [rng.randrange(3, 32000) for _ in range(PROMPT_TOKENS)]
         sched.add_request(Request(f"r{i}", prompt, params, eos_ids=(2,)))
@@ -108,9 +116,9 @@ def kv_workload(num_requests: int, seed: int) -> list[tuple[list[int], int, int]
 
 def kv_run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[str, float]:
     sched = Scheduler(
-        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048),
-        # every slot belongs to one request
-        CacheConfig(block_size=block_size, enable_prefix_caching=False),
+        # no prefix caching: every slot belongs to one request
+        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048, enable_prefix_caching=False),
+        CacheConfig(block_size=block_size),
         num_blocks=32768 // block_size,  # 32k token slots: enough pressure to preempt
         max_model_len=MAX_MODEL_LEN,
     )
@@ -131,7 +139,7 @@ def kv_run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[s
             req_id = f"r{next_id}"
             next_id += 1
             stop_after[req_id] = num_output
-            params = SamplingParams(max_tokens=max_tokens)
+            params = greedy_params(max_tokens, ignore_eos=False)
             sched.add_request(Request(req_id, prompt, params, (EOS,)))
         del pending[:arrivals_per_step]
 

@@ -36,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.common import (
     DEFAULT_MODEL_DIR,
-    GREEDY_OPTIONS,
+    GREEDY,
     Shape,
     attention_flops,
     bench_parser,
@@ -158,7 +158,7 @@ GROUPS = {
 
 def step_inputs(shape: str, rng: random.Random) -> list[NewRequest]:
     """Requests whose next step is the given shape: decodes have all but one token cached."""
-    greedy = GREEDY_OPTIONS
+    greedy = GREEDY
     lengths = [rng.randint(100, 500) for _ in range(64 if shape == "decode" else 32)]
     news = []
     for i, n in enumerate(lengths):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ def llama2_tokenizer_path() -> Path:
     if not LLAMA2_TOKENIZER.exists():
         pytest.skip(f"{LLAMA2_TOKENIZER} is absent")
     return LLAMA2_TOKENIZER
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter() -> Iterator[None]:
+    """Triton's CPU interpreter for one test module: TRITON_INTERPRET=1 while its tests run,
+    unset again after, so no other test or process it starts inherits it. Triton reads it
+    when it is first imported, which only the Triton attention backend does, lazily: the
+    first module to use this imports it in interpreted form for the whole session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "1")
+        yield
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

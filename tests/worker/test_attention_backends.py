@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.cpu_backend import CpuAttentionBackend
@@ -25,7 +25,7 @@ from worker.cpu_kernels import load_cpu_kernels
 from worker.step_batch import RequestState, build_step_batch
 
 CPU = torch.device("cpu")
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def make_cache(backend, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype):

@@ -13,22 +13,23 @@ import random
 import subprocess
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (lazily, below)
-
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
 from worker.attention.triton_backend import triton_missing
 from worker.step_batch import RequestState, build_step_batch
 
-pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
+pytestmark = [
+    pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed"),
+    pytest.mark.usefixtures("triton_interpreter"),
+]
 
 CPU = torch.device("cpu")
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def random_mix(rng: random.Random, block_size: int, num_blocks: int) -> list:
