@@ -228,8 +228,19 @@ class RecordingWorker:
     steps: list[StepInput] = field(default_factory=list)
     times: list[tuple[int, float]] = field(default_factory=list)  # (tokens, seconds)
 
+    @property
+    def available(self) -> bool:
+        return self.inner.available
+
+    @property
+    def session_epoch(self) -> int:
+        return self.inner.session_epoch
+
     def info(self) -> WorkerInfo:
         return self.inner.info()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def execute(self, step: StepInput) -> StepOutput:
         if self.keep_steps:  # a copy: the scheduler may reuse lists it handed over

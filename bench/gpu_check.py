@@ -146,7 +146,7 @@ class Check:
             self.report.skip("kernel vs reference, bfloat16", "the interpreter has no bf16 dot")
 
     def bundled_text(self) -> None:
-        found = self.parts.greedy_texts(self.device, num_tokens=64 if self.on_gpu else 12)
+        found = self.parts.greedy_texts(self.device, num_tokens=64 if self.on_gpu else 8)
         self.report.record("bundled_text", found)
         for dtype, res in found.items():
             for name, same in res["agree"].items():

@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-${TMPDIR:-/tmp}/loom-triton-cache}"
 limit=460
 for arg in "$@"; do
-    if [[ $arg == --quick ]]; then limit=240; fi
+    if [[ $arg == --quick ]]; then limit=300; fi
 done
 exec timeout --signal=INT --kill-after=15 "${GPU_CHECK_LIMIT_S:-$limit}" \
     "${PYTHON:-python3}" -m bench.gpu_check "$@"

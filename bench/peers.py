@@ -103,7 +103,7 @@ def sweep(system: System, args: argparse.Namespace, workload: Workload) -> list[
     wall s, useful output tok/s)."""
     sizes = args.batch_sizes or ([8, 16, 32] if system.static else [])
     if len(sizes) < 2:
-        if sizes:
+        if sizes and sizes[0] != system.batch_size:
             system.resize(sizes[0])
         return []
     head = workload.head(args.sweep_requests)
