@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = REPO_ROOT / "tests"
+# Suites whose every test starts a server (in a thread or a process).
+SERVER_SUITES = {"server", "remote", "router", "reliability", "loadtest"}
 STORIES_DIR = REPO_ROOT / "models" / "stories260K"
 # Read-only files beside the checkout; tests that need them skip when they are absent.
 SHARED_MODELS_DIR = REPO_ROOT.parent / "shared" / "models"
@@ -43,3 +46,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from worker.cpu_kernels import load_cpu_kernels
 
     load_cpu_kernels()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`server` for the server suites (and tests marked so elsewhere), `unit` for every test
+    neither `server` nor `slow`."""
+    for item in items:
+        if item.path.relative_to(TESTS_DIR).parts[0] in SERVER_SUITES:
+            item.add_marker(pytest.mark.server)
+        if not (item.get_closest_marker("server") or item.get_closest_marker("slow")):
+            item.add_marker(pytest.mark.unit)

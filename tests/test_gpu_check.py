@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+# A Loom process (the check) running seconds of interpreted kernels and model steps.
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 
 def run_check(out_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the check sets it

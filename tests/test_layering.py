@@ -7,6 +7,7 @@ import argparse
 import ast
 import dataclasses
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +277,7 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
         (["--tensor-parallel-size", "3"], "does not divide the model's 4 KV heads"),
     ],
 )
+@pytest.mark.server
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "frontend", "serve", *flags],
@@ -286,3 +288,33 @@ def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) 
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("package", [*ALLOWED_IMPORTS, "frontend/http", "worker/attention"])
+def test_each_package_docstring_lists_its_files(package: str) -> None:
+    """The package's docstring is where its files are described: every module is named."""
+    directory = REPO_ROOT / package
+    docstring = ast.get_docstring(ast.parse((directory / "__init__.py").read_text())) or ""
+    entries = {path.name for path in directory.glob("*.py") if path.name != "__init__.py"}
+    entries |= {f"{path.name}/" for path in directory.iterdir() if (path / "__init__.py").exists()}
+    generated = {name for name in entries if name.endswith(("_pb2.py", "_pb2_grpc.py"))}
+    missing = sorted(name for name in entries - generated if name not in docstring)
+    assert missing == []
+
+
+def test_the_readme_table_is_the_allowed_table() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("| package |", readme.index("## Architecture"))
+    table = readme[start : readme.index("\n\n", start)]
+    shown = {}
+    for row in table.splitlines()[2:]:
+        packages, imports = row.strip("|").split("|")
+        for package in re.findall(r"`(\w+)`", packages):
+            shown[package] = set(re.findall(r"`(\w+)`", imports))
+    everywhere = {"common", "loompb"}
+    expected = {
+        package: allowed - everywhere
+        for package, allowed in ALLOWED_IMPORTS.items()
+        if package not in everywhere
+    }
+    assert shown == expected

@@ -87,6 +87,7 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
     assert inputs.input_ids[:4].tolist() == [30, 0, 0, 0]
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.usefixtures("triton_interpreter")
 def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:

@@ -109,6 +109,7 @@ def reference_greedy(worker, prompt: list[int], options: SamplingParams, num: in
     return tokens[len(prompt) :]
 
 
+@pytest.mark.slow
 def test_greedy_decoding_follows_the_definitions_batched_chunked_and_resumed(worker) -> None:
     num_tokens = 24
     driver = Driver(worker, random.Random(4))

@@ -116,6 +116,7 @@ def test_prefix_cache_hit_starts_at_the_computed_tokens(worker):
     assert hit.output_ids == alone
 
 
+@pytest.mark.slow
 def test_resumed_request_recomputes_and_continues_identically(worker):
     alone = generate_alone(worker, PROMPT, GREEDY, max_new_tokens=12).output_ids
     driver = Driver(worker)

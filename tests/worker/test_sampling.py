@@ -92,6 +92,7 @@ def test_top_k_then_top_p_on_the_renormalised_distribution():
     assert chi_square(counts, target) < CHI_SQUARE_LIMIT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_p", [0.1, 0.9])
 def test_top_p_over_a_large_vocabulary_is_exact(top_p):
     """The nucleus holds fewer tokens than the sampler first takes as candidates (0.1) or
@@ -139,6 +140,7 @@ def test_min_p_1_keeps_the_likeliest_token_alone():
     assert counts[0] == NUM_DRAWS
 
 
+@pytest.mark.slow
 def test_min_p_over_a_large_vocabulary_is_exact():
     """More tokens clear the threshold than the sampler first takes as candidates, so it
     widens them: every token above the threshold can be drawn, none below it is."""
@@ -180,12 +182,14 @@ def worker(stories_dir):
     return start_worker(stories_dir, num_kv_blocks=256)
 
 
+@pytest.mark.slow
 def test_top_k_1_equals_greedy(worker):
     greedy = generate_alone(worker, PROMPT, GREEDY, 20).output_ids
     options = SamplingParams(temperature=1.0, top_k=1)
     assert generate_alone(worker, PROMPT, options, 20).output_ids == greedy
 
 
+@pytest.mark.slow
 def test_seeded_request_gives_the_same_tokens_alone_batched_and_resumed(worker):
     options = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
     alone = generate_alone(worker, PROMPT, options, 24).output_ids

@@ -86,6 +86,7 @@ def compare_once(
     [(8, 2, 32), (4, 4, 32), (6, 2, 16), (8, 4, 8)],
     ids=["gqa-4", "mha", "gqa-3", "stories260K"],
 )
+@pytest.mark.slow
 def test_triton_kernel_equals_the_reference(block_size, n_heads, n_kv_heads, head_dim) -> None:
     for trial in range(3):
         seed = 1000 * block_size + 10 * n_heads + trial
@@ -134,6 +135,7 @@ def test_triton_on_the_cpu_needs_the_interpreter(monkeypatch) -> None:
     assert create_attention_backend("auto", CPU, 16).name in ("cpu", "torch")
 
 
+@pytest.mark.slow
 def test_without_triton_auto_falls_back_and_triton_is_refused() -> None:
     code = (
         "import logging, sys, torch\n"
@@ -186,6 +188,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 def test_the_kernels_compile_for_a_hopper_gpu(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier run's cache

@@ -19,6 +19,8 @@ from worker import create_worker
 from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
 
+pytestmark = pytest.mark.server
+
 NUM_BLOCKS = 64
 LEASE = 0.5  # seconds: short, so the take-over test need not wait long
 
