@@ -274,6 +274,10 @@ def run_parts(report: Report, parts: list[tuple[str, Callable[[], None]]], verif
     for name, part in parts:
         try:
             part()
+        except KeyboardInterrupt:  # the hard stop (bench/gpu_check.sh), or Ctrl-C
+            report.failures += 1
+            report.row(name, "interrupted: past the time limit", "", "FAILED")
+            raise
         except Exception as exc:  # one broken part must not cost the others' figures
             traceback.print_exc()
             report.failures += 1
