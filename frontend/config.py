@@ -14,6 +14,13 @@ from common.settings import check_at_least, leaf_fields, setting
 from scheduler.config import EngineConfig
 from serving.server_config import ServerConfig
 
+# One call of many prompts queues them all at once, ahead of every other tenant's next
+# request under fcfs, and each costs server memory until it ends. Measured (README,
+# Reliability; `python -m loadtest.batch_cost`): past one engine batch (max_num_seqs, 256 by
+# default) another tenant's next request waits for the whole call, and memory grows ~27 KB
+# per prompt. 256 lets a client batch a full engine step's worth and no more.
+DEFAULT_MAX_PROMPTS_PER_REQUEST = 256
+
 
 @dataclass(slots=True, frozen=True)
 class FrontendConfig(ServerConfig):
@@ -21,6 +28,11 @@ class FrontendConfig(ServerConfig):
         None,
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
+    )
+    max_prompts_per_request: int = setting(
+        DEFAULT_MAX_PROMPTS_PER_REQUEST,
+        "most engine sequences one /v1/completions call with several prompts may create "
+        "(prompts x n); larger calls are refused (400) before any work",
     )
     max_step_failures: int = setting(
         3,
@@ -33,6 +45,7 @@ class FrontendConfig(ServerConfig):
         ServerConfig.__post_init__(self)
         check_at_least(self, "http_port", 0, optional=True)
         check_at_least(self, "max_step_failures", 0)
+        check_at_least(self, "max_prompts_per_request", 1)
 
 
 @dataclass(slots=True, frozen=True)

@@ -138,7 +138,13 @@ class Frontend:
 
         cfg = self.config
         admitter = Admitter(self.async_engine, self.gate, self.quotas, self.metrics)
-        routes = OpenAIRoutes(admitter, self.authenticator, self.metrics, cfg.max_request_bytes)
+        routes = OpenAIRoutes(
+            admitter,
+            self.authenticator,
+            self.metrics,
+            cfg.max_request_bytes,
+            cfg.max_prompts_per_request,
+        )
         return HttpServer(
             routes, cfg.host, cfg.http_port, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca
         )

@@ -125,8 +125,12 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
             return UNLIMITED
         sampling = request.sampling
         max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else DEFAULT_MAX_TOKENS
+        n = sampling.n if sampling.HasField("n") else 1
+        max_n = max((b.info.max_n for b in self.pool.serving() if b.info is not None), default=1)
+        if not 1 <= n <= max_n:
+            return UNLIMITED  # the backend refuses it, INVALID_ARGUMENT naming n
         try:
-            return self.quotas.admit(caller.tenant, len(prompt_ids), max_tokens)
+            return self.quotas.admit(caller.tenant, len(prompt_ids), max_tokens, n)
         except QuotaExceeded as exc:
             trailers = ()
             if exc.retry_after_ms is not None:

@@ -111,7 +111,7 @@ def test_quotas_are_429_naming_the_limit(tenants_server) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         acme.completions.create(model=MODEL, prompt="Hi", max_tokens=30, n=2)
     error = error_of(caught)
-    assert error["code"] == "max_tokens_per_request" and "x n (2)" in error["message"]
+    assert error["code"] == "max_tokens_per_request" and "x 2 sequences" in error["message"]
     stream = acme.completions.create(
         model=MODEL, prompt="Hi", max_tokens=50, stream=True, extra_body={"ignore_eos": True}
     )
