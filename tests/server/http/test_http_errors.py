@@ -71,7 +71,7 @@ def test_bad_fields_are_400_naming_the_field(tenants_server) -> None:
     headers = {"authorization": "Bearer key-bolt", "content-type": "application/json"}
     status, _, body = post(tenants_server, "/completions", b"{not json", headers)
     assert status == 400 and "not JSON" in body["error"]["message"]
-    assert engine_is_idle(tenants_server.engine)
+    wait_until(lambda: engine_is_idle(tenants_server.engine), 5.0, "the engine idle")
 
 
 def test_keys_are_those_of_the_grpc_api(tenants_server) -> None:
