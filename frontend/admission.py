@@ -23,6 +23,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from common.log_text import loggable
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
 from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
@@ -217,7 +218,7 @@ class Admitter:
             raise Refused("DEADLINE_EXCEEDED", "deadline exceeded; aborted") from None
         call.admission.charge(len(delta.token_ids))
         if delta.finish_reason == "error":
-            log.error("request %s failed: %s", stream.req_id, delta.error)
+            log.error("request %s failed: %s", loggable(stream.req_id), loggable(delta.error))
             # A worker that could not be reached: the caller may retry elsewhere.
             status = "UNAVAILABLE" if delta.unavailable else "INTERNAL"
             raise Refused(status, f"request {call.request_id} failed: {delta.error}")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.log_text import loggable
 from frontend.metrics import ServingMetrics
 from scheduler.config import EngineStats
 from scheduler.errors import DuplicateRequestError
@@ -242,7 +243,7 @@ class AsyncEngine:
             try:
                 self.engine.abort(req_id)
             except Exception:
-                log.exception("abort of %s after a failed step", req_id)
+                log.exception("abort of %s after a failed step", loggable(req_id))
 
     def _finish_all(self, finish_reason: str, error: str | None) -> list[str]:
         with self._cond:
@@ -320,14 +321,14 @@ class AsyncEngine:
         request_log.info(
             "request %s tenant=%s finish=%s prompt_tokens=%d completion_tokens=%d "
             "cached_prompt_tokens=%d e2e=%.1fms%s",
-            stream.req_id,
-            stream.tenant,
+            loggable(stream.req_id),
+            loggable(stream.tenant),
             delta.finish_reason,
             num_prompt,
             usage.completion_tokens if usage is not None else 0,
             usage.cached_prompt_tokens if usage is not None else 0,
             e2e * 1000,
-            f" error={delta.error}" if delta.error else "",
+            f" error={loggable(delta.error)}" if delta.error else "",
         )
 
 

@@ -28,6 +28,7 @@ from router.policy import PromptBlocks
 from router.relay import Caller, Generation, Relay
 from serving.auth import TENANT_HEADER, Authenticator, AuthError
 from serving.quotas import RETRY_AFTER_KEY, UNLIMITED, Admission, QuotaExceeded, Quotas
+from serving.request_ids import check_abort_ids, check_request_id
 
 DEFAULT_MAX_TOKENS = 16  # SamplingParams.max_tokens when unset, as the API documents it
 
@@ -72,6 +73,10 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
         caller = await self._caller(context)
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
+        try:
+            check_request_id(request.request_id)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         forwarded = serving_pb2.GenerateRequest()
         forwarded.CopyFrom(request)
         # The router names every request, so that Abort can find the backend holding it.
@@ -178,14 +183,18 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
 
     async def Abort(self, request: serving_pb2.AbortRequest, context: Any) -> Any:
         caller = await self._caller(context)
+        try:
+            check_abort_ids(list(request.request_ids))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         request_ids = list(dict.fromkeys(request.request_ids))  # once each, in order
         by_backend: dict[Backend | None, list[str]] = {}
         for request_id in request_ids:
             gen = self.live.get((caller.scope, request_id))
             backend = gen.backend if gen is not None else None
             by_backend.setdefault(backend, []).append(request_id)
-        # Ids the router is not relaying go to one backend, which checks them (an empty or
-        # overlong id is INVALID_ARGUMENT) and aborts any the caller sent it directly.
+        # Ids the router is not relaying go to one backend, which aborts any the caller sent
+        # it directly.
         unknown = by_backend.pop(None, [])
         serving = self.pool.serving()
         if unknown and serving:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.log_text import loggable
 from contract.step import Worker, WorkerInfo
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
 from scheduler.config import EngineConfig, EngineStats
@@ -271,7 +272,7 @@ class Engine:
                 self.scheduler.add_request(req)
                 self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
             except Exception as exc:  # validated already: a bug, which fails this request only
-                logger.exception("request %s could not join the scheduler", req.req_id)
+                logger.exception("request %s could not join the scheduler", loggable(req.req_id))
                 self.scheduler.finish_requests(
                     [req], RequestStatus.FINISHED_ERROR, f"admission failed: {exc!r}"
                 )

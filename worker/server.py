@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.log_text import loggable
 from contract.step import StepInput, StepOutput, WorkerInfo
 from contract.step_proto import (
     MAX_MESSAGE_BYTES,
@@ -134,7 +135,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             # The new session starts from nothing: drop every request of the old one.
             if self.worker.requests:
                 self._run(StepInput(finished_req_ids=list(self.worker.requests)), context)
-        log.info("scheduler %s connected (session %s)", request.scheduler_id, session.session_id)
+        log.info(
+            "scheduler %s connected (session %s)",
+            loggable(request.scheduler_id),
+            session.session_id,
+        )
         return worker_pb2.ConnectResponse(
             session_id=session.session_id, lease_seconds=self.session_timeout
         )
@@ -150,7 +155,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if ended and self.worker.requests:
                 self._run(StepInput(finished_req_ids=list(self.worker.requests)), context)
         if ended:
-            log.info("scheduler %s disconnected", held.scheduler_id)
+            log.info("scheduler %s disconnected", loggable(held.scheduler_id))
         return worker_pb2.DisconnectResponse(ended=ended)
 
     # ---- calls -------------------------------------------------------------------------
