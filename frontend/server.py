@@ -21,7 +21,6 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health, health_pb2
 
 from frontend.admission import AdmissionGate, Admitter
@@ -30,7 +29,12 @@ from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
 from frontend.servicer import GenerationServicer
 from serving.auth import Authenticator
-from serving.public_api import SERVICE_NAME, add_public_port, add_public_services
+from serving.public_api import (
+    SERVICE_NAME,
+    add_public_port,
+    add_public_services,
+    public_server,
+)
 from serving.quotas import Quotas
 from serving.tenants import (
     DEFAULT_TENANT,
@@ -96,13 +100,7 @@ class Frontend:
 
     async def start(self) -> None:
         cfg = self.config
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_request_bytes),
-                # Without this, a second server could bind an explicit port already in use.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = public_server(cfg)
         servicer = GenerationServicer(
             self.async_engine,
             self.authenticator,
