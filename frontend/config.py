@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.settings import check_at_least, leaf_fields, setting
+from frontend.tenant_labels import LABEL_MODES
 from scheduler.config import EngineConfig
 from serving.server_config import ServerConfig
 
@@ -34,6 +35,13 @@ class FrontendConfig(ServerConfig):
         "most engine sequences one /v1/completions call with several prompts may create "
         "(prompts x n); larger calls are refused (400) before any work",
     )
+    metrics_tenant_labels: str = setting(
+        "file",
+        "the tenant label of the per-tenant metric series: file (a tenants file's tenants by "
+        "name, others `other`; without keys the first 8 tenants callers name, then `other`) "
+        "or none (one series for all tenants, `all`: no tenant name published)",
+        choices=LABEL_MODES,
+    )
     max_step_failures: int = setting(
         3,
         "failed engine steps in a row (worker faults, not an unreachable worker) before the "
@@ -46,6 +54,11 @@ class FrontendConfig(ServerConfig):
         check_at_least(self, "http_port", 0, optional=True)
         check_at_least(self, "max_step_failures", 0)
         check_at_least(self, "max_prompts_per_request", 1)
+        if self.metrics_tenant_labels not in LABEL_MODES:
+            raise ValueError(
+                f"metrics_tenant_labels must be one of {', '.join(LABEL_MODES)}, "
+                f"got {self.metrics_tenant_labels!r}"
+            )
 
 
 @dataclass(slots=True, frozen=True)

@@ -28,6 +28,7 @@ from frontend.async_engine import AsyncEngine
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
 from frontend.servicer import GenerationServicer
+from frontend.tenant_labels import TenantLabels
 from serving.auth import Authenticator
 from serving.public_api import (
     SERVICE_NAME,
@@ -37,7 +38,6 @@ from serving.public_api import (
 )
 from serving.quotas import Quotas
 from serving.tenants import (
-    DEFAULT_TENANT,
     TenantDirectory,
     directory_from_api_keys,
     load_tenants,
@@ -82,7 +82,8 @@ class Frontend:
     def __init__(self, engine: Any, config: FrontendConfig | None = None) -> None:
         self.engine = engine
         self.config = config or FrontendConfig()
-        self.metrics = ServingMetrics(engine.info.model_name)
+        labels = TenantLabels(self.config.metrics_tenant_labels)
+        self.metrics = ServingMetrics(engine.info.model_name, tenant_labels=labels)
         self.async_engine = AsyncEngine(engine, self.metrics, self.config.max_step_failures)
         self.metrics.update_engine_stats(self.async_engine.last_stats)  # block counts from start
         self.gate = AdmissionGate()
@@ -113,7 +114,7 @@ class Frontend:
         add_public_services(server, servicer, self.health)
         self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
+            self.metrics_port = self.metrics.serve_http(cfg)  # OSError
         if cfg.http_port is not None:
             self._http = self._http_server()  # OSError when the port is taken
             self.http_port = self._http.port
@@ -157,10 +158,10 @@ class Frontend:
 
     def _use_directory(self, directory: TenantDirectory | None) -> None:
         if directory is None:
-            self.metrics.add_tenants([DEFAULT_TENANT])
+            self.metrics.set_tenants(None)
             return
         self.engine.set_tenant_weights(directory.weights())
-        self.metrics.add_tenants([tenant.name for tenant in directory])
+        self.metrics.set_tenants([tenant.name for tenant in directory])
 
     def reload_tenants(self) -> bool:
         """SIGHUP: read the tenants file again. A good file serves the next call (admitted

@@ -88,7 +88,7 @@ class Router:
         add_public_services(server, self.servicer, self.health)
         self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
+            self.metrics_port = self.metrics.serve_http(cfg)
         self._serving = False
         await self._publish_health()
         # Each backend is asked once before the first call can come, so that a server that

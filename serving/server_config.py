@@ -1,6 +1,7 @@
 """What every Loom gRPC server takes, the engine's (`frontend serve`) and the router's
 (`router serve`): where it listens, who may call (API keys or a tenants file), TLS, the
-largest message, metrics, how long a drain waits, and how much it logs.
+largest message, metrics (where, and over TLS or not), how long a drain waits, and how much
+it logs.
 
 `FrontendConfig` (frontend/config.py) and `RouterConfig` (router/config.py) extend
 `ServerConfig`, so each of these settings is declared once for both. No engine code here.
@@ -77,6 +78,17 @@ class ServerConfig:
         1 << 20, "largest request message accepted (default 1MiB)", type=parse_bytes
     )
     metrics_port: int | None = setting(None, "Prometheus /metrics port (default: off)")
+    metrics_host: str | None = setting(
+        None,
+        "address /metrics listens on (default: --host); 127.0.0.1 keeps it off the network "
+        "while the API listens on every interface",
+        metavar="HOST",
+    )
+    metrics_tls: bool = setting(
+        False,
+        "serve /metrics over TLS with --tls-cert and --tls-key; with --tls-client-ca, only "
+        "scrapers holding a certificate it signed may read it",
+    )
     shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
     log_level: str = setting("info", "one line per finished request at info", choices=LOG_LEVELS)
 
@@ -88,6 +100,8 @@ class ServerConfig:
             raise ValueError("give at most one of api_keys and tenants")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.metrics_tls and self.tls_cert is None:
+            raise ValueError("metrics_tls needs tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         if self.shutdown_timeout < 0:
@@ -96,3 +110,8 @@ class ServerConfig:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
             )
+
+    def metrics_url(self, port: int) -> str:
+        """Where /metrics is served, for the start-up log line."""
+        scheme = "https" if self.metrics_tls else "http"
+        return f"{scheme}://{self.metrics_host or self.host}:{port}/metrics"
