@@ -21,6 +21,13 @@ from serving.server_config import ServerConfig
 # default) another tenant's next request waits for the whole call, and memory grows ~27 KB
 # per prompt. 256 lets a client batch a full engine step's worth and no more.
 DEFAULT_MAX_PROMPTS_PER_REQUEST = 256
+# A client sends a request's head in one write, which arrives within a round trip, or a few
+# seconds when TCP has to retransmit it (initial timeout 1 s, doubling); a slow-header client
+# holds a connection this long at most. Measured: README, Reliability.
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+# Longer than the idle life of a pooled connection in httpx (5 s, the OpenAI SDKs' client), so
+# the client drops an idle connection before the server does and never sends on a closing one.
+DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,6 +36,15 @@ class FrontendConfig(ServerConfig):
         None,
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
+    )
+    http_header_timeout: float = setting(
+        DEFAULT_HTTP_HEADER_TIMEOUT,
+        "seconds an HTTP connection has to send a request's headers, from its opening or "
+        "from the first byte of its next request; a slower one is closed",
+    )
+    http_keep_alive_timeout: float = setting(
+        DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT,
+        "seconds an HTTP connection may stay idle between requests before it is closed",
     )
     max_prompts_per_request: int = setting(
         DEFAULT_MAX_PROMPTS_PER_REQUEST,
@@ -54,6 +70,10 @@ class FrontendConfig(ServerConfig):
         check_at_least(self, "http_port", 0, optional=True)
         check_at_least(self, "max_step_failures", 0)
         check_at_least(self, "max_prompts_per_request", 1)
+        for name in ("http_header_timeout", "http_keep_alive_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.metrics_tenant_labels not in LABEL_MODES:
             raise ValueError(
                 f"metrics_tenant_labels must be one of {', '.join(LABEL_MODES)}, "

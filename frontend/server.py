@@ -145,7 +145,14 @@ class Frontend:
             cfg.max_prompts_per_request,
         )
         return HttpServer(
-            routes, cfg.host, cfg.http_port, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca
+            routes,
+            cfg.host,
+            cfg.http_port,
+            cfg.tls_cert,
+            cfg.tls_key,
+            cfg.tls_client_ca,
+            cfg.http_header_timeout,
+            cfg.http_keep_alive_timeout,
         )
 
     def _load_directory(self) -> TenantDirectory | None:
