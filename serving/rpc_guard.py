@@ -64,18 +64,29 @@ class WarningThrottle:
         self._next_at: float | None = None
         self._left_out = 0
 
-    def warn(self, message: str) -> bool:
-        """Log `message` unless one was logged less than `interval_s` ago; True if logged."""
+    def take(self) -> int | None:
+        """None when a warning went out less than `interval_s` ago (this one is counted as
+        left out); else how many were left out since the last one, which this one says."""
         with self._lock:
             now = self._clock()
             if self._next_at is not None and now < self._next_at:
                 self._left_out += 1
-                return False
+                return None
             left_out, self._left_out = self._left_out, 0
             self._next_at = now + self.interval_s
-        more = f" ({left_out} more since the last such warning)" if left_out else ""
-        log.warning("%s%s", message, more)
+            return left_out
+
+    def warn(self, logger: logging.Logger, message: str) -> bool:
+        """Log `message` unless one was logged less than `interval_s` ago; True if logged."""
+        left_out = self.take()
+        if left_out is None:
+            return False
+        logger.warning("%s%s", message, left_out_note(left_out))
         return True
+
+
+def left_out_note(left_out: int) -> str:
+    return f" ({left_out} more since the last such warning)" if left_out else ""
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -98,6 +109,7 @@ class _Guard:
     def undecodable(self, method: str, bad: Undecodable, context: Any) -> str:
         """Warn (throttled); the details of the INVALID_ARGUMENT to answer."""
         self.throttle.warn(
+            log,
             f"undecodable request to {loggable(method)} from {loggable(context.peer())}: "
             f"{loggable(bad.error)}"
         )

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from frontend.admission import Refused
-from frontend.http.connection import with_header_timeout
+from frontend.http.connection import throttle_uvicorn_warnings, with_header_timeout
 from frontend.http.errors import HttpError, error_response, http_error_response, refused_response
 from frontend.http.routes import OpenAIRoutes
 
@@ -117,6 +117,7 @@ class HttpServer:
             ssl_ca_certs=tls_client_ca,
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE,
         )
+        throttle_uvicorn_warnings()
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -1,4 +1,5 @@
-"""One HTTP connection: uvicorn's h11 protocol, plus a deadline for each request's head.
+"""One HTTP connection: uvicorn's h11 protocol, plus a deadline for each request's head, and
+uvicorn's warnings about one bad request each throttled as gRPC's are.
 
 uvicorn bounds a connection only while it is idle between requests (`timeout_keep_alive`,
 armed when a response completes and disarmed by the next byte) and the size of a head (h11's
@@ -8,15 +9,28 @@ headers) within `header_timeout` seconds of opening, or of the first byte of the
 on a kept-alive connection; else it is closed.
 
     HttpServer(..., http=with_header_timeout(10.0))
+
+uvicorn logs a warning for each request it cannot parse (or upgrade): one line at most every
+10 seconds here, saying how many it left out (serving/rpc_guard.py's WarningThrottle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from serving.rpc_guard import WarningThrottle, left_out_note
+
+# What uvicorn warns of once per bad request, so a caller could flood the log with it.
+PER_REQUEST_WARNINGS = (
+    "Invalid HTTP request received.",
+    "Unsupported upgrade request.",
+    "No supported WebSocket library detected.",
+)
 
 
 class _HeaderDeadline(H11Protocol):
@@ -59,3 +73,27 @@ def with_header_timeout(seconds: float) -> type[H11Protocol]:
     """The protocol class for uvicorn.Config(http=...), with this deadline."""
     attributes: dict[str, Any] = {"header_timeout": seconds}
     return type("HeaderDeadlineH11Protocol", (_HeaderDeadline,), attributes)
+
+
+class _ThrottledWarnings(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttle = WarningThrottle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not str(record.msg).startswith(
+            PER_REQUEST_WARNINGS
+        ):
+            return True
+        left_out = self.throttle.take()
+        if left_out is None:
+            return False
+        record.msg = f"{record.msg}{left_out_note(left_out)}"
+        return True
+
+
+def throttle_uvicorn_warnings() -> None:
+    """Once per process: uvicorn's logger is the process's."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ThrottledWarnings) for f in logger.filters):
+        logger.addFilter(_ThrottledWarnings())
