@@ -2,13 +2,15 @@
 beside it: `python -m loadtest.batch_cost`. How `--max-prompts-per-request`'s default was
 chosen (README, Reliability).
 
-For each batch size it posts one call of that many prompts as tenant `batch`, while tenant
-`probe` sends one small request after another; it reports the batch's wall time, the
-probe's latencies during it against the probe alone, and the server's resident memory
-before and at its peak (`process_resident_memory_bytes` from `--metrics-url`). Run it
-against a server on this machine without keys (tenants by `x-loom-tenant`):
+For each batch size it posts one call of that many prompts as tenant `batch`, and once the
+server holds all of them, tenant `probe` sends one small request after another until the
+batch is answered; it reports the batch's wall time, the probe's latencies against the probe
+alone, and the server's resident memory before and at its peak
+(`process_resident_memory_bytes` from `--metrics-url`). Run it against a server on this
+machine without keys (tenants by `x-loom-tenant`), its cap lifted to see what it bounds:
 
-    python -m frontend serve --http-port 8000 --metrics-port 9090 &
+    python -m frontend serve --http-port 8000 --metrics-port 9090 \
+        --max-prompts-per-request 1000000 &
     python -m loadtest.batch_cost --base-url http://127.0.0.1:8000/v1 \\
         --metrics-url http://127.0.0.1:9090/metrics --sizes 1,16,64,256,1024,4096
 """
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from loadtest.http_client import HttpCall
-from loadtest.server_metrics import fetch_text, parse_series
+from loadtest.server_metrics import fetch_gauges, fetch_text, parse_series
 
 RSS = "process_resident_memory_bytes"
 
@@ -56,6 +58,11 @@ async def probe_once(url: str, max_tokens: int) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
+def queued(metrics_url: str) -> float:
+    """Sequences running and waiting on the server."""
+    return sum(fetch_gauges(metrics_url).values())
+
+
 def rss_mb(metrics_url: str) -> float:
     return parse_series(fetch_text(metrics_url), (RSS,))[RSS] / 2**20
 
@@ -77,6 +84,9 @@ async def measure(args: argparse.Namespace, size: int, alone_ms: float) -> Batch
 
     started = time.perf_counter()
     batch = asyncio.ensure_future(post(url, body, "batch"))
+    # The probes start once the whole batch is queued (or refused): they arrive behind it.
+    while not batch.done() and queued(args.metrics_url) < size * args.n:
+        await asyncio.sleep(0.005)
     prober = asyncio.ensure_future(probes())
     cost.status = await batch
     cost.batch_s = time.perf_counter() - started
@@ -98,6 +108,7 @@ def report(cost: BatchCost) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     url = args.base_url.rstrip("/") + "/completions"
+    await probe_once(url, args.max_tokens)  # warm: the first request pays for later ones
     alone = statistics.median([await probe_once(url, args.max_tokens) for _ in range(10)])
     for size in args.sizes:
         print(report(await measure(args, size, alone)), flush=True)

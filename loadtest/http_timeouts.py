@@ -62,6 +62,7 @@ async def trickle(host: str, port: int, interval: float, limit: float) -> float:
 async def slow_headers(args: argparse.Namespace) -> None:
     host, port = address(args.base_url)
     url = args.base_url.rstrip("/") + "/completions"
+    await probe_once(url, 4)  # warm: the first request pays for what later ones reuse
     before = rss_mb(args.metrics_url)
     alone = await probe_once(url, 4)
     held = [
