@@ -29,7 +29,7 @@ import time
 import torch
 
 from bench.common import markdown_table, run_header, timed, write_section
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from worker.attention.cpu_backend import CpuAttentionBackend
 from worker.attention.torch_backend import TorchAttentionBackend
 from worker.step_batch import RequestState, build_step_batch
@@ -49,7 +49,7 @@ def make_step(seed: int) -> tuple[list[tuple[RequestState, int]], int]:
     scheduled = []
     for i, (n, c) in enumerate(zip(lengths, cached, strict=True)):
         blocks, pool = pool[: -(-n // BS)], pool[-(-n // BS) :]
-        state = RequestState(f"s{i}", [0] * n, blocks, SamplingOptions(), c, n)
+        state = RequestState(f"s{i}", [0] * n, blocks, SamplingParams(), c, n)
         scheduled.append((state, n - c))
     return scheduled, num_blocks
 

@@ -17,9 +17,10 @@ import argparse
 import random
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from contract.sampling import SamplingParams
 from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler
 from worker.config import CacheConfig
 
@@ -43,9 +44,9 @@ def workload(num_requests: int, seed: int) -> list[tuple[list[int], int, int]]:
 
 def run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[str, float]:
     sched = Scheduler(
-        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048),
         # every slot belongs to one request
-        CacheConfig(block_size=block_size, enable_prefix_caching=False),
+        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048, enable_prefix_caching=False),
+        CacheConfig(block_size=block_size),
         num_blocks=32768 // block_size,  # 32k token slots: enough pressure to preempt
         max_model_len=MAX_MODEL_LEN,
     )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from worker.attention import create_attention_backend
 from worker.kv_cache import KVCache, allocate_kv_cache
 from worker.loader import load_checkpoint
@@ -35,7 +35,7 @@ from worker.step_batch import RequestState, build_step_batch
 
 SECTION = "Worker: paged vs contiguous KV"
 GOAL = 1.05  # paged step time (the fastest backend) / the fastest contiguous step time
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 @dataclass(slots=True)

@@ -20,10 +20,11 @@ import statistics
 import time
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from contract.sampling import SamplingParams
 from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
 

@@ -21,7 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
-from contract.step import NewRequest, SamplingOptions, StepInput
+from contract.sampling import SamplingParams
+from contract.step import NewRequest, StepInput
 from worker import create_worker
 
 SECTION = "Worker: where a step's time goes"
@@ -40,7 +41,7 @@ GROUPS = {
 
 def step_inputs(shape: str, rng: random.Random) -> list[NewRequest]:
     """Requests whose next step is the given shape: decodes have all but one token cached."""
-    greedy = SamplingOptions(temperature=0.0)
+    greedy = SamplingParams(temperature=0.0)
     lengths = [rng.randint(100, 500) for _ in range(64 if shape == "decode" else 32)]
     news = []
     for i, n in enumerate(lengths):

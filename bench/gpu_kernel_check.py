@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
 from worker.step_batch import RequestState, build_step_batch
@@ -33,7 +33,7 @@ GPU_SIZES = MixSizes(max_seqs=24, max_context=2048, max_chunk=512)
 CPU_SIZES = MixSizes(max_seqs=5, max_context=70, max_chunk=20)
 GPU_HEADS = [(32, 8, 128), (32, 32, 128)]  # (query heads, KV heads, head_dim): GQA, MHA
 CPU_HEADS = [(8, 2, 32), (4, 4, 32)]
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def random_mix(

@@ -11,14 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from contract.step import (
-    NewRequest,
-    RunningRequest,
-    SamplingOptions,
-    StepInput,
-    StepOutput,
-    Worker,
-)
+from contract.sampling import SamplingParams
+from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, Worker
 from contract.step_proto import (
     step_input_from_proto,
     step_input_to_proto,
@@ -27,7 +21,7 @@ from contract.step_proto import (
 )
 from loompb import worker_pb2
 
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 BLOCK_SIZE = 16
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import grpc
 
 from client.chat import add_chat_arguments, run_chat
+from client.sampling_flags import add_sampling_flags, sampling_from_flags
 from client.sync_client import Client
 from loompb import serving_pb2
 
@@ -47,10 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", parents=[connection], help="generate from a prompt")
     gen.add_argument("prompt", help="text prompt; the server adds BOS where the model wants it")
     gen.add_argument("--max-tokens", type=int, help="default 16")
-    gen.add_argument("--temperature", type=float, help="0 is greedy; default 1.0")
-    gen.add_argument("--top-p", type=float, help="default 1.0")
-    gen.add_argument("--top-k", type=int, help="default 0 (off)")
-    gen.add_argument("--seed", type=int)
+    add_sampling_flags(gen)
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--min-tokens", type=int, default=0)
     gen.add_argument("--ignore-eos", action="store_true")
@@ -79,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_generate(client: Client, args: argparse.Namespace) -> None:
     sampling = dict(
+        **sampling_from_flags(args),
         max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
         stop=args.stop,
         min_tokens=args.min_tokens,
         ignore_eos=args.ignore_eos,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.settings import check_at_least, leaf_fields, setting
+from common.checks import integer, number, one_of
+from common.settings import check_settings, leaf_fields, setting
 from frontend.tenant_labels import LABEL_MODES
 from scheduler.config import EngineConfig
 from serving.server_config import ServerConfig
@@ -36,49 +37,40 @@ class FrontendConfig(ServerConfig):
         None,
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
+        integer(0, optional=True),
     )
     http_header_timeout: float = setting(
         DEFAULT_HTTP_HEADER_TIMEOUT,
         "seconds an HTTP connection has to send a request's headers, from its opening or "
         "from the first byte of its next request; a slower one is closed",
+        number(0, low_open=True),
     )
     http_keep_alive_timeout: float = setting(
         DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT,
         "seconds an HTTP connection may stay idle between requests before it is closed",
+        number(0, low_open=True),
     )
     max_prompts_per_request: int = setting(
         DEFAULT_MAX_PROMPTS_PER_REQUEST,
         "most engine sequences one /v1/completions call with several prompts may create "
         "(prompts x n); larger calls are refused (400) before any work",
+        integer(1),
     )
     metrics_tenant_labels: str = setting(
         "file",
         "the tenant label of the per-tenant metric series: file (a tenants file's tenants by "
         "name, others `other`; without keys the first 8 tenants callers name, then `other`) "
         "or none (one series for all tenants, `all`: no tenant name published)",
+        one_of(LABEL_MODES),
         choices=LABEL_MODES,
     )
     max_step_failures: int = setting(
         3,
         "failed engine steps in a row (worker faults, not an unreachable worker) before the "
         "engine loop stops and health turns NOT_SERVING; 0: never stop",
+        integer(0),
     )
-
-    def __post_init__(self) -> None:
-        # Zero-argument super() does not work in a slots dataclass (the class is rebuilt).
-        ServerConfig.__post_init__(self)
-        check_at_least(self, "http_port", 0, optional=True)
-        check_at_least(self, "max_step_failures", 0)
-        check_at_least(self, "max_prompts_per_request", 1)
-        for name in ("http_header_timeout", "http_keep_alive_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-        if self.metrics_tenant_labels not in LABEL_MODES:
-            raise ValueError(
-                f"metrics_tenant_labels must be one of {', '.join(LABEL_MODES)}, "
-                f"got {self.metrics_tenant_labels!r}"
-            )
+    # ServerConfig.__post_init__ checks these fields with its own.
 
 
 @dataclass(slots=True, frozen=True)
@@ -91,18 +83,20 @@ class RemoteWorkerConfig:
         metavar="HOST:PORT",
     )
     worker_timeout: float = setting(
-        30.0, "seconds a step may take to answer before the worker counts as unreachable"
+        30.0,
+        "seconds a step may take to answer before the worker counts as unreachable",
+        number(0, low_open=True),
     )
     worker_startup_timeout: float = setting(
-        120.0, "seconds to wait at start for the worker to answer (it may still be loading)"
+        120.0,
+        "seconds to wait at start for the worker to answer (it may still be loading)",
+        number(0, low_open=True),
     )
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.worker is not None and not _is_host_port(self.worker):
             raise ValueError(f"worker must be HOST:PORT, got {self.worker!r}")
-        for name in ("worker_timeout", "worker_startup_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def _is_host_port(target: str) -> bool:
@@ -110,11 +104,12 @@ def _is_host_port(target: str) -> bool:
     return bool(host) and port.isdigit()
 
 
-# The worker's settings: with --worker they belong on `python -m worker serve`.
-WORKER_SIDE_SETTINGS = (
-    "model", "device", "dtype", "seed", "attention_backend", "block_size", "num_kv_blocks",
-    "kv_cache_memory", "tensor_parallel_size", "distributed_timeout",
-)  # fmt: skip
+# The worker's settings: every leaf of EngineConfig but the scheduler's own (its model, cache
+# and parallel parts are worker/config.py's dataclasses). With --worker they belong on
+# `python -m worker serve`, not here.
+WORKER_SIDE_SETTINGS = frozenset(
+    name for name, path in leaf_fields(EngineConfig).items() if path[0] != "scheduler"
+)
 
 
 @dataclass(slots=True, frozen=True)

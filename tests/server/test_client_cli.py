@@ -43,6 +43,17 @@ def test_generate_prints_text_and_a_logprob_table(server: ServerHandle) -> None:
         assert "finish_reason=length" in result.stderr
 
 
+def test_the_sampling_flags_reach_the_server(server: ServerHandle) -> None:
+    common = ["generate", "Once upon a time", "--max-tokens", "24", "--target", server.target]
+    greedy = run_client(*common, "--temperature", "0")
+    only_best = run_client(*common, "--temperature", "1.5", "--seed", "4", "--min-p", "1")
+    drawn = run_client(*common, "--temperature", "1.5", "--seed", "4", "--top-k", "40")
+    assert greedy.returncode == only_best.returncode == drawn.returncode == 0
+    assert only_best.stdout == greedy.stdout != drawn.stdout
+    refused = run_client(*common, "--min-p", "2")
+    assert refused.returncode == 1 and "INVALID_ARGUMENT: min_p must be in [0, 1]" in refused.stderr
+
+
 def test_info_tokenize_and_errors(server: ServerHandle) -> None:
     info = run_client("info", "--target", server.target)
     assert info.returncode == 0

@@ -31,6 +31,8 @@ from tests.worker.checkpoint_writers import export_hf, split_meta
 from tests.worker.driver import ALL_ROWS, Driver, ModelFiles, read_meta_model
 from worker import create_worker
 
+pytestmark = pytest.mark.server
+
 PROMPTS = [[1, 203, 207, 161, 171], [1, 24, 80], [1, 190, 33, 18, 99, 7, 210, 3, 14]]  # < 251
 NUM_NEW_TOKENS = 10
 TIMEOUT = 3.0  # seconds a collective may wait: short, for the failure tests
