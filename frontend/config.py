@@ -18,16 +18,20 @@ from serving.server_config import ServerConfig
 
 # One call of many prompts queues them all at once, ahead of every other tenant's next
 # request under fcfs, and each costs server memory until it ends. Measured (README,
-# Reliability; `python -m loadtest.batch_cost`): past one engine batch (max_num_seqs, 256 by
-# default) another tenant's next request waits for the whole call, and memory grows ~27 KB
-# per prompt. 256 lets a client batch a full engine step's worth and no more.
+# Reliability; `python -m loadtest.batch_cost`): another tenant's request waits for the whole
+# call, which grows with its prompts (4,096 held it 126 to 394 times its own latency), and
+# memory grows 25 to 50 KB per prompt. 256, one engine batch at the default max_num_seqs,
+# lets a client batch a full engine step's worth and no more.
 DEFAULT_MAX_PROMPTS_PER_REQUEST = 256
-# A client sends a request's head in one write, which arrives within a round trip, or a few
-# seconds when TCP has to retransmit it (initial timeout 1 s, doubling); a slow-header client
-# holds a connection this long at most. Measured: README, Reliability.
+# A client writes a request's head at once; it arrives within a round trip, or a few seconds
+# when TCP retransmits it (initial timeout 1 s, doubling). A held connection costs 3-4 KB but
+# is held as long as the client likes without a deadline (`python -m loadtest.http_timeouts
+# slow-headers`: 200 connections trickling a byte a second all open at 40 s, all closed at
+# 10.0 s with this).
 DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
-# Longer than the idle life of a pooled connection in httpx (5 s, the OpenAI SDKs' client), so
-# the client drops an idle connection before the server does and never sends on a closing one.
+# OpenAI's SDKs (httpx) let a pooled connection go after 5 s idle; a server closing at 5 s
+# makes a reuse at that edge fail (`idle-reuse`: 12 of 20 at 5.0 s). Twice that, the client
+# always lets go first.
 DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 10.0
 
 

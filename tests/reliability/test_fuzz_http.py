@@ -78,7 +78,7 @@ def test_any_body_is_served_or_refused_as_the_callers_fault(server: ServerHandle
 def test_bodies_of_many_prompts_are_bounded_as_a_whole(server: ServerHandle) -> None:
     seen: Counter[int] = Counter()
 
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=40)
     @given(sent=many_prompt_bodies())
     def one(sent: tuple[bytes, dict]) -> None:
         body, value = sent

@@ -127,7 +127,7 @@ def test_the_routers_series_name_no_tenant(start_server) -> None:
     try:
         generate_as(router.target, "first")
         size = len(metrics_text(router.metrics_port).splitlines())
-        for i in range(50):
+        for i in range(20):
             generate_as(router.target, f"caller-{i}")
         text = metrics_text(router.metrics_port)
         assert "caller-" not in text and "first" not in text
