@@ -31,6 +31,9 @@ COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY loompb ./loompb
 COPY common ./common
+COPY modelfiles ./modelfiles
+COPY contract ./contract
+COPY serving ./serving
 COPY frontend ./frontend
 COPY scheduler ./scheduler
 COPY worker ./worker
@@ -49,5 +52,5 @@ USER loom
 RUN python -c "from worker.cpu_kernels import load_cpu_kernels; assert load_cpu_kernels()"
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "scheduler", "health", "--target", "127.0.0.1:50051"]
-CMD ["python", "-m", "scheduler", "serve", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]
+    CMD ["python", "-m", "frontend", "health", "--target", "127.0.0.1:50051"]
+CMD ["python", "-m", "frontend", "serve", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]

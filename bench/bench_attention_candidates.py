@@ -29,9 +29,9 @@ import time
 import torch
 
 from bench.common import markdown_table, run_header, timed, write_section
+from contract.step import SamplingOptions
 from worker.attention.cpu_backend import CpuAttentionBackend
 from worker.attention.torch_backend import TorchAttentionBackend
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
 SECTION = "Worker: CPU attention candidates"

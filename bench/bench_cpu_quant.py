@@ -33,7 +33,7 @@ from bench.bench_llamacpp import LlamaServer
 from bench.common import markdown_table, run_header, write_section
 from bench.loom_runs import build_engine, run_workload, warm_up
 from bench.workload import Workload, uniform_workload
-from worker.model_source import smollm2_path
+from modelfiles.model_source import smollm2_path
 
 REPO = Path(__file__).resolve().parent.parent
 SLOTS = (1, 8, 16, 32)

@@ -26,7 +26,7 @@ import grpc
 
 from bench.bench_online import free_port
 from bench.common import REPO_ROOT, markdown_table, run_header, write_section
-from frontend.tenants import hash_key
+from serving.tenants import hash_key
 
 SECTION = "Multi-tenant overload: fcfs, priority and fair share"
 POLICIES = ("fcfs", "priority", "fair")
@@ -62,7 +62,7 @@ def tenants_file(directory: Path) -> Path:
 @contextmanager
 def loom_server(args: argparse.Namespace, policy: str, tenants: Path) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "scheduler", "serve", "--model", str(args.model),
+    command = [sys.executable, "-m", "frontend", "serve", "--model", str(args.model),
                "--port", str(port), "--device", "cpu", "--queue-policy", policy,
                "--max-num-seqs", str(args.max_num_seqs), "--tenants", str(tenants),
                "--log-level", "warning"]  # fmt: skip
@@ -139,7 +139,7 @@ def main() -> None:
               "token share overall", "run s", "run output tok/s"]  # fmt: skip
     offered = args.rate_a / (args.rate_a + args.rate_b)
     body = f"""{run_header("cpu")}
-Server: `python -m scheduler serve --model {args.model.name} --device cpu --max-num-seqs
+Server: `python -m frontend serve --model {args.model.name} --device cpu --max-num-seqs
 {args.max_num_seqs} --tenants FILE --queue-policy POLICY` in its own process, one per policy;
 client `python -m loadtest --tenant a:KEY:{args.rate_a:g} --tenant b:KEY:{args.rate_b:g}
 --num-prompts {math.ceil((args.rate_a + args.rate_b) * args.seconds)} --input-len

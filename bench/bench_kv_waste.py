@@ -17,11 +17,11 @@ import argparse
 import random
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.request import Request, SamplingParams
 from scheduler.scheduler import Scheduler
 from worker.config import CacheConfig
-from worker.step import StepOutput
 
 EOS = 2
 MAX_MODEL_LEN = 2048

@@ -87,12 +87,12 @@ def wait_ready(target: str, timeout: float) -> serving_pb2.ModelInfo:
 
 @contextmanager
 def loom_server(args: argparse.Namespace) -> Iterator[str]:
-    """`python -m scheduler serve` in its own process, as it would be deployed."""
+    """`python -m frontend serve` in its own process, as it would be deployed."""
     if args.target:
         yield args.target
         return
     port = free_port()
-    command = [sys.executable, "-m", "scheduler", "serve", "--model", str(args.model),
+    command = [sys.executable, "-m", "frontend", "serve", "--model", str(args.model),
                "--port", str(port), "--device", args.device, "--log-level", "warning"]  # fmt: skip
     server = subprocess.Popen(command, cwd=REPO_ROOT)
     try:
@@ -164,7 +164,7 @@ def main() -> None:
             "is close to their maximum, so one slow request decides it)"
         )
     body = f"""{run_header(args.device)}
-Server: `python -m scheduler serve --model {args.model.name} --device {args.device}` in its own
+Server: `python -m frontend serve --model {args.model.name} --device {args.device}` in its own
 process (default engine settings; model {info.model_name}, KV cache
 {info.kv_cache_capacity_tokens} tokens), client `python -m loadtest` on the same machine and
 cores. Workload per rate: random token-id prompts of {args.input_len} tokens and outputs of

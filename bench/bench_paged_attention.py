@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
+from contract.step import SamplingOptions
 from worker.attention import create_attention_backend
 from worker.kv_cache import KVCache, allocate_kv_cache
 from worker.loader import load_checkpoint
 from worker.model import Transformer
 from worker.runner import resolve_dtype
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
 SECTION = "Worker: paged vs contiguous KV"

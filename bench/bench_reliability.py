@@ -31,11 +31,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import REPO_ROOT, markdown_table, run_header, write_section
-from frontend.tenants import hash_key
 from loadtest.metrics import percentile
 from loompb import serving_pb2, serving_pb2_grpc
+from serving.tenants import hash_key
 
-SERVE = [sys.executable, "-m", "scheduler", "serve", "--port", "0", "--device", "cpu"]
+SERVE = [sys.executable, "-m", "frontend", "serve", "--port", "0", "--device", "cpu"]
 TENANTS = f"""\
 [tenants.steady]
 api_key_sha256 = ["{hash_key("key-steady")}"]
@@ -170,7 +170,7 @@ def overload(args: argparse.Namespace) -> str:
     header = ["steady tenant", "requests", "TTFT p50 ms", "TTFT p99 ms", "flood calls/s",
               "flood shed (RESOURCE_EXHAUSTED)", "flood admitted", "flood other"]  # fmt: skip
     return (
-        f"Server: `python -m scheduler serve --device cpu --tenants FILE {' '.join(flags[2:])}` "
+        f"Server: `python -m frontend serve --device cpu --tenants FILE {' '.join(flags[2:])}` "
         "(stories260K),"
         " tenants FILE: `steady` unlimited, `flood` max_concurrent_requests 4. Steady: "
         f"{args.num_requests} greedy streams of {args.max_tokens} tokens, {args.concurrency} in "
@@ -233,7 +233,7 @@ def drain(args: argparse.Namespace) -> str:
     header = ["signals", "streams open", "to NOT_SERVING ms", "to the last stream's end ms",
               "to exit ms", f"complete ({args.max_tokens} tok)", "ended", "exit code"]  # fmt: skip
     return (
-        f"Server: `python -m scheduler serve --device cpu --shutdown-timeout 60` (stories260K);"
+        f"Server: `python -m frontend serve --device cpu --shutdown-timeout 60` (stories260K);"
         f" {args.streams} greedy streams of {args.max_tokens} tokens, each past its first token "
         "when the signal is sent. Times from the first SIGTERM.\n\n"
         f"{markdown_table(header, rows)}\n"

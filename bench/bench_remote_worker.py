@@ -5,7 +5,7 @@
 
 Step RPC overhead: the same greedy decode steps (B sequences, each with C tokens of context,
 their sampled tokens fed back) on the in-process worker and on `python -m worker serve` over
-loopback gRPC, driven by a RemoteWorker as `scheduler serve --worker` drives it (proto
+loopback gRPC, driven by a RemoteWorker as `frontend serve --worker` drives it (proto
 conversion both ways, the call, the session check and the worker's step check). The two take
 rounds of steps in turn, so that load from elsewhere on the shared cores falls on both alike;
 the overhead is the median over rounds of (remote - embedded), and its share of the
@@ -36,9 +36,9 @@ from bench.remote_workload import (
     start_worker_server,
     timed_empty,
 )
-from frontend.remote_worker import RemoteWorker
+from contract.remote_worker import RemoteWorker
+from contract.step import Worker
 from worker import create_worker
-from worker.step import Worker
 
 SECTION = "Remote worker and tensor parallel on CPU"
 GOAL = 0.05  # step RPC overhead / embedded decode step

@@ -5,7 +5,7 @@ several load margins, and the latency the router adds to a request.
     python -m bench.bench_router                   # stories260K, a few minutes
     python -m bench.bench_router --no-write --margins 0.5
 
-Every engine is `python -m scheduler serve` in its own process with one torch thread (one
+Every engine is `python -m frontend serve` in its own process with one torch thread (one
 core each, as one GPU each would be), KV cache sized so each holds about half the prefixes;
 the router is `python -m router serve` in its own process; the client runs here. Fresh
 engines for every run, so no run inherits another's cache.
@@ -69,7 +69,7 @@ def process(command: list[str], **env: str) -> Iterator[None]:
 
 def engine(args: argparse.Namespace, stack: ExitStack) -> str:
     port = free_port()
-    command = [sys.executable, "-m", "scheduler", "serve", "--model", str(args.model),
+    command = [sys.executable, "-m", "frontend", "serve", "--model", str(args.model),
                "--port", str(port), "--device", "cpu", "--num-kv-blocks",
                str(args.num_kv_blocks), "--max-num-seqs", str(args.max_num_seqs),
                "--log-level", "warning"]  # fmt: skip
@@ -241,7 +241,7 @@ def main() -> None:
     ids_added = latency[1][3] - latency[0][3]
     text_added = latency[3][3] - latency[2][3]
     body = f"""{run_header("cpu")}
-Two engines (`python -m scheduler serve --model {args.model.name} --device cpu
+Two engines (`python -m frontend serve --model {args.model.name} --device cpu
 --num-kv-blocks {args.num_kv_blocks} --max-num-seqs {args.max_num_seqs}`, one torch thread
 each) and `python -m router serve
 --policy POLICY --prefix-load-margin M --backend A --backend B`, each in its own process, the

@@ -20,12 +20,12 @@ import statistics
 import time
 
 from bench.common import command_line, cpu_model, load_average, markdown_table, today
+from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
 from scheduler.request import Request, SamplingParams
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
-from worker.step import StepOutput
 
 BLOCK_SIZE = 16
 PROMPT_TOKENS = 128

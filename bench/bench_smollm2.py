@@ -19,7 +19,7 @@ from bench.common import markdown_table, run_header, timed, write_section
 from bench.hf_baseline import hf_static_batches
 from bench.loom_runs import build_engine, run_workload, warm_up
 from bench.workload import Workload
-from worker.model_source import SMOLLM2_INSTALL, smollm2_path
+from modelfiles.model_source import SMOLLM2_INSTALL, smollm2_path
 
 SECTION = "SmolLM2-135M-Instruct: Loom vs transformers"
 # SmolLM2's control tokens (<|endoftext|>, <|im_start|>, ...) are ids 0-16; prompts avoid them.

@@ -21,8 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
+from contract.step import NewRequest, SamplingOptions, StepInput
 from worker import create_worker
-from worker.step import NewRequest, SamplingOptions, StepInput
 
 SECTION = "Worker: where a step's time goes"
 GROUPS = {

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from contract.step import SamplingOptions
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
 

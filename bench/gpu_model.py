@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from bench.make_random_model import random_weights
+from contract.step import StepInput, StepOutput, WorkerInfo
 from scheduler import Engine
 from scheduler.config import EngineConfig
 from worker.loader import LoadedCheckpoint
 from worker.model_args import args_from_meta_params
 from worker.runner import ModelRunner
-from worker.step import StepInput, StepOutput, WorkerInfo
 
 LLAMA2_7B = {
     "dim": 4096,

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.workload import Workload
+from contract.step import StepInput, StepOutput, Worker, WorkerInfo
+from modelfiles.tokenizer import Tokenizer
 from scheduler import Engine, SamplingParams
 from scheduler.engine import EngineConfig
-from scheduler.tokenizer import Tokenizer
 from worker import create_worker
-from worker.step import StepInput, StepOutput, Worker, WorkerInfo
 
 
 @dataclass

@@ -11,8 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from loompb import worker_pb2
-from worker.step import (
+from contract.step import (
     NewRequest,
     RunningRequest,
     SamplingOptions,
@@ -20,12 +19,13 @@ from worker.step import (
     StepOutput,
     Worker,
 )
-from worker.step_proto import (
+from contract.step_proto import (
     step_input_from_proto,
     step_input_to_proto,
     step_output_from_proto,
     step_output_to_proto,
 )
+from loompb import worker_pb2
 
 GREEDY = SamplingOptions(temperature=0.0)
 BLOCK_SIZE = 16

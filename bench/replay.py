@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.flops import ModelShape
+from contract.step import StepInput
 from worker.runner import ModelRunner
-from worker.step import StepInput
 from worker.step_batch import RequestState, StepBatch
 
 

@@ -4,7 +4,7 @@ Every leaf field of a nested settings dataclass becomes `--field-name`, with the
 default, its help, and its `type`/`choices`/`metavar` from the field's metadata or, failing
 that, from its annotation; a bool becomes `--name` / `--no-name`. Parsing builds the same
 dataclasses again, so their validation runs once, where the settings are declared.
-`python -m scheduler serve` and `python -m worker serve` both build their flags here; a
+`python -m frontend serve` and `python -m worker serve` both build their flags here; a
 program may leave out (`exclude`) the leaves that mean nothing to it, which keep their
 defaults. `settings_to_argv` writes settings back as flags (to start another process).
 """

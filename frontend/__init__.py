@@ -1,6 +1,6 @@
 """Loom's servers in front of the engine: the gRPC service and the OpenAI-compatible HTTP API
 (frontend/http), auth, metrics, the asyncio bridge to the engine loop, and the CLI behind
-`python -m scheduler serve`.
+`python -m frontend serve`.
 
 Names are imported on first use, so the engine-free modules (auth, tenants, quotas, tls,
 server_config) load without the engine: the router uses them.
@@ -15,8 +15,8 @@ _EXPORTS = {
     "FrontendConfig": "frontend.config",
     "ServeConfig": "frontend.config",
     "Frontend": "frontend.server",
-    "ServerHandle": "frontend.server",
-    "serve_in_thread": "frontend.server",
+    "ServerHandle": "frontend.embedded",
+    "serve_in_thread": "frontend.embedded",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 
 Every check happens before the engine queues anything, so a refused request costs nothing:
 the server is open (not draining, engine loop alive), then the engine's validation of the
-prompt and sampling parameters, then the tenant's quotas (frontend/quotas.py), then the
+prompt and sampling parameters, then the tenant's quotas (serving/quotas.py), then the
 queue. A refusal is a `Refused` carrying the gRPC status name of the README's error table;
 the gRPC servicer answers with that status, the HTTP routes with the code it maps to.
 
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
-from frontend.quotas import Admission, QuotaExceeded, Quotas
-from frontend.tenants import Tenant
 from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
 from scheduler.outputs import RequestDelta
 from scheduler.request import Request, SamplingParams
+from serving.quotas import Admission, QuotaExceeded, Quotas
+from serving.tenants import Tenant
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m scheduler serve`: load a model, start the engine loop and the gRPC server (with
+"""`python -m frontend serve`: load a model, start the engine loop and the gRPC server (with
 `--http-port`, the OpenAI-compatible HTTP API too, on the same event loop).
 `health` asks a server whether it serves; `hash-key` prints a tenants-file key line.
 
@@ -22,18 +22,18 @@ import time
 from collections.abc import Sequence
 
 from common.flags import add_settings_flags, settings_from_args
+from common.threads import available_cpus
 from frontend.config import FrontendConfig, ServeConfig
 from frontend.server import Frontend
+from modelfiles.model_source import UnreadableModelError, resolve_model
 from scheduler.config import EngineConfig
 from scheduler.gc_tuning import tune_gc_for_serving
-from worker.model_source import UnreadableModelError, resolve_model
-from worker.threads import available_cpus
 
 log = logging.getLogger("loom.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scheduler")
+    parser = argparse.ArgumentParser(prog="python -m frontend")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve", help="serve a model over gRPC (and HTTP)", description=__doc__
@@ -64,7 +64,7 @@ def print_hash_line() -> int:
     if not key.strip():
         print("error: no API key on stdin", file=sys.stderr)
         return 2
-    from frontend.tenants import hash_line
+    from serving.tenants import hash_line
 
     print(hash_line(key))
     return 0
@@ -132,7 +132,7 @@ def load_engine(config: ServeConfig):  # -> scheduler.Engine
     started = time.monotonic()
     remote = config.remote
     if remote.worker is not None:
-        from frontend.remote_worker import remote_engine
+        from frontend.remote_engine import remote_engine
 
         engine = remote_engine(
             config.engine, remote.worker, remote.worker_timeout, remote.worker_startup_timeout

@@ -1,8 +1,8 @@
 """The engine server's own settings, beside the engine's (scheduler/config.py).
 
-`ServeConfig` is everything `python -m scheduler serve` takes: the CLI builds one flag per
+`ServeConfig` is everything `python -m frontend serve` takes: the CLI builds one flag per
 leaf field of it, with the field's default and help, and nothing else. What any Loom server
-takes (address, callers, TLS, limits) is `ServerConfig` (frontend/server_config.py), which the
+takes (address, callers, TLS, limits) is `ServerConfig` (serving/server_config.py), which the
 router's settings extend too.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.settings import check_at_least, leaf_fields, setting
-from frontend.server_config import ServerConfig
 from scheduler.config import EngineConfig
+from serving.server_config import ServerConfig
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,7 +37,7 @@ class FrontendConfig(ServerConfig):
 
 @dataclass(slots=True, frozen=True)
 class RemoteWorkerConfig:
-    """A worker served by `python -m worker serve` elsewhere (frontend/remote_worker.py)."""
+    """A worker served by `python -m worker serve` elsewhere (contract/remote_worker.py)."""
 
     worker: str | None = setting(
         None,

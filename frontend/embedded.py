@@ -8,11 +8,11 @@ from typing import Any
 
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
-from frontend.server_thread import ServerThread
+from serving.server_thread import ServerThread
 
 
 class ServerHandle(ServerThread):
-    """A Frontend running on its own thread and event loop (frontend/server_thread.py), with
+    """A Frontend running on its own thread and event loop (serving/server_thread.py), with
     `.frontend`, `.engine`, `.http_port` and `.base_url` beside `.port`, `.target`,
     `.metrics_port` and `.stop(grace)`."""
 

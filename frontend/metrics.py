@@ -19,7 +19,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from frontend.metrics_http import MetricsEndpoint
+from serving.metrics_http import MetricsEndpoint
 
 # Bucket bounds in seconds: a tiny CPU model answers in milliseconds, a large GPU model's
 # queue can hold a request for minutes.

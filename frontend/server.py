@@ -2,7 +2,7 @@
 
 Two ways to run it:
 
-    # In a program that owns its event loop (what `python -m scheduler serve` does):
+    # In a program that owns its event loop (what `python -m frontend serve` does):
     frontend = Frontend(engine, FrontendConfig(host="127.0.0.1", port=50051))
     await frontend.start()
     ...
@@ -26,13 +26,13 @@ from grpc_health.v1 import health, health_pb2
 
 from frontend.admission import AdmissionGate, Admitter
 from frontend.async_engine import AsyncEngine
-from frontend.auth import Authenticator
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
-from frontend.public_api import SERVICE_NAME, add_public_port, add_public_services
-from frontend.quotas import Quotas
 from frontend.servicer import GenerationServicer
-from frontend.tenants import (
+from serving.auth import Authenticator
+from serving.public_api import SERVICE_NAME, add_public_port, add_public_services
+from serving.quotas import Quotas
+from serving.tenants import (
     DEFAULT_TENANT,
     TenantDirectory,
     directory_from_api_keys,
@@ -239,9 +239,4 @@ class Frontend:
         self.metrics.close()
         log.info("stopped")
 
-
-# The embedded server (its own thread and loop) lives beside it; imported here, where callers
-# have always found it. Frontend is defined above by the time this runs.
-from frontend.embedded import ServerHandle, serve_in_thread  # noqa: E402
-
-__all__ = ["Frontend", "LiveHealthServicer", "ServerHandle", "serve_in_thread"]
+__all__ = ["Frontend", "LiveHealthServicer"]

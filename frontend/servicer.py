@@ -14,7 +14,6 @@ import grpc
 
 from frontend.admission import AdmissionGate, AdmittedCall, Admitter, Refused
 from frontend.async_engine import AsyncEngine
-from frontend.auth import Authenticator, AuthError
 from frontend.metrics import ServingMetrics
 from frontend.protocol import (
     MAX_REQUEST_ID_LENGTH,
@@ -23,12 +22,13 @@ from frontend.protocol import (
     check_input_fields,
     sampling_params,
 )
-from frontend.quotas import RETRY_AFTER_KEY, Quotas
-from frontend.tenants import Tenant
 from loompb import serving_pb2, serving_pb2_grpc
+from modelfiles.tokenizer import NoChatTemplateError
 from scheduler.outputs import RequestDelta
 from scheduler.request import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
-from scheduler.tokenizer import NoChatTemplateError
+from serving.auth import Authenticator, AuthError
+from serving.quotas import RETRY_AFTER_KEY, Quotas
+from serving.tenants import Tenant
 
 __all__ = ["AdmissionGate", "GenerationServicer"]
 

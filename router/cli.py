@@ -1,5 +1,5 @@
 """`python -m router serve --backend HOST:PORT [--backend HOST:PORT ...]`: one endpoint in front
-of several engine replicas (`python -m scheduler serve`), speaking the same API.
+of several engine replicas (`python -m frontend serve`), speaking the same API.
 
 SIGTERM or Ctrl-C drains: health turns NOT_SERVING, new calls get UNAVAILABLE, calls in flight
 get --shutdown-timeout seconds to finish and then end UNAVAILABLE (a second signal ends them

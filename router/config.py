@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.settings import check_at_least, setting
-from frontend.server_config import ServerConfig, readable_file
+from serving.server_config import ServerConfig, readable_file
 
 POLICIES = ("prefix", "least_loaded", "round_robin")
 _ADDRESS = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")

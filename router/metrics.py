@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from frontend.metrics_http import MetricsEndpoint
 from loompb import serving_pb2
+from serving.metrics_http import MetricsEndpoint
 
 # Seconds: routing takes well under a millisecond unless a text prompt must be tokenized.
 ADDED_LATENCY_BUCKETS = (

@@ -18,13 +18,13 @@ from typing import Any
 
 import grpc
 
-from frontend.quotas import UNLIMITED, Admission
-from frontend.tenants import Tenant
 from loompb import serving_pb2
 from router.backend import Backend, ForwardedCall
 from router.backend_pool import BackendPool
 from router.metrics import RouterMetrics
 from router.policy import Chooser, PromptBlocks
+from serving.quotas import UNLIMITED, Admission
+from serving.tenants import Tenant
 
 request_log = logging.getLogger("loom.router.requests")
 _CACHED_FINISHES = (serving_pb2.FINISH_REASON_STOP, serving_pb2.FINISH_REASON_LENGTH)

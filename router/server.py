@@ -22,21 +22,21 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from frontend.auth import Authenticator
-from frontend.public_api import SERVICE_NAME, add_public_port, add_public_services
-from frontend.server_thread import ServerThread
-from frontend.tenants import (
-    TenantDirectory,
-    directory_from_api_keys,
-    load_tenants,
-    reload_tenants_file,
-)
 from router.backend_pool import BackendPool
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
 from router.policy import Chooser
 from router.relay import Relay
 from router.servicer import RouterServicer
+from serving.auth import Authenticator
+from serving.public_api import SERVICE_NAME, add_public_port, add_public_services
+from serving.server_thread import ServerThread
+from serving.tenants import (
+    TenantDirectory,
+    directory_from_api_keys,
+    load_tenants,
+    reload_tenants_file,
+)
 
 log = logging.getLogger("loom.router")
 

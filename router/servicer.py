@@ -1,10 +1,10 @@
 """loom.v1.Generation at the router: the engines' API, answered by forwarding to them.
 
-Auth happens here first, with the router's own keys or tenants file (frontend/auth.py): a
+Auth happens here first, with the router's own keys or tenants file (serving/auth.py): a
 wrong key never reaches a backend. The caller's key travels on, with the tenant it names, so
 each engine runs the request as the same tenant (give the engines the same tenants file, or
 none). A tenants file's quotas are applied here, for all the backends together
-(frontend/quotas.py), before any backend is asked. Generation calls go where the routing
+(serving/quotas.py), before any backend is asked. Generation calls go where the routing
 policy says (router/relay.py); Abort goes to the backend that has the request; the other calls
 to any serving backend.
 """
@@ -20,14 +20,14 @@ from typing import Any
 
 import grpc
 
-from frontend.auth import TENANT_HEADER, Authenticator, AuthError
-from frontend.quotas import RETRY_AFTER_KEY, UNLIMITED, Admission, QuotaExceeded, Quotas
 from loompb import serving_pb2, serving_pb2_grpc
 from router.backend import Backend
 from router.backend_pool import BackendPool
 from router.metrics import RouterMetrics
 from router.policy import PromptBlocks
 from router.relay import Caller, Generation, Relay
+from serving.auth import TENANT_HEADER, Authenticator, AuthError
+from serving.quotas import RETRY_AFTER_KEY, UNLIMITED, Admission, QuotaExceeded, Quotas
 
 DEFAULT_MAX_TOKENS = 16  # SamplingParams.max_tokens when unset, as the API documents it
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "RequestStatus": "scheduler.request",
     "SamplingParams": "scheduler.request",
     "Scheduler": "scheduler.scheduler",
-    "Tokenizer": "scheduler.tokenizer",
+    "Tokenizer": "modelfiles.tokenizer",
 }
 
 __all__ = sorted(_EXPORTS)

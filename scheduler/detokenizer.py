@@ -11,7 +11,7 @@ broken one waits for its last byte. Each step costs the window's length, not the
 
 from __future__ import annotations
 
-from scheduler.tokenizer import Tokenizer
+from modelfiles.tokenizer import Tokenizer
 
 REPLACEMENT_CHAR = "\ufffd"
 

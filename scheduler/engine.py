@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.step import Worker, WorkerInfo
+from modelfiles.tokenizer import Tokenizer, load_tokenizer
 from scheduler.config import EngineConfig, EngineStats
 from scheduler.engine_stats import collect_stats
 from scheduler.errors import CapacityError, DuplicateRequestError
@@ -24,8 +26,6 @@ from scheduler.request import Request, RequestStatus, SamplingParams
 from scheduler.request_factory import RequestFactory
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from scheduler.tenant_usage import TenantLedger
-from scheduler.tokenizer import Tokenizer, load_tokenizer
-from worker.step import Worker, WorkerInfo
 
 __all__ = ["Engine", "EngineConfig", "EngineStats"]
 
@@ -74,7 +74,7 @@ class Engine:
         self._n_of: dict[str, int] = {}  # n of the live requests with n > 1
         self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
         self._states: dict[str, RequestOutputState] = {}
-        # A worker that can lose its state counts its sessions (worker/step.py's Worker).
+        # A worker that can lose its state counts its sessions (contract/step.py's Worker).
         self._worker_epoch = getattr(worker, "session_epoch", 0)
         # How the last step's worker call went, for the loop to count failures in a row:
         # why it failed while the worker stayed available (its requests failed, INTERNAL),

@@ -4,11 +4,11 @@ text, since only here is the text known; `check_stop` decides what a match means
 
 from __future__ import annotations
 
+from modelfiles.tokenizer import Tokenizer
 from scheduler.detokenizer import IncrementalDetokenizer
 from scheduler.outputs import RequestDelta, Usage
 from scheduler.request import Request
 from scheduler.stop import StopStringMatcher
-from scheduler.tokenizer import Tokenizer
 
 
 class RequestOutputState:

@@ -13,9 +13,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from contract.step import SamplingOptions
 from scheduler.errors import InvalidFieldError
 from scheduler.tenant_usage import TenantUsage
-from worker.step import SamplingOptions
 
 # Request limits, checked before any work is queued (the gRPC ModelInfo reports them).
 MAX_TOP_LOGPROBS = 20

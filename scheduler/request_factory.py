@@ -6,9 +6,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from modelfiles.tokenizer import Tokenizer
 from scheduler.errors import InvalidFieldError
 from scheduler.request import Request, SamplingParams, validate_prompt
-from scheduler.tokenizer import Tokenizer
 
 
 class RequestFactory:

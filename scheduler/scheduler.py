@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
@@ -37,7 +38,6 @@ from scheduler.step_results import (
 )
 from scheduler.tenant_usage import TenantLedger, TenantUsage
 from worker.config import CacheConfig
-from worker.step import NewRequest, RunningRequest, StepInput, StepOutput
 
 __all__ = ["Scheduler", "SchedulerOutput", "TextScanner"]
 

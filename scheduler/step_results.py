@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from contract.step import PromptLogprobs, StepOutput
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.request import Request, RequestStatus
 from scheduler.stop import check_stop
-from worker.step import PromptLogprobs, StepOutput
 
 logger = logging.getLogger("loom.scheduler")
 

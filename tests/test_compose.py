@@ -28,7 +28,7 @@ def flag(command: list[str], name: str) -> str:
 def test_loom_service(compose: dict) -> None:
     loom = compose["services"]["loom"]
     command = loom["command"]
-    assert command[:4] == ["python", "-m", "scheduler", "serve"]
+    assert command[:4] == ["python", "-m", "frontend", "serve"]
     assert flag(command, "--host") == "0.0.0.0"
     assert "--model" not in command  # the bundled model
     grpc_port, metrics_port = flag(command, "--port"), flag(command, "--metrics-port")
@@ -37,7 +37,7 @@ def test_loom_service(compose: dict) -> None:
     assert loom["restart"] in ("always", "unless-stopped", "on-failure")
     check = loom["healthcheck"]["test"]
     assert check[0] == "CMD"
-    assert check[1:5] == ["python", "-m", "scheduler", "health"]
+    assert check[1:5] == ["python", "-m", "frontend", "health"]
     assert flag(check, "--target") == f"127.0.0.1:{grpc_port}"
     assert "profiles" not in loom  # starts with a plain `docker compose up`
     # Docker's grace period outlasts the drain, so SIGTERM is never cut short by a kill.
@@ -113,7 +113,7 @@ def test_router_profile(compose: dict) -> None:
     backends = {}
     for name, replica in replicas.items():
         command = replica["command"]
-        assert command[:4] == ["python", "-m", "scheduler", "serve"]
+        assert command[:4] == ["python", "-m", "frontend", "serve"]
         serve = serve_parser().parse_args(command[3:])
         assert serve.host == "0.0.0.0"
         backends[f"{name}:{serve.port}"] = name
@@ -132,7 +132,7 @@ def test_router_profile(compose: dict) -> None:
 
 
 def test_router_command_serves_a_client(compose: dict) -> None:
-    from frontend.server import serve_in_thread
+    from frontend.embedded import serve_in_thread
     from tests.server.conftest import make_engine
 
     command = with_free_ports(compose["services"]["loom-router"]["command"])
@@ -201,7 +201,7 @@ def test_remote_profile_commands_serve_a_client(compose: dict) -> None:
         scheduler_command[scheduler_command.index("--worker") + 1] = worker.target
         serve = ServeProcess(scheduler_command)
         for target in (worker.target, serve.target):
-            check = [sys.executable, "-m", "scheduler", "health", "--target", target]
+            check = [sys.executable, "-m", "frontend", "health", "--target", target]
             assert subprocess.run(check, capture_output=True, timeout=60).returncode == 0
         with Client(serve.target) as client:
             reply = client.generate("Once upon a time", max_tokens=8, temperature=0)

@@ -55,7 +55,7 @@ def test_engine_replicas(objects: dict) -> None:
     assert service["spec"]["clusterIP"] == "None"  # a DNS name per replica
     assert service["spec"]["publishNotReadyAddresses"] is True
     engine = container(engines)
-    assert engine["command"][:4] == ["python", "-m", "scheduler", "serve"]
+    assert engine["command"][:4] == ["python", "-m", "frontend", "serve"]
     config: ServeConfig = settings_from_args(
         ServeConfig, serve_parser().parse_args(engine["command"][3:])
     )

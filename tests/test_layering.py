@@ -44,7 +44,7 @@ def test_the_engine_package_imports_no_grpc_server_code_or_torch() -> None:
     modules = sorted(
         f"scheduler.{m.name}"
         for m in pkgutil.iter_modules(scheduler.__path__)
-        if m.name != "__main__"  # the `python -m scheduler` entry point starts the server
+        if m.name != "__main__"  # the `python -m frontend` entry point starts the server
     )
     assert "scheduler.engine" in modules and "scheduler.scheduler" in modules
     loaded = imported_after("import " + ", ".join(modules))
@@ -56,13 +56,13 @@ def test_importing_a_request_pulls_in_no_tokenizer() -> None:
     assert not imported_after("import scheduler.request") & tokenizer_libraries
     # Each tokenizer library is imported when a model needs it, not with the engine.
     assert not imported_after("from scheduler import Engine") & tokenizer_libraries
-    load = f"import scheduler.tokenizer as t; t.load_tokenizer({str(STORIES_DIR)!r})"
+    load = f"import modelfiles.tokenizer as t; t.load_tokenizer({str(STORIES_DIR)!r})"
     loaded = imported_after(load)
     assert "sentencepiece" in loaded and "tokenizers" not in loaded
 
 
 def test_the_remote_worker_client_and_the_serve_cli_import_no_torch() -> None:
-    loaded = imported_after("import frontend.remote_worker, frontend.cli, worker.step_proto")
+    loaded = imported_after("import contract.remote_worker, frontend.cli, contract.step_proto")
     assert "torch" not in loaded and "grpc" in loaded
 
 
@@ -152,7 +152,7 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
 )
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "serve", *flags],
+        [sys.executable, "-m", "frontend", "serve", *flags],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

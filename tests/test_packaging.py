@@ -43,7 +43,7 @@ def canonical(name: str) -> str:
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     serve, test = readme_commands()[:2]
-    assert serve.endswith("python -m scheduler serve")
+    assert serve.endswith("python -m frontend serve")
     assert "-c constraints.txt" in serve
     assert test.endswith("python -m pytest -q")
     ci_lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
@@ -114,7 +114,7 @@ def test_serve_takes_every_documented_flag() -> None:
     help_text = run_python(
         "from frontend.cli import build_parser; build_parser().parse_args(['serve', '--help'])"
     )
-    table = readme_section("Server flags (`python -m scheduler serve`)")
+    table = readme_section("Server flags (`python -m frontend serve`)")
     for flag in re.findall(r"^\| `(--[a-z-]+)`", table, re.MULTILINE) + [
         "--model", "--host", "--port", "--device", "--dtype", "--block-size", "--num-kv-blocks",
         "--kv-cache-memory", "--max-num-seqs", "--max-num-batched-tokens",

@@ -1,6 +1,6 @@
 """The worker: weights, KV cache, forward pass and sampling behind the step contract.
 
-Importing this package (or worker.step / worker.config) does not import torch; the runner is
+Importing this package (or contract.step / worker.config) does not import torch; the runner is
 imported only when a worker is created.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.settings import from_flat
+from contract.step import Worker
 from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
-from worker.step import Worker
 
 
 def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker:

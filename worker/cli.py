@@ -1,7 +1,7 @@
 """`python -m worker serve`: load a model and serve it to a scheduler over proto/worker.proto.
 
     python -m worker serve --model DIR --host 0.0.0.0 --port 50061
-    python -m scheduler serve --worker WORKER_HOST:50061      # on the scheduler host
+    python -m frontend serve --worker WORKER_HOST:50061      # on the scheduler host
 
 With --tensor-parallel-size N it starts N - 1 more ranks on this host and serves as rank 0.
 Under a launcher (torchrun, a cluster scheduler: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common.flags import add_settings_flags, settings_from_args
+from modelfiles.tokenizer_files import tokenizer_files
 from worker.config import SCHEDULER_ONLY_SETTINGS, WorkerServeConfig
-from worker.tokenizer_files import tokenizer_files
 
 log = logging.getLogger("loom.worker.serve")
 

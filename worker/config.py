@@ -1,7 +1,7 @@
 """The worker's settings: which model, where, and how much KV cache. Imports no torch.
 
 Each field is declared once, with its command-line help in `metadata` (common/settings.py):
-`python -m scheduler serve` builds its flags from these dataclasses (see frontend/cli.py), and
+`python -m frontend serve` builds its flags from these dataclasses (see frontend/cli.py), and
 the offline API takes the same names as keywords (`Engine.from_model_dir(dir, num_kv_blocks=256)`).
 """
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelfiles.gguf_file import gguf_metadata, open_gguf
+from modelfiles.model_source import UnreadableModelError
 from worker.gguf_dequant import BLOCK_SHAPES, SUPPORTED_TYPES, dequantize
-from worker.gguf_file import gguf_metadata, open_gguf
 from worker.memory_check import allocation_guard
 from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
-from worker.model_source import UnreadableModelError
 from worker.packed_weights import PackedTensor
 
 _TOP_NAMES = {

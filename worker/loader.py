@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from modelfiles.model_source import UnreadableModelError, resolve_model
 from worker import hf_layout
 from worker.gguf_loader import load_gguf, special_ids
 from worker.model_args import (
@@ -21,7 +22,6 @@ from worker.model_args import (
     args_from_meta_params,
     expected_shapes,
 )
-from worker.model_source import UnreadableModelError, resolve_model
 from worker.packed_weights import LOAD_TIME_TYPES, PackedTensor, quantize_matrices
 from worker.torch_file_probe import first_cut_tensor
 
@@ -51,10 +51,10 @@ _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
 def load_checkpoint(
     model: str | Path, dtype: torch.dtype, quantization: str = "none"
 ) -> LoadedCheckpoint:
-    """`model` is what `--model` takes (worker/model_source.py): a directory, a .gguf file,
-    or a packaged model's name. `quantization` (worker/packed_weights.py): `none` gives
-    float tensors only; `auto` keeps a GGUF's quantized tensors packed; `q8_0` / `q4_0`
-    also quantize the float matrices."""
+    """`model` is what `--model` takes (modelfiles/model_source.py): a directory, a .gguf
+    file, or a packaged model's name. `quantization` (worker/packed_weights.py): `none`
+    gives float tensors only; `auto` keeps a GGUF's quantized tensors packed; `q8_0` /
+    `q4_0` also quantize the float matrices."""
     try:
         source = resolve_model(model)
     except UnreadableModelError as exc:

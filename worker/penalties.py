@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from contract.step import SamplingOptions
 from worker.device_io import to_device
-from worker.step import SamplingOptions
 
 _MIN_ROWS = 8
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
@@ -22,7 +23,6 @@ from worker.sampler import (
     MAX_TOP_LOGPROBS,
     seeded_uniform,
 )
-from worker.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.step_batch import RequestState, StepBatch, build_step_batch
 from worker.step_sampling import sample_and_score
 
@@ -44,7 +44,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """Implements the `Worker` protocol of worker/step.py in-process. `placement` says what
+    """Implements the `Worker` protocol of contract/step.py in-process. `placement` says what
     of the model this process holds: all of it, or one tensor-parallel rank's slice."""
 
     def __init__(

@@ -35,17 +35,17 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from loompb import worker_pb2, worker_pb2_grpc
-from worker.config import WorkerServerConfig
-from worker.step import StepInput, StepOutput, WorkerInfo
-from worker.step_check import check_step
-from worker.step_proto import (
+from contract.step import StepInput, StepOutput, WorkerInfo
+from contract.step_proto import (
     MAX_MESSAGE_BYTES,
     SESSION_METADATA,
     step_input_from_proto,
     step_output_to_proto,
     worker_info_to_proto,
 )
+from loompb import worker_pb2, worker_pb2_grpc
+from worker.config import WorkerServerConfig
+from worker.step_check import check_step
 
 log = logging.getLogger("loom.worker.server")
 

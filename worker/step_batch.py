@@ -11,10 +11,10 @@ from itertools import accumulate, chain
 
 import torch
 
+from contract.step import NewRequest, SamplingOptions
 from worker.attention import AttentionMetadata
 from worker.attention.backend import AttentionBackend
 from worker.device_io import to_device
-from worker.step import NewRequest, SamplingOptions
 
 
 @dataclass(slots=True)

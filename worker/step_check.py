@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from worker.step import StepInput, WorkerInfo
+from contract.step import StepInput, WorkerInfo
 
 
 class KnownRequest(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.step import PromptLogprobs, StepOutput
+from contract.step import PromptLogprobs, StepOutput
 from worker.step_batch import LogitsPlan, RequestState
 
 NON_FINITE_LOGITS = "the model's logits for this request are not finite (NaN or inf)"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from contract.step import StepOutput
 from worker.device_io import to_device, to_host_lists
 from worker.penalties import PenaltyTable
 from worker.sampler import SamplingRows, TokenLogprobs, sample, token_logprobs
-from worker.step import StepOutput
 from worker.step_batch import LogitsPlan, RequestState
 from worker.step_output import HostScores, assemble_output
 

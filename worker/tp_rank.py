@@ -1,7 +1,7 @@
 """The ranks of a tensor-parallel worker.
 
 Rank 0 is the worker the scheduler talks to (`TensorParallelWorker`, the Worker protocol of
-worker/step.py): it receives each StepInput, sends it to the other ranks, runs its own slice
+contract/step.py): it receives each StepInput, sends it to the other ranks, runs its own slice
 of the forward pass with them, and alone samples, from the logits gathered on it. The other
 ranks (`follow`) apply the same StepInput to the same per-request state, so their batches
 match rank 0's, and run their slices; the tokens rank 0 samples reach them in the next
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from contract.step import StepInput, StepOutput, WorkerInfo
 from worker.config import WorkerConfig
 from worker.loader import LoadedCheckpoint
 from worker.model import Transformer
 from worker.model_args import ModelArgs
 from worker.parallel import RankFailure, RankGroup
 from worker.runner import ModelRunner
-from worker.step import StepInput, StepOutput, WorkerInfo
 from worker.step_batch import RequestState, StepBatch
 from worker.tp_loader import load_rank_checkpoint
 from worker.tp_model import TensorParallelTransformer, rank_args

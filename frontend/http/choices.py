@@ -4,8 +4,8 @@ and logprobs, as a stream chunk's piece (`take`) or the whole choice (`whole`)."
 from __future__ import annotations
 
 from frontend.http.logprobs import CompletionLogprobs, TokenTexts, chat_logprobs
+from modelfiles.tokenizer import Tokenizer
 from scheduler.outputs import RequestDelta
-from scheduler.tokenizer import Tokenizer
 
 # The engine's finish reasons as OpenAI's (an abort only reaches a client on shutdown).
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}

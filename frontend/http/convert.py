@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from frontend.admission import Refused
 from frontend.http.schemas import PROMPT_FORMS, ChatCompletionRequest, CompletionRequest
 from frontend.http.schemas import SamplingFields as Fields
+from modelfiles.tokenizer import NoChatTemplateError, Tokenizer
 from scheduler.request import MAX_TOP_LOGPROBS, SamplingParams
-from scheduler.tokenizer import NoChatTemplateError, Tokenizer
 
 # Engine field -> the completion route's name for it.
 COMPLETION_PARAMS = {"top_logprobs": "logprobs", "echo": "echo"}

@@ -10,8 +10,8 @@ that makes the text, so they stay right across multi-byte characters.
 
 from __future__ import annotations
 
+from modelfiles.tokenizer import Tokenizer
 from scheduler.detokenizer import IncrementalDetokenizer
-from scheduler.tokenizer import Tokenizer
 
 TopEntries = list[tuple[int, float]]
 

@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from frontend.admission import AdmittedCall, Admitter, Refused
-from frontend.auth import Authenticator, AuthError
 from frontend.http.choices import ChatChoice, CompletionChoice
 from frontend.http.convert import EngineInputs, chat_inputs, completion_inputs
 from frontend.http.errors import HttpError
@@ -33,8 +32,9 @@ from frontend.http.schemas import (
 )
 from frontend.http.streaming import ClientGone, MergedDeltas, sse_body, unless_disconnected
 from frontend.metrics import ServingMetrics
-from frontend.tenants import Tenant
 from scheduler.outputs import RequestDelta, Usage
+from serving.auth import Authenticator, AuthError
+from serving.tenants import Tenant
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 

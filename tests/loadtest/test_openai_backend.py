@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from loadtest.cli import main
 from scheduler import Engine
 from tests.conftest import STORIES_DIR

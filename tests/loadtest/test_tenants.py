@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frontend.server import serve_in_thread
-from frontend.tenants import hash_key
+from frontend.embedded import serve_in_thread
 from loadtest.cli import main, redacted
 from loadtest.tenants import TenantSpec, parse_tenant, split_by_rate, tenant_arrivals
 from scheduler import Engine
+from serving.tenants import hash_key
 from tests.conftest import STORIES_DIR
 
 

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from modelfiles.model_source import UnreadableModelError, resolve_model, smollm2_path
 from tests.conftest import REPO_ROOT, SHARED_MODELS_DIR
 from tests.models.gguf_writer import write_stories_gguf
 from tests.worker.driver import read_meta_model
-from worker.model_source import UnreadableModelError, resolve_model, smollm2_path
 
 LLAMA2C_DIR = SHARED_MODELS_DIR / "stories260K-llama2c"
 
@@ -66,7 +66,7 @@ def test_smollm2_names_its_package(monkeypatch, tmp_path) -> None:
 
 def serve_exit(model: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scheduler", "serve", "--model", model, "--port", "0"],
+        [sys.executable, "-m", "frontend", "serve", "--model", model, "--port", "0"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

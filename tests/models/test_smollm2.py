@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from client import Client
-from frontend.server import serve_in_thread
+from frontend.embedded import serve_in_thread
 from loompb import serving_pb2
+from modelfiles.model_source import smollm2_path
 from scheduler import Engine, SamplingParams
 from tests.worker.driver import all_position_logits
-from worker.model_source import smollm2_path
 from worker.packed_modules import PackedLinear
 
 GGUF = smollm2_path()

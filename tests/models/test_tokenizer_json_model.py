@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from modelfiles.tokenizer_hf import HFTokenizer
 from scheduler import Engine, SamplingParams
-from scheduler.tokenizer_hf import HFTokenizer
 from tests.models.tokenizer_json_model import write_tokenizer_json_model
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big"]

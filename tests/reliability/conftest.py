@@ -12,19 +12,19 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client, build_request
-from frontend.remote_worker import remote_engine
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
+from frontend.remote_engine import remote_engine
+from modelfiles.tokenizer import load_tokenizer
+from modelfiles.tokenizer_files import tokenizer_files
 from scheduler import Engine
 from scheduler.config import EngineConfig
 from scheduler.request import SamplingParams
-from scheduler.tokenizer import load_tokenizer
 from tests.conftest import STORIES_DIR
 from tests.reliability.faults import FaultyWorker, NonFiniteRunner, TcpProxy
 from tests.server.conftest import NUM_KV_BLOCKS, engine_is_idle, make_engine, wait_until
 from worker.config import WorkerServerConfig
 from worker.runner import ModelRunner
 from worker.server import WorkerServer
-from worker.tokenizer_files import tokenizer_files
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

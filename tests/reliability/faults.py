@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from contract.step import StepInput, StepOutput, WorkerInfo
 from worker.runner import ModelRunner
-from worker.step import StepInput, StepOutput, WorkerInfo
 
 
 class FaultyWorker:

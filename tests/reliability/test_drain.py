@@ -20,7 +20,7 @@ from tests.reliability.conftest import NOT_SERVING, PROMPTS, clean_tokens, healt
 from tests.server.conftest import wait_until
 from tests.server.serve_process import ServeProcess
 
-SERVE = [sys.executable, "-m", "scheduler", "serve", "--port", "0", "--num-kv-blocks", "256"]
+SERVE = [sys.executable, "-m", "frontend", "serve", "--port", "0", "--num-kv-blocks", "256"]
 LENGTH = serving_pb2.FINISH_REASON_LENGTH
 
 

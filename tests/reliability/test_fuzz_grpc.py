@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from loompb import serving_pb2, serving_pb2_grpc
 from tests.reliability.conftest import SERVING, assert_idle, health
 from tests.reliability.fuzz import FUZZ, generate_requests

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from tests.reliability.conftest import SERVING, assert_idle, health
 from tests.reliability.fuzz import FUZZ, http_bodies
 from tests.server.conftest import make_engine

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from client import build_request
-from frontend.tenants import hash_key
 from loompb import serving_pb2_grpc
+from serving.tenants import hash_key
 from tests.reliability.conftest import (
     PROMPTS,
     assert_idle,

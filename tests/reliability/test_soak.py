@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from frontend.server import serve_in_thread
+from frontend.embedded import serve_in_thread
 from loadtest.cli import main
 from loadtest.soak import round_sizes
 from loadtest.soak_cli import check_loopback

@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT
 from tests.server.serve_process import ServeProcess
 
 WORKER = [sys.executable, "-m", "worker", "serve", "--device", "cpu", "--port", "0"]
-SCHEDULER = [sys.executable, "-m", "scheduler", "serve", "--port", "0"]
+SCHEDULER = [sys.executable, "-m", "frontend", "serve", "--port", "0"]
 
 
 def start_worker(*flags: str) -> ServeProcess:

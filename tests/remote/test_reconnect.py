@@ -9,13 +9,13 @@ from contextlib import contextmanager
 
 import pytest
 
-from frontend.remote_worker import RemoteWorker
+from contract.remote_worker import RemoteWorker
+from modelfiles.tokenizer_files import tokenizer_files
 from tests.conftest import STORIES_DIR
 from tests.server.conftest import wait_until
 from worker import create_worker
 from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
-from worker.tokenizer_files import tokenizer_files
 
 
 @contextmanager

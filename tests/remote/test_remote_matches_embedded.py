@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from frontend.remote_worker import remote_engine
+from frontend.remote_engine import remote_engine
 from scheduler import Engine, EngineConfig, RequestOutput, SamplingParams
 from tests.conftest import STORIES_DIR
 from tests.remote.conftest import start_worker

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from frontend.remote_tokenizer import tokenizer_from_files
-from frontend.remote_worker import remote_engine
+from frontend.remote_engine import remote_engine
+from modelfiles.remote_tokenizer import tokenizer_from_files
+from modelfiles.tokenizer_files import tokenizer_files
+from modelfiles.tokenizer_hf import HFTokenizer
+from modelfiles.tokenizer_sp import SentencePieceTokenizer
 from scheduler import Engine, EngineConfig, SamplingParams
-from scheduler.tokenizer_hf import HFTokenizer
-from scheduler.tokenizer_sp import SentencePieceTokenizer
 from tests.models.gguf_writer import write_stories_gguf
 from tests.models.tokenizer_json_model import write_tokenizer_json_model
 from tests.remote.conftest import start_worker
 from tests.server.serve_process import ServeProcess
 from tests.worker.driver import read_meta_model
-from worker.tokenizer_files import tokenizer_files
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park. They saw a big"]
 

@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 
-from frontend.remote_worker import remote_engine
+from frontend.remote_engine import remote_engine
 from scheduler import Engine, EngineConfig, SamplingParams
 from tests.conftest import STORIES_DIR
 from tests.remote.conftest import start_worker

@@ -1,4 +1,4 @@
-"""`python -m scheduler serve --worker` as a real process on a host without torch, in front of
+"""`python -m frontend serve --worker` as a real process on a host without torch, in front of
 a real `python -m worker serve`: it serves what the embedded server serves; a second scheduler
 is refused; a worker that hangs or dies fails the requests in flight with UNAVAILABLE within
 --worker-timeout and turns health NOT_SERVING; once the worker answers again (resumed, or
@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from loompb import worker_pb2, worker_pb2_grpc
 from tests.conftest import REPO_ROOT
 from tests.remote.conftest import SCHEDULER, start_worker

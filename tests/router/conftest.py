@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from router.backend import BackendState
 from router.server import RouterHandle, serve_router_in_thread
 from scheduler import Engine

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle
-from frontend.tenants import hash_key
+from frontend.embedded import ServerHandle
 from router.backend import BackendState
 from router.server import RouterHandle
+from serving.tenants import hash_key
 from tests.router.conftest import backend_state
 from tests.server.tls_certs import make_certificates
 

@@ -13,7 +13,7 @@ import pytest
 from client import Client
 from common.flags import flag_name, settings_from_args
 from common.settings import leaf_fields
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from router.cli import build_parser
 from router.config import RouterConfig
 from tests.conftest import REPO_ROOT

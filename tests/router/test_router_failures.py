@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AsyncClient, Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from router.backend import BackendState
 from router.server import RouterHandle
@@ -25,7 +25,7 @@ from tests.server.conftest import engine_is_idle, wait_until
 from tests.server.serve_process import ServeProcess
 from tests.server.test_cancellation import num_aborted
 
-SERVE = [sys.executable, "-m", "scheduler", "serve", "--num-kv-blocks", "256"]
+SERVE = [sys.executable, "-m", "frontend", "serve", "--num-kv-blocks", "256"]
 LONG = {"max_tokens": 480, "ignore_eos": True}
 
 

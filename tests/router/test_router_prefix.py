@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from bench.shared_prefix import SharedPrefixWorkload, drive
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from router.server import RouterHandle
 from tests.router.conftest import decisions
 from tests.server.conftest import engine_is_idle, make_engine, wait_until

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.step import PromptLogprobs, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.request import Request, SamplingParams
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
-from worker.step import PromptLogprobs, StepInput, StepOutput
 
 EOS = 2
 VOCAB = 512
@@ -48,7 +48,7 @@ class _WorkerRequest:
 
 @dataclass
 class ContractWorker:
-    """Plays the worker's side of worker/step.py and checks every rule of it: ids new or
+    """Plays the worker's side of contract/step.py and checks every rule of it: ids new or
     known, blocks enough for the computed tokens and never shared between live requests
     unless the prefix cache handed them out for identical tokens, a sample exactly when
     every known token is computed. Sampled tokens come from `next_token`."""

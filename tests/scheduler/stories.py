@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from contract.step import Worker
+from modelfiles.tokenizer import Tokenizer
 from scheduler.engine import Engine, EngineConfig
-from scheduler.tokenizer import Tokenizer
 from tests.conftest import STORIES_DIR
 from worker import create_worker
-from worker.step import Worker
 
 _workers: dict[int, Worker] = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.chat_template import ChatTemplateError, render_chat
+from modelfiles.chat_template import ChatTemplateError, render_chat
 
 # Llama 3's template, in the shape its tokenizer_config.json holds it.
 LLAMA3 = (

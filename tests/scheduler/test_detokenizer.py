@@ -6,10 +6,10 @@ import random
 
 import pytest
 
+from modelfiles.tokenizer import Tokenizer
+from modelfiles.tokenizer_sp import SentencePieceTokenizer
 from scheduler.detokenizer import IncrementalDetokenizer
 from scheduler.stop import StopStringMatcher
-from scheduler.tokenizer import Tokenizer
-from scheduler.tokenizer_sp import SentencePieceTokenizer
 
 CJK_EMOJI = "你好，世界！ 日本語のテキスト 😀🎉 café  two  spaces\nnew line"
 

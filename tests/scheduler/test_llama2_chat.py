@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from scheduler.chat_template import ChatTemplateError
-from scheduler.tokenizer import NoChatTemplateError, load_tokenizer
+from modelfiles.chat_template import ChatTemplateError
+from modelfiles.tokenizer import NoChatTemplateError, load_tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"

@@ -95,7 +95,7 @@ def test_a_worker_that_samples_nothing_fails_the_request_not_the_loop() -> None:
 
 
 def worker_output_without_samples(out):
-    from worker.step import StepOutput
+    from contract.step import StepOutput
 
     req_ids = list(out.step_input.num_scheduled_tokens)
     return StepOutput(req_ids=req_ids, sampled_token_ids=[[] for _ in req_ids])

@@ -9,10 +9,10 @@ import json
 import pytest
 from gguf import GGUFWriter
 
-from scheduler.tokenizer import TokenizerError, load_tokenizer
-from scheduler.tokenizer_gguf import gguf_tokenizer
-from scheduler.tokenizer_hf import HFTokenizer
-from scheduler.tokenizer_sp import SentencePieceTokenizer
+from modelfiles.tokenizer import TokenizerError, load_tokenizer
+from modelfiles.tokenizer_gguf import gguf_tokenizer
+from modelfiles.tokenizer_hf import HFTokenizer
+from modelfiles.tokenizer_sp import SentencePieceTokenizer
 from tests.models.gguf_writer import sentencepiece_vocabulary
 from tests.scheduler.bpe_files import (
     CHAT_TEMPLATE,

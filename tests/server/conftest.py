@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from scheduler import Engine
 from tests.conftest import STORIES_DIR
 

@@ -1,4 +1,4 @@
-"""A `python -m scheduler serve` process for tests, its stderr collected as it runs."""
+"""A `python -m frontend serve` process for tests, its stderr collected as it runs."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from tests.server.conftest import engine_is_idle, wait_until
 
@@ -61,7 +61,7 @@ def test_another_tenants_id_is_not_found_and_not_aborted(server) -> None:
 
 
 def test_with_keys_another_tenants_id_is_not_found_either(start_server, tmp_path) -> None:
-    from frontend.auth import load_api_keys
+    from serving.auth import load_api_keys
 
     keys = tmp_path / "keys"
     keys.write_text("key-a alice\nkey-m mallory\n")

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from client import AsyncClient
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from tests.server.conftest import engine_is_idle, wait_until
 

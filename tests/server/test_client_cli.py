@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from scheduler import SamplingParams
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import make_engine

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from client import AsyncClient
-from frontend.server import ServerHandle
-from frontend.tenants import hash_key
+from frontend.embedded import ServerHandle
+from serving.tenants import hash_key
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
 
 MAX_NUM_SEQS = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from scheduler import SamplingParams
 from tests.conftest import STORIES_DIR

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from tests.server.conftest import NUM_KV_BLOCKS, make_engine, wait_until
 

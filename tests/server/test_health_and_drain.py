@@ -16,13 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import engine_is_idle, wait_until
 from tests.server.serve_process import ServeProcess
 
-SERVE = [sys.executable, "-m", "scheduler", "serve"]
+SERVE = [sys.executable, "-m", "frontend", "serve"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

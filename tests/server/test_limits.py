@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from client import Client, build_request
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from loompb import serving_pb2_grpc
 from scheduler import Engine
 from tests.server.conftest import engine_is_idle, make_engine, wait_until

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from tests.server.conftest import engine_is_idle, wait_until
 
 MODEL = "stories260K"
@@ -93,7 +93,7 @@ def test_running_and_kv_usage_gauges_while_busy(start_server) -> None:
 
 @pytest.fixture
 def keyed_server(start_server, tmp_path) -> ServerHandle:
-    from frontend.auth import load_api_keys
+    from serving.auth import load_api_keys
 
     keys = tmp_path / "keys"
     keys.write_text("# key tenant\nkey-a alice\nkey-b bob\n")
@@ -126,7 +126,7 @@ def test_api_key_names_the_tenant(keyed_server: ServerHandle) -> None:
 
 
 def test_api_keys_file_errors(tmp_path) -> None:
-    from frontend.auth import load_api_keys
+    from serving.auth import load_api_keys
 
     bad = tmp_path / "keys"
     for text, words in (

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from frontend.quotas import QuotaExceeded, Quotas
-from frontend.tenants import Tenant
+from serving.quotas import QuotaExceeded, Quotas
+from serving.tenants import Tenant
 
 
 class Clock:

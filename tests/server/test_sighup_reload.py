@@ -9,8 +9,8 @@ import sys
 import grpc
 
 from client import Client
-from frontend.tenants import hash_key
 from loompb import serving_pb2
+from serving.tenants import hash_key
 from tests.conftest import STORIES_DIR
 from tests.server.conftest import wait_until
 from tests.server.serve_process import ServeProcess
@@ -35,7 +35,7 @@ def status_of(target: str, api_key: str) -> grpc.StatusCode:
 def test_sighup_swaps_a_good_file_in_and_keeps_the_old_one_over_a_bad_one(tmp_path) -> None:
     path = tmp_path / "tenants.toml"
     path.write_text(tenants_text(acme="key-a"))
-    argv = [sys.executable, "-m", "scheduler", "serve", "--model", str(STORIES_DIR)]
+    argv = [sys.executable, "-m", "frontend", "serve", "--model", str(STORIES_DIR)]
     server = ServeProcess([*argv, "--port", "0", "--num-kv-blocks", "128", "--tenants", str(path)])
     try:
         target = server.target
@@ -66,7 +66,7 @@ def test_sighup_swaps_a_good_file_in_and_keeps_the_old_one_over_a_bad_one(tmp_pa
 
 
 def test_sighup_without_a_tenants_file_changes_nothing() -> None:
-    argv = [sys.executable, "-m", "scheduler", "serve", "--model", str(STORIES_DIR)]
+    argv = [sys.executable, "-m", "frontend", "serve", "--model", str(STORIES_DIR)]
     server = ServeProcess([*argv, "--port", "0", "--num-kv-blocks", "64"])
     try:
         server.proc.send_signal(signal.SIGHUP)

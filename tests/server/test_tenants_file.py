@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from frontend.auth import Authenticator, AuthError
-from frontend.tenants import Tenant, directory_from_api_keys, hash_key, hash_line, load_tenants
+from serving.auth import Authenticator, AuthError
+from serving.tenants import Tenant, directory_from_api_keys, hash_key, hash_line, load_tenants
 from tests.conftest import REPO_ROOT
 
 KEY_A, KEY_B = "sk-acme-1", "sk-bolt-1"
@@ -129,7 +129,7 @@ def test_authenticate_takes_grpc_metadata_or_an_http_header_mapping(tmp_path) ->
 
 def run_scheduler(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scheduler", *args],
+        [sys.executable, "-m", "frontend", *args],
         cwd=REPO_ROOT,
         input=stdin,
         capture_output=True,

@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle
-from frontend.tenants import hash_key
+from frontend.embedded import ServerHandle
+from serving.tenants import hash_key
 from tests.server.conftest import engine_is_idle, wait_until
 from tests.server.test_metrics_and_auth import scrape, value
 

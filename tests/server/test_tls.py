@@ -10,7 +10,7 @@ import pytest
 
 from client import Client
 from frontend.cli import check_health
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from tests.conftest import REPO_ROOT
 from tests.server.conftest import engine_is_idle, make_engine
 from tests.server.tls_certs import Certificates, make_certificates
@@ -112,7 +112,7 @@ def test_serve_refuses_incomplete_tls_settings(certs, flags: list[str], message:
     paths = {"cert": certs.server_cert, "key": certs.server_key, "ca": certs.ca}
     argv = [flag.format(**{k: str(v) for k, v in paths.items()}) for flag in flags]
     result = subprocess.run(
-        [sys.executable, "-m", "scheduler", "serve", *argv],
+        [sys.executable, "-m", "frontend", "serve", *argv],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

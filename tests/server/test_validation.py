@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from client import Client
-from frontend.server import ServerHandle, serve_in_thread
+from frontend.embedded import ServerHandle, serve_in_thread
 from loompb import serving_pb2, serving_pb2_grpc
 from tests.server.conftest import engine_is_idle, make_engine
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.make_random_model import random_weights, write_meta_model
-from worker import create_worker
-from worker.step import (
+from contract.step import (
     NewRequest,
     PromptLogprobs,
     RunningRequest,
@@ -26,6 +25,7 @@ from worker.step import (
     StepOutput,
     Worker,
 )
+from worker import create_worker
 from worker.step_batch import RequestState
 
 GREEDY = SamplingOptions(temperature=0.0)
@@ -231,3 +231,21 @@ def all_position_logits(
             parts.append(worker.model.compute_logits(hidden, batch.logits_rows))
             state.num_computed += n
     return torch.cat(parts)
+
+
+def assert_same_model_logits(actual: torch.Tensor, expected: torch.Tensor, n_layers: int) -> None:
+    """Two float32 runs of the same weights through different code paths (another loader, a
+    tied head, another GEMM layout) sum in different orders, so they agree only to float32
+    reassociation: each of a layer's reductions (the attention and MLP projections, the
+    attention itself, the norms) may move a value by a few ulps of its magnitude, and the
+    error adds up over the layers and the LM head. The bound is one ulp of the largest logit
+    per reduction on the path, far below any real difference (a wrong weight moves logits
+    by tenths)."""
+    reductions_per_layer = 8  # wqkv, attention scores, attention values, wo, w13, w2, 2 norms
+    num_reductions = reductions_per_layer * n_layers + 2  # the final norm, the LM head
+    ulp = torch.finfo(torch.float32).eps * expected.abs().max().item()
+    difference = (actual - expected).abs().max().item()
+    assert difference <= num_reductions * ulp, (
+        f"logits differ by {difference:.3g}, more than float32 reassociation allows "
+        f"({num_reductions} reductions x {ulp:.3g})"
+    )

@@ -16,12 +16,12 @@ import sys
 import pytest
 import torch
 
+from contract.step import SamplingOptions
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.cpu_backend import CpuAttentionBackend
 from worker.attention.torch_backend import TorchAttentionBackend
 from worker.cpu_kernels import load_cpu_kernels
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
 CPU = torch.device("cpu")

@@ -16,6 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (l
 import pytest
 import torch
 
+from contract.step import SamplingOptions
 from tests.worker.driver import ALL_ROWS, Driver, start_worker
 from worker.attention.triton_backend import triton_missing
 from worker.cuda_graphs import (
@@ -25,7 +26,6 @@ from worker.cuda_graphs import (
     padded_size,
     replay_size,
 )
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState
 
 CPU = torch.device("cpu")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from common.flags import settings_from_args
+from contract.step import SamplingOptions
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
 from tests.worker.driver import Driver, all_position_logits, start_worker
 from worker.runner import resolve_dtype
-from worker.step import SamplingOptions
 
 CUDA = torch.device("cuda")
 

@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import torch
 
+from contract.step import SamplingOptions
 from tests.worker.driver import GREEDY, Driver, all_position_logits, start_worker
 from tests.worker.test_sampling import CHI_SQUARE_LIMIT, LOGITS, NUM_DRAWS, chi_square
 from worker.penalties import PenaltyTable
 from worker.sampler import SamplingRows, sample
-from worker.step import SamplingOptions
 
 PROMPT = [1, 403, 14, 292, 77, 5, 498, 260]
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
+from contract.step import NewRequest, RunningRequest, SamplingOptions, StepInput
 from tests.conftest import REPO_ROOT
 from tests.worker.dense_reference import dense_logits
 from tests.worker.driver import GREEDY, Driver, generate_alone, read_meta_model, start_worker
-from worker.step import NewRequest, RunningRequest, SamplingOptions, StepInput
 
 PROMPT = [1, 403, 14, 292, 77, 5, 498, 260, 261, 13, 51, 300, 120, 9, 33, 240, 17, 88, 2, 310]
 
@@ -172,7 +172,7 @@ def test_scheduler_mistakes_are_refused_with_a_clear_error(worker):
 
 
 def test_importing_the_contract_does_not_import_torch():
-    code = "import sys, worker, worker.step, worker.config; print('torch' in sys.modules)"
+    code = "import sys, worker, contract.step, worker.config; print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

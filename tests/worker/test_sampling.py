@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
+from contract.step import SamplingOptions
 from tests.worker.driver import GREEDY, Driver, generate_alone, start_worker
 from worker.sampler import MIN_CANDIDATES, SamplingRows, sample, seeded_uniform
-from worker.step import SamplingOptions
 
 NUM_DRAWS = 20_000
 # Chi-square critical value at p = 0.001 for up to 7 degrees of freedom is 24.3; the test

@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from loompb import worker_pb2
-from worker.step import (
+from contract.step import (
     NewRequest,
     PromptLogprobs,
     RunningRequest,
@@ -17,7 +16,7 @@ from worker.step import (
     StepOutput,
     WorkerInfo,
 )
-from worker.step_proto import (
+from contract.step_proto import (
     step_input_from_proto,
     step_input_to_proto,
     step_output_from_proto,
@@ -25,6 +24,7 @@ from worker.step_proto import (
     worker_info_from_proto,
     worker_info_to_proto,
 )
+from loompb import worker_pb2
 
 
 def wire(message: object) -> object:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from worker.threads import available_cpus
+from common.threads import available_cpus
 
 
 def test_unlimited_cgroup_leaves_the_affinity(tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (l
 import pytest
 import torch
 
+from contract.step import SamplingOptions
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
 from worker.attention.triton_backend import triton_missing
-from worker.step import SamplingOptions
 from worker.step_batch import RequestState, build_step_batch
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")

@@ -8,15 +8,15 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from contract.step import NewRequest, RunningRequest, SamplingOptions, StepInput
+from contract.step_proto import SESSION_METADATA, step_input_to_proto
 from loompb import worker_pb2, worker_pb2_grpc
+from modelfiles.tokenizer_files import tokenizer_files
 from tests.conftest import STORIES_DIR
 from tests.server.conftest import wait_until
 from worker import create_worker
 from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
-from worker.step import NewRequest, RunningRequest, SamplingOptions, StepInput
-from worker.step_proto import SESSION_METADATA, step_input_to_proto
-from worker.tokenizer_files import tokenizer_files
 
 NUM_BLOCKS = 64
 LEASE = 0.5  # seconds: short, so the take-over test need not wait long

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from scheduler import Engine
 from tests.models.gguf_writer import GGUFOptions, write_stories_gguf
 from tests.server.conftest import NUM_KV_BLOCKS, make_engine

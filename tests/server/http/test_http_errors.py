@@ -10,8 +10,8 @@ import urllib.request
 import openai
 import pytest
 
-from frontend.server import ServerHandle
-from frontend.tenants import hash_key
+from frontend.embedded import ServerHandle
+from serving.tenants import hash_key
 from tests.server.conftest import engine_is_idle, wait_until
 from tests.server.http.conftest import held_engine, openai_client
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from frontend.server import ServerHandle
+from frontend.embedded import ServerHandle
 from tests.server.conftest import engine_is_idle, wait_until
 from tests.server.http.conftest import held_engine, openai_client
 from tests.server.serve_process import ServeProcess
@@ -127,7 +127,7 @@ def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(start_serve
 
 def test_sigterm_drains_both_apis_and_exits_zero() -> None:
     serve = ServeProcess(
-        [sys.executable, "-m", "scheduler", "serve", "--port", "0", "--http-port", "0"]
+        [sys.executable, "-m", "frontend", "serve", "--port", "0", "--http-port", "0"]
         + ["--num-kv-blocks", "128", "--shutdown-timeout", "60"]
     )
     try:

@@ -1,4 +1,4 @@
-"""What every Loom gRPC server takes, the engine's (`scheduler serve`) and the router's
+"""What every Loom gRPC server takes, the engine's (`frontend serve`) and the router's
 (`router serve`): where it listens, who may call (API keys or a tenants file), TLS, the
 largest message, metrics, how long a drain waits, and how much it logs.
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import LOG_LEVELS, check_at_least, parse_bytes, setting
-from frontend.auth import load_api_keys
-from frontend.tenants import load_tenants
+from serving.auth import load_api_keys
+from serving.tenants import load_tenants
 
 
 def api_keys_file(path: str) -> dict[str, str]:

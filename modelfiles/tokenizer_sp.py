@@ -1,5 +1,5 @@
 """SentencePiece tokenizers: a `tokenizer.model` file (Llama 1 and 2, BOS=1, EOS=2, no pad),
-or a model proto built from a GGUF `llama` vocabulary (scheduler/tokenizer_gguf.py)."""
+or a model proto built from a GGUF `llama` vocabulary (modelfiles/tokenizer_gguf.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from scheduler.tokenizer import Tokenizer, TokenizerError
-from scheduler.tokenizer_hf import read_hf_settings
+from modelfiles.tokenizer import Tokenizer, TokenizerError
+from modelfiles.tokenizer_hf import read_hf_settings
 
 
 class SentencePieceTokenizer(Tokenizer):

@@ -1,11 +1,11 @@
 """The tokenizer seam: what the engine and the frontends need of a tokenizer, and which one a
 model brings.
 
-- SentencePiece `tokenizer.model` (Llama 1 and 2): scheduler/tokenizer_sp.py.
+- SentencePiece `tokenizer.model` (Llama 1 and 2): modelfiles/tokenizer_sp.py.
 - Hugging Face `tokenizer.json` with `tokenizer_config.json` (Llama 3, SmolLM, most
-  fine-tunes; byte-level BPE or SentencePiece-style): scheduler/tokenizer_hf.py.
+  fine-tunes; byte-level BPE or SentencePiece-style): modelfiles/tokenizer_hf.py.
 - A GGUF file's own vocabulary, `llama` (SentencePiece) or `gpt2` (byte-level BPE) style:
-  scheduler/tokenizer_gguf.py.
+  modelfiles/tokenizer_gguf.py.
 
 Imports no torch: a scheduler host needs no tensor stack.
 """
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.chat_template import LLAMA2_CHAT_TEMPLATE, render_chat
-from worker.model_source import UnreadableModelError, resolve_model
+from modelfiles.chat_template import LLAMA2_CHAT_TEMPLATE, render_chat
+from modelfiles.model_source import UnreadableModelError, resolve_model
 
 
 class TokenizerError(UnreadableModelError):
@@ -117,16 +117,16 @@ def load_tokenizer(model: str | Path) -> Tokenizer:
     tokenizer.json (Hugging Face) before tokenizer.model (SentencePiece)."""
     source = resolve_model(model)
     if source.kind == "gguf":
-        from scheduler.tokenizer_gguf import gguf_tokenizer
+        from modelfiles.tokenizer_gguf import gguf_tokenizer
 
         return gguf_tokenizer(source.path)
     directory = source.directory
     if (directory / "tokenizer.json").is_file():
-        from scheduler.tokenizer_hf import HFTokenizer
+        from modelfiles.tokenizer_hf import HFTokenizer
 
         return HFTokenizer.from_dir(directory)
     if (directory / "tokenizer.model").is_file():
-        from scheduler.tokenizer_sp import SentencePieceTokenizer
+        from modelfiles.tokenizer_sp import SentencePieceTokenizer
 
         tokenizer = SentencePieceTokenizer.from_dir(directory)
         # Meta's chat checkpoints (llama-2-7b-chat, ...) bring no template: Meta's format.

@@ -1,4 +1,4 @@
-"""The scheduler's end of a remote worker: worker/step.py's Worker over proto/worker.proto.
+"""The scheduler's end of a remote worker: contract/step.py's Worker over proto/worker.proto.
 
 `RemoteWorker.connect(target, ...)` waits for a `python -m worker serve` to answer, starts a
 session on it (Connect: the worker drops every request it held) and reads its Info, tokenizer
@@ -25,18 +25,15 @@ import uuid
 
 import grpc
 
-from frontend.remote_tokenizer import tokenizer_from_files
-from loompb import worker_pb2, worker_pb2_grpc
-from scheduler.config import EngineConfig
-from scheduler.engine import Engine
-from worker.step import StepInput, StepOutput, WorkerInfo
-from worker.step_proto import (
+from contract.step import StepInput, StepOutput, WorkerInfo
+from contract.step_proto import (
     MAX_MESSAGE_BYTES,
     SESSION_METADATA,
     step_input_to_proto,
     step_output_from_proto,
     worker_info_from_proto,
 )
+from loompb import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("loom.remote_worker")
 
@@ -288,19 +285,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc)
-
-
-def remote_engine(
-    config: EngineConfig, target: str, timeout: float, startup_timeout: float
-) -> Engine:
-    """An engine driving the worker at `target`: its model, block size and KV cache come from
-    the worker's Info, the tokenizer from the files it sends."""
-    worker = RemoteWorker.connect(target, timeout, startup_timeout)
-    try:
-        tokenizer = tokenizer_from_files(worker.tokenizer_files, target)
-    except ValueError:
-        worker.close()
-        raise
-    info = worker.info()
-    cache = dataclasses.replace(config.cache, block_size=info.block_size)
-    return Engine(worker, tokenizer, dataclasses.replace(config, cache=cache))

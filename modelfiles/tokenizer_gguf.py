@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scheduler.tokenizer import Tokenizer, TokenizerError
-from scheduler.tokenizer_hf import HFTokenizer
-from scheduler.tokenizer_sp import SentencePieceTokenizer
-from worker.gguf_file import gguf_metadata, open_gguf
+from modelfiles.gguf_file import gguf_metadata, open_gguf
+from modelfiles.tokenizer import Tokenizer, TokenizerError
+from modelfiles.tokenizer_hf import HFTokenizer
+from modelfiles.tokenizer_sp import SentencePieceTokenizer
 
 # GGUF token types (the same numbers as SentencePiece's piece types).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

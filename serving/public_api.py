@@ -8,9 +8,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from frontend.server_config import ServerConfig
-from frontend.tls import server_credentials
 from loompb import serving_pb2, serving_pb2_grpc
+from serving.server_config import ServerConfig
+from serving.tls import server_credentials
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
 

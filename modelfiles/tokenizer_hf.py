@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.tokenizer import Tokenizer, TokenizerError
+from modelfiles.tokenizer import Tokenizer, TokenizerError
 
 
 @dataclass(slots=True)

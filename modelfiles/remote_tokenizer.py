@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from scheduler.tokenizer import Tokenizer, TokenizerError
-from worker.tokenizer_files import HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, TOKENIZER_FILE_NAMES
+from modelfiles.tokenizer import Tokenizer, TokenizerError
+from modelfiles.tokenizer_files import HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, TOKENIZER_FILE_NAMES
 
 
 def tokenizer_from_files(files: dict[str, bytes], where: str) -> Tokenizer:
@@ -16,7 +16,7 @@ def tokenizer_from_files(files: dict[str, bytes], where: str) -> Tokenizer:
         raise ValueError(f"the worker at {where} sends unexpected tokenizer files {unknown}")
     try:
         if HF_TOKENIZER_FILE in files:
-            from scheduler.tokenizer_hf import HFTokenizer
+            from modelfiles.tokenizer_hf import HFTokenizer
 
             with tempfile.TemporaryDirectory(prefix="loom-tokenizer-") as tmp:
                 for name, data in files.items():
@@ -25,7 +25,7 @@ def tokenizer_from_files(files: dict[str, bytes], where: str) -> Tokenizer:
             tokenizer.name = f"{where}/{HF_TOKENIZER_FILE}"
             return tokenizer
         if files.get(SENTENCEPIECE_FILE):
-            from scheduler.tokenizer_sp import SentencePieceTokenizer
+            from modelfiles.tokenizer_sp import SentencePieceTokenizer
 
             return SentencePieceTokenizer(
                 name=f"{where}/{SENTENCEPIECE_FILE}", model_proto=files[SENTENCEPIECE_FILE]

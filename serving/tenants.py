@@ -59,7 +59,7 @@ def hash_key(key: str) -> str:
 
 
 def hash_line(key: str) -> str:
-    """The tenants-file line for one key (`python -m scheduler hash-key`)."""
+    """The tenants-file line for one key (`python -m frontend hash-key`)."""
     return f'{KEY_HASH_FIELD} = ["{hash_key(key)}"]'
 
 
@@ -192,7 +192,7 @@ class _FileParser:
                     name,
                     KEY_HASH_FIELD,
                     f"{str(item)[:80]!r} is not a hex SHA-256 (64 hex digits; "
-                    "`python -m scheduler hash-key` prints one)",
+                    "`python -m frontend hash-key` prints one)",
                 )
             hashes.append(text)
         return hashes

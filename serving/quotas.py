@@ -1,6 +1,6 @@
 """Per-tenant quotas, answered before any work is queued; frontend-agnostic (no grpc).
 
-Three limits from the tenant's settings (frontend/tenants.py), checked in this order:
+Three limits from the tenant's settings (serving/tenants.py), checked in this order:
 
 - `max_tokens_per_request`: prompt + max_tokens. Waiting never helps: no retry hint.
 - `max_concurrent_requests`: the tenant's requests admitted and not yet finished (running +
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from frontend.tenants import Tenant
+from serving.tenants import Tenant
 
 RETRY_AFTER_KEY = "retry-after-ms"  # gRPC trailing metadata; milliseconds, an integer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from frontend.tenants import DEFAULT_TENANT, TENANT_PATTERN, Tenant, TenantDirectory
+from serving.tenants import DEFAULT_TENANT, TENANT_PATTERN, Tenant, TenantDirectory
 
 TENANT_HEADER = "x-loom-tenant"
 Headers = Iterable[tuple[str, str | bytes]] | Mapping[str, str | bytes] | None

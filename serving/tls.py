@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 if TYPE_CHECKING:
-    from frontend.server_config import ServerConfig
+    from serving.server_config import ServerConfig
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

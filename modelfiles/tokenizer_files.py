@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.model_source import resolve_model
+from modelfiles.model_source import resolve_model
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_TOKENIZER_FILE = "tokenizer.json"
-# What scheduler/tokenizer_hf.py reads besides tokenizer.json: BOS/EOS, added tokens, the
+# What modelfiles/tokenizer_hf.py reads besides tokenizer.json: BOS/EOS, added tokens, the
 # chat template, and the extra EOS ids of generation_config.json and config.json.
 HF_SETTINGS_FILES = ("tokenizer_config.json", "generation_config.json", "config.json")
 TOKENIZER_FILE_NAMES = frozenset({SENTENCEPIECE_FILE, HF_TOKENIZER_FILE, *HF_SETTINGS_FILES})

@@ -1,4 +1,4 @@
-"""The step contract's dataclasses (worker/step.py) to and from their protobuf messages
+"""The step contract's dataclasses (contract/step.py) to and from their protobuf messages
 (proto/worker.proto), both ways, for the worker server and the scheduler's remote client.
 
 Imports protobuf and no torch. Reading a StepInput checks everything a message can get wrong
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 
-from loompb import worker_pb2 as pb
-from worker.step import (
+from contract.step import (
     NewRequest,
     PromptLogprobs,
     RunningRequest,
@@ -21,6 +20,7 @@ from worker.step import (
     StepOutput,
     WorkerInfo,
 )
+from loompb import worker_pb2 as pb
 
 MAX_TOP_LOGPROBS = 20  # as scheduler.request and worker.sampler have it
 # The metadata entry naming the session a Step or Health call belongs to.

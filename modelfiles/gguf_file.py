@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worker.model_source import UnreadableModelError
+from modelfiles.model_source import UnreadableModelError
 
 # Large arrays read only when asked for (the tokenizer's vocabulary).
 VOCAB_ARRAYS = (

@@ -1,0 +1,2 @@
+"""What a model's files say, without torch: what `--model` names, GGUF headers, tokenizers
+and chat templates. The engine and the worker both read models through it."""
