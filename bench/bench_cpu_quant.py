@@ -148,6 +148,7 @@ def accuracy(args: argparse.Namespace) -> None:
     errors: dict[str, list[float]] = {"Loom (packed)": [], "llama.cpp": []}
     top1: dict[str, list[bool]] = {name: [] for name in errors}
     same_text = {name: 0 for name in errors}
+    skipped = 0
     try:
         for text in PROMPTS:
             prompt = oracle.tokenizer.encode(text)
@@ -164,11 +165,12 @@ def accuracy(args: argparse.Namespace) -> None:
                 mine = ours[pos].topk(10)
                 errors["Loom (packed)"] += (mine.values - truth[pos, mine.indices]).abs().tolist()
                 top1["Loom (packed)"].append(int(mine.indices[0]) == int(truth[pos].argmax()))
-                theirs = llama_top_probs(server, sequence[: pos + 1], 10)
-                for token, prob in theirs:
-                    errors["llama.cpp"].append(
-                        abs(float(torch.tensor(prob).log()) - float(truth[pos, token]))
-                    )
+                theirs = llama_top_logprobs(server, sequence[: pos + 1], 10)
+                if theirs is None:
+                    skipped += 1
+                    continue
+                for token, logprob in theirs:
+                    errors["llama.cpp"].append(abs(logprob - float(truth[pos, token])))
                 top1["llama.cpp"].append(theirs[0][0] == int(truth[pos].argmax()))
     finally:
         server.close()
@@ -184,7 +186,9 @@ def accuracy(args: argparse.Namespace) -> None:
         "fed back (teacher forcing) and, after every prefix, each system's 10 likeliest "
         "tokens are scored against the oracle's logprob of the same token: Loom's packed "
         "path in steps of 8 tokens (the int8 path), llama.cpp through llama-server's "
-        "`n_probs` (a 1-token completion of each prefix). Prompts: "
+        "`n_probs` (a 1-token completion of each prefix; "
+        f"{skipped} prefixes whose next token is part of a UTF-8 character come back "
+        "without probabilities and are left out). Prompts: "
         + ", ".join(repr(p) for p in PROMPTS)
         + ".\n\n"
         + markdown_table(
@@ -205,15 +209,24 @@ def accuracy(args: argparse.Namespace) -> None:
         write_section("Packed weights: accuracy against the float32 oracle", body)
 
 
-def llama_top_probs(server: LlamaServer, prompt: list[int], n: int) -> list[tuple[int, float]]:
+def llama_top_logprobs(
+    server: LlamaServer, prompt: list[int], n: int
+) -> list[tuple[int, float]] | None:
+    # ignore_eos: without it a prefix whose likeliest next token ends the text comes back
+    # without probabilities (the logprobs come from the raw logits either way). A token that
+    # is part of a UTF-8 character comes back without them too: None, that prefix is skipped.
     body = {"prompt": prompt, "n_predict": 1, "temperature": 0.0, "n_probs": n,
-            "cache_prompt": False}  # fmt: skip
+            "cache_prompt": False, "ignore_eos": True}  # fmt: skip
     request = urllib.request.Request(
         f"{server.url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=600) as reply:
-        probs = json.load(reply)["completion_probabilities"][0]
-    return [(int(p["id"]), float(p["prob"])) for p in probs["top_probs"]]
+        answer = json.load(reply)
+    if not answer.get("completion_probabilities"):
+        return None
+    probs = answer["completion_probabilities"][0]
+    # Without post_sampling_probs: logprobs of the full softmax of the raw logits.
+    return [(int(p["id"]), float(p["logprob"])) for p in probs["top_logprobs"]]
 
 
 # ---- serving ----------------------------------------------------------------------------------
@@ -417,13 +430,53 @@ def big(args: argparse.Namespace) -> None:
         write_section("Loom vs llama.cpp on the CPU: a 7B-shaped Q4_0 model", body)
 
 
+# ---- the batch-1 decode step -------------------------------------------------------------------
+
+
+def profile_step(args: argparse.Namespace) -> None:
+    """One SmolLM2 stream decoding through the engine (scheduler, worker, sampler,
+    detokenizer); the torch profiler's self CPU time per operator over 64 decode steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from scheduler import Engine, SamplingParams
+
+    engine = Engine.from_model_dir("smollm2", device="cpu", num_kv_blocks=64)
+    warm_up(engine)
+    greedy = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    engine.add_request([100 + i for i in range(16)], greedy)
+    for _ in range(8):
+        engine.step()
+    steps = 64
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    plain_ms = (time.perf_counter() - start) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [[e.key, e.count // steps, e.self_cpu_time_total / steps / 1e3,
+             100 * e.self_cpu_time_total / total] for e in events[:14]]  # fmt: skip
+    body = (
+        f"{run_header('cpu')}\nSmolLM2-135M-Instruct (Q4_1 packed, Q8_0 tied head), one "
+        f"greedy stream through `Engine.step()`: {plain_ms:.2f} ms per decode step "
+        f"({1e3 / plain_ms:.0f} tok/s) without the profiler; under it, self CPU time per "
+        f"operator per step over {steps} steps ({total / steps / 1e3:.2f} ms in operators):\n\n"
+        + markdown_table(["operator", "calls per step", "ms per step", "share %"], rows)
+    )
+    print(body)
+    if args.write:
+        write_section(f"SmolLM2 decode step profile: {args.label}", body)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("kernels", "accuracy", "serve", "big"):
+    for name in ("kernels", "accuracy", "serve", "big", "profile"):
         s = sub.add_parser(name)
         s.add_argument("--write", action="store_true", help="write the section to BENCHMARKS.md")
-        if name != "kernels":
+        if name not in ("kernels", "profile"):
             s.add_argument("--server", type=Path, required=True, help="llama-server binary")
             s.add_argument("--port", type=int, default=8091)
         s.add_argument("--repeats", type=int, default=3)
@@ -432,10 +485,13 @@ def main() -> None:
     sub.choices["serve"].add_argument("--gguf", type=Path, help="default: SmolLM2's Q4_1 file")
     sub.choices["serve"].add_argument("--model", help="Loom's --model (default: the GGUF)")
     sub.choices["serve"].add_argument("--name", help="the model's name in the section title")
+    sub.choices["profile"].add_argument("--label", default="now")
     args = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with torch.inference_mode():
-        {"kernels": kernels, "accuracy": accuracy, "serve": serve, "big": big}[args.command](args)
+        commands = {"kernels": kernels, "accuracy": accuracy, "serve": serve, "big": big,
+                    "profile": profile_step}  # fmt: skip
+        commands[args.command](args)
 
 
 if __name__ == "__main__":

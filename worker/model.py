@@ -107,8 +107,9 @@ class Attention(nn.Module):
     """Q, K and V come from one fused projection `wqkv` (the rows of Meta's wq, wk, wv one
     after the other) unless `fused` is False, which keeps the three."""
 
-    def __init__(self, args: ModelArgs, fused: bool = True) -> None:
+    def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
+        self.kernels = kernels
         self.n_heads = args.n_heads
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
@@ -136,9 +137,15 @@ class Attention(nn.Module):
         if self.fused:
             # [T, (h + 2 kvh) * head_dim] -> [T, h + 2 kvh, head_dim]
             qkv = self.wqkv(x).view(num_tokens, h + 2 * kvh, self.head_dim)
-            # Q and K rotate in one pass; V stays a view into the projection.
-            qk = apply_rope(qkv[:, : h + kvh], freqs)
-            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
+            if self.kernels and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
+                # Q and K rotate in place, one C++ pass; all three stay views of qkv.
+                cos_sin = torch.view_as_real(freqs).view(num_tokens, -1, 2)
+                torch.ops.loom.rope_(qkv[:, : h + kvh], cos_sin)
+                q, k, v = qkv[:, :h], qkv[:, h : h + kvh], qkv[:, h + kvh :]
+            else:
+                # Q and K rotate in one pass; V stays a view into the projection.
+                qk = apply_rope(qkv[:, : h + kvh], freqs)
+                q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
         else:
             # [T, heads * head_dim] -> [T, heads, head_dim]
             q = apply_rope(self.wq(x).view(num_tokens, h, self.head_dim), freqs)
@@ -177,7 +184,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
-        self.attention = Attention(args, fused)
+        self.attention = Attention(args, fused, kernels)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim, fused, kernels)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
