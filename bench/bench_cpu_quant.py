@@ -280,35 +280,48 @@ def serve(args: argparse.Namespace) -> None:
     warm_up(engine)
     vocab = engine.info.vocab_size
     workloads = {
-        "one stream": Workload([[100 + i for i in range(16)]], [args.one_stream_tokens]),
-        "32 requests": uniform_workload(32, (16, 256), (16, 256), vocab, 0),
+        "one stream": (Workload([[100 + i for i in range(16)]], [args.one_stream_tokens]),
+                       args.repeats),
+        "32 requests": (uniform_workload(32, (16, 256), (16, 256), vocab, 0), args.many_repeats),
+    }  # fmt: skip
+    # One server per slot count, all started first (an idle llama-server only waits), so each
+    # repeat runs Loom and every slot count back to back and they share the machine's state.
+    servers = {
+        slots: LlamaServer(args.server, gguf, slots, 512, args.port + i, threads)
+        for i, slots in enumerate(SLOTS)
     }
     rows = []
-    for name, workload in workloads.items():
-        useful = workload.num_output_tokens
-        run_workload(engine, workload)  # untimed first pass
-        loom = best_of(lambda w=workload: run_workload(engine, w)[0], args.repeats)
-        llama = {}
-        for slots in SLOTS:
-            server = LlamaServer(args.server, gguf, slots, 512, args.port, threads)
-            try:
-                server.run(workload)
-                llama[slots] = best_of(lambda w=workload, s=server: s.run(w)[0], args.repeats)
-            finally:
-                server.close()
-            log(f"{name}: llama.cpp {slots} slots {useful / llama[slots]:.1f} tok/s")
-        best_slots = min(llama, key=llama.get)
-        sweep = ", ".join(f"{s}: {useful / t:.1f}" for s, t in llama.items())
-        rows.append([name, useful / loom, useful / llama[best_slots], best_slots,
-                     llama[best_slots] / loom, sweep])  # fmt: skip
-        log(f"{name}: Loom {useful / loom:.1f} tok/s")
+    try:
+        for server in servers.values():
+            server.run(Workload([[20, 21, 22, 23]], [4]))
+        for name, (workload, repeats) in workloads.items():
+            useful = workload.num_output_tokens
+            loom_walls: list[float] = []
+            llama_walls: dict[int, list[float]] = {slots: [] for slots in SLOTS}
+            for repeat in range(repeats):
+                loom_walls.append(run_workload(engine, workload)[0])
+                log(f"{name} {repeat + 1}: Loom {useful / loom_walls[-1]:.1f} tok/s")
+                for slots, server in servers.items():
+                    llama_walls[slots].append(server.run(workload)[0])
+                    log(f"{name} {repeat + 1}: llama.cpp {slots} slots "
+                        f"{useful / llama_walls[slots][-1]:.1f} tok/s")  # fmt: skip
+            loom = min(loom_walls)
+            llama = {slots: min(w) for slots, w in llama_walls.items()}
+            best_slots = min(llama, key=llama.get)
+            sweep = ", ".join(f"{s}: {useful / t:.1f}" for s, t in llama.items())
+            rows.append([name, repeats, useful / loom, useful / llama[best_slots], best_slots,
+                         llama[best_slots] / loom, sweep])  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.close()
     loom_start = min(loom_ttft(model)[0] for _ in range(2))
     llama_start = min(llama_ttft(args.server, gguf, args.port, threads)[0] for _ in range(2))
     body = (
         f"{run_header('cpu')}\nModel {args.name or Path(gguf).name}, the same GGUF file for "
-        f"both; {threads} threads each; greedy, EOS ignored, no prefix cache on either side; "
-        f"best of {args.repeats} runs after an untimed one. llama.cpp's slot count swept "
-        "(tok/s per count in the last column) and its best kept.\n\n"
+        f"both; {threads} threads each; greedy, EOS ignored, no prefix cache on either side. "
+        "Each repeat runs Loom, then llama.cpp at each slot count (tok/s per count in the "
+        "last column), one after the other; the best run of each is kept, and llama.cpp's "
+        "best slot count.\n\n"
         + markdown_table(
             [
                 "workload",
@@ -485,6 +498,8 @@ def main() -> None:
     sub.choices["serve"].add_argument("--gguf", type=Path, help="default: SmolLM2's Q4_1 file")
     sub.choices["serve"].add_argument("--model", help="Loom's --model (default: the GGUF)")
     sub.choices["serve"].add_argument("--name", help="the model's name in the section title")
+    sub.choices["serve"].add_argument("--many-repeats", type=int, default=1,
+                                      help="runs of the 32-request workload")  # fmt: skip
     sub.choices["profile"].add_argument("--label", default="now")
     args = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

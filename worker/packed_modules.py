@@ -30,8 +30,15 @@ class PackedLinear(nn.Module):
         self.out_features = sum(p.shape[0] for p in parts)
         # Plain attributes, not buffers: nothing may move or cast them (torch's `.to()`).
         self._calls = [_part_fn(p) for p in parts]
+        # The common case, one packed part, called with as little Python as possible: a
+        # decode step makes some 120 of these calls.
+        single = parts[0] if len(parts) == 1 and isinstance(parts[0], PackedTensor) else None
+        self._single = (single.data, single.kernel_type, single.shape[1]) if single else None
+        self._op = torch.ops.loom.quant_linear.default  # (the kernels are loaded by now)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._single is not None and x.dim() == 2 and x.dtype == torch.float32:
+            return self._op(x, *self._single)  # the kernel reads strided rows itself
         rows = x.reshape(-1, self.in_features)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
