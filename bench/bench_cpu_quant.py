@@ -234,7 +234,8 @@ def llama_top_logprobs(
 
 def loom_ttft(model: str, extra: dict[str, object] | None = None) -> tuple[float, int]:
     """Seconds from spawning a fresh process to its first token, and its peak RSS (bytes)."""
-    settings = {"device": "cpu", "num_kv_blocks": 64, **(extra or {})}
+    settings = {"device": "cpu", "num_kv_blocks": 64, "num_threads": torch.get_num_threads(),
+                **(extra or {})}  # fmt: skip
     code = (
         "import resource, sys, time\n"
         "from scheduler import Engine, SamplingParams\n"
@@ -493,6 +494,7 @@ def main() -> None:
             s.add_argument("--server", type=Path, required=True, help="llama-server binary")
             s.add_argument("--port", type=int, default=8091)
         s.add_argument("--repeats", type=int, default=3)
+        s.add_argument("--threads", type=int, help="both systems' threads (default: torch's)")
         s.add_argument("--one-stream-tokens", type=int, default=128)
     sub.choices["kernels"].add_argument("--rows", type=int, nargs="+", default=[1, 8, 32, 128])
     sub.choices["serve"].add_argument("--gguf", type=Path, help="default: SmolLM2's Q4_1 file")
@@ -503,6 +505,8 @@ def main() -> None:
     sub.choices["profile"].add_argument("--label", default="now")
     args = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with torch.inference_mode():
         commands = {"kernels": kernels, "accuracy": accuracy, "serve": serve, "big": big,
                     "profile": profile_step}  # fmt: skip
