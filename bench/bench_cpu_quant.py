@@ -84,8 +84,12 @@ def kernels(args: argparse.Namespace) -> None:
                 us = time_us(fn, n * k)
                 rows.append([label, m, name, us])
                 log(f"{label} M={m} {name}: {us:.0f} us")
+    big_tensor = torch.ones(2**28)  # 1 GiB of float32
+    read_s = min(timed_s(lambda: big_tensor.sum()) for _ in range(5))
     body = (
-        f"{run_header('cpu')}\nOne projection, `threads` = {torch.get_num_threads()}; the best "
+        f"{run_header('cpu')}\nMemory read rate: {2**30 / read_s / 1e9:.1f} GB/s (the sum of a "
+        "1 GiB float32 tensor, best of 5). "
+        f"One projection, `threads` = {torch.get_num_threads()}; the best "
         "of 5 timings of a loop. Loom's int8 path quantizes the input rows per 32 values and "
         "takes integer dot products (AVX-512 VNNI here); its float-activation candidate "
         "dequantizes each weight row to float32 in L1 and multiplies the float rows; "
@@ -117,6 +121,12 @@ def kernel_candidates(x, k, q41, q80, w_col, w_bf16, int8_w, int8_s, int4_packed
             torch._weight_int4pack_mm_for_cpu(xb, int4_packed, 32, int4_sz)
         )
     return candidates
+
+
+def timed_s(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def time_us(fn, size: int) -> float:
