@@ -23,8 +23,8 @@ from worker.packed_modules import PackedLinear
 from worker.packed_weights import PackedTensor, keep_packed, quantize_q4_0, quantize_q8_0
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROMPT = [1, 403, 14, 292, 77, 5, 498, 260, 261, 13, 51]  # decode-sized rows
-LONG = PROMPT * 4  # prefill rows
+PROMPT = [1, 403, 14, 292, 77, 5, 498, 260, 261, 13, 51]
+LONG = PROMPT * 4
 needs_kernels = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
 
@@ -57,7 +57,7 @@ def test_a_float_checkpoint_quantized_at_load_serves_its_quantized_weights(
     }
     params = read_meta_model(stories_dir).params
     floats = torch.log_softmax(all_position_logits(start_worker(stories_dir), LONG), -1)
-    for prompt, bound in ((PROMPT, 0.25), (LONG, 1e-3)):  # the int8 path; dequantize + GEMM
+    for prompt, bound in ((PROMPT, 0.25), (LONG, 0.25)):  # 8-bit activations: as for GGUFs
         ours = torch.log_softmax(all_position_logits(quantized, prompt), -1).double()
         oracle = torch.log_softmax(dense_logits(weights, params, prompt), -1)
         top = oracle.topk(5, -1).indices

@@ -1,6 +1,7 @@
 """The packed-weight CPU kernels against references, for every block type and every shape
-class: decode rows (1-32, the int8 path) and prefill rows (above 32, dequantize + GEMM),
-ragged row counts and output sizes, one block per row and several.
+class: decode rows (1-32) and prefill rows (33-512) on the int8 path, longer prefills
+(dequantize + GEMM, above 512 rows; called directly here), ragged row counts and output
+sizes, one block per row and several.
 
 References: the gguf package's own dequantizer gives the weights; the int8 path's reference
 multiplies them, in float64, by the activations quantized per 32 values as the kernel
@@ -51,8 +52,8 @@ def assert_product_close(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> N
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-@pytest.mark.parametrize("rows", [1, 3, 4, 7, 32])
-def test_int8_path_for_decode_rows(type_name: str, rows: int) -> None:
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 32, 33, 130])
+def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
     per_block = BLOCK_SHAPES[type_name][0]
     for blocks, out in ((1, 5), (3, 37)):  # one block per row, and a ragged odd count
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
@@ -65,13 +66,13 @@ def test_int8_path_for_decode_rows(type_name: str, rows: int) -> None:
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-@pytest.mark.parametrize("rows", [33, 130])
-def test_dequantize_and_gemm_path_for_prefill_rows(type_name: str, rows: int) -> None:
+@pytest.mark.parametrize("rows", [1, 33, 130])
+def test_dequantize_and_gemm_path_for_long_prefills(type_name: str, rows: int) -> None:
     per_block = BLOCK_SHAPES[type_name][0]
     w_raw, w = packed(type_name, 45, 2, seed=rows)
     x = torch.randn(rows, 2 * per_block, generator=torch.Generator().manual_seed(rows))
     kind = KERNEL_TYPE_IDS[type_name]
-    y = torch.ops.loom.quant_linear(x, w_raw, kind, 2 * per_block)
+    y = torch.ops.loom.quant_linear_dequant(x, w_raw, kind, 2 * per_block)
     assert_product_close(y, w, x.double())
     # The float-activation candidate reads the same blocks.
     assert_product_close(
@@ -87,6 +88,13 @@ def test_rows_dequantize_exactly_as_the_reference(type_name: str) -> None:
     rows = torch.ops.loom.quant_rows(w_raw, ids, KERNEL_TYPE_IDS[type_name], 2 * per_block)
     assert rows.dtype == torch.float32
     assert torch.equal(rows, w[ids].float())
+
+
+def test_more_than_512_rows_take_the_dequantize_and_gemm_path() -> None:
+    w_raw, w = packed("Q4_0", 8, 1, seed=3)
+    x = torch.randn(600, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_0"], 32)
+    assert_product_close(y, w, x.double())  # float activations: no 8-bit rounding
 
 
 def test_strided_input_rows_are_read_in_place() -> None:

@@ -1,13 +1,14 @@
 // Matrix products with weights kept in GGML's quantized blocks (quant_blocks.h), float32
 // activations in and out: y[M, N] = x[M, K] @ W[N, K]^T.
 //
-// Few rows (decode steps): llama.cpp's way. Each activation row is quantized per 32 values
+// Up to 512 rows (decode steps, mixed steps, most prefill chunks): llama.cpp's way. Each activation row is quantized per 32 values
 // to int8 with one float scale; each weight row is unpacked (in L1) to bytes, per-16-value
 // scales and offsets; the products are integer dot products of 32 bytes (AVX-512 VNNI's
 // vpdpbusd, AVX2's vpmaddubsw, or plain C++ where neither exists), scaled per block in
 // float. A weight row is unpacked once for all rows of x. Threads split the weight rows.
-// Many rows (prefill): the weight rows are dequantized a chunk at a time to float32 and
-// multiplied by torch's GEMM; at that size the GEMM is the work and the unpacking is not.
+// More rows (long prefill chunks): the weight rows are dequantized a chunk at a time to
+// float32 and multiplied by torch's GEMM; measured on a Zen 4 the two cost about the same
+// from 256-512 rows (bench_cpu_quant kernels), the int8 products much less below that.
 // The ISA is chosen when the library is built (-march=native, cached per CPU).
 
 #include <ATen/Parallel.h>
@@ -43,7 +44,7 @@ constexpr bool kVnni = false;
 #endif
 
 // Rows up to which the integer-dot path runs; above it, dequantize + GEMM.
-constexpr int64_t kMaxDotRows = 32;
+constexpr int64_t kMaxDotRows = 512;
 // Activation rows sharing each unpacked weight vector.
 constexpr int kRowTile = 4;
 
