@@ -87,7 +87,7 @@ def test_packed_weights_stay_near_the_float32_oracle(engine: Engine, packed_engi
         prompt = engine.tokenizer.encode(text)
         oracle_ids = engine.generate([prompt], params)[0].token_ids
         sequence = prompt + oracle_ids
-        ours = teacher_forced_logprobs(packed_engine, sequence)[len(prompt) - 1 :]
+        ours = teacher_forced_logprobs(packed_engine, sequence, chunk=8)[len(prompt) - 1 :]
         theirs = teacher_forced_logprobs(engine, sequence)[len(prompt) - 1 :]
         top = theirs.topk(10, -1).indices
         assert (ours.gather(-1, top) - theirs.gather(-1, top)).abs().max() < LOGPROB_BOUND
@@ -99,9 +99,11 @@ def test_packed_weights_stay_near_the_float32_oracle(engine: Engine, packed_engi
         assert torch.equal(ours.argmax(-1)[clear], theirs.argmax(-1)[clear])
 
 
-def teacher_forced_logprobs(engine: Engine, token_ids: list[int]) -> torch.Tensor:
-    """Log-softmax after every prefix, in steps of 8 tokens (rows of decode size)."""
-    logits = all_position_logits(engine.worker, token_ids, chunk=8)
+def teacher_forced_logprobs(
+    engine: Engine, token_ids: list[int], chunk: int | None = None
+) -> torch.Tensor:
+    """Log-softmax after every prefix, in one prefill or in steps of `chunk` tokens."""
+    logits = all_position_logits(engine.worker, token_ids, chunk=chunk)
     return torch.log_softmax(logits.double(), -1)
 
 
