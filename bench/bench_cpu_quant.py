@@ -336,6 +336,7 @@ def serve(args: argparse.Namespace) -> None:
         + markdown_table(
             [
                 "workload",
+                "runs each",
                 "Loom tok/s",
                 "llama.cpp tok/s (best)",
                 "best slots",
