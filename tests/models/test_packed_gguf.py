@@ -57,13 +57,11 @@ def k_blocks(type_name: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     blocks = raw.reshape(-1, raw.shape[1] // (cols // 256))
     rng = np.random.default_rng(seed)
     size = 1.0 / cols**0.5 / 40
-    if type_name == "Q6_K":
-        blocks[:, 192:208] = (
-            rng.integers(-40, 40, size=(blocks.shape[0], 16)).astype(np.int8).view(np.uint8)
-        )
-        blocks[:, 208:210] = (
-            np.full(blocks.shape[0], size / 4, np.float16).view(np.uint8).reshape(-1, 2)
-        )
+    if type_name == "Q6_K":  # values d * scale * (q - 32): scales -8..8
+        scales = rng.integers(-8, 9, size=(blocks.shape[0], 16)).astype(np.int8)
+        blocks[:, 192:208] = scales.view(np.uint8)
+        d = np.full(blocks.shape[0], size / 2, np.float16)
+        blocks[:, 208:210] = d.view(np.uint8).reshape(-1, 2)
     else:
         top = 16 if type_name == "Q4_K" else 32  # the largest quant
         blocks[:, 0:2] = np.full(blocks.shape[0], size, np.float16).view(np.uint8).reshape(-1, 2)
