@@ -29,10 +29,17 @@ from pathlib import Path
 
 import torch
 
-from bench.bench_llamacpp import LlamaServer
-from bench.common import markdown_table, run_header, write_section
-from bench.loom_runs import build_engine, run_workload, warm_up
-from bench.workload import Workload, uniform_workload
+from bench.common import (
+    Workload,
+    build_engine,
+    markdown_table,
+    run_header,
+    run_workload,
+    uniform_workload,
+    warm_up,
+    write_section,
+)
+from bench.peer_systems import LlamaServer
 from modelfiles.model_source import smollm2_path
 
 REPO = Path(__file__).resolve().parent.parent

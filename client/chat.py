@@ -12,16 +12,18 @@ import argparse
 import sys
 from typing import TextIO
 
+from client.sampling_flags import add_sampling_flags, sampling_from_flags
 from client.sync_client import Client
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="a system message to open the conversation with")
     parser.add_argument("--max-tokens", type=int, default=512, help="per reply; default 512")
-    parser.add_argument("--temperature", type=float, help="0 is greedy; default 1.0")
-    parser.add_argument("--top-p", type=float, help="default 1.0")
-    parser.add_argument("--top-k", type=int, help="default 0 (off)")
-    parser.add_argument("--seed", type=int)
+    add_sampling_flags(parser)
+
+
+class NoChatTemplate(Exception):
+    """The model cannot chat: it brings no chat template."""
 
 
 def run_chat(
@@ -34,16 +36,17 @@ def run_chat(
 
 
 def _converse(client: Client, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
+    info = client.model_info()
+    if not info.chat_template:
+        # Said before any input is read, as the server would say it to ApplyChatTemplate.
+        raise NoChatTemplate(
+            f"FAILED_PRECONDITION: {info.model_name} has no chat template: send it a prompt "
+            "with `python -m client generate` instead"
+        )
     interactive = stdin.isatty()
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
-    sampling = dict(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-    )
+    sampling = {"max_tokens": args.max_tokens, **sampling_from_flags(args)}
     while True:
         if interactive:
             out.write("you> ")

@@ -11,13 +11,16 @@ python -m client abort REQUEST_ID --tls-ca ca.pem --tls-cert me.pem --tls-key me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 
 import grpc
+from google.protobuf.message import Message
 
-from client.chat import add_chat_arguments, run_chat
+from client.chat import NoChatTemplate, add_chat_arguments, run_chat
+from client.sampling_flags import add_sampling_flags, sampling_from_flags
 from client.sync_client import Client
 from loompb import serving_pb2
 
@@ -47,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", parents=[connection], help="generate from a prompt")
     gen.add_argument("prompt", help="text prompt; the server adds BOS where the model wants it")
     gen.add_argument("--max-tokens", type=int, help="default 16")
-    gen.add_argument("--temperature", type=float, help="0 is greedy; default 1.0")
-    gen.add_argument("--top-p", type=float, help="default 1.0")
-    gen.add_argument("--top-k", type=int, help="default 0 (off)")
-    gen.add_argument("--seed", type=int)
+    add_sampling_flags(gen)
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--min-tokens", type=int, default=0)
     gen.add_argument("--ignore-eos", action="store_true")
@@ -73,17 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = commands.add_parser("tokenize", parents=[connection], help="token ids of a text")
     tok.add_argument("text")
-    tok.add_argument("--add-bos", action="store_true")
+    tok.add_argument(
+        "--add-bos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="BOS first where the model adds one, as generate counts it (default)",
+    )
     return parser
 
 
 def run_generate(client: Client, args: argparse.Namespace) -> None:
     sampling = dict(
+        **sampling_from_flags(args),
         max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
         stop=args.stop,
         min_tokens=args.min_tokens,
         ignore_eos=args.ignore_eos,
@@ -130,6 +132,17 @@ def print_logprob_table(client: Client, reply: serving_pb2.GenerateResponse) -> 
         print(line)
 
 
+def format_message(message: Message) -> str:
+    """Every field, zeros and empty strings too (protobuf's text form leaves them out), one
+    per line as `name: value`; a repeated field once per value."""
+    lines = []
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        for item in value if field.is_repeated else [value]:
+            lines.append(f"{field.name}: {json.dumps(item) if isinstance(item, str) else item}")
+    return "\n".join(lines)
+
+
 def connect(args: argparse.Namespace) -> Client:
     return Client(
         args.target,
@@ -157,18 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "chat":
                 run_chat(c, args)
             elif args.command == "info":
-                print(c.model_info(), end="")
+                print(format_message(c.model_info()))
             elif args.command == "load":
-                print(c.load(), end="")
+                print(format_message(c.load()))
             elif args.command == "abort":
                 aborted = set(c.abort(args.request_ids))
                 for request_id in args.request_ids:
                     print(f"{request_id}: {'aborted' if request_id in aborted else 'not found'}")
+                if aborted != set(args.request_ids):
+                    return 1
             else:
                 reply = c.tokenize(args.text, add_bos=args.add_bos)
                 for token_id, piece in zip(reply.token_ids, reply.pieces, strict=True):
                     print(f"{token_id:>8}  {piece!r}")
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        except NoChatTemplate as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0

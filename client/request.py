@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from loompb import serving_pb2
 
@@ -10,58 +11,21 @@ from loompb import serving_pb2
 def build_request(
     prompt: str | Sequence[int],
     *,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-    stop_token_ids: Sequence[int] = (),
-    ignore_eos: bool = False,
-    min_tokens: int = 0,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
-    echo: bool = False,
-    n: int | None = None,
-    presence_penalty: float = 0.0,
-    frequency_penalty: float = 0.0,
-    repetition_penalty: float | None = None,
-    logit_bias: Mapping[int, float] | None = None,
     priority: int | None = None,
     request_id: str = "",
+    **sampling: Any,
 ) -> serving_pb2.GenerateRequest:
     """A text prompt gets BOS from the server; a list of ids is used as given.
 
-    Arguments left as None are not sent, so the server's documented default applies
-    (max_tokens 16, temperature 1.0, top_p 1.0, top_k 0, unseeded, n 1, repetition_penalty 1;
-    the tenant's priority).
+    `sampling` names fields of serving.proto's SamplingParams (`max_tokens=64,
+    temperature=0, stop=["\\n"], logit_bias={50256: -100}`, ...). A field left out or given
+    as None is not sent, so the server's documented default applies (max_tokens 16,
+    temperature 1.0, top_p 1.0, ..., and the tenant's priority); an unknown name is a
+    TypeError.
     """
-    sampling = serving_pb2.SamplingParams(
-        stop=list(stop),
-        stop_token_ids=list(stop_token_ids),
-        ignore_eos=ignore_eos,
-        min_tokens=min_tokens,
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        echo=echo,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        logit_bias=dict(logit_bias or {}),
-    )
-    # Setting an optional field, even to its zero value, marks it present.
-    optional = {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "seed": seed,
-        "n": n,
-        "repetition_penalty": repetition_penalty,
-    }
-    for name, value in optional.items():
-        if value is not None:
-            setattr(sampling, name, value)
-    request = serving_pb2.GenerateRequest(request_id=request_id, sampling=sampling)
+    request = serving_pb2.GenerateRequest(request_id=request_id)
+    for name, value in sampling.items():
+        _set_sampling_field(request.sampling, name, value)
     if priority is not None:  # unset: the tenant's default priority
         request.priority = priority
     if isinstance(prompt, str):
@@ -69,6 +33,20 @@ def build_request(
     else:
         request.prompt_token_ids.extend(prompt)
     return request
+
+
+def _set_sampling_field(msg: serving_pb2.SamplingParams, name: str, value: Any) -> None:
+    descriptor = msg.DESCRIPTOR.fields_by_name.get(name)
+    if descriptor is None:
+        raise TypeError(f"unknown sampling field {name!r}")
+    if value is None:
+        return
+    if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+        getattr(msg, name).update(value)
+    elif descriptor.is_repeated:
+        getattr(msg, name).extend(value)
+    else:
+        setattr(msg, name, value)  # an optional field set, even to zero, is sent
 
 
 def call_metadata(api_key: str | None, tenant: str | None) -> tuple[tuple[str, str], ...]:

@@ -1,3 +1,11 @@
-"""What more than one layer needs and none owns: the settings machinery, and the prefix-cache
-block hashes the engine keeps and the router predicts. Standard library only, so the router
-and the client side can use it without loading any engine code."""
+"""What more than one layer needs and none owns. Standard library only, so the router and
+the client side can use it without loading any engine code.
+
+- checks.py        a value against its limits, written once (InvalidFieldError); sampling fields
+                   and settings declare theirs with these
+- settings.py      `setting()`, check_settings, leaf_fields, from_flat: settings declared once as
+                   frozen dataclasses
+- flags.py         command-line flags generated from settings dataclasses, for every CLI
+- prefix_hash.py   prefix-cache block hashes, chained and salted per tenant (engine and router)
+- threads.py       the cores this process may use (affinity, cgroup quota)
+"""

@@ -31,6 +31,7 @@ def add_settings_flags(
         if f.name in exclude:
             continue
         meta = dict(f.metadata)
+        meta.pop("check", None)  # the dataclass runs it once the flags are parsed
         kwargs: dict[str, Any] = {"default": f.default, "help": meta.pop("help", None)}
         kind = _scalar_type(annotation)
         if kind is bool:

@@ -11,14 +11,26 @@ import re
 from dataclasses import field
 from typing import Any
 
+from common.checks import Check
+
 # What every server's --log-level takes.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def setting(default: Any, help: str, **flag: Any) -> Any:
-    """A settings field: its default, and what the command line needs to offer it (help, and
-    optionally `type`, `choices`, `metavar`)."""
-    return field(default=default, metadata={"help": help, **flag})
+def setting(default: Any, help: str, check: Check | None = None, **flag: Any) -> Any:
+    """A settings field: its default, its check (common/checks.py; `check_settings` runs it),
+    and what the command line needs to offer it (help, and optionally `type`, `choices`,
+    `metavar`)."""
+    return field(default=default, metadata={"help": help, "check": check, **flag})
+
+
+def check_settings(settings: Any) -> None:
+    """Run the check of every field of `settings` that declares one (not nested ones: each
+    settings dataclass checks its own fields), keeping the value each check returns."""
+    for f in dataclasses.fields(settings):
+        check = f.metadata.get("check")
+        if check is not None:
+            object.__setattr__(settings, f.name, check(f.name, getattr(settings, f.name)))
 
 
 def parse_bytes(text: str) -> int:
@@ -28,16 +40,6 @@ def parse_bytes(text: str) -> int:
         raise ValueError(f"not a size in bytes: {text!r}")
     number, unit = match.groups()
     return int(float(number) * 1024 ** "_KMGT".index(unit.upper() or "_"))
-
-
-def check_at_least(owner: object, name: str, low: int, optional: bool = False) -> None:
-    value = getattr(owner, name)
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def leaf_fields(cls: type) -> dict[str, tuple[str, ...]]:

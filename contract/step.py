@@ -11,41 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(slots=True, frozen=True)
-class SamplingOptions:
-    """The per-request sampling settings the worker needs (a subset of SamplingParams)."""
-
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0  # nucleus mass in (0, 1]; 1 keeps every token
-    top_k: int = 0  # 0 keeps every token
-    seed: int | None = None  # draws depend only on (seed, position) when set
-    logprobs: bool = False  # return the logprob of each sampled token
-    top_logprobs: int = 0  # also the k most likely tokens per position, k <= 20
-    echo: bool = False  # return the logprob of every prompt token after the first
-    # While fewer than min_tokens tokens have been generated, the tokens that would end the
-    # sequence (EOS unless ignored, and the request's stop token ids) are never sampled.
-    min_tokens: int = 0
-    stop_token_ids: tuple[int, ...] = ()
-    # Penalties and biases change the logits a token is drawn from (greedy too), never the
-    # logprobs reported. OpenAI's: logit[t] -= frequency_penalty * count[t] +
-    # presence_penalty * (count[t] > 0), counts over generated tokens. CTRL's (Hugging Face's)
-    # repetition_penalty over prompt and generated tokens: a positive logit is divided by it,
-    # a negative one multiplied. Then logit_bias adds its value to its token's logit.
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0  # 1 is off
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids ascending
-
-    @property
-    def shapes_logits(self) -> bool:
-        """Whether any penalty or bias applies to this request's logits."""
-        return bool(
-            self.presence_penalty
-            or self.frequency_penalty
-            or self.repetition_penalty != 1.0
-            or self.logit_bias
-        )
+from contract.sampling import SamplingParams
 
 
 @dataclass(slots=True)
@@ -56,12 +22,15 @@ class NewRequest:
     # Every token known so far: the prompt, plus the output generated before a preemption.
     prompt_token_ids: list[int]
     block_ids: list[int]  # logical block i -> physical block id
-    sampling: SamplingOptions
+    sampling: SamplingParams  # as_sampled(): floats already in float32
     # Tokens whose K/V are already in the cache (a prefix-cache hit); the worker starts here.
     num_computed_tokens: int = 0
     # How many of prompt_token_ids are earlier output (a resumed request), so the worker can
     # count generated tokens for min_tokens.
     num_output_tokens: int = 0
+    # With min_tokens: every id that would end the request (its stop ids, and the model's EOS
+    # ids unless ignore_eos), which the worker never samples before min_tokens; else empty.
+    end_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -135,14 +104,20 @@ class WorkerInfo:
 
 
 class Worker(Protocol):
-    """The worker side of the contract: embedded in-process, or remote over gRPC.
+    """The worker side of the contract: embedded in-process, a tensor-parallel group, or
+    remote over gRPC."""
 
-    A worker that can go away and come back (a remote one, a tensor-parallel group) also has
-    `available` (bool: steps can run now) and `session_epoch` (int, counting the sessions it
-    has had): when the epoch moves, whatever the engine believed the worker held (requests,
-    cached prefixes) is gone. An in-process worker needs neither.
-    """
+    # Whether steps can run now: a remote worker may be reconnecting, a tensor-parallel
+    # group may have broken. An in-process worker always can.
+    available: bool
+    # Counts the sessions the worker has had: when it moves, whatever the engine believed
+    # the worker held (requests, cached prefixes) is gone. An in-process worker stays at 0.
+    session_epoch: int
 
     def info(self) -> WorkerInfo: ...
 
     def execute(self, step: StepInput) -> StepOutput: ...
+
+    def close(self) -> None:
+        """Release what the worker holds (other ranks, a remote session); idempotent."""
+        ...

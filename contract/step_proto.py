@@ -4,25 +4,24 @@
 Imports protobuf and no torch. Reading a StepInput checks everything a message can get wrong
 on its own (empty ids, counts out of range, sampling settings outside their limits, a request
 named twice) and raises ValueError naming the field; what depends on the worker's state is
-checked by the worker (worker/step_check.py).
+checked by the worker (worker/step_check.py). Sampling settings travel as the public API's
+SamplingParams message (contract/sampling_proto.py).
 """
 
 from __future__ import annotations
 
-import math
-
+from contract.sampling import SamplingParams
+from contract.sampling_proto import sampling_from_proto, sampling_to_proto
 from contract.step import (
     NewRequest,
     PromptLogprobs,
     RunningRequest,
-    SamplingOptions,
     StepInput,
     StepOutput,
     WorkerInfo,
 )
 from loompb import worker_pb2 as pb
 
-MAX_TOP_LOGPROBS = 20  # as scheduler.request and worker.sampler have it
 # The metadata entry naming the session a Step or Health call belongs to.
 SESSION_METADATA = "loom-session-id"
 # A step names its requests' whole prompts once; the tokenizer files ride in Info.
@@ -41,8 +40,9 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
             block_ids=new.block_ids,
             num_computed_tokens=new.num_computed_tokens,
             num_output_tokens=new.num_output_tokens,
+            end_token_ids=new.end_token_ids,
         )
-        _sampling_to_proto(new.sampling, entry.sampling)
+        sampling_to_proto(new.sampling, entry.sampling)
     for running in step.running:
         msg.running.add(
             req_id=running.req_id,
@@ -51,23 +51,6 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
         )
     msg.num_scheduled_tokens.update(step.num_scheduled_tokens)
     return msg
-
-
-def _sampling_to_proto(options: SamplingOptions, msg: pb.SamplingOptions) -> None:
-    msg.temperature = options.temperature
-    msg.top_p = options.top_p
-    msg.top_k = options.top_k
-    if options.seed is not None:
-        msg.seed = options.seed
-    msg.logprobs = options.logprobs
-    msg.top_logprobs = options.top_logprobs
-    msg.echo = options.echo
-    msg.min_tokens = options.min_tokens
-    msg.stop_token_ids.extend(options.stop_token_ids)
-    msg.presence_penalty = options.presence_penalty
-    msg.frequency_penalty = options.frequency_penalty
-    msg.repetition_penalty = options.repetition_penalty
-    msg.logit_bias.update(dict(options.logit_bias))
 
 
 def step_input_from_proto(msg: pb.StepInput) -> StepInput:
@@ -106,53 +89,19 @@ def _new_request(msg: pb.NewRequest) -> NewRequest:
         req_id=req_id,
         prompt_token_ids=prompt,
         block_ids=block_ids,
-        sampling=_sampling_from_proto(msg.sampling, req_id),
+        sampling=_sampling(msg, req_id),
         num_computed_tokens=msg.num_computed_tokens,
         num_output_tokens=msg.num_output_tokens,
+        end_token_ids=tuple(msg.end_token_ids),
     )
 
 
-def _sampling_from_proto(msg: pb.SamplingOptions, req_id: str) -> SamplingOptions:
-    where = f"new[{req_id}].sampling"
-    if not math.isfinite(msg.temperature) or msg.temperature < 0:
-        raise ValueError(f"{where}.temperature must be a finite number >= 0, got {msg.temperature}")
-    if not 0 < msg.top_p <= 1:
-        raise ValueError(f"{where}.top_p must be in (0, 1], got {msg.top_p}")
-    if msg.top_k < 0 or msg.min_tokens < 0:
-        raise ValueError(f"{where}.top_k and min_tokens must be >= 0")
-    if not 0 <= msg.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise ValueError(f"{where}.top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
-    if msg.HasField("seed") and msg.seed < 0:
-        raise ValueError(f"{where}.seed must be >= 0, got {msg.seed}")
-    _check_ids(msg.stop_token_ids, f"{where}.stop_token_ids")
-    _check_shaping(msg, where)
-    return SamplingOptions(
-        temperature=msg.temperature,
-        top_p=msg.top_p,
-        top_k=msg.top_k,
-        seed=msg.seed if msg.HasField("seed") else None,
-        logprobs=msg.logprobs,
-        top_logprobs=msg.top_logprobs,
-        echo=msg.echo,
-        min_tokens=msg.min_tokens,
-        stop_token_ids=tuple(msg.stop_token_ids),
-        presence_penalty=msg.presence_penalty,
-        frequency_penalty=msg.frequency_penalty,
-        repetition_penalty=msg.repetition_penalty,
-        logit_bias=tuple(sorted(msg.logit_bias.items())),
-    )
-
-
-def _check_shaping(msg: pb.SamplingOptions, where: str) -> None:
-    penalties = (msg.presence_penalty, msg.frequency_penalty, msg.repetition_penalty)
-    if not all(math.isfinite(value) for value in penalties) or msg.repetition_penalty <= 0:
-        raise ValueError(
-            f"{where}: presence, frequency and repetition penalties must be finite "
-            f"(repetition > 0, 1 is off), got {penalties}"
-        )
-    _check_ids(list(msg.logit_bias), f"{where}.logit_bias")
-    if not all(math.isfinite(bias) for bias in msg.logit_bias.values()):
-        raise ValueError(f"{where}.logit_bias values must be finite")
+def _sampling(msg: pb.NewRequest, req_id: str) -> SamplingParams:
+    _check_ids(msg.end_token_ids, f"new[{req_id}].end_token_ids")
+    try:
+        return sampling_from_proto(msg.sampling, exact=True)
+    except ValueError as exc:  # its message starts with the field's name
+        raise ValueError(f"new[{req_id}].sampling.{exc}") from None
 
 
 def _req_id(req_id: str, where: str) -> str:

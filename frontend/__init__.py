@@ -1,9 +1,19 @@
-"""Loom's servers in front of the engine: the gRPC service and the OpenAI-compatible HTTP API
-(frontend/http), auth, metrics, the asyncio bridge to the engine loop, and the CLI behind
-`python -m frontend serve`.
+"""The engine's servers: the gRPC service and the OpenAI-compatible HTTP API in front of the
+engine, on one event loop, and `python -m frontend serve`. What the router shares with them
+lives in serving/. Names are imported on first use.
 
-Names are imported on first use, so the engine-free modules (auth, tenants, quotas, tls,
-server_config) load without the engine: the router uses them.
+- cli.py, __main__.py  `python -m frontend serve` / `health`
+- config.py          FrontendConfig, RemoteWorkerConfig (--worker), ServeConfig: all `serve` takes
+- server.py          the grpc.aio server: health, reflection, metrics, drain, tenants reload; the
+                     HTTP server on the same loop
+- embedded.py        serve_in_thread: a server on its own thread and loop (tests, programs)
+- remote_engine.py   an engine whose worker is a `python -m worker serve` elsewhere
+- admission.py       what both APIs share: open or draining, validation, quotas, queueing, the
+                     status of every refusal, delivery, release
+- servicer.py, protocol.py  the gRPC servicer (streaming, Abort, n, GetLoad), proto <-> engine
+- http/              the OpenAI-compatible API (Starlette, served by uvicorn on the gRPC loop)
+- async_engine.py    the engine loop in its own thread, deltas handed to asyncio callers
+- metrics.py         the Prometheus series
 """
 
 from __future__ import annotations

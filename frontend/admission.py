@@ -22,11 +22,12 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from contract.sampling import InvalidFieldError, SamplingParams
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
-from scheduler.errors import CapacityError, DuplicateRequestError, InvalidFieldError
+from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.outputs import RequestDelta
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from serving.quotas import Admission, QuotaExceeded, Quotas
 from serving.tenants import Tenant
 

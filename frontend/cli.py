@@ -158,7 +158,7 @@ def load_engine(config: ServeConfig):  # -> scheduler.Engine
         info.num_kv_blocks,
         info.block_size,
         info.num_kv_blocks * info.block_size,
-        "on" if config.engine.cache.enable_prefix_caching else "off",
+        "on" if config.engine.scheduler.enable_prefix_caching else "off",
     )
     return engine
 

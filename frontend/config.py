@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.settings import check_at_least, leaf_fields, setting
+from common.checks import integer, number
+from common.settings import check_settings, leaf_fields, setting
 from scheduler.config import EngineConfig
 from serving.server_config import ServerConfig
 
@@ -21,18 +22,15 @@ class FrontendConfig(ServerConfig):
         None,
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
+        integer(0, optional=True),
     )
     max_step_failures: int = setting(
         3,
         "failed engine steps in a row (worker faults, not an unreachable worker) before the "
         "engine loop stops and health turns NOT_SERVING; 0: never stop",
+        integer(0),
     )
-
-    def __post_init__(self) -> None:
-        # Zero-argument super() does not work in a slots dataclass (the class is rebuilt).
-        ServerConfig.__post_init__(self)
-        check_at_least(self, "http_port", 0, optional=True)
-        check_at_least(self, "max_step_failures", 0)
+    # ServerConfig.__post_init__ checks these fields with its own.
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,18 +43,20 @@ class RemoteWorkerConfig:
         metavar="HOST:PORT",
     )
     worker_timeout: float = setting(
-        30.0, "seconds a step may take to answer before the worker counts as unreachable"
+        30.0,
+        "seconds a step may take to answer before the worker counts as unreachable",
+        number(0, low_open=True),
     )
     worker_startup_timeout: float = setting(
-        120.0, "seconds to wait at start for the worker to answer (it may still be loading)"
+        120.0,
+        "seconds to wait at start for the worker to answer (it may still be loading)",
+        number(0, low_open=True),
     )
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.worker is not None and not _is_host_port(self.worker):
             raise ValueError(f"worker must be HOST:PORT, got {self.worker!r}")
-        for name in ("worker_timeout", "worker_startup_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def _is_host_port(target: str) -> bool:
@@ -64,11 +64,12 @@ def _is_host_port(target: str) -> bool:
     return bool(host) and port.isdigit()
 
 
-# The worker's settings: with --worker they belong on `python -m worker serve`.
-WORKER_SIDE_SETTINGS = (
-    "model", "device", "dtype", "seed", "attention_backend", "block_size", "num_kv_blocks",
-    "kv_cache_memory", "tensor_parallel_size", "distributed_timeout",
-)  # fmt: skip
+# The worker's settings: every leaf of EngineConfig but the scheduler's own (its model, cache
+# and parallel parts are worker/config.py's dataclasses). With --worker they belong on
+# `python -m worker serve`, not here.
+WORKER_SIDE_SETTINGS = frozenset(
+    name for name, path in leaf_fields(EngineConfig).items() if path[0] != "scheduler"
+)
 
 
 @dataclass(slots=True, frozen=True)

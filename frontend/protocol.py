@@ -1,16 +1,15 @@
 """Between the public protobuf messages (loom.v1) and the engine's Python types.
 
-Validation of values lives in `scheduler.request` (SamplingParams, validate_prompt) so the
-offline engine and the server refuse the same things with the same words; this module only
-adds what is particular to the wire format (which input field is set, presence of optional
-fields) and builds the responses.
+Validation of values lives where they are declared (contract/sampling.py; the prompt in
+scheduler/request.py), so the offline engine and the server refuse the same things with the
+same words; this module only adds what is particular to the public API's messages (which
+input field is set) and builds the responses.
 """
 
 from __future__ import annotations
 
 from loompb import serving_pb2
 from scheduler.outputs import RequestDelta
-from scheduler.request import SamplingParams
 
 FINISH_REASONS = {
     None: serving_pb2.FINISH_REASON_UNSPECIFIED,
@@ -19,38 +18,7 @@ FINISH_REASONS = {
     "abort": serving_pb2.FINISH_REASON_ABORT,
     "error": serving_pb2.FINISH_REASON_ERROR,
 }
-# Proto fields with presence: unset means SamplingParams' default, not zero.
-OPTIONAL_SAMPLING_FIELDS = (
-    "max_tokens", "temperature", "top_p", "top_k", "seed", "n", "repetition_penalty",
-)  # fmt: skip
-FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty")
 MAX_REQUEST_ID_LENGTH = 128
-
-
-def sampling_params(msg: serving_pb2.SamplingParams) -> SamplingParams:
-    """Raises ValueError naming the field and its limit."""
-    kwargs = {name: getattr(msg, name) for name in OPTIONAL_SAMPLING_FIELDS if msg.HasField(name)}
-    for name in FLOAT_FIELDS:
-        if name in kwargs:
-            kwargs[name] = _float32_to_decimal(kwargs[name])
-    return SamplingParams(
-        **kwargs,
-        stop=list(msg.stop),
-        stop_token_ids=list(msg.stop_token_ids),
-        ignore_eos=msg.ignore_eos,
-        min_tokens=msg.min_tokens,
-        logprobs=msg.logprobs,
-        top_logprobs=msg.top_logprobs,
-        echo=msg.echo,
-        presence_penalty=_float32_to_decimal(msg.presence_penalty),
-        frequency_penalty=_float32_to_decimal(msg.frequency_penalty),
-        logit_bias={k: _float32_to_decimal(v) for k, v in msg.logit_bias.items()},
-    )
-
-
-def _float32_to_decimal(value: float) -> float:
-    # float32 on the wire: 0.7 arrives as 0.699999988...; round to what the user typed.
-    return float(f"{value:.7g}")
 
 
 def check_input_fields(request: serving_pb2.GenerateRequest) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from contract.sampling import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
+from contract.sampling_proto import sampling_from_proto
 from frontend.admission import AdmissionGate, AdmittedCall, Admitter, Refused
 from frontend.async_engine import AsyncEngine
 from frontend.metrics import ServingMetrics
@@ -20,12 +22,10 @@ from frontend.protocol import (
     UnaryResponse,
     add_delta,
     check_input_fields,
-    sampling_params,
 )
 from loompb import serving_pb2, serving_pb2_grpc
 from modelfiles.tokenizer import NoChatTemplateError
 from scheduler.outputs import RequestDelta
-from scheduler.request import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 from serving.auth import Authenticator, AuthError
 from serving.quotas import RETRY_AFTER_KEY, Quotas
 from serving.tenants import Tenant
@@ -86,7 +86,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             self.admitter.check_open()
             try:
                 check_input_fields(request)
-                params = sampling_params(request.sampling)
+                params = sampling_from_proto(request.sampling, exact=False)
             except ValueError as exc:
                 raise Refused.invalid(exc) from exc
             prompt = request.prompt or list(request.prompt_token_ids)

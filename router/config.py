@@ -6,12 +6,12 @@ one flag per field.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from common.settings import check_at_least, setting
+from common.checks import integer, number, one_of
+from common.settings import setting
 from serving.server_config import ServerConfig, readable_file
 
 POLICIES = ("prefix", "least_loaded", "round_robin")
@@ -54,6 +54,7 @@ class RouterConfig(ServerConfig):
         "prefix",
         "prefix: where the prompt's prefix is cached, unless that backend is busier than the "
         "least loaded by more than --prefix-load-margin; least_loaded; round_robin",
+        one_of(POLICIES),
         choices=POLICIES,
     )
     prefix_load_margin: float = setting(
@@ -61,18 +62,26 @@ class RouterConfig(ServerConfig):
         "prefix policy: how many more requests (running + waiting), as a share of its "
         "max_num_seqs, the backend caching the prefix may have than the least loaded backend "
         "before the request goes to the least loaded",
+        number(0),
     )
     health_check_interval: float = setting(
-        0.5, "seconds between polls (GetLoad) of each backend: its load and whether it answers"
+        0.5,
+        "seconds between polls (GetLoad) of each backend: its load and whether it answers",
+        number(0, low_open=True),
     )
-    health_check_timeout: float = setting(1.0, "seconds a poll may take before it counts failed")
+    health_check_timeout: float = setting(
+        1.0, "seconds a poll may take before it counts failed", number(0, low_open=True)
+    )
     health_check_failures: int = setting(
-        2, "polls failed in a row before a backend is out and its requests end UNAVAILABLE"
+        2,
+        "polls failed in a row before a backend is out and its requests end UNAVAILABLE",
+        integer(1),
     )
     retries: int = setting(
         1,
         "times a request a backend refused with UNAVAILABLE before sending any output (it "
         "drains, or went away) is tried on another backend",
+        integer(0),
     )
     backend_api_key_file: str | None = setting(
         None,
@@ -103,17 +112,6 @@ class RouterConfig(ServerConfig):
             backend_address(address)
         if len(set(self.backend)) != len(self.backend):
             raise ValueError(f"a backend is named twice: {', '.join(self.backend)}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        margin = self.prefix_load_margin
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"prefix_load_margin must be a number >= 0, got {margin!r}")
-        check_at_least(self, "health_check_failures", 1)
-        check_at_least(self, "retries", 0)
-        for name in ("health_check_interval", "health_check_timeout"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if (self.backend_tls_cert is None) != (self.backend_tls_key is None):
             raise ValueError("backend_tls_cert and backend_tls_key go together")
 

@@ -6,52 +6,51 @@ every layer takes the part it needs and none declares a setting again.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.settings import check_at_least, from_flat, setting
+from common.checks import integer, number, one_of
+from common.settings import check_settings, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
 from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
 
 
 @dataclass(slots=True, frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = setting(256, "most requests running in one step")
-    max_num_batched_tokens: int = setting(2048, "token budget of one step")
-    long_prefill_threshold: int = setting(512, "largest prefill chunk one request gets in a step")
+    max_num_seqs: int = setting(256, "most requests running in one step", integer(1))
+    max_num_batched_tokens: int = setting(2048, "token budget of one step", integer(1))
+    long_prefill_threshold: int = setting(
+        512, "largest prefill chunk one request gets in a step", integer(1)
+    )
     max_queued_requests: int | None = setting(
-        None, "waiting requests beyond this get RESOURCE_EXHAUSTED (default: no cap)"
+        None,
+        "waiting requests beyond this get RESOURCE_EXHAUSTED (default: no cap)",
+        integer(1, optional=True),
     )
     queue_policy: str = setting(
-        "fcfs", "who is admitted first (fair: per-tenant fair share, VTC)", choices=QUEUE_POLICIES
+        "fcfs",
+        "who is admitted first (fair: per-tenant fair share, VTC)",
+        one_of(QUEUE_POLICIES),
+        choices=QUEUE_POLICIES,
     )
     # VTC's prices (Sheng et al., OSDI'24): a generated token costs more than a prompt token.
-    fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed")
-    fair_w_out: float = setting(2.0, "fair share: cost of one generated token")
-    max_n: int = setting(16, "most sequences one request may ask for (n); they share its prompt")
+    fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed", number(0))
+    fair_w_out: float = setting(2.0, "fair share: cost of one generated token", number(0))
+    max_n: int = setting(
+        16, "most sequences one request may ask for (n); they share its prompt", integer(1)
+    )
+    enable_prefix_caching: bool = setting(True, "reuse KV blocks of identical prompt prefixes")
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "long_prefill_threshold", "max_n"):
-            check_at_least(self, name, 1)
-        check_at_least(self, "max_queued_requests", 1, optional=True)
+        check_settings(self)
         # One token per running request must always fit: that is what keeps decodes flowing.
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens must be >= max_num_seqs ({self.max_num_seqs}), "
                 f"got {self.max_num_batched_tokens}"
             )
-        for name in ("fair_w_in", "fair_w_out"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.fair_w_in == self.fair_w_out == 0:
             raise ValueError("fair_w_in and fair_w_out must not both be 0")
-        if self.queue_policy not in QUEUE_POLICIES:
-            raise ValueError(
-                f"queue_policy must be one of {', '.join(QUEUE_POLICIES)}, "
-                f"got {self.queue_policy!r}"
-            )
 
 
 @dataclass(slots=True, frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.sampling import SamplingParams
 from contract.step import Worker, WorkerInfo
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
 from scheduler.config import EngineConfig, EngineStats
@@ -22,7 +23,7 @@ from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.fanout import SequenceGroups, child_req_ids
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
-from scheduler.request import Request, RequestStatus, SamplingParams
+from scheduler.request import Request, RequestStatus
 from scheduler.request_factory import RequestFactory
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from scheduler.tenant_usage import TenantLedger
@@ -75,7 +76,7 @@ class Engine:
         self._num_waiting = 0  # the scheduler's, as of the last step (read by other threads)
         self._states: dict[str, RequestOutputState] = {}
         # A worker that can lose its state counts its sessions (contract/step.py's Worker).
-        self._worker_epoch = getattr(worker, "session_epoch", 0)
+        self._worker_epoch = worker.session_epoch
         # How the last step's worker call went, for the loop to count failures in a row:
         # why it failed while the worker stayed available (its requests failed, INTERNAL),
         # and whether it computed tokens (a step that only drops requests proves nothing).
@@ -160,14 +161,12 @@ class Engine:
     def close(self) -> None:
         """Release the worker: stop a tensor-parallel worker's other ranks, end a remote
         worker's session. The engine is unusable afterwards."""
-        close = getattr(self.worker, "close", None)
-        if close is not None:
-            close()
+        self.worker.close()
 
     @property
     def worker_available(self) -> bool:
         """Whether the worker can run steps now (a remote one may be reconnecting)."""
-        return getattr(self.worker, "available", True)
+        return self.worker.available
 
     def has_unfinished(self) -> bool:
         """Whether `step()` has work: live requests, or finished ones the worker must drop."""
@@ -197,7 +196,7 @@ class Engine:
         for req_id in aborts:
             deltas += self._abort_now(req_id)
 
-        epoch = getattr(self.worker, "session_epoch", 0)
+        epoch = self.worker.session_epoch
         if epoch != self._worker_epoch:  # a new session: the worker holds nothing of ours
             self._worker_epoch = epoch
             lost = sched.worker_lost("the worker was reconnected; its state is lost", True)

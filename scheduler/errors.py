@@ -10,12 +10,3 @@ class CapacityError(Exception):
 
 class DuplicateRequestError(ValueError):
     """A live request already has this id (gRPC ALREADY_EXISTS)."""
-
-
-class InvalidFieldError(ValueError):
-    """A request field outside its limit (gRPC INVALID_ARGUMENT, HTTP 400); `param` names the
-    field as the engine knows it (`temperature`, `logit_bias`, `prompt`)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param

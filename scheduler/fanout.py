@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+from contract.sampling import MAX_SEED, SamplingParams
 from scheduler.outputs import RequestDelta, Usage
-from scheduler.request import MAX_SEED, Request, RequestStatus, SamplingParams
+from scheduler.request import Request, RequestStatus
 
 SEPARATOR = "#"
 
@@ -131,7 +132,7 @@ class SequenceGroup:
         """End the sequences never scheduled (the request was aborted)."""
         aborted, self.held = self.held, []
         for seq in aborted:
-            seq.status = RequestStatus.FINISHED_ABORTED
+            seq.finish(RequestStatus.FINISHED_ABORTED)  # never scheduled: nothing to free
         return aborted
 
 

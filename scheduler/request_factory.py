@@ -6,9 +6,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from contract.sampling import InvalidFieldError, SamplingParams
 from modelfiles.tokenizer import Tokenizer
-from scheduler.errors import InvalidFieldError
-from scheduler.request import Request, SamplingParams, validate_prompt
+from scheduler.request import Request, validate_prompt
 
 
 class RequestFactory:

@@ -64,10 +64,10 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.block_size = cache.block_size
-        self.enable_prefix_caching = cache.enable_prefix_caching
+        self.enable_prefix_caching = config.enable_prefix_caching
         self.num_blocks = num_blocks
         self.max_model_len = max_model_len
-        self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.kv = KVCacheManager(num_blocks, cache.block_size, config.enable_prefix_caching)
         self.waiting = create_queue_policy(config.queue_policy)
         self._running_key = self.waiting.running_key
         self.running: list[Request] = []  # sorted by the policy's running key
@@ -179,9 +179,10 @@ class Scheduler:
                     req.req_id,
                     list(req.all_token_ids),
                     list(req.block_ids),
-                    req.options,
+                    req.sampling,
                     num_cached_tokens,
                     num_output_tokens=len(req.output_token_ids),
+                    end_token_ids=req.held_end_ids,
                 )
             )
             req.on_worker = True
@@ -289,8 +290,7 @@ class Scheduler:
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         """Release everything a request holds. The caller removes it from `running`."""
-        req.status = status
-        req.error = error
+        req.finish(status, error)
         req.tenant_usage.num_unfinished -= 1
         self.kv.free(req)
         self._drop_from_worker(req)

@@ -1,5 +1,20 @@
 """When a request stops: stop strings matched on the text across token boundaries, and the
-one check that decides every finish."""
+one check that decides every natural finish.
+
+Every request ends through `Request.finish`, called from these places only, one per cause:
+- `check_stop` below decides the natural ends (EOS, stop ids, stop strings: `stop`; max_tokens
+  and the model length: `length`), called by `Scheduler.update` as each token arrives;
+- the caller: `Scheduler.abort_request` (`abort`; a sequence of an n > 1 request never
+  scheduled is aborted by scheduler/fanout.py, holding nothing to free);
+- the worker: `Scheduler.update` for a row the worker failed alone or a request it left with
+  nothing to sample, `Scheduler.fail_step` for a failed step, `Scheduler.worker_lost` for a
+  worker gone or reconnected (`error`, the last as unavailable);
+- the engine itself: scheduler/step_results.py when detokenizing a token fails, and
+  `Engine` when admitting a request fails (`error`).
+All but the never-scheduled sequences go through `Scheduler._finish`, which also frees the
+request's blocks and tells the worker to drop it. The frontend ends streams on its own only
+when the engine loop has stopped (frontend/async_engine.py).
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import LOG_LEVELS, check_at_least, parse_bytes, setting
+from common.checks import integer, number, one_of
+from common.settings import LOG_LEVELS, check_settings, parse_bytes, setting
 from serving.auth import load_api_keys
 from serving.tenants import load_tenants
 
@@ -44,7 +45,7 @@ def readable_file(path: str) -> str:
 @dataclass(slots=True, frozen=True)
 class ServerConfig:
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
-    port: int = setting(50051, "gRPC port (0: any free port)")
+    port: int = setting(50051, "gRPC port (0: any free port)", integer(0))
     # {key: tenant}; None: no auth, the tenant comes from x-loom-tenant.
     api_keys: dict[str, str] | None = setting(
         None,
@@ -74,25 +75,23 @@ class ServerConfig:
         metavar="FILE",
     )
     max_request_bytes: int = setting(
-        1 << 20, "largest request message accepted (default 1MiB)", type=parse_bytes
+        1 << 20, "largest request message accepted (default 1MiB)", integer(1), type=parse_bytes
     )
-    metrics_port: int | None = setting(None, "Prometheus /metrics port (default: off)")
-    shutdown_timeout: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
-    log_level: str = setting("info", "one line per finished request at info", choices=LOG_LEVELS)
+    metrics_port: int | None = setting(
+        None, "Prometheus /metrics port (default: off)", integer(0, optional=True)
+    )
+    shutdown_timeout: float = setting(
+        30.0, "seconds in-flight requests get to finish on SIGTERM", number(0)
+    )
+    log_level: str = setting(
+        "info", "one line per finished request at info", one_of(LOG_LEVELS), choices=LOG_LEVELS
+    )
 
     def __post_init__(self) -> None:
-        check_at_least(self, "port", 0)
-        check_at_least(self, "metrics_port", 0, optional=True)
-        check_at_least(self, "max_request_bytes", 1)
+        check_settings(self)
         if self.api_keys is not None and self.tenants is not None:
             raise ValueError("give at most one of api_keys and tenants")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
-        if self.shutdown_timeout < 0:
-            raise ValueError(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(
-                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
-            )

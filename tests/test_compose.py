@@ -15,6 +15,8 @@ from client import Client
 from tests.conftest import REPO_ROOT
 from tests.server.serve_process import ServeProcess
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:

@@ -4,27 +4,30 @@ declared once: the serve flags are exactly the settings fields."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import scheduler
 from common.flags import flag_name, settings_from_args, settings_to_argv
-from common.settings import leaf_fields
+from common.settings import from_flat, leaf_fields
 from frontend.cli import build_parser
-from frontend.config import ServeConfig
+from frontend.config import WORKER_SIDE_SETTINGS, ServeConfig
 from scheduler.config import EngineConfig
 from tests.conftest import REPO_ROOT, STORIES_DIR
 from worker.cli import build_parser as build_worker_parser
 from worker.config import (
-    SCHEDULER_ONLY_SETTINGS,
     CacheConfig,
     ModelConfig,
     ParallelConfig,
     WorkerServeConfig,
+    WorkerServerConfig,
 )
 
 
@@ -40,12 +43,128 @@ def imported_after(code: str) -> set[str]:
     return {name.split(".")[0] for name in eval(out)}
 
 
+# Which packages each package may import, and does: the README's diagram. A new arrow fails
+# here until the diagram (and this table) say it should be there; so does a stale one.
+ALLOWED_IMPORTS = {
+    "loompb": set(),
+    "common": set(),
+    "modelfiles": set(),
+    "contract": {"common", "loompb"},
+    "worker": {"common", "contract", "modelfiles", "loompb"},
+    # worker: its settings and create_worker, for the engine whose worker runs in-process.
+    "scheduler": {"common", "contract", "modelfiles", "worker"},
+    "serving": {"common", "loompb"},
+    # client: `python -m frontend health` asks a server as any client does.
+    "frontend": {"common", "contract", "modelfiles", "scheduler", "serving", "client", "loompb"},
+    "router": {"common", "serving", "client", "loompb"},
+    "client": {"loompb"},
+    "loadtest": {"loompb"},
+}
+PACKAGES = [*ALLOWED_IMPORTS, "bench"]
+
+
+def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+    """The modules a file imports (inside functions too, unless `top_level_only`); for
+    `from package import name`, both `package` and `package.name` (which may be a module)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def package_files(package: str) -> list[Path]:
+    return sorted((REPO_ROOT / package).rglob("*.py"))
+
+
+def test_packages_import_exactly_what_the_diagram_allows() -> None:
+    imports = {
+        package: {
+            module.split(".")[0]
+            for path in package_files(package)
+            for module in imports_of(path)
+            if module.split(".")[0] in PACKAGES and module.split(".")[0] != package
+        }
+        for package in ALLOWED_IMPORTS
+    }
+    assert imports == ALLOWED_IMPORTS
+
+
+def test_the_engine_reaches_the_worker_only_for_an_in_process_one() -> None:
+    worker_imports = {
+        module
+        for path in package_files("scheduler")
+        for module in imports_of(path)
+        if module.split(".")[0] == "worker"
+    }
+    # create_worker and the worker's settings dataclasses, none of which imports torch.
+    assert {module.rsplit(".", 1)[0] for module in worker_imports} <= {"worker", "worker.config"}
+
+
+def test_tests_import_nothing_from_bench() -> None:
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in package_files("tests")
+        if any(module.split(".")[0] == "bench" for module in imports_of(path))
+    ]
+    assert offenders == []
+
+
+def test_no_module_imports_itself_back_at_import_time() -> None:
+    """No cycle among the imports every module runs when it is first imported."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in package_files(package):
+            name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            name = name.removesuffix(".__init__")
+            graph[name] = imports_of(path, top_level_only=True)
+    graph = {name: {m for m in graph[name] if m in graph and m != name} for name in graph}
+    cycles = _cycles(graph)
+    assert cycles == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in graph[node]:
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
 def test_the_engine_package_imports_no_grpc_server_code_or_torch() -> None:
-    modules = sorted(
-        f"scheduler.{m.name}"
-        for m in pkgutil.iter_modules(scheduler.__path__)
-        if m.name != "__main__"  # the `python -m frontend` entry point starts the server
-    )
+    modules = sorted(f"scheduler.{m.name}" for m in pkgutil.iter_modules(scheduler.__path__))
     assert "scheduler.engine" in modules and "scheduler.scheduler" in modules
     loaded = imported_after("import " + ", ".join(modules))
     assert not loaded & {"grpc", "frontend", "loompb", "torch", "prometheus_client"}
@@ -89,12 +208,10 @@ def test_every_serve_flag_is_exactly_one_settings_field() -> None:
 
 
 def test_every_worker_serve_flag_is_exactly_one_settings_field() -> None:
-    fields = set(leaf_fields(WorkerServeConfig)) - SCHEDULER_ONLY_SETTINGS
+    fields = set(leaf_fields(WorkerServeConfig))
     assert serve_options(build_worker_parser()) == {flag_name(name) for name in fields}
     args = build_worker_parser().parse_args(["serve"])
-    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == (
-        WorkerServeConfig()
-    )
+    assert settings_from_args(WorkerServeConfig, args) == WorkerServeConfig()
 
 
 def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
@@ -103,9 +220,9 @@ def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
         cache=CacheConfig(block_size=32, kv_cache_memory=1 << 30),
         parallel=ParallelConfig(tensor_parallel_size=2, distributed_timeout=5.0),
     )
-    argv = ["serve", *settings_to_argv(settings, SCHEDULER_ONLY_SETTINGS)]
+    argv = ["serve", *settings_to_argv(settings)]
     args = build_worker_parser().parse_args(argv)
-    assert settings_from_args(WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS) == settings
+    assert settings_from_args(WorkerServeConfig, args) == settings
 
 
 def test_a_settings_name_is_declared_once_across_the_tree() -> None:
@@ -121,6 +238,23 @@ def test_a_settings_name_is_declared_once_across_the_tree() -> None:
 
     names = all_leaves(ServeConfig)
     assert len(names) == len(set(names)) == len(leaf_fields(ServeConfig))
+
+
+def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
+    # The worker's model, cache and parallel settings, whatever they are now or later.
+    worker_settings = set(leaf_fields(WorkerServeConfig)) - set(leaf_fields(WorkerServerConfig))
+    assert worker_settings == WORKER_SIDE_SETTINGS
+    for name in worker_settings:
+        with pytest.raises(ValueError, match=f"{name} is the worker's setting"):
+            from_flat(ServeConfig, worker="127.0.0.1:1", **{name: _not_default(name)})
+
+
+def _not_default(name: str) -> object:
+    return {"model": "/models/x", "device": "cpu", "dtype": "float32", "max_model_len": 64,
+            "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
+            "quantization": "none",
+            "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
+            "tensor_parallel_size": 2, "distributed_timeout": 5.0}[name]  # fmt: skip
 
 
 def test_offline_keywords_build_the_nested_settings() -> None:
@@ -147,9 +281,13 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
         (["--kv-cache-memory", "lots"], "not a size in bytes"),
         (["--worker", "localhost"], "worker must be HOST:PORT, got 'localhost'"),
         (["--worker", "127.0.0.1:1", "--device", "cpu"], "device is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--dtype", "float32"], "dtype is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--enforce-eager"], "enforce_eager is the worker's setting"),
+        (["--worker", "127.0.0.1:1", "--num-threads", "2"], "num_threads is the worker's setting"),
         (["--tensor-parallel-size", "3"], "does not divide the model's 4 KV heads"),
     ],
 )
+@pytest.mark.server
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "frontend", "serve", *flags],
@@ -160,3 +298,33 @@ def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) 
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("package", [*PACKAGES, "frontend/http", "worker/attention"])
+def test_each_package_docstring_lists_its_files(package: str) -> None:
+    """The package's docstring is where its files are described: every module is named."""
+    directory = REPO_ROOT / package
+    docstring = ast.get_docstring(ast.parse((directory / "__init__.py").read_text())) or ""
+    entries = {path.name for path in directory.glob("*.py") if path.name != "__init__.py"}
+    entries |= {f"{path.name}/" for path in directory.iterdir() if (path / "__init__.py").exists()}
+    generated = {name for name in entries if name.endswith(("_pb2.py", "_pb2_grpc.py"))}
+    missing = sorted(name for name in entries - generated if name not in docstring)
+    assert missing == []
+
+
+def test_the_readme_table_is_the_allowed_table() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("| package |", readme.index("## Architecture"))
+    table = readme[start : readme.index("\n\n", start)]
+    shown = {}
+    for row in table.splitlines()[2:]:
+        packages, imports = row.strip("|").split("|")
+        for package in re.findall(r"`(\w+)`", packages):
+            shown[package] = set(re.findall(r"`(\w+)`", imports))
+    everywhere = {"common", "loompb"}
+    expected = {
+        package: allowed - everywhere
+        for package, allowed in ALLOWED_IMPORTS.items()
+        if package not in everywhere
+    }
+    assert shown == expected

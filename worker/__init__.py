@@ -1,7 +1,41 @@
-"""The worker: weights, KV cache, forward pass and sampling behind the step contract.
+"""The worker: weights, KV cache, forward pass and sampling behind the step contract
+(contract/step.py). Importing this package (or worker.config) does not import torch; the runner
+is imported only when a worker is created.
 
-Importing this package (or contract.step / worker.config) does not import torch; the runner is
-imported only when a worker is created.
+- config.py          ModelConfig, CacheConfig, ParallelConfig, WorkerConfig, the server's settings
+- cli.py, __main__.py  `python -m worker serve` (rank 0 serves, launched ranks follow)
+- server.py          the worker server: Info, Connect, Step, Health, Disconnect; sessions
+- runner.py          the in-process worker: per-request state, forward, sample
+- step_check.py      whether a step fits the worker's state, before any of it applies
+- step_batch.py      scheduled requests -> flat input ids, positions, slot mapping, metadata
+- model.py           Llama over one flat batch of tokens, Meta's parameter names; wq/wk/wv and
+                     w1/w3 fused into wqkv and w13 at load (in memory only)
+- model_args.py      hyper-parameters from Meta's params.json, HF's config.json, a GGUF header
+- loader.py, hf_layout.py, torch_file_probe.py  Meta (sharded) and HF checkpoints, clear errors
+- random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device
+                     check's 7B drawn on the GPU); hf_layout.py writes one in HF's layout too
+- gguf_loader.py, gguf_dequant.py  GGUF tensors under Meta's names, quantized blocks packed
+                     (memory-mapped) or dequantized to the reference values
+- packed_weights.py  quantized blocks kept packed, --quantization, quantizing at load
+- packed_modules.py  the model's Linear and Embedding over packed blocks (the CPU kernels)
+- memory_check.py    running out of memory while loading said as such, with sizes
+- weight_layout.py   on the CPU in float32, projection weights held column-major
+- attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton
+- csrc/              C++ CPU kernels: paged attention, residual add + RMSNorm, SiLU * up
+- cpu_kernels.py     builds csrc/ once per machine (torch.utils.cpp_extension), cached
+- kv_cache.py        K and V per layer, in the layout the backend reads, on huge pages on CPU
+- cuda_graphs.py     decode steps captured as CUDA graphs per batch size, replayed with new inputs
+- device_io.py       host lists to the device from pinned memory; a step's results in one copy
+- sampler.py         greedy, temperature, min-p, top-k, top-p, (seed, position) draws, logprobs
+- penalties.py       presence, frequency and repetition penalties and logit biases, batched
+- step_sampling.py   one step's sampling and logprobs over the rows of its logits
+- step_output.py     sampled tokens and logprobs -> StepOutput
+- placement.py       what of the model a runner holds: all of it, or a tensor-parallel slice
+- parallel.py        the process group from the launcher variables, collectives with timeouts
+- tp_model.py        a rank's Llama: column/row-parallel layers, vocabulary-parallel rows
+- tp_loader.py, tp_hf_loader.py  a rank's weights: Meta shards one per rank or re-cut, HF at load
+- tp_rank.py         rank 0 (the Worker; sends each step, samples) and the ranks that follow
+- tp_launch.py       starting the ranks: launched, or rank 0 starts the others
 """
 
 from __future__ import annotations

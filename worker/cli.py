@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common.flags import add_settings_flags, settings_from_args
 from modelfiles.tokenizer_files import tokenizer_files
-from worker.config import SCHEDULER_ONLY_SETTINGS, WorkerServeConfig
+from worker.config import WorkerServeConfig
 
 log = logging.getLogger("loom.worker.serve")
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model to a scheduler", description=__doc__)
-    add_settings_flags(serve, WorkerServeConfig, SCHEDULER_ONLY_SETTINGS)
+    add_settings_flags(serve, WorkerServeConfig)
     return parser
 
 
@@ -44,9 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config: WorkerServeConfig = settings_from_args(
-            WorkerServeConfig, args, SCHEDULER_ONLY_SETTINGS
-        )
+        config: WorkerServeConfig = settings_from_args(WorkerServeConfig, args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     if not Path(config.model.model).is_dir():
@@ -136,8 +134,6 @@ def serve(config: WorkerServeConfig) -> int:
     if server.fatal.is_set():
         log.critical("exiting: the worker cannot run steps any more")
         os._exit(1)  # a broken tensor-parallel group must not be torn down
-    close = getattr(worker, "close", None)
-    if close is not None:
-        close()
+    worker.close()
     log.info("stopped")
     return 0

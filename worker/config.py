@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.settings import LOG_LEVELS, check_at_least, parse_bytes, setting
+from common.checks import integer, number, one_of
+from common.settings import LOG_LEVELS, check_settings, parse_bytes, setting
 
 BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories260K")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,19 +40,26 @@ class ModelConfig:
         "weights on the CPU: auto keeps a GGUF's quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, "
         "Q5_K, Q6_K) packed and multiplies by them; none dequantizes every tensor to --dtype "
         "(the reference path); q8_0 or q4_0 quantize a float checkpoint's matrices at load",
+        one_of(QUANTIZATIONS),
         choices=QUANTIZATIONS,
     )
-    max_model_len: int | None = setting(None, "longest prompt + output (default: the model's)")
-    seed: int = setting(0, "seeds the draws of requests that bring no seed of their own")
+    max_model_len: int | None = setting(
+        None, "longest prompt + output (default: the model's)", integer(2, optional=True)
+    )
+    seed: int = setting(
+        0, "seeds the draws of requests that bring no seed of their own", integer(0)
+    )
     num_threads: int | None = setting(
         None,
         "torch CPU threads (serve's default: the cores this process may use, a cgroup CPU "
         "quota included; the offline API's: torch's own)",
+        integer(1, optional=True),
     )
     attention_backend: str = setting(
         "auto",
         "paged attention: torch (the reference), cpu (C++ kernel), triton (CUDA kernel), "
         "auto (the fastest here: cpu on the CPU, triton on CUDA)",
+        one_of(ATTENTION_BACKENDS),
         choices=ATTENTION_BACKENDS,
     )
     enforce_eager: bool = setting(
@@ -59,42 +67,30 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        check_settings(self)
         object.__setattr__(self, "model", str(self.model))
         if not isinstance(self.device, str) or not DEVICES.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         object.__setattr__(self, "dtype", DTYPE_ALIASES.get(self.dtype, self.dtype))
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(
-                f"quantization must be one of {', '.join(QUANTIZATIONS)}, "
-                f"got {self.quantization!r}"
-            )
-        check_at_least(self, "max_model_len", 2, optional=True)
-        check_at_least(self, "seed", 0)
-        check_at_least(self, "num_threads", 1, optional=True)
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
-                f"got {self.attention_backend!r}"
-            )
 
 
 @dataclass(slots=True, frozen=True)
 class CacheConfig:
-    block_size: int = setting(16, "tokens per KV cache block")
-    num_kv_blocks: int | None = setting(None, "KV cache size in blocks (default: sized by budget)")
+    block_size: int = setting(16, "tokens per KV cache block", integer(1))
+    num_kv_blocks: int | None = setting(
+        None, "KV cache size in blocks (default: sized by budget)", integer(1, optional=True)
+    )
     kv_cache_memory: int | None = setting(
         None,
         "KV cache size in bytes, e.g. 2GiB (default: CPU at most 1 GiB, CUDA 80%% of free memory)",
+        integer(1, optional=True),
         type=parse_bytes,
     )
-    enable_prefix_caching: bool = setting(True, "reuse KV blocks of identical prompt prefixes")
 
     def __post_init__(self) -> None:
-        check_at_least(self, "block_size", 1)
-        check_at_least(self, "num_kv_blocks", 1, optional=True)
-        check_at_least(self, "kv_cache_memory", 1, optional=True)
+        check_settings(self)
         if self.num_kv_blocks is not None and self.kv_cache_memory is not None:
             raise ValueError("set at most one of num_kv_blocks and kv_cache_memory")
 
@@ -102,17 +98,16 @@ class CacheConfig:
 @dataclass(slots=True, frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = setting(
-        1, "split the model over this many GPUs (CPU: processes), Megatron-style"
+        1, "split the model over this many GPUs (CPU: processes), Megatron-style", integer(1)
     )
     distributed_timeout: float = setting(
-        60.0, "seconds a tensor-parallel rank may keep the others waiting before the step fails"
+        60.0,
+        "seconds a tensor-parallel rank may keep the others waiting before the step fails",
+        number(0, low_open=True),
     )
 
     def __post_init__(self) -> None:
-        check_at_least(self, "tensor_parallel_size", 1)
-        timeout = self.distributed_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"distributed_timeout must be a number > 0, got {timeout!r}")
+        check_settings(self)
 
 
 @dataclass(slots=True, frozen=True)
@@ -127,7 +122,7 @@ class WorkerConfig:
     max_num_seqs: int | None = None
 
     def __post_init__(self) -> None:
-        check_at_least(self, "max_num_seqs", 1, optional=True)
+        integer(1, optional=True)("max_num_seqs", self.max_num_seqs)
 
 
 @dataclass(slots=True, frozen=True)
@@ -135,16 +130,16 @@ class WorkerServerConfig:
     """The worker server's own settings (`python -m worker serve`)."""
 
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
-    port: int = setting(50061, "gRPC port (0: any free port)")
+    port: int = setting(50061, "gRPC port (0: any free port)", integer(0))
     session_timeout: float = setting(
-        10.0, "seconds a silent scheduler keeps the worker before another may connect"
+        10.0,
+        "seconds a silent scheduler keeps the worker before another may connect",
+        number(0, low_open=True),
     )
-    log_level: str = setting("info", "logging level", choices=LOG_LEVELS)
+    log_level: str = setting("info", "logging level", one_of(LOG_LEVELS), choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
-        check_at_least(self, "port", 0)
-        if not self.session_timeout > 0:
-            raise ValueError(f"session_timeout must be > 0, got {self.session_timeout}")
+        check_settings(self)
 
 
 @dataclass(slots=True, frozen=True)
@@ -160,7 +155,3 @@ class WorkerServeConfig:
     def worker(self) -> WorkerConfig:
         return WorkerConfig(model=self.model, cache=self.cache, parallel=self.parallel)
 
-
-# Leaves of WorkerServeConfig that are the scheduler's business: `worker serve` has no flag
-# for them.
-SCHEDULER_ONLY_SETTINGS = frozenset({"enable_prefix_caching"})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from worker.device_io import to_device
 
 _MIN_ROWS = 8
@@ -43,7 +43,7 @@ class PenaltyTable:
     def num_used(self) -> int:
         return self.num_rows - len(self._free)
 
-    def add(self, token_ids: list[int], num_prompt_tokens: int, options: SamplingOptions) -> int:
+    def add(self, token_ids: list[int], num_prompt_tokens: int, options: SamplingParams) -> int:
         """A row for a request whose known tokens are `token_ids` (the prompt, then any output
         generated before a preemption); returns its index."""
         if not self._free:
@@ -57,8 +57,8 @@ class PenaltyTable:
         self.prompt_seen[row].index_fill_(0, ids[:num_prompt_tokens], True)
         self.bias[row].zero_()
         if options.logit_bias:
-            bias_ids = to_device([t for t, _ in options.logit_bias], torch.long, self.device)
-            values = to_device([b for _, b in options.logit_bias], torch.float32, self.device)
+            bias_ids = to_device(list(options.logit_bias), torch.long, self.device)
+            values = to_device(list(options.logit_bias.values()), torch.float32, self.device)
             self.bias[row].index_copy_(0, bias_ids, values)
         return row
 
@@ -84,7 +84,7 @@ class PenaltyTable:
         logits: torch.Tensor,  # [num_rows, vocab] float32, shaped in place
         logits_rows: list[int],  # rows of `logits` that belong to penalised requests
         table_rows: list[int],  # each one's row here
-        options: list[SamplingOptions],
+        options: list[SamplingParams],
     ) -> None:
         device = logits.device
         rows = to_device(logits_rows, torch.long, device)

@@ -19,11 +19,9 @@ from worker.loader import LoadedCheckpoint
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
-from worker.sampler import (
-    MAX_TOP_LOGPROBS,
-    seeded_uniform,
-)
+from worker.sampler import seeded_uniform
 from worker.step_batch import RequestState, StepBatch, build_step_batch
+from worker.step_check import check_step
 from worker.step_sampling import sample_and_score
 
 log = logging.getLogger("loom.worker")
@@ -119,7 +117,17 @@ class ModelRunner:
     def info(self) -> WorkerInfo:
         return self._info
 
+    # A runner in this process is always there, never loses its state, never breaks alone.
+    available = True
+    session_epoch = 0
+    failed = None
+    failure = None
+
+    def close(self) -> None:
+        """Nothing to release: the weights and the cache go with the object."""
+
     def execute(self, step: StepInput) -> StepOutput:
+        check_step(step, self.requests, self._info)  # StepRejected before anything is applied
         for req_id in step.finished_req_ids:
             self._drop(req_id)
         for new in step.new:
@@ -127,7 +135,7 @@ class ModelRunner:
         for running in step.running:
             self._extend(running)
         scheduled = [
-            (self._scheduled_state(req_id, n), n) for req_id, n in step.num_scheduled_tokens.items()
+            (self.requests[req_id], n) for req_id, n in step.num_scheduled_tokens.items()
         ]
         if not scheduled:
             return StepOutput()
@@ -166,21 +174,7 @@ class ModelRunner:
     # ---- state -------------------------------------------------------------------------------
 
     def _add(self, new: NewRequest) -> None:
-        if not 0 <= new.num_computed_tokens <= len(new.prompt_token_ids):
-            raise ValueError(
-                f"request {new.req_id}: num_computed_tokens {new.num_computed_tokens} is outside "
-                f"0..{len(new.prompt_token_ids)}"
-            )
-        if not 0 < new.sampling.top_p <= 1 or new.sampling.top_k < 0:
-            raise ValueError(f"request {new.req_id}: top_p must be in (0, 1], top_k >= 0")
-        if new.sampling.temperature < 0 or new.sampling.top_logprobs > MAX_TOP_LOGPROBS:
-            raise ValueError(
-                f"request {new.req_id}: temperature must be >= 0, top_logprobs <= "
-                f"{MAX_TOP_LOGPROBS}"
-            )
-        self._check_shaping(new)
-        self._check_blocks(new.req_id, new.block_ids)
-        self._drop(new.req_id)  # a request sent again starts over
+        self._drop(new.req_id)  # a request sent again (finished in the same step) starts over
         state = RequestState.from_new(new)
         if new.sampling.shapes_logits:
             state.penalty_row = self.penalties.add(
@@ -188,54 +182,15 @@ class ModelRunner:
             )
         self.requests[new.req_id] = state
 
-    def _check_shaping(self, new: NewRequest) -> None:
-        options = new.sampling
-        vocab_size = self._info.vocab_size
-        if options.repetition_penalty <= 0:
-            raise ValueError(f"request {new.req_id}: repetition_penalty must be > 0")
-        if any(not 0 <= token_id < vocab_size for token_id, _ in options.logit_bias):
-            raise ValueError(f"request {new.req_id}: logit_bias ids must be in [0, {vocab_size})")
-
     def _drop(self, req_id: str) -> None:
         state = self.requests.pop(req_id, None)
         if state is not None and state.penalty_row is not None:
             self.penalties.release(state.penalty_row)
 
     def _extend(self, running: RunningRequest) -> None:
-        state = self.requests.get(running.req_id)
-        if state is None:
-            raise ValueError(f"request {running.req_id} is not on this worker")
-        self._check_blocks(running.req_id, running.new_block_ids)
+        state = self.requests[running.req_id]
         state.token_ids.extend(running.new_token_ids)
         state.block_ids.extend(running.new_block_ids)
-
-    def _check_blocks(self, req_id: str, block_ids: list[int]) -> None:
-        num_blocks = self.kv_cache.num_blocks
-        if block_ids and not (min(block_ids) >= 0 and max(block_ids) < num_blocks):
-            raise ValueError(f"request {req_id}: block ids must be in 0..{num_blocks - 1}")
-
-    def _scheduled_state(self, req_id: str, num_tokens: int) -> RequestState:
-        state = self.requests.get(req_id)
-        if state is None:
-            raise ValueError(f"request {req_id} is scheduled but not on this worker")
-        num_known = len(state.token_ids)
-        if not 0 < num_tokens <= num_known - state.num_computed:
-            raise ValueError(
-                f"request {req_id}: {num_tokens} tokens scheduled, "
-                f"{num_known - state.num_computed} are left to compute"
-            )
-        context = state.num_computed + num_tokens
-        if context > self._info.max_seq_len:
-            raise ValueError(
-                f"request {req_id}: {context} tokens exceed the model length "
-                f"{self._info.max_seq_len}"
-            )
-        if len(state.block_ids) * self.block_size < context:
-            raise ValueError(
-                f"request {req_id}: {len(state.block_ids)} blocks of {self.block_size} "
-                f"cannot hold {context} tokens"
-            )
-        return state
 
     # ---- sampling ----------------------------------------------------------------------
 

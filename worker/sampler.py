@@ -1,8 +1,8 @@
 """Sampling and logprobs over a batch of logit rows.
 
-Each row gets its own temperature, top-k and top-p, and one uniform number in [0, 1) chosen
-on the host: for a seeded request it is a hash of (seed, position), so its tokens do not
-depend on what it was batched with. The token is then drawn by inverting the cumulative
+Each row gets its own temperature, min-p, top-k and top-p, and one uniform number in [0, 1)
+chosen on the host: for a seeded request it is a hash of (seed, position), so its tokens do
+not depend on what it was batched with. The token is then drawn by inverting the cumulative
 distribution with that number. Logprobs always come from the raw logits (float32
 log-softmax), as Meta's `generate` reports them, not from the shaped distribution.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from contract.sampling import SamplingParams
 from worker.device_io import to_device
 
-MAX_TOP_LOGPROBS = 20
 # Candidates taken first for top-k / top-p rows; more only when they do not cover the row.
 MIN_CANDIDATES = 64
 _MAX_UNIFORM = 1.0 - 2.0**-23
@@ -24,12 +24,15 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(slots=True)
 class SamplingRows:
-    """Per-row settings for one batch of logits rows (host lists, one entry per row)."""
+    """What one batch of logits rows is sampled with: one entry per row."""
 
-    temperatures: list[float]  # 0 means greedy
-    top_ks: list[int]  # 0 keeps every token
-    top_ps: list[float]  # 1 keeps every token
+    params: list[SamplingParams]  # each row's request's settings (floats in float32)
     uniforms: list[float]  # the row's random number in [0, 1); unused for greedy rows
+
+    def filters(self, row: int) -> bool:
+        """Whether the row draws from fewer than all tokens (top-k, top-p, min-p)."""
+        params = self.params[row]
+        return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0
 
 
 def seeded_uniform(seed: int, position: int) -> float:
@@ -48,18 +51,20 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
     # max's indices, not argmax: the same first maximum, several times faster on CPU.
     tokens = logits.max(dim=-1).indices
-    random_rows = [i for i, t in enumerate(rows.temperatures) if t > 0]
-    plain = [i for i in random_rows if rows.top_ks[i] == 0 and rows.top_ps[i] >= 1.0]
-    filtered = [i for i in random_rows if rows.top_ks[i] > 0 or rows.top_ps[i] < 1.0]
+    random_rows = [i for i, params in enumerate(rows.params) if params.temperature > 0]
+    plain = [i for i in random_rows if not rows.filters(i)]
+    filtered = [i for i in random_rows if rows.filters(i)]
     if plain:
         index, scaled, uniforms = _scaled_rows(logits, rows, plain)
         tokens[index] = _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
     if filtered:
         index, scaled, uniforms = _scaled_rows(logits, rows, filtered)
-        top_k = _column([rows.top_ks[i] for i in filtered], torch.long, logits.device)
-        top_p = _column([rows.top_ps[i] for i in filtered], torch.float32, logits.device)
-        max_top_k = max(rows.top_ks[i] for i in filtered)
-        tokens[index] = _draw_filtered(scaled, uniforms, top_k, top_p, max_top_k)
+        params = [rows.params[i] for i in filtered]
+        top_k = _column([p.top_k for p in params], torch.long, logits.device)
+        top_p = _column([p.top_p for p in params], torch.float32, logits.device)
+        min_p = _column([p.min_p for p in params], torch.float32, logits.device)
+        max_top_k = max(p.top_k for p in params)
+        tokens[index] = _draw_filtered(scaled, uniforms, top_k, top_p, min_p, max_top_k)
     return tokens
 
 
@@ -73,7 +78,7 @@ def _scaled_rows(
     """The chosen rows' logits / temperature [n, vocab] and their uniforms [n, 1]."""
     device = logits.device
     index_t = to_device(index, torch.long, device)
-    temperatures = _column([rows.temperatures[i] for i in index], torch.float32, device)
+    temperatures = _column([rows.params[i].temperature for i in index], torch.float32, device)
     # Below 1 - 2^-23 the float32 product u * total stays under total, so a draw never lands
     # past the last token with mass.
     uniforms = _column([min(rows.uniforms[i], _MAX_UNIFORM) for i in index], torch.float32, device)
@@ -97,13 +102,16 @@ def _draw_filtered(
     uniforms: torch.Tensor,  # [rows, 1]
     top_k: torch.Tensor,  # [rows, 1], 0 = off
     top_p: torch.Tensor,  # [rows, 1], 1 = off
+    min_p: torch.Tensor,  # [rows, 1], 0 = off
     max_top_k: int,  # the largest top_k among the rows, known on the host
 ) -> torch.Tensor:
-    """Top-k, then top-p (Meta's sample_top_p) on the renormalised top-k distribution.
+    """Min-p, then top-k, then top-p (Meta's sample_top_p), each on the distribution the
+    previous one renormalised, as vLLM orders them.
 
     Sorting a whole vocabulary row is slow on CPU, so candidates come from topk: k rows are
-    exact once the candidates cover k; a top-p row once the candidates' mass exceeds p (the
-    next token's preceding mass would exceed p too). Otherwise it retries with more.
+    exact once the candidates cover k; a min-p row once its last candidate falls below the
+    threshold; a top-p row once the candidates' mass exceeds p (the next token's preceding
+    mass would exceed p too). Otherwise it retries with more.
     """
     vocab = scaled.shape[-1]
     log_total = torch.logsumexp(scaled, dim=-1, keepdim=True)
@@ -112,16 +120,22 @@ def _draw_filtered(
         # A GPU sorts a whole row quickly, and asking whether the candidates suffice would
         # make the host wait for the device.
         num_candidates = vocab
+    log_min_p = torch.log(min_p)  # -inf where off: every token clears the threshold
     while True:
         candidates, candidate_ids = scaled.topk(num_candidates, dim=-1)  # best first
+        # Min-p: p >= min_p * p_best, in logits: at least the best's plus log(min_p).
+        above_min_p = candidates >= candidates[:, :1] + log_min_p
         probs = torch.exp(candidates - log_total)
         ranks = torch.arange(num_candidates, device=scaled.device)
-        probs = probs.masked_fill((top_k > 0) & (ranks >= top_k), 0.0)
-        # Top-k renormalises to its k tokens; without top-k the candidates keep their true mass.
-        probs = probs / torch.where(top_k > 0, probs.sum(-1, keepdim=True), 1.0)
+        probs = probs.masked_fill(~above_min_p | ((top_k > 0) & (ranks >= top_k)), 0.0)
+        # Min-p and top-k renormalise to the tokens they keep; otherwise the candidates keep
+        # their true mass.
+        renormalised = (top_k > 0) | (min_p > 0)
+        probs = probs / torch.where(renormalised, probs.sum(-1, keepdim=True), 1.0)
         mass_before = probs.cumsum(dim=-1) - probs
         mass = probs.sum(dim=-1, keepdim=True)
-        covered = (top_k > 0) | (mass > top_p)
+        min_p_covered = ~above_min_p[:, -1:]
+        covered = (top_k > 0) | torch.where(min_p > 0, min_p_covered, mass > top_p)
         if num_candidates == vocab or bool(covered.all()):
             break
         # Sorted, each further token weighs at most the last candidate, so 16x the candidates

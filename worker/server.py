@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from contract.step import StepInput, StepOutput, WorkerInfo
+from contract.step import StepInput, StepOutput, Worker
 from contract.step_proto import (
     MAX_MESSAGE_BYTES,
     SESSION_METADATA,
@@ -45,19 +45,21 @@ from contract.step_proto import (
 )
 from loompb import worker_pb2, worker_pb2_grpc
 from worker.config import WorkerServerConfig
-from worker.step_check import check_step
+from worker.step_check import StepRejected
 
 log = logging.getLogger("loom.worker.server")
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
-class ServedWorker(Protocol):
+class ServedWorker(Worker, Protocol):
+    """A worker in this process, as the server drives it."""
+
     requests: dict[str, Any]  # req_id -> RequestState (token_ids, block_ids, num_computed)
-
-    def info(self) -> WorkerInfo: ...
-
-    def execute(self, step: StepInput) -> StepOutput: ...
+    # Set when the worker breaks while idle (a tensor-parallel rank died), with `failure`
+    # saying why; None for a worker that cannot break on its own.
+    failed: threading.Event | None
+    failure: str | None
 
 
 @dataclass(slots=True)
@@ -92,13 +94,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._session_lock = threading.Lock()
         self._session: Session | None = None
         self._failure: str | None = None
-        failed = getattr(worker, "failed", None)  # a tensor-parallel group that broke idle
-        if failed is not None:
-            threading.Thread(target=self._watch, args=(failed,), daemon=True).start()
+        if worker.failed is not None:
+            threading.Thread(target=self._watch, args=(worker.failed,), daemon=True).start()
 
     def _watch(self, failed: threading.Event) -> None:
         failed.wait()
-        self._fail(getattr(self.worker, "failure", None) or "the worker failed")
+        self._fail(self.worker.failure or "the worker failed")
 
     # ---- sessions ----------------------------------------------------------------------
 
@@ -181,20 +182,21 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 )
             try:
                 step = step_input_from_proto(request)
-                check_step(step, self.worker.requests, self._info)
-            except ValueError as exc:
+                output = self._run(step, context)
+            except ValueError as exc:  # malformed, or StepRejected: it does not fit the state
                 # Nothing of the step is applied; what it finished can go anyway.
                 self._run(StepInput(finished_req_ids=list(request.finished_req_ids)), context)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed step: {exc}")
-            output = self._run(step, context)
             self._touch(session_id)
         return step_output_to_proto(output)
 
     def _run(self, step: StepInput, context: Any) -> StepOutput:
         try:
             return self._step_thread.submit(self.worker.execute, step).result()
+        except StepRejected:
+            raise
         except Exception as exc:
-            if getattr(self.worker, "available", True):
+            if self.worker.available:
                 log.exception("step failed")
                 context.abort(grpc.StatusCode.INTERNAL, f"step failed: {exc!r}")
             self._fail(f"{exc}")

@@ -11,7 +11,8 @@ from itertools import accumulate, chain
 
 import torch
 
-from contract.step import NewRequest, SamplingOptions
+from contract.sampling import SamplingParams
+from contract.step import NewRequest
 from worker.attention import AttentionMetadata
 from worker.attention.backend import AttentionBackend
 from worker.device_io import to_device
@@ -24,10 +25,12 @@ class RequestState:
     req_id: str
     token_ids: list[int]  # every token known: prompt, then fed-back outputs
     block_ids: list[int]  # logical block i -> physical block id
-    sampling: SamplingOptions
+    sampling: SamplingParams
     num_computed: int  # tokens whose K/V are in the cache
     num_prompt_tokens: int  # token_ids[:num_prompt_tokens] is the prompt; the rest is output
     penalty_row: int | None = None  # its row of the PenaltyTable, when it asked for penalties
+    # Ids it may not sample before min_tokens (NewRequest.end_token_ids).
+    end_token_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_new(cls, new: NewRequest) -> RequestState:
@@ -38,6 +41,7 @@ class RequestState:
             sampling=new.sampling,
             num_computed=new.num_computed_tokens,
             num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
+            end_token_ids=new.end_token_ids,
         )
 
 

@@ -1,11 +1,12 @@
 """Whether a StepInput fits a worker's state, checked before any of it is applied.
 
-The worker server runs this on every Step it receives (the embedded engine trusts its own
-scheduler): a step that names an unknown request, a block outside the cache, a token outside
-the vocabulary, or more tokens than a request has left is refused as a whole, so a bad
-message never leaves the worker half-updated, and an id out of range never reaches a device
-kernel (on CUDA, an out-of-range index is a device-side assert that ends the process).
-No torch.
+The runner checks every step here first, whether it came from the engine in this process or
+over worker.proto (where contract/step_proto.py has already checked what a message can get
+wrong on its own, sampling settings included): a step that names an unknown request, a block
+outside the cache, a token outside the vocabulary, or more tokens than a request has left is
+refused as a whole with StepRejected, so a bad step never leaves the worker half-updated,
+and an id out of range never reaches a device kernel (on CUDA, an out-of-range index is a
+device-side assert that ends the process). No torch.
 """
 
 from __future__ import annotations
@@ -33,15 +34,21 @@ class _Planned:
     num_computed: int
 
 
+class StepRejected(ValueError):
+    """A step that does not fit the worker's state; nothing of it was applied."""
+
+
 def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerInfo) -> None:
-    """ValueError naming the request and what is wrong; the state is not touched."""
+    """StepRejected naming the request and what is wrong; the state is not touched."""
     finished = set(step.finished_req_ids)
     planned: dict[str, _Planned] = {}
     for new in step.new:
         if new.req_id in known and new.req_id not in finished:
-            raise ValueError(f"new request {new.req_id} is already on this worker")
+            raise StepRejected(f"new request {new.req_id} is already on this worker")
         _check_tokens(new.req_id, new.prompt_token_ids, info.vocab_size)
-        _check_tokens(new.req_id, list(new.sampling.stop_token_ids), info.vocab_size)
+        _check_tokens(new.req_id, new.sampling.stop_token_ids, info.vocab_size)
+        _check_tokens(new.req_id, list(new.end_token_ids), info.vocab_size)
+        _check_tokens(new.req_id, list(new.sampling.logit_bias), info.vocab_size)
         _check_blocks(new.req_id, new.block_ids, info.num_kv_blocks)
         planned[new.req_id] = _Planned(
             len(new.prompt_token_ids), len(new.block_ids), new.num_computed_tokens
@@ -49,7 +56,7 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
     for running in step.running:
         state = known.get(running.req_id)
         if state is None or running.req_id in finished:
-            raise ValueError(f"running request {running.req_id} is not on this worker")
+            raise StepRejected(f"running request {running.req_id} is not on this worker")
         _check_tokens(running.req_id, running.new_token_ids, info.vocab_size)
         _check_blocks(running.req_id, running.new_block_ids, info.num_kv_blocks)
         planned[running.req_id] = _Planned(
@@ -62,7 +69,7 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
         if plan is None:
             state = known.get(req_id)
             if state is None or req_id in finished:
-                raise ValueError(f"request {req_id} is scheduled but not on this worker")
+                raise StepRejected(f"request {req_id} is scheduled but not on this worker")
             plan = _Planned(len(state.token_ids), len(state.block_ids), state.num_computed)
         _check_scheduled(req_id, num_tokens, plan, info)
 
@@ -70,16 +77,16 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
 def _check_scheduled(req_id: str, num_tokens: int, plan: _Planned, info: WorkerInfo) -> None:
     num_left = plan.num_tokens - plan.num_computed
     if not 0 < num_tokens <= num_left:
-        raise ValueError(
+        raise StepRejected(
             f"request {req_id}: {num_tokens} tokens scheduled, {num_left} are left to compute"
         )
     context = plan.num_computed + num_tokens
     if context > info.max_seq_len:
-        raise ValueError(
+        raise StepRejected(
             f"request {req_id}: {context} tokens exceed the model length {info.max_seq_len}"
         )
     if plan.num_blocks * info.block_size < context:
-        raise ValueError(
+        raise StepRejected(
             f"request {req_id}: {plan.num_blocks} blocks of {info.block_size} cannot hold "
             f"{context} tokens"
         )
@@ -87,9 +94,9 @@ def _check_scheduled(req_id: str, num_tokens: int, plan: _Planned, info: WorkerI
 
 def _check_tokens(req_id: str, token_ids: list[int], vocab_size: int) -> None:
     if token_ids and not (min(token_ids) >= 0 and max(token_ids) < vocab_size):
-        raise ValueError(f"request {req_id}: token ids must be in [0, {vocab_size})")
+        raise StepRejected(f"request {req_id}: token ids must be in [0, {vocab_size})")
 
 
 def _check_blocks(req_id: str, block_ids: list[int], num_blocks: int) -> None:
     if block_ids and not (min(block_ids) >= 0 and max(block_ids) < num_blocks):
-        raise ValueError(f"request {req_id}: block ids must be in [0, {num_blocks})")
+        raise StepRejected(f"request {req_id}: block ids must be in [0, {num_blocks})")

@@ -51,12 +51,7 @@ def sample_and_score(
         )
     if masked is not None:
         sample_logits[masked] = float("-inf")  # a Python scalar: nothing to copy to a GPU
-    params = SamplingRows(
-        temperatures=[s.sampling.temperature for s in states],
-        top_ks=[s.sampling.top_k for s in states],
-        top_ps=[s.sampling.top_p for s in states],
-        uniforms=[uniforms[row] for row in rows],
-    )
+    params = SamplingRows([s.sampling for s in states], [uniforms[row] for row in rows])
     tokens = sample(sample_logits, params)
     if penalised and penalties is not None:
         penalties.record(penalty_rows, tokens.index_select(0, _long(penalised, device)))
@@ -83,11 +78,10 @@ def _stop_mask(
     rows: list[int] = []
     token_ids: list[int] = []
     for row, state in enumerate(states):
-        options = state.sampling
         num_output = len(state.token_ids) - state.num_prompt_tokens
-        if num_output < options.min_tokens and options.stop_token_ids:
-            rows.extend([row] * len(options.stop_token_ids))
-            token_ids.extend(options.stop_token_ids)
+        if num_output < state.sampling.min_tokens and state.end_token_ids:
+            rows.extend([row] * len(state.end_token_ids))
+            token_ids.extend(state.end_token_ids)
     return (_long(rows, device), _long(token_ids, device)) if rows else None
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from common.flags import settings_to_argv
-from worker.config import SCHEDULER_ONLY_SETTINGS, WorkerConfig, WorkerServeConfig
+from worker.config import WorkerConfig, WorkerServeConfig
 from worker.loader import CheckpointError, _parse_args, _read_json
 from worker.model_args import ModelArgs, args_from_hf_config, args_from_meta_params
 from worker.parallel import LOAD_TIMEOUT, STARTED_KEY, RankGroup, RankInfo
@@ -117,7 +117,7 @@ def _start_rank(config: WorkerConfig, rank: int, port: int) -> subprocess.Popen:
         "-m",
         "worker",
         "serve",
-        *settings_to_argv(settings, SCHEDULER_ONLY_SETTINGS),
+        *settings_to_argv(settings),
     ]
     world_size = config.parallel.tensor_parallel_size
     env = dict(

@@ -32,6 +32,7 @@ from worker.model_args import ModelArgs
 from worker.parallel import RankFailure, RankGroup
 from worker.runner import ModelRunner
 from worker.step_batch import RequestState, StepBatch
+from worker.step_check import StepRejected
 from worker.tp_loader import load_rank_checkpoint
 from worker.tp_model import TensorParallelTransformer, rank_args
 
@@ -106,7 +107,7 @@ def follow(config: WorkerConfig, group: RankGroup) -> None:
         if kind == "step":
             try:
                 runner.execute(step)
-            except ValueError:  # rank 0 refuses the same step, before any collective
+            except StepRejected:  # rank 0 refuses the same step, before any collective
                 log.warning("rank %d: step refused", group.rank, exc_info=True)
 
 
@@ -149,7 +150,7 @@ class TensorParallelWorker:
             try:
                 self.group.send(("step", step))
                 return self.runner.execute(step)
-            except ValueError:
+            except StepRejected:
                 raise  # refused by every rank alike, before any collective
             except RankFailure as exc:
                 self._fail(exc)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.sampling import MAX_TOP_LOGPROBS, SamplingParams, http_fields
 from frontend.admission import Refused
 from frontend.http.schemas import PROMPT_FORMS, ChatCompletionRequest, CompletionRequest
 from frontend.http.schemas import SamplingFields as Fields
 from modelfiles.tokenizer import NoChatTemplateError, Tokenizer
-from scheduler.request import MAX_TOP_LOGPROBS, SamplingParams
 
 # Engine field -> the completion route's name for it.
 COMPLETION_PARAMS = {"top_logprobs": "logprobs", "echo": "echo"}
@@ -95,28 +95,17 @@ def sampling_params(
     names: dict[str, str],
 ) -> SamplingParams:
     """Raises Refused(INVALID_ARGUMENT) naming the field as the caller sent it."""
-    optional = {
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "seed": body.seed,
-        "repetition_penalty": body.repetition_penalty,
-    }
+    given = {f.name: getattr(body, f.name) for f in http_fields()}
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            n=body.n,
             top_k=0 if body.top_k in (None, -1) else body.top_k,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
-            stop_token_ids=list(body.stop_token_ids or []),
-            ignore_eos=body.ignore_eos,
-            min_tokens=body.min_tokens,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             echo=echo,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
             logit_bias=_token_biases(body.logit_bias),
-            **{name: value for name, value in optional.items() if value is not None},
+            **{name: value for name, value in given.items() if value is not None},
         )
     except ValueError as exc:
         refused = Refused.invalid(exc)

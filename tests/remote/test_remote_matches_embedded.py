@@ -109,3 +109,13 @@ def test_penalties_and_logit_bias_reach_the_remote_worker(remote: Engine, embedd
     for out, base in zip(outputs[:2], unshaped, strict=True):
         assert out.token_ids != base.token_ids
     assert outputs[2].token_ids.count(13) > len(outputs[2].token_ids) // 2
+
+
+def test_min_p_reaches_the_remote_worker(remote: Engine, embedded: Engine) -> None:
+    drawn = {"max_tokens": 32, "temperature": 1.3, "seed": 11, "ignore_eos": True}
+    params = [SamplingParams(**drawn, min_p=1.0), SamplingParams(**drawn, min_p=0.2)]
+    outputs = assert_same(remote, embedded, PROMPTS[:2], params)
+    greedy = embedded.generate(PROMPTS[:1], SamplingParams(**{**drawn, "temperature": 0}))
+    assert outputs[0].token_ids == greedy[0].token_ids
+    unfiltered = embedded.generate(PROMPTS[1:2], SamplingParams(**drawn))
+    assert outputs[1].token_ids != unfiltered[0].token_ids  # min_p changed the draws

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.sampling import SamplingParams
 from contract.step import PromptLogprobs, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
 
@@ -34,8 +35,8 @@ def make_scheduler(
     **config: object,
 ) -> Scheduler:
     """A scheduler over `num_blocks` blocks; `config` holds SchedulerConfig fields."""
-    cache = CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching)
-    return Scheduler(SchedulerConfig(**config), cache, num_blocks, max_model_len)
+    settings = SchedulerConfig(enable_prefix_caching=enable_prefix_caching, **config)
+    return Scheduler(settings, CacheConfig(block_size=block_size), num_blocks, max_model_len)
 
 
 @dataclass

@@ -8,10 +8,11 @@ import random
 
 import pytest
 
+from contract.sampling import SamplingParams
 from modelfiles.tokenizer_hf import HFTokenizer
 from scheduler.detokenizer import IncrementalDetokenizer
 from scheduler.output_processor import RequestOutputState
-from scheduler.request import Request, SamplingParams
+from scheduler.request import Request
 from tests.scheduler.bpe_files import train_byte_level_bpe, write_hf_dir
 
 TEXT = "你好，世界！ 日本語のテキスト 😀🎉👍🏽 café ❤️ done"

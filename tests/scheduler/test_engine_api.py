@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
+from contract.sampling import SamplingParams
 from scheduler.engine import Engine
 from scheduler.errors import CapacityError
-from scheduler.request import SamplingParams
 from tests.conftest import REPO_ROOT
 from tests.scheduler.stories import stories_engine
 
@@ -149,10 +149,16 @@ def test_min_tokens_holds_back_stop_token_ids_in_the_worker(engine: Engine) -> N
 class _FailingWorker:
     """The real worker, failing one chosen call of execute."""
 
+    available = True
+    session_epoch = 0
+
     def __init__(self, worker, fail_call: int) -> None:
         self._worker = worker
         self._fail_call = fail_call
         self.num_calls = 0
+
+    def close(self) -> None:
+        self._worker.close()
 
     def info(self):
         return self._worker.info()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from scheduler.request import SamplingParams
+from contract.sampling import SamplingParams
 from tests.conftest import STORIES_DIR
 from tests.scheduler.stories import random_prompt, stories_engine
 
@@ -21,6 +21,7 @@ def test_greedy_from_bos_reproduces_the_published_text() -> None:
     assert (out.finish_reason, out.usage.completion_tokens) == ("length", 256)
 
 
+@pytest.mark.slow
 def test_64_requests_under_preemption_equal_each_request_run_alone() -> None:
     rng = random.Random(0)
     prompts = [random_prompt(rng, rng.randint(1, 400)) for _ in range(64)]

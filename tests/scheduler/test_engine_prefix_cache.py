@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from scheduler.request import SamplingParams
+from contract.sampling import SamplingParams
 from tests.scheduler.stories import random_prompt, stories_engine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
+from contract.sampling import SamplingParams
 from scheduler.engine import Engine
 from scheduler.errors import CapacityError
-from scheduler.request import SamplingParams
 from tests.scheduler.stories import random_prompt, stories_engine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scheduler.request import Request, SamplingParams
+from contract.sampling import SamplingParams
+from scheduler.request import Request
 from tests.scheduler.helpers import EOS, ContractWorker, make_request, make_scheduler, step
 
 

@@ -74,6 +74,7 @@ def test_without_add_bos_token_the_post_processor_decides(tmp_path) -> None:
     assert tokenizer.encode("hi") == tokenizer.encode("hi", add_bos=False)
 
 
+@pytest.mark.slow
 def test_llama2_converted_to_tokenizer_json_gives_sentencepiece_ids(
     llama2_tokenizer_path, tmp_path
 ) -> None:
@@ -105,6 +106,7 @@ def write_sentencepiece_gguf(model_file, path):
     return path
 
 
+@pytest.mark.slow
 def test_a_gguf_llama_vocabulary_encodes_as_sentencepiece(llama2_tokenizer_path, tmp_path):
     gguf = gguf_tokenizer(write_sentencepiece_gguf(llama2_tokenizer_path, tmp_path / "v.gguf"))
     sp = SentencePieceTokenizer(llama2_tokenizer_path)

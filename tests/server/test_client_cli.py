@@ -43,6 +43,17 @@ def test_generate_prints_text_and_a_logprob_table(server: ServerHandle) -> None:
         assert "finish_reason=length" in result.stderr
 
 
+def test_the_sampling_flags_reach_the_server(server: ServerHandle) -> None:
+    common = ["generate", "Once upon a time", "--max-tokens", "24", "--target", server.target]
+    greedy = run_client(*common, "--temperature", "0")
+    only_best = run_client(*common, "--temperature", "1.5", "--seed", "4", "--min-p", "1")
+    drawn = run_client(*common, "--temperature", "1.5", "--seed", "4", "--top-k", "40")
+    assert greedy.returncode == only_best.returncode == drawn.returncode == 0
+    assert only_best.stdout == greedy.stdout != drawn.stdout
+    refused = run_client(*common, "--min-p", "2")
+    assert refused.returncode == 1 and "INVALID_ARGUMENT: min_p must be in [0, 1]" in refused.stderr
+
+
 def test_info_tokenize_and_errors(server: ServerHandle) -> None:
     info = run_client("info", "--target", server.target)
     assert info.returncode == 0
@@ -50,8 +61,17 @@ def test_info_tokenize_and_errors(server: ServerHandle) -> None:
     load = run_client("load", "--target", server.target)
     assert load.returncode == 0
     assert "num_kv_blocks: 256" in load.stdout.splitlines()
+    # An idle server's zeros are printed too, every field of Load on its own line.
+    assert {"num_requests_running: 0", "draining: False"} <= set(load.stdout.splitlines())
     tokens = run_client("tokenize", "Once upon", "--add-bos", "--target", server.target)
     assert tokens.stdout.split()[:2] == ["1", "'<s>'"]
+    # By default as generate counts the prompt: BOS first; --no-add-bos gives the text's own.
+    default = run_client("tokenize", "Once upon", "--target", server.target)
+    assert default.stdout == tokens.stdout
+    bare = run_client("tokenize", "Once upon", "--no-add-bos", "--target", server.target)
+    assert bare.stdout.splitlines() == tokens.stdout.splitlines()[1:]
+    aborted = run_client("abort", "no-such-id", "--target", server.target)
+    assert aborted.returncode == 1 and aborted.stdout == "no-such-id: not found\n"
     bad = run_client("generate", "Hi", "--temperature", "-1", "--target", server.target)
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "temperature" in bad.stderr

@@ -47,6 +47,9 @@ def test_running_requests_and_their_blocks(server: ServerHandle) -> None:
 class HeldWorker:
     """The real worker, whose steps wait until the test lets them go."""
 
+    available = True
+    session_epoch = 0
+
     def __init__(self, worker: Any) -> None:
         self.worker = worker
         self.entered = threading.Event()
@@ -56,6 +59,9 @@ class HeldWorker:
         self.entered.set()
         assert self.release.wait(30)
         return self.worker.execute(step_input)
+
+    def close(self) -> None:
+        self.worker.close()
 
 
 def test_answers_while_a_step_is_in_progress(start_server: Callable[..., ServerHandle]) -> None:

@@ -52,9 +52,22 @@ def test_penalties_and_logit_bias_reach_the_sampler(server) -> None:
         assert repeated.logprobs[0] == plain.logprobs[0]
 
 
+def test_min_p_1_is_greedy_and_min_p_0_is_off(server) -> None:
+    with Client(server.target, timeout=30) as client:
+        greedy = client.generate(PROMPT, temperature=0, max_tokens=40, ignore_eos=True)
+        only_best = client.generate(PROMPT, min_p=1.0, **{**SAMPLED, "max_tokens": 40})
+        assert list(only_best.token_ids) == list(greedy.token_ids)
+        sampled = client.generate(PROMPT, **SAMPLED)
+        assert list(sampled.token_ids) != list(greedy.token_ids[:10])  # a draw, not greedy
+        off = client.generate(PROMPT, min_p=0.0, **SAMPLED)
+        assert list(off.token_ids) == list(sampled.token_ids)
+
+
 @pytest.mark.parametrize(
     ("sampling", "message"),
     [
+        ({"min_p": 1.5}, "min_p must be in [0, 1], got 1.5"),
+        ({"min_p": -0.25}, "min_p must be in [0, 1], got -0.25"),
         ({"n": 17}, "n must be in [1, 16], got 17"),
         ({"n": 0}, "n must be >= 1, got 0"),
         ({"presence_penalty": 2.5}, "presence_penalty must be in [-2, 2], got 2.5"),
@@ -76,4 +89,5 @@ def test_bad_sampling_fields_are_refused_naming_the_limit(server, sampling, mess
 def test_the_stub_mirrors_the_new_fields() -> None:
     fields = serving_pb2.SamplingParams.DESCRIPTOR.fields_by_name
     assert fields["n"].has_presence and fields["repetition_penalty"].has_presence
+    assert fields["min_p"].has_presence
     assert fields["logit_bias"].message_type.GetOptions().map_entry

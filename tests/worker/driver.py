@@ -15,22 +15,15 @@ from pathlib import Path
 
 import torch
 
-from bench.make_random_model import random_weights, write_meta_model
-from contract.step import (
-    NewRequest,
-    PromptLogprobs,
-    RunningRequest,
-    SamplingOptions,
-    StepInput,
-    StepOutput,
-    Worker,
-)
+from contract.sampling import SamplingParams
+from contract.step import NewRequest, PromptLogprobs, RunningRequest, StepInput, StepOutput, Worker
 from worker import create_worker
+from worker.random_model import random_weights, write_meta_model
 from worker.step_batch import RequestState
 
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 # Echo makes the batch compute logits at every position of a chunk, not only the last.
-ALL_ROWS = SamplingOptions(temperature=0.0, echo=True)
+ALL_ROWS = SamplingParams(temperature=0.0, echo=True)
 
 
 @dataclass(slots=True)
@@ -76,7 +69,7 @@ def start_worker(model_dir: Path, **config: object) -> Worker:
 class Seq:
     req_id: str
     token_ids: list[int]
-    options: SamplingOptions
+    options: SamplingParams
     max_new_tokens: int
     num_computed: int = 0
     block_ids: list[int] = field(default_factory=list)
@@ -108,7 +101,7 @@ class Driver:
         self.finished_req_ids: list[str] = []  # sent with the next step
 
     def add(
-        self, req_id: str, prompt: list[int], options: SamplingOptions, max_new_tokens: int
+        self, req_id: str, prompt: list[int], options: SamplingParams, max_new_tokens: int
     ) -> Seq:
         seq = Seq(req_id, list(prompt), options, max_new_tokens)
         self.seqs[req_id] = seq
@@ -185,6 +178,12 @@ class Driver:
     def run(self, chunk_of: Callable[[Seq], int] = lambda seq: 1 << 30) -> None:
         while not all(seq.done for seq in self.seqs.values()):
             self.step(chunk_of)
+        self.finish()
+
+    def finish(self) -> None:
+        """Have the worker drop the finished requests, as the scheduler does."""
+        self.worker.execute(StepInput(finished_req_ids=self.finished_req_ids))
+        self.finished_req_ids = []
 
     def preempt(self, req_id: str) -> None:
         """Drop a request's cache as the scheduler does (recompute, not swap)."""
@@ -196,7 +195,7 @@ class Driver:
 
 
 def generate_alone(
-    worker: Worker, prompt: list[int], options: SamplingOptions, max_new_tokens: int
+    worker: Worker, prompt: list[int], options: SamplingParams, max_new_tokens: int
 ) -> Seq:
     driver = Driver(worker)
     seq = driver.add("alone", prompt, options, max_new_tokens)

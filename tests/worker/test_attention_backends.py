@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.cpu_backend import CpuAttentionBackend
@@ -25,7 +25,7 @@ from worker.cpu_kernels import load_cpu_kernels
 from worker.step_batch import RequestState, build_step_batch
 
 CPU = torch.device("cpu")
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def make_cache(backend, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype):
@@ -90,6 +90,7 @@ needs_kernel = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compile
     [(8, 2, 64), (4, 4, 64), (4, 1, 128), (2, 2, 128)],
     ids=["gqa-64", "mha-64", "gqa-128", "mha-128"],
 )
+@pytest.mark.slow
 def test_cpu_kernel_equals_the_reference(block_size, n_heads, n_kv_heads, head_dim) -> None:
     backends = [TorchAttentionBackend(block_size), CpuAttentionBackend(block_size)]
     for seed in (block_size, block_size + 1000):
@@ -143,6 +144,7 @@ def test_auto_picks_the_cpu_kernel_on_the_cpu() -> None:
     assert create_attention_backend("torch", CPU, 16).name == "torch"
 
 
+@pytest.mark.slow
 def test_without_a_compiler_auto_falls_back_to_the_reference(tmp_path) -> None:
     # A fresh build directory and a compiler that does not exist: the build fails for real.
     env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCH_EXTENSIONS_DIR=str(tmp_path))
@@ -174,6 +176,7 @@ def test_an_unknown_backend_is_refused() -> None:
         create_attention_backend("flash", CPU, 16)
 
 
+@pytest.mark.slow
 def test_a_build_killed_half_way_does_not_block_the_next(tmp_path) -> None:
     # A build that died leaves torch's lock file in the build directory; the next process
     # must build anyway instead of waiting for that lock forever.

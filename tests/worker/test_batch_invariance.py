@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from tests.worker.driver import GREEDY, Driver, generate_alone, start_worker
 
 
+@pytest.mark.slow
 def test_greedy_output_is_identical_alone_and_packed_with_15_others(stories_dir):
     worker = start_worker(stories_dir, num_kv_blocks=512)
     rng = random.Random(7)

@@ -7,16 +7,13 @@ persistent buffers eagerly (`ReplayEagerly`), with the Triton kernels under the 
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (lazily, below)
 
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.worker.driver import ALL_ROWS, Driver, start_worker
 from worker.attention.triton_backend import triton_missing
 from worker.cuda_graphs import (
@@ -29,7 +26,7 @@ from worker.cuda_graphs import (
 from worker.step_batch import RequestState
 
 CPU = torch.device("cpu")
-GREEDY_LOGPROBS = SamplingOptions(temperature=0.0, logprobs=True, top_logprobs=2)
+GREEDY_LOGPROBS = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
 needs_triton = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
 
 
@@ -90,6 +87,7 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
     assert inputs.input_ids[:4].tolist() == [30, 0, 0, 0]
 
 
+@pytest.mark.slow
 @needs_triton
 def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:
     reference = start_worker(stories_dir, device="cpu", attention_backend="torch")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from common.flags import settings_from_args
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
 from tests.worker.driver import Driver, all_position_logits, start_worker
@@ -26,7 +26,7 @@ def test_a_bfloat16_model_reports_float32_logprobs(stories_dir) -> None:
     worker = start_worker(stories_dir, device="cpu", dtype="bfloat16")
     prompt = [1, 403, 407, 261]
     driver = Driver(worker)
-    seq = driver.add("r", prompt, SamplingOptions(temperature=0.0, logprobs=True), 4)
+    seq = driver.add("r", prompt, SamplingParams(temperature=0.0, logprobs=True), 4)
     driver.run()
     logits = all_position_logits(worker, prompt + seq.output_ids[:-1])
     assert logits.dtype == torch.float32

@@ -11,6 +11,8 @@ from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.model import Transformer
 
+pytestmark = pytest.mark.slow
+
 BACKENDS = [
     "torch",
     pytest.param("cpu", marks=pytest.mark.skipif(not load_cpu_kernels(), reason="no compiler")),

@@ -23,6 +23,8 @@ from tests.worker.driver import (
 )
 from worker.step_batch import RequestState
 
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-4
 
 

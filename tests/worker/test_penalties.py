@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.worker.driver import GREEDY, Driver, all_position_logits, start_worker
 from tests.worker.test_sampling import CHI_SQUARE_LIMIT, LOGITS, NUM_DRAWS, chi_square
 from worker.penalties import PenaltyTable
@@ -20,7 +20,7 @@ PROMPT = [1, 403, 14, 292, 77, 5, 498, 260]
 
 
 def reference_logits(
-    logits: list[float], prompt: list[int], output: list[int], options: SamplingOptions
+    logits: list[float], prompt: list[int], output: list[int], options: SamplingParams
 ) -> list[float]:
     """The definitions, one token at a time: repetition (CTRL / Hugging Face) over prompt and
     output, then OpenAI's frequency and presence penalties over the output, then the bias."""
@@ -39,41 +39,37 @@ def reference_logits(
 
 
 SHAPINGS = {
-    "presence": SamplingOptions(temperature=0.0, presence_penalty=1.5),
-    "frequency": SamplingOptions(temperature=0.0, frequency_penalty=0.9),
-    "repetition": SamplingOptions(temperature=0.0, repetition_penalty=1.8),
-    "repetition below 1": SamplingOptions(temperature=0.0, repetition_penalty=0.6),
-    "bias": SamplingOptions(temperature=0.0, logit_bias=((13, 4.0), (276, -100.0))),
-    "all": SamplingOptions(
+    "presence": SamplingParams(temperature=0.0, presence_penalty=1.5),
+    "frequency": SamplingParams(temperature=0.0, frequency_penalty=0.9),
+    "repetition": SamplingParams(temperature=0.0, repetition_penalty=1.8),
+    "repetition below 1": SamplingParams(temperature=0.0, repetition_penalty=0.6),
+    "bias": SamplingParams(temperature=0.0, logit_bias={13: 4.0, 276: -100.0}),
+    "all": SamplingParams(
         temperature=0.0,
         presence_penalty=-0.5,
         frequency_penalty=0.7,
         repetition_penalty=1.3,
-        logit_bias=((286, 2.5),),
+        logit_bias={286: 2.5},
     ),
 }
 
 
 def test_sampled_frequencies_follow_the_shaped_distribution() -> None:
     prompt, output = [1, 3], [0, 0, 2, 6]
-    options = SamplingOptions(
+    options = SamplingParams(
         temperature=0.8,
         presence_penalty=0.4,
         frequency_penalty=0.3,
         repetition_penalty=1.5,
-        logit_bias=((5, 2.0), (7, 1.5), (4, -100.0)),
+        logit_bias={5: 2.0, 7: 1.5, 4: -100.0},
     )
     table = PenaltyTable(len(LOGITS), torch.device("cpu"))
     row = table.add(prompt + output, len(prompt), options)
     logits = LOGITS.expand(NUM_DRAWS, -1).clone()
     table.apply(logits, list(range(NUM_DRAWS)), [row] * NUM_DRAWS, [options] * NUM_DRAWS)
     rng = random.Random(99)
-    rows = SamplingRows(
-        temperatures=[0.8] * NUM_DRAWS,
-        top_ks=[0] * NUM_DRAWS,
-        top_ps=[1.0] * NUM_DRAWS,
-        uniforms=[rng.random() for _ in range(NUM_DRAWS)],
-    )
+    params = SamplingParams(temperature=0.8).as_sampled()
+    rows = SamplingRows([params] * NUM_DRAWS, [rng.random() for _ in range(NUM_DRAWS)])
     counts = torch.bincount(sample(logits, rows), minlength=len(LOGITS)).double()
     expected = reference_logits(LOGITS.tolist(), prompt, output, options)
     target = torch.softmax(torch.tensor(expected, dtype=torch.float64) / 0.8, -1)
@@ -85,7 +81,7 @@ def test_sampled_frequencies_follow_the_shaped_distribution() -> None:
 
 def test_recorded_tokens_are_counted_per_row() -> None:
     table = PenaltyTable(8, torch.device("cpu"))
-    options = SamplingOptions(frequency_penalty=1.0)
+    options = SamplingParams(frequency_penalty=1.0)
     rows = [table.add([1, 2], 2, options) for _ in range(10)]  # past the first 8 rows
     assert table.num_rows == 16 and table.num_used == 10
     table.record(rows[:3], torch.tensor([5, 5, 6]))
@@ -103,7 +99,7 @@ def worker(stories_dir):
     return start_worker(stories_dir, num_kv_blocks=256)
 
 
-def reference_greedy(worker, prompt: list[int], options: SamplingOptions, num: int) -> list[int]:
+def reference_greedy(worker, prompt: list[int], options: SamplingParams, num: int) -> list[int]:
     """Greedy decoding over the reference's shaped logits of the worker's own forward."""
     tokens = list(prompt)
     for _ in range(num):
@@ -113,6 +109,7 @@ def reference_greedy(worker, prompt: list[int], options: SamplingOptions, num: i
     return tokens[len(prompt) :]
 
 
+@pytest.mark.slow
 def test_greedy_decoding_follows_the_definitions_batched_chunked_and_resumed(worker) -> None:
     num_tokens = 24
     driver = Driver(worker, random.Random(4))
@@ -133,13 +130,13 @@ def test_greedy_decoding_follows_the_definitions_batched_chunked_and_resumed(wor
 
 
 def test_logprobs_stay_those_of_the_raw_logits(worker) -> None:
-    options = SamplingOptions(
+    options = SamplingParams(
         temperature=0.0,
         logprobs=True,
         top_logprobs=3,
         frequency_penalty=2.0,
         repetition_penalty=1.5,
-        logit_bias=((13, 5.0),),
+        logit_bias={13: 5.0},
     )
     driver = Driver(worker)
     seq = driver.add("shaped", PROMPT, options, 12)

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from contract.step import NewRequest, RunningRequest, SamplingOptions, StepInput
+from contract.sampling import SamplingParams
+from contract.step import NewRequest, RunningRequest, StepInput
 from tests.conftest import REPO_ROOT
 from tests.worker.dense_reference import dense_logits
 from tests.worker.driver import GREEDY, Driver, generate_alone, read_meta_model, start_worker
@@ -65,11 +66,12 @@ def test_mid_prefill_returns_nothing_and_the_last_chunk_samples(worker, stories)
     expected = int(dense_logits(stories.weights, stories.params, PROMPT)[-1].argmax())
     assert chunks[3] == [expected]
     assert len(chunks) == 5
+    driver.finish()
 
 
 def test_echo_logprobs_cover_every_prompt_position_across_chunks(worker, stories):
     driver = Driver(worker)
-    options = SamplingOptions(temperature=0.0, echo=True, logprobs=True, top_logprobs=3)
+    options = SamplingParams(temperature=0.0, echo=True, logprobs=True, top_logprobs=3)
     seq = driver.add("echo", PROMPT, options, max_new_tokens=3)
     starts = []
     while not seq.done:
@@ -114,6 +116,7 @@ def test_prefix_cache_hit_starts_at_the_computed_tokens(worker):
     assert hit.output_ids == alone
 
 
+@pytest.mark.slow
 def test_resumed_request_recomputes_and_continues_identically(worker):
     alone = generate_alone(worker, PROMPT, GREEDY, max_new_tokens=12).output_ids
     driver = Driver(worker)

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.worker.driver import GREEDY, Driver, generate_alone, start_worker
 from worker.sampler import MIN_CANDIDATES, SamplingRows, sample, seeded_uniform
 
@@ -19,15 +19,19 @@ LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
 PROMPT = [1, 403, 14, 292, 77, 5, 498, 260]
 
 
-def draw(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0):
+def draw(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+):
     """Token counts over NUM_DRAWS rows of the same logits."""
     rng = random.Random(1234)
-    rows = SamplingRows(
-        temperatures=[temperature] * NUM_DRAWS,
-        top_ks=[top_k] * NUM_DRAWS,
-        top_ps=[top_p] * NUM_DRAWS,
-        uniforms=[rng.random() for _ in range(NUM_DRAWS)],
-    )
+    params = SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
+    ).as_sampled()
+    rows = SamplingRows([params] * NUM_DRAWS, [rng.random() for _ in range(NUM_DRAWS)])
     tokens = sample(logits.expand(NUM_DRAWS, -1).clone(), rows)
     return torch.bincount(tokens, minlength=logits.numel()).double()
 
@@ -88,6 +92,7 @@ def test_top_k_then_top_p_on_the_renormalised_distribution():
     assert chi_square(counts, target) < CHI_SQUARE_LIMIT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_p", [0.1, 0.9])
 def test_top_p_over_a_large_vocabulary_is_exact(top_p):
     """The nucleus holds fewer tokens than the sampler first takes as candidates (0.1) or
@@ -105,9 +110,56 @@ def test_top_p_over_a_large_vocabulary_is_exact(top_p):
     assert chi_square(binned_counts, binned_target) < 27.9  # 9 degrees of freedom, p = 0.001
 
 
+def above_min_p(probs: torch.Tensor, min_p: float) -> torch.Tensor:
+    """The distribution min-p leaves: tokens at least min_p times the best, renormalised."""
+    kept = torch.where(probs >= min_p * probs.max(), probs, torch.zeros_like(probs))
+    return kept / kept.sum()
+
+
+@pytest.mark.parametrize(("min_p", "temperature"), [(0.1, 1.0), (0.3, 1.0), (0.3, 0.5)])
+def test_min_p_draws_from_tokens_at_least_min_p_times_the_best(min_p, temperature):
+    # After temperature, as vLLM applies it: the threshold is on the tempered distribution.
+    target = above_min_p(torch.softmax(LOGITS / temperature, -1), min_p)
+    counts = draw(LOGITS, temperature, min_p=min_p)
+    assert counts[target == 0].sum() == 0
+    assert (target == 0).any() and (target > 0).sum() > 1  # the threshold cut, and kept some
+    assert chi_square(counts, target) < CHI_SQUARE_LIMIT
+
+
+def test_min_p_then_top_k_and_top_p_on_the_renormalised_distribution():
+    kept = above_min_p(torch.softmax(LOGITS, -1), 0.1)  # 5 tokens
+    target = torch.zeros_like(kept)
+    target[:4] = nucleus(kept[:4] / kept[:4].sum(), 0.7)
+    counts = draw(LOGITS, 1.0, top_k=4, top_p=0.7, min_p=0.1)
+    assert counts[target == 0].sum() == 0
+    assert chi_square(counts, target) < CHI_SQUARE_LIMIT
+
+
+def test_min_p_1_keeps_the_likeliest_token_alone():
+    counts = draw(LOGITS, 1.0, min_p=1.0)
+    assert counts[0] == NUM_DRAWS
+
+
+@pytest.mark.slow
+def test_min_p_over_a_large_vocabulary_is_exact():
+    """More tokens clear the threshold than the sampler first takes as candidates, so it
+    widens them: every token above the threshold can be drawn, none below it is."""
+    logits = torch.linspace(3.0, -3.0, 2000)
+    target = above_min_p(torch.softmax(logits, -1), 0.2)
+    assert (target > 0).sum() > MIN_CANDIDATES
+    counts = draw(logits, 1.0, min_p=0.2)
+    assert counts[target == 0].sum() == 0
+    edges = torch.searchsorted(target.cumsum(0), torch.linspace(0.1, 0.9, 9, dtype=torch.float64))
+    bins = torch.tensor_split(torch.arange(2000), edges)
+    binned_counts = torch.stack([counts[b].sum() for b in bins])
+    binned_target = torch.stack([target[b].sum() for b in bins])
+    assert chi_square(binned_counts, binned_target) < 27.9  # 9 degrees of freedom, p = 0.001
+
+
 def test_greedy_rows_take_the_argmax_beside_sampled_rows():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
-    rows = SamplingRows([0.0, 1.0, 0.0, 0.7, 0.0, 1.0], [0] * 6, [1.0] * 6, [0.99] * 6)
+    temperatures = [0.0, 1.0, 0.0, 0.7, 0.0, 1.0]
+    rows = SamplingRows([SamplingParams(temperature=t) for t in temperatures], [0.99] * 6)
     tokens = sample(logits, rows)
     assert tokens[[0, 2, 4]].tolist() == logits[[0, 2, 4]].argmax(-1).tolist()
 
@@ -130,24 +182,26 @@ def worker(stories_dir):
     return start_worker(stories_dir, num_kv_blocks=256)
 
 
+@pytest.mark.slow
 def test_top_k_1_equals_greedy(worker):
     greedy = generate_alone(worker, PROMPT, GREEDY, 20).output_ids
-    options = SamplingOptions(temperature=1.0, top_k=1)
+    options = SamplingParams(temperature=1.0, top_k=1)
     assert generate_alone(worker, PROMPT, options, 20).output_ids == greedy
 
 
+@pytest.mark.slow
 def test_seeded_request_gives_the_same_tokens_alone_batched_and_resumed(worker):
-    options = SamplingOptions(temperature=1.0, top_p=0.9, seed=1234)
+    options = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
     alone = generate_alone(worker, PROMPT, options, 24).output_ids
     assert alone == generate_alone(worker, PROMPT, options, 24).output_ids
-    other_seed = SamplingOptions(temperature=1.0, top_p=0.9, seed=99)
+    other_seed = SamplingParams(temperature=1.0, top_p=0.9, seed=99)
     assert alone != generate_alone(worker, PROMPT, other_seed, 24).output_ids
 
     driver = Driver(worker, random.Random(3))
     rng = random.Random(5)
     for i in range(6):
         prompt = [1] + [rng.randrange(3, 512) for _ in range(rng.randint(1, 40))]
-        driver.add(f"noise{i}", prompt, SamplingOptions(temperature=1.0), 24)
+        driver.add(f"noise{i}", prompt, SamplingParams(temperature=1.0), 24)
     seeded = driver.add("seeded", PROMPT, options, 24)
     for _ in range(10):
         driver.step(chunk_of=lambda seq: 5)
@@ -157,7 +211,7 @@ def test_seeded_request_gives_the_same_tokens_alone_batched_and_resumed(worker):
 
 
 def test_unseeded_requests_follow_the_worker_seed(stories_dir):
-    options = SamplingOptions(temperature=1.0)
+    options = SamplingParams(temperature=1.0)
     runs = [
         generate_alone(start_worker(stories_dir, seed=seed), PROMPT, options, 16).output_ids
         for seed in (0, 0, 1)

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
+from contract.sampling import SamplingParams
 from contract.step import (
     NewRequest,
     PromptLogprobs,
     RunningRequest,
-    SamplingOptions,
     StepInput,
     StepOutput,
     WorkerInfo,
@@ -24,7 +24,7 @@ from contract.step_proto import (
     worker_info_from_proto,
     worker_info_to_proto,
 )
-from loompb import worker_pb2
+from loompb import serving_pb2, worker_pb2
 
 
 def wire(message: object) -> object:
@@ -39,8 +39,8 @@ def test_step_input_round_trip_keeps_every_field() -> None:
                 "t/a",
                 [1, 403, 407],
                 [7, 2],
-                SamplingOptions(
-                    temperature=0.7,  # not a float32: the wire must carry it exactly
+                SamplingParams(
+                    temperature=0.7,
                     top_p=0.9,
                     top_k=40,
                     seed=0,  # 0 is a seed, not "unset"
@@ -48,16 +48,17 @@ def test_step_input_round_trip_keeps_every_field() -> None:
                     top_logprobs=5,
                     echo=True,
                     min_tokens=3,
-                    stop_token_ids=(2, 13),
-                    presence_penalty=0.3,  # not float32 values either
+                    stop_token_ids=[2, 13],
+                    presence_penalty=0.3,
                     frequency_penalty=-0.7,
                     repetition_penalty=1.1,
-                    logit_bias=((5, -100.0), (13, 2.3)),
-                ),
+                    logit_bias={5: -100.0, 13: 2.3},
+                ).as_sampled(),  # the engine sends float32 values, which the wire keeps exactly
                 num_computed_tokens=1,
                 num_output_tokens=1,
+                end_token_ids=(2, 13),
             ),
-            NewRequest("t/b", [1, 5], [3], SamplingOptions(temperature=0.0)),
+            NewRequest("t/b", [1, 5], [3], SamplingParams(temperature=0.0)),
         ],
         running=[RunningRequest("t/c", [42], [9, 10]), RunningRequest("t/d", [], [])],
         num_scheduled_tokens={"t/a": 2, "t/b": 2, "t/c": 1},
@@ -96,7 +97,7 @@ def new_request(**fields: object) -> worker_pb2.NewRequest:
     message = worker_pb2.NewRequest(req_id="r", prompt_token_ids=[1, 2, 3], block_ids=[0])
     message.sampling.top_p = 1.0
     message.sampling.repetition_penalty = 1.0
-    sampling_fields = worker_pb2.SamplingOptions.DESCRIPTOR.fields_by_name
+    sampling_fields = serving_pb2.SamplingParams.DESCRIPTOR.fields_by_name
     for name, value in fields.items():
         target = message.sampling if name in sampling_fields else message
         if isinstance(value, list):
@@ -117,17 +118,19 @@ def new_request(**fields: object) -> worker_pb2.NewRequest:
         ({"prompt_token_ids": [1, -2]}, "new[r].prompt_token_ids must be >= 0, got -2"),
         ({"num_computed_tokens": 4}, "new[r].num_computed_tokens must be in [0, 3], got 4"),
         ({"num_output_tokens": -1}, "new[r].num_output_tokens must be in [0, 3], got -1"),
-        ({"temperature": -1.0}, "new[r].sampling.temperature must be a finite number >= 0"),
-        ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+        ({"temperature": -1.0}, "new[r].sampling.temperature must be >= 0, got -1.0"),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
         ({"top_p": 0.0}, "new[r].sampling.top_p must be in (0, 1], got 0.0"),
-        ({"top_k": -1}, "top_k and min_tokens must be >= 0"),
-        ({"top_logprobs": 21}, "top_logprobs must be in [0, 20]"),
-        ({"seed": -5}, "new[r].sampling.seed must be >= 0, got -5"),
+        ({"top_k": -1}, "new[r].sampling.top_k must be >= 0, got -1"),
+        ({"min_tokens": -1}, "new[r].sampling.min_tokens must be >= 0, got -1"),
+        ({"top_logprobs": 21}, "top_logprobs must be in [0, 20], got 21"),
+        ({"seed": -5}, "new[r].sampling.seed must be in [0, 9223372036854775807], got -5"),
         ({"block_ids": [-1]}, "new[r].block_ids must be >= 0, got -1"),
-        ({"presence_penalty": float("inf")}, "penalties must be finite (repetition > 0"),
-        ({"repetition_penalty": 0.0}, "penalties must be finite (repetition > 0"),
-        ({"logit_bias": {-3: 1.0}}, "new[r].sampling.logit_bias must be >= 0, got -3"),
-        ({"logit_bias": {3: float("nan")}}, "new[r].sampling.logit_bias values must be finite"),
+        ({"end_token_ids": [2, -1]}, "new[r].end_token_ids must be >= 0, got -1"),
+        ({"presence_penalty": float("inf")}, "presence_penalty must be a finite number, got inf"),
+        ({"repetition_penalty": 0.0}, "new[r].sampling.repetition_penalty must be > 0, got 0.0"),
+        ({"logit_bias": {-3: 1.0}}, "new[r].sampling.logit_bias keys must be token ids >= 0"),
+        ({"logit_bias": {3: float("nan")}}, "logit_bias must be a finite number, got nan"),
     ],
 )
 def test_malformed_new_requests_are_refused_naming_the_field(fields: dict, message: str) -> None:

@@ -13,12 +13,10 @@ import random
 import subprocess
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are made (lazily, below)
-
 import pytest
 import torch
 
-from contract.step import SamplingOptions
+from contract.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
@@ -28,7 +26,7 @@ from worker.step_batch import RequestState, build_step_batch
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
 
 CPU = torch.device("cpu")
-GREEDY = SamplingOptions(temperature=0.0)
+GREEDY = SamplingParams(temperature=0.0)
 
 
 def random_mix(rng: random.Random, block_size: int, num_blocks: int) -> list:
@@ -85,6 +83,7 @@ def compare_once(
     [(8, 2, 32), (4, 4, 32), (6, 2, 16), (8, 4, 8)],
     ids=["gqa-4", "mha", "gqa-3", "stories260K"],
 )
+@pytest.mark.slow
 def test_triton_kernel_equals_the_reference(block_size, n_heads, n_kv_heads, head_dim) -> None:
     for trial in range(3):
         seed = 1000 * block_size + 10 * n_heads + trial
@@ -133,6 +132,7 @@ def test_triton_on_the_cpu_needs_the_interpreter(monkeypatch) -> None:
     assert create_attention_backend("auto", CPU, 16).name in ("cpu", "torch")
 
 
+@pytest.mark.slow
 def test_without_triton_auto_falls_back_and_triton_is_refused() -> None:
     code = (
         "import logging, sys, torch\n"
@@ -185,6 +185,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 def test_the_kernels_compile_for_a_hopper_gpu(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier run's cache

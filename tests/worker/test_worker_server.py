@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from contract.step import NewRequest, RunningRequest, SamplingOptions, StepInput
+from contract.sampling import SamplingParams
+from contract.step import NewRequest, RunningRequest, StepInput
 from contract.step_proto import SESSION_METADATA, step_input_to_proto
 from loompb import worker_pb2, worker_pb2_grpc
 from modelfiles.tokenizer_files import tokenizer_files
@@ -17,6 +18,8 @@ from tests.server.conftest import wait_until
 from worker import create_worker
 from worker.config import WorkerServerConfig
 from worker.server import WorkerServer
+
+pytestmark = pytest.mark.server
 
 NUM_BLOCKS = 64
 LEASE = 0.5  # seconds: short, so the take-over test need not wait long
@@ -65,7 +68,7 @@ def step(stub: worker_pb2_grpc.WorkerStub, session: str, message: object) -> wor
 
 
 def prefill(req_id: str, prompt: list[int], block_ids: list[int]) -> StepInput:
-    new = NewRequest(req_id, prompt, block_ids, SamplingOptions(temperature=0.0))
+    new = NewRequest(req_id, prompt, block_ids, SamplingParams(temperature=0.0))
     return StepInput(new=[new], num_scheduled_tokens={req_id: len(prompt)})
 
 
@@ -144,7 +147,7 @@ def test_malformed_steps_are_refused_whole_and_the_worker_serves_on(
         lambda: raw(b"\xff\xff\xff", timeout=10, metadata=((SESSION_METADATA, session),))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed step" in details
-    valid_new = NewRequest("x", [1, 2], [9], SamplingOptions(temperature=0.0))
+    valid_new = NewRequest("x", [1, 2], [9], SamplingParams(temperature=0.0))
     bad_steps = {
         "running request ghost is not on this worker": StepInput(
             running=[RunningRequest("ghost", [5], [])], num_scheduled_tokens={"ghost": 1}

@@ -12,6 +12,12 @@ this step's K/V into their cache slots and attends, through the backend that bui
 
 `auto` picks the fastest backend the device has: `cpu` on the CPU, `triton` on CUDA (the
 torch reference, with a warning, where triton is not installed).
+
+- metadata.py        what every backend is told about a step (block tables, lengths, slots)
+- backend.py         the backend protocol: its KV cache layout, per-step prepare, forward
+- torch_backend.py   the plain-torch reference
+- cpu_backend.py     the C++ kernel: every sequence of the step in one call per layer
+- triton_backend.py, triton_kernels.py  the Triton kernels: one launch per layer
 """
 
 from __future__ import annotations

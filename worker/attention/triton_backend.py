@@ -13,6 +13,7 @@ CI checks it against the torch reference.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import torch
@@ -32,10 +33,9 @@ def interpreting() -> bool:
 
 
 def triton_missing() -> str | None:
-    """Why the Triton backend cannot be made here, or None when it can."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    """Why the Triton backend cannot be made here, or None when it can. Asking does not
+    import triton: whether it interprets is fixed when it is first imported."""
+    if importlib.util.find_spec("triton") is None:
         return "the triton package is not installed"
     return None
 

@@ -58,6 +58,7 @@ def test_bad_fields_are_400_naming_the_field(tenants_server) -> None:
         ({"n": 17}, "n", "n must be in [1, 16], got 17"),
         ({"logit_bias": {"7": 300}}, "logit_bias", "logit_bias must be in [-100, 100]"),
         ({"presence_penalty": 3}, "presence_penalty", "presence_penalty must be in [-2, 2]"),
+        ({"extra_body": {"min_p": 2}}, "min_p", "min_p must be in [0, 1], got 2"),
         ({"max_tokens": 600}, None, "must be <= the maximum model length (512)"),
         ({"extra_body": {"suffix": "!"}}, "suffix", "suffix is not supported"),
         ({"extra_body": {"top_k": "many"}}, "top_k", "top_k: Input should be a valid integer"),

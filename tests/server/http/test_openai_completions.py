@@ -155,3 +155,13 @@ def test_penalties_and_vllm_extras_reach_the_engine(client) -> None:
     penalised = client.completions.create(**longer, frequency_penalty=2.0, presence_penalty=2.0)
     repeated = client.completions.create(**longer, extra_body={"repetition_penalty": 1.5})
     assert penalised.choices[0].text != plain.text != repeated.choices[0].text
+
+
+def test_min_p_is_taken_as_vllm_takes_it(client) -> None:
+    base = {"model": MODEL, "prompt": PROMPT, "max_tokens": 30}
+    greedy = client.completions.create(**base, temperature=0).choices[0].text
+    drawn = {**base, "temperature": 1.5, "seed": 3}
+    only_best = client.completions.create(**drawn, extra_body={"min_p": 1.0}).choices[0].text
+    assert only_best == greedy
+    off = client.completions.create(**drawn, extra_body={"min_p": 0}).choices[0].text
+    assert off == client.completions.create(**drawn).choices[0].text != greedy
