@@ -60,8 +60,9 @@ def test_each_stage_is_logged_with_its_time_then_ready() -> None:
     server = ServeProcess([*SERVE, "--port", "0"])
     try:
         log = server.log()
-        stages = ["reading the tokenizer: ", "reading the weights (", "building the model: ",
-                  "allocating the KV cache (64 blocks): ", "ready: listening on "]  # fmt: skip
+        stages = ["reading the tokenizer: ", "importing torch: ", "reading the weights (",
+                  "building the model: ", "allocating the KV cache (64 blocks): ",
+                  "ready: listening on "]  # fmt: skip
         positions = [log.index(stage) for stage in stages]
         assert positions == sorted(positions)
     finally:
