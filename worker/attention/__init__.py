@@ -92,7 +92,7 @@ def _triton_backend(name: str, device: torch.device, block_size: int) -> Attenti
         )
     missing = triton_missing()
     if missing is None:
-        return TritonAttentionBackend(block_size)
+        return TritonAttentionBackend(block_size, device)
     if name == "triton":
         raise RuntimeError(f"attention_backend 'triton' is unavailable: {missing}")
     log.warning("%s; using the slower torch reference on %s", missing, device)

@@ -3,6 +3,7 @@
 `store_kv_kernel` writes each token's K and V into its cache slot (slot -1: a padding row of a
 captured decode batch, written nowhere). `paged_attention_kernel` attends for every sequence
 of a step in one launch: decodes and prefill chunks after any cached prefix alike.
+`reduce_splits_kernel` combines the partial results of a split launch (below).
 
 The grid of the attention kernel is (query tiles, KV heads). A tile is up to BLOCK_Q
 consecutive query tokens of one sequence times the GROUP query heads that share a KV head, so
@@ -14,6 +15,13 @@ every step of a captured graph. Tiles past a sequence's queries exit at once.
 Keys are read TILE_N at a time straight from the blocks: key j of a sequence lives at block
 block_table[j // BLOCK_SIZE], row j % BLOCK_SIZE. Softmax runs online in float32 (base 2:
 the scale is pre-multiplied by log2 e), whatever the input dtype.
+
+Split-KV: with NUM_SPLITS > 1 the grid gains a third axis, and program (tile, head, split)
+reads only its split's share of the tile's keys: the key tiles cut into NUM_SPLITS runs of
+equal length, from the sequence's own length on the device, so one launch (one captured graph)
+serves every length. Each writes its unnormalised sum, running max and running sum per row;
+`reduce_splits_kernel` rescales them to a common max and divides once. A split that holds no
+key writes max -inf and sum 0, and weighs nothing.
 """
 
 from __future__ import annotations
@@ -81,9 +89,9 @@ def _sequence_of_tile(query_start_loc_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr
     return lo
 
 
-# num_seqs stays a runtime value even when it is 1: a step with one sequence reuses the kernel
-# the others compiled.
-@triton.jit(do_not_specialize=["num_seqs"])
+# Values that change from step to step stay runtime values even when they are 1 or a multiple
+# of 16 (Triton would otherwise compile a variant for each): a step reuses what warm-up built.
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride"])
 def paged_attention_kernel(
     out_ptr,  # [num_tokens, n_heads, head_dim]
     q_ptr,  # [num_tokens, n_heads, head_dim], head_dim contiguous
@@ -92,6 +100,9 @@ def paged_attention_kernel(
     block_tables_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32: context length including this step's tokens
     query_start_loc_ptr,  # [num_seqs + 1] int32
+    part_acc_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS, HEAD_DIM] float32
+    part_max_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
+    part_sum_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
     scale_log2,  # head_dim ** -0.5 * log2(e)
     num_seqs,
     q_stride_token,
@@ -105,6 +116,7 @@ def paged_attention_kernel(
     vc_stride_row,
     vc_stride_head,
     block_table_stride,
+    part_stride_token,  # n_heads * NUM_SPLITS
     GROUP: tl.constexpr,  # query heads per KV head
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -113,6 +125,7 @@ def paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # query tokens per tile; BLOCK_Q * GROUP_PAD rows
     TILE_N: tl.constexpr,  # keys per inner iteration
     PRECISION: tl.constexpr,  # "ieee" for float32 (no TF32 rounding), "tf32" otherwise
+    NUM_SPLITS: tl.constexpr,  # 1: write the output; else partials for reduce_splits_kernel
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -147,8 +160,15 @@ def paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     # The tile's last query sees keys up to its own position, no further.
     num_keys = tl.minimum(seq_len, num_cached + first_query + BLOCK_Q)
+    if NUM_SPLITS == 1:
+        key_lo = 0
+        key_hi = num_keys
+    else:  # this split's run of whole key tiles (the last run may be short or empty)
+        keys_per_split = tl.cdiv(tl.cdiv(num_keys, TILE_N), NUM_SPLITS) * TILE_N
+        key_lo = tl.program_id(2) * keys_per_split
+        key_hi = tl.minimum(num_keys, key_lo + keys_per_split)
     block_table = block_tables_ptr + seq.to(tl.int64) * block_table_stride
-    for key_start in range(0, num_keys, TILE_N):
+    for key_start in range(key_lo, key_hi, TILE_N):
         keys = key_start + tl.arange(0, TILE_N)
         key_valid = keys < num_keys
         block = tl.load(block_table + keys // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
@@ -177,10 +197,48 @@ def paged_attention_kernel(
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         running_max = new_max
 
-    out = acc / tl.where(running_sum == 0.0, 1.0, running_sum)[:, None]
-    tl.store(
-        out_ptr + token[:, None] * out_stride_token + head[:, None] * out_stride_head
-        + dims[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=q_mask,
-    )  # fmt: skip
+    if NUM_SPLITS == 1:
+        out = acc / tl.where(running_sum == 0.0, 1.0, running_sum)[:, None]
+        tl.store(
+            out_ptr + token[:, None] * out_stride_token + head[:, None] * out_stride_head
+            + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=q_mask,
+        )  # fmt: skip
+    else:
+        part = token * part_stride_token + head * NUM_SPLITS + tl.program_id(2)  # [BLOCK_M]
+        tl.store(part_max_ptr + part, running_max, mask=row_valid)
+        tl.store(part_sum_ptr + part, running_sum, mask=row_valid)
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=q_mask)
+
+
+@triton.jit
+def reduce_splits_kernel(
+    out_ptr,  # [num_tokens, n_heads, head_dim]
+    part_acc_ptr,  # [num_tokens, n_heads, NUM_SPLITS, HEAD_DIM] float32
+    part_max_ptr,  # [num_tokens, n_heads, NUM_SPLITS] float32
+    part_sum_ptr,
+    out_stride_token,
+    out_stride_head,
+    part_stride_token,  # n_heads * NUM_SPLITS
+    NUM_SPLITS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+):
+    """One (token, query head): the splits' partial sums on a common max, divided once."""
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    part = token * part_stride_token + head * NUM_SPLITS + tl.arange(0, NUM_SPLITS)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    dim_valid = dims < HEAD_DIM
+    split_max = tl.load(part_max_ptr + part)  # [NUM_SPLITS]
+    split_sum = tl.load(part_sum_ptr + part)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :],
+                  mask=dim_valid[None, :], other=0.0)  # fmt: skip
+    top = tl.max(split_max, axis=0)
+    top = tl.where(top == float("-inf"), 0.0, top)  # a row that saw no key at all: zeros
+    weight = tl.exp2(split_max - top)  # a split with no key: exp2(-inf) = 0
+    total = tl.sum(weight * split_sum, axis=0)
+    out = tl.sum(weight[:, None] * acc, axis=0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptr + token * out_stride_token + head * out_stride_head + dims,
+             out.to(out_ptr.dtype.element_ty), mask=dim_valid)  # fmt: skip
