@@ -14,6 +14,7 @@ from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, Wor
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.fused_ops import install_fused_ops
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.penalties import PenaltyTable
@@ -69,6 +70,8 @@ class ModelRunner:
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
         self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+        if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
+            install_fused_ops(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory

@@ -27,6 +27,7 @@ import torch
 
 from worker.attention.metadata import AttentionMetadata
 
+CPU = torch.device("cpu")
 LOG2_E = 1.4426950408889634
 # tl.dot needs each dimension of its operands to be at least 16.
 MIN_DOT_DIM = 16
@@ -103,7 +104,7 @@ class TritonAttentionBackend:
     def __init__(
         self,
         block_size: int,
-        device: torch.device = torch.device("cpu"),
+        device: torch.device = CPU,
         num_splits: int | None = None,
     ) -> None:
         """`num_splits`: split every decode-only step this many ways (a power of two; 1: never
