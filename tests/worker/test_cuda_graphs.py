@@ -89,14 +89,23 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
 
 @pytest.mark.slow
 @needs_triton
-def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:
+# 1 SM: no step splits. 132 (an H100's): every graph splits its decodes 2 ways (stories260K has
+# 4 KV heads and 512 positions), fixed at capture while the real lengths change under it.
+@pytest.mark.parametrize(("num_sms", "splits"), [(1, 1), (132, 2)], ids=["unsplit", "split-kv"])
+def test_decode_steps_replay_and_give_what_the_eager_reference_gives(
+    stories_dir, num_sms, splits
+) -> None:
     reference = start_worker(stories_dir, device="cpu", attention_backend="torch")
     worker = start_worker(stories_dir, device="cpu", attention_backend="triton")
     assert worker.decode_graphs is None  # the CPU never captures graphs by itself
+    worker.attention_backend.num_sms = num_sms
     graphs = DecodeGraphs(
         worker.model, worker.kv_cache, worker.attention_backend, 4, CPU, ReplayEagerly
     )
     assert graphs.sizes == [1, 2, 4]
+    n_kv_heads = worker.model.args.n_kv_heads
+    for size in graphs.sizes:
+        assert worker.attention_backend.splits_for(graphs._metadata[size], n_kv_heads) == splits
     # Capturing ran the forward over padding rows only: nothing reached the cache.
     assert not worker.kv_cache.storage.any()
     worker.decode_graphs = graphs

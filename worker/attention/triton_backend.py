@@ -8,10 +8,11 @@ block tables and slots (worker/cuda_graphs.py); padding rows of such a batch car
 context length 0 and cost nothing.
 
 Decode-only steps whose sequences x KV heads would leave SMs idle split each context into
-segments (split-KV, `split_count`): the attention launch grows a split axis and a third launch
-reduces the partial results. The split count is a function of the step's shape only (the
-number of sequences, and the longest context it may hold), so a captured graph keeps the one
-it was captured with while the real lengths, read on the device, change under it.
+segments (split-KV, `split_count`): the attention launch grows a split axis, and the last
+program of each tile to finish combines the partial results. The split count is a function of
+the step's shape only (the number of sequences, and the longest context it may hold), so a
+captured graph keeps the one it was captured with while the real lengths, read on the device,
+change under it.
 
 On a host without a GPU it runs under Triton's interpreter (TRITON_INTERPRET=1), which is how
 CI checks it against the torch reference.
@@ -118,6 +119,7 @@ class TritonAttentionBackend:
         self.device = device
         self.num_splits = num_splits
         self._num_sms: int | None = None
+        self._counter_buffers: list[torch.Tensor] = []
 
     @property
     def num_sms(self) -> int:
@@ -170,15 +172,16 @@ class TritonAttentionBackend:
         )
         num_splits = self.splits_for(meta, n_kv_heads)
         out = torch.empty((num_tokens, n_heads, head_dim), dtype=q.dtype, device=q.device)
+        grid = (num_tokens // block_q + meta.num_seqs, n_kv_heads, num_splits)
         if num_splits == 1:
-            part_acc = part_max = part_sum = out  # not read: the kernel writes `out` itself
+            part_acc = part_max = part_sum = counters = out  # not read
         else:
             part_acc = torch.empty((num_tokens, n_heads, num_splits, head_dim),
                                    dtype=torch.float32, device=q.device)  # fmt: skip
             part_max, part_sum = torch.empty(
                 (2, num_tokens, n_heads, num_splits), dtype=torch.float32, device=q.device
             )
-        grid = (num_tokens // block_q + meta.num_seqs, n_kv_heads, num_splits)
+            counters = self._counters(grid[0] * grid[1], q.device)
         self._kernels.paged_attention_kernel[grid](
             out,
             q,
@@ -190,6 +193,7 @@ class TritonAttentionBackend:
             part_acc,
             part_max,
             part_sum,
+            counters,
             head_dim**-0.5 * LOG2_E,
             meta.num_seqs,
             q.stride(0),
@@ -211,14 +215,18 @@ class TritonAttentionBackend:
             NUM_SPLITS=num_splits,
             num_warps=num_warps,
         )
-        if num_splits > 1:
-            self._kernels.reduce_splits_kernel[(num_tokens, n_heads)](
-                out, part_acc, part_max, part_sum, out.stride(0), out.stride(1),
-                n_heads * num_splits, NUM_SPLITS=num_splits, HEAD_DIM=head_dim,
-                HEAD_DIM_PAD=head_dim_pad,
-            )  # fmt: skip
         # [num_tokens, n_heads, head_dim] -> [num_tokens, n_heads * head_dim]
         return out.view(num_tokens, n_heads * head_dim)
+
+    def _counters(self, needed: int, device: torch.device) -> torch.Tensor:
+        """Zeroed int32 arrival counters, one per (tile, KV head); each launch leaves them at
+        zero. A buffer outgrown is kept, never freed: captured graphs still point into it.
+        Graphs are captured after a run of the same shape, so capturing never grows it."""
+        if not self._counter_buffers or self._counter_buffers[-1].numel() < needed:
+            size = max(needed, 2 * self._counter_buffers[-1].numel() if self._counter_buffers
+                       else 1024)  # fmt: skip
+            self._counter_buffers.append(torch.zeros(size, dtype=torch.int32, device=device))
+        return self._counter_buffers[-1]
 
     def _store(
         self,

@@ -3,7 +3,6 @@
 `store_kv_kernel` writes each token's K and V into its cache slot (slot -1: a padding row of a
 captured decode batch, written nowhere). `paged_attention_kernel` attends for every sequence
 of a step in one launch: decodes and prefill chunks after any cached prefix alike.
-`reduce_splits_kernel` combines the partial results of a split launch (below).
 
 The grid of the attention kernel is (query tiles, KV heads). A tile is up to BLOCK_Q
 consecutive query tokens of one sequence times the GROUP query heads that share a KV head, so
@@ -19,9 +18,13 @@ the scale is pre-multiplied by log2 e), whatever the input dtype.
 Split-KV: with NUM_SPLITS > 1 the grid gains a third axis, and program (tile, head, split)
 reads only its split's share of the tile's keys: the key tiles cut into NUM_SPLITS runs of
 equal length, from the sequence's own length on the device, so one launch (one captured graph)
-serves every length. Each writes its unnormalised sum, running max and running sum per row;
-`reduce_splits_kernel` rescales them to a common max and divides once. A split that holds no
-key writes max -inf and sum 0, and weighs nothing.
+serves every length. Each writes its unnormalised sum, running max and running sum per row,
+then counts itself in on the (tile, head)'s counter; the last to arrive rescales every split's
+partials to a common max, divides once, writes the output and sets the counter back to 0 for
+the next launch. So a split step is still one launch per layer. The counter's atomic add is a
+release (after a barrier: every thread's partials first) and an acquire for the reader, whose
+loads skip L1 (other SMs wrote them). A split that holds no key writes max -inf and sum 0,
+and weighs nothing.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def paged_attention_kernel(
     part_acc_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS, HEAD_DIM] float32
     part_max_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
     part_sum_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
+    counters_ptr,  # NUM_SPLITS > 1: [>= programs on axes 0 x 1] int32, zero between launches
     scale_log2,  # head_dim ** -0.5 * log2(e)
     num_seqs,
     q_stride_token,
@@ -206,39 +210,48 @@ def paged_attention_kernel(
             mask=q_mask,
         )  # fmt: skip
     else:
-        part = token * part_stride_token + head * NUM_SPLITS + tl.program_id(2)  # [BLOCK_M]
-        tl.store(part_max_ptr + part, running_max, mask=row_valid)
-        tl.store(part_sum_ptr + part, running_sum, mask=row_valid)
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=q_mask)
+        part = token * part_stride_token + head * NUM_SPLITS  # [BLOCK_M]: split 0's entry
+        split = tl.program_id(2)
+        tl.store(part_max_ptr + part + split, running_max, mask=row_valid)
+        tl.store(part_sum_ptr + part + split, running_sum, mask=row_valid)
+        tl.store(part_acc_ptr + (part + split)[:, None] * HEAD_DIM + dims[None, :], acc,
+                 mask=q_mask)  # fmt: skip
+        tl.debug_barrier()  # every thread's partials are written before the count
+        counter = counters_ptr + tile * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
+            _reduce_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, token,
+                           head, row_valid, dims, q_mask, out_stride_token, out_stride_head,
+                           NUM_SPLITS, HEAD_DIM)  # fmt: skip
+            tl.store(counter, 0)
 
 
 @triton.jit
-def reduce_splits_kernel(
-    out_ptr,  # [num_tokens, n_heads, head_dim]
-    part_acc_ptr,  # [num_tokens, n_heads, NUM_SPLITS, HEAD_DIM] float32
-    part_max_ptr,  # [num_tokens, n_heads, NUM_SPLITS] float32
-    part_sum_ptr,
-    out_stride_token,
-    out_stride_head,
-    part_stride_token,  # n_heads * NUM_SPLITS
-    NUM_SPLITS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
-):
-    """One (token, query head): the splits' partial sums on a common max, divided once."""
-    token = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
-    part = token * part_stride_token + head * NUM_SPLITS + tl.arange(0, NUM_SPLITS)
-    dims = tl.arange(0, HEAD_DIM_PAD)
-    dim_valid = dims < HEAD_DIM
-    split_max = tl.load(part_max_ptr + part)  # [NUM_SPLITS]
-    split_sum = tl.load(part_sum_ptr + part)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :],
-                  mask=dim_valid[None, :], other=0.0)  # fmt: skip
-    top = tl.max(split_max, axis=0)
+def _reduce_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, token, head,
+                   row_valid, dims, q_mask, out_stride_token, out_stride_head,
+                   NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """The tile's rows: every split's partial sums on a common max, divided once."""
+    top = tl.full(part.shape, float("-inf"), tl.float32)
+    for split in tl.static_range(NUM_SPLITS):
+        split_max = tl.load(part_max_ptr + part + split, mask=row_valid, other=float("-inf"),
+                            cache_modifier=".cg")  # fmt: skip
+        top = tl.maximum(top, split_max)
     top = tl.where(top == float("-inf"), 0.0, top)  # a row that saw no key at all: zeros
-    weight = tl.exp2(split_max - top)  # a split with no key: exp2(-inf) = 0
-    total = tl.sum(weight * split_sum, axis=0)
-    out = tl.sum(weight[:, None] * acc, axis=0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + token * out_stride_token + head * out_stride_head + dims,
-             out.to(out_ptr.dtype.element_ty), mask=dim_valid)  # fmt: skip
+    total = tl.zeros(part.shape, tl.float32)
+    out = tl.zeros(q_mask.shape, tl.float32)
+    for split in tl.static_range(NUM_SPLITS):
+        # A split with no key: max -inf, weight exp2(-inf) = 0.
+        weight = tl.exp2(tl.load(part_max_ptr + part + split, mask=row_valid,
+                                 other=float("-inf"), cache_modifier=".cg") - top)  # fmt: skip
+        split_sum = tl.load(part_sum_ptr + part + split, mask=row_valid, other=0.0,
+                            cache_modifier=".cg")  # fmt: skip
+        split_acc = tl.load(part_acc_ptr + (part + split)[:, None] * HEAD_DIM + dims[None, :],
+                            mask=q_mask, other=0.0, cache_modifier=".cg")  # fmt: skip
+        total += weight * split_sum
+        out += weight[:, None] * split_acc
+    out = out / tl.where(total == 0.0, 1.0, total)[:, None]
+    tl.store(
+        out_ptr + token[:, None] * out_stride_token + head[:, None] * out_stride_head
+        + dims[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=q_mask,
+    )  # fmt: skip
