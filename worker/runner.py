@@ -15,6 +15,7 @@ from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.fused_ops import install_fused_ops
+from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.penalties import PenaltyTable
@@ -86,6 +87,9 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
+        if self.attention_backend.name == "triton" and self.device.type == "cuda":
+            # No request waits for a Triton compile (the graphs below compile their own).
+            warm_up_kernels(self.model, self.kv_cache, self.attention_backend)
         self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
             self.model, self.kv_cache, self.attention_backend, self.device,
             config.max_num_seqs, model.enforce_eager,

@@ -151,6 +151,12 @@ class TritonAttentionBackend:
     def prepare(self, meta: AttentionMetadata) -> None:
         pass  # the kernels read the shared metadata as it is
 
+    def reachable_splits(self, n_kv_heads: int, max_seq_len: int) -> list[int]:
+        """Every NUM_SPLITS a step may launch with: the most, at batch 1 and full length, and
+        each power of two below it (a shorter context allows fewer)."""
+        most = self.num_splits or split_count(n_kv_heads, max_seq_len, self.num_sms)
+        return [1 << i for i in range(most.bit_length())]
+
     def forward(
         self,
         q: torch.Tensor,  # [num_tokens, n_heads, head_dim]
