@@ -92,7 +92,7 @@ class ModelRunner:
             warm_up_kernels(self.model, self.kv_cache, self.attention_backend)
         self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
             self.model, self.kv_cache, self.attention_backend, self.device,
-            config.max_num_seqs, model.enforce_eager,
+            config.max_num_seqs, model.enforce_eager, placement.world_size,
         )  # fmt: skip
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
