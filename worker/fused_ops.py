@@ -49,7 +49,7 @@ class FusedOps:
         block = _next_power_of_2(dim)
         self._kernels.add_rms_norm_kernel[(num_tokens,)](
             x, source, weight, out, x.stride(0), source.stride(0), out.stride(0), eps,
-            DIM=dim, BLOCK=block, HAS_DELTA=delta is not None, num_warps=_row_warps(block),
+            DIM=dim, BLOCK=block, HAS_DELTA=delta is not None, num_warps=row_warps(block),
         )  # fmt: skip
         return out
 
@@ -95,7 +95,7 @@ class FusedOps:
         return out
 
 
-def _row_warps(block: int) -> int:
+def row_warps(block: int) -> int:
     """Warps for a program over one row of `block` values: 4 up to 2,048, then 8, then 16."""
     return 4 if block <= 2048 else 8 if block <= 8192 else 16
 

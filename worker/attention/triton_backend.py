@@ -260,4 +260,11 @@ class TritonAttentionBackend:
             HEAD_DIM=head_dim,
             HEAD_DIM_PAD=_next_power_of_2(head_dim),
             BLOCK_SIZE=self.block_size,
+            num_warps=store_warps(n_kv_heads, head_dim),
         )
+
+
+def store_warps(n_kv_heads: int, head_dim: int) -> int:
+    """Warps for store_kv_kernel's [KV heads, head_dim] tile: 8 from 4,096 values (32 heads of
+    128), where ptxas spilled at 4 warps."""
+    return 8 if _next_power_of_2(n_kv_heads) * _next_power_of_2(head_dim) >= 4096 else 4

@@ -231,14 +231,14 @@ def _reduce_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, toke
                    NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
     """The tile's rows: every split's partial sums on a common max, divided once."""
     top = tl.full(part.shape, float("-inf"), tl.float32)
-    for split in tl.static_range(NUM_SPLITS):
+    for split in range(NUM_SPLITS):
         split_max = tl.load(part_max_ptr + part + split, mask=row_valid, other=float("-inf"),
                             cache_modifier=".cg")  # fmt: skip
         top = tl.maximum(top, split_max)
     top = tl.where(top == float("-inf"), 0.0, top)  # a row that saw no key at all: zeros
     total = tl.zeros(part.shape, tl.float32)
     out = tl.zeros(q_mask.shape, tl.float32)
-    for split in tl.static_range(NUM_SPLITS):
+    for split in range(NUM_SPLITS):
         # A split with no key: max -inf, weight exp2(-inf) = 0.
         weight = tl.exp2(tl.load(part_max_ptr + part + split, mask=row_valid,
                                  other=float("-inf"), cache_modifier=".cg") - top)  # fmt: skip
