@@ -17,6 +17,8 @@ check, `bench/gpu_check.sh`.
                      server process the router and reliability benchmarks start
 - router.py          `router`: the routing policies over two engine replicas
 - reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
+- bench_cpu_quant.py `python -m bench.bench_cpu_quant kernels|accuracy|serve|big|profile`:
+                     packed GGUF weights on the CPU against llama.cpp's llama-server
 - gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs
                      reference, greedy text), then decode steps and throughput vs transformers
 """
