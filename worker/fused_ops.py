@@ -2,12 +2,12 @@
 Triton's interpreter): the Triton kernels of worker/fused_kernels.py in place of the torch
 compositions around the GEMMs.
 
-A decode layer is then its four GEMMs plus four other kernels (five when the step's attention
-is split): residual add + RMSNorm, RoPE + K/V write, attention (+ the split reduce), residual
-add + RMSNorm, SiLU * up. `install_fused_ops(model)` hands the ops to the model's norms,
-attention and feed-forward modules (worker/model.py reads `fused_ops` there, beside its C++
-CPU `kernels` path); the attention backend is then called without K and V, which this pass
-already wrote into the cache.
+A decode layer is then its four GEMMs plus five other kernels, split-KV or not (the last split
+of a tile reduces inside the attention launch): residual add + RMSNorm, RoPE + K/V write,
+attention, residual add + RMSNorm, SiLU * up. `install_fused_ops(model)` hands the ops to the
+model's norms, attention and feed-forward modules (worker/model.py reads `fused_ops` there,
+beside its C++ CPU `kernels` path); the attention backend is then called without K and V,
+which this pass already wrote into the cache.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # query tokens per tile; BLOCK_Q * GROUP_PAD rows
     TILE_N: tl.constexpr,  # keys per inner iteration
     PRECISION: tl.constexpr,  # "ieee" for float32 (no TF32 rounding), "tf32" otherwise
-    NUM_SPLITS: tl.constexpr,  # 1: write the output; else partials for reduce_splits_kernel
+    NUM_SPLITS: tl.constexpr,  # 1: write the output; else partials, the last split reduces
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
