@@ -214,53 +214,68 @@ class Check:
 
     def decode_steps(self) -> None:
         """Batch 1 and 32, graphs on then off; in the full check, the workload with graphs on
-        the same engine."""
+        the same engine. What was measured is saved and shown even if a later step fails."""
         parts, report = self.parts, self.report
         bandwidth = parts.copy_bandwidth(self.device, (2 << 30) if self.on_gpu else (64 << 20))
-        found = {"copy_bandwidth_gb_s": bandwidth / 1e9}
+        found: dict[str, Any] = {"copy_bandwidth_gb_s": bandwidth / 1e9}
         modes = ("graphs", "eager") if self.on_gpu else ("eager",)
         compiles = parts.TritonCompiles() if self.on_gpu else None
-        for mode in modes:
-            engine, worker = parts.random_llama_engine(
-                self.params, self.device.type, self.dtype, max_num_seqs=self.max_num_seqs,
-                enforce_eager=mode == "eager",
-            )  # fmt: skip
-            if compiles:  # warm-up at start compiled what the steps below launch
-                compiles.clear()
-            step_bytes = parts.step_weight_bytes(worker.inner)[1]
-            found["floor_ms"] = 1e3 * step_bytes / bandwidth
-            found[mode] = {
-                "batch1": parts.decode_steps(engine, worker, 1, 128, 128 if self.on_gpu else 8),
-                "batch32": parts.decode_steps(engine, worker, 32, 128, 64 if self.on_gpu else 4),
-                "graphs": bool(worker.inner.decode_graphs),
-                "kv_blocks": engine.info.num_kv_blocks,
-            }
-            if mode == modes[0] and not self.opts.quick:  # the workload too, graphs on a GPU
-                head = self.workload.head(self.hf_batch_size)
-                found["workload"] = parts.loom_throughput(engine, worker, self.workload)
-                found["hf_subset"] = parts.loom_throughput(engine, worker, head)
-            if compiles:
-                found[mode]["triton_compiles_after_start"] = list(compiles.names)
-            if mode == "graphs":  # last: batch 1 at 4,000 tokens, split-KV on, then off
-                found["graphs"].update(self._long_context(engine, worker))
-                found["floor_long_ms"] = found["floor_ms"] + 1e3 * parts.kv_bytes_read(
-                    worker.inner.model.args, LONG_CONTEXT, self.dtype) / bandwidth  # fmt: skip
-            del engine, worker
-            release()
-        report.record("decode", found)
-        self._decode_rows(found, step_bytes, bandwidth)
+        try:
+            for mode in modes:
+                engine, worker = parts.random_llama_engine(
+                    self.params, self.device.type, self.dtype, max_num_seqs=self.max_num_seqs,
+                    enforce_eager=mode == "eager",
+                )  # fmt: skip
+                if compiles:  # warm-up at start compiled what the steps below launch
+                    compiles.clear()
+                found["step_weight_bytes"] = parts.step_weight_bytes(worker.inner)[1]
+                found["floor_ms"] = 1e3 * found["step_weight_bytes"] / bandwidth
+                found[mode] = {
+                    "batch1": parts.decode_steps(engine, worker, 1, 128, 128 if self.on_gpu else 8),
+                    "batch32": parts.decode_steps(engine, worker, 32, 128,
+                                                  64 if self.on_gpu else 4),  # fmt: skip
+                    "graphs": bool(worker.inner.decode_graphs),
+                    "kv_blocks": engine.info.num_kv_blocks,
+                }
+                if mode == modes[0] and not self.opts.quick:  # the workload, graphs on a GPU
+                    head = self.workload.head(self.hf_batch_size)
+                    found["workload"] = parts.loom_throughput(engine, worker, self.workload)
+                    found["hf_subset"] = parts.loom_throughput(engine, worker, head)
+                if compiles:
+                    found[mode]["triton_compiles_after_start"] = list(compiles.names)
+                report.record("decode", found)
+                if mode == "graphs":  # last on this engine: batch 1 at 4,000 tokens
+                    self._long_context(engine, worker, found)
+                del engine, worker
+                release()
+        finally:
+            report.record("decode", found)
+            if any(mode in found for mode in modes):
+                self._decode_rows(found, bandwidth)
 
-    def _long_context(self, engine: Any, worker: Any) -> dict:
+    def _long_context(self, engine: Any, worker: Any, found: dict) -> None:
         """Batch-1 steps at 3,968-4,032 tokens of context with the graphs as captured (the
-        split-KV policy), then captured again unsplit."""
+        split-KV policy), then captured again unsplit; a failure here is its own row, the
+        figures before it stand."""
         parts, prompt = self.parts, LONG_CONTEXT - LONG_TOKENS // 2
-        found = {"batch1_long": parts.decode_steps(engine, worker, 1, prompt, LONG_TOKENS)}
-        parts.recapture_graphs(worker.inner, self.max_num_seqs, num_splits=1)
-        found["batch1_long_unsplit"] = parts.decode_steps(engine, worker, 1, prompt, LONG_TOKENS)
-        return found
+        try:
+            long = {"batch1_long": parts.decode_steps(engine, worker, 1, prompt, LONG_TOKENS)}
+            parts.recapture_graphs(worker.inner, self.max_num_seqs, num_splits=1)
+            long["batch1_long_unsplit"] = parts.decode_steps(engine, worker, 1, prompt,
+                                                             LONG_TOKENS)  # fmt: skip
+        except Exception as exc:
+            traceback.print_exc()
+            self.report.failures += 1
+            self.report.row(f"batch-1 decode at {LONG_CONTEXT:,} tokens",
+                            f"{type(exc).__name__}: {exc}"[:200], "", "FAILED")  # fmt: skip
+            return
+        found["graphs"].update(long)
+        kv_bytes = parts.kv_bytes_read(worker.inner.model.args, LONG_CONTEXT, self.dtype)
+        found["floor_long_ms"] = found["floor_ms"] + 1e3 * kv_bytes / (
+            1e9 * found["copy_bandwidth_gb_s"])
 
-    def _decode_rows(self, found: dict, step_bytes: int, bandwidth: float) -> None:
-        report, floor = self.report, found["floor_ms"]
+    def _decode_rows(self, found: dict, bandwidth: float) -> None:
+        report, floor, step_bytes = self.report, found["floor_ms"], found["step_weight_bytes"]
         for mode in ("graphs", "eager"):
             if mode not in found:
                 report.skip(f"decode steps, CUDA {mode}", "CUDA graphs need a GPU")
@@ -276,7 +291,7 @@ class Check:
                 goal_verdict(ratio <= FLOOR_GOAL, self.on_gpu) if mode == "graphs" else "",
             )  # fmt: skip
             report.row(f"batch-32 decode step, {mode}", f"{many['engine_step_ms']:.2f} ms")
-        if "graphs" in found:
+        if "graphs" in found and "eager" in found:
             eager, graphs = found["eager"]["batch1"], found["graphs"]["batch1"]
             gain = eager["engine_step_ms"] / graphs["engine_step_ms"]
             report.row("batch-1 step, eager / graphs", f"{gain:.2f}x", f">= {GRAPHS_GOAL}x",
@@ -289,24 +304,27 @@ class Check:
         self._long_rows(found)
 
     def _long_rows(self, found: dict) -> None:
-        report = self.report
-        if "batch1_long" not in found.get("graphs", {}):
-            report.skip("batch-1 decode at 4,000 tokens, split-KV on / off", "needs a GPU")
+        report, graphs = self.report, found.get("graphs", {})
+        if "triton_compiles_after_start" not in graphs:
             report.skip("Triton compiles after start", "needs a GPU (CPU: test_kernel_warmup)")
+        for mode in ("graphs", "eager"):
+            if "triton_compiles_after_start" in found.get(mode, {}):
+                names = found[mode]["triton_compiles_after_start"]
+                report.row(f"Triton compiles after start, {mode} engine", f"{len(names)}"
+                           + (f" ({', '.join(sorted(set(names)))})" if names else ""),
+                           "0", "met" if not names else "missed")  # fmt: skip
+        if "batch1_long_unsplit" not in graphs:
+            why = "needs a GPU" if not self.on_gpu else "did not run (see above)"
+            report.skip(f"batch-1 decode at {LONG_CONTEXT:,} tokens, split-KV on / off", why)
             return
         floor = found["floor_long_ms"]
         for key, name in (("batch1_long", "split-KV policy"), ("batch1_long_unsplit", "unsplit")):
-            ms = found["graphs"][key]["engine_step_ms"]
+            ms = graphs[key]["engine_step_ms"]
             report.row(f"batch-1 decode at {LONG_CONTEXT:,} tokens, graphs, {name}",
                        f"{ms:.2f} ms; floor (weights + K/V) {floor:.2f} ms: {ms / floor:.2f}x")
-        gain = (found["graphs"]["batch1_long_unsplit"]["engine_step_ms"]
-                / found["graphs"]["batch1_long"]["engine_step_ms"])  # fmt: skip
+        gain = graphs["batch1_long_unsplit"]["engine_step_ms"] / graphs["batch1_long"][
+            "engine_step_ms"]
         report.row(f"batch-1 at {LONG_CONTEXT:,} tokens, unsplit / split", f"{gain:.2f}x")
-        for mode in ("graphs", "eager"):
-            names = found[mode].get("triton_compiles_after_start", [])
-            report.row(f"Triton compiles after start, {mode} engine",
-                       f"{len(names)}" + (f" ({', '.join(sorted(set(names)))})" if names else ""),
-                       "0", "met" if not names else "missed")  # fmt: skip
 
     def split_and_launches(self) -> None:
         """The attention launch alone at batch 1, split-KV as the policy chooses against
