@@ -11,8 +11,8 @@ every measurement, since figures of a wrong kernel mean nothing:
 3. The bundled model's greedy text: Triton with CUDA graphs, Triton eager, the torch reference.
 
 Then the measurements on a random-weight model of Llama-2-7B's shape in bfloat16, drawn on the
-GPU; `--quick` (about 3 minutes on an H100) leaves out the last. Each starts only while the time
-budget lasts, and one that fails does not stop the next:
+GPU; `--quick` (3-4 minutes on an H100, estimated) leaves out the last. Each starts only while
+the time budget lasts, and one that fails does not stop the next:
 
 4. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
    (bytes a step reads / measured copy bandwidth); batch 1 at 4,000 tokens of context with the

@@ -4,7 +4,7 @@
 # triton and transformers the machine has. Without a GPU it runs end to end on the CPU in about
 # a minute, every part that needs a GPU skipped and saying so (CI runs it so).
 #
-#   bench/gpu_check.sh --quick         # about 3 minutes on an H100; table last
+#   bench/gpu_check.sh --quick         # 3-4 minutes on an H100 (estimated); table last
 #   bench/gpu_check.sh                 # then throughput against transformers (about 7 minutes)
 #   PYTHON=python3.12 bench/gpu_check.sh --hf-batch-size 32
 #
