@@ -3,6 +3,7 @@ engine, on one event loop, and `python -m frontend serve`. What the router share
 lives in serving/. Names are imported on first use.
 
 - cli.py, __main__.py  `python -m frontend serve` / `health`
+- ports.py           the ports taken before the model loads, so a busy one ends the start
 - config.py          FrontendConfig, RemoteWorkerConfig (--worker), ServeConfig: all `serve` takes
 - server.py          the grpc.aio server: health, reflection, metrics, drain, tenants reload; the
                      HTTP server on the same loop

@@ -86,7 +86,9 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             self.admitter.check_open()
             try:
                 check_input_fields(request)
-                params = sampling_from_proto(request.sampling, exact=False)
+                params = sampling_from_proto(
+                    request.sampling, exact=False, defaults=self.engine.tokenizer.sampling_defaults
+                )
             except ValueError as exc:
                 raise Refused.invalid(exc) from exc
             prompt = request.prompt or list(request.prompt_token_ids)
@@ -169,6 +171,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             max_queued_requests=config.scheduler.max_queued_requests or 0,
             max_n=config.scheduler.max_n,
+            default_sampling=serving_pb2.SamplingParams(**self.engine.tokenizer.sampling_defaults),
         )
 
     async def Tokenize(self, request: serving_pb2.TokenizeRequest, context: Any) -> Any:

@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", choices=DATASETS, default="random")
     g.add_argument("--dataset-path", type=Path, help="file for sharegpt / jsonl")
-    g.add_argument("--input-len", type=int, default=1024, help="random prompt (or suffix) tokens")
-    g.add_argument("--output-len", type=int, default=128, help="random output tokens")
+    g.add_argument(
+        "--input-len",
+        type=int,
+        help="random prompt (or suffix) tokens (default: 1024, or less to fit the model)",
+    )
+    g.add_argument(
+        "--output-len",
+        type=int,
+        help="random output tokens (default: 128, or a quarter of what the model holds)",
+    )
     g.add_argument(
         "--range-ratio", type=float, default=0.0, help="lengths uniform in len*(1 -+ ratio)"
     )
@@ -122,6 +130,8 @@ def build_workload(
             "token ids from it; use --dataset sharegpt or jsonl"
         )
     vocab = Vocabulary(info.vocab_size, frozenset({info.bos_token_id, info.eos_token_id}))
+    if args.dataset in ("random", "shared-prefix"):
+        fill_default_lengths(args, info.max_model_len)
     if args.dataset == "random":
         requests = random_requests(
             args.num_prompts, args.input_len, args.output_len, args.range_ratio, vocab, rng
@@ -153,6 +163,28 @@ def build_workload(
             req.ignore_eos = True
     check_fits(requests, info.max_model_len)
     return requests
+
+
+DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN = 1024, 128  # as `vllm bench serve` has them
+
+
+def fill_default_lengths(args: argparse.Namespace, max_model_len: int) -> None:
+    """--input-len and --output-len the user left out, as `vllm bench serve` sets them but cut
+    to what the served model holds (with the shared prefix, and the longest lengths
+    --range-ratio draws): a quarter of it for the output at most, the rest for the input."""
+    if args.input_len is not None and args.output_len is not None:
+        return
+    prefix = args.prefix_len if args.dataset == "shared-prefix" else 0
+    room = int((max_model_len - prefix) / (1.0 + args.range_ratio))
+    if args.output_len is None:
+        args.output_len = max(1, min(DEFAULT_OUTPUT_LEN, room // 4))
+    if args.input_len is None:
+        args.input_len = max(1, min(DEFAULT_INPUT_LEN, room - args.output_len))
+    print(
+        f"--input-len {args.input_len} --output-len {args.output_len} "
+        f"(the model holds {max_model_len} tokens)",
+        file=sys.stderr,
+    )
 
 
 def grpc_workload(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.log_text import loggable
+from common.stages import log_stage
 from contract.sampling import SamplingParams
 from contract.step import Worker, WorkerInfo
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
@@ -96,7 +97,8 @@ class Engine:
         """Load the tokenizer and the in-process worker (torch is imported only here)."""
         from worker import create_worker
 
-        tokenizer = load_tokenizer(config.model.model)
+        with log_stage(logger, "reading the tokenizer"):
+            tokenizer = load_tokenizer(config.model.model)
         return cls(create_worker(config.worker), tokenizer, config)
 
     # -- any thread -----------------------------------------------------------------------

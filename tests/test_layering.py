@@ -306,8 +306,9 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
 )
 @pytest.mark.server
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
+    # --port 0: a server already on 50051 (the quick start's) must not answer for the settings.
     result = subprocess.run(
-        [sys.executable, "-m", "frontend", "serve", *flags],
+        [sys.executable, "-m", "frontend", "serve", "--port", "0", *flags],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

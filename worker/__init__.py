@@ -44,12 +44,15 @@ is imported only when a worker is created.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from common.settings import from_flat
+from common.stages import log_stage
 from contract.step import Worker
 from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
 
+log = logging.getLogger("loom.worker")
 
 def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker:
     """Load the model and allocate the KV cache; returns the in-process worker. Takes a
@@ -65,7 +68,8 @@ def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker
         from worker.tp_launch import start_tensor_parallel
 
         return start_tensor_parallel(config)
-    from worker.runner import ModelRunner
+    with log_stage(log, "importing torch"):  # seconds on a busy machine, before any weight
+        from worker.runner import ModelRunner
 
     return ModelRunner(config)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common.stages import log_stage
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
@@ -43,6 +44,15 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def quantization_stage(quantization: str) -> str:
+    """What reading the weights does with quantized tensors, for the start-up log."""
+    if quantization == "none":
+        return "quantized tensors dequantized"
+    if quantization == "auto":
+        return "quantized tensors kept packed"
+    return f"quantizing to {quantization}"
+
+
 class ModelRunner:
     """Implements the `Worker` protocol of contract/step.py in-process. `placement` says what
     of the model this process holds: all of it, or one tensor-parallel rank's slice."""
@@ -63,7 +73,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(model.dtype, self.device)
         packed = keep_packed(model.quantization, self.device)
         quantization = model.quantization if packed else "none"
-        loaded = checkpoint or placement.load(model.model, self.dtype, quantization)
+        with log_stage(log, f"reading the weights ({quantization_stage(quantization)})"):
+            loaded = checkpoint or placement.load(model.model, self.dtype, quantization)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
@@ -73,18 +84,20 @@ class ModelRunner:
         )
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
-        self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
-        if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
-            install_fused_ops(self.model)
+        with log_stage(log, "building the model"):
+            self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+            if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
+                install_fused_ops(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
         )
         num_blocks = placement.agree_num_blocks(num_blocks)  # every rank has the same ids
         backend = self.attention_backend
-        self.kv_cache = allocate_kv_cache(
-            local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
-        )
+        with log_stage(log, f"allocating the KV cache ({num_blocks} blocks)"):
+            self.kv_cache = allocate_kv_cache(
+                local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
+            )
         log.info(
             "attention backend: %s; %d torch threads",
             self.attention_backend.name,

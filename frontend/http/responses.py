@@ -67,6 +67,8 @@ def model_list(model: str, created: int, engine) -> dict:
                 "vocab_size": info.vocab_size,
                 "bos_token_id": info.bos_id,
                 "eos_token_ids": list(engine.eos_ids),
+                # What a request leaving these fields out gets (generation_config.json).
+                "default_sampling": dict(engine.tokenizer.sampling_defaults),
             }
         ],
     }

@@ -90,7 +90,7 @@ class OpenAIRoutes:
         self.admitter.check_open()
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
         self._check_model(body.model)
-        inputs = completion_inputs(body)
+        inputs = completion_inputs(body, self.engine.tokenizer.sampling_defaults)
         calls = self._admit_all(tenant, inputs, body.priority)
         n = inputs.params.n
         choices = [
