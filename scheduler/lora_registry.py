@@ -29,6 +29,10 @@ def worker_base_shapes(info: WorkerInfo) -> BaseShapes:
     )
 
 
+class LoraExistsError(LoraError):
+    """A load under a name already served (gRPC ALREADY_EXISTS)."""
+
+
 class LoraRegistry:
     """Thread-safe: the admin calls and admission run on the event loop, stats elsewhere."""
 
@@ -48,7 +52,7 @@ class LoraRegistry:
         read_lora(path, self._base, self.max_rank)
         with self._lock:
             if name in self._by_name:
-                raise LoraError(f"adapter {name!r} is already loaded; unload it first")
+                raise LoraExistsError(f"adapter {name!r} is already loaded; unload it first")
             ref = LoraRef(self._next_id, name, str(Path(path).resolve()))
             self._next_id += 1
             self._by_name[name] = ref
