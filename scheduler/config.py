@@ -106,6 +106,12 @@ class EngineStats:
     tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
     # Blocks holding a cached prefix, held by a request or not: what an idle engine keeps.
     num_cached_blocks: int = 0
+    # LoRA adapters: requests running and waiting per adapter name (those with any), the
+    # adapters served, and the most distinct adapters one step runs.
+    lora_running: dict[str, int] = field(default_factory=dict)
+    lora_waiting: dict[str, int] = field(default_factory=dict)
+    loras_served: tuple[str, ...] = ()
+    max_loras: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

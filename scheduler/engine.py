@@ -223,7 +223,11 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             pending = [req.tenant for req in self._pending for _ in range(req.params.n)]
-        return collect_stats(self.scheduler, self._num_waiting, pending)
+            pending_loras = [
+                req.lora.name for req in self._pending if req.lora for _ in range(req.params.n)
+            ]
+        loras = tuple(self.loras.names())
+        return collect_stats(self.scheduler, self._num_waiting, pending, pending_loras, loras)
 
     # -- the loop thread ------------------------------------------------------------------
 
