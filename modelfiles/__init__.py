@@ -11,4 +11,5 @@ chat templates. The engine and the worker both read models through it.
 - remote_tokenizer.py the remote model's tokenizer, built from the files its worker sends
 - chat_template.py    chat templates rendered as transformers renders them (sandboxed Jinja)
 - lora_files.py       LoRA adapters (PEFT directories) read and checked against the base model
+- lora_gguf.py        LoRA adapters as GGUF files (llama.cpp's converter's layout), the same checks
 """

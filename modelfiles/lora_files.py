@@ -90,15 +90,22 @@ class LoraManifest:
     # HF's q/k rows are in rotate-half order; Loom's model holds Meta's interleaved order.
     rotate_half_qk: bool = True
     modules: tuple[str, ...] = field(default=())
+    file_format: str = "peft"  # or "gguf" (modelfiles/lora_gguf.py)
 
 
 def read_lora(path: str | Path, base: BaseShapes, max_rank: int) -> LoraManifest:
-    """Read and check an adapter directory against `base`; LoraError says what is wrong."""
+    """Read and check an adapter (a PEFT directory or a GGUF file) against `base`; LoraError
+    says what is wrong."""
+    from modelfiles.lora_gguf import is_gguf_file, read_gguf_lora
+
     directory = Path(path)
+    if is_gguf_file(directory):
+        return read_gguf_lora(directory, base, max_rank)
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
         raise LoraError(
-            f"{path}: {what}; a LoRA adapter is a PEFT directory ({CONFIG_FILE} + {WEIGHTS_FILE})"
+            f"{path}: {what}; a LoRA adapter is a PEFT directory ({CONFIG_FILE} + "
+            f"{WEIGHTS_FILE}) or a GGUF file"
         )
     config = _read_config(directory)
     weights = directory / WEIGHTS_FILE
@@ -214,6 +221,16 @@ def _pair_tensors(
                 f"{', '.join(_FLOAT_DTYPES)}"
             )
         found.setdefault((layer, module), {})[part] = (name, list(entry.get("shape", [])))
+    return check_pairs(weights, found, base, max_rank)
+
+
+def check_pairs(
+    weights: Path,
+    found: dict[tuple[int, str], dict[str, tuple[str, list[int]]]],
+    base: BaseShapes,
+    max_rank: int,
+) -> list[LoraTensor]:
+    """(layer, module) -> {"A": (name, shape), "B": ...} checked into LoraTensors."""
     if not found:
         raise LoraError(f"{weights}: holds no LoRA tensors")
     tensors = []

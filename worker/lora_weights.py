@@ -9,8 +9,10 @@ adapter's scaling folded into B.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -64,15 +66,15 @@ def load_lora_adapter(
 ) -> LoraAdapter:
     """Read the adapter's tensors and lay them out for the model's projections."""
     pairs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-    with safe_open(manifest.weights_file, framework="pt") as f:
-        for t in manifest.tensors:
-            a = f.get_tensor(t.a_name).float()
-            b = f.get_tensor(t.b_name).float() * manifest.scaling[t.module]
-            if manifest.rotate_half_qk and t.module in ("q", "k"):
-                # B's rows are the projection's outputs: permuted as the base's wq/wk are.
-                heads = base.n_heads if t.module == "q" else base.n_kv_heads
-                b = rotate_half_to_interleaved(b, heads)
-            pairs[(t.layer, t.module)] = (a, b)
+    read = _read_gguf(manifest) if manifest.file_format == "gguf" else _read_safetensors(manifest)
+    for t in manifest.tensors:
+        a = read(t.a_name).float()
+        b = read(t.b_name).float() * manifest.scaling[t.module]
+        if manifest.rotate_half_qk and t.module in ("q", "k"):
+            # B's rows are the projection's outputs: permuted as the base's wq/wk are.
+            heads = base.n_heads if t.module == "q" else base.n_kv_heads
+            b = rotate_half_to_interleaved(b, heads)
+        pairs[(t.layer, t.module)] = (a, b)
     projections = FUSED_PROJECTIONS if fused else SPLIT_PROJECTIONS
     layers: list[dict[str, LoraProjection]] = []
     for layer in range(base.n_layers):
@@ -96,3 +98,16 @@ def load_lora_adapter(
                 adapted[projection] = LoraProjection(a, parts)
         layers.append(adapted)
     return LoraAdapter(lora_id, name, layers)
+
+
+def _read_safetensors(manifest: LoraManifest) -> Callable[[str], torch.Tensor]:
+    with safe_open(manifest.weights_file, framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    return tensors.__getitem__
+
+
+def _read_gguf(manifest: LoraManifest) -> Callable[[str], torch.Tensor]:
+    from gguf import GGUFReader
+
+    arrays = {t.name: t.data for t in GGUFReader(manifest.weights_file).tensors}
+    return lambda name: torch.from_numpy(np.array(arrays[name]))  # a copy off the map

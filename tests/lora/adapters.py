@@ -122,3 +122,43 @@ def greedy_with_logprobs(
             ids.append(token)
             logprobs.append(float(scores[token]))
     return ids[len(prompt) :], logprobs
+
+
+_GGUF_NAMES = {
+    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+}  # fmt: skip
+
+
+def write_gguf_lora(peft_dir: Path, model_dir: Path, out_file: Path) -> Path:
+    """A PEFT adapter as llama.cpp's convert_lora_to_gguf.py writes it: llama.cpp's tensor
+    names, lora_a [rank, in] and lora_b [out, rank] as PEFT has them, q/k lora_b rows in
+    Meta's interleaved RoPE order (permuted as the converter permutes the base's), alpha in
+    adapter.lora.alpha; float32."""
+    import json
+    import re
+
+    from gguf import GGUFWriter
+    from safetensors.torch import load_file
+
+    from worker.hf_layout import rotate_half_to_interleaved
+
+    config = json.loads((model_dir / "config.json").read_text())
+    alpha = json.loads((peft_dir / "adapter_config.json").read_text())["lora_alpha"]
+    writer = GGUFWriter(str(out_file), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(alpha))
+    pattern = re.compile(r".*layers\.(\d+)\.\w+\.(\w+)\.lora_([AB])\.weight")
+    for name, tensor in sorted(load_file(str(peft_dir / "adapter_model.safetensors")).items()):
+        layer, module, part = pattern.fullmatch(name).groups()
+        if part == "B" and module in ("q_proj", "k_proj"):
+            key = "num_attention_heads" if module == "q_proj" else "num_key_value_heads"
+            tensor = rotate_half_to_interleaved(tensor, config[key])
+        gguf_name = f"blk.{layer}.{_GGUF_NAMES[module]}.weight.lora_{part.lower()}"
+        writer.add_tensor(gguf_name, tensor.float().contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_file
