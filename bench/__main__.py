@@ -37,6 +37,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
                      "TTFT of requests sharing a long prefix, cache on and off"),
     "chunked-prefill": ("bench.engine_benches", "chunked_prefill",
                         "streams' inter-token latency while long prompts arrive"),
+    "lora": ("bench.engine_benches", "lora",
+             "throughput with 1, 4, 16 LoRA adapters mixed vs the base model"),
     "remote-worker": ("bench.remote_worker", "main",
                       "a step over loopback gRPC; tensor parallel 2 vs 1 on the CPU"),
     "online": ("bench.servers", "online",

@@ -27,7 +27,7 @@ from common.log_text import loggable
 from contract.sampling import InvalidFieldError, SamplingParams
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
-from scheduler.errors import CapacityError, DuplicateRequestError
+from scheduler.errors import CapacityError, DuplicateRequestError, LoraNotFoundError
 from scheduler.outputs import RequestDelta
 from scheduler.request import Request
 from serving.quotas import Admission, QuotaExceeded, Quotas
@@ -135,10 +135,28 @@ class Admitter:
         params: SamplingParams,
         request_id: str | None = None,
         priority: int | None = None,
+        lora: str | None = None,
     ) -> AdmittedCall:
         """Queue one request for `tenant`, or raise Refused with the status to answer."""
-        [call] = self.admit_all(tenant, [prompt], params, [request_id], priority)
+        [call] = self.admit_all(tenant, [prompt], params, [request_id], priority, lora)
         return call
+
+    def resolve_lora(self, tenant: Tenant, requested: str | None) -> str | None:
+        """The adapter a call runs on: the one it names, else its tenant's default; None for
+        the base model. Refused PERMISSION_DENIED for an adapter outside the tenant's list
+        (whether or not it exists), NOT_FOUND for one the engine does not serve."""
+        name = requested or tenant.default_lora
+        if name is None:
+            return None
+        if tenant.loras is not None and name not in tenant.loras:
+            raise Refused(
+                "PERMISSION_DENIED", f"tenant {tenant.name!r} may not use the adapter {name!r}"
+            )
+        try:
+            self.async_engine.engine.loras.get(name)
+        except LoraNotFoundError as exc:
+            raise Refused("NOT_FOUND", str(exc)) from None
+        return name
 
     def admit_all(
         self,
@@ -147,11 +165,14 @@ class Admitter:
         params: SamplingParams,
         request_ids: list[str | None] | None = None,
         priority: int | None = None,
+        lora: str | None = None,
     ) -> list[AdmittedCall]:
         """Queue the prompts of one call together, or none of them: every prompt is
         validated, then the tenant's quotas take the whole call (its prompts x n sequences)
-        at once, then all are queued. Raises Refused with the status to answer."""
+        at once, then all are queued. `lora` names the adapter the caller asked for (see
+        `resolve_lora`). Raises Refused with the status to answer."""
         self.check_open()
+        lora = self.resolve_lora(tenant, lora)
         request_ids = [rid or uuid.uuid4().hex for rid in request_ids or [None] * len(prompts)]
         # Ids are scoped by tenant: no request id can name another tenant's request.
         req_ids = [f"{tenant.name}/{request_id}" for request_id in request_ids]
@@ -174,7 +195,12 @@ class Admitter:
                 tenant=tenant.name,
                 priority=tenant.priority if priority is None else priority,
                 admit=admit,
+                lora=lora,
             )
+        except LoraNotFoundError as exc:  # unloaded since resolve_lora looked
+            for hold in holds:
+                hold.cancel()
+            raise Refused("NOT_FOUND", str(exc)) from exc
         except (QuotaExceeded, DuplicateRequestError, CapacityError, EngineDeadError) as exc:
             for hold in holds:  # admitted, then refused by the engine (queue full)
                 hold.cancel()

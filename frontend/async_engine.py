@@ -146,6 +146,7 @@ class AsyncEngine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[list[Any]], None] | None = None,
+        lora: str | None = None,
     ) -> list[RequestStream]:
         """Queue the requests of one call all or none (`engine.add_requests`): `admit` sees
         them all, validated, before any is queued. Raises as `add_request` does."""
@@ -170,7 +171,7 @@ class AsyncEngine:
             # Validates and tokenizes here, on the caller's thread; the engine's lock is held
             # only to enqueue, never across a step.
             self.engine.add_requests(
-                prompts, params, req_ids, tenant=tenant, priority=priority, admit=admit
+                prompts, params, req_ids, tenant=tenant, priority=priority, admit=admit, lora=lora
             )
         except BaseException:
             with self._cond:

@@ -24,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from frontend.lora_metrics import LoraMetrics
 from frontend.tenant_labels import TenantLabels
 from serving.metrics_http import MetricsEndpoint
 from serving.server_config import ServerConfig
@@ -130,6 +131,7 @@ class ServingMetrics:
             "From arrival to the start of the engine step that produced its first output",
             LATENCY_BUCKETS,
         )
+        self.loras = LoraMetrics(model_name, self.registry)
         ProcessCollector(registry=self.registry)
         for engine_wide in (
             self.kv_cache_usage_perc,
@@ -189,6 +191,7 @@ class ServingMetrics:
             if value > self._last_counts[key]:
                 metric.labels(model).inc(value - self._last_counts[key])
             self._last_counts[key] = value
+        self.loras.update(stats)
 
     def set_tenants(self, names: list[str] | None) -> None:
         """The tenants of the (re)loaded tenants file, None without one. Their series show

@@ -7,8 +7,11 @@ use, so `import scheduler.request` stays light (no tokenizer).
                        EngineStats
 - request.py           Request state, status and finish reasons; validate_prompt (the vocabulary)
 - request_factory.py   a caller's prompt and settings tokenized and validated into a Request
-- errors.py            CapacityError (RESOURCE_EXHAUSTED), DuplicateRequestError (ALREADY_EXISTS)
+- errors.py            CapacityError (RESOURCE_EXHAUSTED), DuplicateRequestError (ALREADY_EXISTS),
+                       LoraNotFoundError (NOT_FOUND)
+- lora_registry.py     the LoRA adapters served, by name (--lora, load and unload at run time)
 - block_pool.py        KV blocks: ref counts, LRU free queue, prefix hashes salted per tenant
+                       (and per LoRA adapter)
 - kv_cache_manager.py  block tables over the pool, allocation on demand, prefix-cache hits
 - queue_policy.py      who waits next (fcfs, priority, fair: VTC) and who loses a preemption
 - tenant_usage.py      each tenant's tokens served, its VTC counter and weight
@@ -38,6 +41,7 @@ _EXPORTS = {
     "SchedulerConfig": "scheduler.config",
     "CapacityError": "scheduler.errors",
     "DuplicateRequestError": "scheduler.errors",
+    "LoraNotFoundError": "scheduler.errors",
     "RequestDelta": "scheduler.outputs",
     "RequestOutput": "scheduler.outputs",
     "RequestOutputBuilder": "scheduler.outputs",

@@ -12,7 +12,16 @@ from typing import Any
 from common.checks import integer, number, one_of
 from common.settings import check_settings, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
-from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
+from worker.config import (
+    ENGINE_SIDE_SETTINGS,
+    CacheConfig,
+    LoraConfig,
+    ModelConfig,
+    ParallelConfig,
+    WorkerConfig,
+)
+
+__all__ = ["ENGINE_SIDE_SETTINGS", "EngineConfig", "EngineStats", "SchedulerConfig"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +68,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @classmethod
     def from_kwargs(cls, **settings: Any) -> EngineConfig:
@@ -72,6 +82,7 @@ class EngineConfig:
             model=self.model,
             cache=self.cache,
             parallel=self.parallel,
+            lora=self.lora,
             max_num_seqs=self.scheduler.max_num_seqs,
         )
 
@@ -95,6 +106,12 @@ class EngineStats:
     tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
     # Blocks holding a cached prefix, held by a request or not: what an idle engine keeps.
     num_cached_blocks: int = 0
+    # LoRA adapters: requests running and waiting per adapter name (those with any), the
+    # adapters served, and the most distinct adapters one step runs.
+    lora_running: dict[str, int] = field(default_factory=dict)
+    lora_waiting: dict[str, int] = field(default_factory=dict)
+    loras_served: tuple[str, ...] = ()
+    max_loras: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

@@ -18,11 +18,13 @@ from common.log_text import loggable
 from common.stages import log_stage
 from contract.sampling import SamplingParams
 from contract.step import Worker, WorkerInfo
+from modelfiles.lora_files import parse_lora_spec
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
 from scheduler.config import EngineConfig, EngineStats
 from scheduler.engine_stats import collect_stats
 from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.fanout import SequenceGroups, child_req_ids
+from scheduler.lora_registry import LoraRegistry
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus
@@ -57,8 +59,15 @@ class Engine:
         # generation_config.json, the GGUF header) and the checkpoint's own.
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys([*tokenizer.eos_ids, self.info.eos_id]))
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, self.info.num_kv_blocks, max_model_len
+            config.scheduler,
+            config.cache,
+            self.info.num_kv_blocks,
+            max_model_len,
+            max_loras=min(config.lora.max_loras, self.info.max_loras),
         )
+        self.loras = LoraRegistry(self.info)
+        for spec in config.lora.lora:
+            self.loras.load(*parse_lora_spec(spec))
         self._requests = RequestFactory(
             tokenizer,
             self.info.vocab_size,
@@ -111,6 +120,7 @@ class Engine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[Request], None] | None = None,
+        lora: str | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
@@ -123,6 +133,7 @@ class Engine:
             tenant,
             priority,
             None if admit is None else (lambda reqs: admit(reqs[0])),
+            lora,
         )
         return req_id
 
@@ -134,12 +145,15 @@ class Engine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[list[Request]], None] | None = None,
+        lora: str | None = None,
     ) -> list[str]:
         """Queue several requests (the prompts of one call) all or none: every prompt is
         validated before `admit` sees them together, and nothing is queued when any is
-        refused. Raises as `add_request` does; returns their req_ids in order."""
+        refused. Raises as `add_request` does; returns their req_ids in order. `lora` names
+        a LoRA adapter the engine serves (LoraNotFoundError otherwise); None: the base model."""
+        ref = None if lora is None else self.loras.get(lora)
         reqs = [
-            self._requests.make(prompt, params, req_id, tenant, priority)
+            self._requests.make(prompt, params, req_id, tenant, priority, ref)
             for prompt, req_id in zip(prompts, req_ids, strict=True)
         ]
         if admit is not None:
@@ -211,7 +225,11 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             pending = [req.tenant for req in self._pending for _ in range(req.params.n)]
-        return collect_stats(self.scheduler, self._num_waiting, pending)
+            pending_loras = [
+                req.lora.name for req in self._pending if req.lora for _ in range(req.params.n)
+            ]
+        loras = tuple(self.loras.names())
+        return collect_stats(self.scheduler, self._num_waiting, pending, pending_loras, loras)
 
     # -- the loop thread ------------------------------------------------------------------
 
@@ -312,9 +330,11 @@ class Engine:
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        loras: str | Sequence[str | None] | None = None,
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs come in the order of `prompts`. Drives the loop
-        itself, so nothing else may call `step()` meanwhile."""
+        """Run prompts to completion; outputs come in the order of `prompts`. `loras`: one
+        adapter name for all, or one name (or None: the base model) per prompt. Drives the
+        loop itself, so nothing else may call `step()` meanwhile."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one prompt, text or token ids
         if params is None or isinstance(params, SamplingParams):
@@ -323,9 +343,16 @@ class Engine:
             raise ValueError(
                 f"params must hold one entry per prompt ({len(prompts)}), got {len(params)}"
             )
+        if loras is None or isinstance(loras, str):
+            loras = [loras] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(
+                f"loras must hold one entry per prompt ({len(prompts)}), got {len(loras)}"
+            )
+        refs = [None if name is None else self.loras.get(name) for name in loras]
         reqs = [
-            self._requests.make(prompt, p, None, "default", 0)
-            for prompt, p in zip(prompts, params, strict=True)
+            self._requests.make(prompt, p, None, "default", 0, ref)
+            for prompt, p, ref in zip(prompts, params, refs, strict=True)
         ]
         builders: dict[str, RequestOutputBuilder] = {}
         try:

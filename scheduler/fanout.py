@@ -67,6 +67,7 @@ class SequenceGroup:
                     eos_ids=req.eos_ids,
                     tenant=req.tenant,
                     priority=req.priority,
+                    lora=req.lora,
                     arrival_time=req.arrival_time,
                 )
             )

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contract.sampling import InvalidFieldError, SamplingParams
+from contract.step import LoraRef
 from scheduler.tenant_usage import TenantUsage
 
 
@@ -100,6 +101,7 @@ class Request:
     # With FINISHED_ERROR: the worker could not be reached, so a retry may succeed
     # (UNAVAILABLE), rather than a failure of this request (INTERNAL).
     unavailable: bool = False
+    lora: LoraRef | None = None  # the LoRA adapter it runs with; None: the base model
     # Shared by the tenant's requests once the scheduler takes the request.
     tenant_usage: TenantUsage = field(default_factory=TenantUsage)
     # What the worker samples with: params with their floats in float32 (derived once).

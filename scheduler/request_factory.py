@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from contract.sampling import InvalidFieldError, SamplingParams
+from contract.step import LoraRef
 from modelfiles.tokenizer import Tokenizer
 from scheduler.request import Request, validate_prompt
 
@@ -33,6 +34,7 @@ class RequestFactory:
         req_id: str | None,
         tenant: str,
         priority: int,
+        lora: LoraRef | None = None,
     ) -> Request:
         """Raises ValueError (InvalidFieldError naming the field) or CapacityError."""
         params = SamplingParams() if params is None else params
@@ -60,4 +62,5 @@ class RequestFactory:
             tenant=tenant,
             priority=priority,
             arrival_time=time.monotonic(),
+            lora=lora,
         )

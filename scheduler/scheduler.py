@@ -61,12 +61,14 @@ class Scheduler:
         cache: CacheConfig,
         num_blocks: int,
         max_model_len: int,
+        max_loras: int = 0,
     ) -> None:
         self.config = config
         self.block_size = cache.block_size
         self.enable_prefix_caching = config.enable_prefix_caching
         self.num_blocks = num_blocks
         self.max_model_len = max_model_len
+        self.max_loras = max_loras  # distinct LoRA adapters among running requests
         self.kv = KVCacheManager(num_blocks, cache.block_size, config.enable_prefix_caching)
         self.waiting = create_queue_policy(config.queue_policy)
         self._running_key = self.waiting.running_key
@@ -158,10 +160,15 @@ class Scheduler:
         """Admit waiting requests in the policy's order while budget, blocks and seats last."""
         waiting = self.waiting
         threshold = self.config.long_prefill_threshold
+        loras = {r.lora.lora_id for r in self.running if r.lora is not None}
         while budget > 0 and len(waiting) and len(self.running) < self.config.max_num_seqs:
             req = waiting.peek()
             if req.req_id in self._finished_req_ids:
                 break  # the worker drops its old state first, at this coming step
+            if req.lora is not None and req.lora.lora_id not in loras:
+                if len(loras) >= self.max_loras:
+                    break  # it waits, in its turn, until an adapter's requests finish
+                loras.add(req.lora.lora_id)
             cached = self.kv.find_cached_prefix(req)
             num_new = min(req.num_tokens - len(cached) * self.block_size, threshold, budget)
             num_cached_tokens = self.kv.admit(req, num_new, cached)
@@ -183,6 +190,7 @@ class Scheduler:
                     num_cached_tokens,
                     num_output_tokens=len(req.output_token_ids),
                     end_token_ids=req.held_end_ids,
+                    lora=req.lora,
                 )
             )
             req.on_worker = True

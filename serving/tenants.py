@@ -10,6 +10,9 @@ engine authenticates the same way.
     max_concurrent_requests = 64     # sequences running + waiting
     max_tokens_per_minute = 200000   # prompt + generated tokens, token bucket
     max_tokens_per_request = 4096    # a call's prompts + max_tokens per sequence
+    loras = ["sql", "chat"]          # LoRA adapters it may use (default: any)
+    default_lora = "sql"             # the adapter of its requests that name none
+    admin = false                    # may load and unload LoRA adapters
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 KEY_HASH_FIELD = "api_key_sha256"
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 LIMIT_FIELDS = ("max_concurrent_requests", "max_tokens_per_minute", "max_tokens_per_request")
+_LORA_FIELDS = ("loras", "default_lora", "admin")
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,6 +51,9 @@ class Tenant:
     max_concurrent_requests: int | None = None  # None: no limit
     max_tokens_per_minute: int | None = None
     max_tokens_per_request: int | None = None
+    loras: tuple[str, ...] | None = None  # the LoRA adapters it may use; None: any
+    default_lora: str | None = None  # for its requests that name no adapter
+    admin: bool = False  # may load and unload adapters at run time
 
     @property
     def has_quotas(self) -> bool:
@@ -159,7 +166,7 @@ class _FileParser:
             raise self.error(name, None, f"tenant name must match {TENANT_PATTERN.pattern}")
         if not isinstance(table, dict):
             raise self.error(name, None, "must be a table ([tenants.NAME])")
-        known = {KEY_HASH_FIELD, "weight", "priority", *LIMIT_FIELDS}
+        known = {KEY_HASH_FIELD, "weight", "priority", *LIMIT_FIELDS, *_LORA_FIELDS}
         for field in table:
             if field not in known:
                 raise self.error(name, field, f"unknown field (known: {', '.join(sorted(known))})")
@@ -178,7 +185,28 @@ class _FileParser:
             if value is not None and (not _is_int(value) or value < 1):
                 raise self.error(name, field, f"must be an integer >= 1, got {value!r}")
             limits[field] = value
-        return Tenant(name, float(weight), priority, **limits), hashes
+        loras = self._lora_fields(name, table)
+        return Tenant(name, float(weight), priority, **limits, **loras), hashes
+
+    def _lora_fields(self, name: str, table: dict) -> dict[str, Any]:
+        loras = table.get("loras")
+        if loras is not None and (
+            not isinstance(loras, list) or not all(isinstance(x, str) and x for x in loras)
+        ):
+            raise self.error(name, "loras", f"must be a list of adapter names, got {loras!r}")
+        default = table.get("default_lora")
+        if default is not None and (not isinstance(default, str) or not default):
+            raise self.error(name, "default_lora", f"must be an adapter name, got {default!r}")
+        if default is not None and loras is not None and default not in loras:
+            raise self.error(name, "default_lora", f"{default!r} is not one of its loras")
+        admin = table.get("admin", False)
+        if not isinstance(admin, bool):
+            raise self.error(name, "admin", f"must be true or false, got {admin!r}")
+        return {
+            "loras": None if loras is None else tuple(loras),
+            "default_lora": default,
+            "admin": admin,
+        }
 
     def _key_hashes(self, name: str, value: Any) -> list[str]:
         values = [value] if isinstance(value, str) else value

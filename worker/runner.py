@@ -19,6 +19,8 @@ from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
+from worker.lora_batch import ResidentLoras, base_shapes, lora_step
+from worker.lora_weights import LoraAdapter
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
@@ -128,7 +130,20 @@ class ModelRunner:
             head_dim=args.head_dim,
             hidden_dim=args.hidden_dim,
             tensor_parallel_size=placement.world_size,
+            max_loras=config.lora.max_loras if placement.world_size == 1 else 0,
+            max_lora_rank=config.lora.max_lora_rank,
         )
+        # LoRA adapters: none under tensor parallelism (the adapters would need cutting too).
+        self.loras: ResidentLoras | None = None
+        if placement.world_size == 1:
+            self.loras = ResidentLoras(
+                config.lora.max_loras,
+                config.lora.max_lora_rank,
+                base_shapes(args),
+                self.dtype,
+                self.device,
+                self.model.fused,
+            )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
         # Draws for requests without a seed of their own.
@@ -157,23 +172,50 @@ class ModelRunner:
         scheduled = [
             (self.requests[req_id], n) for req_id, n in step.num_scheduled_tokens.items()
         ]
+        scheduled, adapters, lora_errors = self._acquire_loras(scheduled)
         if not scheduled:
-            return StepOutput()
+            return StepOutput(errors=lora_errors)
         with torch.inference_mode():
-            # Decode-only steps replay a captured CUDA graph when there is one.
-            replayed = self.decode_graphs.run(scheduled) if self.decode_graphs else None
+            # Decode-only steps replay a captured CUDA graph when there is one (not adapted).
+            graphs = self.decode_graphs if not adapters else None
+            replayed = graphs.run(scheduled) if graphs else None
             if replayed is None:
                 batch = self.build_batch(scheduled)
+                lora = lora_step(batch.lora_runs, adapters) if adapters else None
                 hidden = self.model(
-                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
+                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
                 )
                 logits = self.model.compute_logits(hidden, batch.logits_rows)
             else:
                 batch, logits = replayed
             output = self.sample(scheduled, batch, logits)
+        output.errors.update(lora_errors)
         for state, n in scheduled:
             state.num_computed += n
         return output
+
+    def _acquire_loras(
+        self, scheduled: list[tuple[RequestState, int]]
+    ) -> tuple[list[tuple[RequestState, int]], dict[int, LoraAdapter], dict[str, str]]:
+        """The step's adapters made resident. A request whose adapter cannot be had fails
+        alone (StepOutput.errors) and is left out of the step."""
+        refs = [state.lora for state, _ in scheduled if state.lora is not None]
+        if not refs:
+            return scheduled, {}, {}
+        if self.loras is None:
+            found: dict = {r.lora_id: "LoRA adapters need a worker without tensor parallelism"
+                           for r in refs}  # fmt: skip
+        else:
+            found = self.loras.acquire(refs)
+        adapters = {i: a for i, a in found.items() if isinstance(a, LoraAdapter)}
+        errors = {
+            state.req_id: str(found[state.lora.lora_id])
+            for state, _ in scheduled
+            if state.lora is not None and state.lora.lora_id not in adapters
+        }
+        if errors:
+            scheduled = [(st, n) for st, n in scheduled if st.req_id not in errors]
+        return scheduled, adapters, errors
 
     def sample(
         self, scheduled: list[tuple[RequestState, int]], batch: StepBatch, logits: torch.Tensor
