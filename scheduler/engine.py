@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class Engine:
         # and whether it computed tokens (a step that only drops requests proves nothing).
         self.last_step_error: str | None = None
         self.last_step_computed = False
+        # When the last step started, if it computed and left work for the next one.
+        self._busy_step_start: float | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
@@ -108,12 +111,14 @@ class Engine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[Request], None] | None = None,
+        deadline_s: float | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
         the validated request before it is queued and may raise to refuse it (quotas).
-        Returns its req_id."""
-        req = self._requests.make(prompt, params, req_id, tenant, priority)
+        `deadline_s`: seconds from now by which it must finish; a request that cannot ends
+        with finish reason "deadline" (scheduler/deadlines.py). Returns its req_id."""
+        req = self._requests.make(prompt, params, req_id, tenant, priority, deadline_s)
         if admit is not None:
             admit(req)
         self._enqueue(req)
@@ -183,6 +188,11 @@ class Engine:
     def step(self) -> list[RequestDelta]:
         """One iteration of the loop; returns what each request gained."""
         sched = self.scheduler
+        started = time.monotonic()
+        if self._busy_step_start is not None:
+            # The loop came straight back from a step that computed: a whole step's period,
+            # the engine's own work around the worker's included.
+            sched.observe_step_time(started - self._busy_step_start)
         with self._lock:
             pending, self._pending = self._pending, []
             self._num_pending_sequences = 0
@@ -204,6 +214,7 @@ class Engine:
 
         self.last_step_error, self.last_step_computed = None, False
         sched_out = sched.schedule()
+        deltas.extend(self._states[req.req_id].next_delta() for req in sched_out.ended)
         step_input = sched_out.step_input
         if step_input.num_scheduled_tokens or step_input.finished_req_ids:
             try:
@@ -228,6 +239,8 @@ class Engine:
                         [delta.req_id, *child_req_ids(delta.req_id, n)]
                     )
             self._num_waiting = sched.num_waiting + self._groups.num_held
+        busy = self.last_step_computed and bool(sched.requests)
+        self._busy_step_start = started if busy else None
         return deltas
 
     def _schedule_new(self, reqs: list[Request]) -> list[RequestDelta]:

@@ -1,0 +1,100 @@
+"""Deadlines: how much time a request still needs, and which requests can no longer finish by
+theirs.
+
+A step runs each running request once, so what a request still needs is counted in steps and
+priced at the measured step time (a moving mean of the engine's step durations):
+
+    steps = ceil(tokens left to compute / largest chunk) + tokens left to generate - 1
+
+(the last prefill chunk samples the first token; each later step samples one more). A request
+of 20 prompt tokens and max_tokens 8, none computed, chunks of 512, 5 ms steps: 1 + 8 - 1 = 8
+steps, 40 ms. The tokens left to generate are those it is owed (`max_tokens` less what it has)
+when ordering work; when deciding that a request cannot finish, only those it must generate
+(all it is owed if only its length can end it, else one, or what `min_tokens` still asks):
+a request that may stop at its next token is never given up for the tokens it might not need.
+
+Every policy ends a request whose deadline has passed at the next step; the `deadline` policy
+ends it as soon as its fastest finish (the fewest steps it needs, at the measured step time)
+would be late, before it uses more compute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scheduler.request import Request
+
+
+@dataclass(slots=True)
+class StepTimer:
+    """Exponentially weighted mean of step durations, in seconds; 0 until one is measured."""
+
+    seconds: float = 0.0
+    smoothing: float = 0.2  # weight of the newest step
+
+    def observe(self, seconds: float) -> None:
+        if seconds <= 0 or not math.isfinite(seconds):
+            return
+        if self.seconds == 0.0:
+            self.seconds = seconds
+        else:
+            self.seconds += self.smoothing * (seconds - self.seconds)
+
+
+class DeadlineEstimator:
+    """`chunk`: the most prompt tokens a request computes in one step."""
+
+    def __init__(self, chunk: int, timer: StepTimer | None = None) -> None:
+        self.chunk = chunk
+        self.timer = timer if timer is not None else StepTimer()
+
+    @staticmethod
+    def tokens_owed(req: Request) -> int:
+        return max(req.params.max_tokens - len(req.output_token_ids), 1)
+
+    @staticmethod
+    def tokens_required(req: Request) -> int:
+        """The fewest tokens it must still generate: with no end id and no stop string only
+        its length ends it; otherwise the next token may, once `min_tokens` are out."""
+        if not req.end_ids and not req.params.stop:
+            return DeadlineEstimator.tokens_owed(req)
+        return max(req.params.min_tokens - len(req.output_token_ids), 1)
+
+    def steps_left(self, req: Request, num_tokens_to_generate: int) -> int:
+        num_to_compute = max(req.num_tokens - req.num_computed_tokens, 1)
+        return -(-num_to_compute // self.chunk) + num_tokens_to_generate - 1
+
+    def time_owed(self, req: Request) -> float:
+        """Seconds of steps to generate everything it is owed."""
+        return self.steps_left(req, self.tokens_owed(req)) * self.timer.seconds
+
+    def time_required(self, req: Request) -> float:
+        """Seconds of steps it needs at the least."""
+        return self.steps_left(req, self.tokens_required(req)) * self.timer.seconds
+
+    def latest_start(self, req: Request) -> float:
+        """Its deadline less the time it is owed: the smaller, the less slack it has; a
+        request without a deadline has all the slack there is."""
+        if req.deadline is None:
+            return math.inf
+        return req.deadline - self.time_owed(req)
+
+    def missed(self, req: Request, now: float, predict: bool) -> str | None:
+        """Why `req` can no longer finish by its deadline, or None while it can: the deadline
+        has passed, or (`predict`) the fewest steps it needs would end after it."""
+        deadline = req.deadline
+        if deadline is None:
+            return None
+        if now >= deadline:
+            return f"its deadline passed {(now - deadline) * 1e3:.0f} ms ago"
+        if not predict:
+            return None
+        need = self.time_required(req)
+        if now + need <= deadline:
+            return None
+        steps = self.steps_left(req, self.tokens_required(req))
+        return (
+            f"{(deadline - now) * 1e3:.0f} ms left before its deadline, and it needs at least "
+            f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms"
+        )
