@@ -4,7 +4,8 @@ waiting request next in line fits.
 When that request finds no seat (`max_num_seqs`), no block or no budget, the scheduler walks
 the running requests from the least important (the end of the policy's running order) and
 takes as victims those the policy ranks below it (`QueuePolicy.preempts`: a tenant further over
-its share, a lower priority) and that have run their quantum: `preemption_quantum` output
+its share that keeps at least an even split of the seats, a lower priority) and that have run
+their quantum: `preemption_quantum` output
 tokens since their last admission, so a request preempted is never preempted again before it
 has produced tokens, and two backlogged tenants trade places at most once a quantum, not
 every step. It stops as soon as the victims together make room: a seat, the blocks its next
@@ -51,14 +52,16 @@ def choose_victims(
     `room.req`; None when no set of them would."""
     victims: list[tuple[Request, str]] = []
     released: Counter[int] = Counter()  # block id -> holds the victims give up
+    given_up: Counter[str] = Counter()  # tenant -> seats its victims give up
     returned = 0
     for victim in reversed(running):
         if not has_run_quantum(victim, quantum):
             continue
-        cause = policy.preempts(victim, room.req)
+        cause = policy.preempts(victim, room.req, given_up[victim.tenant])
         if cause is None:
             continue
         victims.append((victim, cause))
+        given_up[victim.tenant] += 1
         released.update(victim.block_ids)
         returned += scheduled_tokens.get(victim.req_id, 0)
         if _fits(room, len(victims), released, room.budget + returned, kv):

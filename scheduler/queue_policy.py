@@ -32,9 +32,10 @@ class QueuePolicy(ABC):
         while a request runs; a key fixed at arrival keeps the list sorted as it is."""
         return
 
-    def preempts(self, victim: Request, waiting: Request) -> str | None:
+    def preempts(self, victim: Request, waiting: Request, num_given_up: int = 0) -> str | None:
         """The cause (PREEMPTION_CAUSES) for which `waiting`, next in line and finding no
-        room, may take running `victim`'s place; None when it may not. None for `fcfs`."""
+        room, may take running `victim`'s place; None when it may not. `num_given_up`: the
+        seats the victim's tenant already gives up to `waiting`. None for `fcfs`."""
         return None
 
     @property
@@ -109,7 +110,7 @@ class PriorityPolicy(QueuePolicy):
     def running_key(req: Request) -> tuple[object, ...]:
         return (req.priority, req.arrival_seq)
 
-    def preempts(self, victim: Request, waiting: Request) -> str | None:
+    def preempts(self, victim: Request, waiting: Request, num_given_up: int = 0) -> str | None:
         return "priority" if victim.priority > waiting.priority else None
 
     def add(self, req: Request) -> None:
@@ -156,15 +157,23 @@ class FairSharePolicy(QueuePolicy):
     def order_running(self, running: list[Request]) -> None:
         running.sort(key=self.running_key)
 
-    def preempts(self, victim: Request, waiting: Request) -> str | None:
-        """Across tenants, when the victim's tenant is further over its share: a larger
-        counter, or the same one (a newcomer is lifted to it) while holding more seats for
-        its weight. Within a tenant, by priority."""
+    def preempts(self, victim: Request, waiting: Request, num_given_up: int = 0) -> str | None:
+        """Across tenants, when the victim's tenant is further over its share (a larger
+        counter, or the same one, a newcomer being lifted to it, while holding more seats for
+        its weight) and keeps, after the swap, at least as many seats for its weight as the
+        waiting tenant will hold: each swap moves towards an even split of the seats and never
+        past it, so two tenants holding their shares do not trade seats back and forth (one
+        seat too few to split evenly is time-shared, a quantum at a time). Within a tenant,
+        by priority."""
         if victim.tenant == waiting.tenant:
             return "priority" if victim.priority > waiting.priority else None
-        return (
-            "share" if _share_key(victim.tenant_usage) > _share_key(waiting.tenant_usage) else None
-        )
+        ahead, behind = victim.tenant_usage, waiting.tenant_usage
+        if _share_key(ahead, -num_given_up) <= _share_key(behind):
+            return None
+        seats_kept = (ahead.num_running - num_given_up) / ahead.weight
+        if seats_kept < (behind.num_running + 1) / behind.weight:
+            return None
+        return "share"
 
     def _entry(self, req: Request) -> tuple[object, ...]:
         """A waiting request's place in its tenant's queue; the request itself comes last."""
@@ -232,9 +241,10 @@ class FairSharePolicy(QueuePolicy):
         return self._num_waiting
 
 
-def _share_key(usage: TenantUsage) -> tuple[float, float]:
-    """How far over its share a tenant is: its counter, then the seats it holds per weight."""
-    return (usage.counter, usage.num_running / usage.weight)
+def _share_key(usage: TenantUsage, seats: int = 0) -> tuple[float, float]:
+    """How far over its share a tenant is: its counter, then the seats it holds (and `seats`
+    more) per weight."""
+    return (usage.counter, (usage.num_running + seats) / usage.weight)
 
 
 class DeadlinePolicy(FairSharePolicy):

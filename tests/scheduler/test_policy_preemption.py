@@ -142,6 +142,33 @@ def test_the_quantum_keeps_two_backlogged_tenants_from_preempting_each_other_eve
     assert abs(served["a"] - served["b"]) <= 2 * quantum  # fair all the same
 
 
+def test_tenants_holding_an_even_split_of_the_seats_do_not_trade_them() -> None:
+    # alpha holds both seats with three long requests; beta's one request takes one seat.
+    # Then each holds one: beta's counter soon passes alpha's (its prompt was charged too),
+    # yet alpha taking the seat back would leave beta none, so it does not, quantum or not.
+    sched = make_scheduler(
+        num_blocks=128, max_num_seqs=2, queue_policy="fair", preemption_quantum=2
+    )
+    worker = ContractWorker(block_size=4, from_context=token_of_context)
+    for i in range(3):
+        sched.add_request(tenant_request(f"a{i}", "alpha", 8, 60, 10 * i))
+    for _ in range(3):
+        step(sched, worker)
+    beta = tenant_request("b", "beta", 20, 60, 300)
+    sched.add_request(beta)
+    num_ahead = 0
+    while not beta.is_finished:
+        step(sched, worker)
+        alpha, beta_usage = sched.tenant_usage["alpha"], sched.tenant_usage["beta"]
+        if beta_usage.counter > alpha.counter and not beta.is_finished:
+            num_ahead += 1
+            assert beta.status is RequestStatus.RUNNING  # ahead, yet keeps its one seat
+    assert num_ahead > 10
+    assert alpha.preemptions == {"share": 1} and beta.num_preemptions == 0
+    run_to_completion(sched, worker)
+    assert sched.kv.pool.num_free_blocks == 128
+
+
 def run_alone(req: Request) -> list[int]:
     sched = make_scheduler(num_blocks=256, block_size=4, max_num_seqs=1)
     alone = make_request(req.req_id, 1, max_tokens=req.params.max_tokens)
