@@ -13,9 +13,11 @@ def build_request(
     *,
     priority: int | None = None,
     request_id: str = "",
+    deadline_ms: int | None = None,
     **sampling: Any,
 ) -> serving_pb2.GenerateRequest:
-    """A text prompt gets BOS from the server; a list of ids is used as given.
+    """A text prompt gets BOS from the server; a list of ids is used as given. `deadline_ms`:
+    by when the server must have finished it (unset: the tenant's default, if any).
 
     `sampling` names fields of serving.proto's SamplingParams (`max_tokens=64,
     temperature=0, stop=["\\n"], logit_bias={50256: -100}`, ...). A field left out or given
@@ -28,6 +30,8 @@ def build_request(
         _set_sampling_field(request.sampling, name, value)
     if priority is not None:  # unset: the tenant's default priority
         request.priority = priority
+    if deadline_ms is not None:
+        request.deadline_ms = deadline_ms
     if isinstance(prompt, str):
         request.prompt = prompt
     else:

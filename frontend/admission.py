@@ -7,7 +7,7 @@ queue. A refusal is a `Refused` carrying the gRPC status name of the README's er
 the gRPC servicer answers with that status, the HTTP routes with the code it maps to.
 
     admitter.check_open()                                    # Refused(UNAVAILABLE)
-    call = admitter.admit(tenant, prompt, params, request_id, priority)   # or Refused
+    call = admitter.admit(tenant, prompt, params, request_id, priority, deadline_ms)  # or Refused
     try:
         delta = await admitter.next_delta(call)              # Refused(INTERNAL, ...)
     finally:
@@ -22,6 +22,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from common.checks import integer
 from contract.sampling import InvalidFieldError, SamplingParams
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
@@ -32,6 +33,9 @@ from serving.quotas import Admission, QuotaExceeded, Quotas
 from serving.tenants import Tenant
 
 log = logging.getLogger(__name__)
+
+
+_check_deadline_ms = integer(1, optional=True)
 
 
 class Refused(Exception):
@@ -133,9 +137,14 @@ class Admitter:
         params: SamplingParams,
         request_id: str | None = None,
         priority: int | None = None,
+        deadline_ms: int | None = None,
+        call_time_left_s: float | None = None,
     ) -> AdmittedCall:
-        """Queue one request for `tenant`, or raise Refused with the status to answer."""
+        """Queue one request for `tenant`, or raise Refused with the status to answer.
+        `deadline_ms` (else the tenant's default) and the call's own deadline
+        (`call_time_left_s`, gRPC's) bound when it must be finished: the earlier applies."""
         self.check_open()
+        deadline_s = self._deadline_s(tenant, deadline_ms, call_time_left_s)
         request_id = request_id or uuid.uuid4().hex
         # Ids are scoped by tenant: no request id can name another tenant's request.
         req_id = f"{tenant.name}/{request_id}"
@@ -154,6 +163,7 @@ class Admitter:
                 tenant=tenant.name,
                 priority=tenant.priority if priority is None else priority,
                 admit=admit,
+                deadline_s=deadline_s,
             )
         except (QuotaExceeded, DuplicateRequestError, CapacityError, EngineDeadError) as exc:
             for holds, _ in admitted:  # admitted, then refused by the engine (queue full)
@@ -164,6 +174,25 @@ class Admitter:
         self.gate.enter()
         holds, req = admitted[0]
         return AdmittedCall(stream, request_id, holds, req.prompt_token_ids)
+
+    @staticmethod
+    def _deadline_s(
+        tenant: Tenant, deadline_ms: int | None, call_time_left_s: float | None
+    ) -> float | None:
+        try:
+            deadline_ms = _check_deadline_ms("deadline_ms", deadline_ms)
+        except ValueError as exc:
+            raise Refused.invalid(exc) from exc
+        if deadline_ms is None:
+            deadline_ms = tenant.deadline_ms
+        deadline_s = None if deadline_ms is None else deadline_ms / 1e3
+        if call_time_left_s is not None:
+            if call_time_left_s <= 0:
+                raise Refused("DEADLINE_EXCEEDED", "the call's deadline passed before admission")
+            deadline_s = (
+                call_time_left_s if deadline_s is None else min(deadline_s, call_time_left_s)
+            )
+        return deadline_s
 
     def _refusal(self, exc: Exception, tenant: Tenant, request_id: str) -> Refused:
         if isinstance(exc, QuotaExceeded):
@@ -195,6 +224,8 @@ class Admitter:
             self.async_engine.abort(stream.req_id)
             raise Refused("DEADLINE_EXCEEDED", "deadline exceeded; aborted") from None
         call.admission.charge(len(delta.token_ids))
+        if delta.finish_reason == "deadline":  # the engine ended it (scheduler/deadlines.py)
+            raise Refused("DEADLINE_EXCEEDED", f"request {call.request_id} {delta.error}")
         if delta.finish_reason == "error":
             log.error("request %s failed: %s", stream.req_id, delta.error)
             # A worker that could not be reached: the caller may retry elsewhere.

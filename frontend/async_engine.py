@@ -122,6 +122,7 @@ class AsyncEngine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[Any], None] | None = None,
+        deadline_s: float | None = None,
     ) -> RequestStream:
         """Queue a request; call from the event loop that will read its stream. Raises what
         `engine.add_request` raises (ValueError, CapacityError, what `admit` raises),
@@ -148,7 +149,13 @@ class AsyncEngine:
             # Validates and tokenizes here, on the caller's thread; the engine's lock is held
             # only to enqueue, never across a step.
             self.engine.add_request(
-                prompt, params, req_id=req_id, tenant=tenant, priority=priority, admit=admit
+                prompt,
+                params,
+                req_id=req_id,
+                tenant=tenant,
+                priority=priority,
+                admit=admit,
+                deadline_s=deadline_s,
             )
         except BaseException:
             with self._cond:
@@ -295,9 +302,10 @@ class AsyncEngine:
         num_prompt = usage.prompt_tokens if usage is not None else 0
         if metrics is not None:
             metrics.observe_finished(stream.tenant, delta.finish_reason, num_prompt, e2e)
+        preempted = ",".join(f"{cause}:{n}" for cause, n in sorted(delta.preemptions.items()))
         request_log.info(
             "request %s tenant=%s finish=%s prompt_tokens=%d completion_tokens=%d "
-            "cached_prompt_tokens=%d e2e=%.1fms%s",
+            "cached_prompt_tokens=%d e2e=%.1fms%s%s",
             stream.req_id,
             stream.tenant,
             delta.finish_reason,
@@ -305,6 +313,7 @@ class AsyncEngine:
             usage.completion_tokens if usage is not None else 0,
             usage.cached_prompt_tokens if usage is not None else 0,
             e2e * 1000,
+            f" preempted={preempted}" if preempted else "",
             f" error={delta.error}" if delta.error else "",
         )
 

@@ -280,7 +280,9 @@ class Scheduler:
             why = self.deadlines.missed(req, now, predict)
             if why is not None:
                 self.finish_requests(
-                    [req], RequestStatus.FINISHED_DEADLINE, f"cannot finish by its deadline: {why}"
+                    [req],
+                    RequestStatus.FINISHED_DEADLINE,
+                    f"ended: cannot finish by its deadline ({why})",
                 )
                 out.ended.append(req)
 

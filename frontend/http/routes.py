@@ -88,7 +88,7 @@ class OpenAIRoutes:
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
         self._check_model(body.model)
         inputs = completion_inputs(body)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        calls = self._admit_all(tenant, inputs, body.priority, body.deadline_ms)
         n = inputs.params.n
         choices = [
             CompletionChoice(
@@ -111,7 +111,7 @@ class OpenAIRoutes:
         body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
         self._check_model(body.model)
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        calls = self._admit_all(tenant, inputs, body.priority, body.deadline_ms)
         n = inputs.params.n
         choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
         envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), self.model, True)
@@ -205,12 +205,19 @@ class OpenAIRoutes:
             )
 
     def _admit_all(
-        self, tenant: Tenant, inputs: EngineInputs, priority: int | None
+        self,
+        tenant: Tenant,
+        inputs: EngineInputs,
+        priority: int | None,
+        deadline_ms: int | None,
     ) -> list[AdmittedCall]:
         calls: list[AdmittedCall] = []
         try:
             for prompt in inputs.prompts:
-                calls.append(self.admitter.admit(tenant, prompt, inputs.params, None, priority))
+                call = self.admitter.admit(
+                    tenant, prompt, inputs.params, None, priority, deadline_ms
+                )
+                calls.append(call)
         except Refused as refused:
             for call in calls:
                 self.admitter.release(call)

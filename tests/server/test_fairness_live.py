@@ -4,6 +4,7 @@ saturates, tenant b asks for its share. The same load runs under fcfs and under 
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -138,3 +139,28 @@ def test_with_both_backlogged_weight_2_gets_two_thirds_under_fair(start_server, 
     assert shares["fcfs"] == pytest.approx(1 / 3, abs=0.1), shares
     for server in servers.values():
         wait_until(lambda s=server: engine_is_idle(s.engine), 10.0, "engine idle")
+
+
+def test_under_fair_b_takes_a_seat_from_a_and_operators_see_why(
+    start_server, tmp_path, caplog
+) -> None:
+    from tests.server.test_metrics_and_auth import scrape, value
+
+    caplog.set_level(logging.INFO, logger="loom.requests")
+    path = tmp_path / "tenants.toml"
+    path.write_text(
+        f'[tenants.a]\napi_key_sha256 = ["{hash_key("key-a")}"]\n\n'
+        f'[tenants.b]\napi_key_sha256 = ["{hash_key("key-b")}"]\n'
+    )
+    engine = make_engine(max_num_seqs=MAX_NUM_SEQS, queue_policy="fair", preemption_quantum=4)
+    server = start_server(engine, tenants=str(path), metrics_port=0)
+    asyncio.run(b_ttfts_under_flood(server, 3))
+    wait_until(lambda: engine_is_idle(server.engine), 10.0, "engine idle")
+    samples = scrape(server.metrics_port)
+    # b's requests found a's in every seat and took one (unless one of a's happened to end
+    # just then).
+    assert value(samples, "loom:tenant_preemptions_total", tenant="a", cause="share") >= 1
+    assert value(samples, "loom:tenant_preemptions_total", tenant="b", cause="share") == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "loom.requests"]
+    assert any(" tenant=a " in line and "preempted=share:" in line for line in lines)
+    assert not any(" tenant=b " in line and "preempted=" in line for line in lines)
