@@ -20,6 +20,8 @@ would be late, before it uses more compute.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -98,3 +100,55 @@ class DeadlineEstimator:
             f"{(deadline - now) * 1e3:.0f} ms left before its deadline, and it needs at least "
             f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms"
         )
+
+
+class DeadlineWatch:
+    """The requests with a deadline, by the time each may first be missed: its deadline, or
+    (`predict`) its deadline less the time it requires. A heap, so a step looks only at the
+    requests due, not at every one waiting.
+
+    A key goes stale two ways. As a request runs, the time it requires shrinks and its true
+    key moves later: popped early, it is checked and pushed back with a fresh key. As the step
+    time grows, true keys move earlier: once it has grown by a tenth since the heap was keyed,
+    every key is computed again. Finished requests are dropped as they come up."""
+
+    def __init__(self, estimator: DeadlineEstimator, predict: bool) -> None:
+        self.estimator = estimator
+        self.predict = predict
+        self._heap: list[tuple[float, int, Request]] = []
+        self._order = itertools.count()  # ties never compare requests
+        self._keyed_at_step_time = estimator.timer.seconds
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, req: Request) -> None:
+        heapq.heappush(self._heap, (self._key(req), next(self._order), req))
+
+    def due(self, now: float) -> list[tuple[Request, str]]:
+        """The unfinished requests that can no longer finish by their deadline, with why."""
+        step_time = self.estimator.timer.seconds
+        if self.predict and step_time > 1.1 * self._keyed_at_step_time:
+            self._keyed_at_step_time = step_time
+            self._heap = [(self._key(r), n, r) for _, n, r in self._heap if not r.is_finished]
+            heapq.heapify(self._heap)
+        missed, again = [], []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, req = heapq.heappop(heap)
+            if req.is_finished:
+                continue
+            why = self.estimator.missed(req, now, self.predict)
+            if why is None:
+                again.append(req)
+            else:
+                missed.append((req, why))
+        for req in again:
+            self.add(req)
+        return missed
+
+    def _key(self, req: Request) -> float:
+        assert req.deadline is not None
+        if not self.predict:
+            return req.deadline
+        return req.deadline - self.estimator.time_required(req)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.deadlines import DeadlineEstimator
+from scheduler.deadlines import DeadlineEstimator, DeadlineWatch
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.preemption import Room, choose_victims
@@ -98,7 +98,7 @@ class Scheduler:
         )
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
-        self._with_deadline: dict[str, Request] = {}  # those of them with a deadline
+        self._deadlines = DeadlineWatch(self.deadlines, self.waiting.predicts_deadlines)
         self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
         self.tenant_usage: dict[str, TenantUsage] = self.tenants.usage
         self.num_preemptions = 0
@@ -133,7 +133,7 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         self.requests[req.req_id] = req
         if req.deadline is not None:
-            self._with_deadline[req.req_id] = req
+            self._deadlines.add(req)
         self.waiting.add(req)
 
     def observe_step_time(self, seconds: float) -> None:
@@ -144,7 +144,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(StepInput())
-        if self._with_deadline:
+        if len(self._deadlines):
             self._end_missed_deadlines(out, self.clock())
         self.waiting.order_running(self.running)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
@@ -275,10 +275,8 @@ class Scheduler:
         return budget
 
     def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
-        predict = self.waiting.predicts_deadlines
-        for req in list(self._with_deadline.values()):
-            why = self.deadlines.missed(req, now, predict)
-            if why is not None:
+        for req, why in self._deadlines.due(now):
+            if not req.is_finished:
                 self.finish_requests(
                     [req],
                     RequestStatus.FINISHED_DEADLINE,
@@ -393,7 +391,6 @@ class Scheduler:
         req.finish(status, error)
         usage.num_unfinished -= 1
         if req.deadline is not None:
-            self._with_deadline.pop(req.req_id, None)
             self._count_deadline(req, status)
         self.kv.free(req)
         self._drop_from_worker(req)

@@ -167,3 +167,17 @@ def test_a_deadline_met_and_one_finished_late_are_counted_apart() -> None:
     assert late.status is RequestStatus.FINISHED_LENGTH
     usage = sched.tenant_usage["t"]
     assert (usage.num_deadlines_met, usage.num_deadlines_missed) == (1, 1)
+
+
+def test_a_request_is_ended_as_soon_as_slower_steps_make_it_late() -> None:
+    # 50 steps at 10 ms fit in 1 s; once steps take 30 ms they do not, though the deadline is
+    # far off: the next step ends it (the watch re-keys when the step time grows).
+    sched, clock, worker = timed_scheduler("deadline")
+    req = with_deadline(make_request("r", 4, max_tokens=50, ignore_eos=True), clock, 1.0)
+    sched.add_request(req)
+    timed_step(sched, worker, clock)
+    assert req.status is RequestStatus.RUNNING
+    for _ in range(20):
+        sched.observe_step_time(0.030)
+    out, _ = timed_step(sched, worker, clock)
+    assert out.ended == [req] and "needs at least 49 steps of 29.8 ms" in req.error
