@@ -2,7 +2,8 @@
 theirs.
 
 A step runs each running request once, so what a request still needs is counted in steps and
-priced at the measured step time (a moving mean of the engine's step durations):
+priced at the measured step time (the median of the engine's last 16 step periods: one slow
+step, a collection or a burst of arrivals, must not end requests that could still finish):
 
     steps = ceil(tokens left to compute / largest chunk) + tokens left to generate - 1
 
@@ -23,25 +24,29 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
 
 from scheduler.request import Request
 
 
 @dataclass(slots=True)
 class StepTimer:
-    """Exponentially weighted mean of step durations, in seconds; 0 until one is measured."""
+    """The median of the last `window` step periods, in seconds; 0 until one is measured."""
 
     seconds: float = 0.0
-    smoothing: float = 0.2  # weight of the newest step
+    window: int = 16
+    _recent: deque[float] = field(default_factory=deque)
 
     def observe(self, seconds: float) -> None:
         if seconds <= 0 or not math.isfinite(seconds):
             return
-        if self.seconds == 0.0:
-            self.seconds = seconds
-        else:
-            self.seconds += self.smoothing * (seconds - self.seconds)
+        recent = self._recent
+        recent.append(seconds)
+        if len(recent) > self.window:
+            recent.popleft()
+        self.seconds = statistics.median(recent)
 
 
 class DeadlineEstimator:

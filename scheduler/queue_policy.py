@@ -101,10 +101,13 @@ class FCFSPolicy(QueuePolicy):
 
 
 class PriorityPolicy(QueuePolicy):
-    """Lowest `priority` value first (the vLLM convention: 0 beats 10), then arrival order."""
+    """Lowest `priority` value first (the vLLM convention: 0 beats 10), then arrival order.
+    A request taken out (`remove`) leaves its heap entry behind, skipped when it comes up: a
+    deadline can end thousands of waiting requests a second, each in O(1)."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, Request]] = []
+        self._queued: set[Request] = set()
 
     @staticmethod
     def running_key(req: Request) -> tuple[object, ...]:
@@ -115,24 +118,29 @@ class PriorityPolicy(QueuePolicy):
 
     def add(self, req: Request) -> None:
         heapq.heappush(self._heap, (req.priority, req.arrival_seq, req))
+        self._queued.add(req)
 
     def peek(self) -> Request | None:
-        return self._heap[0][2] if self._heap else None
+        heap = self._heap
+        while heap and heap[0][2] not in self._queued:
+            heapq.heappop(heap)  # taken out earlier
+        return heap[0][2] if heap else None
 
     def pop(self) -> Request:
-        return heapq.heappop(self._heap)[2]
+        if self.peek() is None:
+            raise IndexError("pop from an empty queue")
+        req = heapq.heappop(self._heap)[2]
+        self._queued.discard(req)
+        return req
 
     def remove(self, req: Request) -> bool:
-        for i, entry in enumerate(self._heap):
-            if entry[2] is req:
-                self._heap[i] = self._heap[-1]
-                self._heap.pop()
-                heapq.heapify(self._heap)
-                return True
-        return False
+        if req not in self._queued:
+            return False
+        self._queued.discard(req)
+        return True
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._queued)
 
 
 class FairSharePolicy(QueuePolicy):
@@ -143,12 +151,13 @@ class FairSharePolicy(QueuePolicy):
     to the smallest counter of the backlogged tenants (or, with none, to that of the tenant
     that left the queue last), so time away banks no credit. Running requests sort by counter:
     the preemption victim is the newest, least important request of the tenant with the
-    largest counter."""
+    largest counter. As under `priority`, a request taken out leaves its entry behind."""
 
     def __init__(self) -> None:
         # Backlogged tenants only: a tenant's entry goes when its last waiting request does.
         self._queues: dict[str, list[tuple[object, ...]]] = {}
-        self._num_waiting = 0
+        self._num_live: dict[str, int] = {}  # waiting requests per tenant, stale entries not
+        self._queued: set[Request] = set()
         self._last_left: TenantUsage | None = None
 
     def running_key(self, req: Request) -> tuple[object, ...]:
@@ -186,8 +195,10 @@ class FairSharePolicy(QueuePolicy):
             if req.status is not RequestStatus.PREEMPTED:
                 self._lift(req.tenant_usage)
             queue = self._queues[req.tenant] = []
+            self._num_live[req.tenant] = 0
         heapq.heappush(queue, self._entry(req))
-        self._num_waiting += 1
+        self._num_live[req.tenant] += 1
+        self._queued.add(req)
 
     def _lift(self, usage: TenantUsage) -> None:
         backlogged = [queue[0][-1].tenant_usage.counter for queue in self._queues.values()]
@@ -196,10 +207,16 @@ class FairSharePolicy(QueuePolicy):
         elif self._last_left is not None:
             usage.counter = max(usage.counter, self._last_left.counter)
 
+    def _head(self, queue: list[tuple[object, ...]]) -> Request:
+        """A backlogged tenant's first waiting request, past entries taken out earlier."""
+        while queue[0][-1] not in self._queued:
+            heapq.heappop(queue)
+        return queue[0][-1]
+
     def _head_tenant(self) -> str | None:
         best_name, best_key = None, None
         for name, queue in self._queues.items():
-            head = queue[0][-1]
+            head = self._head(queue)
             key = (*_share_key(head.tenant_usage), head.arrival_seq)
             if best_key is None or key < best_key:
                 best_name, best_key = name, key
@@ -207,38 +224,32 @@ class FairSharePolicy(QueuePolicy):
 
     def peek(self) -> Request | None:
         name = self._head_tenant()
-        return None if name is None else self._queues[name][0][-1]
+        return None if name is None else self._head(self._queues[name])
 
     def pop(self) -> Request:
         name = self._head_tenant()
         if name is None:
             raise IndexError("pop from an empty queue")
-        queue = self._queues[name]
-        req = heapq.heappop(queue)[-1]
-        self._taken(name, queue, req)
+        req = heapq.heappop(self._queues[name])[-1]  # the head: `_head_tenant` cleaned it
+        self._taken(req)
         return req
 
     def remove(self, req: Request) -> bool:
-        queue = self._queues.get(req.tenant)
-        if queue is None:
+        if req not in self._queued:
             return False
-        for i, entry in enumerate(queue):
-            if entry[-1] is req:
-                queue[i] = queue[-1]
-                queue.pop()
-                heapq.heapify(queue)
-                self._taken(req.tenant, queue, req)
-                return True
-        return False
+        self._taken(req)
+        return True
 
-    def _taken(self, name: str, queue: list[tuple[object, ...]], req: Request) -> None:
-        self._num_waiting -= 1
-        if not queue:
-            del self._queues[name]
+    def _taken(self, req: Request) -> None:
+        self._queued.discard(req)
+        name = req.tenant
+        self._num_live[name] -= 1
+        if not self._num_live[name]:
+            del self._queues[name], self._num_live[name]
             self._last_left = req.tenant_usage
 
     def __len__(self) -> int:
-        return self._num_waiting
+        return len(self._queued)
 
 
 def _share_key(usage: TenantUsage, seats: int = 0) -> tuple[float, float]:
@@ -278,7 +289,7 @@ class DeadlinePolicy(FairSharePolicy):
         if abs(step_time - self._keyed_at_step_time) > 0.2 * self._keyed_at_step_time:
             self._keyed_at_step_time = step_time
             for queue in self._queues.values():
-                queue[:] = [self._entry(entry[-1]) for entry in queue]
+                queue[:] = [self._entry(e[-1]) for e in queue if e[-1] in self._queued]
                 heapq.heapify(queue)
 
 

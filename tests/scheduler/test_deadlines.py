@@ -180,4 +180,18 @@ def test_a_request_is_ended_as_soon_as_slower_steps_make_it_late() -> None:
     for _ in range(20):
         sched.observe_step_time(0.030)
     out, _ = timed_step(sched, worker, clock)
-    assert out.ended == [req] and "needs at least 49 steps of 29.8 ms" in req.error
+    assert out.ended == [req] and "needs at least 49 steps of 30.0 ms" in req.error
+
+
+def test_one_slow_step_ends_nothing() -> None:
+    # A collection or a burst of arrivals stalls one step for 400 ms: priced at that, the
+    # request (40 steps left, 0.9 s) would be given up; at the median of recent steps it is not.
+    sched, clock, worker = timed_scheduler("deadline")
+    req = with_deadline(make_request("r", 4, max_tokens=40, ignore_eos=True), clock, 0.9)
+    sched.add_request(req)
+    for _ in range(5):
+        sched.observe_step_time(STEP)
+    sched.observe_step_time(0.400)
+    timed_step(sched, worker, clock)
+    run_to_completion(sched, worker)
+    assert req.status is RequestStatus.FINISHED_LENGTH
