@@ -8,9 +8,9 @@ engine authenticates the same way.
     weight = 2.0                     # share of the engine under contention (default 1)
     priority = 0                     # default request priority (default 0)
     deadline_ms = 30000              # default deadline of its requests (default: none)
-    max_concurrent_requests = 64     # running + waiting
+    max_concurrent_requests = 64     # sequences running + waiting
     max_tokens_per_minute = 200000   # prompt + generated tokens, token bucket
-    max_tokens_per_request = 4096    # prompt + max_tokens
+    max_tokens_per_request = 4096    # a call's prompts + max_tokens per sequence
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ ALLOWED_IMPORTS = {
     "common": set(),
     "modelfiles": set(),
     "contract": {"common", "loompb"},
-    "worker": {"common", "contract", "modelfiles", "loompb"},
+    # serving: the worker's gRPC server refuses hostile bytes as the others do (rpc_guard).
+    "worker": {"common", "contract", "modelfiles", "serving", "loompb"},
     # worker: its settings and create_worker, for the engine whose worker runs in-process.
     "scheduler": {"common", "contract", "modelfiles", "worker"},
     "serving": {"common", "loompb"},
@@ -104,6 +105,26 @@ def test_the_engine_reaches_the_worker_only_for_an_in_process_one() -> None:
     }
     # create_worker and the worker's settings dataclasses, none of which imports torch.
     assert {module.rsplit(".", 1)[0] for module in worker_imports} <= {"worker", "worker.config"}
+
+
+def test_tests_import_nothing_from_bench() -> None:
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in package_files("tests")
+        if any(module.split(".")[0] == "bench" for module in imports_of(path))
+    ]
+    assert offenders == []
+
+
+def test_the_worker_takes_only_the_rpc_guard_of_serving() -> None:
+    serving_imports = {
+        module
+        for path in package_files("worker")
+        for module in imports_of(path)
+        if module.split(".")[0] == "serving"
+    }
+    assert serving_imports  # its server is guarded
+    assert all(m.startswith("serving.rpc_guard") for m in serving_imports), serving_imports
 
 
 def test_no_module_imports_itself_back_at_import_time() -> None:
@@ -243,6 +264,7 @@ def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
 def _not_default(name: str) -> object:
     return {"model": "/models/x", "device": "cpu", "dtype": "float32", "max_model_len": 64,
             "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
+            "quantization": "none",
             "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
             "tensor_parallel_size": 2, "distributed_timeout": 5.0}[name]  # fmt: skip
 
@@ -290,7 +312,7 @@ def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) 
     assert message in result.stderr
 
 
-@pytest.mark.parametrize("package", [*ALLOWED_IMPORTS, "frontend/http", "worker/attention"])
+@pytest.mark.parametrize("package", [*PACKAGES, "frontend/http", "worker/attention"])
 def test_each_package_docstring_lists_its_files(package: str) -> None:
     """The package's docstring is where its files are described: every module is named."""
     directory = REPO_ROOT / package
