@@ -16,7 +16,10 @@ a request that may stop at its next token is never given up for the tokens it mi
 
 Every policy ends a request whose deadline has passed at the next step; the `deadline` policy
 ends it as soon as its fastest finish (the fewest steps it needs, at the measured step time)
-would be late, before it uses more compute.
+would be late, before it uses more compute. It predicts only while some request runs: the step
+time is measured on running steps alone, so with nothing running an estimate too slow (steps
+slowed by a burst of other work) would end every arrival before it ran, and no step would ever
+measure it again.
 """
 
 from __future__ import annotations
@@ -130,8 +133,10 @@ class DeadlineWatch:
     def add(self, req: Request) -> None:
         heapq.heappush(self._heap, (self._key(req), next(self._order), req))
 
-    def due(self, now: float) -> list[tuple[Request, str]]:
-        """The unfinished requests that can no longer finish by their deadline, with why."""
+    def due(self, now: float, predict: bool = True) -> list[tuple[Request, str]]:
+        """The unfinished requests that can no longer finish by their deadline, with why.
+        `predict` False for this call: only those whose deadline has passed."""
+        predict = predict and self.predict
         step_time = self.estimator.timer.seconds
         if self.predict and step_time > 1.1 * self._keyed_at_step_time:
             self._keyed_at_step_time = step_time
@@ -143,7 +148,7 @@ class DeadlineWatch:
             _, _, req = heapq.heappop(heap)
             if req.is_finished:
                 continue
-            why = self.estimator.missed(req, now, self.predict)
+            why = self.estimator.missed(req, now, predict)
             if why is None:
                 again.append(req)
             else:

@@ -275,7 +275,8 @@ class Scheduler:
         return budget
 
     def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
-        for req, why in self._deadlines.due(now):
+        # Predicted misses only while the step time is being measured (scheduler/deadlines.py).
+        for req, why in self._deadlines.due(now, predict=bool(self.running)):
             if not req.is_finished:
                 self.finish_requests(
                     [req],

@@ -49,6 +49,15 @@ def timed_step(sched: Scheduler, worker: ContractWorker, clock: Clock):
     return out
 
 
+def keep_busy(sched: Scheduler, worker: ContractWorker, clock: Clock) -> Request:
+    """A request without a deadline, running: the engine is measuring its step time, so the
+    `deadline` policy predicts (with nothing running it does not)."""
+    busy = make_request("busy", 4, max_tokens=200, ignore_eos=True, first_token=300)
+    sched.add_request(busy)
+    timed_step(sched, worker, clock)
+    return busy
+
+
 def ever_sent(worker: ContractWorker, req_id: str, after: int) -> bool:
     return any(
         req_id in s.num_scheduled_tokens or any(n.req_id == req_id for n in s.new)
@@ -87,6 +96,7 @@ def test_the_deadline_policy_ends_a_request_as_soon_as_its_fastest_finish_is_lat
     # never finish: it ends at once, before its prompt is computed. Under fcfs it would run
     # 20 steps and then end, its compute wasted.
     sched, clock, worker = timed_scheduler("deadline")
+    keep_busy(sched, worker, clock)
     hopeless = with_deadline(make_request("h", 6, max_tokens=30, ignore_eos=True), clock, 0.2)
     feasible = with_deadline(
         make_request("f", 6, max_tokens=15, ignore_eos=True, first_token=100), clock, 0.2
@@ -107,6 +117,7 @@ def test_a_request_that_may_stop_at_its_next_token_is_not_ended_for_tokens_it_ma
     # Without ignore_eos the next token may be EOS: one step can finish it, so 50 ms left is
     # enough to go on, whatever max_tokens says; min_tokens raises the floor.
     sched, clock, worker = timed_scheduler("deadline")
+    keep_busy(sched, worker, clock)
     may_stop = with_deadline(make_request("m", 6, max_tokens=30), clock, 0.05)
     must_go_on = with_deadline(make_request("n", 6, max_tokens=30, min_tokens=8), clock, 0.05)
     sched.add_request(may_stop)
@@ -195,3 +206,30 @@ def test_one_slow_step_ends_nothing() -> None:
     timed_step(sched, worker, clock)
     run_to_completion(sched, worker)
     assert req.status is RequestStatus.FINISHED_LENGTH
+
+
+def test_with_nothing_running_an_arrival_is_tried_and_the_step_time_measured_again() -> None:
+    # Steps measured at 200 ms (a burst of other work), then nothing runs. Priced at that, no
+    # arrival (30 steps, 1 s) could finish: ending each before it ran, no step would ever
+    # measure the true 10 ms again. With nothing running an arrival runs; once the steps it
+    # runs are measured (as the engine measures each step), arrivals finish again.
+    sched, clock, worker = timed_scheduler("deadline")
+    for _ in range(16):
+        sched.observe_step_time(0.200)
+    outcomes = []
+    for i in range(12):
+        req = with_deadline(
+            make_request(f"r{i}", 4, max_tokens=30, ignore_eos=True, first_token=10 * i),
+            clock,
+            1.0,
+        )
+        sched.add_request(req)
+        out, _ = timed_step(sched, worker, clock)
+        assert [new.req_id for new in out.step_input.new] == [req.req_id]
+        while sched.has_unfinished():
+            sched.observe_step_time(STEP)
+            timed_step(sched, worker, clock)
+        outcomes.append(req.status)
+    assert outcomes[0] is RequestStatus.FINISHED_DEADLINE  # the stale estimate, once it ran
+    assert outcomes[-1] is RequestStatus.FINISHED_LENGTH
+    assert sched.kv.pool.num_free_blocks == 64
