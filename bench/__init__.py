@@ -8,7 +8,8 @@ check, `bench/gpu_check.sh`.
 - peers.py           `peers`: Loom against its peers on one workload (`--peer`)
 - peer_systems.py    the systems it runs: Loom, transformers, a Meta-style static batch loop,
                      llama.cpp's llama-server
-- scheduler_benches.py  `scheduler`, `kv-waste`: the scheduler alone, no model
+- scheduler_benches.py  `scheduler`, `kv-waste`, `deadline-sim`: the scheduler alone, no
+                     model
 - paged_attention.py `paged-attention`: one step on the paged KV cache vs a contiguous one
 - worker_steps.py    `decode-floor`, `step-profile`, `efficiency`: the worker's steps timed
 - engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load

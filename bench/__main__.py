@@ -17,6 +17,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
               "Loom vs transformers, a static batch loop, llama.cpp's server (--peer)"),
     "scheduler": ("bench.scheduler_benches", "scheduler_overhead",
                   "schedule() + update() per decode step, no model"),
+    "deadline-sim": ("bench.scheduler_benches", "deadline_sim",
+                     "the deadline policy's goodput under a simulated 2x overload"),
     "kv-waste": ("bench.scheduler_benches", "kv_waste",
                  "share of allocated KV slots that hold no token, no model"),
     "paged-attention": ("bench.paged_attention", "main",

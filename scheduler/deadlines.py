@@ -31,7 +31,14 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from scheduler.request import Request
+from scheduler.request import Request, RequestStatus
+
+# A waiting request that would take a seat another could use must finish with this share of
+# its required time to spare: at one that merely fits, a step-time wobble after admission
+# ends it halfway, its compute wasted and the seat denied to one that would have finished.
+# 0.5: measured on a simulated overload (`python -m bench deadline-sim`, BENCHMARKS.md).
+ADMISSION_MARGIN = 0.5
+RUNNING = RequestStatus.RUNNING
 
 
 @dataclass(slots=True)
@@ -79,9 +86,9 @@ class DeadlineEstimator:
         """Seconds of steps to generate everything it is owed."""
         return self.steps_left(req, self.tokens_owed(req)) * self.timer.seconds
 
-    def time_required(self, req: Request) -> float:
-        """Seconds of steps it needs at the least."""
-        return self.steps_left(req, self.tokens_required(req)) * self.timer.seconds
+    def time_required(self, req: Request, margin: float = 0.0) -> float:
+        """Seconds of steps it needs at the least (and `margin` of that more)."""
+        return self.steps_left(req, self.tokens_required(req)) * self.timer.seconds * (1 + margin)
 
     def latest_start(self, req: Request) -> float:
         """Its deadline less the time it is owed: the smaller, the less slack it has; a
@@ -90,9 +97,12 @@ class DeadlineEstimator:
             return math.inf
         return req.deadline - self.time_owed(req)
 
-    def missed(self, req: Request, now: float, predict: bool) -> str | None:
+    def missed(
+        self, req: Request, now: float, predict: bool, margin: float = 0.0
+    ) -> str | None:
         """Why `req` can no longer finish by its deadline, or None while it can: the deadline
-        has passed, or (`predict`) the fewest steps it needs would end after it."""
+        has passed, or (`predict`) the fewest steps it needs (and `margin` more) would end
+        after it."""
         deadline = req.deadline
         if deadline is None:
             return None
@@ -100,13 +110,14 @@ class DeadlineEstimator:
             return f"its deadline passed {(now - deadline) * 1e3:.0f} ms ago"
         if not predict:
             return None
-        need = self.time_required(req)
+        need = self.time_required(req, margin)
         if now + need <= deadline:
             return None
         steps = self.steps_left(req, self.tokens_required(req))
+        spare = f" with {margin:.0%} to spare, every seat taken" if margin else ""
         return (
             f"{(deadline - now) * 1e3:.0f} ms left before its deadline, and it needs at least "
-            f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms"
+            f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms{spare}"
         )
 
 
@@ -133,9 +144,13 @@ class DeadlineWatch:
     def add(self, req: Request) -> None:
         heapq.heappush(self._heap, (self._key(req), next(self._order), req))
 
-    def due(self, now: float, predict: bool = True) -> list[tuple[Request, str]]:
+    def due(
+        self, now: float, predict: bool = True, contended: bool = False
+    ) -> list[tuple[Request, str]]:
         """The unfinished requests that can no longer finish by their deadline, with why.
-        `predict` False for this call: only those whose deadline has passed."""
+        `predict` False for this call: only those whose deadline has passed. `contended`:
+        every seat is taken, so a request not running must finish with ADMISSION_MARGIN to
+        spare."""
         predict = predict and self.predict
         step_time = self.estimator.timer.seconds
         if self.predict and step_time > 1.1 * self._keyed_at_step_time:
@@ -148,7 +163,8 @@ class DeadlineWatch:
             _, _, req = heapq.heappop(heap)
             if req.is_finished:
                 continue
-            why = self.estimator.missed(req, now, predict)
+            margin = ADMISSION_MARGIN if contended and req.status is not RUNNING else 0.0
+            why = self.estimator.missed(req, now, predict, margin)
             if why is None:
                 again.append(req)
             else:
@@ -161,4 +177,5 @@ class DeadlineWatch:
         assert req.deadline is not None
         if not self.predict:
             return req.deadline
-        return req.deadline - self.estimator.time_required(req)
+        margin = ADMISSION_MARGIN if req.status is not RUNNING else 0.0
+        return req.deadline - self.estimator.time_required(req, margin)

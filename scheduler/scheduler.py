@@ -276,7 +276,8 @@ class Scheduler:
 
     def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
         # Predicted misses only while the step time is being measured (scheduler/deadlines.py).
-        for req, why in self._deadlines.due(now, predict=bool(self.running)):
+        contended = len(self.running) >= self.config.max_num_seqs
+        for req, why in self._deadlines.due(now, bool(self.running), contended):
             if not req.is_finished:
                 self.finish_requests(
                     [req],

@@ -233,3 +233,26 @@ def test_with_nothing_running_an_arrival_is_tried_and_the_step_time_measured_aga
     assert outcomes[0] is RequestStatus.FINISHED_DEADLINE  # the stale estimate, once it ran
     assert outcomes[-1] is RequestStatus.FINISHED_LENGTH
     assert sched.kv.pool.num_free_blocks == 64
+
+
+@pytest.mark.parametrize("seats", [1, 2])
+def test_with_every_seat_taken_a_waiting_request_must_finish_with_time_to_spare(
+    seats: int,
+) -> None:
+    # w needs 10 steps of 10 ms and has 130 ms. With a seat free it runs and is in time; with
+    # every seat taken it would take one another could finish in, so it must have half its
+    # 100 ms to spare, and ends at once.
+    sched, clock, worker = timed_scheduler("deadline", max_num_seqs=seats)
+    keep_busy(sched, worker, clock)
+    w = with_deadline(make_request("w", 4, max_tokens=10, ignore_eos=True), clock, 0.13)
+    sched.add_request(w)
+    out, _ = timed_step(sched, worker, clock)
+    if seats == 1:
+        assert out.ended == [w] and "with 50% to spare, every seat taken" in w.error
+        assert not ever_sent(worker, "w", 0)
+    else:
+        assert [new.req_id for new in out.step_input.new] == ["w"]
+        while not w.is_finished:
+            timed_step(sched, worker, clock)
+        assert w.status is RequestStatus.FINISHED_LENGTH
+        assert sched.tenant_usage["default"].num_deadlines_met == 1
