@@ -369,13 +369,13 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
     for seats in seat_counts:
         args.max_num_seqs = seats
         capacities[seats] = capacity(args, tenants, tmp)
-    # The same arrivals at every seat count: twice what the best of them completes.
-    rate = args.overload * max(capacities.values())
-    rate_a, rate_b = rate * 8 / 9, rate / 9
-    num_prompts = math.ceil(rate * args.seconds)
     rows, notes = [], []
     for seats in seat_counts:
         args.max_num_seqs = seats
+        # Twice what this seat count completes; the same arrivals for every policy.
+        rate = args.overload * capacities[seats]
+        rate_a, rate_b = rate * 8 / 9, rate / 9
+        num_prompts = math.ceil(rate * args.seconds)
         flags = ["--tenant", f"a:{KEYS['a']}:{rate_a:.2f}", "--tenant",
                  f"b:{KEYS['b']}:{rate_b:.2f}", "--num-prompts", str(num_prompts),
                  "--input-len", str(args.input_len), "--output-len", str(args.output_len),
@@ -404,7 +404,8 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
         )
         notes.append(
             f"- `--max-num-seqs {seats}`: capacity {capacities[seats]:.1f} requests/s (400 sent "
-            f"at once, fcfs); goodput against fcfs's: {ratios}."
+            f"at once, fcfs); `loadtest --tenant a:KEY:{rate_a:.1f} --tenant b:KEY:{rate_b:.1f} "
+            f"--num-prompts {num_prompts}`; goodput against fcfs's: {ratios}."
         )
     header = ["seats", "policy", "tenant", "completed", "failed", "deadlines met",
               "TTFT p50 ms", "TTFT p99 ms", "token share while sending", "preempted",
@@ -414,12 +415,12 @@ Server: `python -m frontend serve --model {args.model.name} --device cpu --num-t
 {args.num_threads} --max-num-seqs SEATS --tenants FILE --queue-policy POLICY
 [--no-policy-preemption]` in its own process, one per row pair. The capacity of each seat
 count is measured first under fcfs (400 requests sent at once); then the client `python -m
-loadtest --tenant a:KEY:{rate_a:.1f} --tenant b:KEY:{rate_b:.1f} --num-prompts {num_prompts}
---input-len {args.input_len} --output-len {args.output_len} --seed {args.seed} --deadlines
-{args.deadlines}` sends Poisson arrivals for about {args.seconds:g} s at {args.overload:g}x the
-best of those capacities, a at 8x b's rate, each request's `deadline_ms` drawn from
-{args.deadlines.replace(",", ", ")} ms: the same arrivals and deadlines for every seat count
-and policy. Random token-id prompts, EOS ignored. The tenants file: both weight 1; b priority
+loadtest --tenant a:KEY:RATE_A --tenant b:KEY:RATE_B --num-prompts N --input-len
+{args.input_len} --output-len {args.output_len} --seed {args.seed} --deadlines
+{args.deadlines}` sends Poisson arrivals for about {args.seconds:g} s at {args.overload:g}x that
+capacity, a at 8x b's rate, each request's `deadline_ms` drawn from
+{args.deadlines.replace(",", ", ")} ms: the same arrivals and deadlines for every policy of a
+seat count. Random token-id prompts, EOS ignored. The tenants file: both weight 1; b priority
 0, a priority 1.
 
 {chr(10).join(notes)}
