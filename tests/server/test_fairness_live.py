@@ -13,6 +13,7 @@ import pytest
 
 from client import AsyncClient
 from frontend.embedded import ServerHandle
+from scheduler.config import EngineStats
 from serving.tenants import hash_key
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
 
@@ -63,6 +64,16 @@ async def stop(tasks: list[asyncio.Task]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Fair-share charge of a's first MAX_NUM_SEQS requests once each has 8 of its 48 tokens: 8
+# prompt tokens at 1 and 8 output tokens at 2 apiece.
+A_UNDER_WAY = MAX_NUM_SEQS * (8 + 2 * 8)
+
+
+def a_service(stats: EngineStats) -> float:
+    usage = stats.tenants.get("a")
+    return 0.0 if usage is None else usage.service
+
+
 async def b_ttfts_under_flood(server: ServerHandle, num_b: int) -> list[float]:
     """a keeps 24 streams of 48 tokens in flight; b sends `num_b` requests one at a time."""
     async with (
@@ -76,6 +87,9 @@ async def b_ttfts_under_flood(server: ServerHandle, num_b: int) -> list[float]:
         stats = server.engine.stats
         saturated = NUM_FLOOD_STREAMS - MAX_NUM_SEQS - 2
         await until(lambda: stats().num_waiting >= saturated, 10.0, "a saturates")
+        # And a's first requests are under way, past any quantum the tests set: queued alone,
+        # they could share the first step with b's request, which then needs no seat of a's.
+        await until(lambda: a_service(stats()) >= A_UNDER_WAY, 10.0, "a's requests run")
         ttfts = []
         for i in range(num_b):
             sent = time.perf_counter()
