@@ -20,9 +20,13 @@ def warm(client: Client) -> None:
     assert client.generate([1, 50, 60], max_tokens=8, ignore_eos=True).usage.completion_tokens == 8
 
 
-def test_deadline_policy_ends_a_request_that_cannot_finish_before_computing_it(
+def test_deadline_policy_ends_a_request_that_cannot_finish_after_one_step_at_most(
     start_server,
 ) -> None:
+    # With nothing else running, the deadline policy lets a request run a step before it
+    # predicts (only running steps measure the step time; scheduler/deadlines.py), so the
+    # hopeless request computes its prompt and first token at most. (With requests running it
+    # ends before any step: tests/scheduler/test_deadlines.py.)
     server = start_server(make_engine(queue_policy="deadline"), metrics_port=0)
     with Client(server.target, tenant="acme") as client:
         warm(client)
@@ -30,14 +34,13 @@ def test_deadline_policy_ends_a_request_that_cannot_finish_before_computing_it(
             client.generate([1, 70, 80], deadline_ms=100, **LONG)
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert "cannot finish by its deadline" in caught.value.details()
-        assert "needs at least 480 steps" in caught.value.details()  # ended before any step
         reply = client.generate([1, 90, 100], deadline_ms=20_000, max_tokens=5, ignore_eos=True)
         assert reply.usage.completion_tokens == 5
     wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
     samples = scrape(server.metrics_port)
     assert value(samples, "loom:request_deadlines_total", tenant="acme", outcome="missed") == 1
     assert value(samples, "loom:request_deadlines_total", tenant="acme", outcome="met") == 1
-    assert value(samples, "loom:generation_tokens_total", tenant="acme") == 8 + 5
+    assert value(samples, "loom:generation_tokens_total", tenant="acme") - (8 + 5) in (0, 1)
 
 
 def test_the_calls_grpc_deadline_is_the_engines_too(start_server) -> None:
