@@ -95,8 +95,16 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
                 raise Refused.invalid(exc) from exc
             prompt = request.prompt or list(request.prompt_token_ids)
             priority = request.priority if request.HasField("priority") else None
+            deadline_ms = request.deadline_ms if request.HasField("deadline_ms") else None
             call = self.admitter.admit(
-                tenant, prompt, params, request.request_id, priority, request.lora or None
+                tenant,
+                prompt,
+                params,
+                request.request_id,
+                priority,
+                lora=request.lora or None,
+                deadline_ms=deadline_ms,
+                call_time_left_s=context.time_remaining(),
             )
         except Refused as refused:
             await _abort(context, refused)

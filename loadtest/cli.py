@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--goodput", nargs="+", metavar="NAME:MS", help="goals, e.g. ttft:500 tpot:50 e2el:5000"
     )
+    g.add_argument(
+        "--deadlines",
+        type=parse_deadlines,
+        metavar="MS[,MS...]",
+        help="each request gets one of these, drawn at random, as its deadline_ms; the run "
+        "reports how many completed within it",
+    )
     g = p.add_argument_group("tenancy")
     g.add_argument(
         "--api-key", action="append", default=[], help="bearer key; repeat: one key per tenant"
@@ -161,6 +168,11 @@ def build_workload(
     if args.ignore_eos:
         for req in requests:
             req.ignore_eos = True
+    if args.deadlines:
+        # Their own draws: a run with deadlines has the same workload and arrivals as without.
+        drawn = np.random.default_rng([args.seed, 1]).choice(args.deadlines, size=len(requests))
+        for req, deadline_ms in zip(requests, drawn, strict=True):
+            req.deadline_ms = int(deadline_ms)
     check_fits(requests, info.max_model_len)
     return requests
 
@@ -185,6 +197,15 @@ def fill_default_lengths(args: argparse.Namespace, max_model_len: int) -> None:
         f"(the model holds {max_model_len} tokens)",
         file=sys.stderr,
     )
+def parse_deadlines(text: str) -> list[int]:
+    """`100,500,5000` -> [100, 500, 5000] (milliseconds, each >= 1)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of milliseconds: {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every deadline must be >= 1 ms, got {text!r}")
+    return values
 
 
 def grpc_workload(
@@ -222,6 +243,7 @@ def run_info(
         "seed": args.seed,
         "cancel_rate": args.cancel_rate,
         "timeout": args.timeout,
+        "deadlines_ms": args.deadlines,
         "num_tenants": len(args.tenant_specs) or len(args.api_key) or args.tenants,
         "tenant_rates": {spec.name: spec.rate for spec in args.tenant_specs},
     }

@@ -38,13 +38,26 @@ class SchedulerConfig:
     )
     queue_policy: str = setting(
         "fcfs",
-        "who is admitted first (fair: per-tenant fair share, VTC)",
+        "who is admitted first (fair: per-tenant fair share, VTC; deadline: fair share, then "
+        "least slack first)",
         one_of(QUEUE_POLICIES),
         choices=QUEUE_POLICIES,
     )
     # VTC's prices (Sheng et al., OSDI'24): a generated token costs more than a prompt token.
     fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed", number(0))
     fair_w_out: float = setting(2.0, "fair share: cost of one generated token", number(0))
+    policy_preemption: bool = setting(
+        True,
+        "a waiting request that finds no seat or no block preempts a running one its queue "
+        "policy ranks below it (fair, deadline: a tenant further over its share; priority: a "
+        "lower priority)",
+    )
+    preemption_quantum: int = setting(
+        16,
+        "output tokens a request generates after its admission before a waiting request may "
+        "preempt it for share or priority",
+        integer(1),
+    )
     max_n: int = setting(
         16, "most sequences one request may ask for (n); they share its prompt", integer(1)
     )
@@ -92,6 +105,9 @@ class TenantStats:
     num_running: int
     num_waiting: int  # queued or preempted, including requests not yet taken by a step
     service: float  # fair-share charge so far: w_in per prompt token computed, w_out per output
+    preemptions: dict[str, int] = field(default_factory=dict)  # of its requests, by cause
+    num_deadlines_met: int = 0
+    num_deadlines_missed: int = 0
 
 
 @dataclass(slots=True, frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ class Engine:
         # and whether it computed tokens (a step that only drops requests proves nothing).
         self.last_step_error: str | None = None
         self.last_step_computed = False
+        # When the last step started, if it computed and left work for the next one.
+        self._busy_step_start: float | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
@@ -121,11 +124,13 @@ class Engine:
         priority: int = 0,
         admit: Callable[[Request], None] | None = None,
         lora: str | None = None,
+        deadline_s: float | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
         the validated request before it is queued and may raise to refuse it (quotas).
-        Returns its req_id."""
+        `deadline_s`: seconds from now by which it must finish; a request that cannot ends
+        with finish reason "deadline" (scheduler/deadlines.py). Returns its req_id."""
         [req_id] = self.add_requests(
             [prompt],
             params,
@@ -134,6 +139,7 @@ class Engine:
             priority,
             None if admit is None else (lambda reqs: admit(reqs[0])),
             lora,
+            deadline_s,
         )
         return req_id
 
@@ -146,6 +152,7 @@ class Engine:
         priority: int = 0,
         admit: Callable[[list[Request]], None] | None = None,
         lora: str | None = None,
+        deadline_s: float | None = None,
     ) -> list[str]:
         """Queue several requests (the prompts of one call) all or none: every prompt is
         validated before `admit` sees them together, and nothing is queued when any is
@@ -153,7 +160,7 @@ class Engine:
         a LoRA adapter the engine serves (LoraNotFoundError otherwise); None: the base model."""
         ref = None if lora is None else self.loras.get(lora)
         reqs = [
-            self._requests.make(prompt, params, req_id, tenant, priority, ref)
+            self._requests.make(prompt, params, req_id, tenant, priority, ref, deadline_s)
             for prompt, req_id in zip(prompts, req_ids, strict=True)
         ]
         if admit is not None:
@@ -236,6 +243,11 @@ class Engine:
     def step(self) -> list[RequestDelta]:
         """One iteration of the loop; returns what each request gained."""
         sched = self.scheduler
+        started = time.monotonic()
+        if self._busy_step_start is not None:
+            # The loop came straight back from a step that computed: a whole step's period,
+            # the engine's own work around the worker's included.
+            sched.observe_step_time(started - self._busy_step_start)
         with self._lock:
             pending, self._pending = self._pending, []
             self._num_pending_sequences = 0
@@ -257,6 +269,7 @@ class Engine:
 
         self.last_step_error, self.last_step_computed = None, False
         sched_out = sched.schedule()
+        deltas.extend(self._states[req.req_id].next_delta() for req in sched_out.ended)
         step_input = sched_out.step_input
         if step_input.num_scheduled_tokens or step_input.finished_req_ids:
             try:
@@ -281,6 +294,8 @@ class Engine:
                         [delta.req_id, *child_req_ids(delta.req_id, n)]
                     )
             self._num_waiting = sched.num_waiting + self._groups.num_held
+        busy = self.last_step_computed and bool(sched.requests)
+        self._busy_step_start = started if busy else None
         return deltas
 
     def _schedule_new(self, reqs: list[Request]) -> list[RequestDelta]:

@@ -56,7 +56,14 @@ def _tenant_stats(sched: Scheduler, pending: list[str]) -> dict[str, TenantStats
     for tenant, usage in list(sched.tenant_usage.items()):
         num_running = running[tenant]
         num_waiting = max(0, usage.num_unfinished - num_running) + queued.pop(tenant, 0)
-        tenants[tenant] = TenantStats(num_running, num_waiting, usage.service)
+        tenants[tenant] = TenantStats(
+            num_running,
+            num_waiting,
+            usage.service,
+            dict(usage.preemptions),
+            usage.num_deadlines_met,
+            usage.num_deadlines_missed,
+        )
     for tenant, num_waiting in queued.items():
         tenants[tenant] = TenantStats(0, num_waiting, 0.0)
     return tenants

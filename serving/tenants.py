@@ -7,6 +7,7 @@ engine authenticates the same way.
     api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
     weight = 2.0                     # share of the engine under contention (default 1)
     priority = 0                     # default request priority (default 0)
+    deadline_ms = 30000              # default deadline of its requests (default: none)
     max_concurrent_requests = 64     # sequences running + waiting
     max_tokens_per_minute = 200000   # prompt + generated tokens, token bucket
     max_tokens_per_request = 4096    # a call's prompts + max_tokens per sequence
@@ -54,6 +55,7 @@ class Tenant:
     loras: tuple[str, ...] | None = None  # the LoRA adapters it may use; None: any
     default_lora: str | None = None  # for its requests that name no adapter
     admin: bool = False  # may load and unload adapters at run time
+    deadline_ms: int | None = None  # for requests that bring none; None: no deadline
 
     @property
     def has_quotas(self) -> bool:
@@ -166,7 +168,8 @@ class _FileParser:
             raise self.error(name, None, f"tenant name must match {TENANT_PATTERN.pattern}")
         if not isinstance(table, dict):
             raise self.error(name, None, "must be a table ([tenants.NAME])")
-        known = {KEY_HASH_FIELD, "weight", "priority", *LIMIT_FIELDS, *_LORA_FIELDS}
+        known = {KEY_HASH_FIELD, "weight", "priority", "deadline_ms", *LIMIT_FIELDS,
+                 *_LORA_FIELDS}  # fmt: skip
         for field in table:
             if field not in known:
                 raise self.error(name, field, f"unknown field (known: {', '.join(sorted(known))})")
@@ -180,7 +183,7 @@ class _FileParser:
         if not _is_int(priority):
             raise self.error(name, "priority", f"must be an integer, got {priority!r}")
         limits = {}
-        for field in LIMIT_FIELDS:
+        for field in (*LIMIT_FIELDS, "deadline_ms"):
             value = table.get(field)
             if value is not None and (not _is_int(value) or value < 1):
                 raise self.error(name, field, f"must be an integer >= 1, got {value!r}")

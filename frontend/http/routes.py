@@ -93,7 +93,7 @@ class OpenAIRoutes:
         self.admitter.check_open()
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
         inputs = completion_inputs(body, self.engine.tokenizer.sampling_defaults)
-        calls = self._admit_all(tenant, inputs, body.priority, body.model)
+        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [
             CompletionChoice(
@@ -116,7 +116,7 @@ class OpenAIRoutes:
         self.admitter.check_open()
         body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
-        calls = self._admit_all(tenant, inputs, body.priority, body.model)
+        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
         model = body.model or self.model
@@ -215,14 +215,25 @@ class OpenAIRoutes:
         )
 
     def _admit_all(
-        self, tenant: Tenant, inputs: EngineInputs, priority: int | None, model: str | None
+        self,
+        tenant: Tenant,
+        inputs: EngineInputs,
+        priority: int | None,
+        model: str | None,
+        deadline_ms: int | None,
     ) -> list[AdmittedCall]:
         """`model` is the base model's name or a LoRA adapter's (as vLLM takes it)."""
         self._check_call_size(len(inputs.prompts), inputs.params.n)
         lora = None if model is None or model == self.model else model
         try:
             return self.admitter.admit_all(
-                tenant, inputs.prompts, inputs.params, None, priority, lora
+                tenant,
+                inputs.prompts,
+                inputs.params,
+                None,
+                priority,
+                lora=lora,
+                deadline_ms=deadline_ms,
             )
         except Refused as refused:
             if refused.status == "NOT_FOUND" and lora is not None:

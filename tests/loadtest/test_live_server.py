@@ -118,6 +118,23 @@ def test_cancelled_and_timed_out_requests_are_counted_by_status(
     wait_idle(server.engine)
 
 
+def test_deadlines_are_sent_per_request_and_those_met_counted(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    # 480 tokens cannot finish within 30 ms; 8 tokens finish well within 60 s.
+    flags = ("--num-prompts", "12", "--input-len", "8", "--seed", "3", "--max-concurrency", "1")
+    short = run(server, tmp_path, *flags, "--output-len", "480", "--deadlines", "30")
+    assert short["deadlines_ms"] == [30] * 12 and short["deadlines_met"] == 0
+    assert short["failed_by_status"] == {"DEADLINE_EXCEEDED": 12}
+    assert "cannot finish by its deadline" in short["errors"][0]
+    mixed = run(server, tmp_path, *flags, "--output-len", "8", "--deadlines", "30,60000")
+    assert set(mixed["deadlines_ms"]) == {30, 60000}
+    num_long = mixed["deadlines_ms"].count(60000)
+    assert num_long <= mixed["deadlines_met"] <= 12
+    assert mixed["deadline_goodput"] == mixed["deadlines_met"] / 12
+    wait_idle(server.engine)
+
+
 def test_jsonl_workload_is_tokenized_by_the_server_and_plotted(
     server: ServerHandle, tmp_path: Path
 ) -> None:
