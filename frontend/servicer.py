@@ -89,6 +89,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
                 params = sampling_from_proto(request.sampling, exact=False)
             except ValueError as exc:
                 raise Refused.invalid(exc) from exc
+            await self.admitter.compile_structured(params)
             prompt = request.prompt or list(request.prompt_token_ids)
             priority = request.priority if request.HasField("priority") else None
             call = self.admitter.admit(tenant, prompt, params, request.request_id, priority)

@@ -68,6 +68,7 @@ class SequenceGroup:
                     tenant=req.tenant,
                     priority=req.priority,
                     arrival_time=req.arrival_time,
+                    grammar=req.grammar,  # each sequence matches on its own
                 )
             )
         group = cls(req.req_id, sequences, sequences[1:], len(sequences))

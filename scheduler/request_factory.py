@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from contract.sampling import InvalidFieldError, SamplingParams
 from modelfiles.tokenizer import Tokenizer
+from scheduler.grammars import GrammarCompiler
 from scheduler.request import Request, validate_prompt
 
 
@@ -19,12 +20,14 @@ class RequestFactory:
         max_n: int,
         eos_ids: tuple[int, ...],
         check_fits: Callable[[int, int], None],  # (prompt tokens, max_tokens); raises
+        grammars: GrammarCompiler,
     ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_n = max_n
         self.eos_ids = eos_ids
         self.check_fits = check_fits
+        self.grammars = grammars
 
     def make(
         self,
@@ -52,6 +55,8 @@ class RequestFactory:
             raise ValueError(f"tenant must be a string, got {tenant!r}")
         if req_id is not None and not isinstance(req_id, str):
             raise ValueError(f"req_id must be a string, got {req_id!r}")
+        # Cached when a server compiled it on its own thread first (frontend/admission.py).
+        grammar = self.grammars.compile(params.structured) if params.structured else None
         return Request(
             req_id=req_id or uuid.uuid4().hex,
             prompt_token_ids=prompt_token_ids,
@@ -60,4 +65,5 @@ class RequestFactory:
             tenant=tenant,
             priority=priority,
             arrival_time=time.monotonic(),
+            grammar=grammar,
         )

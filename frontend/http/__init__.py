@@ -4,6 +4,7 @@
 - routes.py      /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /health, /metrics
 - schemas.py     the request bodies (pydantic), strict types, unsupported fields refused; the
                  sampling fields derived from contract/sampling.py
+- structured.py  response_format, guided_* and structured_outputs -> one StructuredOutput
 - convert.py     a body -> prompts and SamplingParams, refusals named as the caller did
 - choices.py     one choice as deltas arrive: text, echo, finish reason, logprobs
 - logprobs.py    logprobs in the completions (legacy) and chat shapes, token texts, offsets

@@ -43,7 +43,7 @@ def completion_inputs(body: CompletionRequest) -> EngineInputs:
         echo=body.echo and wants_logprobs,
         names=COMPLETION_PARAMS,
     )
-    return EngineInputs(prompt_list(body.prompt), params, COMPLETION_PARAMS)
+    return EngineInputs(prompt_list(body.prompt), params, _names(COMPLETION_PARAMS, body))
 
 
 def prompt_list(prompt: str | list) -> list[str | list[int]]:
@@ -82,7 +82,7 @@ def chat_inputs(
     params = sampling_params(
         body, max_tokens=max_tokens, logprobs=body.logprobs, top_logprobs=top, names=CHAT_PARAMS
     )
-    return EngineInputs([prompt_ids], params, CHAT_PARAMS)
+    return EngineInputs([prompt_ids], params, _names(CHAT_PARAMS, body))
 
 
 def sampling_params(
@@ -96,8 +96,11 @@ def sampling_params(
 ) -> SamplingParams:
     """Raises Refused(INVALID_ARGUMENT) naming the field as the caller sent it."""
     given = {f.name: getattr(body, f.name) for f in http_fields()}
+    structured, _ = body.structured()
+    names = _names(names, body)
     try:
         return SamplingParams(
+            structured=structured,
             max_tokens=max_tokens,
             top_k=0 if body.top_k in (None, -1) else body.top_k,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
@@ -111,6 +114,11 @@ def sampling_params(
         refused = Refused.invalid(exc)
         refused.param = names.get(refused.param or "", refused.param)
         raise refused from exc
+
+
+def _names(names: dict[str, str], body: Fields) -> dict[str, str]:
+    """Engine field -> the caller's name for it, structured output's field included."""
+    return {**names, "structured": body.structured()[1]}
 
 
 def _token_biases(logit_bias: dict[str, float] | None) -> dict[int, float]:

@@ -88,7 +88,7 @@ class OpenAIRoutes:
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
         self._check_model(body.model)
         inputs = completion_inputs(body)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        calls = await self._admit_all(tenant, inputs, body.priority)
         n = inputs.params.n
         choices = [
             CompletionChoice(
@@ -111,7 +111,7 @@ class OpenAIRoutes:
         body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
         self._check_model(body.model)
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        calls = await self._admit_all(tenant, inputs, body.priority)
         n = inputs.params.n
         choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
         envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), self.model, True)
@@ -204,11 +204,12 @@ class OpenAIRoutes:
                 code="model_not_found",
             )
 
-    def _admit_all(
+    async def _admit_all(
         self, tenant: Tenant, inputs: EngineInputs, priority: int | None
     ) -> list[AdmittedCall]:
         calls: list[AdmittedCall] = []
         try:
+            await self.admitter.compile_structured(inputs.params)
             for prompt in inputs.prompts:
                 calls.append(self.admitter.admit(tenant, prompt, inputs.params, None, priority))
         except Refused as refused:

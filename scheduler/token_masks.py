@@ -1,0 +1,65 @@
+"""Structured output in the step loop: each step's allowed tokens, and each request's matcher
+advanced by what it sampled.
+
+Every constrained request has its own grammar matcher (scheduler/grammars.py), which the
+scheduler owns like the rest of its state. `step_token_masks` runs at the end of
+`Scheduler.schedule()`: for every constrained request that samples this step (its scheduled
+tokens reach its last known one), its matcher writes the allowed tokens into one row of a
+packed bit matrix, all rows at once on llguidance's threads (they drop the GIL). The worker
+applies the rows to the logits before it samples (worker/token_masks.py).
+
+`advance_matchers` runs in `Scheduler.update()`, the one place request state advances: each
+token the request kept is fed to its matcher. A preempted request keeps its output and so its
+matcher's state, which is exactly what its recompute resumes from; tokens the scheduler drops
+(a request finished or preempted after it was scheduled) never reach the matcher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract.step import StepInput, TokenMasks
+from scheduler.request import Request, RequestStatus
+
+_executor: Any = None
+
+
+def step_token_masks(scheduled: list[Request], step: StepInput) -> TokenMasks | None:
+    """The masks of the constrained requests that sample in this step, or None."""
+    sampling = [
+        req
+        for req in scheduled
+        if req.matcher is not None
+        and req.status is RequestStatus.RUNNING
+        and req.num_computed_tokens + step.num_scheduled_tokens[req.req_id] == req.num_tokens
+    ]
+    if not sampling:
+        return None
+    import numpy as np
+    from llguidance.numpy import fill_next_token_bitmask_par
+
+    words = sampling[0].grammar.words_per_row
+    bits = np.zeros((len(sampling), words), dtype=np.int32)
+    fill_next_token_bitmask_par(
+        _llg_executor(), [(req.matcher, i) for i, req in enumerate(sampling)], bits
+    )
+    return TokenMasks([req.req_id for req in sampling], words, bits.tobytes())
+
+
+def advance_matcher(req: Request, num_before: int) -> str | None:
+    """Feed the request's matcher the output tokens after the first `num_before`; the error
+    when one breaks its grammar (never, unless the worker ignored the mask)."""
+    new_ids = req.output_token_ids[num_before:]
+    if req.matcher.consume_tokens(new_ids):
+        return None
+    return f"the sampled tokens {new_ids} break the request's structured output constraint"
+
+
+def _llg_executor() -> Any:
+    """One pool of llguidance threads for the process (it sizes itself to the cores)."""
+    global _executor
+    if _executor is None:
+        from llguidance import LLExecutor
+
+        _executor = LLExecutor()
+    return _executor
