@@ -2,13 +2,14 @@
 
 A Hugging Face tokenizer (tokenizer.json, or a GGUF `gpt2` vocabulary rebuilt as one) is
 handed over whole, as tokenizer.json text. A SentencePiece one goes as the bytes each token
-stands for, with its own encoder for the strings a grammar forces. The model's output rows
+stands for. The model's output rows
 may outnumber the tokenizer's tokens (padded embeddings): the extra ids stand for no text, so
 no grammar ever allows them. EOS ends a constrained output only where its grammar may end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from modelfiles.tokenizer import Tokenizer
@@ -24,10 +25,14 @@ def grammar_tokenizer(tokenizer: Tokenizer, vocab_size: int, eos_ids: tuple[int,
     token_bytes = getattr(tokenizer, "token_bytes", None)
     if token_bytes is None:
         raise TypeError(f"{tokenizer} cannot say what bytes its tokens stand for")
-    wrapper = _Vocabulary(tokenizer, token_bytes(), eos_ids)
-    return llguidance.LLTokenizer(
-        llguidance.TokenizerWrapper(wrapper), n_vocab=n_vocab, eos_token=list(eos_ids)
+    vocabulary = _Vocabulary(tokenizer, token_bytes(), eos_ids)
+    result = llguidance.LLTokenizer(
+        llguidance.TokenizerWrapper(vocabulary), n_vocab=n_vocab, eos_token=list(eos_ids)
     )
+    # SentencePiece puts a space before the text it encodes; the strings a grammar forces
+    # come mid-text, so they are split by the vocabulary itself, longest token first.
+    vocabulary.encode = result.greedy_tokenize
+    return result
 
 
 class _Vocabulary:
@@ -38,9 +43,9 @@ class _Vocabulary:
         self.eos_token_id = eos_ids[0]
         self.bos_token_id = tokenizer.bos_id
         self.special_token_ids = [i for i, t in enumerate(tokens) if t.startswith(b"\xff")]
-        self._tokenizer = tokenizer
+        self.encode: Callable[[str], list[int]] = lambda text: []
 
     def __call__(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError("takes text")  # llguidance then always passes text
-        return self._tokenizer.encode(text, add_bos=False)
+        return self.encode(text)
