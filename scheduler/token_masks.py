@@ -5,8 +5,8 @@ Every constrained request has its own grammar matcher (scheduler/grammars.py), w
 scheduler owns like the rest of its state. `step_token_masks` runs at the end of
 `Scheduler.schedule()`: for every constrained request that samples this step (its scheduled
 tokens reach its last known one), its matcher writes the allowed tokens into one row of a
-packed bit matrix, all rows at once on llguidance's threads (they drop the GIL). The worker
-applies the rows to the logits before it samples (worker/token_masks.py).
+packed bit matrix (llguidance drops the GIL while it works). The worker applies the rows to
+the logits before it samples (worker/token_masks.py).
 
 `advance_matchers` runs in `Scheduler.update()`, the one place request state advances: each
 token the request kept is fed to its matcher. A preempted request keeps its output and so its
@@ -16,12 +16,8 @@ matcher's state, which is exactly what its recompute resumes from; tokens the sc
 
 from __future__ import annotations
 
-from typing import Any
-
 from contract.step import StepInput, TokenMasks
 from scheduler.request import Request, RequestStatus
-
-_executor: Any = None
 
 
 def step_token_masks(scheduled: list[Request], step: StepInput) -> TokenMasks | None:
@@ -36,13 +32,14 @@ def step_token_masks(scheduled: list[Request], step: StepInput) -> TokenMasks | 
     if not sampling:
         return None
     import numpy as np
-    from llguidance.numpy import fill_next_token_bitmask_par
+    from llguidance.numpy import fill_next_token_bitmask
 
     words = sampling[0].grammar.words_per_row
     bits = np.zeros((len(sampling), words), dtype=np.int32)
-    fill_next_token_bitmask_par(
-        _llg_executor(), [(req.matcher, i) for i, req in enumerate(sampling)], bits
-    )
+    # On this thread, row by row (each about 0.1 ms): llguidance's thread pool would be
+    # faster alone, but its idle threads spin on the cores the forward pass then needs.
+    for i, req in enumerate(sampling):
+        fill_next_token_bitmask(req.matcher, bits, i)
     return TokenMasks([req.req_id for req in sampling], words, bits.tobytes())
 
 
@@ -53,13 +50,3 @@ def advance_matcher(req: Request, num_before: int) -> str | None:
     if req.matcher.consume_tokens(new_ids):
         return None
     return f"the sampled tokens {new_ids} break the request's structured output constraint"
-
-
-def _llg_executor() -> Any:
-    """One pool of llguidance threads for the process (it sizes itself to the cores)."""
-    global _executor
-    if _executor is None:
-        from llguidance import LLExecutor
-
-        _executor = LLExecutor()
-    return _executor
