@@ -1,2 +1,22 @@
-"""Offline benchmarks against the peers; each is `python -m bench.<name>` and writes its
-figures to BENCHMARKS.md."""
+"""Benchmarks against the peers: `python -m bench NAME`, each writing its section of
+BENCHMARKS.md (the command, the machine, the peer's figure in the same run); and the device
+check, `bench/gpu_check.sh`.
+
+- __main__.py        the entry: every benchmark by name; `make-model` and `export-hf`
+- common.py          the machine and BENCHMARKS.md sections, greedy sampling declared once,
+                     random-token workloads, Loom's engine offline, matmul FLOPs
+- peers.py           `peers`: Loom against its peers on one workload (`--peer`)
+- peer_systems.py    the systems it runs: Loom, transformers, a Meta-style static batch loop,
+                     llama.cpp's llama-server
+- scheduler_benches.py  `scheduler`, `kv-waste`: the scheduler alone, no model
+- paged_attention.py `paged-attention`: one step on the paged KV cache vs a contiguous one
+- worker_steps.py    `decode-floor`, `step-profile`, `efficiency`: the worker's steps timed
+- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load
+- remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
+- servers.py         `online`, `fairness`: a served model with loadtest as the client; the
+                     server process the router and reliability benchmarks start
+- router.py          `router`: the routing policies over two engine replicas
+- reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
+- gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs
+                     reference, greedy text), then decode steps and throughput vs transformers
+"""

@@ -1,284 +1,326 @@
-"""The device check: Loom's GPU path, verified and measured in one run (`bench/gpu_check.sh`).
+"""The device check: Loom's GPU path verified, then measured, in one run (`bench/gpu_check.sh`).
 
-1. The Triton kernel against the torch reference on random mixes (float32, bfloat16).
+Verification first; a MISS there (or a part that fails) makes the check exit 1 and skips
+every measurement, since figures of a wrong kernel mean nothing:
+
+1. The Triton kernel against the torch reference on random mixes, float32 and bfloat16.
 2. The bundled model's greedy text: Triton with CUDA graphs, Triton eager, the torch reference.
-3. A random-weight model of Llama-2-7B's shape in bfloat16, drawn on the GPU: batch-1 decode
-   step time against the HBM floor (bytes a step reads / measured copy bandwidth), graphs on
-   and off; throughput on 256 requests (prompts 128-1,024, outputs 128-512).
-4. Hugging Face transformers' `generate` on the same requests, same GPU, same run, in static
-   batches while the time budget lasts.
 
-Without a GPU the same script runs end to end: the kernel under Triton's interpreter on small
-mixes, the bundled model with graphs skipped, and parts 3-4 at a toy size on the CPU (their
-figures mean nothing there; they show the code runs). Every part that needs a GPU says so.
+Then the measurements on a random-weight model of Llama-2-7B's shape in bfloat16, drawn on the
+GPU; `--quick` (about 3 minutes on an H100) stops after the first:
+
+3. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
+   (bytes a step reads / measured copy bandwidth).
+4. Throughput on 256 requests (prompts 128-1,024, outputs 128-512) with graphs, against
+   Hugging Face transformers' `generate` on the same requests in static batches while the
+   time budget lasts, then without graphs.
+
+Without a GPU the same script runs end to end in seconds: the kernel under Triton's
+interpreter on small mixes (float16 stands in for bfloat16, which the interpreter cannot
+multiply), the bundled model without graphs, and the measurements at a toy size on the CPU
+(their figures mean nothing; they show the code runs). Every part that needs a GPU says so.
+
+`--plant nan|wrong-kernel` puts a fault into the kernel part's output, for the check's own
+test (tests/test_gpu_check.py): the check must then exit 1. Nothing else reads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
 import os
 import platform
 import sys
+import time
 import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
-if not torch.cuda.is_available():  # before anything makes the Triton kernels
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from bench.common import REPO_ROOT, load_average, machine_description
 
-from bench.common import load_average  # noqa: E402
-from bench.gpu_report import Report, results_path, verdict  # noqa: E402
-from bench.workload import uniform_workload  # noqa: E402
-
-# Goals of the issue this check answers.
 FLOOR_GOAL = 1.25  # batch-1 decode step <= 1.25x the HBM floor
+GRAPHS_GOAL = 1.3  # batch-1 step: graphs >= 1.3x faster than eager
 HF_GOAL = 5.0  # throughput >= 5x transformers' generate
+KERNEL_GOALS = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-2}  # max error / max |out|
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting parts after")
-    parser.add_argument("--hf-batch-size", type=int, default=64)
-    opts = parser.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    report = Report(results_path(), opts.budget_s)
-    report.record("environment", environment(cuda))
-    report.note(f"environment: {report.results['environment']}")
-    device = torch.device("cuda" if cuda else "cpu")
-    from bench.gpu_model import LLAMA2_7B, SMOKE
+class Report:
+    """Rows of the final table, and the full results, saved after every part so that a run
+    cut short still leaves what it measured: $OUT/gpu_check.json when OUT is set (the device
+    machine hands $OUT back), else bench/out/gpu_check.json (ignored by git)."""
 
-    params = LLAMA2_7B if cuda else SMOKE
-    workload = (
-        uniform_workload(256, (128, 1024), (128, 512), params["vocab_size"], seed=0)
-        if cuda
-        else uniform_workload(8, (16, 64), (8, 24), params["vocab_size"], seed=0)
-    )
-    hf_batch_size = opts.hf_batch_size if cuda else 4
-    parts = [
-        ("kernel", lambda: check_kernel(report, device)),
-        ("bundled model", lambda: check_bundled_text(report, device)),
-        ("Loom, graphs", lambda: bench_loom(report, device, params, workload, hf_batch_size)),
-        ("transformers", lambda: bench_hf(report, device, params, workload, hf_batch_size)),
-        ("Loom, eager", lambda: bench_loom_eager(report, device, params, workload)),
-    ]
-    failed = 0
-    try:
-        for name, part in parts:
-            try:
-                part()
-            except Exception as exc:  # one broken part must not cost the others' figures
-                traceback.print_exc()
-                report.row(name, f"{type(exc).__name__}: {exc}"[:200], "", "FAILED")
-                failed += 1
-            release()  # each part's models are gone once it returns
-    finally:
-        report.save()
-        print("\n" + report.table(), flush=True)
-        print(f"\nfull results: {report.path}\nCPU load: {load_average()}", flush=True)
-    return 1 if failed else 0
+    def __init__(self, budget_s: float) -> None:
+        self.path = Path(os.environ.get("OUT") or REPO_ROOT / "bench" / "out") / "gpu_check.json"
+        self.started = time.monotonic()
+        self.deadline = self.started + budget_s
+        self.rows: list[tuple[str, str, str, str]] = []  # check, result, goal, verdict
+        self.results: dict[str, Any] = {}
+        self.failures = 0  # verification rows that missed, and parts that raised
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {text}", flush=True)
+
+    def row(self, check: str, result: str, goal: str = "", verdict: str = "") -> None:
+        self.rows.append((check, result, goal, verdict))
+        self.note(f"{check}: {result}" + (f" ({verdict})" if verdict else ""))
+
+    def verify(self, check: str, result: str, goal: str, ok: bool) -> None:
+        """A verification row: `ok` or `MISS`; a miss fails the check."""
+        self.failures += not ok
+        self.row(check, result, goal, "ok" if ok else "MISS")
+
+    def skip(self, check: str, why: str) -> None:
+        self.row(check, "-", "", f"SKIPPED: {why}")
+
+    def record(self, key: str, value: Any) -> None:
+        self.results[key] = value
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        seconds = round(time.monotonic() - self.started, 1)
+        body = {**self.results, "table": self.rows, "failures": self.failures,
+                "seconds": seconds, "load": load_average()}  # fmt: skip
+        self.path.write_text(json.dumps(body, indent=2, default=str) + "\n")
+
+    def table(self) -> str:
+        header = ("check", "result", "goal", "verdict")
+        widths = [max(len(row[i]) for row in [header, *self.rows]) for i in range(4)]
+        lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                 for row in [header, *self.rows]]  # fmt: skip
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
 
 
-def environment(cuda: bool) -> dict[str, str]:
-    from bench.common import machine_description
+def goal_verdict(ok: bool, on_gpu: bool) -> str:
+    """A measurement against its goal: reported, never failing the check."""
+    return ("met" if ok else "missed") if on_gpu else "smoke (CPU)"
 
+
+class Check:
+    """The parts in order, with what they share: the device, the report, the options."""
+
+    def __init__(self, opts: argparse.Namespace, report: Report) -> None:
+        from bench import gpu_parts
+        from bench.common import uniform_workload
+
+        self.parts, self.opts, self.report = gpu_parts, opts, report
+        self.on_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.on_gpu else "cpu")
+        self.dtype = torch.bfloat16 if self.on_gpu else torch.float32
+        self.params = gpu_parts.LLAMA2_7B if self.on_gpu else gpu_parts.SMOKE
+        self.workload = (
+            uniform_workload(256, (128, 1024), (128, 512), self.params["vocab_size"], seed=0)
+            if self.on_gpu
+            else uniform_workload(8, (16, 64), (8, 24), self.params["vocab_size"], seed=0)
+        )
+        self.hf_batch_size = opts.hf_batch_size if self.on_gpu else 4
+        self.max_num_seqs = 32 if opts.quick else 256
+
+    def kernel(self) -> None:
+        # The interpreter cannot multiply bfloat16 tiles: on the CPU, float16 stands in.
+        low = torch.bfloat16 if self.on_gpu else torch.float16
+        trials = 3 if self.on_gpu else 2
+        found = self.parts.kernel_check(self.device, [torch.float32, low], trials, self.opts.plant)
+        self.report.record("kernel", found)
+        where = "" if self.on_gpu else " (CPU interpreter, small mixes)"
+        for name, res in found.items():
+            goal = KERNEL_GOALS[name]
+            ok = not math.isnan(res["rel_err"]) and res["rel_err"] <= goal and res["cache_equal"]
+            self.report.verify(
+                f"kernel vs reference, {name}{where}",
+                f"rel err {res['rel_err']:.1e} (torch in {name}: {res['torch_rel_err']:.1e}), "
+                f"cache writes {'equal' if res['cache_equal'] else 'DIFFER'}, "
+                f"{res['launches']} launches",
+                f"<= {goal:.0e}, cache writes equal", ok,
+            )  # fmt: skip
+        if not self.on_gpu:
+            self.report.skip("kernel vs reference, bfloat16", "the interpreter has no bf16 dot")
+
+    def bundled_text(self) -> None:
+        found = self.parts.greedy_texts(self.device, num_tokens=64 if self.on_gpu else 8)
+        self.report.record("bundled_text", found)
+        for dtype, res in found.items():
+            for name, same in res["agree"].items():
+                # In bfloat16 two kernels may round a near-tie apart: reported, not judged.
+                if dtype == "float32" or name == "graphs vs eager":
+                    self.report.verify(f"bundled model greedy text, {dtype}: {name}", same,
+                                       "identical", same == "identical")  # fmt: skip
+                else:
+                    self.report.row(f"bundled model greedy text, {dtype}: {name}", same)
+            if self.on_gpu:
+                replays = res["runs"]["triton graphs"]["graph_replays"]
+                self.report.verify(f"bundled model, {dtype}: steps replayed from graphs",
+                                   str(replays), "> 0", replays > 0)  # fmt: skip
+        if not self.on_gpu:
+            self.report.skip("bundled model greedy text, CUDA graphs", "CUDA graphs need a GPU")
+
+    def decode_steps(self) -> None:
+        """Batch 1 and 32, graphs on then off; in the full check, the workload with graphs on
+        the same engine."""
+        parts, report = self.parts, self.report
+        bandwidth = parts.copy_bandwidth(self.device, (2 << 30) if self.on_gpu else (64 << 20))
+        found = {"copy_bandwidth_gb_s": bandwidth / 1e9}
+        modes = ("graphs", "eager") if self.on_gpu else ("eager",)
+        for mode in modes:
+            engine, worker = parts.random_llama_engine(
+                self.params, self.device.type, self.dtype, max_num_seqs=self.max_num_seqs,
+                enforce_eager=mode == "eager",
+            )  # fmt: skip
+            parts.warm_up_prefills(engine)
+            step_bytes = parts.step_weight_bytes(worker.inner)[1]
+            found["floor_ms"] = 1e3 * step_bytes / bandwidth
+            found[mode] = {
+                "batch1": parts.decode_steps(engine, worker, 1, 128, 128 if self.on_gpu else 8),
+                "batch32": parts.decode_steps(engine, worker, 32, 128, 64 if self.on_gpu else 4),
+                "graphs": bool(worker.inner.decode_graphs),
+                "kv_blocks": engine.info.num_kv_blocks,
+            }
+            if mode == modes[0] and not self.opts.quick:  # the workload too, graphs on a GPU
+                head = self.workload.head(self.hf_batch_size)
+                found["workload"] = parts.loom_throughput(engine, worker, self.workload)
+                found["hf_subset"] = parts.loom_throughput(engine, worker, head)
+            del engine, worker
+            release()
+        report.record("decode", found)
+        self._decode_rows(found, step_bytes, bandwidth)
+
+    def _decode_rows(self, found: dict, step_bytes: int, bandwidth: float) -> None:
+        report, floor = self.report, found["floor_ms"]
+        for mode in ("graphs", "eager"):
+            if mode not in found:
+                report.skip(f"decode steps, CUDA {mode}", "CUDA graphs need a GPU")
+                continue
+            one, many = found[mode]["batch1"], found[mode]["batch32"]
+            ratio = one["engine_step_ms"] / floor
+            report.row(
+                f"batch-1 decode step, {mode}",
+                f"{one['engine_step_ms']:.2f} ms (worker {one['worker_step_ms']:.2f}); floor "
+                f"{floor:.2f} ms = {step_bytes / 1e9:.3g} GB / {bandwidth / 1e9:.0f} GB/s: "
+                f"{ratio:.2f}x",
+                f"<= {FLOOR_GOAL}x floor" if mode == "graphs" else "",
+                goal_verdict(ratio <= FLOOR_GOAL, self.on_gpu) if mode == "graphs" else "",
+            )  # fmt: skip
+            report.row(f"batch-32 decode step, {mode}", f"{many['engine_step_ms']:.2f} ms")
+        if "graphs" in found:
+            eager, graphs = found["eager"]["batch1"], found["graphs"]["batch1"]
+            gain = eager["engine_step_ms"] / graphs["engine_step_ms"]
+            report.row("batch-1 step, eager / graphs", f"{gain:.2f}x", f">= {GRAPHS_GOAL}x",
+                       goal_verdict(gain >= GRAPHS_GOAL, True))  # fmt: skip
+        if "workload" in found:
+            full = found["workload"]
+            report.row(f"Loom, {full['requests']} requests, {'graphs' if self.on_gpu else 'eager'}",
+                       f"{full['output_tok_s']:,.0f} output tok/s in {full['seconds']} s, "
+                       f"{full['graph_replays']} of {full['steps']} steps replayed")  # fmt: skip
+
+    def transformers(self) -> None:
+        report = self.report
+        if self.on_gpu and report.remaining() < 120:
+            report.skip("transformers generate", "the time budget is spent")
+            return
+        try:
+            model = self.parts.random_hf_llama(self.params, self.device.type, self.dtype)
+        except ImportError:
+            report.skip("transformers generate", "transformers is not installed")
+            return
+        budget = min(150.0, report.remaining() - 60) if self.on_gpu else 60.0
+        found = self.parts.hf_throughput(model, self.workload, self.hf_batch_size, budget)
+        report.record("hf", found)
+        loom, head = report.results["decode"]["workload"], report.results["decode"]["hf_subset"]
+        report.row(f"transformers generate, first {found['requests']} requests",
+                   f"{found['output_tok_s']:,.0f} output tok/s in {found['batches']} static "
+                   f"batches of {found['batch_size']}, {found['seconds']} s")  # fmt: skip
+        first = found["first_batch_output_tok_s"]
+        report.row(f"Loom / transformers, the same first {head['requests']} requests",
+                   f"{head['output_tok_s'] / first:.1f}x")  # fmt: skip
+        ratio = loom["output_tok_s"] / found["output_tok_s"]
+        report.row(f"Loom ({loom['requests']} requests) / transformers",
+                   f"{ratio:.1f}x output tok/s", f">= {HF_GOAL}x",
+                   goal_verdict(ratio >= HF_GOAL, self.on_gpu))  # fmt: skip
+
+
+def release() -> None:
+    """Give back the memory of models no longer referenced (graphs hold cycles)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def environment(on_gpu: bool) -> dict[str, str]:
     found = {
-        "machine": machine_description("cuda" if cuda else "cpu"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if cuda else "none (CPU run: GPU parts skipped)",
-    }
+        "machine": machine_description("cuda" if on_gpu else "cpu"),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if on_gpu else "none (CPU run: GPU parts skipped)",
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+    }  # fmt: skip
     try:
         import triton
 
         found["triton"] = triton.__version__
     except ImportError:
         found["triton"] = "absent"
-    if not cuda:
-        found["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "")
     return found
 
 
-def check_kernel(report: Report, device: torch.device) -> None:
-    from bench.gpu_kernel_check import kernel_check
-
-    on_gpu = device.type == "cuda"
-    # The interpreter cannot multiply bfloat16 tiles: on the CPU, float16 stands in.
-    low = torch.bfloat16 if on_gpu else torch.float16
-    found = kernel_check(device, [torch.float32, low], trials=3 if on_gpu else 2)
-    report.record("kernel", found)
-    where = "" if on_gpu else " (CPU interpreter, small mixes)"
-    for name, res in found.items():
-        goal = 1e-5 if name == "float32" else 2e-2
-        ok = res["rel_err"] <= goal and res["cache_equal"]
-        report.row(
-            f"kernel vs reference, {name}{where}",
-            f"rel err {res['rel_err']:.1e} (torch in {name}: {res['torch_rel_err']:.1e}), "
-            f"{res['launches']} launches",
-            f"<= {goal:.0e}, cache writes equal",
-            verdict(ok),
-        )
-    if not on_gpu:
-        report.skip("kernel vs reference, bfloat16", "the interpreter has no bfloat16 dot; GPU")
+def run_parts(report: Report, parts: list[tuple[str, Callable[[], None]]], verifying: bool):
+    for name, part in parts:
+        try:
+            part()
+        except KeyboardInterrupt:  # the hard stop (bench/gpu_check.sh), or Ctrl-C
+            report.failures += 1
+            report.row(name, "interrupted: past the time limit", "", "FAILED")
+            raise
+        except Exception as exc:  # one broken part must not cost the others' figures
+            traceback.print_exc()
+            report.failures += 1
+            report.row(name, f"{type(exc).__name__}: {exc}"[:200], "", "FAILED")
+        release()
+        if not verifying and report.failures:
+            return
 
 
-def check_bundled_text(report: Report, device: torch.device) -> None:
-    from bench.gpu_text_check import greedy_texts
-
-    on_gpu = device.type == "cuda"
-    found = greedy_texts(device, num_tokens=64 if on_gpu else 12)
-    report.record("bundled_text", found)
-    for dtype, res in found.items():
-        for name, same in res["agree"].items():
-            # In bfloat16 two kernels may round a near-tie apart: reported, not judged.
-            judged = dtype == "float32" or name == "graphs vs eager"
-            report.row(
-                f"bundled model greedy text, {dtype}: {name}",
-                same,
-                "identical" if judged else "",
-                verdict(same == "identical") if judged else "",
-            )
-        if on_gpu:
-            replays = res["runs"]["triton graphs"]["graph_replays"]
-            report.row(f"bundled model, {dtype}: steps replayed", str(replays), "> 0",
-                       verdict(replays > 0))  # fmt: skip
-    if not on_gpu:
-        report.skip("bundled model greedy text, CUDA graphs", "CUDA graphs need a GPU")
-
-
-def bench_loom(report: Report, device, params, workload, hf_batch_size: int) -> None:
-    from bench.gpu_bench import copy_bandwidth, decode_steps, loom_throughput
-    from bench.gpu_model import random_llama_engine, weight_bytes
-    from bench.loom_runs import warm_up
-
-    on_gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    bandwidth = copy_bandwidth(device, (2 << 30) if on_gpu else (64 << 20))
-    engine, worker = random_llama_engine(params, device.type, dtype, max_num_seqs=256)
-    total_bytes, step_bytes = weight_bytes(worker.inner)
-    floor_ms = 1e3 * step_bytes / bandwidth
-    warm_up_prefills(engine, warm_up)
-    batch1 = decode_steps(engine, worker, 1, 128, 256 if on_gpu else 16)
-    batch32 = decode_steps(engine, worker, 32, 128, 128 if on_gpu else 8)
-    full = loom_throughput(engine, worker, workload)
-    head = loom_throughput(engine, worker, workload.head(hf_batch_size))
-    report.record("loom_graphs", {
-        "copy_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": total_bytes,
-        "step_weight_bytes": step_bytes, "floor_ms": floor_ms,
-        "kv_blocks": engine.info.num_kv_blocks, "graphs": bool(worker.inner.decode_graphs),
-        "batch1": batch1, "batch32": batch32, "workload": full, "hf_subset": head,
-    })  # fmt: skip
-    ratio = batch1["engine_step_ms"] / floor_ms
-    mode = "graphs" if on_gpu else "CPU smoke, no graphs"
-    report.row(
-        f"batch-1 decode step, {mode}",
-        f"{batch1['engine_step_ms']:.2f} ms (worker {batch1['worker_step_ms']:.2f}); floor "
-        f"{floor_ms:.2f} ms = {step_bytes / 1e9:.3g} GB / {bandwidth / 1e9:.0f} GB/s: "
-        f"{ratio:.2f}x",
-        f"<= {FLOOR_GOAL}x floor",
-        verdict(ratio <= FLOOR_GOAL) if on_gpu else "smoke (CPU)",
-    )
-    report.row(f"batch-32 decode step, {mode}", f"{batch32['engine_step_ms']:.2f} ms")
-    report.row(
-        f"Loom, {full['requests']} requests, {mode}",
-        f"{full['output_tok_s']:,.0f} output tok/s ({full['total_tok_s']:,.0f} total) in "
-        f"{full['seconds']} s, {full['graph_replays']} of {full['steps']} steps replayed",
-    )
-    if not on_gpu:
-        report.skip("CUDA graph replays", "CUDA graphs need a GPU (the CPU run was eager)")
-
-
-def warm_up_prefills(engine, warm_up) -> None:
-    """One request per prefill width the workload will use, so Triton compiles them now."""
-    warm_up(engine)
-    engine.generate([[5] * 24, [6] * 600], [greedy(2), greedy(2)])
-
-
-def greedy(max_tokens: int):
-    from bench.loom_runs import greedy_params
-
-    return greedy_params(max_tokens)
-
-
-def bench_hf(report: Report, device, params, workload, batch_size: int) -> None:
-    from bench.gpu_bench import hf_throughput
-    from bench.gpu_model import random_hf_llama
-
-    on_gpu = device.type == "cuda"
-    if on_gpu and report.remaining() < 120:
-        report.skip("transformers generate", "the time budget is spent")
-        return
-    dtype = torch.bfloat16 if on_gpu else torch.float32
+def main(argv: list[str] | None = None) -> int:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser("bench/gpu_check.sh", description=__doc__, formatter_class=raw)
+    parser.add_argument("--quick", action="store_true", help="verification and decode steps only")
+    parser.add_argument("--budget-s", type=float, help="start no measurement after (default "
+                        "180 with --quick, else 400)")  # fmt: skip
+    parser.add_argument("--hf-batch-size", type=int, default=64)
+    parser.add_argument("--plant", choices=("nan", "wrong-kernel"), help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:  # before anything makes the Triton kernels (bench.gpu_parts imports them)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    report = Report(opts.budget_s or (180.0 if opts.quick else 400.0))
+    report.record("environment", environment(on_gpu))
+    report.note(f"environment: {report.results['environment']}")
+    if opts.plant:
+        report.note(f"PLANTED FAULT in the kernel part: {opts.plant} (a test of the check)")
+    check = Check(opts, report)
     try:
-        model = random_hf_llama(params, device.type, dtype)
-    except ImportError:
-        report.skip("transformers generate", "transformers is not installed")
-        return
-    budget = min(150.0, report.remaining() - 60) if on_gpu else 60.0
-    found = hf_throughput(model, workload, batch_size if on_gpu else 4, budget)
-    report.record("hf", found)
-    loom = report.results["loom_graphs"]
-    full, head = loom["workload"], loom["hf_subset"]
-    report.row(
-        f"transformers generate, first {found['requests']} requests",
-        f"{found['output_tok_s']:,.0f} output tok/s in {found['batches']} static batches of "
-        f"{found['batch_size']}, {found['seconds']} s",
-    )
-    first = found["first_batch_output_tok_s"]
-    report.row(
-        f"Loom / transformers, the same first {head['requests']} requests",
-        f"{head['output_tok_s'] / first:.1f}x ({head['output_tok_s']:,.0f} vs {first:,.0f} "
-        "output tok/s)",
-    )
-    ratio = full["output_tok_s"] / found["output_tok_s"]
-    report.row(
-        f"Loom ({full['requests']} requests) / transformers",
-        f"{ratio:.1f}x output tok/s",
-        f">= {HF_GOAL}x",
-        verdict(ratio >= HF_GOAL) if on_gpu else "smoke (CPU)",
-    )
-
-
-def bench_loom_eager(report: Report, device, params, workload) -> None:
-    from bench.gpu_bench import decode_steps, loom_throughput
-    from bench.gpu_model import random_llama_engine
-    from bench.loom_runs import warm_up
-
-    on_gpu = device.type == "cuda"
-    if on_gpu and report.remaining() < 60:
-        report.skip("decode steps, eager", "the time budget is spent")
-        return
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    engine, worker = random_llama_engine(
-        params, device.type, dtype, max_num_seqs=256, enforce_eager=True
-    )
-    warm_up_prefills(engine, warm_up)
-    batch1 = decode_steps(engine, worker, 1, 128, 256 if on_gpu else 16)
-    batch32 = decode_steps(engine, worker, 32, 128, 128 if on_gpu else 8)
-    found = {"batch1": batch1, "batch32": batch32}
-    graphs = report.results["loom_graphs"]
-    for key in ("batch1", "batch32"):
-        on, off = graphs[key]["engine_step_ms"], found[key]["engine_step_ms"]
-        vs_graphs = f"; graphs {on:.2f} ms: {off / on:.2f}x faster with graphs" if on_gpu else ""
-        name = key.replace("batch", "batch-")
-        report.row(f"{name} decode step, eager", f"{off:.2f} ms{vs_graphs}")
-    if not on_gpu or report.remaining() > 90:
-        found["workload"] = full = loom_throughput(engine, worker, workload)
-        report.row(
-            f"Loom, {full['requests']} requests, eager",
-            f"{full['output_tok_s']:,.0f} output tok/s in {full['seconds']} s "
-            f"(graphs: {graphs['workload']['output_tok_s']:,.0f})",
-        )
-    else:
-        report.skip("Loom workload, eager", "the time budget is spent")
-    report.record("loom_eager", found)
-
-
-def release() -> None:
-    """Give back the GPU memory of models no longer referenced (graphs hold cycles)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        run_parts(report, [("kernel", check.kernel), ("bundled model", check.bundled_text)], True)
+        measurements = [("decode steps", check.decode_steps)]
+        if not opts.quick:
+            measurements.append(("transformers", check.transformers))
+        if report.failures:
+            report.skip("measurements", "verification failed: a wrong path's figures mean nothing")
+        else:
+            run_parts(report, measurements, False)
+    finally:
+        report.save()
+        print("\n" + report.table(), flush=True)
+        print(f"\nfull results: {report.path}\nCPU load: {load_average()}", flush=True)
+    verdict = f"FAILED: {report.failures} verification miss(es) or failed part(s)"
+    print(verdict if report.failures else "all verification passed", flush=True)
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

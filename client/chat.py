@@ -22,6 +22,10 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_flags(parser)
 
 
+class NoChatTemplate(Exception):
+    """The model cannot chat: it brings no chat template."""
+
+
 def run_chat(
     client: Client, args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
 ) -> None:
@@ -32,6 +36,13 @@ def run_chat(
 
 
 def _converse(client: Client, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
+    info = client.model_info()
+    if not info.chat_template:
+        # Said before any input is read, as the server would say it to ApplyChatTemplate.
+        raise NoChatTemplate(
+            f"FAILED_PRECONDITION: {info.model_name} has no chat template: send it a prompt "
+            "with `python -m client generate` instead"
+        )
     interactive = stdin.isatty()
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)

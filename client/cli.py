@@ -11,13 +11,15 @@ python -m client abort REQUEST_ID --tls-ca ca.pem --tls-cert me.pem --tls-key me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 
 import grpc
+from google.protobuf.message import Message
 
-from client.chat import add_chat_arguments, run_chat
+from client.chat import NoChatTemplate, add_chat_arguments, run_chat
 from client.sampling_flags import add_sampling_flags, sampling_from_flags
 from client.sync_client import Client
 from loompb import serving_pb2
@@ -71,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = commands.add_parser("tokenize", parents=[connection], help="token ids of a text")
     tok.add_argument("text")
-    tok.add_argument("--add-bos", action="store_true")
+    tok.add_argument(
+        "--add-bos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="BOS first where the model adds one, as generate counts it (default)",
+    )
     return parser
 
 
@@ -125,6 +132,17 @@ def print_logprob_table(client: Client, reply: serving_pb2.GenerateResponse) -> 
         print(line)
 
 
+def format_message(message: Message) -> str:
+    """Every field, zeros and empty strings too (protobuf's text form leaves them out), one
+    per line as `name: value`; a repeated field once per value."""
+    lines = []
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        for item in value if field.is_repeated else [value]:
+            lines.append(f"{field.name}: {json.dumps(item) if isinstance(item, str) else item}")
+    return "\n".join(lines)
+
+
 def connect(args: argparse.Namespace) -> Client:
     return Client(
         args.target,
@@ -152,18 +170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "chat":
                 run_chat(c, args)
             elif args.command == "info":
-                print(c.model_info(), end="")
+                print(format_message(c.model_info()))
             elif args.command == "load":
-                print(c.load(), end="")
+                print(format_message(c.load()))
             elif args.command == "abort":
                 aborted = set(c.abort(args.request_ids))
                 for request_id in args.request_ids:
                     print(f"{request_id}: {'aborted' if request_id in aborted else 'not found'}")
+                if aborted != set(args.request_ids):
+                    return 1
             else:
                 reply = c.tokenize(args.text, add_bos=args.add_bos)
                 for token_id, piece in zip(reply.token_ids, reply.pieces, strict=True):
                     print(f"{token_id:>8}  {piece!r}")
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        except NoChatTemplate as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0

@@ -29,12 +29,13 @@ def llama2_tokenizer_path() -> Path:
     return LLAMA2_TOKENIZER
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def triton_interpreter() -> Iterator[None]:
-    """Triton's CPU interpreter for one test module: TRITON_INTERPRET=1 while its tests run,
-    unset again after, so no other test or process it starts inherits it. Triton reads it
-    when it is first imported, which only the Triton attention backend does, lazily: the
-    first module to use this imports it in interpreted form for the whole session."""
+    """Triton's CPU interpreter for the whole session: TRITON_INTERPRET=1 from the first test
+    on. Triton reads it once, when it is first imported, and more than the Triton tests
+    import it (transformers does), so it is set before any test runs rather than around
+    those tests; the processes tests start inherit it, which changes nothing for the CPU
+    backends they run."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRITON_INTERPRET", "1")
         yield

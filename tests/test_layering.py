@@ -106,6 +106,15 @@ def test_the_engine_reaches_the_worker_only_for_an_in_process_one() -> None:
     assert {module.rsplit(".", 1)[0] for module in worker_imports} <= {"worker", "worker.config"}
 
 
+def test_tests_import_nothing_from_bench() -> None:
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in package_files("tests")
+        if any(module.split(".")[0] == "bench" for module in imports_of(path))
+    ]
+    assert offenders == []
+
+
 def test_no_module_imports_itself_back_at_import_time() -> None:
     """No cycle among the imports every module runs when it is first imported."""
     graph: dict[str, set[str]] = {}
@@ -290,7 +299,7 @@ def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) 
     assert message in result.stderr
 
 
-@pytest.mark.parametrize("package", [*ALLOWED_IMPORTS, "frontend/http", "worker/attention"])
+@pytest.mark.parametrize("package", [*PACKAGES, "frontend/http", "worker/attention"])
 def test_each_package_docstring_lists_its_files(package: str) -> None:
     """The package's docstring is where its files are described: every module is named."""
     directory = REPO_ROOT / package

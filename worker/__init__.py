@@ -12,6 +12,8 @@ is imported only when a worker is created.
                      w1/w3 fused into wqkv and w13 at load (in memory only)
 - model_args.py      hyper-parameters from Meta's params.json, HF's config.json, a GGUF header
 - loader.py, hf_layout.py, torch_file_probe.py  Meta (sharded) and HF checkpoints, clear errors
+- random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device
+                     check's 7B drawn on the GPU); hf_layout.py writes one in HF's layout too
 - gguf_loader.py, gguf_dequant.py  GGUF tensors under Meta's names, quantized blocks dequantized
 - weight_layout.py   on the CPU in float32, projection weights held column-major
 - attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton

@@ -3,9 +3,9 @@
 A Linear's weight is [out_features, in_features] (Meta's and torch's convention), and
 `F.linear(x, w)` multiplies by its transpose. Stored that way, the CPU's float32 GEMM runs the
 small row counts of decode steps (4-128 rows) markedly slower than when the transpose is the
-contiguous one (bench/bench_gemm_layout.py measures both). So on the CPU each projection keeps
-its [out, in] shape and name but holds a column-major view of an [in, out] tensor: nothing
-that reads the weight changes, only which GEMM torch picks.
+contiguous one (BENCHMARKS.md, "projection weights row-major or column-major"). So on the CPU
+each projection keeps its [out, in] shape and name but holds a column-major view of an
+[in, out] tensor: nothing that reads the weight changes, only which GEMM torch picks.
 """
 
 from __future__ import annotations

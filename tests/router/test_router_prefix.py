@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
-from bench.shared_prefix import SharedPrefixWorkload, drive
+import numpy as np
+
 from client import Client
 from frontend.embedded import ServerHandle
+from loadtest.datasets import SampleRequest, Vocabulary, shared_prefix_requests
+from loadtest.driver import DriverOptions, run_workload
 from router.server import RouterHandle
 from tests.router.conftest import decisions
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
@@ -15,20 +19,32 @@ from tests.server.conftest import engine_is_idle, make_engine, wait_until
 # 8 prefixes of 256 tokens = 16 blocks each; 72 blocks per engine hold 4 of them and the
 # requests running: the 8 fit the two caches together, not one.
 NUM_KV_BLOCKS = 72
-WORKLOAD = SharedPrefixWorkload(num_prefixes=8, prefix_len=256, per_prefix=8, seed=1)
 
 
-def run_workload(
+def shared_prefix_workload() -> list[SampleRequest]:
+    """64 requests: 8 prefixes of 256 tokens, 8 requests each with 8 tokens of their own,
+    shuffled (in order, round robin over two backends would keep each prefix on one)."""
+    vocab = Vocabulary(512, frozenset({0, 1, 2}))
+    rng = np.random.default_rng(1)
+    requests = shared_prefix_requests(64, 256, 8, 8, 4, 0.0, vocab, rng)
+    random.Random(1).shuffle(requests)
+    return requests
+
+
+def run_workload_through(
     policy: str,
     start_engine: Callable[..., ServerHandle],
     start_router: Callable[..., RouterHandle],
 ) -> tuple[int, RouterHandle, list[ServerHandle]]:
     engines = [start_engine(make_engine(num_kv_blocks=NUM_KV_BLOCKS)) for _ in range(2)]
     router = start_router(*(e.target for e in engines), policy=policy)
-    result = asyncio.run(
-        drive(router.target, WORKLOAD.prompts(), WORKLOAD.max_tokens, concurrency=4)
-    )
-    assert result.num_failed == 0 and len(result.e2es) == 64
+    requests = shared_prefix_workload()
+    options = DriverOptions(max_concurrency=4, show_progress=False)
+    results, _, _ = asyncio.run(
+        run_workload(router.target, requests, [0.0] * len(requests), options,
+                     np.random.default_rng(0))
+    )  # fmt: skip
+    assert [r.status for r in results] == ["OK"] * 64
     for engine in engines:
         wait_until(lambda e=engine: engine_is_idle(e.engine), 2.0, "engines idle")
     return sum(e.engine.stats().prefix_cache_hits for e in engines), router, engines
@@ -37,8 +53,8 @@ def run_workload(
 def test_prefix_routing_gets_far_more_cache_hits_than_round_robin(
     start_engine: Callable[..., ServerHandle], start_router: Callable[..., RouterHandle]
 ) -> None:
-    rr_hits, _, _ = run_workload("round_robin", start_engine, start_router)
-    prefix_hits, router, engines = run_workload("prefix", start_engine, start_router)
+    rr_hits, _, _ = run_workload_through("round_robin", start_engine, start_router)
+    prefix_hits, router, engines = run_workload_through("prefix", start_engine, start_router)
     assert prefix_hits >= 1.4 * rr_hits, (prefix_hits, rr_hits)
     # New prefixes were spread: each backend became home to several of the 8.
     new_prefixes = [decisions(router, e.target, "prefix_miss") for e in engines]

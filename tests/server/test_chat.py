@@ -106,6 +106,9 @@ def test_client_chat_names_a_model_without_template(server) -> None:
     result = run_client_chat(server.target, "hello\n")
     assert result.returncode == 1
     assert "FAILED_PRECONDITION" in result.stderr and "no chat template" in result.stderr
+    # With nothing to say (stdin at its end) too, rather than a silent exit 0.
+    result = run_client_chat(server.target, "")
+    assert result.returncode == 1 and "stories260K has no chat template" in result.stderr
 
 
 def test_every_eos_id_the_gguf_names_ends_the_generation(start_server, stories_dir, tmp_path):

@@ -61,8 +61,17 @@ def test_info_tokenize_and_errors(server: ServerHandle) -> None:
     load = run_client("load", "--target", server.target)
     assert load.returncode == 0
     assert "num_kv_blocks: 256" in load.stdout.splitlines()
+    # An idle server's zeros are printed too, every field of Load on its own line.
+    assert {"num_requests_running: 0", "draining: False"} <= set(load.stdout.splitlines())
     tokens = run_client("tokenize", "Once upon", "--add-bos", "--target", server.target)
     assert tokens.stdout.split()[:2] == ["1", "'<s>'"]
+    # By default as generate counts the prompt: BOS first; --no-add-bos gives the text's own.
+    default = run_client("tokenize", "Once upon", "--target", server.target)
+    assert default.stdout == tokens.stdout
+    bare = run_client("tokenize", "Once upon", "--no-add-bos", "--target", server.target)
+    assert bare.stdout.splitlines() == tokens.stdout.splitlines()[1:]
+    aborted = run_client("abort", "no-such-id", "--target", server.target)
+    assert aborted.returncode == 1 and aborted.stdout == "no-such-id: not found\n"
     bad = run_client("generate", "Hi", "--temperature", "-1", "--target", server.target)
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "temperature" in bad.stderr

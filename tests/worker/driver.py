@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from bench.make_random_model import random_weights, write_meta_model
 from contract.sampling import SamplingParams
 from contract.step import NewRequest, PromptLogprobs, RunningRequest, StepInput, StepOutput, Worker
 from worker import create_worker
+from worker.random_model import random_weights, write_meta_model
 from worker.step_batch import RequestState
 
 GREEDY = SamplingParams(temperature=0.0)

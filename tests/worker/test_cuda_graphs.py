@@ -89,7 +89,6 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
 
 @pytest.mark.slow
 @needs_triton
-@pytest.mark.usefixtures("triton_interpreter")
 def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:
     reference = start_worker(stories_dir, device="cpu", attention_backend="torch")
     worker = start_worker(stories_dir, device="cpu", attention_backend="triton")

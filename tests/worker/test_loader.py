@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.export_hf import export as bench_export_hf
 from tests.worker.checkpoint_writers import export_hf, split_meta
 from tests.worker.driver import (
     all_position_logits,
@@ -19,6 +18,7 @@ from tests.worker.driver import (
     read_meta_model,
     start_worker,
 )
+from worker.hf_layout import write_hf_checkpoint
 from worker.loader import CheckpointError
 from worker.model_args import meta_hidden_dim
 
@@ -53,10 +53,10 @@ def test_hf_export_gives_the_same_logits(stories, reference_logits, tmp_path):
     assert_reference_logits(worker, reference_logits)
 
 
-def test_the_benchmarks_hf_exporter_gives_the_same_logits(stories, reference_logits, tmp_path):
-    # bench.export_hf builds its names from worker.hf_layout; this checks that inverse
-    # against the loader, while the exporter above keeps its own table as the oracle.
-    hf_dir = bench_export_hf(stories.model_dir, tmp_path / "bench-hf")
+def test_hf_layouts_own_exporter_gives_the_same_logits(stories, reference_logits, tmp_path):
+    # worker.hf_layout writes the checkpoint transformers reads in the benchmarks, from the
+    # names it maps back at load; the exporter above keeps its own table as the oracle.
+    hf_dir = write_hf_checkpoint(stories.model_dir, tmp_path / "bench-hf")
     assert_reference_logits(start_worker(hf_dir), reference_logits)
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.make_random_model import random_weights, write_meta_model
 from contract.step import Worker
 from scheduler import Engine, SamplingParams
 from tests.conftest import STORIES_DIR
 from tests.worker.checkpoint_writers import export_hf, split_meta
 from tests.worker.driver import ALL_ROWS, Driver, ModelFiles, read_meta_model
 from worker import create_worker
+from worker.random_model import random_weights, write_meta_model
 
 pytestmark = pytest.mark.server
 

@@ -23,10 +23,7 @@ from worker.attention.torch_backend import TorchAttentionBackend
 from worker.attention.triton_backend import triton_missing
 from worker.step_batch import RequestState, build_step_batch
 
-pytestmark = [
-    pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed"),
-    pytest.mark.usefixtures("triton_interpreter"),
-]
+pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
 
 CPU = torch.device("cpu")
 GREEDY = SamplingParams(temperature=0.0)

@@ -1,7 +1,7 @@
 """What paging the KV cache costs: one mixed step on the block cache vs a contiguous cache.
 
-    python -m bench.bench_paged_attention                 # writes its BENCHMARKS.md section
-    python -m bench.bench_paged_attention --no-write      # print only
+    python -m bench paged-attention                 # writes its BENCHMARKS.md section
+    python -m bench paged-attention --no-write      # print only
 
 The step: 32 decodes with contexts drawn from 100-500 plus one 256-token prefill chunk that
 follows 256 cached tokens of its prompt. "Paged" is the worker as it runs, for each attention
@@ -24,8 +24,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import DEFAULT_MODEL_DIR, markdown_table, run_header, timed, write_section
-from contract.sampling import SamplingParams
+from bench.common import (
+    DEFAULT_MODEL_DIR,
+    GREEDY,
+    bench_parser,
+    markdown_table,
+    publish,
+    run_header,
+    timed,
+)
 from worker.attention import create_attention_backend
 from worker.kv_cache import KVCache, allocate_kv_cache
 from worker.loader import load_checkpoint
@@ -35,7 +42,6 @@ from worker.step_batch import RequestState, build_step_batch
 
 SECTION = "Worker: paged vs contiguous KV"
 GOAL = 1.05  # paged step time (the fastest backend) / the fastest contiguous step time
-GREEDY = SamplingParams(temperature=0.0)
 
 
 @dataclass(slots=True)
@@ -117,7 +123,8 @@ def request_states(
         blocks, pool = pool[:nb], pool[nb:]
         tokens = [token_rng.randrange(vocab) for _ in range(n)]
         cached = n - 1 if i < len(work.decode_contexts) else work.prefill_cached
-        scheduled.append((RequestState(f"r{i}", tokens, blocks, GREEDY, cached, n), n - cached))
+        state = RequestState(f"r{i}", tokens, blocks, GREEDY, cached, n)
+        scheduled.append((state, n - cached))
     return scheduled, sum(blocks_needed)
 
 
@@ -160,9 +167,10 @@ def fill_paged(kv_cache: KVCache, truth: torch.Tensor, scheduled, backend, devic
     """Write each sequence's cached K/V (`truth` [layers, 2, seq, kv, position, d]) into the
     backend's cache through the backend's own write path: one prefill of the cached tokens."""
     fill = [
-        (RequestState(st.req_id, st.token_ids, st.block_ids, GREEDY, 0, len(st.token_ids)), n)
-        for (st, _), n in ((entry, entry[0].num_computed) for entry in scheduled)
-    ]
+        (RequestState(st.req_id, st.token_ids, st.block_ids, GREEDY, 0, len(st.token_ids)),
+         st.num_computed)
+        for st, _ in scheduled
+    ]  # fmt: skip
     batch = build_step_batch(fill, kv_cache.block_size, device, backend)
     n_heads_dummy = truth.shape[3]
     for layer, (k_cache, v_cache) in enumerate(kv_cache.layers):
@@ -232,8 +240,8 @@ def measure(args: argparse.Namespace, block_size: int) -> dict[str, dict[str, fl
     }
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = bench_parser("paged-attention", __doc__)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="Meta-layout model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
@@ -244,15 +252,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if not (args.model / "params.json").exists():
-        raise SystemExit(
-            f"{args.model} is missing: python -m bench.make_random_model --out {args.model}"
-        )
+        raise SystemExit(f"{args.model} is missing: python -m bench make-model --out {args.model}")
     rows = []
     default_threads = torch.get_num_threads()
     for threads in args.threads:
@@ -293,9 +299,7 @@ def main() -> None:
         "are against the first row.\n\n"
         f"{run_header(args.device)}\n{markdown_table(header, rows)}\n"
     )
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, not args.no_write)
 
 
 if __name__ == "__main__":

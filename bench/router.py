@@ -2,8 +2,8 @@
 `least_loaded` and `round_robin` (prefix-cache hit tokens, TTFT, throughput), `prefix` at
 several load margins, and the latency the router adds to a request.
 
-    python -m bench.bench_router                   # stories260K, a few minutes
-    python -m bench.bench_router --no-write --margins 0.5
+    python -m bench router                   # stories260K, a few minutes
+    python -m bench router --no-write --margins 0.5
 
 Every engine is `python -m frontend serve` in its own process with one torch thread (one
 core each, as one GPU each would be), KV cache sized so each holds about half the prefixes;
@@ -16,30 +16,123 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
-import subprocess
+import random
+import statistics
 import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.bench_online import free_port, wait_ready
-from bench.common import REPO_ROOT, markdown_table, run_header, write_section
-from bench.shared_prefix import RunResult, SharedPrefixWorkload, drive
+from bench.common import STORIES_DIR, bench_parser, log, markdown_table, publish, run_header
+from bench.servers import ServeProcess, free_port, serve_argv
 from client import Client
+from loadtest.datasets import SampleRequest
+from loadtest.driver import DriverOptions, run_workload
 from router.config import DEFAULT_PREFIX_LOAD_MARGIN
 
 SECTION = "Router: prefix-aware routing over two replicas"
 POLICIES = ("prefix", "least_loaded", "round_robin")
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "stories260K")
+FIRST_ORDINARY_ID = 3  # <unk>, <s>, </s> come first in SentencePiece Llama vocabularies
+
+
+@dataclass(slots=True, frozen=True)
+class SharedPrefixWorkload:
+    """`num_prefixes` prefixes of `prefix_len` random tokens, `per_prefix` requests each on
+    average (the prefix, then a suffix of its own; with `hot_share`, one prefix takes that
+    share of them), shuffled."""
+
+    num_prefixes: int = 8
+    prefix_len: int = 256
+    per_prefix: int = 8
+    suffix_len: int = 8
+    max_tokens: int = 4
+    vocab_size: int = 512
+    seed: int = 0
+    # Skew: this share of all requests use prefix 0, the rest spread over the others.
+    hot_share: float = 0.0
+
+    @property
+    def num_requests(self) -> int:
+        return self.num_prefixes * self.per_prefix
+
+    def prefix_of_each(self) -> list[int]:
+        num_hot = round(self.hot_share * self.num_requests)
+        if num_hot == 0 or self.num_prefixes == 1:
+            return [i % self.num_prefixes for i in range(self.num_requests)]
+        rest = range(self.num_requests - num_hot)
+        return [0] * num_hot + [1 + i % (self.num_prefixes - 1) for i in rest]
+
+    def prompts(self) -> list[list[int]]:
+        rng = random.Random(self.seed)
+
+        def tokens(num: int) -> list[int]:
+            return [rng.randrange(FIRST_ORDINARY_ID, self.vocab_size) for _ in range(num)]
+
+        prefixes = [tokens(self.prefix_len) for _ in range(self.num_prefixes)]
+        prompts = [prefixes[i] + tokens(self.suffix_len) for i in self.prefix_of_each()]
+        rng.shuffle(prompts)
+        return prompts
+
+
+@dataclass(slots=True)
+class RunResult:
+    ttfts: list[float]  # seconds, one per completed request
+    e2es: list[float]
+    num_output_tokens: int
+    num_failed: int
+    duration: float  # first send to last reply
+
+    @property
+    def median_ttft_ms(self) -> float:
+        return statistics.median(self.ttfts) * 1000 if self.ttfts else float("nan")
+
+    @property
+    def p90_ttft_ms(self) -> float:
+        if len(self.ttfts) < 2:
+            return self.median_ttft_ms
+        return statistics.quantiles(self.ttfts, n=10)[-1] * 1000
+
+    @property
+    def median_e2e_ms(self) -> float:
+        return statistics.median(self.e2es) * 1000 if self.e2es else float("nan")
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.e2es) / self.duration if self.duration else 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.num_output_tokens / self.duration if self.duration else 0.0
+
+
+def drive(target: str, prompts: list, max_tokens: int, concurrency: int) -> RunResult:
+    """Every prompt (token ids, or text the server tokenizes) sent at once through loadtest's
+    driver, greedy, EOS ignored, at most `concurrency` in flight."""
+    requests = [
+        SampleRequest(prompt_len=len(p), max_tokens=max_tokens, ignore_eos=True,
+                      **({"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p}))
+        for p in prompts
+    ]  # fmt: skip
+    options = DriverOptions(max_concurrency=concurrency, show_progress=False, timeout=120.0)
+    results, duration, _ = asyncio.run(
+        run_workload(target, requests, [0.0] * len(requests), options, np.random.default_rng(0))
+    )
+    done = [r for r in results if r.ok]
+    num_tokens = sum(r.output_len for r in done)
+    ttfts, e2es = [r.ttft for r in done], [r.e2el for r in done]
+    return RunResult(ttfts, e2es, num_tokens, len(results) - len(done), duration)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = bench_parser("router", __doc__)
+    p.add_argument("--model", type=Path, default=STORIES_DIR)
     p.add_argument("--num-prefixes", type=int, default=8)
     p.add_argument("--prefix-len", type=int, default=256)
     p.add_argument("--per-prefix", type=int, default=16, help="requests per prefix")
@@ -54,44 +147,30 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-requests", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
-    return p.parse_args()
-
-
-@contextmanager
-def process(command: list[str], **env: str) -> Iterator[None]:
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, **env})
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    return p.parse_args(argv)
 
 
 def engine(args: argparse.Namespace, stack: ExitStack) -> str:
-    port = free_port()
-    command = [sys.executable, "-m", "frontend", "serve", "--model", str(args.model),
-               "--port", str(port), "--device", "cpu", "--num-kv-blocks",
-               str(args.num_kv_blocks), "--max-num-seqs", str(args.max_num_seqs),
-               "--log-level", "warning"]  # fmt: skip
-    stack.enter_context(process(command, OMP_NUM_THREADS="1"))
-    return f"127.0.0.1:{port}"
+    flags = ["--num-kv-blocks", str(args.num_kv_blocks), "--max-num-seqs", str(args.max_num_seqs)]
+    process = ServeProcess(serve_argv(args.model, *flags), OMP_NUM_THREADS="1")
+    stack.callback(process.stop)
+    return process.target
 
 
 def router(backends: list[str], policy: str, margin: float, stack: ExitStack) -> tuple[str, int]:
-    port, metrics_port = free_port(), free_port()
-    command = [sys.executable, "-m", "router", "serve", "--port", str(port), "--policy", policy,
-               "--prefix-load-margin", str(margin), "--metrics-port", str(metrics_port),
-               "--log-level", "warning"]  # fmt: skip
+    metrics_port = free_port()
+    command = [sys.executable, "-m", "router", "serve", "--port", "0", "--policy", policy,
+               "--prefix-load-margin", str(margin), "--metrics-port",
+               str(metrics_port)]  # fmt: skip
     for backend in backends:
         command += ["--backend", backend]
-    stack.enter_context(process(command))
-    target = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=120)
+    process = ServeProcess(command)
+    stack.callback(process.stop)
+    with grpc.insecure_channel(process.target) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         while check(health_pb2.HealthCheckRequest(), timeout=10).status != 1:  # SERVING
             pass
-    return target, metrics_port
+    return process.target, metrics_port
 
 
 def hit_tokens(engines: list[str]) -> tuple[int, int]:
@@ -109,12 +188,8 @@ def run_policy(
 ) -> tuple[RunResult, int, int]:
     with ExitStack() as stack:
         engines = [engine(args, stack) for _ in range(2)]
-        for target in engines:
-            wait_ready(target, timeout=300)
         target, _ = router(engines, policy, margin, stack)
-        result = asyncio.run(
-            drive(target, workload.prompts(), workload.max_tokens, args.concurrency)
-        )
+        result = drive(target, workload.prompts(), workload.max_tokens, args.concurrency)
         queries, hits = hit_tokens(engines)
     return result, queries, hits
 
@@ -137,10 +212,9 @@ def added_latency(args: argparse.Namespace) -> list[list[object]]:
     rows = []
     with ExitStack() as stack:
         backend = engine(args, stack)
-        wait_ready(backend, timeout=300)
         routed, metrics_port = router([backend], "prefix", DEFAULT_PREFIX_LOAD_MARGIN, stack)
-        asyncio.run(drive(backend, prompts[:20], 1, 1))  # warm both paths up
-        asyncio.run(drive(routed, prompts[:20], 1, 1))
+        drive(backend, prompts[:20], 1, 1)  # warm both paths up
+        drive(routed, prompts[:20], 1, 1)
         texts = [f"Once upon a time there was a cat called {i}." for i in range(len(prompts))]
         for name, target, batch in (
             ("token ids, engine directly", backend, prompts),
@@ -148,7 +222,7 @@ def added_latency(args: argparse.Namespace) -> list[list[object]]:
             ("text, engine directly", backend, texts),
             ("text, through the router (+ Tokenize)", routed, texts),
         ):
-            result = asyncio.run(drive(target, batch, 1, 1))
+            result = drive(target, batch, 1, 1)
             rows.append([name, len(result.e2es), result.median_ttft_ms, result.median_e2e_ms])
         total = scraped(metrics_port, "loom:router_added_latency_seconds_sum")
         count = scraped(metrics_port, "loom:router_added_latency_seconds_count")
@@ -193,8 +267,8 @@ def policy_rows(
         figures[policy if i < len(POLICIES) else f"margin {margin:g}"] = figure
         if policy == "prefix" and i < len(POLICIES):
             figures[f"margin {margin:g}"] = figure
-        print(f"{policy} margin {margin:g}: {hits} hit tokens, TTFT p50 "
-              f"{result.median_ttft_ms:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
+        log(f"{policy} margin {margin:g}: {hits} hit tokens, TTFT p50 "
+            f"{result.median_ttft_ms:.1f} ms")  # fmt: skip
     return rows, figures
 
 
@@ -226,8 +300,8 @@ def margin_summary(uniform: dict[str, Figures], skewed: dict[str, Figures]) -> s
     )
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     header = ["policy", "margin", "completed", "failed", "hit tokens", "hit rate",
               "TTFT p50 ms", "TTFT p90 ms", "e2e p50 ms", "req/s", "output tok/s"]  # fmt: skip
     tables, summaries, by_workload = [], [], []
@@ -283,10 +357,6 @@ SGLang router's shortest-queue policy); both ran in the same run on the same eng
 cache-aware router (`sglang-router`) fronts SGLang's HTTP API, not these gRPC engines, so it
 was not run here.
 """
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
+    publish(SECTION, body, not args.no_write)
 
 
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Overload shedding and drain, on a real `serve` process.
 
-    python -m bench.bench_reliability overload   # admitted TTFT without and with a flood
-    python -m bench.bench_reliability drain      # SIGTERM (and a second one) with streams open
+    python -m bench reliability overload   # admitted TTFT without and with a flood
+    python -m bench reliability drain      # SIGTERM (and a second one) with streams open
 
 overload: a steady tenant keeps `--concurrency` streams in flight; then the same again while a
 flood tenant sends as fast as `--flood-concurrency` callers can, beyond its
@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import re
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,12 +27,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import REPO_ROOT, markdown_table, run_header, write_section
+from bench.common import STORIES_DIR, bench_parser, markdown_table, publish, run_header
+from bench.servers import ServeProcess, serve_argv
 from loadtest.metrics import percentile
 from loompb import serving_pb2, serving_pb2_grpc
 from serving.tenants import hash_key
 
-SERVE = [sys.executable, "-m", "frontend", "serve", "--port", "0", "--device", "cpu"]
 TENANTS = f"""\
 [tenants.steady]
 api_key_sha256 = ["{hash_key("key-steady")}"]
@@ -48,29 +45,8 @@ FLOOD_QUOTA = 4
 SHED = "RESOURCE_EXHAUSTED"
 # Spawned, not forked: a forked child would inherit this process's gRPC state.
 PROCESSES = multiprocessing.get_context("spawn")
-LISTENING = re.compile(r"listening on \S+:(\d+)")
 STEADY = (("authorization", "Bearer key-steady"),)
 FLOOD = (("authorization", "Bearer key-flood"),)
-
-
-class ServeProcess:
-    """`serve` in its own process, its log in a file; `target` once it listens."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=self.log, text=True)
-        deadline = time.monotonic() + 120
-        while (found := LISTENING.search(Path(self.log.name).read_text())) is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not start:\n{Path(self.log.name).read_text()}")
-            time.sleep(0.05)  # polling a process start-up, not synchronising threads
-        self.target = f"127.0.0.1:{found.group(1)}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
 
 
 def request(i: int, max_tokens: int) -> serving_pb2.GenerateRequest:
@@ -162,11 +138,11 @@ def overload(args: argparse.Namespace) -> str:
         tenants.write_text(TENANTS)
         flags = ["--tenants", str(tenants), "--max-queued-requests", str(args.max_queued)]
         flags += ["--max-num-seqs", str(args.max_num_seqs)]
-        serve = ServeProcess([*SERVE, *flags])
+        serve = ServeProcess(serve_argv(STORIES_DIR, *flags))
         try:
             rows = asyncio.run(overload_phases(serve.target, args))
         finally:
-            serve.stop()
+            serve.stop(graceful=False)
     header = ["steady tenant", "requests", "TTFT p50 ms", "TTFT p99 ms", "flood calls/s",
               "flood shed (RESOURCE_EXHAUSTED)", "flood admitted", "flood other"]  # fmt: skip
     return (
@@ -186,7 +162,7 @@ def health(target: str) -> int:
 
 
 async def drain_once(args: argparse.Namespace, second_signal: bool) -> list[object]:
-    serve = ServeProcess([*SERVE, "--shutdown-timeout", "60"])
+    serve = ServeProcess(serve_argv(STORIES_DIR, "--shutdown-timeout", "60"))
     try:
         async with grpc.aio.insecure_channel(serve.target) as channel:
             stub = serving_pb2_grpc.GenerationStub(channel)
@@ -217,7 +193,7 @@ async def drain_once(args: argparse.Namespace, second_signal: bool) -> list[obje
         code = await loop.run_in_executor(None, serve.proc.wait, 60)
         exited = time.perf_counter() - sent
     finally:
-        serve.stop()
+        serve.stop(graceful=False)
     statuses = Counter(status for status, _, _ in ends)
     complete = sum(1 for s, tokens, _ in ends if s == "OK" and tokens == args.max_tokens)
     last_end = max(at for _, _, at in ends) - sent
@@ -240,8 +216,8 @@ def drain(args: argparse.Namespace) -> str:
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_reliability")
+def main(argv: list[str] | None = None) -> None:
+    p = bench_parser("reliability", __doc__)
     p.add_argument("what", choices=["overload", "drain"])
     p.add_argument("--num-requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
@@ -251,17 +227,10 @@ def main() -> None:
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--write", action="store_true", help="record the result in BENCHMARKS.md")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     body = overload(args) if args.what == "overload" else drain(args)
-    text = f"{run_header('cpu')}\n{body}"
-    print(text)
-    if args.write:
-        title = (
-            "Reliability: overload shedding"
-            if args.what == "overload"
-            else ("Reliability: drain on SIGTERM")
-        )
-        write_section(title, text)
+    title = f"Reliability: {'overload shedding' if args.what == 'overload' else 'drain on SIGTERM'}"
+    publish(title, f"{run_header('cpu')}\n{body}", args.write)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,404 @@
+"""The device check's parts (bench/gpu_check.py runs them): the Triton kernel against the torch
+reference, the bundled model's greedy text through each path, and a random-weight Llama drawn
+where it runs, timed step by step and over a workload, beside transformers' `generate`.
+
+Kernel trials: each is one launch over a random mix of decodes and prefill chunks after cached
+prefixes, blocks drawn from a shuffled free list and a cache full of other values. The
+reference runs in float32 on the same inputs rounded to the kernel's dtype, so the error is the
+kernel's own; the torch reference run in that dtype is reported beside it, for scale.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    GREEDY,
+    RecordingWorker,
+    Workload,
+    greedy_params,
+    random_tokens,
+    run_workload,
+    timed,
+)
+from modelfiles.tokenizer import Tokenizer
+from scheduler import Engine
+from scheduler.config import EngineConfig
+from worker.attention import create_attention_backend
+from worker.attention.torch_backend import TorchAttentionBackend
+from worker.config import BUNDLED_MODEL
+from worker.loader import LoadedCheckpoint
+from worker.model_args import args_from_meta_params
+from worker.random_model import random_weights
+from worker.runner import ModelRunner
+from worker.step_batch import RequestState, build_step_batch
+
+PLANTS = ("nan", "wrong-kernel")  # faults the check's own test plants in the kernel part
+
+# ---- the kernel against the reference ----------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class MixSizes:
+    max_seqs: int
+    max_context: int
+    max_chunk: int
+    heads: tuple[tuple[int, int, int], ...]  # (query heads, KV heads, head_dim): GQA, MHA
+
+
+# On a GPU: up to 24 sequences, contexts to 2,048, chunks to 512. In the CPU interpreter, a
+# few short ones (it runs each program in numpy).
+GPU_SIZES = MixSizes(24, 2048, 512, ((32, 8, 128), (32, 32, 128)))
+CPU_SIZES = MixSizes(5, 70, 20, ((8, 2, 32), (4, 4, 32)))
+
+
+class PlantedBackend:
+    """The Triton backend with a fault planted in its output: a NaN, or every token given its
+    neighbour's attention (an indexing bug)."""
+
+    def __init__(self, inner: Any, plant: str) -> None:
+        self.inner, self.plant, self.name = inner, plant, inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        out = self.inner.forward(*args)
+        if self.plant == "nan":
+            out = out.clone()
+            out.view(-1)[0] = float("nan")
+            return out
+        return out.roll(1, dims=0)
+
+
+def random_mix(rng: random.Random, sizes: MixSizes, block_size: int, decodes_only: bool):
+    """(the step's sequences with their query lengths, blocks the cache needs)."""
+    seqs = []
+    for i in range(rng.randint(1, sizes.max_seqs)):
+        if decodes_only or rng.random() < 0.5:
+            num_query, context = 1, rng.randint(1, sizes.max_context)
+        else:
+            num_query = rng.randint(1, sizes.max_chunk)
+            context = num_query + rng.randint(0, sizes.max_context - num_query)
+        seqs.append((i, num_query, context))
+    num_blocks = sum(-(-context // block_size) for _, _, context in seqs) + 8
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    scheduled = []
+    for i, num_query, context in seqs:
+        blocks = [free.pop() for _ in range(-(-context // block_size))]
+        state = RequestState(f"s{i}", [0] * context, blocks, GREEDY,
+                             context - num_query, context)  # fmt: skip
+        scheduled.append((state, num_query))
+    return scheduled, num_blocks
+
+
+def _attend(backend, scheduled, block_size, device, q, kv, n_kv_heads, caches):
+    k_cache, v_cache = (c.clone() for c in caches)
+    batch = build_step_batch(scheduled, block_size, device, backend)
+    # K and V are strided views of one tensor, as the model's fused projection gives them.
+    out = backend.forward(q, kv[:, :n_kv_heads], kv[:, n_kv_heads:], k_cache, v_cache, batch.attn)
+    return out.float(), k_cache, v_cache
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor, scale: float) -> float:
+    """max |out - ref| / scale; NaN when `out` holds anything not finite, so it can pass no
+    goal and is the worst error of all."""
+    if not bool(torch.isfinite(out).all()):
+        return math.nan
+    return (out - ref).abs().max().item() / scale
+
+
+def worst(a: float, b: float) -> float:
+    """The larger error, NaN counting as the largest (max(0.0, nan) is 0.0)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def one_trial(seed: int, device: torch.device, dtype: torch.dtype, sizes: MixSizes,
+              block_size: int, heads: tuple[int, int, int], plant: str | None) -> dict:  # fmt: skip
+    rng = random.Random(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n_heads, n_kv_heads, head_dim = heads
+    scheduled, num_blocks = random_mix(rng, sizes, block_size, decodes_only=seed % 4 == 0)
+    num_tokens = sum(n for _, n in scheduled)
+
+    def randn(*shape: int) -> torch.Tensor:  # rounded to dtype, held in float32
+        return torch.randn(shape, generator=gen, device=device).to(dtype).float()
+
+    caches = randn(2, num_blocks, block_size, n_kv_heads, head_dim)
+    q, kv = randn(num_tokens, n_heads, head_dim), randn(num_tokens, 2 * n_kv_heads, head_dim)
+    reference = TorchAttentionBackend(block_size)
+    ref, ref_k, ref_v = _attend(reference, scheduled, block_size, device, q, kv, n_kv_heads,
+                                caches)  # fmt: skip
+    low = (q.to(dtype), kv.to(dtype), n_kv_heads, caches.to(dtype))
+    triton = create_attention_backend("triton", device, block_size)
+    if plant:
+        triton = PlantedBackend(triton, plant)
+    out, out_k, out_v = _attend(triton, scheduled, block_size, device, *low)
+    torch_low, _, _ = _attend(reference, scheduled, block_size, device, *low)
+    scale = ref.abs().max().item()
+    return {
+        "rel_err": relative_error(out, ref, scale),
+        "torch_rel_err": relative_error(torch_low, ref, scale),
+        "cache_equal": torch.equal(out_k.float(), ref_k) and torch.equal(out_v.float(), ref_v),
+        "num_tokens": num_tokens,
+    }
+
+
+def kernel_check(device: torch.device, dtypes: Sequence[torch.dtype], trials: int,
+                 plant: str | None = None) -> dict:  # fmt: skip
+    """Worst errors per dtype over trials x block sizes 16, 32 x GQA and MHA."""
+    sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES
+    results = {}
+    for dtype in dtypes:
+        started = time.monotonic()
+        found = {"rel_err": 0.0, "torch_rel_err": 0.0, "cache_equal": True, "launches": 0,
+                 "tokens": 0}  # fmt: skip
+        for block_size in (16, 32):
+            for heads in sizes.heads:
+                for trial in range(trials):
+                    seed = 1000 * block_size + 100 * heads[1] + trial
+                    one = one_trial(seed, device, dtype, sizes, block_size, heads, plant)
+                    for key in ("rel_err", "torch_rel_err"):
+                        found[key] = worst(found[key], one[key])
+                    found["cache_equal"] = found["cache_equal"] and one["cache_equal"]
+                    found["launches"] += 1
+                    found["tokens"] += one["num_tokens"]
+        found["seconds"] = round(time.monotonic() - started, 1)
+        results[str(dtype).removeprefix("torch.")] = found
+    return results
+
+
+# ---- the bundled model's greedy text -----------------------------------------------------
+
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day, a"]
+
+
+def generate_bundled(device: torch.device, dtype: str, num_tokens: int, **settings) -> dict:
+    """Four prompts decoding together (a batch of 4: graphs pad nothing, the ladder has 4)."""
+    engine = Engine.from_model_dir(BUNDLED_MODEL, device=device.type, dtype=dtype,
+                                   max_num_seqs=8, num_kv_blocks=256, **settings)  # fmt: skip
+    outputs = engine.generate(PROMPTS, greedy_params(num_tokens))
+    graphs = engine.worker.decode_graphs
+    return {
+        "token_ids": [out.token_ids for out in outputs],
+        "texts": [out.text for out in outputs],
+        "graph_replays": sum(graphs.num_replays.values()) if graphs else 0,
+    }
+
+
+def first_difference(a: list[list[int]], b: list[list[int]]) -> str:
+    for request, (x, y) in enumerate(zip(a, b, strict=True)):
+        for position, (s, t) in enumerate(zip(x, y, strict=True)):
+            if s != t:
+                return f"differ: request {request}, token {position}"
+    return "identical"
+
+
+def greedy_texts(device: torch.device, num_tokens: int) -> dict:
+    """Per dtype: each path's tokens and text (Triton with CUDA graphs, Triton eager, the
+    torch reference), and which paths agree."""
+    on_gpu = device.type == "cuda"
+    found = {}
+    for dtype in ("float32", "bfloat16") if on_gpu else ("float32",):
+        paths = {
+            "triton eager": {"attention_backend": "triton", "enforce_eager": True},
+            "triton graphs": {"attention_backend": "triton"},
+            "torch reference": {"attention_backend": "torch", "enforce_eager": True},
+        }
+        if not on_gpu:
+            del paths["triton graphs"]
+        runs = {name: generate_bundled(device, dtype, num_tokens, **settings)
+                for name, settings in paths.items()}  # fmt: skip
+        tokens = {name: run["token_ids"] for name, run in runs.items()}
+        agree = {}
+        if on_gpu:
+            agree["graphs vs eager"] = first_difference(tokens["triton graphs"],
+                                                        tokens["triton eager"])  # fmt: skip
+        agree["triton vs torch"] = first_difference(tokens["triton eager"],
+                                                    tokens["torch reference"])  # fmt: skip
+        found[dtype] = {"runs": runs, "agree": agree}
+    return found
+
+
+# ---- a random-weight Llama where it runs --------------------------------------------------
+
+LLAMA2_7B = {
+    "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "vocab_size": 32000,
+    "multiple_of": 256, "ffn_dim_multiplier": None, "norm_eps": 1e-5, "max_seq_len": 4096,
+    "rope_theta": 10000.0,
+}  # fmt: skip
+# The same code path on a CPU, at a size that runs in seconds (its figures mean nothing).
+SMOKE = {**LLAMA2_7B, "dim": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "vocab_size": 512}
+BOS_ID, EOS_ID = 1, 2
+
+
+class IdTokenizer(Tokenizer):
+    """Token i <-> the word `t<i>`; 0, 1, 2 are <unk>, BOS, EOS as in Llama's vocabulary. The
+    GPU machine has no Llama 2 tokenizer (it is Meta's file, kept out of the project), and
+    detokenizing still happens for every token, at about the cost SentencePiece has."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size, self.bos_id, self.eos_ids = vocab_size, BOS_ID, (EOS_ID,)
+        self.add_bos = True
+
+    def _encode(self, text: str) -> list[int]:
+        return [int(word.removeprefix("t")) for word in text.split()]
+
+    def anchor_id(self) -> int:
+        return EOS_ID + 1  # decodes to " t3"
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(f" t{i}" for i in token_ids if i > EOS_ID)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return f"▁t{token_id}"
+
+
+def random_llama_engine(params: dict[str, Any], device: str, dtype: torch.dtype,
+                        **settings: Any) -> tuple[Engine, RecordingWorker]:  # fmt: skip
+    """An engine over a random-weight Llama of shape `params`, its weights drawn on `device`;
+    `settings` are EngineConfig fields by name."""
+    args = args_from_meta_params(params, int(params["vocab_size"]))
+    weights = random_weights(params, 0, device=device, dtype=dtype)
+    checkpoint = LoadedCheckpoint(args=args, weights=weights, bos_id=BOS_ID, eos_id=EOS_ID)
+    config = EngineConfig.from_kwargs(model=f"random-llama-{params['dim']}x{params['n_layers']}",
+                                      device=device, dtype=str(dtype).removeprefix("torch."),
+                                      **settings)  # fmt: skip
+    worker = RecordingWorker(ModelRunner(config.worker, checkpoint=checkpoint))
+    return Engine(worker, IdTokenizer(args.vocab_size), config), worker
+
+
+def warm_up_prefills(engine: Engine) -> None:
+    """One request per prefill width the measurements use, so Triton compiles them now."""
+    engine.generate([[5, 6, 7, 8], [5] * 24, [6] * 600], greedy_params(2))
+
+
+def step_weight_bytes(runner: ModelRunner) -> tuple[int, int]:
+    """(all weight bytes, the bytes a decode step reads): a step reads one row of the
+    embedding table per token, and every other weight whole."""
+    total = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    embedding = runner.model.tok_embeddings.weight
+    return total, total - embedding.numel() * embedding.element_size()
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> float:
+    """Bytes per second a device-to-device copy moves (each byte read once, written once)."""
+    seconds = _time_copies(device, nbytes, repeats)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # else the KV cache, sized by free memory, loses these bytes
+    return 2 * nbytes * repeats / seconds
+
+
+def _time_copies(device: torch.device, nbytes: int, repeats: int) -> float:
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)  # not zeros
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return timed(lambda: [dst.copy_(src) for _ in range(repeats)])[0]
+
+
+def decode_steps(engine: Engine, worker: RecordingWorker, batch: int, prompt_len: int,
+                 num_tokens: int) -> dict[str, float]:  # fmt: skip
+    """Median wall time of an engine step, and of the worker's part of it, while `batch`
+    requests decode together (their prefill steps left out)."""
+    rng = np.random.default_rng(batch)
+    for _ in range(batch):
+        engine.add_request(random_tokens(rng, engine.info.vocab_size, prompt_len),
+                           greedy_params(num_tokens))  # fmt: skip
+    engine_ms, worker_ms = [], []
+    while engine.has_unfinished():
+        num_before = len(worker.times)
+        start = time.perf_counter()
+        engine.step()
+        seconds = time.perf_counter() - start
+        # Steps in which every request computed one token (prefills left out).
+        if len(worker.times) == num_before + 1 and worker.times[-1][0] == batch:
+            engine_ms.append(1e3 * seconds)
+            worker_ms.append(1e3 * worker.times[-1][1])
+    if not engine_ms:
+        raise RuntimeError(f"no step of {batch} decodes ran (did the requests fail?)")
+    return {"batch": batch, "decode_steps": len(engine_ms),
+            "engine_step_ms": statistics.median(engine_ms),
+            "worker_step_ms": statistics.median(worker_ms)}  # fmt: skip
+
+
+def graph_replays(worker: RecordingWorker) -> int:
+    graphs = worker.inner.decode_graphs
+    return sum(graphs.num_replays.values()) if graphs else 0
+
+
+def loom_throughput(engine: Engine, worker: RecordingWorker, workload: Workload) -> dict:
+    replays_before, first_step = graph_replays(worker), len(worker.times)
+    wall, _ = run_workload(engine, workload)
+    return {
+        "requests": len(workload.prompts), "seconds": round(wall, 2),
+        "output_tok_s": workload.num_output_tokens / wall,
+        "total_tok_s": (workload.num_prompt_tokens + workload.num_output_tokens) / wall,
+        "steps": len(worker.times) - first_step,
+        "graph_replays": graph_replays(worker) - replays_before,
+        "preemptions": engine.stats().num_preemptions,
+    }  # fmt: skip
+
+
+# ---- transformers' generate --------------------------------------------------------------
+
+
+def random_hf_llama(params: dict[str, Any], device: str, dtype: torch.dtype):
+    """Hugging Face's LlamaForCausalLM of the same shape, initialised randomly on `device`
+    (its weights differ from Loom's: only its speed is compared)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.peer_systems import without_eos
+
+    args = args_from_meta_params(params, int(params["vocab_size"]))
+    config = LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.hidden_dim,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads, max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+    )  # fmt: skip
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise straight in the target dtype
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return without_eos(model).eval()
+
+
+def hf_throughput(model, workload: Workload, batch_size: int, budget_s: float) -> dict:
+    """Static batches of `batch_size` in arrival order while the budget lasts (a batch is
+    started only when the last one says it will fit); the rate is over the batches run."""
+    from bench.peer_systems import hf_generate_batch
+
+    hf_generate_batch(model, [workload.prompts[0][:8]], [2])  # warm-up
+    batch_seconds: list[float] = []
+    num_requests = 0
+    while num_requests < len(workload.prompts):
+        spent = sum(batch_seconds)
+        if batch_seconds and spent / len(batch_seconds) > budget_s - spent:
+            break
+        batch = workload.head(num_requests + batch_size)
+        batch = Workload(batch.prompts[num_requests:], batch.max_tokens[num_requests:])
+        wall, _ = timed(lambda b=batch: hf_generate_batch(model, b.prompts, b.max_tokens))
+        batch_seconds.append(wall)
+        num_requests = min(num_requests + batch_size, len(workload.prompts))
+    done, first = workload.head(num_requests), workload.head(batch_size)
+    seconds = sum(batch_seconds)
+    return {
+        "requests": num_requests, "batches": len(batch_seconds), "batch_size": batch_size,
+        "batch_seconds": [round(s, 2) for s in batch_seconds], "seconds": round(seconds, 2),
+        "output_tok_s": done.num_output_tokens / seconds,
+        "total_tok_s": (done.num_prompt_tokens + done.num_output_tokens) / seconds,
+        "first_batch_output_tok_s": first.num_output_tokens / batch_seconds[0],
+    }  # fmt: skip

@@ -1,0 +1,239 @@
+"""The scheduler alone, with a no-op worker (no model, no torch): what `schedule()` +
+`update()` cost per step (`python -m bench scheduler`), and how much of the KV cache it
+leaves empty (`python -m bench kv-waste`).
+
+scheduler: N requests decode together (prompts already computed); each step the no-op worker
+samples one token per request. Only the scheduler's two calls are timed, not the building of
+the fake worker output. Prefix caching stays on, so full blocks are hashed as they fill, as
+in serving. --gc default keeps Python's collector as a plain program has it; serving tunes it
+as `serve` does (scheduler/gc_tuning.py); off pauses it while the steps are timed, so the
+p99 difference is what its collections cost the loop.
+
+kv-waste: a mixed workload (long and short prompts, outputs that end early at EOS) runs
+through the real scheduler. After each `schedule()`, every running request holds
+`len(block_ids) * block_size` slots, of which `num_computed_tokens + scheduled` hold K/V once
+the step has run. Loom allocates blocks only as tokens arrive, so its waste should equal the
+last-block remainder (at most block_size - 1 slots per request). For comparison, on the same
+steps: what a system reserving each request's prompt + max_tokens, or the model's maximum
+length, at admission would hold (the reservation schemes the vLLM paper measured).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import statistics
+import time
+
+from bench.common import (
+    bench_parser,
+    command_line,
+    cpu_model,
+    greedy_params,
+    load_average,
+    markdown_table,
+    today,
+)
+from contract.step import StepOutput
+from scheduler.config import SchedulerConfig
+from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
+from scheduler.request import Request
+from scheduler.scheduler import Scheduler, SchedulerOutput
+from worker.config import CacheConfig
+
+BLOCK_SIZE = 16
+PROMPT_TOKENS = 128
+
+
+def noop_output(out: SchedulerOutput, rng: random.Random) -> StepOutput:
+    """What a worker would answer: one token for each request whose tokens are all computed."""
+    req_ids, sampled = [], []
+    for req in out.scheduled:
+        req_ids.append(req.req_id)
+        done = req.num_computed_tokens + out.step_input.num_scheduled_tokens[req.req_id]
+        sampled.append([rng.randrange(3, 32000)] if done == len(req.all_token_ids) else [])
+    return StepOutput(req_ids=req_ids, sampled_token_ids=sampled)
+
+
+def measure(num_running: int, num_steps: int) -> dict[str, float]:
+    rng = random.Random(num_running)
+    max_tokens = num_steps + 2 * num_running  # outlives the warm-up, where decodes slow prefill
+    blocks_per_req = -(-(PROMPT_TOKENS + max_tokens) // BLOCK_SIZE)
+    sched = Scheduler(
+        SchedulerConfig(max_num_seqs=num_running, max_num_batched_tokens=max(2048, num_running)),
+        CacheConfig(block_size=BLOCK_SIZE),
+        num_blocks=num_running * blocks_per_req,
+        max_model_len=PROMPT_TOKENS + max_tokens,
+    )
+    params = greedy_params(max_tokens)
+    for i in range(num_running):
+        prompt = [rng.randrange(3, 32000) for _ in range(PROMPT_TOKENS)]
+        sched.add_request(Request(f"r{i}", prompt, params, eos_ids=(2,)))
+    # Prefill every prompt first: the measured steps are pure decode steps.
+    while any(r.num_computed_tokens < len(r.all_token_ids) - 1 for r in sched.requests.values()):
+        out = sched.schedule()
+        sched.update(out, noop_output(out, rng))
+    schedule_ms, update_ms = [], []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        out = sched.schedule()
+        scheduled = time.perf_counter()
+        step_out = noop_output(out, rng)
+        before_update = time.perf_counter()
+        sched.update(out, step_out)
+        end = time.perf_counter()
+        assert len(out.scheduled) == num_running
+        schedule_ms.append((scheduled - start) * 1e3)
+        update_ms.append((end - before_update) * 1e3)
+    total = [s + u for s, u in zip(schedule_ms, update_ms, strict=True)]
+    return {
+        "schedule_ms": statistics.median(schedule_ms),
+        "update_ms": statistics.median(update_ms),
+        "total_ms": statistics.median(total),
+        "p99_ms": sorted(total)[int(0.99 * (len(total) - 1))],
+        "us_per_req": statistics.median(total) * 1e3 / num_running,
+    }
+
+
+EOS = 2
+MAX_MODEL_LEN = 2048
+
+
+def kv_workload(num_requests: int, seed: int) -> list[tuple[list[int], int, int]]:
+    """(prompt, max_tokens, tokens actually generated before EOS) per request: log-normal
+    prompt and output lengths, as chat traces show (many short, a long tail)."""
+    rng = random.Random(seed)
+    reqs = []
+    for _ in range(num_requests):
+        num_prompt = min(max(int(rng.lognormvariate(5.0, 1.0)), 4), 1500)
+        max_tokens = min(rng.choice([64, 256, 512, 1024]), MAX_MODEL_LEN - num_prompt)
+        num_output = min(max(int(rng.lognormvariate(4.5, 1.0)), 1), max_tokens)
+        prompt = [rng.randrange(3, 32000) for _ in range(num_prompt)]
+        reqs.append((prompt, max_tokens, num_output))
+    return reqs
+
+
+def kv_run(block_size: int, num_requests: int, arrivals_per_step: int) -> dict[str, float]:
+    sched = Scheduler(
+        # no prefix caching: every slot belongs to one request
+        SchedulerConfig(max_num_seqs=128, max_num_batched_tokens=2048, enable_prefix_caching=False),
+        CacheConfig(block_size=block_size),
+        num_blocks=32768 // block_size,  # 32k token slots: enough pressure to preempt
+        max_model_len=MAX_MODEL_LEN,
+    )
+    pending = kv_workload(num_requests, seed=block_size)
+    stop_after: dict[str, int] = {}
+    rng = random.Random(1)
+    sums = {
+        "allocated": 0,
+        "held": 0,
+        "remainder": 0,
+        "reserve_max_tokens": 0,
+        "reserve_max_len": 0,
+    }
+    num_steps = 0
+    next_id = 0
+    while pending or sched.has_unfinished():
+        for prompt, max_tokens, num_output in pending[:arrivals_per_step]:
+            req_id = f"r{next_id}"
+            next_id += 1
+            stop_after[req_id] = num_output
+            params = greedy_params(max_tokens, ignore_eos=False)
+            sched.add_request(Request(req_id, prompt, params, (EOS,)))
+        del pending[:arrivals_per_step]
+
+        out = sched.schedule()
+        scheduled = out.step_input.num_scheduled_tokens
+        for req in sched.running:
+            held = req.num_computed_tokens + scheduled.get(req.req_id, 0)
+            allocated = len(req.block_ids) * block_size
+            sums["allocated"] += allocated
+            sums["held"] += held
+            sums["remainder"] += -held % block_size
+            assert allocated - held == -held % block_size, "a block was allocated ahead of need"
+            sums["reserve_max_tokens"] += len(req.prompt_token_ids) + req.params.max_tokens
+            sums["reserve_max_len"] += MAX_MODEL_LEN
+        num_steps += 1
+
+        step_out = StepOutput()
+        for req in out.scheduled:
+            step_out.req_ids.append(req.req_id)
+            done = req.num_computed_tokens + scheduled[req.req_id] == len(req.all_token_ids)
+            if not done:
+                step_out.sampled_token_ids.append([])
+                continue
+            last = len(req.output_token_ids) + 1 >= stop_after[req.req_id]
+            step_out.sampled_token_ids.append([EOS if last else rng.randrange(3, 32000)])
+        sched.update(out, step_out)
+    held = sums["held"]
+    return {
+        "steps": num_steps,
+        "preemptions": sched.num_preemptions,
+        "waste": 1 - held / sums["allocated"],
+        "remainder": sums["remainder"] / sums["allocated"],
+        "reserve_max_tokens": 1 - held / sums["reserve_max_tokens"],
+        "reserve_max_len": 1 - held / sums["reserve_max_len"],
+    }
+
+
+def print_run(header: list[str], rows: list[list[object]], what: str) -> None:
+    print()
+    print(f"- Command: `{command_line()}`")
+    machine = f"{os.cpu_count()}-core CPU ({cpu_model()}), no GPU"
+    print(f"- Machine: {machine}; load average {load_average()}")
+    print(f"- Date: {today()}; {what}")
+    print()
+    print(markdown_table(header, rows))
+
+
+def scheduler_overhead(argv: list[str] | None = None) -> None:
+    parser = bench_parser("scheduler", "schedule() + update() per decode step")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument(
+        "--gc",
+        choices=["default", "serving", "off"],
+        default="serving",
+        help="the collector as a plain program has it, as `serve` tunes it, or paused",
+    )
+    args = parser.parse_args(argv)
+    if args.gc == "serving":
+        tune_gc_for_serving()
+    elif args.gc == "off":
+        gc.disable()
+    rows = []
+    for size in args.sizes:
+        r = measure(size, args.steps)
+        rows.append(
+            [size, r["schedule_ms"], r["update_ms"], r["total_ms"], r["p99_ms"], r["us_per_req"]]
+        )
+        print(f"{size} running: {r}", flush=True)
+    header = ["running requests", "schedule() ms", "update() ms", "total ms (median)",
+              "total ms (p99)", "µs per request"]  # fmt: skip
+    gc_note = {
+        "default": "garbage collector at Python's defaults",
+        "serving": f"garbage collector as `serve` runs it (frozen start-up, thresholds "
+        f"{SERVING_THRESHOLDS})",
+        "off": "garbage collector off",
+    }[args.gc]
+    print_run(header, rows, f"{args.steps} decode steps per size; {gc_note}")
+
+
+def kv_waste(argv: list[str] | None = None) -> None:
+    parser = bench_parser("kv-waste", "the share of allocated KV slots that hold no token")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--arrivals-per-step", type=int, default=2)
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[16, 32])
+    args = parser.parse_args(argv)
+    rows = []
+    for block_size in args.block_sizes:
+        r = kv_run(block_size, args.requests, args.arrivals_per_step)
+        print(f"block size {block_size}: {r}", flush=True)
+        rows.append([block_size, r["steps"], r["preemptions"], f"{100 * r['waste']:.2f}%",
+                     f"{100 * r['remainder']:.2f}%", f"{100 * r['reserve_max_tokens']:.1f}%",
+                     f"{100 * r['reserve_max_len']:.1f}%"])  # fmt: skip
+    header = ["block size", "steps", "preemptions", "Loom: empty share of allocated slots",
+              "last-block remainder", "reserve prompt+max_tokens",
+              f"reserve max length ({MAX_MODEL_LEN})"]  # fmt: skip
+    print_run(header, rows, f"{args.requests} requests, {args.arrivals_per_step} arrive per step")

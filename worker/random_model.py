@@ -1,0 +1,65 @@
+"""Random-weight Llamas of any shape, in Meta's layout: the benchmarks' 60M model, the tests'
+tiny ones, and the device check's 7B shape (drawn on the GPU, never written to a disk)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.model_args import args_from_meta_params, expected_shapes
+
+# About 60M parameters: the benchmarks' `llama60m` (`python -m bench make-model`).
+LLAMA_60M_PARAMS: dict[str, Any] = {
+    "dim": 512,
+    "n_layers": 8,
+    "n_heads": 8,
+    "n_kv_heads": 4,
+    "vocab_size": 32000,
+    "multiple_of": 32,
+    "ffn_dim_multiplier": None,
+    "norm_eps": 1e-5,
+    "max_seq_len": 2048,
+    "rope_theta": 10000.0,
+}
+
+
+def random_weights(
+    params: dict[str, Any],
+    seed: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Weights of the shape `params` (a params.json) implies, scaled so activations stay of
+    order one through every layer; the same seed gives the same weights. Drawn on `device`:
+    a 7B model's 13 GB take a second on a GPU."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    args = args_from_meta_params(params, int(params["vocab_size"]))
+    weights = {}
+    for name, shape in expected_shapes(args).items():
+        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if len(shape) == 1:  # RMSNorm gains near one
+            weights[name] = 1.0 + 0.1 * noise
+        elif name == "tok_embeddings.weight":
+            weights[name] = noise
+        else:  # a projection: 1/sqrt(fan_in) keeps each output of order one
+            weights[name] = noise / shape[1] ** 0.5
+    return weights
+
+
+def write_meta_model(
+    out_dir: Path,
+    params: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    tokenizer: Path | None = None,
+) -> Path:
+    """params.json and consolidated.00.pth in `out_dir`, and a copy of `tokenizer` if given."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+    torch.save(weights, out_dir / "consolidated.00.pth")
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out_dir / "tokenizer.model")
+    return out_dir
