@@ -17,6 +17,7 @@ check, `bench/gpu_check.sh`.
                      server process the router and reliability benchmarks start
 - router.py          `router`: the routing policies over two engine replicas
 - reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
+- structured.py      `structured`: structured output's throughput and compile times (SmolLM2)
 - gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs
                      reference, greedy text), then decode steps and throughput vs transformers
 """

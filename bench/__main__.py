@@ -38,6 +38,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "fairness": ("bench.servers", "fairness",
                  "two tenants, one overloading: fcfs, priority, fair"),
     "router": ("bench.router", "main", "the router's policies over two engine replicas"),
+    "structured": ("bench.structured", "main",
+                   "JSON-schema constrained requests vs unconstrained; compile times"),
     "reliability": ("bench.reliability", "main",
                     "overload shedding (overload) and SIGTERM drain (drain)"),
     "make-model": ("", "make_model",

