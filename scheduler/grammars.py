@@ -105,7 +105,7 @@ class GrammarCompiler:
         import llguidance
 
         grammar = grammar_text(structured, name)
-        tokenizer = self._tokenizer()
+        tokenizer = self.llg_tokenizer()
         limits = llguidance.LLParserLimits(
             max_grammar_size=self.max_symbols,
             initial_lexer_fuel=self.compile_fuel,
@@ -137,7 +137,8 @@ class GrammarCompiler:
                 )
         return f"{name} is not valid: {error}"
 
-    def _tokenizer(self) -> Any:
+    def llg_tokenizer(self) -> Any:
+        """The vocabulary as llguidance reads it (built on first use)."""
         with self._lock:
             if self._llg_tokenizer is None:
                 self._llg_tokenizer = grammar_tokenizer(

@@ -10,6 +10,7 @@ import math
 import re
 
 import jsonschema
+import numpy as np
 import pytest
 
 from common.checks import InvalidFieldError
@@ -217,3 +218,20 @@ def test_compiled_grammars_are_cached_up_to_the_cache_size() -> None:
     assert engine.grammars.num_compiled == 3
     engine.grammars.compile(regexes[0])
     assert engine.grammars.num_compiled == 4
+
+
+def test_eos_is_allowed_only_where_the_constraint_may_end() -> None:
+    engine = stories_engine()
+    matcher = engine.grammars.compile(StructuredOutput("regex", "ab?")).new_matcher()
+    eos = engine.eos_ids[0]
+
+    def allowed() -> set[int]:
+        bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        return set(np.flatnonzero(np.unpackbits(bits, bitorder="little")).tolist())
+
+    assert eos not in allowed()  # nothing written yet: "a" must come first
+    vocabulary = engine.grammars.llg_tokenizer()
+    matcher.consume_tokens(vocabulary.greedy_tokenize("a"))
+    assert eos in allowed() and len(allowed()) > 1  # "a" may end, or go on with "b"
+    matcher.consume_tokens(vocabulary.greedy_tokenize("b"))
+    assert allowed() == {eos}  # "ab": only the end is left

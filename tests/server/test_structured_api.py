@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,3 +153,29 @@ def test_http_bad_constraints_are_400_naming_the_field(server, http, fields, par
     assert error["param"] == param, error
     assert words in error["message"], error
     assert engine_is_idle(server.engine)
+
+
+def test_a_constraint_compiles_off_the_engine_loop_and_the_event_loop(server, http) -> None:
+    grammars = server.engine.grammars
+    threads: list[str] = []
+    compile_once = grammars._compile
+
+    def recording(structured, name):  # the uncached compile only
+        threads.append(threading.current_thread().name)
+        return compile_once(structured, name)
+
+    grammars._compile = recording
+    try:
+        http.completions.create(
+            model="stories260K",
+            prompt=PROMPT,
+            max_tokens=4,
+            extra_body={"guided_regex": "[0-9]{4}"},
+        )
+        with Client(server.target) as client:
+            client.generate(PROMPT, max_tokens=4, structured={"regex": "[0-9]{5}"})
+    finally:
+        grammars._compile = compile_once
+    assert len(threads) == 2
+    # Neither the engine loop nor the server's event loop (grpc-frontend) waited on it.
+    assert not {"engine-loop", "grpc-frontend"} & set(threads), threads
