@@ -230,9 +230,9 @@ class Scheduler:
                 status = append_output(req, step_out, row, self.max_model_len)
                 if scan_text is not None:
                     status, error = scan_for_stop_string(req, status, scan_text, self.max_model_len)
-                if status is None and req.matcher is not None:
+                if req.matcher is not None and (status is None or req.matcher.is_error()):
                     error = advance_matcher(req, num_before)
-                    status = RequestStatus.FINISHED_ERROR if error else None
+                    status = RequestStatus.FINISHED_ERROR if error else status
             elif req.num_computed_tokens >= req.num_tokens:
                 # Everything computed but nothing sampled: the request would never run again.
                 status, error = RequestStatus.FINISHED_ERROR, "the worker sampled no token"

@@ -40,12 +40,19 @@ def step_token_masks(scheduled: list[Request], step: StepInput) -> TokenMasks | 
     # faster alone, but its idle threads spin on the cores the forward pass then needs.
     for i, req in enumerate(sampling):
         fill_next_token_bitmask(req.matcher, bits, i)
+        if req.matcher.is_error():  # over llguidance's per-step limit: it fails in update()
+            row = bits[i].view(np.uint32)
+            row[:] = 0
+            for eos in req.eos_ids:  # a row the worker can draw from; the draw is dropped
+                row[eos // 32] |= np.uint32(1 << (eos % 32))
     return TokenMasks([req.req_id for req in sampling], words, bits.tobytes())
 
 
 def advance_matcher(req: Request, num_before: int) -> str | None:
     """Feed the request's matcher the output tokens after the first `num_before`; the error
     when one breaks its grammar (never, unless the worker ignored the mask)."""
+    if req.matcher.is_error():
+        return f"structured output failed: {req.matcher.get_error()[:600]}"
     new_ids = req.output_token_ids[num_before:]
     if req.matcher.consume_tokens(new_ids):
         return None

@@ -235,3 +235,26 @@ def test_eos_is_allowed_only_where_the_constraint_may_end() -> None:
     assert eos in allowed() and len(allowed()) > 1  # "a" may end, or go on with "b"
     matcher.consume_tokens(vocabulary.greedy_tokenize("b"))
     assert allowed() == {eos}  # "ab": only the end is left
+
+
+def test_a_matcher_that_breaks_leaves_its_row_to_eos_and_fails_its_request_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = stories_engine()
+    ok = engine.add_request(PROMPT, constrained(CONSTRAINTS["regex"], 1, max_tokens=24))
+    broken = engine.add_request(PROMPT, constrained(CONSTRAINTS["regex"], 2, max_tokens=24))
+    engine.step()  # both prefill and draw their first token
+    matcher = engine.scheduler.requests[broken].matcher
+    matcher.consume_tokens([engine.tokenizer.encode("zzz", add_bos=False)[-1]])  # not allowed
+    assert matcher.is_error()
+    steps = []
+    execute = engine.worker.execute
+    monkeypatch.setattr(engine.worker, "execute", lambda step: steps.append(step) or execute(step))
+    ended = {d.req_id: d for d in engine.step() if d.finished}
+    masks = steps[0].token_masks
+    row = np.frombuffer(masks.row(masks.req_ids.index(broken)), dtype=np.uint8)
+    assert np.flatnonzero(np.unpackbits(row, bitorder="little")).tolist() == [2]  # EOS alone
+    assert ended[broken].finish_reason == "error"
+    assert "structured output failed" in ended[broken].error
+    ended.update({d.req_id: d for d in engine.iter_deltas() if d.finished})
+    assert ended[ok].finish_reason == "stop"  # the other request went on
