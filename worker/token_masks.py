@@ -9,6 +9,8 @@ allowed tokens. Constrained and unconstrained rows share the step; only the name
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -21,13 +23,20 @@ def apply_token_masks(logits: torch.Tensor, rows: list[int], masks: TokenMasks) 
     if not rows:
         return
     vocab = logits.shape[-1]
-    # Unpacked on the host (numpy's unpackbits is one fast pass), little-endian bit order.
+    # Unpacked on the host (numpy's unpackbits is one fast pass), little-endian bit order,
+    # the bits inverted first: True where a token is forbidden.
     packed = np.frombuffer(masks.bits, dtype=np.uint8)
-    unpacked = np.unpackbits(packed, bitorder="little").view(np.bool_).reshape(len(rows), -1)
-    allowed = torch.from_numpy(unpacked)[:, :vocab].to(logits.device, non_blocking=True)
-    if rows == list(range(logits.shape[0])):  # every row constrained: no gather
-        logits.masked_fill_(~allowed, float("-inf"))
+    forbidden = np.unpackbits(~packed, bitorder="little").view(np.bool_)
+    forbidden = forbidden.reshape(len(rows), -1)[:, :vocab]
+    if logits.device.type == "cpu" and logits.is_contiguous():
+        # In numpy, on this thread: a few small torch ops would each wake the intra-op thread
+        # pool, which costs more than the work on a busy CPU.
+        if rows != list(range(logits.shape[0])):  # some rows unconstrained: forbid nothing
+            every_row = np.zeros(logits.shape, dtype=np.bool_)
+            every_row[rows] = forbidden
+            forbidden = every_row
+        np.copyto(logits.numpy(), -np.inf, where=forbidden)
         return
+    masked = torch.from_numpy(forbidden).to(logits.device, non_blocking=True)
     index = torch.tensor(rows, dtype=torch.long).to(logits.device, non_blocking=True)
-    masked = logits.index_select(0, index).masked_fill_(~allowed, float("-inf"))
-    logits.index_copy_(0, index, masked)
+    logits.index_copy_(0, index, logits.index_select(0, index).masked_fill_(masked, -math.inf))
