@@ -1,6 +1,8 @@
 """SamplingParams to and from `loom.v1.SamplingParams` (proto/serving.proto), by looping over the
 dataclass's fields: the public API and worker.proto carry the same message, so a field added
-to both declarations crosses both wires with no code here.
+to both declarations crosses both wires with no code here. The one message-typed field,
+`structured` (contract/structured.py), has its converter below; the engine never sends it to
+a worker (SamplingParams.as_sampled).
 
 A field unset on the wire (an `optional` one) takes the dataclass's default. Floats travel as
 float32: for the public API they are rounded back to the decimal the caller most likely typed
