@@ -18,6 +18,8 @@ check, `bench/gpu_check.sh`.
 - router.py          `router`: the routing policies over two engine replicas
 - reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
 - structured.py      `structured`: structured output's throughput and compile times (SmolLM2)
+- bench_cpu_quant.py `python -m bench.bench_cpu_quant kernels|accuracy|serve|big|profile`:
+                     packed GGUF weights on the CPU against llama.cpp's llama-server
 - gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs
                      reference, greedy text), then decode steps and throughput vs transformers
 """

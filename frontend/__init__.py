@@ -14,6 +14,7 @@ lives in serving/. Names are imported on first use.
 - http/              the OpenAI-compatible API (Starlette, served by uvicorn on the gRPC loop)
 - async_engine.py    the engine loop in its own thread, deltas handed to asyncio callers
 - metrics.py         the Prometheus series
+- tenant_labels.py   the `tenant` label of those series, bounded (--metrics-tenant-labels)
 """
 
 from __future__ import annotations

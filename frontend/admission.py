@@ -8,6 +8,7 @@ the gRPC servicer answers with that status, the HTTP routes with the code it map
 
     admitter.check_open()                                    # Refused(UNAVAILABLE)
     call = admitter.admit(tenant, prompt, params, request_id, priority)   # or Refused
+    calls = admitter.admit_all(tenant, prompts, params)      # one call's prompts, together
     try:
         delta = await admitter.next_delta(call)              # Refused(INTERNAL, ...)
     finally:
@@ -22,6 +23,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from common.log_text import loggable
 from contract.sampling import InvalidFieldError, SamplingParams
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
@@ -150,35 +152,56 @@ class Admitter:
         priority: int | None = None,
     ) -> AdmittedCall:
         """Queue one request for `tenant`, or raise Refused with the status to answer."""
-        self.check_open()
-        request_id = request_id or uuid.uuid4().hex
-        # Ids are scoped by tenant: no request id can name another tenant's request.
-        req_id = f"{tenant.name}/{request_id}"
-        admitted: list[tuple[Admission, Request]] = []
+        [call] = self.admit_all(tenant, [prompt], params, [request_id], priority)
+        return call
 
-        def admit(req: Request) -> None:  # validated, not yet queued: the quotas decide
-            n = req.params.n
-            holds = self.quotas.admit(tenant, len(req.prompt_token_ids), req.params.max_tokens, n)
-            admitted.append((holds, req))
+    def admit_all(
+        self,
+        tenant: Tenant,
+        prompts: list[str | list[int]],
+        params: SamplingParams,
+        request_ids: list[str | None] | None = None,
+        priority: int | None = None,
+    ) -> list[AdmittedCall]:
+        """Queue the prompts of one call together, or none of them: every prompt is
+        validated, then the tenant's quotas take the whole call (its prompts x n sequences)
+        at once, then all are queued. Raises Refused with the status to answer."""
+        self.check_open()
+        request_ids = [rid or uuid.uuid4().hex for rid in request_ids or [None] * len(prompts)]
+        # Ids are scoped by tenant: no request id can name another tenant's request.
+        req_ids = [f"{tenant.name}/{request_id}" for request_id in request_ids]
+        holds: list[Admission] = []
+        validated: list[Request] = []
+
+        def admit(reqs: list[Request]) -> None:  # validated, not yet queued: quotas decide
+            first = reqs[0].params
+            num_prompt = sum(len(req.prompt_token_ids) for req in reqs)
+            holds.append(
+                self.quotas.admit(tenant, num_prompt, first.max_tokens, first.n, len(reqs))
+            )
+            validated.extend(reqs)
 
         try:
-            stream = self.async_engine.add_request(
-                prompt,
+            streams = self.async_engine.add_requests(
+                prompts,
                 params,
-                req_id=req_id,
+                req_ids=req_ids,
                 tenant=tenant.name,
                 priority=tenant.priority if priority is None else priority,
                 admit=admit,
             )
         except (QuotaExceeded, DuplicateRequestError, CapacityError, EngineDeadError) as exc:
-            for holds, _ in admitted:  # admitted, then refused by the engine (queue full)
-                holds.cancel()
-            raise self._refusal(exc, tenant, request_id) from exc
+            for hold in holds:  # admitted, then refused by the engine (queue full)
+                hold.cancel()
+            raise self._refusal(exc, tenant, request_ids[0]) from exc
         except ValueError as exc:
             raise Refused.invalid(exc) from exc
-        self.gate.enter()
-        holds, req = admitted[0]
-        return AdmittedCall(stream, request_id, holds, req.prompt_token_ids)
+        [hold] = holds  # one for the whole call; releasing it is idempotent
+        calls = []
+        for stream, request_id, req in zip(streams, request_ids, validated, strict=True):
+            self.gate.enter()
+            calls.append(AdmittedCall(stream, request_id, hold, req.prompt_token_ids))
+        return calls
 
     def _refusal(self, exc: Exception, tenant: Tenant, request_id: str) -> Refused:
         if isinstance(exc, QuotaExceeded):
@@ -211,7 +234,7 @@ class Admitter:
             raise Refused("DEADLINE_EXCEEDED", "deadline exceeded; aborted") from None
         call.admission.charge(len(delta.token_ids))
         if delta.finish_reason == "error":
-            log.error("request %s failed: %s", stream.req_id, delta.error)
+            log.error("request %s failed: %s", loggable(stream.req_id), loggable(delta.error))
             # A worker that could not be reached: the caller may retry elsewhere.
             status = "UNAVAILABLE" if delta.unavailable else "INTERNAL"
             raise Refused(status, f"request {call.request_id} failed: {delta.error}")

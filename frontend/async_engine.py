@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.log_text import loggable
 from frontend.metrics import ServingMetrics
 from scheduler.config import EngineStats
 from scheduler.errors import DuplicateRequestError
@@ -126,41 +127,63 @@ class AsyncEngine:
         """Queue a request; call from the event loop that will read its stream. Raises what
         `engine.add_request` raises (ValueError, CapacityError, what `admit` raises),
         DuplicateRequestError, or EngineDeadError."""
-        stream = RequestStream(
-            req_id=req_id,
+        [stream] = self.add_requests(
+            [prompt],
+            params,
+            req_ids=[req_id],
             tenant=tenant,
-            loop=asyncio.get_running_loop(),
-            arrival_time=time.monotonic(),
+            priority=priority,
+            admit=None if admit is None else (lambda reqs: admit(reqs[0])),
         )
+        return stream
+
+    def add_requests(
+        self,
+        prompts: list[str | list[int]],
+        params: Any,
+        *,
+        req_ids: list[str],
+        tenant: str = "default",
+        priority: int = 0,
+        admit: Callable[[list[Any]], None] | None = None,
+    ) -> list[RequestStream]:
+        """Queue the requests of one call all or none (`engine.add_requests`): `admit` sees
+        them all, validated, before any is queued. Raises as `add_request` does."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        streams = [RequestStream(req_id, tenant, loop, now) for req_id in req_ids]
         with self._cond:
             if not self.alive:
                 raise EngineDeadError("the engine loop is not running")
             # The engine decides which ids are live; this only keeps a stream whose final
             # delta is still on its way from being replaced (the engine forgets an id when
             # the step that finished it returns, just before that delta is dispatched).
-            if req_id in self._streams:
-                raise DuplicateRequestError(
-                    f"req_id {req_id!r} is already in use by a live request"
-                )
-            # Registered before the engine sees it, so its first delta finds a reader.
-            self._streams[req_id] = stream
+            for req_id in req_ids:
+                if req_id in self._streams:
+                    raise DuplicateRequestError(
+                        f"req_id {req_id!r} is already in use by a live request"
+                    )
+            # Registered before the engine sees them, so their first deltas find a reader.
+            for stream in streams:
+                self._streams[stream.req_id] = stream
         try:
             # Validates and tokenizes here, on the caller's thread; the engine's lock is held
             # only to enqueue, never across a step.
-            self.engine.add_request(
-                prompt, params, req_id=req_id, tenant=tenant, priority=priority, admit=admit
+            self.engine.add_requests(
+                prompts, params, req_ids, tenant=tenant, priority=priority, admit=admit
             )
         except BaseException:
             with self._cond:
-                self._streams.pop(req_id, None)
+                for req_id in req_ids:
+                    self._streams.pop(req_id, None)
             raise
         with self._cond:
-            # A step that failed meanwhile already ended this stream: drop the request too.
-            ended_meanwhile = req_id not in self._streams
+            # A step that failed meanwhile already ended these streams: drop the requests too.
+            ended_meanwhile = [r for r in req_ids if r not in self._streams]
             self._cond.notify()
-        if ended_meanwhile:
+        for req_id in ended_meanwhile:
             self.engine.abort(req_id)
-        return stream
+        return streams
 
     def abort(self, req_id: str) -> bool:
         """Abort a request (client gone, deadline passed, the Abort call); its final delta
@@ -220,7 +243,7 @@ class AsyncEngine:
             try:
                 self.engine.abort(req_id)
             except Exception:
-                log.exception("abort of %s after a failed step", req_id)
+                log.exception("abort of %s after a failed step", loggable(req_id))
 
     def _finish_all(self, finish_reason: str, error: str | None) -> list[str]:
         with self._cond:
@@ -298,14 +321,14 @@ class AsyncEngine:
         request_log.info(
             "request %s tenant=%s finish=%s prompt_tokens=%d completion_tokens=%d "
             "cached_prompt_tokens=%d e2e=%.1fms%s",
-            stream.req_id,
-            stream.tenant,
+            loggable(stream.req_id),
+            loggable(stream.tenant),
             delta.finish_reason,
             num_prompt,
             usage.completion_tokens if usage is not None else 0,
             usage.cached_prompt_tokens if usage is not None else 0,
             e2e * 1000,
-            f" error={delta.error}" if delta.error else "",
+            f" error={loggable(delta.error)}" if delta.error else "",
         )
 
 

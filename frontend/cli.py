@@ -167,7 +167,7 @@ async def serve(engine, config: FrontendConfig) -> int:
     frontend = Frontend(engine, config)
     await frontend.start()
     if frontend.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", config.host, frontend.metrics_port)
+        log.info("metrics on %s", config.metrics_url(frontend.metrics_port))
     if frontend.http_port is not None:
         scheme = "https" if config.tls_cert else "http"
         log.info(

@@ -10,10 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.checks import integer, number
+from common.checks import integer, number, one_of
 from common.settings import check_settings, leaf_fields, setting
+from frontend.tenant_labels import LABEL_MODES
 from scheduler.config import EngineConfig
 from serving.server_config import ServerConfig
+
+# One call of many prompts queues them all at once, ahead of every other tenant's next
+# request under fcfs, and each costs server memory until it ends. Measured (README,
+# Reliability; `python -m loadtest.batch_cost`): another tenant's request waits for the whole
+# call, which grows with its prompts (4,096 held it 126 to 394 times its own latency), and
+# memory grows 25 to 50 KB per prompt. 256, one engine batch at the default max_num_seqs,
+# lets a client batch a full engine step's worth and no more.
+DEFAULT_MAX_PROMPTS_PER_REQUEST = 256
+# A client writes a request's head at once; it arrives within a round trip, or a few seconds
+# when TCP retransmits it (initial timeout 1 s, doubling). A held connection costs 3-4 KB but
+# is held as long as the client likes without a deadline (`python -m loadtest.http_timeouts
+# slow-headers`: 200 connections trickling a byte a second all open at 40 s, all closed at
+# 10.0 s with this).
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+# OpenAI's SDKs (httpx) let a pooled connection go after 5 s idle; a server closing at 5 s
+# makes a reuse at that edge fail (`idle-reuse`: 12 of 20 at 5.0 s). Twice that, the client
+# always lets go first.
+DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -23,6 +42,31 @@ class FrontendConfig(ServerConfig):
         "OpenAI-compatible HTTP API port on --host (/v1/completions, /v1/chat/completions, "
         "/v1/models, /health, /metrics; default: off; 0: any free port)",
         integer(0, optional=True),
+    )
+    http_header_timeout: float = setting(
+        DEFAULT_HTTP_HEADER_TIMEOUT,
+        "seconds an HTTP connection has to send a request's headers, from its opening or "
+        "from the first byte of its next request; a slower one is closed",
+        number(0, low_open=True),
+    )
+    http_keep_alive_timeout: float = setting(
+        DEFAULT_HTTP_KEEP_ALIVE_TIMEOUT,
+        "seconds an HTTP connection may stay idle between requests before it is closed",
+        number(0, low_open=True),
+    )
+    max_prompts_per_request: int = setting(
+        DEFAULT_MAX_PROMPTS_PER_REQUEST,
+        "most engine sequences one /v1/completions call with several prompts may create "
+        "(prompts x n); larger calls are refused (400) before any work",
+        integer(1),
+    )
+    metrics_tenant_labels: str = setting(
+        "file",
+        "the tenant label of the per-tenant metric series: file (a tenants file's tenants by "
+        "name, others `other`; without keys the first 8 tenants callers name, then `other`) "
+        "or none (one series for all tenants, `all`: no tenant name published)",
+        one_of(LABEL_MODES),
+        choices=LABEL_MODES,
     )
     max_step_failures: int = setting(
         3,

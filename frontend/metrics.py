@@ -1,7 +1,9 @@
 """Prometheus metrics of a serving engine, named as users of vLLM already scrape them.
 
 Engine-wide series carry a `model` label; per-request series, the running and waiting gauges,
-the fair-share charge and quota refusals carry `model` and `tenant`.
+the fair-share charge and quota refusals carry `model` and `tenant`, the tenant's label as
+frontend/tenant_labels.py says (bounded whatever callers send; a tenant that leaves the
+tenants file takes its series with it).
 Each server has its own registry, so several servers can live in one process (tests); each
 registry also carries the process collector (`process_resident_memory_bytes` and the other
 `process_*` series on Linux), which a soak reads to see whether memory grows.
@@ -9,6 +11,9 @@ registry also carries the process collector (`process_resident_memory_bytes` and
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections import defaultdict
 from typing import Any
 
 from prometheus_client import (
@@ -19,7 +24,10 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from frontend.tenant_labels import TenantLabels
 from serving.metrics_http import MetricsEndpoint
+from serving.server_config import ServerConfig
+from serving.tenants import DEFAULT_TENANT
 
 # Bucket bounds in seconds: a tiny CPU model answers in milliseconds, a large GPU model's
 # queue can hold a request for minutes.
@@ -38,9 +46,18 @@ class ServingMetrics:
     them; prometheus_client's metric objects are thread-safe, and `update_engine_stats` is
     only called from that thread."""
 
-    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        registry: CollectorRegistry | None = None,
+        tenant_labels: TenantLabels | None = None,
+    ) -> None:
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.tenant_labels = tenant_labels or TenantLabels()
+        # Every series made for a tenant label, so that a label can be dropped whole.
+        self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = defaultdict(set)
+        self._series_lock = threading.RLock()
         per_model = ["model"]
         per_tenant = ["model", "tenant"]
 
@@ -129,16 +146,34 @@ class ServingMetrics:
         self._last_service: dict[str, float] = {}
         self._endpoint = MetricsEndpoint(self.registry, "metrics-http-close")
 
+    def _of(self, metric: Any, tenant: str, *more: str) -> Any:
+        """The child of a per-tenant metric for `tenant`'s label (and `more` labels)."""
+        with self._series_lock:  # a reload cannot drop the label between the two lines
+            return self._child(metric, self.tenant_labels.label(tenant), *more)
+
+    def _child(self, metric: Any, label: str, *more: str) -> Any:
+        values = (self.model_name, label, *more)
+        with self._series_lock:
+            self._series[label].add((metric, values))
+            return metric.labels(*values)
+
     def update_engine_stats(self, stats: Any) -> None:
         """Called after every engine step with `engine.stats()`."""
         model = self.model_name
-        for tenant, tenant_stats in stats.tenants.items():
-            self.num_requests_running.labels(model, tenant).set(tenant_stats.num_running)
-            self.num_requests_waiting.labels(model, tenant).set(tenant_stats.num_waiting)
-            increase = tenant_stats.service - self._last_service.get(tenant, 0.0)
-            if increase > 0:
-                self.tenant_service_tokens.labels(model, tenant).inc(increase)
-                self._last_service[tenant] = tenant_stats.service
+        running: dict[str, int] = defaultdict(int)  # by label: several tenants may share one
+        waiting: dict[str, int] = defaultdict(int)
+        with self._series_lock:
+            for tenant, tenant_stats in stats.tenants.items():
+                label = self.tenant_labels.label(tenant)
+                running[label] += tenant_stats.num_running
+                waiting[label] += tenant_stats.num_waiting
+                increase = tenant_stats.service - self._last_service.get(tenant, 0.0)
+                if increase > 0:
+                    self._child(self.tenant_service_tokens, label).inc(increase)
+                    self._last_service[tenant] = tenant_stats.service
+            for label in running:
+                self._child(self.num_requests_running, label).set(running[label])
+                self._child(self.num_requests_waiting, label).set(waiting[label])
         used = stats.num_blocks - stats.num_free_blocks
         self.kv_cache_usage_perc.labels(model).set(
             used / stats.num_blocks if stats.num_blocks else 0
@@ -155,43 +190,55 @@ class ServingMetrics:
                 metric.labels(model).inc(value - self._last_counts[key])
             self._last_counts[key] = value
 
-    def add_tenants(self, tenants: list[str]) -> None:
-        """Show 0 for tenants known before they send anything (those of a tenants file)."""
-        for tenant in tenants:
+    def set_tenants(self, names: list[str] | None) -> None:
+        """The tenants of the (re)loaded tenants file, None without one. Their series show
+        0 before they send anything; the series of tenants no longer in it go."""
+        for label in self.tenant_labels.set_listed(names):
+            self._forget(label)
+        shown = self.tenant_labels.known()
+        if names is None:  # callers name their tenant; those who name none are `default`
+            shown.append(self.tenant_labels.label(DEFAULT_TENANT))
+        for label in shown:
             for metric in (
                 self.num_requests_running,
                 self.num_requests_waiting,
                 self.tenant_service_tokens,
             ):
-                metric.labels(self.model_name, tenant)
+                self._child(metric, label)
+
+    def _forget(self, label: str) -> None:
+        with self._series_lock:
+            for metric, values in self._series.pop(label, ()):
+                with contextlib.suppress(KeyError):  # never made after all
+                    metric.remove(*values)
 
     def observe_quota_rejection(self, tenant: str, limit: str) -> None:
-        self.quota_rejections.labels(self.model_name, tenant, limit).inc()
+        self._of(self.quota_rejections, tenant, limit).inc()
 
     def observe_first_token(self, tenant: str, ttft: float, queue_time: float) -> None:
-        self.time_to_first_token.labels(self.model_name, tenant).observe(ttft)
-        self.request_queue_time.labels(self.model_name, tenant).observe(queue_time)
+        self._of(self.time_to_first_token, tenant).observe(ttft)
+        self._of(self.request_queue_time, tenant).observe(queue_time)
 
     def observe_tokens(self, tenant: str, num_tokens: int, gap: float | None) -> None:
         """`num_tokens` new tokens arrived `gap` seconds after the previous ones (None for
         the first tokens of a request, which have no predecessor)."""
-        self.generation_tokens.labels(self.model_name, tenant).inc(num_tokens)
+        self._of(self.generation_tokens, tenant).inc(num_tokens)
         if gap is not None:
             per_token = gap / num_tokens
-            histogram = self.inter_token_latency.labels(self.model_name, tenant)
+            histogram = self._of(self.inter_token_latency, tenant)
             for _ in range(num_tokens):
                 histogram.observe(per_token)
 
     def observe_finished(
         self, tenant: str, finish_reason: str, num_prompt_tokens: int, e2e: float
     ) -> None:
-        self.prompt_tokens.labels(self.model_name, tenant).inc(num_prompt_tokens)
-        self.request_finished.labels(self.model_name, tenant, finish_reason).inc()
-        self.e2e_request_latency.labels(self.model_name, tenant).observe(e2e)
+        self._of(self.prompt_tokens, tenant).inc(num_prompt_tokens)
+        self._of(self.request_finished, tenant, finish_reason).inc()
+        self._of(self.e2e_request_latency, tenant).observe(e2e)
 
-    def serve_http(self, host: str, port: int) -> int:
-        """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
-        return self._endpoint.serve(host, port)
+    def serve_http(self, config: ServerConfig) -> int:
+        """Expose /metrics where the server's settings say; returns the bound port."""
+        return self._endpoint.serve(config)
 
     def close(self) -> None:
         self._endpoint.close()

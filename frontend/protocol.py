@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from loompb import serving_pb2
 from scheduler.outputs import RequestDelta
+from serving.request_ids import check_request_id
 
 FINISH_REASONS = {
     None: serving_pb2.FINISH_REASON_UNSPECIFIED,
@@ -18,22 +19,18 @@ FINISH_REASONS = {
     "abort": serving_pb2.FINISH_REASON_ABORT,
     "error": serving_pb2.FINISH_REASON_ERROR,
 }
-MAX_REQUEST_ID_LENGTH = 128
 
 
 def check_input_fields(request: serving_pb2.GenerateRequest) -> None:
-    """Exactly one of prompt and prompt_token_ids; a request_id of sane length."""
+    """Exactly one of prompt and prompt_token_ids; a request_id of visible ASCII
+    (serving/request_ids.py), or none."""
     has_text = bool(request.prompt)
     has_ids = len(request.prompt_token_ids) > 0
     if has_text and has_ids:
         raise ValueError("set exactly one of prompt and prompt_token_ids, got both")
     if not has_text and not has_ids:
         raise ValueError("prompt must not be empty: set prompt or prompt_token_ids")
-    if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
-        raise ValueError(
-            f"request_id must be at most {MAX_REQUEST_ID_LENGTH} characters, "
-            f"got {len(request.request_id)}"
-        )
+    check_request_id(request.request_id)
 
 
 def _top(entries: list[tuple[int, float]] | None) -> serving_pb2.TopLogprobs:

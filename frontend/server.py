@@ -21,7 +21,6 @@ import asyncio
 import logging
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health, health_pb2
 
 from frontend.admission import AdmissionGate, Admitter
@@ -29,11 +28,16 @@ from frontend.async_engine import AsyncEngine
 from frontend.config import FrontendConfig
 from frontend.metrics import ServingMetrics
 from frontend.servicer import GenerationServicer
+from frontend.tenant_labels import TenantLabels
 from serving.auth import Authenticator
-from serving.public_api import SERVICE_NAME, add_public_port, add_public_services
+from serving.public_api import (
+    SERVICE_NAME,
+    add_public_port,
+    add_public_services,
+    public_server,
+)
 from serving.quotas import Quotas
 from serving.tenants import (
-    DEFAULT_TENANT,
     TenantDirectory,
     directory_from_api_keys,
     load_tenants,
@@ -78,7 +82,8 @@ class Frontend:
     def __init__(self, engine: Any, config: FrontendConfig | None = None) -> None:
         self.engine = engine
         self.config = config or FrontendConfig()
-        self.metrics = ServingMetrics(engine.info.model_name)
+        labels = TenantLabels(self.config.metrics_tenant_labels)
+        self.metrics = ServingMetrics(engine.info.model_name, tenant_labels=labels)
         self.async_engine = AsyncEngine(engine, self.metrics, self.config.max_step_failures)
         self.metrics.update_engine_stats(self.async_engine.last_stats)  # block counts from start
         self.gate = AdmissionGate()
@@ -96,13 +101,7 @@ class Frontend:
 
     async def start(self) -> None:
         cfg = self.config
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_request_bytes),
-                # Without this, a second server could bind an explicit port already in use.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = public_server(cfg)
         servicer = GenerationServicer(
             self.async_engine,
             self.authenticator,
@@ -115,7 +114,7 @@ class Frontend:
         add_public_services(server, servicer, self.health)
         self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)  # OSError
+            self.metrics_port = self.metrics.serve_http(cfg)  # OSError
         if cfg.http_port is not None:
             self._http = self._http_server()  # OSError when the port is taken
             self.http_port = self._http.port
@@ -138,9 +137,22 @@ class Frontend:
 
         cfg = self.config
         admitter = Admitter(self.async_engine, self.gate, self.quotas, self.metrics)
-        routes = OpenAIRoutes(admitter, self.authenticator, self.metrics, cfg.max_request_bytes)
+        routes = OpenAIRoutes(
+            admitter,
+            self.authenticator,
+            self.metrics,
+            cfg.max_request_bytes,
+            cfg.max_prompts_per_request,
+        )
         return HttpServer(
-            routes, cfg.host, cfg.http_port, cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca
+            routes,
+            cfg.host,
+            cfg.http_port,
+            cfg.tls_cert,
+            cfg.tls_key,
+            cfg.tls_client_ca,
+            cfg.http_header_timeout,
+            cfg.http_keep_alive_timeout,
         )
 
     def _load_directory(self) -> TenantDirectory | None:
@@ -153,10 +165,10 @@ class Frontend:
 
     def _use_directory(self, directory: TenantDirectory | None) -> None:
         if directory is None:
-            self.metrics.add_tenants([DEFAULT_TENANT])
+            self.metrics.set_tenants(None)
             return
         self.engine.set_tenant_weights(directory.weights())
-        self.metrics.add_tenants([tenant.name for tenant in directory])
+        self.metrics.set_tenants([tenant.name for tenant in directory])
 
     def reload_tenants(self) -> bool:
         """SIGHUP: read the tenants file again. A good file serves the next call (admitted

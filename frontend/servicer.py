@@ -18,7 +18,6 @@ from frontend.admission import AdmissionGate, AdmittedCall, Admitter, Refused
 from frontend.async_engine import AsyncEngine
 from frontend.metrics import ServingMetrics
 from frontend.protocol import (
-    MAX_REQUEST_ID_LENGTH,
     UnaryResponse,
     add_delta,
     check_input_fields,
@@ -28,6 +27,7 @@ from modelfiles.tokenizer import NoChatTemplateError
 from scheduler.outputs import RequestDelta
 from serving.auth import Authenticator, AuthError
 from serving.quotas import RETRY_AFTER_KEY, Quotas
+from serving.request_ids import check_abort_ids
 from serving.tenants import Tenant
 
 __all__ = ["AdmissionGate", "GenerationServicer"]
@@ -113,13 +113,10 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
 
     async def Abort(self, request: serving_pb2.AbortRequest, context: Any) -> Any:
         tenant = await self._tenant(context)
-        for request_id in request.request_ids:
-            if not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request_ids must be 1 to {MAX_REQUEST_ID_LENGTH} characters, "
-                    f"got {len(request_id)}",
-                )
+        try:
+            check_abort_ids(list(request.request_ids))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         aborted = [
             request_id
             for request_id in dict.fromkeys(request.request_ids)  # once each, in order

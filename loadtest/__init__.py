@@ -12,4 +12,8 @@ reports throughput and latency in the conventions of `vllm bench serve`.
 - metrics.py, report.py, progress.py, plot.py  latency metrics, the report, progress, plots
 - server_metrics.py  the server's /metrics scraped around a run
 - soak_plan.py, soak.py, soak_cli.py  the soak: rounds of mixed calls, leaks checked after each
+- batch_cost.py      `python -m loadtest.batch_cost`: what one call of many prompts costs the
+                     server and another tenant (how --max-prompts-per-request was chosen)
+- http_timeouts.py   `python -m loadtest.http_timeouts`: slow-header and idle connections against
+                     the HTTP API (how its header and keep-alive timeouts were chosen)
 """

@@ -36,7 +36,7 @@ async def serve(config: RouterConfig) -> int:
     router = Router(config)
     await router.start()
     if router.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", config.host, router.metrics_port)
+        log.info("metrics on %s", config.metrics_url(router.metrics_port))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from loompb import serving_pb2
 from serving.metrics_http import MetricsEndpoint
+from serving.server_config import ServerConfig
 
 # Seconds: routing takes well under a millisecond unless a text prompt must be tokenized.
 ADDED_LATENCY_BUCKETS = (
@@ -106,9 +107,9 @@ class RouterMetrics:
         )
         return value or 0.0
 
-    def serve_http(self, host: str, port: int) -> int:
-        """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
-        return self._endpoint.serve(host, port)
+    def serve_http(self, config: ServerConfig) -> int:
+        """Expose /metrics where the server's settings say; returns the bound port."""
+        return self._endpoint.serve(config)
 
     def close(self) -> None:
         self._endpoint.close()

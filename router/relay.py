@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from common.log_text import loggable
 from loompb import serving_pb2
 from router.backend import Backend, ForwardedCall
 from router.backend_pool import BackendPool
@@ -173,9 +174,9 @@ class Relay:
         assert gen.backend is not None
         request_log.info(
             "request %s/%s tenant=%s backend=%s decision=%s status=%s e2e=%.1fms",
-            gen.caller.scope,
-            gen.request.request_id,
-            gen.caller.tenant.name,
+            loggable(gen.caller.scope),
+            loggable(gen.request.request_id),
+            loggable(gen.caller.tenant.name),
             gen.backend.address,
             decision,
             status,

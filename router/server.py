@@ -19,7 +19,6 @@ import logging
 from dataclasses import fields
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health, health_pb2
 
 from router.backend_pool import BackendPool
@@ -29,7 +28,12 @@ from router.policy import Chooser
 from router.relay import Relay
 from router.servicer import RouterServicer
 from serving.auth import Authenticator
-from serving.public_api import SERVICE_NAME, add_public_port, add_public_services
+from serving.public_api import (
+    SERVICE_NAME,
+    add_public_port,
+    add_public_services,
+    public_server,
+)
 from serving.server_thread import ServerThread
 from serving.tenants import (
     TenantDirectory,
@@ -80,16 +84,11 @@ class Router:
 
     async def start(self) -> None:
         cfg = self.config
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_request_bytes),
-                ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
-            ]
-        )
+        server = public_server(cfg)
         add_public_services(server, self.servicer, self.health)
         self.port = add_public_port(server, cfg)  # RuntimeError when the port is taken
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(cfg.host, cfg.metrics_port)
+            self.metrics_port = self.metrics.serve_http(cfg)
         self._serving = False
         await self._publish_health()
         # Each backend is asked once before the first call can come, so that a server that

@@ -28,6 +28,7 @@ from router.policy import PromptBlocks
 from router.relay import Caller, Generation, Relay
 from serving.auth import TENANT_HEADER, Authenticator, AuthError
 from serving.quotas import RETRY_AFTER_KEY, UNLIMITED, Admission, QuotaExceeded, Quotas
+from serving.request_ids import check_abort_ids, check_request_id
 
 DEFAULT_MAX_TOKENS = 16  # SamplingParams.max_tokens when unset, as the API documents it
 
@@ -72,6 +73,10 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
         caller = await self._caller(context)
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the router is shutting down")
+        try:
+            check_request_id(request.request_id)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         forwarded = serving_pb2.GenerateRequest()
         forwarded.CopyFrom(request)
         # The router names every request, so that Abort can find the backend holding it.
@@ -125,8 +130,12 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
             return UNLIMITED
         sampling = request.sampling
         max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else DEFAULT_MAX_TOKENS
+        n = sampling.n if sampling.HasField("n") else 1
+        max_n = max((b.info.max_n for b in self.pool.serving() if b.info is not None), default=1)
+        if not 1 <= n <= max_n:
+            return UNLIMITED  # the backend refuses it, INVALID_ARGUMENT naming n
         try:
-            return self.quotas.admit(caller.tenant, len(prompt_ids), max_tokens)
+            return self.quotas.admit(caller.tenant, len(prompt_ids), max_tokens, n)
         except QuotaExceeded as exc:
             trailers = ()
             if exc.retry_after_ms is not None:
@@ -174,14 +183,18 @@ class RouterServicer(serving_pb2_grpc.GenerationServicer):
 
     async def Abort(self, request: serving_pb2.AbortRequest, context: Any) -> Any:
         caller = await self._caller(context)
+        try:
+            check_abort_ids(list(request.request_ids))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         request_ids = list(dict.fromkeys(request.request_ids))  # once each, in order
         by_backend: dict[Backend | None, list[str]] = {}
         for request_id in request_ids:
             gen = self.live.get((caller.scope, request_id))
             backend = gen.backend if gen is not None else None
             by_backend.setdefault(backend, []).append(request_id)
-        # Ids the router is not relaying go to one backend, which checks them (an empty or
-        # overlong id is INVALID_ARGUMENT) and aborts any the caller sent it directly.
+        # Ids the router is not relaying go to one backend, which aborts any the caller sent
+        # it directly.
         unknown = by_backend.pop(None, [])
         serving = self.pool.serving()
         if unknown and serving:

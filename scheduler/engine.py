@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.log_text import loggable
 from contract.sampling import SamplingParams
 from contract.step import Worker, WorkerInfo
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
@@ -119,20 +120,51 @@ class Engine:
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
         the validated request before it is queued and may raise to refuse it (quotas).
         Returns its req_id."""
-        req = self._requests.make(prompt, params, req_id, tenant, priority)
+        [req_id] = self.add_requests(
+            [prompt],
+            params,
+            [req_id],
+            tenant,
+            priority,
+            None if admit is None else (lambda reqs: admit(reqs[0])),
+        )
+        return req_id
+
+    def add_requests(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | None,
+        req_ids: Sequence[str | None],
+        tenant: str = "default",
+        priority: int = 0,
+        admit: Callable[[list[Request]], None] | None = None,
+    ) -> list[str]:
+        """Queue several requests (the prompts of one call) all or none: every prompt is
+        validated before `admit` sees them together, and nothing is queued when any is
+        refused. Raises as `add_request` does; returns their req_ids in order."""
+        reqs = [
+            self._requests.make(prompt, params, req_id, tenant, priority)
+            for prompt, req_id in zip(prompts, req_ids, strict=True)
+        ]
         if admit is not None:
-            admit(req)
-        self._enqueue(req)
-        return req.req_id
+            admit(reqs)
+        self._enqueue_all(reqs)
+        return [req.req_id for req in reqs]
 
     def _enqueue(self, req: Request) -> None:
-        n = req.params.n
-        ids = {req.req_id, *child_req_ids(req.req_id, n)}
+        self._enqueue_all([req])
+
+    def _enqueue_all(self, reqs: list[Request]) -> None:
+        n = sum(req.params.n for req in reqs)
         with self._lock:
-            if not ids.isdisjoint(self._live_req_ids):
-                raise DuplicateRequestError(
-                    f"req_id {req.req_id!r} is already in use by a live request"
-                )
+            claimed: set[str] = set()  # by these requests (and their sequences)
+            for req in reqs:
+                ids = {req.req_id, *child_req_ids(req.req_id, req.params.n)}
+                if not (ids.isdisjoint(self._live_req_ids) and ids.isdisjoint(claimed)):
+                    raise DuplicateRequestError(
+                        f"req_id {req.req_id!r} is already in use by a live request"
+                    )
+                claimed |= ids
             cap = self.config.scheduler.max_queued_requests
             if cap is not None and self._num_waiting + self._num_pending_sequences + n > cap:
                 raise CapacityError(
@@ -140,10 +172,11 @@ class Engine:
                     if n == 1
                     else f"the waiting queue cannot take {n} more sequences ({cap} requests)"
                 )
-            self._live_req_ids |= ids
-            if n > 1:
-                self._n_of[req.req_id] = n
-            self._pending.append(req)
+            self._live_req_ids |= claimed
+            for req in reqs:
+                if req.params.n > 1:
+                    self._n_of[req.req_id] = req.params.n
+                self._pending.append(req)
             self._num_pending_sequences += n
 
     def abort(self, req_id: str) -> bool:
@@ -244,7 +277,7 @@ class Engine:
                 self.scheduler.add_request(req)
                 self._states[req.req_id] = RequestOutputState(req, self.tokenizer)
             except Exception as exc:  # validated already: a bug, which fails this request only
-                logger.exception("request %s could not join the scheduler", req.req_id)
+                logger.exception("request %s could not join the scheduler", loggable(req.req_id))
                 self.scheduler.finish_requests(
                     [req], RequestStatus.FINISHED_ERROR, f"admission failed: {exc!r}"
                 )

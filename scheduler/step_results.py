@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from common.log_text import loggable
 from contract.step import PromptLogprobs, StepOutput
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.request import Request, RequestStatus
@@ -92,7 +93,7 @@ def scan_for_stop_string(
     try:
         found = scan_text(req, status is not None)
     except Exception as exc:
-        logger.exception("request %s failed while post-processing", req.req_id)
+        logger.exception("request %s failed while post-processing", loggable(req.req_id))
         return RequestStatus.FINISHED_ERROR, f"post-processing failed: {exc!r}"
     if found:
         return check_stop(req, max_model_len, stop_string_found=True), None

@@ -1,4 +1,5 @@
-"""A Prometheus registry's /metrics over plain HTTP, for the engine's server and the router's."""
+"""A Prometheus registry's /metrics over HTTP (or HTTPS, and mutual TLS), for the engine's
+server and the router's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from serving.server_config import ServerConfig
+
 
 class MetricsEndpoint:
     def __init__(self, registry: CollectorRegistry, thread_name: str) -> None:
@@ -14,9 +17,22 @@ class MetricsEndpoint:
         self.thread_name = thread_name  # of the thread that shuts the endpoint down
         self._server: Any = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, config: ServerConfig) -> int:
+        """Expose /metrics where the server's settings say (metrics_host or host,
+        metrics_port; 0 picks a free port), over TLS with metrics_tls; returns the port."""
+        assert config.metrics_port is not None
+        tls: dict[str, Any] = {}
+        if config.metrics_tls:
+            tls = {
+                "certfile": config.tls_cert,
+                "keyfile": config.tls_key,
+                "client_cafile": config.tls_client_ca,
+                "client_auth_required": config.tls_client_ca is not None,
+            }
+        host = config.metrics_host or config.host
+        server, _thread = start_http_server(
+            config.metrics_port, addr=host, registry=self.registry, **tls
+        )
         self._server = server
         return server.server_port
 

@@ -1,20 +1,23 @@
 """Per-tenant quotas, answered before any work is queued; frontend-agnostic (no grpc).
 
+One admission covers a whole call: every sequence it creates (its prompts, times n each).
 Three limits from the tenant's settings (serving/tenants.py), checked in this order:
 
-- `max_tokens_per_request`: prompt + max_tokens. Waiting never helps: no retry hint.
-- `max_concurrent_requests`: the tenant's requests admitted and not yet finished (running +
-  waiting in the engine). A slot frees when one of them ends, which nothing here can date, so
-  there is no retry hint either.
+- `max_tokens_per_request`: the call's prompt tokens + max_tokens for each of its sequences.
+  Waiting never helps: no retry hint.
+- `max_concurrent_requests`: the tenant's sequences admitted and not yet finished (running +
+  waiting in the engine); a call holds one per sequence until it ends. A slot frees when a
+  call ends, which nothing here can date, so there is no retry hint either.
 - `max_tokens_per_minute`: a token bucket holding at most a minute's worth, refilled
-  continuously. Admission takes the prompt's tokens and needs that many in the bucket; each
-  generated token is taken as it is produced and may run the bucket into debt, which later
-  admissions wait out. The hint is the time until the bucket holds the prompt again.
+  continuously. Admission takes the call's prompt tokens (each prompt once: its n sequences
+  share it) and needs that many in the bucket; each generated token of every sequence is
+  taken as it is produced and may run the bucket into debt, which later admissions wait
+  out. The hint is the time until the bucket holds the prompts again.
 
     quotas = Quotas()
-    admission = quotas.admit(tenant, num_prompt_tokens, max_tokens)   # or QuotaExceeded
+    admission = quotas.admit(tenant, num_prompt_tokens, max_tokens, n, num_prompts)
     admission.charge(num_new_tokens)                                   # as tokens stream
-    admission.release()                                                # when it finishes
+    admission.release()                                                # when the call ends
 """
 
 from __future__ import annotations
@@ -54,12 +57,19 @@ class _TenantState:
 
 
 class Admission:
-    """One admitted request's hold on its tenant's quotas."""
+    """One admitted call's hold on its tenant's quotas."""
 
-    def __init__(self, quotas: Quotas | None, state: _TenantState | None, num_prompt: int):
+    def __init__(
+        self,
+        quotas: Quotas | None,
+        state: _TenantState | None,
+        num_prompt: int,
+        num_sequences: int = 1,
+    ) -> None:
         self._quotas = quotas
         self._state = state
         self._num_prompt = num_prompt
+        self._num_sequences = num_sequences  # the concurrency slots it holds
         self._released = False
 
     def charge(self, num_tokens: int) -> None:
@@ -68,13 +78,13 @@ class Admission:
             self._quotas._take(self._state, num_tokens)
 
     def release(self) -> None:
-        """The request finished (any way): its concurrency slot is free. Idempotent."""
+        """The call ended (any way): its concurrency slots are free. Idempotent."""
         if self._quotas is not None and self._state is not None and not self._released:
             self._released = True
-            self._quotas._leave(self._state)
+            self._quotas._leave(self._state, self._num_sequences)
 
     def cancel(self) -> None:
-        """The request was refused after admission (queue full, ...): give everything back,
+        """The call was refused after admission (queue full, ...): give everything back,
         the prompt's tokens too, as if it had never been admitted."""
         if self._quotas is not None and self._state is not None and not self._released:
             self._quotas._take(self._state, -self._num_prompt)
@@ -94,38 +104,46 @@ class Quotas:
         self._states: dict[str, _TenantState] = {}
 
     def admit(
-        self, tenant: Tenant, num_prompt_tokens: int, max_tokens: int, n: int = 1
+        self,
+        tenant: Tenant,
+        num_prompt_tokens: int,
+        max_tokens: int,
+        n: int = 1,
+        num_prompts: int = 1,
     ) -> Admission:
-        """Admit one request (of `n` sequences, each up to `max_tokens`) or raise
-        QuotaExceeded naming the limit; a refusal changes nothing."""
+        """Admit one call: `num_prompts` prompts of `num_prompt_tokens` tokens in all, each
+        with `n` sequences of up to `max_tokens`. Raises QuotaExceeded naming the limit; a
+        refusal changes nothing."""
         if not tenant.has_quotas:
             return UNLIMITED
+        sequences = num_prompts * n
         cap = tenant.max_tokens_per_request
-        if cap is not None and num_prompt_tokens + n * max_tokens > cap:
-            times_n = f" x n ({n})" if n > 1 else ""
+        if cap is not None and num_prompt_tokens + sequences * max_tokens > cap:
             raise QuotaExceeded(
                 tenant.name,
                 "max_tokens_per_request",
-                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}){times_n} is "
-                f"over tenant {tenant.name!r}'s max_tokens_per_request ({cap})",
+                f"{_prompts(num_prompts, num_prompt_tokens)} + max_tokens ({max_tokens})"
+                f"{_times(sequences)} is over tenant {tenant.name!r}'s max_tokens_per_request "
+                f"({cap})",
                 None,
             )
         with self._lock:
             state = self._state_of(tenant)
             limit = tenant.max_concurrent_requests
-            if limit is not None and state.num_in_flight >= limit:
+            if limit is not None and state.num_in_flight + sequences > limit:
+                adds = f"; this call adds {sequences}" if sequences > 1 else ""
                 raise QuotaExceeded(
                     tenant.name,
                     "max_concurrent_requests",
-                    f"tenant {tenant.name!r} has {state.num_in_flight} requests in flight, its "
-                    f"max_concurrent_requests ({limit})",
+                    f"tenant {tenant.name!r} has {state.num_in_flight} sequences in flight"
+                    f"{adds}: over its max_concurrent_requests ({limit})",
                     None,
                 )
             if state.rate is not None:
                 self._check_bucket(tenant, state, num_prompt_tokens)
                 state.tokens -= num_prompt_tokens
-            state.num_in_flight += 1
-        return Admission(self, state, num_prompt_tokens)
+            state.num_in_flight += sequences
+        return Admission(self, state, num_prompt_tokens, sequences)
 
     def _state_of(self, tenant: Tenant) -> _TenantState:
         """The tenant's state, refilled to now under its current limits."""
@@ -180,11 +198,21 @@ class Quotas:
             if state.rate is not None:
                 state.tokens = min(state.rate * 60.0, state.tokens - num_tokens)
 
-    def _leave(self, state: _TenantState) -> None:
+    def _leave(self, state: _TenantState, num_sequences: int) -> None:
         with self._lock:
-            state.num_in_flight -= 1
+            state.num_in_flight -= num_sequences
 
     def num_in_flight(self, tenant: str) -> int:
         with self._lock:
             state = self._states.get(tenant)
             return 0 if state is None else state.num_in_flight
+
+
+def _prompts(num_prompts: int, num_tokens: int) -> str:
+    if num_prompts == 1:
+        return f"prompt ({num_tokens} tokens)"
+    return f"{num_prompts} prompts ({num_tokens} tokens)"
+
+
+def _times(sequences: int) -> str:
+    return f" x {sequences} sequences" if sequences > 1 else ""

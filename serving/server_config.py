@@ -1,6 +1,7 @@
 """What every Loom gRPC server takes, the engine's (`frontend serve`) and the router's
 (`router serve`): where it listens, who may call (API keys or a tenants file), TLS, the
-largest message, metrics, how long a drain waits, and how much it logs.
+largest message, metrics (where, and over TLS or not), how long a drain waits, and how much
+it logs.
 
 `FrontendConfig` (frontend/config.py) and `RouterConfig` (router/config.py) extend
 `ServerConfig`, so each of these settings is declared once for both. No engine code here.
@@ -12,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.checks import integer, number, one_of
+from common.checks import boolean, integer, number, one_of
 from common.settings import LOG_LEVELS, check_settings, parse_bytes, setting
 from serving.auth import load_api_keys
 from serving.tenants import load_tenants
@@ -80,6 +81,18 @@ class ServerConfig:
     metrics_port: int | None = setting(
         None, "Prometheus /metrics port (default: off)", integer(0, optional=True)
     )
+    metrics_host: str | None = setting(
+        None,
+        "address /metrics listens on (default: --host); 127.0.0.1 keeps it off the network "
+        "while the API listens on every interface",
+        metavar="HOST",
+    )
+    metrics_tls: bool = setting(
+        False,
+        "serve /metrics over TLS with --tls-cert and --tls-key; with --tls-client-ca, only "
+        "scrapers holding a certificate it signed may read it",
+        boolean,
+    )
     shutdown_timeout: float = setting(
         30.0, "seconds in-flight requests get to finish on SIGTERM", number(0)
     )
@@ -93,5 +106,12 @@ class ServerConfig:
             raise ValueError("give at most one of api_keys and tenants")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.metrics_tls and self.tls_cert is None:
+            raise ValueError("metrics_tls needs tls_cert and tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+
+    def metrics_url(self, port: int) -> str:
+        """Where /metrics is served, for the start-up log line."""
+        scheme = "https" if self.metrics_tls else "http"
+        return f"{scheme}://{self.metrics_host or self.host}:{port}/metrics"

@@ -7,9 +7,9 @@ engine authenticates the same way.
     api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
     weight = 2.0                     # share of the engine under contention (default 1)
     priority = 0                     # default request priority (default 0)
-    max_concurrent_requests = 64     # running + waiting
+    max_concurrent_requests = 64     # sequences running + waiting
     max_tokens_per_minute = 200000   # prompt + generated tokens, token bucket
-    max_tokens_per_request = 4096    # prompt + max_tokens
+    max_tokens_per_request = 4096    # a call's prompts + max_tokens per sequence
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ ALLOWED_IMPORTS = {
     "common": set(),
     "modelfiles": set(),
     "contract": {"common", "loompb"},
-    "worker": {"common", "contract", "modelfiles", "loompb"},
+    # serving: the worker's gRPC server refuses hostile bytes as the others do (rpc_guard).
+    "worker": {"common", "contract", "modelfiles", "serving", "loompb"},
     # worker: its settings and create_worker, for the engine whose worker runs in-process.
     "scheduler": {"common", "contract", "modelfiles", "worker"},
     "serving": {"common", "loompb"},
@@ -113,6 +114,17 @@ def test_tests_import_nothing_from_bench() -> None:
         if any(module.split(".")[0] == "bench" for module in imports_of(path))
     ]
     assert offenders == []
+
+
+def test_the_worker_takes_only_the_rpc_guard_of_serving() -> None:
+    serving_imports = {
+        module
+        for path in package_files("worker")
+        for module in imports_of(path)
+        if module.split(".")[0] == "serving"
+    }
+    assert serving_imports  # its server is guarded
+    assert all(m.startswith("serving.rpc_guard") for m in serving_imports), serving_imports
 
 
 def test_no_module_imports_itself_back_at_import_time() -> None:
@@ -252,6 +264,7 @@ def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
 def _not_default(name: str) -> object:
     return {"model": "/models/x", "device": "cpu", "dtype": "float32", "max_model_len": 64,
             "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
+            "quantization": "none",
             "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
             "tensor_parallel_size": 2, "distributed_timeout": 5.0}[name]  # fmt: skip
 

@@ -14,7 +14,11 @@ is imported only when a worker is created.
 - loader.py, hf_layout.py, torch_file_probe.py  Meta (sharded) and HF checkpoints, clear errors
 - random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device
                      check's 7B drawn on the GPU); hf_layout.py writes one in HF's layout too
-- gguf_loader.py, gguf_dequant.py  GGUF tensors under Meta's names, quantized blocks dequantized
+- gguf_loader.py, gguf_dequant.py  GGUF tensors under Meta's names, quantized blocks packed
+                     (memory-mapped) or dequantized to the reference values
+- packed_weights.py  quantized blocks kept packed, --quantization, quantizing at load
+- packed_modules.py  the model's Linear and Embedding over packed blocks (the CPU kernels)
+- memory_check.py    running out of memory while loading said as such, with sizes
 - weight_layout.py   on the CPU in float32, projection weights held column-major
 - attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton
 - csrc/              C++ CPU kernels: paged attention, residual add + RMSNorm, SiLU * up

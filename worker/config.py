@@ -19,6 +19,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
+# worker/packed_weights.py's QUANTIZATIONS (this module imports no torch).
+QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,6 +34,14 @@ class ModelConfig:
     device: str = setting("auto", "cpu, cuda, cuda:N; auto: cuda when torch sees a GPU, else cpu")
     dtype: str | None = setting(
         None, "weights and KV cache (default: float32 on CPU, bfloat16 on CUDA)", choices=DTYPES
+    )
+    quantization: str = setting(
+        "auto",
+        "weights on the CPU: auto keeps a GGUF's quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, "
+        "Q5_K, Q6_K) packed and multiplies by them; none dequantizes every tensor to --dtype "
+        "(the reference path); q8_0 or q4_0 quantize a float checkpoint's matrices at load",
+        one_of(QUANTIZATIONS),
+        choices=QUANTIZATIONS,
     )
     max_model_len: int | None = setting(
         None, "longest prompt + output (default: the model's)", integer(2, optional=True)

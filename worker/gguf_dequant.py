@@ -8,6 +8,7 @@ Block layouts (bytes), per block of 32 values, or per super-block of 256 for the
   Q4_0  d:f16, q:uint8[16] (low nibbles: values 0-15, high: 16-31)  18   x = d * (q - 8)
   Q4_1  d:f16, m:f16, q:uint8[16]                                 20   x = d * q + m
   Q4_K  d:f16, dmin:f16, scales:12 (8 six-bit scale/min pairs), q:uint8[128]   144
+  Q5_K  as Q4_K, with qh:uint8[32] (value bit 4, sub-block j in bit j) before q   176
   Q6_K  ql:uint8[128], qh:uint8[64], scales:int8[16], d:f16       210
 """
 
@@ -23,6 +24,7 @@ BLOCK_SHAPES = {
     "Q4_0": (32, 18),
     "Q4_1": (32, 20),
     "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
     "Q6_K": (256, 210),
 }
 
@@ -79,6 +81,20 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     return (scale * q - offset).reshape(n, 256)
 
 
+def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
+    n = blocks.shape[0]
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, m = _k4_scales(blocks[:, 4:16])
+    qh = blocks[:, 16:48].to(torch.int32).reshape(n, 1, 32)
+    low, high = _nibbles(blocks[:, 48:].reshape(n, 4, 32))
+    q = torch.stack((low, high), dim=2).reshape(n, 8, 32).to(torch.int32)
+    fifth = (qh >> torch.arange(8, dtype=torch.int32).view(1, 8, 1)) & 1  # [n, sub-block, 32]
+    q = (q | (fifth << 4)).float()
+    scale = (d * sc).unsqueeze(-1)  # [n, 8, 1]
+    offset = (dmin * m).unsqueeze(-1)
+    return (scale * q - offset).reshape(n, 256)
+
+
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     ql = blocks[:, :128].reshape(n, 2, 2, 32)  # [n, half, low/high 32 bytes, 32]
@@ -101,6 +117,7 @@ _BLOCK_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Q4_0": _q4_0,
     "Q4_1": _q4_1,
     "Q4_K": _q4_k,
+    "Q5_K": _q5_k,
     "Q6_K": _q6_k,
 }
 FLOAT_TYPES = ("F32", "F16", "BF16")

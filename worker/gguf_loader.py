@@ -4,13 +4,15 @@ The header's `llama.*` keys give the hyper-parameters; each tensor is renamed fr
 names (`blk.N.attn_q.weight`) to Meta's (`layers.N.attention.wq.weight`). GGUF keeps wq/wk
 in Meta's row order: llama.cpp's converter undoes Hugging Face's rotate-half permutation,
 because its RoPE for `llama` rotates adjacent pairs as Meta's does; so they load unchanged.
-F32, F16 and BF16 tensors are taken as they are, quantized ones are dequantized
-(worker/gguf_dequant.py), then everything is cast to the serving dtype.
+F32, F16 and BF16 tensors are taken as they are. Quantized ones either stay packed, as
+views of the file's memory map (worker/packed_weights.py), or are dequantized
+(worker/gguf_dequant.py) and then cast with the rest to the serving dtype.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ import torch
 
 from modelfiles.gguf_file import gguf_metadata, open_gguf
 from modelfiles.model_source import UnreadableModelError
-from worker.gguf_dequant import SUPPORTED_TYPES, dequantize
+from worker.gguf_dequant import BLOCK_SHAPES, SUPPORTED_TYPES, dequantize
+from worker.memory_check import allocation_guard
 from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
+from worker.packed_weights import PackedTensor
 
 _TOP_NAMES = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -59,10 +63,12 @@ def special_ids(metadata: dict[str, Any]) -> tuple[int, int]:
 
 
 def load_gguf(
-    path: Path, error: type[Exception]
-) -> tuple[ModelArgs, dict[str, torch.Tensor], dict[str, Any]]:
-    """Hyper-parameters, float32 Meta-named weights and the header's metadata; `error` is
-    raised, naming the file and tensor, for anything Loom cannot read."""
+    path: Path, error: type[Exception], packed: bool = False
+) -> tuple[ModelArgs, dict[str, torch.Tensor | PackedTensor], dict[str, Any]]:
+    """Hyper-parameters, Meta-named weights and the header's metadata; `error` is raised,
+    naming the file and tensor, for anything Loom cannot read. Float tensors come as float32;
+    quantized ones as PackedTensors over the file's memory map when `packed`, else
+    dequantized to float32."""
     try:
         reader = open_gguf(path)
         metadata = gguf_metadata(reader)
@@ -84,14 +90,16 @@ def load_gguf(
         name = meta_name(gguf_name)
         if name is None:
             raise error(f"{path}: unexpected tensor {gguf_name}")
-        weights[name] = _read_tensor(path, gguf_name, tensor, error)
+        weights[name] = _read_tensor(path, gguf_name, tensor, error, packed)
     if "output.weight" not in weights:  # tied output: the embedding serves as the LM head
         weights["output.weight"] = weights["tok_embeddings.weight"]
     _check_shapes(path, weights, args, error)
     return args, weights, metadata
 
 
-def _read_tensor(path: Path, name: str, tensor: Any, error: type[Exception]) -> torch.Tensor:
+def _read_tensor(
+    path: Path, name: str, tensor: Any, error: type[Exception], packed: bool
+) -> torch.Tensor | PackedTensor:
     type_name = tensor.tensor_type.name
     if type_name not in SUPPORTED_TYPES:
         raise error(
@@ -100,16 +108,39 @@ def _read_tensor(path: Path, name: str, tensor: Any, error: type[Exception]) -> 
         )
     # GGUF lists dimensions innermost first: [row length, rows] is Meta's [rows, row length].
     shape = [int(n) for n in reversed(tensor.shape.tolist())]
-    row_length = shape[-1]
-    # A copy in memory, not a view of the file's memory map: a file rewritten under a running
-    # server must not crash it.
-    raw = np.array(tensor.data, copy=True).view(np.uint8)
-    raw = torch.from_numpy(raw.reshape(-1, raw.size // max(1, int(np.prod(shape[:-1])))))
-    try:
-        values = dequantize(raw, type_name, row_length)
-    except RuntimeError as exc:
-        raise error(f"{path}: tensor {name} holds the wrong number of bytes ({exc})") from exc
+    rows, row_length = int(np.prod(shape[:-1])), shape[-1]
+    raw = tensor.data.view(np.uint8)
+    if type_name in BLOCK_SHAPES and row_length % BLOCK_SHAPES[type_name][0]:
+        raise error(
+            f"{path}: tensor {name} has rows of {row_length} values, not whole {type_name} "
+            f"blocks of {BLOCK_SHAPES[type_name][0]}"
+        )
+    expected = _row_bytes(type_name, row_length) * rows
+    if raw.size != expected:
+        raise error(
+            f"{path}: tensor {name} holds {raw.size} bytes; {type_name} {tuple(shape)} needs "
+            f"{expected} (the file is corrupt)"
+        )
+    if packed and type_name in BLOCK_SHAPES:
+        # A view of the read-only memory map: the blocks are read where they lie, and pages
+        # the kernels never touch are never read from disk. (numpy marks the map read-only;
+        # nothing writes to it.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.from_numpy(raw.reshape(rows, -1))
+        return PackedTensor(data, type_name, (rows, row_length))
+    with allocation_guard(f"{path}: tensor {name}", rows * row_length * 4, error):
+        # A copy in memory, not a view of the map: the float tensors are cast and re-laid.
+        raw_copy = torch.from_numpy(np.array(raw).reshape(rows, -1))
+        values = dequantize(raw_copy, type_name, row_length)
     return values.reshape(shape)
+
+
+def _row_bytes(type_name: str, row_length: int) -> int:
+    if type_name in BLOCK_SHAPES:
+        values, nbytes = BLOCK_SHAPES[type_name]
+        return row_length // values * nbytes
+    return row_length * (4 if type_name == "F32" else 2)
 
 
 def _check_shapes(

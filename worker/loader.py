@@ -22,6 +22,7 @@ from worker.model_args import (
     args_from_meta_params,
     expected_shapes,
 )
+from worker.packed_weights import LOAD_TIME_TYPES, PackedTensor, quantize_matrices
 from worker.torch_file_probe import first_cut_tensor
 
 
@@ -32,7 +33,8 @@ class CheckpointError(UnreadableModelError):
 @dataclass(slots=True)
 class LoadedCheckpoint:
     args: ModelArgs
-    weights: dict[str, torch.Tensor]  # Meta names, on CPU, in the requested dtype
+    # Meta names, on CPU, in the requested dtype, or packed blocks (worker/packed_weights.py)
+    weights: dict[str, torch.Tensor | PackedTensor]
     bos_id: int
     eos_id: int
 
@@ -46,9 +48,13 @@ _SPLIT_DIM = {
 _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
 
 
-def load_checkpoint(model: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
-    """`model` is what `--model` takes (modelfiles/model_source.py): a directory, a .gguf file,
-    or a packaged model's name."""
+def load_checkpoint(
+    model: str | Path, dtype: torch.dtype, quantization: str = "none"
+) -> LoadedCheckpoint:
+    """`model` is what `--model` takes (modelfiles/model_source.py): a directory, a .gguf
+    file, or a packaged model's name. `quantization` (worker/packed_weights.py): `none`
+    gives float tensors only; `auto` keeps a GGUF's quantized tensors packed; `q8_0` /
+    `q4_0` also quantize the float matrices."""
     try:
         source = resolve_model(model)
     except UnreadableModelError as exc:
@@ -58,8 +64,13 @@ def load_checkpoint(model: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
     elif source.kind == "hf":
         loaded = _load_hf(source.path)
     else:
-        loaded = _load_gguf(source.path)
-    loaded.weights = {name: w.to(dtype) for name, w in loaded.weights.items()}
+        loaded = _load_gguf(source.path, packed=quantization != "none")
+    if quantization in LOAD_TIME_TYPES:
+        loaded.weights = quantize_matrices(loaded.weights, quantization)
+    loaded.weights = {
+        name: w.to(dtype) if isinstance(w, torch.Tensor) else w
+        for name, w in loaded.weights.items()
+    }
     return loaded
 
 
@@ -192,8 +203,8 @@ def _split_dim(name: str, piece: torch.Tensor, full_shape: tuple[int, ...]) -> i
     return _SPLIT_DIM[kind]
 
 
-def _load_gguf(path: Path) -> LoadedCheckpoint:
-    args, weights, metadata = load_gguf(path, CheckpointError)
+def _load_gguf(path: Path, packed: bool) -> LoadedCheckpoint:
+    args, weights, metadata = load_gguf(path, CheckpointError, packed)
     bos_id, eos_id = special_ids(metadata)
     return LoadedCheckpoint(args=args, weights=weights, bos_id=bos_id, eos_id=eos_id)
 

@@ -15,6 +15,8 @@ from torch import nn
 
 from worker.attention import paged_attention
 from worker.model_args import ModelArgs
+from worker.packed_modules import install_packed
+from worker.packed_weights import PackedTensor, concat_packed
 from worker.weight_layout import store_input_major, wants_input_major
 
 # (q, k, v, k_cache, v_cache, metadata) -> [num_tokens, n_heads * head_dim]
@@ -105,8 +107,9 @@ class Attention(nn.Module):
     """Q, K and V come from one fused projection `wqkv` (the rows of Meta's wq, wk, wv one
     after the other) unless `fused` is False, which keeps the three."""
 
-    def __init__(self, args: ModelArgs, fused: bool = True) -> None:
+    def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
+        self.kernels = kernels
         self.n_heads = args.n_heads
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
@@ -134,9 +137,15 @@ class Attention(nn.Module):
         if self.fused:
             # [T, (h + 2 kvh) * head_dim] -> [T, h + 2 kvh, head_dim]
             qkv = self.wqkv(x).view(num_tokens, h + 2 * kvh, self.head_dim)
-            # Q and K rotate in one pass; V stays a view into the projection.
-            qk = apply_rope(qkv[:, : h + kvh], freqs)
-            q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
+            if self.kernels and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
+                # Q and K rotate in place, one C++ pass; all three stay views of qkv.
+                cos_sin = torch.view_as_real(freqs).view(num_tokens, -1, 2)
+                torch.ops.loom.rope_(qkv[:, : h + kvh], cos_sin)
+                q, k, v = qkv[:, :h], qkv[:, h : h + kvh], qkv[:, h + kvh :]
+            else:
+                # Q and K rotate in one pass; V stays a view into the projection.
+                qk = apply_rope(qkv[:, : h + kvh], freqs)
+                q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
         else:
             # [T, heads * head_dim] -> [T, heads, head_dim]
             q = apply_rope(self.wq(x).view(num_tokens, h, self.head_dim), freqs)
@@ -175,7 +184,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
-        self.attention = Attention(args, fused)
+        self.attention = Attention(args, fused, kernels)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim, fused, kernels)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, kernels)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, kernels)
@@ -232,13 +241,16 @@ class Transformer(nn.Module):
         no weights). With `fused`, each layer's wq/wk/wv and w1/w3 are concatenated into
         wqkv and w13 here, in memory only; `weights` is consumed. `kernels`: run the norms
         and SiLU through Loom's C++ CPU kernels (worker/cpu_kernels.py), which must load.
-        `options` go to a subclass's constructor (worker/tp_model.py's group)."""
+        `options` go to a subclass's constructor (worker/tp_model.py's group). Weights that
+        are PackedTensors (quantized blocks, worker/packed_weights.py) get the packed modules
+        of worker/packed_modules.py in place of the float ones."""
         model = cls(args, attention_fn, fused, kernels, **options)
         if fused:
             weights = fuse_projections(weights, args.n_layers)
+        install_packed(model, weights, Embedding)
         model.load_state_dict(weights, strict=True, assign=True)
         model = model.to(device).eval().requires_grad_(False)
-        if wants_input_major(device, model.output.weight.dtype):
+        if wants_input_major(device, model.norm.weight.dtype):
             store_input_major(model, Linear)
         return model
 
@@ -269,15 +281,24 @@ class Transformer(nn.Module):
         return self.output(self.norm(hidden)).float()
 
 
-def fuse_projections(weights: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+def fuse_projections(weights: dict[str, Any], n_layers: int) -> dict[str, Any]:
     """Meta's per-projection weights -> the fused ones the model runs (`weights` is emptied
-    of the parts as it goes, so the unfused copies can be freed layer by layer)."""
+    of the parts as it goes, so the unfused copies can be freed layer by layer). Packed
+    parts of one type fuse into one PackedTensor; parts of several types stay a list."""
     fused = dict(weights)
     weights.clear()
     for i in range(n_layers):
         attn, ffn = f"layers.{i}.attention.", f"layers.{i}.feed_forward."
         parts = [fused.pop(f"{attn}{name}.weight") for name in ("wq", "wk", "wv")]
-        fused[f"{attn}wqkv.weight"] = torch.cat(parts)
+        fused[f"{attn}wqkv.weight"] = _fuse(parts)
         parts = [fused.pop(f"{ffn}{name}.weight") for name in ("w1", "w3")]
-        fused[f"{ffn}w13.weight"] = torch.cat(parts)
+        fused[f"{ffn}w13.weight"] = _fuse(parts)
     return fused
+
+
+def _fuse(parts: list[Any]) -> Any:
+    if not any(isinstance(p, PackedTensor) for p in parts):
+        return torch.cat(parts)
+    if all(isinstance(p, PackedTensor) for p in parts):
+        return concat_packed(parts) or parts
+    return parts

@@ -20,8 +20,11 @@ class Placement(Protocol):
     def device(self, name: str) -> torch.device:
         """The device a `--device` name means for this process."""
 
-    def load(self, model_dir: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
-        """`args` of the whole model; `weights` those this process holds."""
+    def load(
+        self, model_dir: str | Path, dtype: torch.dtype, quantization: str = "none"
+    ) -> LoadedCheckpoint:
+        """`args` of the whole model; `weights` those this process holds. `quantization`
+        as worker/loader.py takes it (a placement may hold floats whatever it says)."""
 
     def local_args(self, args: ModelArgs) -> ModelArgs:
         """The shape of what this process holds (heads, MLP width, vocabulary rows)."""
@@ -50,8 +53,10 @@ class SingleDevice:
     def device(self, name: str) -> torch.device:
         return resolve_device(name)
 
-    def load(self, model_dir: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
-        return load_checkpoint(model_dir, dtype)
+    def load(
+        self, model_dir: str | Path, dtype: torch.dtype, quantization: str = "none"
+    ) -> LoadedCheckpoint:
+        return load_checkpoint(model_dir, dtype, quantization)
 
     def local_args(self, args: ModelArgs) -> ModelArgs:
         return args

@@ -23,6 +23,7 @@ from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
+from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
 from worker.sampler import seeded_uniform
@@ -65,7 +66,9 @@ class ModelRunner:
         if model.num_threads is not None:
             torch.set_num_threads(model.num_threads)
         self.dtype = resolve_dtype(model.dtype, self.device)
-        loaded = checkpoint or placement.load(model.model, self.dtype)
+        packed = keep_packed(model.quantization, self.device)
+        quantization = model.quantization if packed else "none"
+        loaded = checkpoint or placement.load(model.model, self.dtype, quantization)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)

@@ -15,7 +15,8 @@ time, and Connect waits for a step in flight, so a new session never races an ol
 
 Every Step is checked against the worker's state before any of it is applied
 (worker/step_check.py): a malformed one is INVALID_ARGUMENT and changes nothing but dropping
-its finished requests. When the worker stops being available (a tensor-parallel rank failed)
+its finished requests; bytes that do not parse are INVALID_ARGUMENT on every RPC
+(serving/rpc_guard.py). When the worker stops being available (a tensor-parallel rank failed)
 the step is UNAVAILABLE, health turns NOT_SERVING and `fatal` is set: such a worker cannot
 recover, and `python -m worker serve` exits so that it can be restarted.
 """
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.log_text import loggable
 from contract.step import StepInput, StepOutput, Worker
 from contract.step_proto import (
     MAX_MESSAGE_BYTES,
@@ -44,6 +45,7 @@ from contract.step_proto import (
     worker_info_to_proto,
 )
 from loompb import worker_pb2, worker_pb2_grpc
+from serving.rpc_guard import RpcGuard
 from worker.config import WorkerServerConfig
 from worker.step_check import StepRejected
 
@@ -135,7 +137,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             # The new session starts from nothing: drop every request of the old one.
             if self.worker.requests:
                 self._run(StepInput(finished_req_ids=list(self.worker.requests)), context)
-        log.info("scheduler %s connected (session %s)", request.scheduler_id, session.session_id)
+        log.info(
+            "scheduler %s connected (session %s)",
+            loggable(request.scheduler_id),
+            session.session_id,
+        )
         return worker_pb2.ConnectResponse(
             session_id=session.session_id, lease_seconds=self.session_timeout
         )
@@ -151,7 +157,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if ended and self.worker.requests:
                 self._run(StepInput(finished_req_ids=list(self.worker.requests)), context)
         if ended:
-            log.info("scheduler %s disconnected", held.scheduler_id)
+            log.info("scheduler %s disconnected", loggable(held.scheduler_id))
         return worker_pb2.DisconnectResponse(ended=ended)
 
     # ---- calls -------------------------------------------------------------------------
@@ -165,14 +171,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             serving=self._failure is None, message=self._failure or "", session_live=live
         )
 
-    def Step(self, payload: bytes, context: Any) -> worker_pb2.StepOutput:
-        """`payload` is the serialized StepInput (see `_add_worker_service`)."""
+    def Step(self, request: worker_pb2.StepInput, context: Any) -> worker_pb2.StepOutput:
+        """Bytes that do not parse as a StepInput never get here: the server's RpcGuard
+        refuses them INVALID_ARGUMENT (serving/rpc_guard.py)."""
         session_id = self._caller_session(context)
         self._check_available(context)
-        try:
-            request = worker_pb2.StepInput.FromString(payload)
-        except DecodeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed step: {exc}")
         with self._step_lock:
             if not self._touch(session_id):
                 context.abort(
@@ -239,6 +242,7 @@ class WorkerServer:
         self.port: int | None = None
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="worker-rpc"),
+            interceptors=[RpcGuard()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -252,7 +256,7 @@ class WorkerServer:
         return self.service.fatal
 
     def start(self) -> int:
-        _add_worker_service(self.service, self._server)
+        worker_pb2_grpc.add_WorkerServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
@@ -269,28 +273,3 @@ class WorkerServer:
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
 
-
-def _add_worker_service(service: WorkerService, server: grpc.Server) -> None:
-    """As worker_pb2_grpc.add_WorkerServicer_to_server, except that Step gets its raw bytes:
-    a payload that does not parse is the caller's INVALID_ARGUMENT, not gRPC's INTERNAL."""
-    pb = worker_pb2
-    handlers = {
-        "Info": grpc.unary_unary_rpc_method_handler(
-            service.Info, pb.InfoRequest.FromString, pb.WorkerInfo.SerializeToString
-        ),
-        "Connect": grpc.unary_unary_rpc_method_handler(
-            service.Connect, pb.ConnectRequest.FromString, pb.ConnectResponse.SerializeToString
-        ),
-        "Step": grpc.unary_unary_rpc_method_handler(
-            service.Step, None, pb.StepOutput.SerializeToString
-        ),
-        "Health": grpc.unary_unary_rpc_method_handler(
-            service.Health, pb.HealthRequest.FromString, pb.HealthResponse.SerializeToString
-        ),
-        "Disconnect": grpc.unary_unary_rpc_method_handler(
-            service.Disconnect,
-            pb.DisconnectRequest.FromString,
-            pb.DisconnectResponse.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -64,7 +64,10 @@ class RankPlacement:
     def device(self, name: str) -> torch.device:
         return self.group.device
 
-    def load(self, model_dir: str | Path, dtype: torch.dtype) -> LoadedCheckpoint:
+    def load(
+        self, model_dir: str | Path, dtype: torch.dtype, quantization: str = "none"
+    ) -> LoadedCheckpoint:
+        # A rank's slice is cut from float tensors: tensor parallel serves them unpacked.
         loaded = load_rank_checkpoint(model_dir, dtype, self.group)
         self._vocab_size = loaded.args.vocab_size
         return loaded

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP server: a Starlette app served by uvicorn on the event loop
 the gRPC server runs on, so one process, one engine loop and one drain serve both.
 
-    server = HttpServer(routes, host, port, tls)     # binds now: OSError when taken
+    server = HttpServer(routes, host, port, ...)      # binds now: OSError when taken
     await server.start()
     ...
     await server.stop()                              # after the drain: closes connections
@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from frontend.admission import Refused
+from frontend.http.connection import throttle_uvicorn_warnings, with_header_timeout
 from frontend.http.errors import HttpError, error_response, http_error_response, refused_response
 from frontend.http.routes import OpenAIRoutes
 
@@ -88,6 +89,8 @@ class HttpServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
+        header_timeout: float = 10.0,
+        keep_alive_timeout: float = 5.0,
     ) -> None:
         # Bound here, so a taken port is an OSError at start, not uvicorn's sys.exit.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -107,11 +110,14 @@ class HttpServer:
             lifespan="off",
             # Requests in flight were drained before stop(); what is left is cut short.
             timeout_graceful_shutdown=1,
+            http=with_header_timeout(header_timeout),
+            timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type]
             ssl_certfile=tls_cert,
             ssl_keyfile=tls_key,
             ssl_ca_certs=tls_client_ca,
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE,
         )
+        throttle_uvicorn_warnings()
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -3,8 +3,9 @@
 
 A generation call is checked as a gRPC one is, in the same order and before anything is
 queued: the API key (or x-loom-tenant), the server being open, the body (size, JSON, types),
-the model name, the engine's limits, the tenant's quotas, the queue. Each prompt of a
-completion request is one engine request; a refusal of any of them releases the others.
+the model name, the call's size (prompts x n), the engine's limits, the tenant's quotas (for
+the whole call), the queue. Each prompt of a completion request is one engine request; they
+are queued together or not at all.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class OpenAIRoutes:
         authenticator: Authenticator,
         metrics: ServingMetrics,
         max_request_bytes: int,
+        max_prompts_per_request: int,
     ) -> None:
         self.admitter = admitter
         self.authenticator = authenticator
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.max_prompts_per_request = max_prompts_per_request
         self.engine = admitter.async_engine.engine
         self.model = self.engine.info.model_name
         self.created = int(time.time())
@@ -207,17 +210,28 @@ class OpenAIRoutes:
     async def _admit_all(
         self, tenant: Tenant, inputs: EngineInputs, priority: int | None
     ) -> list[AdmittedCall]:
-        calls: list[AdmittedCall] = []
+        self._check_call_size(len(inputs.prompts), inputs.params.n)
         try:
             await self.admitter.compile_structured(inputs.params)
-            for prompt in inputs.prompts:
-                calls.append(self.admitter.admit(tenant, prompt, inputs.params, None, priority))
+            return self.admitter.admit_all(tenant, inputs.prompts, inputs.params, None, priority)
         except Refused as refused:
-            for call in calls:
-                self.admitter.release(call)
             refused.param = inputs.param_names.get(refused.param or "", refused.param)
             raise
-        return calls
+
+    def _check_call_size(self, num_prompts: int, n: int) -> None:
+        """A call with several prompts creates prompts x n engine sequences: at most
+        max_prompts_per_request of them (one prompt's n is --max-n's to cap)."""
+        limit = self.max_prompts_per_request
+        if num_prompts == 1 or num_prompts * n <= limit:
+            return
+        times_n = f" x n ({n}) = {num_prompts * n} sequences" if n > 1 else ""
+        raise Refused(
+            "INVALID_ARGUMENT",
+            f"{num_prompts} prompts{times_n} is over this server's max_prompts_per_request "
+            f"({limit}); send them in several calls",
+            param="prompt",
+            limit="max_prompts_per_request",
+        )
 
     def _echo_text(self, prompt: str | list[int]) -> str:
         return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt)

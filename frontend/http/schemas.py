@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from contract.sampling import SamplingParams, http_fields
 from frontend.admission import Refused
+from frontend.http.body_errors import field_path, lone_surrogate
 from frontend.http.structured import StructuredFields
 
 MAX_MESSAGES = 1024
@@ -123,14 +124,15 @@ def parse_body(model: type[_Body], raw: bytes) -> Any:
         error = exc.errors(include_url=False)[0]
         location = [str(part) for part in error["loc"]]
         if error["type"] == "json_invalid":
-            raise Refused("INVALID_ARGUMENT", f"the body is not JSON: {error['msg']}") from None
+            message = lone_surrogate(raw) or f"the body is not JSON: {error['msg']}"
+            raise Refused("INVALID_ARGUMENT", message) from None
         if not location:
             message = f"the body must be a JSON object: {error['msg']}"
             raise Refused("INVALID_ARGUMENT", message) from None
         param = location[0]
         if param == "prompt":
             raise Refused("INVALID_ARGUMENT", PROMPT_FORMS, param="prompt") from None
-        where = ".".join(part for part in location if not part.startswith(("str", "list[")))
+        where = field_path(error["loc"])
         raise Refused("INVALID_ARGUMENT", f"{where}: {error['msg']}", param=param) from None
     reason = body.unsupported()
     if reason is not None:

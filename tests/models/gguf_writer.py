@@ -53,6 +53,9 @@ class GGUFOptions:
     # every 2-D tensor whose rows it can block.
     types: dict[str, GGMLQuantizationType] = field(default_factory=dict)
     quantize_all: GGMLQuantizationType | None = None
+    # Meta name -> (blocks [rows, bytes] uint8, their type): written as they are (the K types,
+    # which the gguf package cannot quantize).
+    raw_blocks: dict[str, tuple[np.ndarray, GGMLQuantizationType]] = field(default_factory=dict)
     tied: bool = False  # leave output.weight out, as tied models do
     architecture: str = "llama"
     chat_template: str | None = None
@@ -92,6 +95,8 @@ def sentencepiece_vocabulary(model_file: Path) -> Callable[[GGUFWriter], None]:
 
 
 def _tensor_data(name: str, tensor: torch.Tensor, options: GGUFOptions) -> tuple:
+    if name in options.raw_blocks:
+        return options.raw_blocks[name]
     array = tensor.float().numpy()
     qtype = options.types.get(name)
     if qtype is None and options.quantize_all is not None and array.ndim == 2:

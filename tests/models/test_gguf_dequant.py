@@ -12,7 +12,9 @@ from gguf import quants
 from worker.gguf_dequant import BLOCK_SHAPES, dequantize
 
 # Where each block type keeps its float16 scales: byte offsets within a block.
-F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q6_K": [208]}
+F16_FIELDS = {
+    "Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+}  # fmt: skip
 
 
 def random_blocks(type_name: str, rows: int, blocks_per_row: int, seed: int) -> np.ndarray:

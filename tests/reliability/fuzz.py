@@ -1,5 +1,7 @@
 """Hypothesis strategies for hostile requests: every GenerateRequest field, and OpenAI JSON
-bodies, drawn from boundary numbers, NaN and infinities, any unicode, huge repeated fields."""
+bodies, drawn from boundary numbers, NaN and infinities, any unicode, huge repeated fields;
+raw bytes for the wire (no message at all, or a valid one damaged); completion bodies with
+many prompts."""
 
 from __future__ import annotations
 
@@ -151,3 +153,41 @@ def http_bodies(draw: Any) -> tuple[bytes, Any]:
         value = {name: draw(BODY_FIELDS[name]) for name in sorted(names)}
         value.update(draw(st.dictionaries(TEXT, JSON, max_size=2)))
     return json.dumps(value, allow_nan=True).encode(), value
+
+
+@st.composite
+def wire_bytes(draw: Any) -> bytes:
+    """What a raw channel may send as a request: any bytes, or a valid GenerateRequest's
+    bytes cut short, with bytes flipped or inserted (which may still parse: protobuf skips
+    fields it does not know)."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=256))
+    raw = bytearray(draw(generate_requests()).SerializeToString()[:4096])
+    for _ in range(draw(st.integers(0, 4))):
+        edit = draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = draw(st.integers(0, len(raw)))
+        if edit == "flip" and at < len(raw):
+            raw[at] ^= draw(st.integers(1, 255))
+        elif edit == "cut":
+            del raw[at:]
+        else:
+            raw[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(raw)
+
+
+# Around the server's --max-prompts-per-request (256 sequences) and past it, to 20,000.
+NUM_PROMPTS = st.sampled_from([0, 1, 2, 16, 255, 256, 257, 1000, 5000, 20_000])
+
+
+@st.composite
+def many_prompt_bodies(draw: Any) -> tuple[bytes, dict]:
+    """A completion body of many prompts (token ids or text), any n: (bytes, value)."""
+    count = draw(NUM_PROMPTS)
+    one = draw(st.sampled_from([[5], [1, 5, 6], "Hi", "Once upon a time"]))
+    value = {
+        "prompt": [one] * count,
+        "max_tokens": draw(st.integers(1, 2)),
+        "n": draw(st.sampled_from([1, 2, 16, 17])),
+        "stream": draw(st.booleans()),
+    }
+    return json.dumps(value).encode(), value

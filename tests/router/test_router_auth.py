@@ -119,6 +119,14 @@ def test_quotas_hold_across_the_backends(
         for stream in streams:
             list(stream)
         assert client.generate("Hi", max_tokens=2).usage.completion_tokens == 2
+        # Every sequence counts: n = 3 is three requests in flight, n = 4 four times max_tokens.
+        for n, max_tokens, limit in ((3, 2, "max_concurrent_requests (2)"),
+                                     (2, 40, "max_tokens_per_request (64)")):  # fmt: skip
+            with pytest.raises(grpc.RpcError) as err:
+                client.generate("Hi", max_tokens=max_tokens, n=n)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert limit in err.value.details()
+        assert len(client.generate("Hi", max_tokens=2, n=2).sequences) == 2
 
 
 def test_tls_at_the_router_and_to_the_backends(

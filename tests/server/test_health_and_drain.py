@@ -60,7 +60,7 @@ def test_drain_lets_streams_finish_and_refuses_new_calls(server: ServerHandle) -
         assert not stopper.is_alive()
     assert sum(len(d.token_ids) for d in deltas) == 120
     assert deltas[-1].finish_reason == serving_pb2.FINISH_REASON_LENGTH
-    assert engine_is_idle(server.engine)
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "the engine idle")
 
 
 def test_drain_aborts_what_outlives_the_timeout(server: ServerHandle) -> None:

@@ -114,7 +114,7 @@ def test_api_keys_refuse(keyed_server: ServerHandle, api_key, tenant, code) -> N
             with pytest.raises(grpc.RpcError) as err:
                 call()
             assert err.value.code() == code
-    assert engine_is_idle(keyed_server.engine)
+    wait_until(lambda: engine_is_idle(keyed_server.engine), 5.0, "the engine idle")
 
 
 def test_api_key_names_the_tenant(keyed_server: ServerHandle) -> None:

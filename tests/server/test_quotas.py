@@ -43,7 +43,7 @@ def test_concurrency_refuses_the_one_over_and_frees_a_slot_on_release(clock) -> 
     first, second = quotas.admit(tenant, 5, 5), quotas.admit(tenant, 5, 5)
     err = refusal(quotas, tenant, 5, 5)
     assert err.limit == "max_concurrent_requests" and err.retry_after_ms is None
-    assert "2 requests in flight" in err.message
+    assert "2 sequences in flight" in err.message
     first.release()
     first.release()  # idempotent: frees one slot, not two
     third = quotas.admit(tenant, 5, 5)
@@ -119,3 +119,23 @@ def test_a_tenant_without_limits_is_never_refused(clock) -> None:
         admission.charge(10_000)
         admission.release()
     assert quotas.num_in_flight("free") == 0
+
+
+def test_one_admission_holds_every_sequence_of_its_call(clock) -> None:
+    quotas = Quotas(clock)
+    tenant = Tenant("acme", max_concurrent_requests=6, max_tokens_per_request=100)
+    # Three prompts (30 tokens in all) x n 2: six sequences of up to 10 tokens: 90.
+    call = quotas.admit(tenant, 30, 10, n=2, num_prompts=3)
+    assert quotas.num_in_flight("acme") == 6
+    err = refusal(quotas, tenant, 1, 1)
+    assert err.limit == "max_concurrent_requests" and "6 sequences in flight" in err.message
+    call.release()
+    call.release()  # idempotent: frees its six slots once
+    assert quotas.num_in_flight("acme") == 0
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.admit(tenant, 30, 12, n=2, num_prompts=3)  # 30 + 6 x 12 = 102
+    assert "3 prompts (30 tokens) + max_tokens (12) x 6 sequences" in caught.value.message
+    with pytest.raises(QuotaExceeded) as caught:
+        quotas.admit(tenant, 1, 1, n=7)  # more sequences than the tenant may ever hold
+    assert "this call adds 7" in caught.value.message
+    assert quotas.num_in_flight("acme") == 0

@@ -83,7 +83,7 @@ def test_bad_sampling_fields_are_refused_naming_the_limit(server, sampling, mess
         client.generate(PROMPT, **sampling)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in caught.value.details()
-    assert engine_is_idle(server.engine)
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "the engine idle")
 
 
 def test_the_stub_mirrors_the_new_fields() -> None:

@@ -53,7 +53,7 @@ def test_keys_are_checked_by_hash(server: ServerHandle) -> None:
     ):
         with Client(server.target, api_key=api_key, tenant=tenant) as client:
             assert refused(lambda c=client: c.generate("Hi", max_tokens=2)).code() == code
-    assert engine_is_idle(server.engine)
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
 
 
 @pytest.fixture
@@ -88,11 +88,15 @@ def test_concurrency_refuses_the_third_stream_until_one_ends(
     wait_until(lambda: server.frontend.quotas.num_in_flight("acme") == 1, 5.0, "a slot freed")
     assert acme.generate([1, 5], max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
     assert list(streams[1])[-1].usage.completion_tokens == 509
+    # A request's sequences count one each: n = 3 is over the two slots even when all are free.
+    err = refused(lambda: acme.generate([1, 5], max_tokens=2, n=3))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "this call adds 3" in err.details()
+    assert len(acme.generate([1, 5], max_tokens=2, n=2).sequences) == 2
     acme.close()
     wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
     samples = scrape(server.metrics_port)
     rejections = "loom:quota_rejections_total"
-    assert value(samples, rejections, tenant="acme", limit="max_concurrent_requests") == 1
+    assert value(samples, rejections, tenant="acme", limit="max_concurrent_requests") == 2
     assert value(samples, rejections, tenant="bolt", limit="max_concurrent_requests") == 0
 
 
@@ -115,7 +119,7 @@ def test_the_token_rate_refuses_with_a_retry_hint_and_charges_output(server: Ser
     assert "max_tokens_per_minute (60)" in err.details()
     # 30 tokens short at 1 token/s; whatever refilled while the first ran came off that.
     assert 20_000 < retry_after_ms(err) <= 30_000
-    assert engine_is_idle(server.engine)
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
     samples = scrape(server.metrics_port)
     name = "loom:quota_rejections_total"
     assert value(samples, name, tenant="acme", limit="max_tokens_per_minute") == 1

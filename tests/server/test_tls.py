@@ -12,7 +12,7 @@ from client import Client
 from frontend.cli import check_health
 from frontend.embedded import ServerHandle
 from tests.conftest import REPO_ROOT
-from tests.server.conftest import engine_is_idle, make_engine
+from tests.server.conftest import engine_is_idle, make_engine, wait_until
 from tests.server.tls_certs import Certificates, make_certificates
 
 
@@ -48,7 +48,7 @@ def test_a_tls_server_refuses_plaintext_and_unknown_cas(start_server, certs, oth
             client.generate("Hi", max_tokens=2, timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert check_health(server.target, "", 5.0) == 1  # plaintext health check: no answer
-    assert engine_is_idle(server.engine)
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "the engine idle")
 
 
 def test_mutual_tls_needs_a_client_certificate_the_ca_signed(start_server, certs, other_ca):

@@ -8,7 +8,7 @@ import pytest
 from client import Client
 from frontend.embedded import ServerHandle, serve_in_thread
 from loompb import serving_pb2, serving_pb2_grpc
-from tests.server.conftest import engine_is_idle, make_engine
+from tests.server.conftest import engine_is_idle, make_engine, wait_until
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -54,7 +54,7 @@ def test_bad_request_is_refused(module_server: ServerHandle, case, prompt, kwarg
             list(client.generate_stream(prompt, **kwargs))
         assert err.value.code() == code
         # Nothing was queued, and the server goes on serving.
-        assert engine_is_idle(module_server.engine)
+        wait_until(lambda: engine_is_idle(module_server.engine), 5.0, "the engine idle")
         assert client.generate("Hi", max_tokens=2).usage.completion_tokens >= 1
 
 
@@ -73,7 +73,7 @@ def test_oversized_message_costs_nothing(module_server: ServerHandle) -> None:
         with pytest.raises(grpc.RpcError) as err:
             client.generate("word " * 20_000)  # 100 KB > the 64 KiB limit of this server
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert engine_is_idle(module_server.engine)
+        wait_until(lambda: engine_is_idle(module_server.engine), 5.0, "the engine idle")
         assert client.generate("Hi", max_tokens=2).usage.completion_tokens >= 1
 
 

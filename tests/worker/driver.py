@@ -203,8 +203,11 @@ def generate_alone(
     return seq
 
 
-def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
-    """Logits [len(token_ids), vocab] from one prefill of the worker's model and cache."""
+def all_position_logits(
+    worker: Worker, token_ids: list[int], chunk: int | None = None
+) -> torch.Tensor:
+    """Logits [len(token_ids), vocab] from prefilling the worker's model and cache with
+    token_ids: in one step, or in steps of `chunk` tokens (decode-sized rows)."""
     block_size = worker.info().block_size
     blocks = list(range(-(-len(token_ids) // block_size)))
     state = RequestState(
@@ -215,10 +218,18 @@ def all_position_logits(worker: Worker, token_ids: list[int]) -> torch.Tensor:
         num_computed=0,
         num_prompt_tokens=len(token_ids),
     )
-    batch = worker.build_batch([(state, len(token_ids))])
+    step = chunk or len(token_ids)
+    parts = []
     with torch.inference_mode():
-        hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
-        return worker.model.compute_logits(hidden, batch.logits_rows)
+        while state.num_computed < len(token_ids):
+            n = min(step, len(token_ids) - state.num_computed)
+            batch = worker.build_batch([(state, n)])
+            hidden = worker.model(
+                batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn
+            )
+            parts.append(worker.model.compute_logits(hidden, batch.logits_rows))
+            state.num_computed += n
+    return torch.cat(parts)
 
 
 def assert_same_model_logits(actual: torch.Tensor, expected: torch.Tensor, n_layers: int) -> None:

@@ -50,3 +50,17 @@ def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
         torch.ops.loom.rms_norm(torch.randn(2, 8), torch.ones(9), 1e-5)
     with pytest.raises(RuntimeError, match="2 \\* hidden"):
         torch.ops.loom.silu_and_mul(torch.randn(2, 7))
+
+
+def test_rope_rotates_query_and_key_pairs_in_place_as_complex_numbers() -> None:
+    from worker.model import apply_rope, rope_table
+
+    table = rope_table(64, 40, 10000.0)
+    positions = torch.tensor([0, 3, 39, 7, 12])
+    freqs = table.index_select(0, positions).unsqueeze(1)  # [T, 1, 32] complex
+    qkv = torch.randn(5, 9, 64)
+    expected = apply_rope(qkv[:, :6], freqs)
+    untouched = qkv[:, 6:].clone()
+    torch.ops.loom.rope_(qkv[:, :6], torch.view_as_real(freqs).view(5, 32, 2))
+    torch.testing.assert_close(qkv[:, :6], expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(qkv[:, 6:], untouched)  # the heads after the view are left alone

@@ -1,7 +1,9 @@
 // The elementwise work between the model's GEMMs, fused into single passes (float32, CPU):
 //   add_rms_norm: residual += delta, then RMSNorm(residual) * weight, in one pass over rows;
 //   rms_norm:     RMSNorm(x) * weight;
-//   silu_and_mul: SiLU(gate) * up for x = [gate | up] along the last dimension.
+//   silu_and_mul: SiLU(gate) * up for x = [gate | up] along the last dimension;
+//   rope_:        Meta's interleaved RoPE in place: each pair (x[2i], x[2i+1]) of every head
+//                 of token t is multiplied, as a complex number, by cos_sin[t, i].
 // Rows are split over torch's intra-op threads. RMSNorm follows Meta's reference: the mean of
 // squares in float32, x * rsqrt(mean + eps), then the weight.
 
@@ -103,9 +105,39 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
   return out;
 }
 
+void rope_(at::Tensor x, const at::Tensor& cos_sin) {
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.stride(2) == 1 &&
+                  x.size(2) % 2 == 0,
+              "expected float32 [tokens, heads, head_dim] with contiguous heads");
+  const int64_t tokens = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  TORCH_CHECK(cos_sin.dim() == 3 && cos_sin.scalar_type() == at::kFloat &&
+                  cos_sin.is_contiguous() && cos_sin.size(0) == tokens &&
+                  cos_sin.size(1) == half && cos_sin.size(2) == 2,
+              "cos_sin must be float32 [tokens, head_dim / 2, 2]");
+  float* xp = x.data_ptr<float>();
+  const float* cs = cos_sin.data_ptr<float>();
+  const int64_t ts = x.stride(0), hs = x.stride(1);
+  at::parallel_for(0, tokens, row_grain(heads * half * 2), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cs + t * half * 2;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = xp + t * ts + h * hs;
+#pragma omp simd
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[2 * i], b = v[2 * i + 1];
+          v[2 * i] = a * c[2 * i] - b * c[2 * i + 1];
+          v[2 * i + 1] = a * c[2 * i + 1] + b * c[2 * i];
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loom, m) {
+  m.def("rope_(Tensor(a!) x, Tensor cos_sin) -> ()");
+  m.impl("rope_", c10::DispatchKey::CPU, &rope_);
   m.def("add_rms_norm(Tensor(a!) residual, Tensor delta, Tensor weight, float eps) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("silu_and_mul(Tensor x) -> Tensor");

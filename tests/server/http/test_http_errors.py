@@ -72,7 +72,7 @@ def test_bad_fields_are_400_naming_the_field(tenants_server) -> None:
     headers = {"authorization": "Bearer key-bolt", "content-type": "application/json"}
     status, _, body = post(tenants_server, "/completions", b"{not json", headers)
     assert status == 400 and "not JSON" in body["error"]["message"]
-    assert engine_is_idle(tenants_server.engine)
+    wait_until(lambda: engine_is_idle(tenants_server.engine), 5.0, "the engine idle")
 
 
 def test_keys_are_those_of_the_grpc_api(tenants_server) -> None:
@@ -112,7 +112,7 @@ def test_quotas_are_429_naming_the_limit(tenants_server) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         acme.completions.create(model=MODEL, prompt="Hi", max_tokens=30, n=2)
     error = error_of(caught)
-    assert error["code"] == "max_tokens_per_request" and "x n (2)" in error["message"]
+    assert error["code"] == "max_tokens_per_request" and "x 2 sequences" in error["message"]
     stream = acme.completions.create(
         model=MODEL, prompt="Hi", max_tokens=50, stream=True, extra_body={"ignore_eos": True}
     )
@@ -147,3 +147,21 @@ def test_a_full_queue_is_429(start_server) -> None:
     engine.running.set()
     assert "".join(chunk.choices[0].text for chunk in queued)
     wait_until(lambda: engine_is_idle(engine), 5, "every block free")
+
+
+def test_a_lone_surrogate_escape_and_a_wrong_stream_options_are_named(tenants_server) -> None:
+    headers = {"authorization": "Bearer key-bolt", "content-type": "application/json"}
+    for body, position in (
+        (b'{"prompt": "\\ud800", "max_tokens": 2}', "line 1 column 13"),
+        (b'{"prompt": "ok \\\\ud800 \\udc00", "max_tokens": 2}', "line 1 column 24"),
+    ):
+        status, _, reply = post(tenants_server, "/completions", body, headers)
+        message = reply["error"]["message"]
+        assert status == 400 and f"at {position}" in message, message
+        assert "half of a UTF-16 surrogate pair" in message
+    for value in ('"yes"', "1", "[]"):
+        body = f'{{"prompt": "Hi", "stream": true, "stream_options": {value}}}'.encode()
+        status, _, reply = post(tenants_server, "/completions", body, headers)
+        assert status == 400 and reply["error"]["param"] == "stream_options"
+        assert reply["error"]["message"] == "stream_options: Input should be an object"
+    wait_until(lambda: engine_is_idle(tenants_server.engine), 5.0, "the engine idle")

@@ -122,7 +122,7 @@ def test_draining_refuses_new_calls_with_503_and_lets_streams_finish(start_serve
     assert not stopper.is_alive()
     assert chunks[-1].usage.completion_tokens == 40
     assert chunks[-2].choices[0].finish_reason == "length"
-    assert engine_is_idle(engine)
+    wait_until(lambda: engine_is_idle(engine), 5.0, "the engine idle")
 
 
 def test_sigterm_drains_both_apis_and_exits_zero() -> None:

@@ -74,4 +74,4 @@ def test_a_model_without_a_template_cannot_chat(http_server) -> None:
     error = caught.value.body
     assert caught.value.status_code == 400 and error["param"] == "messages"
     assert "no chat template" in error["message"]
-    assert engine_is_idle(http_server.engine)
+    wait_until(lambda: engine_is_idle(http_server.engine), 5.0, "the engine idle")

@@ -1,0 +1,120 @@
+"""The packed-weight CPU kernels against references, for every block type and every shape
+class: decode rows (1-32) and prefill rows (33-512) on the int8 path, longer prefills
+(dequantize + GEMM, above 512 rows; called directly here), ragged row counts and output
+sizes, one block per row and several.
+
+References: the gguf package's own dequantizer gives the weights; the int8 path's reference
+multiplies them, in float64, by the activations quantized per 32 values as the kernel
+defines it (round to nearest, scale max|x| / 127), so only float32 summation order separates
+the two; the other paths multiply the float activations themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+from tests.models.test_gguf_dequant import random_blocks
+from worker.cpu_kernels import load_cpu_kernels
+from worker.gguf_dequant import BLOCK_SHAPES
+from worker.packed_weights import KERNEL_TYPE_IDS
+
+pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
+
+TYPES = sorted(KERNEL_TYPE_IDS)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random blocks [rows, bytes] and the gguf package's float64 values of them."""
+    raw = random_blocks(type_name, rows, blocks, seed)
+    values = quants.dequantize(raw, Q[type_name]).astype(np.float64)
+    return torch.from_numpy(raw), torch.from_numpy(values)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 path sees it: per 32 values, round(x / d) * d with d = max|x| / 127."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(blocks * torch.where(d > 0, 1 / d, 0.0))
+    return (q.double() * d.double()).reshape(x.shape)
+
+
+def assert_product_close(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> None:
+    """y = x @ w^T up to float32 rounding of a K-term sum (a bound on any summation order)."""
+    expected = x @ w.T
+    bound = 4 * w.shape[1] * EPS32 * (x.abs() @ w.abs().T) + 1e-30
+    excess = ((y.double() - expected).abs() / bound).max().item()
+    assert excess <= 1.0, f"error {excess:.2f}x the float32 summation bound"
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 32, 33, 130])
+def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    for blocks, out in ((1, 5), (3, 37)):  # one block per row, and a ragged odd count
+        w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
+        x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
+        kind = KERNEL_TYPE_IDS[type_name]
+        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block)
+        assert y.shape == (rows, out)
+        assert_product_close(y, w, quantize_activations(x))
+        assert torch.equal(y, torch.ops.loom.quant_linear_int8(x, w_raw, kind, blocks * per_block))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows", [1, 33, 130])
+def test_dequantize_and_gemm_path_for_long_prefills(type_name: str, rows: int) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    w_raw, w = packed(type_name, 45, 2, seed=rows)
+    x = torch.randn(rows, 2 * per_block, generator=torch.Generator().manual_seed(rows))
+    kind = KERNEL_TYPE_IDS[type_name]
+    y = torch.ops.loom.quant_linear_dequant(x, w_raw, kind, 2 * per_block)
+    assert_product_close(y, w, x.double())
+    # The float-activation candidate reads the same blocks.
+    assert_product_close(
+        torch.ops.loom.quant_linear_f32(x, w_raw, kind, 2 * per_block), w, x.double()
+    )
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_rows_dequantize_exactly_as_the_reference(type_name: str) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    w_raw, w = packed(type_name, 9, 2, seed=5)
+    ids = torch.tensor([8, 0, 3, 3])
+    rows = torch.ops.loom.quant_rows(w_raw, ids, KERNEL_TYPE_IDS[type_name], 2 * per_block)
+    assert rows.dtype == torch.float32
+    assert torch.equal(rows, w[ids].float())
+
+
+def test_more_than_512_rows_take_the_dequantize_and_gemm_path() -> None:
+    w_raw, w = packed("Q4_0", 8, 1, seed=3)
+    x = torch.randn(600, 32, generator=torch.Generator().manual_seed(3))
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_0"], 32)
+    assert_product_close(y, w, x.double())  # float activations: no 8-bit rounding
+
+
+def test_strided_input_rows_are_read_in_place() -> None:
+    w_raw, w = packed("Q4_1", 16, 2, seed=1)
+    base = torch.randn(3, 100)
+    x = base[:, 10:74]  # rows 100 apart
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64)
+    assert_product_close(y, w, quantize_activations(x.contiguous()))
+
+
+def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
+    w_raw, _ = packed("Q8_0", 4, 2, seed=0)
+    q8 = KERNEL_TYPE_IDS["Q8_0"]
+    with pytest.raises(RuntimeError, match="not whole blocks"):
+        torch.ops.loom.quant_linear(torch.randn(1, 48), w_raw, q8, 48)
+    with pytest.raises(RuntimeError, match="expected packed weights"):
+        torch.ops.loom.quant_linear(torch.randn(1, 96), w_raw, q8, 96)
+    with pytest.raises(RuntimeError, match="expected float32 input"):
+        torch.ops.loom.quant_linear(torch.randn(1, 64, dtype=torch.float64), w_raw, q8, 64)
+    with pytest.raises(RuntimeError, match="outside 0..3"):
+        torch.ops.loom.quant_rows(w_raw, torch.tensor([4]), q8, 64)
+    with pytest.raises(RuntimeError, match="unknown quantized type"):
+        torch.ops.loom.quant_rows(w_raw, torch.tensor([0]), 99, 64)

@@ -1,0 +1,142 @@
+"""Weights kept in GGML's quantized blocks (the GGUF tensor types Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+Q6_K) instead of being expanded to floats, and the quantizers that make Q8_0 / Q4_0 blocks
+from a float checkpoint at load.
+
+A PackedTensor is a tensor's raw blocks, [rows, bytes per row] uint8, often a view of the
+GGUF file's memory map. The CPU kernels (worker/csrc/quant_matmul_cpu.cpp) multiply by it and
+read embedding rows from it directly; `dequantize()` gives the float32 values llama.cpp's
+reference dequantizers give (the oracle in tests).
+
+`--quantization` (worker/config.py) chooses: `auto` keeps a GGUF's blocks packed on the CPU,
+`none` dequantizes everything (the reference path), `q8_0` / `q4_0` quantize a float
+checkpoint's matrices at load.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from worker.gguf_dequant import BLOCK_SHAPES, dequantize
+
+log = logging.getLogger("loom.worker")
+
+# The kernels' numbering of the types (quant_blocks.h).
+KERNEL_TYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5}
+QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
+# What `--quantization` quantizes a float checkpoint to.
+LOAD_TIME_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0"}
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    data: torch.Tensor  # uint8 [rows, bytes per row]
+    type_name: str  # one of KERNEL_TYPE_IDS
+    shape: tuple[int, int]  # [rows, row length] of the values it holds
+
+    @property
+    def kernel_type(self) -> int:
+        return KERNEL_TYPE_IDS[self.type_name]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        """[rows, row length] float32, exactly the reference dequantizer's values."""
+        return dequantize(self.data, self.type_name, self.shape[1])
+
+
+def packed_bytes(type_name: str, shape: tuple[int, int]) -> int:
+    values, nbytes = BLOCK_SHAPES[type_name]
+    return shape[0] * shape[1] // values * nbytes
+
+
+def concat_packed(parts: list[PackedTensor]) -> PackedTensor | None:
+    """The parts' rows one after the other, when they are of one type (else None)."""
+    types = {p.type_name for p in parts}
+    if len(types) != 1 or len({p.shape[1] for p in parts}) != 1:
+        return None
+    rows = sum(p.shape[0] for p in parts)
+    data = torch.cat([p.data for p in parts])
+    return PackedTensor(data, parts[0].type_name, (rows, parts[0].shape[1]))
+
+
+def keep_packed(quantization: str, device: torch.device) -> bool:
+    """Whether quantized weights stay packed: on the CPU, unless `none` asks for floats, and
+    only where the kernels build (without a compiler they are dequantized, after the one
+    warning load_cpu_kernels gives)."""
+    if quantization == "none":
+        return False
+    if device.type != "cpu":
+        if quantization in LOAD_TIME_TYPES:
+            raise ValueError(f"--quantization {quantization} runs on the CPU only")
+        return False
+    from worker.cpu_kernels import load_cpu_kernels
+
+    return load_cpu_kernels()
+
+
+# ---- quantizing at load, as llama.cpp's reference quantizers do ----------------------------
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C's roundf: halves away from zero (torch.round goes to even)."""
+    a = x.abs()
+    floored = a.floor()
+    return (floored + (2 * (a - floored)).floor()).copysign(x)
+
+
+def _f16_bytes(d: torch.Tensor) -> torch.Tensor:
+    """[n, 1] float32 -> [n, 2] the float16's little-endian bytes."""
+    return d.to(torch.float16).view(torch.uint8).reshape(-1, 2)
+
+
+def quantize_q8_0(values: torch.Tensor) -> torch.Tensor:
+    """[rows, K] float -> [rows, K / 32 * 34] Q8_0 blocks."""
+    rows, k = values.shape
+    blocks = values.float().reshape(-1, 32)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    inverse = torch.where(d == 0, 0.0, 1.0 / d)
+    q = _round_half_away(blocks * inverse).to(torch.int8).view(torch.uint8)
+    return torch.cat((_f16_bytes(d), q), dim=1).reshape(rows, k // 32 * 34)
+
+
+def quantize_q4_0(values: torch.Tensor) -> torch.Tensor:
+    """[rows, K] float -> [rows, K / 32 * 18] Q4_0 blocks (the value of largest magnitude
+    maps to -8)."""
+    rows, k = values.shape
+    blocks = values.float().reshape(-1, 32)
+    largest = blocks.gather(-1, blocks.abs().argmax(dim=-1, keepdim=True))
+    d = largest / -8
+    inverse = torch.where(d == 0, 0.0, 1.0 / d)
+    q = (blocks * inverse + 8.5).trunc().clamp(0, 15).to(torch.uint8)
+    packed = q[:, :16] | (q[:, 16:] << 4)
+    return torch.cat((_f16_bytes(d), packed), dim=1).reshape(rows, k // 32 * 18)
+
+
+_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0}
+
+
+def quantize_matrices(
+    weights: dict[str, torch.Tensor | PackedTensor], quantization: str
+) -> dict[str, torch.Tensor | PackedTensor]:
+    """Every float matrix of `weights` whose rows are whole 32-value blocks, quantized to
+    `quantization`'s type (q8_0 or q4_0); norms and packed tensors stay as they are. A
+    tensor shared under two names (a tied LM head) is quantized once."""
+    type_name = LOAD_TIME_TYPES[quantization]
+    done: dict[int, PackedTensor] = {}
+    out: dict[str, torch.Tensor | PackedTensor] = {}
+    for name, weight in weights.items():
+        if isinstance(weight, PackedTensor) or weight.dim() != 2 or weight.shape[1] % 32:
+            out[name] = weight
+            continue
+        key = id(weight)
+        if key not in done:
+            data = _QUANTIZERS[type_name](weight)
+            done[key] = PackedTensor(data, type_name, (weight.shape[0], weight.shape[1]))
+        out[name] = done[key]
+    log.info("weights quantized to %s at load", type_name)
+    return out
