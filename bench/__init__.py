@@ -11,13 +11,13 @@ check, `bench/gpu_check.sh`.
 - scheduler_benches.py  `scheduler`, `kv-waste`: the scheduler alone, no model
 - paged_attention.py `paged-attention`: one step on the paged KV cache vs a contiguous one
 - worker_steps.py    `decode-floor`, `step-profile`, `efficiency`: the worker's steps timed
-- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load
+- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load;
+                     `structured`: constrained requests' throughput, compile times
 - remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
 - servers.py         `online`, `fairness`: a served model with loadtest as the client; the
                      server process the router and reliability benchmarks start
 - router.py          `router`: the routing policies over two engine replicas
 - reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
-- structured.py      `structured`: structured output's throughput and compile times (SmolLM2)
 - bench_cpu_quant.py `python -m bench.bench_cpu_quant kernels|accuracy|serve|big|profile`:
                      packed GGUF weights on the CPU against llama.cpp's llama-server
 - gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs
