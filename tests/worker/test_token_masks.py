@@ -44,8 +44,11 @@ def test_masks_cross_worker_proto_unchanged_and_malformed_ones_are_refused() -> 
         step_input_from_proto(msg)
 
 
-def test_only_the_named_rows_are_masked() -> None:
-    logits = torch.randn(3, VOCAB)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_only_the_named_rows_are_masked(layout: str) -> None:
+    # A strided tensor takes the torch path a GPU's logits take; a contiguous one numpy's.
+    logits = torch.randn(3, VOCAB) if layout == "contiguous" else torch.randn(VOCAB, 3).t()
+    assert logits.is_contiguous() == (layout == "contiguous")
     before = logits.clone()
     apply_token_masks(logits, [2, 0], TokenMasks(["x", "y"], WORDS, packed([[7, 300], [0]])))
     assert torch.equal(logits[1], before[1])
