@@ -509,9 +509,10 @@ def structured(argv: list[str] | None = None) -> None:
                     wall = run(runs[name])
                     fill_s, apply_s, steps = clock.take()
                     rates.setdefault((system, name), []).append(tokens / wall)
-                    log(f"repeat {repeat + 1}, {system}, {name}: {tokens / wall:.1f} tok/s")
                     per_step = [1e3 * fill_s / steps, 1e3 * apply_s / steps] if steps else ["-"] * 2
                     share = f"{100 * (fill_s + apply_s) / wall:.1f}%" if system == "Loom" else "-"
+                    log(f"repeat {repeat + 1}, {system}, {name}: {wall:.1f} s, "
+                        f"{tokens / wall:.1f} tok/s, masks ms/step {per_step}, {share}")
                     rows.append([repeat + 1, system, name, wall, tokens / wall, *per_step, share])
     finally:
         if server is not None:
