@@ -16,7 +16,9 @@ check, `bench/gpu_check.sh`.
                      `quant-kernels`: one projection on packed GGUF blocks, per kernel
 - worker_steps.py    `decode-floor`, `step-profile`, `engine-profile`, `efficiency`: the
                      worker's steps timed
-- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load
+- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load;
+                     `lora`: adapters mixed vs the base model; `structured`: constrained
+                     requests' throughput, compile times
 - remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
 - servers.py         `online`, `fairness overload|flood|quantum`: a served model with loadtest
                      as the client; the server process the router and reliability

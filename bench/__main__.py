@@ -48,6 +48,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "fairness": ("bench.servers", "fairness",
                  "tenants under pressure: overload with deadlines, a flood, the quantum"),
     "router": ("bench.router", "main", "the router's policies over two engine replicas"),
+    "structured": ("bench.engine_benches", "structured",
+                   "JSON-schema constrained requests vs unconstrained, llama.cpp (--server)"),
     "reliability": ("bench.reliability", "main",
                     "overload shedding (overload) and SIGTERM drain (drain)"),
     "make-model": ("", "make_model",

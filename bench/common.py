@@ -55,13 +55,28 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_isa() -> str:
+    """The vector extensions the kernels may choose among, as /proc/cpuinfo (lscpu) names them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return "/".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
+    except OSError:
+        pass
+    return "ISA unknown"
+
+
 def machine_description(device: str) -> str:
     """One line for BENCHMARKS.md: what ran the numbers."""
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
     accel = f"GPU {torch.cuda.get_device_name(0)}" if on_gpu else "no GPU"
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{os.cpu_count()}-core CPU ({cpu_model()}), {mem_gib:.0f} GiB, {accel}; "
+        f"{os.cpu_count()}-core CPU ({cpu_model()}; {cpu_isa()}), {mem_gib:.0f} GiB, {accel}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}"
     )

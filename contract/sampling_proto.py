@@ -1,6 +1,8 @@
 """SamplingParams to and from `loom.v1.SamplingParams` (proto/serving.proto), by looping over the
 dataclass's fields: the public API and worker.proto carry the same message, so a field added
-to both declarations crosses both wires with no code here.
+to both declarations crosses both wires with no code here. The one message-typed field,
+`structured` (contract/structured.py), has its converter below; the engine never sends it to
+a worker (SamplingParams.as_sampled).
 
 A field unset on the wire (an `optional` one) takes the dataclass's default. Floats travel as
 float32: for the public API they are rounded back to the decimal the caller most likely typed
@@ -18,6 +20,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from contract.sampling import SamplingParams
+from contract.structured import StructuredOutput
 from loompb import serving_pb2
 
 _FLOAT = FieldDescriptor.CPPTYPE_FLOAT
@@ -37,6 +40,9 @@ def sampling_to_proto(params: SamplingParams, msg: serving_pb2.SamplingParams) -
             getattr(msg, f.name).update(value)
         elif descriptor.is_repeated:
             getattr(msg, f.name).extend(value)
+        elif f.name == "structured":
+            if value is not None:
+                structured_to_proto(value, msg.structured)
         elif value is not None:
             setattr(msg, f.name, value)
 
@@ -60,10 +66,33 @@ def sampling_from_proto(
             value = {key: _from_wire(descriptor, v, exact) for key, v in value.items()}
         elif descriptor.is_repeated:
             value = list(value)
+        elif f.name == "structured":
+            value = structured_from_proto(value)
         else:
             value = _from_wire(descriptor, value, exact)
         kwargs[f.name] = value
     return SamplingParams(**kwargs)
+
+
+def structured_to_proto(value: StructuredOutput, msg: serving_pb2.StructuredOutput) -> None:
+    if value.kind == "json_object":
+        msg.json_object = True
+    elif value.kind == "choice":
+        msg.choice.choices.extend(value.choices)
+    else:
+        setattr(msg, value.kind, value.spec)
+
+
+def structured_from_proto(msg: serving_pb2.StructuredOutput) -> StructuredOutput | None:
+    """None for a message with no kind set, or `json_object: false` (no constraint)."""
+    kind = msg.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not msg.json_object):
+        return None
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    if kind == "choice":
+        return StructuredOutput("choice", choices=tuple(msg.choice.choices))
+    return StructuredOutput(kind, getattr(msg, kind))
 
 
 def _is_map(descriptor: FieldDescriptor) -> bool:

@@ -55,6 +55,22 @@ class RunningRequest:
 
 
 @dataclass(slots=True)
+class TokenMasks:
+    """The tokens each constrained request may sample this step (structured output): row i
+    is `req_ids[i]`'s, `words_per_row` little-endian 32-bit words in which bit t % 32 of word
+    t // 32 is set when token t is allowed (the layout of llguidance and xgrammar). The
+    engine's grammar matchers compute them for every request that samples this step."""
+
+    req_ids: list[str]
+    words_per_row: int
+    bits: bytes  # len(req_ids) * words_per_row * 4 bytes
+
+    def row(self, i: int) -> bytes:
+        size = self.words_per_row * 4
+        return self.bits[i * size : (i + 1) * size]
+
+
+@dataclass(slots=True)
 class StepInput:
     new: list[NewRequest] = field(default_factory=list)
     running: list[RunningRequest] = field(default_factory=list)
@@ -63,6 +79,8 @@ class StepInput:
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
     # Requests that finished, were aborted or preempted: the worker drops their state.
     finished_req_ids: list[str] = field(default_factory=list)
+    # Per step, not per request: the allowed tokens of the constrained requests sampling now.
+    token_masks: TokenMasks | None = None
 
 
 @dataclass(slots=True)

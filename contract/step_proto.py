@@ -19,6 +19,7 @@ from contract.step import (
     RunningRequest,
     StepInput,
     StepOutput,
+    TokenMasks,
     WorkerInfo,
 )
 from loompb import worker_pb2 as pb
@@ -55,6 +56,11 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
             new_block_ids=running.new_block_ids,
         )
     msg.num_scheduled_tokens.update(step.num_scheduled_tokens)
+    masks = step.token_masks
+    if masks is not None:
+        msg.token_masks.req_ids.extend(masks.req_ids)
+        msg.token_masks.words_per_row = masks.words_per_row
+        msg.token_masks.bits = masks.bits
     return msg
 
 
@@ -75,7 +81,27 @@ def step_input_from_proto(msg: pb.StepInput) -> StepInput:
         if num_tokens < 1:
             raise ValueError(f"num_scheduled_tokens[{req_id}] must be >= 1, got {num_tokens}")
     finished = list(msg.finished_req_ids)
-    return StepInput(new, running, scheduled, finished)
+    masks = _token_masks(msg.token_masks, scheduled) if msg.HasField("token_masks") else None
+    return StepInput(new, running, scheduled, finished, masks)
+
+
+def _token_masks(msg: pb.TokenMasks, scheduled: dict[str, int]) -> TokenMasks | None:
+    req_ids = list(msg.req_ids)
+    if not req_ids:
+        return None
+    _check_unique(req_ids, "token_masks")
+    for req_id in req_ids:
+        if req_id not in scheduled:
+            raise ValueError(f"token_masks: request {req_id} is not scheduled this step")
+    if msg.words_per_row < 1:
+        raise ValueError(f"token_masks.words_per_row must be >= 1, got {msg.words_per_row}")
+    size = len(req_ids) * msg.words_per_row * 4
+    if len(msg.bits) != size:
+        raise ValueError(
+            f"token_masks.bits must hold {size} bytes ({len(req_ids)} rows of "
+            f"{msg.words_per_row} words), got {len(msg.bits)}"
+        )
+    return TokenMasks(req_ids, msg.words_per_row, msg.bits)
 
 
 def _new_request(msg: pb.NewRequest) -> NewRequest:

@@ -132,6 +132,21 @@ class Admitter:
         if not self.async_engine.engine.worker_available:
             raise Refused("UNAVAILABLE", "the worker is unavailable (reconnecting); retry")
 
+    async def compile_structured(self, params: SamplingParams) -> None:
+        """Compile the request's structured output constraint, if any, on a thread of its
+        own, so a big schema stalls neither this event loop nor the engine loop; `admit`
+        then finds it compiled. Refused(INVALID_ARGUMENT, param "structured") naming what is
+        wrong with it, or the server limit it is over."""
+        if params.structured is None:
+            return
+        grammars = self.async_engine.engine.grammars
+        try:
+            await asyncio.to_thread(grammars.compile, params.structured)
+        except ValueError as exc:
+            refused = Refused.invalid(exc)
+            refused.param = "structured"
+            raise refused from exc
+
     def admit(
         self,
         tenant: Tenant,

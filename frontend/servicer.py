@@ -93,6 +93,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
                 )
             except ValueError as exc:
                 raise Refused.invalid(exc) from exc
+            await self.admitter.compile_structured(params)
             prompt = request.prompt or list(request.prompt_token_ids)
             priority = request.priority if request.HasField("priority") else None
             deadline_ms = request.deadline_ms if request.HasField("deadline_ms") else None

@@ -169,3 +169,7 @@ class HFTokenizer(Tokenizer):
 
     def id_to_piece(self, token_id: int) -> str:
         return self._tk.id_to_token(token_id) or ""
+
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what grammar libraries read)."""
+        return self._tk.to_str()

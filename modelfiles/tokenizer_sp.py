@@ -85,6 +85,22 @@ class SentencePieceTokenizer(Tokenizer):
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(token_id)
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each token stands for in text, for grammar-constrained decoding: "▁"
+        reads as a space, <0xNN> as byte NN. Control and unknown tokens, which stand for no
+        text, start with 0xFF (no UTF-8 text does), the marker llguidance reads as special."""
+        sp = self._sp
+        pieces = []
+        for token_id in range(self.vocab_size):
+            piece = sp.id_to_piece(token_id)
+            if sp.is_control(token_id) or sp.is_unknown(token_id):
+                pieces.append(b"\xff" + piece.encode())
+            elif sp.is_byte(token_id):
+                pieces.append(bytes([int(piece[3:5], 16)]))
+            else:
+                pieces.append(piece.replace("\u2581", " ").encode())
+        return pieces
+
     def anchor_id(self) -> int:
         sp = self._sp
         for token_id in sp.encode("a"):

@@ -25,6 +25,9 @@ use, so `import scheduler.request` stays light (no tokenizer).
                        can no longer finish by its deadline
 - step_results.py      a step's sampled tokens, logprobs and prompt logprobs applied to a request
 - stop.py              check_stop, which decides the natural finishes, and who decides the others
+- grammars.py          structured output compiled (llguidance) once per constraint, cached, limited
+- grammar_tokenizer.py the model's vocabulary as the grammar library reads it
+- token_masks.py       each step's allowed tokens from the matchers; matchers advanced in update
 - step_failures.py     failed engine steps in a row, and when they stop the loop
 - detokenizer.py       incremental text: whole characters only, across tokens
 - output_processor.py  text deltas, stop-string scans, usage

@@ -62,6 +62,23 @@ class SchedulerConfig:
         16, "most sequences one request may ask for (n); they share its prompt", integer(1)
     )
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of identical prompt prefixes")
+    # Structured output (scheduler/grammars.py): what a request's constraint may cost.
+    max_structured_bytes: int = setting(
+        65536,
+        "largest JSON schema, regex, grammar or choice list a request may bring, in bytes",
+        integer(1),
+    )
+    max_grammar_symbols: int = setting(
+        500_000, "most symbols a compiled structured-output grammar may hold", integer(1)
+    )
+    grammar_compile_fuel: int = setting(
+        1_000_000,
+        "work a grammar's lexer may take to build (about 50,000 a millisecond)",
+        integer(1),
+    )
+    grammar_cache_size: int = setting(
+        256, "compiled structured-output grammars kept for later requests", integer(1)
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -25,6 +25,7 @@ from scheduler.config import EngineConfig, EngineStats
 from scheduler.engine_stats import collect_stats
 from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.fanout import SequenceGroups, child_req_ids
+from scheduler.grammars import GrammarCompiler
 from scheduler.lora_registry import LoraRegistry
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
@@ -69,12 +70,17 @@ class Engine:
         self.loras = LoraRegistry(self.info)
         for spec in config.lora.lora:
             self.loras.load(*parse_lora_spec(spec))
+        # Structured output's grammars, compiled once per constraint for this vocabulary.
+        self.grammars = GrammarCompiler(
+            tokenizer, self.info.vocab_size, self.eos_ids, config.scheduler
+        )
         self._requests = RequestFactory(
             tokenizer,
             self.info.vocab_size,
             config.scheduler.max_n,
             self.eos_ids,
             self.scheduler.check_fits,
+            self.grammars,
         )
         self._lock = threading.Lock()
         self._pending: list[Request] = []  # added, not yet taken by a step

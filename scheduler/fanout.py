@@ -71,6 +71,7 @@ class SequenceGroup:
                     lora=req.lora,
                     arrival_time=req.arrival_time,
                     deadline=req.deadline,
+                    grammar=req.grammar,  # each sequence matches on its own
                 )
             )
         group = cls(req.req_id, sequences, sequences[1:], len(sequences))

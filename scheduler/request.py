@@ -11,10 +11,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from contract.sampling import InvalidFieldError, SamplingParams
 from contract.step import LoraRef
 from scheduler.tenant_usage import TenantUsage
+
+if TYPE_CHECKING:
+    from scheduler.grammars import CompiledGrammar
 
 
 def validate_prompt(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int) -> None:
@@ -117,6 +121,10 @@ class Request:
     lora: LoraRef | None = None  # the LoRA adapter it runs with; None: the base model
     # Shared by the tenant's requests once the scheduler takes the request.
     tenant_usage: TenantUsage = field(default_factory=TenantUsage)
+    # Structured output: the compiled constraint (params.structured), and this sequence's
+    # own matcher over it, advanced by each token kept (scheduler/token_masks.py).
+    grammar: CompiledGrammar | None = None
+    matcher: Any = field(init=False, default=None)
     # What the worker samples with: params with their floats in float32 (derived once).
     sampling: SamplingParams = field(init=False)
     # Generating one of these ends the request: the stop token ids, and EOS unless ignored.
@@ -127,6 +135,8 @@ class Request:
         self.eos_ids = frozenset(self.eos_ids)
         self.sampling = self.params.as_sampled()
         self.end_ids = self.params.end_ids(self.eos_ids)
+        if self.grammar is not None:
+            self.matcher = self.grammar.new_matcher()
         if self.params.echo:
             self.prompt_logprobs = [None] * len(self.prompt_token_ids)
             if self.params.top_logprobs:

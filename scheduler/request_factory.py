@@ -10,6 +10,7 @@ from common.checks import number
 from contract.sampling import InvalidFieldError, SamplingParams
 from contract.step import LoraRef
 from modelfiles.tokenizer import Tokenizer
+from scheduler.grammars import GrammarCompiler
 from scheduler.request import Request, validate_prompt
 
 
@@ -21,12 +22,14 @@ class RequestFactory:
         max_n: int,
         eos_ids: tuple[int, ...],
         check_fits: Callable[[int, int], None],  # (prompt tokens, max_tokens); raises
+        grammars: GrammarCompiler,
     ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_n = max_n
         self.eos_ids = eos_ids
         self.check_fits = check_fits
+        self.grammars = grammars
 
     def make(
         self,
@@ -59,6 +62,8 @@ class RequestFactory:
             raise ValueError(f"req_id must be a string, got {req_id!r}")
         deadline_s = _check_deadline("deadline_s", deadline_s)
         arrival_time = time.monotonic()
+        # Cached when a server compiled it on its own thread first (frontend/admission.py).
+        grammar = self.grammars.compile(params.structured) if params.structured else None
         return Request(
             req_id=req_id or uuid.uuid4().hex,
             prompt_token_ids=prompt_token_ids,
@@ -69,6 +74,7 @@ class RequestFactory:
             arrival_time=arrival_time,
             deadline=None if deadline_s is None else arrival_time + deadline_s,
             lora=lora,
+            grammar=grammar,
         )
 
 

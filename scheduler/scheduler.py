@@ -54,6 +54,7 @@ from scheduler.step_results import (
     scan_for_stop_string,
 )
 from scheduler.tenant_usage import TenantLedger, TenantUsage
+from scheduler.token_masks import advance_matcher, step_token_masks
 from worker.config import CacheConfig
 
 __all__ = ["Scheduler", "SchedulerOutput", "TextScanner"]
@@ -155,6 +156,7 @@ class Scheduler:
             self._schedule_waiting(out, budget)
         out.step_input.finished_req_ids = list(self._finished_req_ids)
         self._finished_req_ids.clear()
+        out.step_input.token_masks = step_token_masks(out.scheduled, out.step_input)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -329,9 +331,13 @@ class Scheduler:
             row = find_row(k, req.req_id)
             error = None
             if row is not None and step_out.sampled_token_ids[row]:
+                num_before = len(req.output_token_ids)
                 status = append_output(req, step_out, row, self.max_model_len)
                 if scan_text is not None:
                     status, error = scan_for_stop_string(req, status, scan_text, self.max_model_len)
+                if req.matcher is not None and (status is None or req.matcher.is_error()):
+                    error = advance_matcher(req, num_before)
+                    status = RequestStatus.FINISHED_ERROR if error else status
             elif req.num_computed_tokens >= req.num_tokens:
                 # Everything computed but nothing sampled: the request would never run again.
                 status, error = RequestStatus.FINISHED_ERROR, "the worker sampled no token"

@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 from common.stages import log_stage
-from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
+from contract.step import (
+    NewRequest,
+    RunningRequest,
+    StepInput,
+    StepOutput,
+    TokenMasks,
+    WorkerInfo,
+)
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
@@ -146,6 +153,7 @@ class ModelRunner:
             )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
+        self.token_masks: TokenMasks | None = None  # structured output's, of the running step
         # Draws for requests without a seed of their own.
         self._rng = random.Random(model.seed)
 
@@ -175,6 +183,7 @@ class ModelRunner:
         scheduled, adapters, lora_errors = self._acquire_loras(scheduled)
         if not scheduled:
             return StepOutput(errors=lora_errors)
+        self.token_masks = step.token_masks  # read by sample(), this step only
         with torch.inference_mode():
             # Decode-only steps replay a captured CUDA graph when there is one (not adapted).
             graphs = self.decode_graphs if not adapters else None
@@ -227,7 +236,9 @@ class ModelRunner:
             for (state, _), plan in zip(scheduled, batch.plans, strict=True)
             if plan.sample_row is not None
         }
-        return sample_and_score(scheduled, batch.plans, logits, uniforms, self.penalties)
+        return sample_and_score(
+            scheduled, batch.plans, logits, uniforms, self.penalties, self.token_masks
+        )
 
     def build_batch(self, scheduled: list[tuple[RequestState, int]]) -> StepBatch:
         """The flat batch of one step, for this worker's device and attention backend."""

@@ -71,7 +71,33 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
             if state is None or req_id in finished:
                 raise StepRejected(f"request {req_id} is scheduled but not on this worker")
             plan = _Planned(len(state.token_ids), len(state.block_ids), state.num_computed)
+            planned[req_id] = plan
         _check_scheduled(req_id, num_tokens, plan, info)
+    if step.token_masks is not None:
+        _check_token_masks(step, planned, info.vocab_size)
+
+
+def _check_token_masks(step: StepInput, planned: dict[str, _Planned], vocab_size: int) -> None:
+    """Each mask row is a request that samples this step, as wide as the vocabulary, with
+    at least one token allowed (a row allowing none leaves nothing to sample)."""
+    masks = step.token_masks
+    assert masks is not None
+    words = (vocab_size + 31) // 32
+    if masks.words_per_row != words:
+        raise StepRejected(
+            f"token masks must be {words} words wide (vocabulary {vocab_size}), got "
+            f"{masks.words_per_row}"
+        )
+    if len(masks.bits) != len(masks.req_ids) * words * 4:
+        raise StepRejected(f"token masks must hold {len(masks.req_ids)} rows of {words} words")
+    empty = bytes(words * 4)
+    for i, req_id in enumerate(masks.req_ids):
+        plan = planned.get(req_id)
+        num_scheduled = step.num_scheduled_tokens.get(req_id, 0)
+        if plan is None or plan.num_computed + num_scheduled != plan.num_tokens:
+            raise StepRejected(f"request {req_id} has a token mask but samples nothing this step")
+        if masks.row(i) == empty:
+            raise StepRejected(f"request {req_id}: its token mask allows no token")
 
 
 def _check_scheduled(req_id: str, num_tokens: int, plan: _Planned, info: WorkerInfo) -> None:

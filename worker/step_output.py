@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from contract.step import PromptLogprobs, StepOutput
@@ -19,7 +20,9 @@ class HostScores:
     top_logprobs: list[list[float]]
 
     def top(self, row: int, k: int) -> list[tuple[int, float]]:
-        return list(zip(self.top_ids[row][:k], self.top_logprobs[row][:k], strict=True))
+        """The k best of the row; fewer where a grammar's mask left fewer tokens possible."""
+        pairs = zip(self.top_ids[row][:k], self.top_logprobs[row][:k], strict=True)
+        return [(token_id, logprob) for token_id, logprob in pairs if logprob != -math.inf]
 
 
 def assemble_output(

@@ -1,10 +1,11 @@
 """One step's sampling and scoring over the logits the model computed for it.
 
 Logits rows follow the batch (decodes first); a request samples from its `sample_row` and an
-echo request also scores its prompt rows. The rows are sampled in their own order, with no
-copy of the logits unless some rows must be shaped (penalties and logit biases, then stop
-tokens masked before `min_tokens`), and when any request wants logprobs, one log-softmax
-covers every row, over the raw logits. The sampled tokens and
+echo request also scores its prompt rows. Structured output's allowed-token masks apply first,
+in place, to the rows they name. The rows are sampled in their own order, with no copy of the
+logits unless some rows must be shaped (penalties and logit biases, then stop tokens masked
+before `min_tokens`), and when any request wants logprobs, one log-softmax covers every row,
+over the raw logits (masked where a grammar constrains the row). The sampled tokens and
 their logprobs come back to the host in one copy, the step's one wait for a GPU, with a flag
 per row saying whether its logits were finite: a request with a NaN or infinite row fails
 alone (StepOutput.errors), whatever else shares the step.
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from contract.step import StepOutput
+from contract.step import StepOutput, TokenMasks
 from worker.device_io import to_device, to_host_lists
 from worker.penalties import PenaltyTable
 from worker.sampler import SamplingRows, TokenLogprobs, sample, token_logprobs
 from worker.step_batch import LogitsPlan, RequestState
 from worker.step_output import HostScores, assemble_output
+from worker.token_masks import apply_token_masks
 
 
 def sample_and_score(
@@ -28,6 +30,7 @@ def sample_and_score(
     logits: torch.Tensor,  # [num_rows, vocab] float32
     uniforms: dict[int, float],  # sample row -> its random number in [0, 1)
     penalties: PenaltyTable | None = None,  # the rows of requests with penalties or biases
+    token_masks: TokenMasks | None = None,  # structured output's allowed tokens, this step
 ) -> StepOutput:
     device = logits.device
     by_row = sorted(
@@ -35,6 +38,13 @@ def sample_and_score(
         for (state, _), plan in zip(scheduled, plans, strict=True)
         if plan.sample_row is not None
     )
+    # One pass over the raw logits: a row's sum is finite only when every logit is (or when
+    # finite logits overflow float32, which is no less broken). It comes back with the tokens.
+    finite = torch.isfinite(logits.sum(dim=-1))
+    if token_masks is not None:
+        # Masked in the raw logits, before all else: logprobs are then over allowed tokens.
+        row_of = {state.req_id: row for row, state in by_row}
+        apply_token_masks(logits, [row_of[r] for r in token_masks.req_ids], token_masks)
     rows = [row for row, _ in by_row]
     states = [state for _, state in by_row]
     # Without echo rows every logits row is a sample row, in order: sample them in place.
@@ -55,9 +65,6 @@ def sample_and_score(
     tokens = sample(sample_logits, params)
     if penalised and penalties is not None:
         penalties.record(penalty_rows, tokens.index_select(0, _long(penalised, device)))
-    # One pass over the raw logits: a row's sum is finite only when every logit is (or when
-    # finite logits overflow float32, which is no less broken). It comes back with the tokens.
-    finite = torch.isfinite(logits.sum(dim=-1))
     found = _logprobs(scheduled, plans, logits, rows, tokens)
     if found is None:
         token_list, finite_rows = to_host_lists(tokens, finite)

@@ -7,6 +7,7 @@
 - lora_routes.py /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's admin routes)
 - schemas.py     the request bodies (pydantic), strict types, unsupported fields refused; the
                  sampling fields derived from contract/sampling.py
+- structured.py  response_format, guided_* and structured_outputs -> one StructuredOutput
 - convert.py     a body -> prompts and SamplingParams, refusals named as the caller did
 - choices.py     one choice as deltas arrive: text, echo, finish reason, logprobs
 - logprobs.py    logprobs in the completions (legacy) and chat shapes, token texts, offsets

@@ -47,7 +47,7 @@ def completion_inputs(body: CompletionRequest, defaults: Mapping[str, Any]) -> E
         names=COMPLETION_PARAMS,
         defaults=defaults,
     )
-    return EngineInputs(prompt_list(body.prompt), params, COMPLETION_PARAMS)
+    return EngineInputs(prompt_list(body.prompt), params, _names(COMPLETION_PARAMS, body))
 
 
 def prompt_list(prompt: str | list) -> list[str | list[int]]:
@@ -91,7 +91,7 @@ def chat_inputs(
         names=CHAT_PARAMS,
         defaults=tokenizer.sampling_defaults,
     )
-    return EngineInputs([prompt_ids], params, CHAT_PARAMS)
+    return EngineInputs([prompt_ids], params, _names(CHAT_PARAMS, body))
 
 
 def sampling_params(
@@ -110,8 +110,11 @@ def sampling_params(
     chosen = {**defaults, **{name: value for name, value in given.items() if value is not None}}
     if chosen.get("top_k") == -1:  # vLLM's "off"
         chosen["top_k"] = 0
+    structured, _ = body.structured()
+    names = _names(names, body)
     try:
         return SamplingParams(
+            structured=structured,
             max_tokens=max_tokens,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             logprobs=logprobs,
@@ -124,6 +127,11 @@ def sampling_params(
         refused = Refused.invalid(exc)
         refused.param = names.get(refused.param or "", refused.param)
         raise refused from exc
+
+
+def _names(names: dict[str, str], body: Fields) -> dict[str, str]:
+    """Engine field -> the caller's name for it, structured output's field included."""
+    return {**names, "structured": body.structured()[1]}
 
 
 def _token_biases(logit_bias: dict[str, float] | None) -> dict[int, float]:

@@ -93,7 +93,7 @@ class OpenAIRoutes:
         self.admitter.check_open()
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
         inputs = completion_inputs(body, self.engine.tokenizer.sampling_defaults)
-        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
+        calls = await self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [
             CompletionChoice(
@@ -116,7 +116,7 @@ class OpenAIRoutes:
         self.admitter.check_open()
         body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
-        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
+        calls = await self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
         model = body.model or self.model
@@ -214,7 +214,7 @@ class OpenAIRoutes:
             code="model_not_found",
         )
 
-    def _admit_all(
+    async def _admit_all(
         self,
         tenant: Tenant,
         inputs: EngineInputs,
@@ -226,6 +226,7 @@ class OpenAIRoutes:
         self._check_call_size(len(inputs.prompts), inputs.params.n)
         lora = None if model is None or model == self.model else model
         try:
+            await self.admitter.compile_structured(inputs.params)
             return self.admitter.admit_all(
                 tenant,
                 inputs.prompts,

@@ -2,7 +2,7 @@
 
 Types are strict (a string is not a number), unknown fields are ignored as OpenAI's clients
 expect, and fields that would change what a request means but that Loom does not do
-(`suffix`, `best_of` above n, tools, JSON output) are refused by name. The sampling fields
+(`suffix`, `best_of` above n, tools) are refused by name. The sampling fields
 that mean the same here as in the engine are derived from its declaration
 (contract/sampling.py), whose checks refuse bad values with the same words for both APIs.
 """
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from contract.sampling import SamplingParams, http_fields
 from frontend.admission import Refused
 from frontend.http.body_errors import field_path, lone_surrogate
+from frontend.http.structured import StructuredFields
 
 MAX_MESSAGES = 1024
 PROMPT_FORMS = "prompt must be a string, a list of strings, token ids or a list of token-id lists"
@@ -40,9 +41,10 @@ _EngineSamplingFields: Any = create_model(
 )
 
 
-class SamplingFields(_EngineSamplingFields):
-    """What both routes take: the engine's sampling fields above, and these, OpenAI's then
-    vLLM's, whose form differs from the engine's or which are not sampling."""
+class SamplingFields(_EngineSamplingFields, StructuredFields):
+    """What both routes take: the engine's sampling fields above, structured output's
+    (frontend/http/structured.py), and these, OpenAI's then vLLM's, whose form differs from
+    the engine's or which are not sampling."""
 
     model: str | None = None
     stream: bool = False
@@ -63,9 +65,6 @@ class SamplingFields(_EngineSamplingFields):
         best_of = extra.get("best_of")
         if best_of is not None and best_of != (self.n or 1):
             return "best_of is not supported (only equal to n)"
-        response_format = extra.get("response_format")
-        if response_format not in (None, {"type": "text"}):
-            return "response_format is not supported (only text)"
         return None
 
 

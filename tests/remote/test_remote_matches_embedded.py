@@ -1,6 +1,7 @@
 """An engine driving `python -m worker serve` over loopback gives exactly what the engine with
 the worker in-process gives: the same tokens, logprobs, top logprobs, prompt logprobs, text
-and usage, greedy, seeded, with echo, and through preemptions under a small cache.
+and usage, greedy, seeded, with echo, with structured output, and through preemptions under a
+small cache.
 
 Both run the offline API with every request queued at once, so both schedulers see the same
 steps, and the worker process computes what the in-process worker computes."""
@@ -8,10 +9,13 @@ steps, and the worker process computes what the in-process worker computes."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections.abc import Iterator
 
 import pytest
 
+from contract.structured import StructuredOutput
 from frontend.remote_engine import remote_engine
 from scheduler import Engine, EngineConfig, RequestOutput, SamplingParams
 from tests.conftest import STORIES_DIR
@@ -119,3 +123,18 @@ def test_min_p_reaches_the_remote_worker(remote: Engine, embedded: Engine) -> No
     assert outputs[0].token_ids == greedy[0].token_ids
     unfiltered = embedded.generate(PROMPTS[1:2], SamplingParams(**drawn))
     assert outputs[1].token_ids != unfiltered[0].token_ids  # min_p changed the draws
+
+
+def test_structured_output_masks_reach_the_remote_worker(remote: Engine, embedded: Engine) -> None:
+    regex = StructuredOutput("regex", r"(Tim|Lily) (was|had) [a-z]{1,6}\.")
+    schema = StructuredOutput.json_schema(
+        {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+         "required": ["n"], "additionalProperties": False}
+    )  # fmt: skip
+    params = [
+        SamplingParams(max_tokens=24, temperature=1.0, seed=s, structured=c, logprobs=True)
+        for s, c in enumerate([regex, schema, regex])
+    ]
+    outputs = assert_same(remote, embedded, PROMPTS, params)
+    assert re.fullmatch(r"(Tim|Lily) (was|had) [a-z]{1,6}\.", outputs[0].text)
+    assert set(json.loads(outputs[1].text)) == {"n"}
