@@ -14,8 +14,10 @@ from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, Wor
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.decode_step import FusedDecode
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
+from worker.packed_modules import use_int8_activations
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
@@ -72,6 +74,8 @@ class ModelRunner:
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
         self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+        if model.activations == "int8":
+            use_int8_activations(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
@@ -90,6 +94,10 @@ class ModelRunner:
             self.model, self.kv_cache, self.attention_backend, self.device,
             config.max_num_seqs, model.enforce_eager,
         )  # fmt: skip
+        # On the CPU, decode steps run as one C++ call (None where that does not apply).
+        self.fused_decode = FusedDecode.create(
+            self.model, self.kv_cache, self.attention_backend.name, self.device
+        )
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
@@ -144,10 +152,12 @@ class ModelRunner:
             replayed = self.decode_graphs.run(scheduled) if self.decode_graphs else None
             if replayed is None:
                 batch = self.build_batch(scheduled)
-                hidden = self.model(
-                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
-                )
-                logits = self.model.compute_logits(hidden, batch.logits_rows)
+                logits = self.fused_decode(batch) if self.fused_decode else None
+                if logits is None:
+                    hidden = self.model(
+                        batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
+                    )
+                    logits = self.model.compute_logits(hidden, batch.logits_rows)
             else:
                 batch, logits = replayed
             output = self.sample(scheduled, batch, logits)
