@@ -43,6 +43,14 @@ def packed_engine() -> Engine:
 
 
 @pytest.fixture(scope="module")
+def oracle_outputs(engine: Engine) -> list:
+    """The float32 oracle's greedy 32 tokens (with logprobs) for each of PROMPTS."""
+    prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
+    params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0, logprobs=True, ignore_eos=True)
+    return engine.generate(prompts, params)
+
+
+@pytest.fixture(scope="module")
 def int8_engine() -> Engine:
     return Engine.from_model_dir("smollm2", device="cpu", num_kv_blocks=64, activations="int8")
 
@@ -65,10 +73,11 @@ def test_the_model_is_read_from_the_gguf(engine: Engine) -> None:
 
 
 @torch.inference_mode()
-def test_greedy_output_equals_transformers(engine: Engine, transformers_model) -> None:
+def test_greedy_output_equals_transformers(
+    engine: Engine, oracle_outputs: list, transformers_model
+) -> None:
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
-    params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0, logprobs=True, ignore_eos=True)
-    outputs = engine.generate(prompts, params)
+    outputs = oracle_outputs
     for prompt, output in zip(prompts, outputs, strict=True):
         # One forward over prompt + Loom's output gives transformers' next-token logits after
         # every prefix: its greedy pick there must be Loom's token, so transformers' own
@@ -91,11 +100,13 @@ ANSWER = "The capital of France is Paris."
 
 
 @torch.inference_mode()
-def test_packed_weights_follow_the_float32_oracle(engine: Engine, packed_engine: Engine) -> None:
+def test_packed_weights_follow_the_float32_oracle(
+    engine: Engine, packed_engine: Engine, oracle_outputs: list
+) -> None:
     params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0, ignore_eos=True)
-    for text in PROMPTS:
+    for text, oracle in zip(PROMPTS, oracle_outputs, strict=True):
         prompt = engine.tokenizer.encode(text)
-        oracle_ids = engine.generate([prompt], params)[0].token_ids
+        oracle_ids = oracle.token_ids
         assert packed_engine.generate([prompt], params)[0].token_ids == oracle_ids
         sequence = prompt + oracle_ids
         ours = teacher_forced_logprobs(packed_engine, sequence, chunk=8)[len(prompt) - 1 :]
@@ -105,17 +116,18 @@ def test_packed_weights_follow_the_float32_oracle(engine: Engine, packed_engine:
 
 
 @torch.inference_mode()
-def test_int8_activations_stay_near_the_float32_oracle(engine: Engine, int8_engine: Engine) -> None:
+def test_int8_activations_stay_near_the_float32_oracle(
+    engine: Engine, int8_engine: Engine, oracle_outputs: list
+) -> None:
     model = int8_engine.worker.model
     assert isinstance(model.layers[0].attention.wqkv, PackedLinear)
     assert model.layers[0].attention.wqkv.parts[0].type_name == "Q4_1"
     assert model.output.parts[0].type_name == "Q8_0"  # tied to the Q8_0 embedding
     assert model.output.parts[0].data.data_ptr() == model.tok_embeddings.packed.data.data_ptr()
-    params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0, ignore_eos=True)
-    for text in PROMPTS:
+    assert model.output.int8
+    for text, oracle in zip(PROMPTS, oracle_outputs, strict=True):
         prompt = engine.tokenizer.encode(text)
-        oracle_ids = engine.generate([prompt], params)[0].token_ids
-        sequence = prompt + oracle_ids
+        sequence = prompt + oracle.token_ids
         ours = teacher_forced_logprobs(int8_engine, sequence, chunk=8)[len(prompt) - 1 :]
         theirs = teacher_forced_logprobs(engine, sequence)[len(prompt) - 1 :]
         top = theirs.topk(10, -1).indices
