@@ -15,6 +15,8 @@ from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.decode_step import FusedDecode
+from worker.fused_ops import install_fused_ops
+from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.packed_modules import use_int8_activations
@@ -76,6 +78,8 @@ class ModelRunner:
         self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
         if model.activations == "int8":
             use_int8_activations(self.model)
+        if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
+            install_fused_ops(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
@@ -90,9 +94,12 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
+        if self.attention_backend.name == "triton" and self.device.type == "cuda":
+            # No request waits for a Triton compile (the graphs below compile their own).
+            warm_up_kernels(self.model, self.kv_cache, self.attention_backend)
         self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
             self.model, self.kv_cache, self.attention_backend, self.device,
-            config.max_num_seqs, model.enforce_eager,
+            config.max_num_seqs, model.enforce_eager, placement.world_size,
         )  # fmt: skip
         # On the CPU, decode steps run as one C++ call (None where that does not apply).
         self.fused_decode = FusedDecode.create(
