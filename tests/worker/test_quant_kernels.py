@@ -76,7 +76,10 @@ def test_float_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> No
         y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block)
         assert y.shape == (rows, out)
         assert_product_close(y, w, x.double())  # no 8-bit rounding of the activations
-        assert torch.equal(y, torch.ops.loom.quant_linear_f32(x, w_raw, kind, blocks * per_block))
+        direct = torch.ops.loom.quant_linear_f32(x, w_raw, kind, blocks * per_block)
+        assert_product_close(direct, w, x.double())
+        if rows <= 16:  # above, dequantize + GEMM
+            assert torch.equal(y, direct)
 
 
 @pytest.mark.parametrize("type_name", TYPES)
