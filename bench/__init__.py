@@ -10,15 +10,17 @@ check, `bench/gpu_check.sh`.
                      `--startup` times; `accuracy`: packed weights against the oracle
 - peer_systems.py    the systems it runs: Loom, transformers, a Meta-style static batch loop,
                      llama.cpp's llama-server; a fresh process's start-up timed
-- scheduler_benches.py  `scheduler`, `kv-waste`: the scheduler alone, no model
+- scheduler_benches.py  `scheduler`, `kv-waste`, `deadline-sim`: the scheduler alone, no
+                     model
 - kernels.py         `paged-attention`: one step on the paged KV cache vs a contiguous one;
                      `quant-kernels`: one projection on packed GGUF blocks, per kernel
 - worker_steps.py    `decode-floor`, `step-profile`, `engine-profile`, `efficiency`: the
                      worker's steps timed
 - engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load
 - remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
-- servers.py         `online`, `fairness`: a served model with loadtest as the client; the
-                     server process the router and reliability benchmarks start
+- servers.py         `online`, `fairness overload|flood|quantum`: a served model with loadtest
+                     as the client; the server process the router and reliability
+                     benchmarks start
 - router.py          `router`: the routing policies over two engine replicas
 - reliability.py     `reliability overload|drain`: shedding a flood, draining on SIGTERM
 - gpu_check.sh, gpu_check.py, gpu_parts.py   the device check: verification (kernel vs

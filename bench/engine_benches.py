@@ -10,10 +10,14 @@ prompts cut into chunks (step budget and prefill chunk `--chunk` tokens, decodes
 Sarathi-style) or run whole in one step together with the decodes, and the throughput each
 costs. ITL is the wall time between consecutive tokens of one stream, over all streams;
 throughput is every prompt and generated token over the runs' wall time.
+
+lora: the same 128-request workload on the base model and spread over 1, 4 and 16 LoRA
+adapters, and what the adapter path adds per decoded token at batch 1 and 32.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from bench.common import (
     publish,
     random_tokens,
     run_header,
+    uniform_workload,
     warm_up,
 )
 from modelfiles.tokenizer import Tokenizer
@@ -275,3 +280,92 @@ are totals). Random-weight 60M model, float32, prefix cache off.
 {markdown_table(["goal", "measured", "result"], goals)}
 """
     publish(CHUNKED_SECTION, body, not args.no_write)
+
+
+# ---- lora --------------------------------------------------------------------------------
+
+LORA_SECTION = "LoRA adapters: throughput with 1, 4 and 16 adapters mixed vs the base model"
+LORA_GOAL = 0.7  # throughput with 16 adapters / the base model's
+
+
+def run_lora_mix(engine: Engine, workload, names: list[str | None]) -> float:
+    """Tokens per second of `workload` with request i on adapter names[i % len(names)]."""
+    params = [greedy_params(n) for n in workload.max_tokens]
+    loras = [names[i % len(names)] for i in range(len(workload.prompts))]
+    start = time.perf_counter()
+    engine.generate(workload.prompts, params, loras=loras)
+    wall = time.perf_counter() - start
+    return (workload.num_prompt_tokens + workload.num_output_tokens) / wall
+
+
+def decode_ms_per_token(engine: Engine, batch: int, lora: str | None, output_len: int) -> float:
+    """Wall ms per generated token of `batch` requests decoding together, all on `lora`."""
+    prompts = [[5 + i, 6, 7, 8] for i in range(batch)]
+    start = time.perf_counter()
+    engine.generate(prompts, greedy_params(output_len), loras=lora)
+    return (time.perf_counter() - start) * 1e3 / (batch * output_len)
+
+
+def lora(argv: list[str] | None = None) -> None:
+    """lora: a 128-request workload (random prompts of 32-128 tokens, 32-64 greedy tokens
+    each) on the base model alone, then with its requests spread round-robin over 1, 4 and
+    16 random rank-16 adapters of every projection (--max-loras 16, so any mix runs in one
+    step); and the per-token cost of the adapter path: `batch` requests decoding together,
+    all on one adapter or all on none."""
+    from worker.random_model import write_random_lora
+
+    p = bench_parser("lora", "throughput with 1, 4, 16 LoRA adapters vs the base model")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-requests", type=int, default=128)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--adapters-dir", type=Path, default=DEFAULT_MODEL_DIR.parent / "loras")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mix, pooled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    params = json.loads((args.model / "params.json").read_text())
+    specs = tuple(
+        f"a{i}={write_random_lora(args.adapters_dir / f'a{i}', params, args.rank, i)}"
+        for i in range(16)
+    )
+    engine, _ = build_engine(
+        args.model, args.device, lora=specs, max_loras=16, max_lora_rank=args.rank,
+        max_num_seqs=128, max_num_batched_tokens=2048,
+    )  # fmt: skip
+    warm_up(engine)
+    vocab_size = engine.info.vocab_size
+    workload = uniform_workload(args.num_requests, (32, 128), (32, 64), vocab_size, args.seed)
+    mixes: dict[str, list[str | None]] = {
+        "base model alone": [None],
+        **{f"{k} adapter{'s' * (k > 1)}": [f"a{i}" for i in range(k)] for k in (1, 4, 16)},
+    }
+    rates: dict[str, list[float]] = {name: [] for name in mixes}
+    for repeat in range(args.repeats):
+        order = list(mixes) if repeat % 2 == 0 else list(reversed(mixes))
+        for name in order:  # alternated, so a drift in load favours none
+            rates[name].append(run_lora_mix(engine, workload, mixes[name]))
+    base = float(np.mean(rates["base model alone"]))
+    rows = [[name, float(np.mean(r)), float(np.mean(r)) / base] for name, r in rates.items()]
+    cost_rows = []
+    for batch in (1, 32):
+        plain = decode_ms_per_token(engine, batch, None, 32)
+        adapted = decode_ms_per_token(engine, batch, "a0", 32)
+        cost_rows.append([batch, plain, adapted, adapted - plain, adapted / plain])
+    ratio = float(np.mean(rates["16 adapters"])) / base
+    verdict = "met" if ratio >= LORA_GOAL else "**missed**"
+    body = f"""{run_header(args.device)}
+{" ".join((lora.__doc__ or "").removeprefix("lora: ").split())}
+Each mix ran {args.repeats} times, alternating the order; tokens/s counts prompt and generated
+tokens over the wall time of `Engine.generate`. Random-weight 60M model, float32.
+
+{markdown_table(["requests on", "tokens/s", "vs base"], rows)}
+
+{markdown_table(["decode batch", "base ms/token", "adapter ms/token",
+                 "adapter path ms/token", "ratio"], cost_rows)}
+
+| goal | measured | result |
+|---|---|---|
+| 16 adapters >= {LORA_GOAL:g}x the base model's throughput | {ratio:.2f}x | {verdict} |
+"""
+    publish(LORA_SECTION, body, not args.no_write)

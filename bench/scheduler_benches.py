@@ -1,6 +1,7 @@
 """The scheduler alone, with a no-op worker (no model, no torch): what `schedule()` +
-`update()` cost per step (`python -m bench scheduler`), and how much of the KV cache it
-leaves empty (`python -m bench kv-waste`).
+`update()` cost per step (`python -m bench scheduler`), how much of the KV cache it
+leaves empty (`python -m bench kv-waste`), and the deadline policy's goodput on a simulated
+clock (`python -m bench deadline-sim`).
 
 scheduler: N requests decode together (prompts already computed); each step the no-op worker
 samples one token per request. Only the scheduler's two calls are timed, not the building of
@@ -16,6 +17,14 @@ the step has run. Loom allocates blocks only as tokens arrive, so its waste shou
 last-block remainder (at most block_size - 1 slots per request). For comparison, on the same
 steps: what a system reserving each request's prompt + max_tokens, or the model's maximum
 length, at admission would hold (the reservation schemes the vLLM paper measured).
+
+deadline-sim: two tenants (8:1) send Poisson arrivals at twice what the seats complete, each
+request 32 prompt tokens and 32 output tokens, EOS ignored, with a deadline drawn from 100 ms
+to 5 s. The clock is simulated: a step takes 2 ms + 20 µs per scheduled token, times a
+log-normal wobble (the noise of a shared machine), and the scheduler is told each step's time
+as the engine tells it. Goodput: the share of requests finished by their deadline, under
+`fcfs` (which ends a request once its deadline has passed) and under `deadline` for several
+admission margins (scheduler/deadlines.py ADMISSION_MARGIN).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import random
 import statistics
 import time
 
+import scheduler.deadlines as deadlines
 from bench.common import (
     bench_parser,
     command_line,
@@ -38,7 +48,7 @@ from bench.common import (
 from contract.step import StepOutput
 from scheduler.config import SchedulerConfig
 from scheduler.gc_tuning import SERVING_THRESHOLDS, tune_gc_for_serving
-from scheduler.request import Request
+from scheduler.request import Request, RequestStatus
 from scheduler.scheduler import Scheduler, SchedulerOutput
 from worker.config import CacheConfig
 
@@ -237,3 +247,81 @@ def kv_waste(argv: list[str] | None = None) -> None:
               "last-block remainder", "reserve prompt+max_tokens",
               f"reserve max length ({MAX_MODEL_LEN})"]  # fmt: skip
     print_run(header, rows, f"{args.requests} requests, {args.arrivals_per_step} arrive per step")
+
+
+DEADLINES_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def simulated_goodput(
+    policy: str, seats: int, margin: float, seed: int, seconds: float, wobble: float
+) -> float:
+    """The share of the arrivals finished by their deadline, on a simulated clock."""
+    deadlines.ADMISSION_MARGIN = margin
+    rng = random.Random(seed)
+    config = SchedulerConfig(max_num_seqs=seats, queue_policy=policy)
+    sched = Scheduler(config, CacheConfig(block_size=BLOCK_SIZE), 100_000, 4096)
+    now = [0.0]
+    sched.clock = lambda: now[0]
+
+    def step_seconds(num_tokens: int) -> float:
+        return (2e-3 + 20e-6 * num_tokens) * rng.lognormvariate(0, wobble)
+
+    rate = 2 * seats / (32 * 2e-3 + 32 * 20e-6 * seats)  # twice what the seats complete
+    arrivals, t = [], rng.expovariate(rate)
+    while t < seconds:
+        arrivals.append((t, "a" if rng.random() < 8 / 9 else "b", rng.choice(DEADLINES_S)))
+        t += rng.expovariate(rate)
+    reqs, ends, k = [], {}, 0
+    while k < len(arrivals) or sched.has_unfinished():
+        while k < len(arrivals) and arrivals[k][0] <= now[0]:
+            arrived, tenant, deadline = arrivals[k]
+            prompt = [3 + (7 * k + i) % 500 for i in range(32)]
+            req = Request(f"r{k}", prompt, greedy_params(32), (2,), tenant=tenant)
+            req.deadline = arrived + deadline
+            sched.add_request(req)
+            reqs.append(req)
+            k += 1
+        out = sched.schedule()
+        num_tokens = sum(out.step_input.num_scheduled_tokens.values())
+        if num_tokens:
+            took = step_seconds(num_tokens)
+            now[0] += took
+            sched.observe_step_time(took)
+        elif k < len(arrivals):
+            now[0] = max(now[0], arrivals[k][0])  # idle until the next arrival
+        for req in sched.update(out, noop_output(out, rng)):
+            ends[req.req_id] = now[0]
+    met = sum(
+        r.status is RequestStatus.FINISHED_LENGTH and ends[r.req_id] <= r.deadline for r in reqs
+    )
+    return met / len(reqs)
+
+
+def deadline_sim(argv: list[str] | None = None) -> None:
+    parser = bench_parser("deadline-sim", "the deadline policy's goodput, simulated overload")
+    parser.add_argument("--seats", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    parser.add_argument("--wobble", type=float, default=0.3, help="log-normal sigma of a step")
+    parser.add_argument("--seconds", type=float, default=6.0, help="of arrivals")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args(argv)
+    rows = []
+    for seats in args.seats:
+
+        def mean_goodput(policy: str, margin: float, seats: int = seats) -> float:
+            return statistics.mean(
+                simulated_goodput(policy, seats, margin, seed, args.seconds, args.wobble)
+                for seed in range(args.seeds)
+            )
+
+        fcfs = mean_goodput("fcfs", 0.0)
+        row: list[object] = [seats, fcfs]
+        for margin in args.margins:
+            goodput = mean_goodput("deadline", margin)
+            row.append(f"{goodput:.3f} ({goodput / fcfs:.2f}x)")
+        rows.append(row)
+        print(f"{seats} seats: {row}", flush=True)
+    header = ["seats", "fcfs goodput",
+              *(f"deadline, margin {m:g}" for m in args.margins)]  # fmt: skip
+    print_run(header, rows, f"{args.seconds:g} s of arrivals, means of {args.seeds} seeds, "
+              f"step wobble sigma {args.wobble:g}")  # fmt: skip

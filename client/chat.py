@@ -3,7 +3,9 @@
 Each turn sends the whole conversation to ApplyChatTemplate (the server renders the model's
 own chat template and tokenizes it) and streams the reply from GenerateStream on those ids.
 One line of input is one user message; an empty line or end of input ends the chat, and
-`/reset` starts a new conversation.
+`/reset` starts a new conversation. Sampling flags left out take the model's recommended
+sampling (GetModelInfo.default_sampling); a model that recommends no temperature is answered
+greedily.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def _converse(client: Client, args: argparse.Namespace, stdin: TextIO, out: Text
     opening = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(opening)
     sampling = {"max_tokens": args.max_tokens, **sampling_from_flags(args)}
+    if sampling["temperature"] is None and not info.default_sampling.HasField("temperature"):
+        # The server would draw at temperature 1, which small chat models answer badly; a
+        # model that recommends sampling (generation_config.json) gets what it recommends.
+        sampling["temperature"] = 0.0
     while True:
         if interactive:
             out.write("you> ")

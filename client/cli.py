@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen.add_argument("--request-id", default="", help="default: the server picks one")
     gen.add_argument("--priority", type=int, help="default: the tenant's")
+    gen.add_argument("--lora", default="", help="LoRA adapter (default: the tenant's, or none)")
     chat = commands.add_parser(
         "chat", parents=[connection], help="chat in the terminal with the model's chat template"
     )
@@ -93,6 +94,7 @@ def run_generate(client: Client, args: argparse.Namespace) -> None:
         top_logprobs=args.top_logprobs,
         request_id=args.request_id,
         priority=args.priority,
+        lora=args.lora,
     )
     if args.stream:
         # Merge the deltas into one response so the table below is the same either way.

@@ -13,9 +13,13 @@ def build_request(
     *,
     priority: int | None = None,
     request_id: str = "",
+    lora: str = "",
+    deadline_ms: int | None = None,
     **sampling: Any,
 ) -> serving_pb2.GenerateRequest:
-    """A text prompt gets BOS from the server; a list of ids is used as given.
+    """A text prompt gets BOS from the server; a list of ids is used as given. `lora` names
+    the LoRA adapter to run on (empty: the tenant's default, or the base model). `deadline_ms`:
+    by when the server must have finished it (unset: the tenant's default, if any).
 
     `sampling` names fields of serving.proto's SamplingParams (`max_tokens=64,
     temperature=0, stop=["\\n"], logit_bias={50256: -100}`, ...). A field left out or given
@@ -23,11 +27,13 @@ def build_request(
     temperature 1.0, top_p 1.0, ..., and the tenant's priority); an unknown name is a
     TypeError.
     """
-    request = serving_pb2.GenerateRequest(request_id=request_id)
+    request = serving_pb2.GenerateRequest(request_id=request_id, lora=lora)
     for name, value in sampling.items():
         _set_sampling_field(request.sampling, name, value)
     if priority is not None:  # unset: the tenant's default priority
         request.priority = priority
+    if deadline_ms is not None:
+        request.deadline_ms = deadline_ms
     if isinstance(prompt, str):
         request.prompt = prompt
     else:

@@ -8,5 +8,6 @@ the client side can use it without loading any engine code.
 - flags.py         command-line flags generated from settings dataclasses, for every CLI
 - prefix_hash.py   prefix-cache block hashes, chained and salted per tenant (engine and router)
 - threads.py       the cores this process may use (affinity, cgroup quota)
+- stages.py        start-up stages logged as they run, with their times
 - log_text.py      caller-chosen text escaped for a log line (no line breaks, ANSI or bidi codes)
 """

@@ -39,6 +39,8 @@ def add_settings_flags(
         else:
             kwargs["type"] = _with_message(meta.pop("type")) if "type" in meta else kind
         kwargs.update(meta)
+        if kwargs.get("action") == "append":
+            kwargs["default"] = None  # argparse appends to a list of its own
         parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
 
 
@@ -73,6 +75,9 @@ def settings_to_argv(settings: Any, exclude: frozenset[str] = frozenset()) -> li
             continue
         if isinstance(value, bool):
             argv.append(flag_name(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, tuple):  # a repeatable flag
+            for item in value:
+                argv += [flag_name(f.name), str(item)]
         elif value is not None:
             argv += [flag_name(f.name), str(value)]
     return argv

@@ -10,7 +10,9 @@ already, SamplingParams.as_sampled).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -19,6 +21,7 @@ from contract.sampling import SamplingParams
 from loompb import serving_pb2
 
 _FLOAT = FieldDescriptor.CPPTYPE_FLOAT
+_NONE: Mapping[str, Any] = MappingProxyType({})
 _DESCRIPTORS = serving_pb2.SamplingParams.DESCRIPTOR.fields_by_name
 _MISSING = sorted({f.name for f in fields(SamplingParams)} - set(_DESCRIPTORS))
 if _MISSING:  # a field declared in one place only: fail at import, not on a request
@@ -38,14 +41,19 @@ def sampling_to_proto(params: SamplingParams, msg: serving_pb2.SamplingParams) -
             setattr(msg, f.name, value)
 
 
-def sampling_from_proto(msg: serving_pb2.SamplingParams, *, exact: bool) -> SamplingParams:
+def sampling_from_proto(
+    msg: serving_pb2.SamplingParams, *, exact: bool, defaults: Mapping[str, Any] = _NONE
+) -> SamplingParams:
     """The SamplingParams `msg` holds; InvalidFieldError naming a field out of its limits.
     `exact`: keep float32 values as they are (a worker); else round them to 7 significant
-    digits (a caller)."""
+    digits (a caller). An optional field left unset takes its value in `defaults` (the
+    model's recommended sampling), else the dataclass's default."""
     kwargs: dict[str, Any] = {}
     for f in fields(SamplingParams):
         descriptor = _DESCRIPTORS[f.name]
         if descriptor.has_presence and not msg.HasField(f.name):
+            if f.name in defaults:
+                kwargs[f.name] = defaults[f.name]
             continue
         value = getattr(msg, f.name)
         if _is_map(descriptor):

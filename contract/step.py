@@ -14,6 +14,17 @@ from typing import Protocol
 from contract.sampling import SamplingParams
 
 
+@dataclass(slots=True, frozen=True)
+class LoraRef:
+    """The LoRA adapter a request runs with. The engine gives every adapter it loads a new
+    `lora_id` (> 0), so an adapter loaded again under the same name, maybe from other files,
+    is another adapter to the worker and to the prefix cache."""
+
+    lora_id: int
+    name: str
+    path: str  # the PEFT directory, which the worker reads when it first needs the adapter
+
+
 @dataclass(slots=True)
 class NewRequest:
     """A request the worker has not seen yet, or one resumed after preemption."""
@@ -31,6 +42,7 @@ class NewRequest:
     # With min_tokens: every id that would end the request (its stop ids, and the model's EOS
     # ids unless ignore_eos), which the worker never samples before min_tokens; else empty.
     end_token_ids: tuple[int, ...] = ()
+    lora: LoraRef | None = None  # None: the base model alone
 
 
 @dataclass(slots=True)
@@ -101,6 +113,8 @@ class WorkerInfo:
     head_dim: int = 0
     hidden_dim: int = 0
     tensor_parallel_size: int = 1
+    max_loras: int = 0  # LoRA adapters it holds at once (0: it serves none)
+    max_lora_rank: int = 0
 
 
 class Worker(Protocol):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from contract.sampling import SamplingParams
 from contract.sampling_proto import sampling_from_proto, sampling_to_proto
 from contract.step import (
+    LoraRef,
     NewRequest,
     PromptLogprobs,
     RunningRequest,
@@ -43,6 +44,10 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
             end_token_ids=new.end_token_ids,
         )
         sampling_to_proto(new.sampling, entry.sampling)
+        if new.lora is not None:
+            entry.lora.lora_id = new.lora.lora_id
+            entry.lora.name = new.lora.name
+            entry.lora.path = new.lora.path
     for running in step.running:
         msg.running.add(
             req_id=running.req_id,
@@ -93,7 +98,16 @@ def _new_request(msg: pb.NewRequest) -> NewRequest:
         num_computed_tokens=msg.num_computed_tokens,
         num_output_tokens=msg.num_output_tokens,
         end_token_ids=tuple(msg.end_token_ids),
+        lora=_lora(msg, req_id),
     )
+
+
+def _lora(msg: pb.NewRequest, req_id: str) -> LoraRef | None:
+    if not msg.HasField("lora"):
+        return None
+    if msg.lora.lora_id < 1 or not msg.lora.name or not msg.lora.path:
+        raise ValueError(f"new[{req_id}].lora needs lora_id >= 1, a name and a path")
+    return LoraRef(msg.lora.lora_id, msg.lora.name, msg.lora.path)
 
 
 def _sampling(msg: pb.NewRequest, req_id: str) -> SamplingParams:
@@ -177,7 +191,7 @@ def _top_from_proto(msg: pb.TopLogprobs) -> TopEntries:
 _INFO_FIELDS = (
     "model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size",
     "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-    "hidden_dim", "tensor_parallel_size",
+    "hidden_dim", "tensor_parallel_size", "max_loras", "max_lora_rank",
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@ engine, on one event loop, and `python -m frontend serve`. What the router share
 lives in serving/. Names are imported on first use.
 
 - cli.py, __main__.py  `python -m frontend serve` / `health`
+- ports.py           the ports taken before the model loads, so a busy one ends the start
 - config.py          FrontendConfig, RemoteWorkerConfig (--worker), ServeConfig: all `serve` takes
 - server.py          the grpc.aio server: health, reflection, metrics, drain, tenants reload; the
                      HTTP server on the same loop
@@ -10,10 +11,12 @@ lives in serving/. Names are imported on first use.
 - remote_engine.py   an engine whose worker is a `python -m worker serve` elsewhere
 - admission.py       what both APIs share: open or draining, validation, quotas, queueing, the
                      status of every refusal, delivery, release
+- lora_admin.py      loading and unloading LoRA adapters at run time: admin tenants, statuses
 - servicer.py, protocol.py  the gRPC servicer (streaming, Abort, n, GetLoad), proto <-> engine
 - http/              the OpenAI-compatible API (Starlette, served by uvicorn on the gRPC loop)
 - async_engine.py    the engine loop in its own thread, deltas handed to asyncio callers
 - metrics.py         the Prometheus series
+- lora_metrics.py    the LoRA series (lora_requests_info, as the Inference Extension reads it)
 - tenant_labels.py   the `tenant` label of those series, bounded (--metrics-tenant-labels)
 """
 

@@ -7,7 +7,7 @@ queue. A refusal is a `Refused` carrying the gRPC status name of the README's er
 the gRPC servicer answers with that status, the HTTP routes with the code it maps to.
 
     admitter.check_open()                                    # Refused(UNAVAILABLE)
-    call = admitter.admit(tenant, prompt, params, request_id, priority)   # or Refused
+    call = admitter.admit(tenant, prompt, params, request_id, priority)  # or Refused
     calls = admitter.admit_all(tenant, prompts, params)      # one call's prompts, together
     try:
         delta = await admitter.next_delta(call)              # Refused(INTERNAL, ...)
@@ -23,17 +23,21 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from common.checks import integer
 from common.log_text import loggable
 from contract.sampling import InvalidFieldError, SamplingParams
 from frontend.async_engine import AsyncEngine, EngineDeadError, RequestStream
 from frontend.metrics import ServingMetrics
-from scheduler.errors import CapacityError, DuplicateRequestError
+from scheduler.errors import CapacityError, DuplicateRequestError, LoraNotFoundError
 from scheduler.outputs import RequestDelta
 from scheduler.request import Request
 from serving.quotas import Admission, QuotaExceeded, Quotas
 from serving.tenants import Tenant
 
 log = logging.getLogger(__name__)
+
+
+_check_deadline_ms = integer(1, optional=True)
 
 
 class Refused(Exception):
@@ -135,10 +139,35 @@ class Admitter:
         params: SamplingParams,
         request_id: str | None = None,
         priority: int | None = None,
+        lora: str | None = None,
+        deadline_ms: int | None = None,
+        call_time_left_s: float | None = None,
     ) -> AdmittedCall:
-        """Queue one request for `tenant`, or raise Refused with the status to answer."""
-        [call] = self.admit_all(tenant, [prompt], params, [request_id], priority)
+        """Queue one request for `tenant`, or raise Refused with the status to answer.
+        `deadline_ms` (else the tenant's default) and the call's own deadline
+        (`call_time_left_s`, gRPC's) bound when it must be finished: the earlier applies."""
+        [call] = self.admit_all(
+            tenant, [prompt], params, [request_id], priority, lora=lora,
+            deadline_ms=deadline_ms, call_time_left_s=call_time_left_s,
+        )  # fmt: skip
         return call
+
+    def resolve_lora(self, tenant: Tenant, requested: str | None) -> str | None:
+        """The adapter a call runs on: the one it names, else its tenant's default; None for
+        the base model. Refused PERMISSION_DENIED for an adapter outside the tenant's list
+        (whether or not it exists), NOT_FOUND for one the engine does not serve."""
+        name = requested or tenant.default_lora
+        if name is None:
+            return None
+        if tenant.loras is not None and name not in tenant.loras:
+            raise Refused(
+                "PERMISSION_DENIED", f"tenant {tenant.name!r} may not use the adapter {name!r}"
+            )
+        try:
+            self.async_engine.engine.loras.get(name)
+        except LoraNotFoundError as exc:
+            raise Refused("NOT_FOUND", str(exc)) from None
+        return name
 
     def admit_all(
         self,
@@ -147,11 +176,18 @@ class Admitter:
         params: SamplingParams,
         request_ids: list[str | None] | None = None,
         priority: int | None = None,
+        lora: str | None = None,
+        deadline_ms: int | None = None,
+        call_time_left_s: float | None = None,
     ) -> list[AdmittedCall]:
         """Queue the prompts of one call together, or none of them: every prompt is
         validated, then the tenant's quotas take the whole call (its prompts x n sequences)
-        at once, then all are queued. Raises Refused with the status to answer."""
+        at once, then all are queued, each with the call's deadline (as in `admit`). `lora`
+        names the adapter the caller asked for (see `resolve_lora`). Raises Refused with the
+        status to answer."""
         self.check_open()
+        lora = self.resolve_lora(tenant, lora)
+        deadline_s = self._deadline_s(tenant, deadline_ms, call_time_left_s)
         request_ids = [rid or uuid.uuid4().hex for rid in request_ids or [None] * len(prompts)]
         # Ids are scoped by tenant: no request id can name another tenant's request.
         req_ids = [f"{tenant.name}/{request_id}" for request_id in request_ids]
@@ -174,7 +210,13 @@ class Admitter:
                 tenant=tenant.name,
                 priority=tenant.priority if priority is None else priority,
                 admit=admit,
+                lora=lora,
+                deadline_s=deadline_s,
             )
+        except LoraNotFoundError as exc:  # unloaded since resolve_lora looked
+            for hold in holds:
+                hold.cancel()
+            raise Refused("NOT_FOUND", str(exc)) from exc
         except (QuotaExceeded, DuplicateRequestError, CapacityError, EngineDeadError) as exc:
             for hold in holds:  # admitted, then refused by the engine (queue full)
                 hold.cancel()
@@ -187,6 +229,25 @@ class Admitter:
             self.gate.enter()
             calls.append(AdmittedCall(stream, request_id, hold, req.prompt_token_ids))
         return calls
+
+    @staticmethod
+    def _deadline_s(
+        tenant: Tenant, deadline_ms: int | None, call_time_left_s: float | None
+    ) -> float | None:
+        try:
+            deadline_ms = _check_deadline_ms("deadline_ms", deadline_ms)
+        except ValueError as exc:
+            raise Refused.invalid(exc) from exc
+        if deadline_ms is None:
+            deadline_ms = tenant.deadline_ms
+        deadline_s = None if deadline_ms is None else deadline_ms / 1e3
+        if call_time_left_s is not None:
+            if call_time_left_s <= 0:
+                raise Refused("DEADLINE_EXCEEDED", "the call's deadline passed before admission")
+            deadline_s = (
+                call_time_left_s if deadline_s is None else min(deadline_s, call_time_left_s)
+            )
+        return deadline_s
 
     def _refusal(self, exc: Exception, tenant: Tenant, request_id: str) -> Refused:
         if isinstance(exc, QuotaExceeded):
@@ -218,6 +279,8 @@ class Admitter:
             self.async_engine.abort(stream.req_id)
             raise Refused("DEADLINE_EXCEEDED", "deadline exceeded; aborted") from None
         call.admission.charge(len(delta.token_ids))
+        if delta.finish_reason == "deadline":  # the engine ended it (scheduler/deadlines.py)
+            raise Refused("DEADLINE_EXCEEDED", f"request {call.request_id} {delta.error}")
         if delta.finish_reason == "error":
             log.error("request %s failed: %s", loggable(stream.req_id), loggable(delta.error))
             # A worker that could not be reached: the caller may retry elsewhere.

@@ -123,6 +123,7 @@ class AsyncEngine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[Any], None] | None = None,
+        deadline_s: float | None = None,
     ) -> RequestStream:
         """Queue a request; call from the event loop that will read its stream. Raises what
         `engine.add_request` raises (ValueError, CapacityError, what `admit` raises),
@@ -134,6 +135,7 @@ class AsyncEngine:
             tenant=tenant,
             priority=priority,
             admit=None if admit is None else (lambda reqs: admit(reqs[0])),
+            deadline_s=deadline_s,
         )
         return stream
 
@@ -146,6 +148,8 @@ class AsyncEngine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[list[Any]], None] | None = None,
+        lora: str | None = None,
+        deadline_s: float | None = None,
     ) -> list[RequestStream]:
         """Queue the requests of one call all or none (`engine.add_requests`): `admit` sees
         them all, validated, before any is queued. Raises as `add_request` does."""
@@ -170,7 +174,14 @@ class AsyncEngine:
             # Validates and tokenizes here, on the caller's thread; the engine's lock is held
             # only to enqueue, never across a step.
             self.engine.add_requests(
-                prompts, params, req_ids, tenant=tenant, priority=priority, admit=admit
+                prompts,
+                params,
+                req_ids,
+                tenant=tenant,
+                priority=priority,
+                admit=admit,
+                lora=lora,
+                deadline_s=deadline_s,
             )
         except BaseException:
             with self._cond:
@@ -318,9 +329,10 @@ class AsyncEngine:
         num_prompt = usage.prompt_tokens if usage is not None else 0
         if metrics is not None:
             metrics.observe_finished(stream.tenant, delta.finish_reason, num_prompt, e2e)
+        preempted = ",".join(f"{cause}:{n}" for cause, n in sorted(delta.preemptions.items()))
         request_log.info(
             "request %s tenant=%s finish=%s prompt_tokens=%d completion_tokens=%d "
-            "cached_prompt_tokens=%d e2e=%.1fms%s",
+            "cached_prompt_tokens=%d e2e=%.1fms%s%s",
             loggable(stream.req_id),
             loggable(stream.tenant),
             delta.finish_reason,
@@ -328,6 +340,7 @@ class AsyncEngine:
             usage.completion_tokens if usage is not None else 0,
             usage.cached_prompt_tokens if usage is not None else 0,
             e2e * 1000,
+            f" preempted={preempted}" if preempted else "",
             f" error={loggable(delta.error)}" if delta.error else "",
         )
 

@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from common.flags import add_settings_flags, settings_from_args
 from common.threads import available_cpus
 from frontend.config import FrontendConfig, ServeConfig
+from frontend.ports import PortTaken, reserve_ports
 from frontend.server import Frontend
 from modelfiles.model_source import UnreadableModelError, resolve_model
 from scheduler.config import EngineConfig
 from scheduler.gc_tuning import tune_gc_for_serving
 
 log = logging.getLogger("loom.serve")
+WAIT_INTERVAL = 0.5  # seconds between the checks of `health --wait`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port")
     health.add_argument("--service", default="", help="service name ('' is the whole server)")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
+    health.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="ask again until SERVING or SECONDS have passed (a server still loading its model "
+        "does not answer yet); default 0: ask once",
+    )
     health.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle: speak TLS, trust it")
     health.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS)")
     health.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -77,28 +87,36 @@ def check_health(
     tls_ca: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    wait: float = 0.0,
 ) -> int:
-    """For container health checks: prints the status, exits 0 only when SERVING."""
+    """For container health checks and scripts: prints the status, exits 0 only when
+    SERVING; with `wait`, asks again (every WAIT_INTERVAL) until then or until `wait` seconds
+    have passed, and prints the last answer."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from client.channel import channel_credentials
 
     credentials = channel_credentials(tls_ca, tls_cert, tls_key)
-    if credentials is None:
-        channel = grpc.insecure_channel(target)
-    else:
-        channel = grpc.secure_channel(target, credentials)
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as exc:
-            print(f"{target}: {exc.code().name}: {exc.details()}")
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{target}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    deadline = time.monotonic() + wait
+    while True:
+        if credentials is None:
+            channel = grpc.insecure_channel(target)
+        else:
+            channel = grpc.secure_channel(target, credentials)
+        with channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=service)
+            try:
+                reply = stub.Check(request, timeout=timeout)
+                answer = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError as exc:
+                answer, serving = f"{exc.code().name}: {exc.details()}", False
+        if serving or time.monotonic() + WAIT_INTERVAL > deadline:
+            print(f"{target}: {answer}")
+            return 0 if serving else 1
+        time.sleep(WAIT_INTERVAL)
 
 
 def load_local_engine(engine_config: EngineConfig):  # -> scheduler.Engine
@@ -183,7 +201,7 @@ async def serve(engine, config: FrontendConfig) -> int:
     loop.add_signal_handler(signal.SIGHUP, frontend.reload_tenants)
     # Last, once everything is up and the signals are handled: scripts wait for this line.
     log.info(
-        "listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
+        "ready: listening on %s:%d (loom.v1.Generation, grpc.health.v1, reflection)",
         config.host,
         frontend.port,
     )
@@ -200,7 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "health":
         return check_health(
-            args.target, args.service, args.timeout, args.tls_ca, args.tls_cert, args.tls_key
+            args.target,
+            args.service,
+            args.timeout,
+            args.tls_ca,
+            args.tls_cert,
+            args.tls_key,
+            args.wait,
         )
     if args.command == "hash-key":
         return print_hash_line()
@@ -225,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.frontend.tenants:
         log.info("tenants from %s (SIGHUP reloads it)", config.frontend.tenants)
     try:
+        ports = reserve_ports(config.frontend)  # before the load: a taken port ends it at once
+    except PortTaken as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         engine = load_engine(config)
     except UnreadableModelError as exc:  # a broken checkpoint, tokenizer or GGUF file
         print(f"error: {exc}", file=sys.stderr)
@@ -237,9 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         log.error("%s", exc)
         return 1
+    finally:
+        ports.release()  # the servers bind them now (or the process exits)
     tune_gc_for_serving()  # everything loaded so far lives as long as the server
     try:
-        return asyncio.run(serve(engine, config.frontend))
+        return asyncio.run(serve(engine, ports.config))
     except (RuntimeError, OSError) as exc:  # a port that is taken: gRPC's, or the metrics one
         if not isinstance(exc, OSError) and "bind" not in str(exc).lower():
             raise

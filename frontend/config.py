@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from common.checks import integer, number, one_of
 from common.settings import check_settings, leaf_fields, setting
 from frontend.tenant_labels import LABEL_MODES
-from scheduler.config import EngineConfig
+from scheduler.config import ENGINE_SIDE_SETTINGS, EngineConfig
 from serving.server_config import ServerConfig
 
 # One call of many prompts queues them all at once, ahead of every other tenant's next
@@ -112,7 +112,9 @@ def _is_host_port(target: str) -> bool:
 # and parallel parts are worker/config.py's dataclasses). With --worker they belong on
 # `python -m worker serve`, not here.
 WORKER_SIDE_SETTINGS = frozenset(
-    name for name, path in leaf_fields(EngineConfig).items() if path[0] != "scheduler"
+    name
+    for name, path in leaf_fields(EngineConfig).items()
+    if path[0] != "scheduler" and name not in ENGINE_SIDE_SETTINGS
 )
 
 

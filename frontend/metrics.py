@@ -24,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from frontend.lora_metrics import LoraMetrics
 from frontend.tenant_labels import TenantLabels
 from serving.metrics_http import MetricsEndpoint
 from serving.server_config import ServerConfig
@@ -105,6 +106,18 @@ class ServingMetrics:
             "loom:prefix_cache_hits", "Prompt tokens found in the prefix cache", per_model
         )
         self.num_preemptions = counter("loom:num_preemptions", "Preempted requests", per_model)
+        self.tenant_preemptions = counter(
+            "loom:tenant_preemptions",
+            "Preemptions of a tenant's running requests, by cause: blocks (none free for its "
+            "next tokens), share (for a tenant further behind its fair share), priority",
+            ["model", "tenant", "cause"],
+        )
+        self.request_deadlines = counter(
+            "loom:request_deadlines",
+            "Requests with a deadline by outcome: met (finished by it) or missed (ended for "
+            "it, or finished after it)",
+            ["model", "tenant", "outcome"],
+        )
         self.prompt_tokens = counter("loom:prompt_tokens", "Prompt tokens processed", per_tenant)
         self.generation_tokens = counter("loom:generation_tokens", "Tokens generated", per_tenant)
         self.request_finished = counter(
@@ -130,6 +143,7 @@ class ServingMetrics:
             "From arrival to the start of the engine step that produced its first output",
             LATENCY_BUCKETS,
         )
+        self.loras = LoraMetrics(model_name, self.registry)
         ProcessCollector(registry=self.registry)
         for engine_wide in (
             self.kv_cache_usage_perc,
@@ -144,6 +158,7 @@ class ServingMetrics:
         # Engine counters are cumulative; remember the last reading to add only the increase.
         self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
         self._last_service: dict[str, float] = {}
+        self._last_tenant_counts: dict[tuple[str, str, str], int] = {}
         self._endpoint = MetricsEndpoint(self.registry, "metrics-http-close")
 
     def _of(self, metric: Any, tenant: str, *more: str) -> Any:
@@ -171,6 +186,7 @@ class ServingMetrics:
                 if increase > 0:
                     self._child(self.tenant_service_tokens, label).inc(increase)
                     self._last_service[tenant] = tenant_stats.service
+                self._count_tenant_events(tenant, label, tenant_stats)
             for label in running:
                 self._child(self.num_requests_running, label).set(running[label])
                 self._child(self.num_requests_waiting, label).set(waiting[label])
@@ -189,6 +205,24 @@ class ServingMetrics:
             if value > self._last_counts[key]:
                 metric.labels(model).inc(value - self._last_counts[key])
             self._last_counts[key] = value
+        self.loras.update(stats)
+
+    def _count_tenant_events(self, tenant: str, tenant_label: str, stats: Any) -> None:
+        """Preemptions by cause and deadlines by outcome: the increase since the last step."""
+        readings = [
+            ("preemptions", self.tenant_preemptions, cause, n)
+            for cause, n in stats.preemptions.items()
+        ]
+        readings += [
+            ("deadlines", self.request_deadlines, "met", stats.num_deadlines_met),
+            ("deadlines", self.request_deadlines, "missed", stats.num_deadlines_missed),
+        ]
+        for kind, metric, which, value in readings:
+            key = (kind, tenant, which)
+            increase = value - self._last_tenant_counts.get(key, 0)
+            if increase > 0:
+                self._child(metric, tenant_label, which).inc(increase)
+                self._last_tenant_counts[key] = value
 
     def set_tenants(self, names: list[str] | None) -> None:
         """The tenants of the (re)loaded tenants file, None without one. Their series show

@@ -16,6 +16,7 @@ from contract.sampling import MAX_STOP_STRING_LENGTH, MAX_STOP_STRINGS, MAX_TOP_
 from contract.sampling_proto import sampling_from_proto
 from frontend.admission import AdmissionGate, AdmittedCall, Admitter, Refused
 from frontend.async_engine import AsyncEngine
+from frontend.lora_admin import LoraAdmin
 from frontend.metrics import ServingMetrics
 from frontend.protocol import (
     UnaryResponse,
@@ -50,6 +51,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
         self.max_request_bytes = max_request_bytes
         self.quotas = quotas if quotas is not None else Quotas()
         self.admitter = Admitter(async_engine, gate, self.quotas, metrics)
+        self.loras = LoraAdmin(self.engine.loras, authenticator)
 
     # ---- generation --------------------------------------------------------------------
 
@@ -86,12 +88,24 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             self.admitter.check_open()
             try:
                 check_input_fields(request)
-                params = sampling_from_proto(request.sampling, exact=False)
+                params = sampling_from_proto(
+                    request.sampling, exact=False, defaults=self.engine.tokenizer.sampling_defaults
+                )
             except ValueError as exc:
                 raise Refused.invalid(exc) from exc
             prompt = request.prompt or list(request.prompt_token_ids)
             priority = request.priority if request.HasField("priority") else None
-            call = self.admitter.admit(tenant, prompt, params, request.request_id, priority)
+            deadline_ms = request.deadline_ms if request.HasField("deadline_ms") else None
+            call = self.admitter.admit(
+                tenant,
+                prompt,
+                params,
+                request.request_id,
+                priority,
+                lora=request.lora or None,
+                deadline_ms=deadline_ms,
+                call_time_left_s=context.time_remaining(),
+            )
         except Refused as refused:
             await _abort(context, refused)
         return call, params.n
@@ -145,7 +159,7 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
     # ---- model and tokenizer ------------------------------------------------------------
 
     async def GetModelInfo(self, request: Any, context: Any) -> serving_pb2.ModelInfo:
-        await self._tenant(context)
+        tenant = await self._tenant(context)
         info = self.engine.info
         config = self.engine.config
         return serving_pb2.ModelInfo(
@@ -169,7 +183,29 @@ class GenerationServicer(serving_pb2_grpc.GenerationServicer):
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             max_queued_requests=config.scheduler.max_queued_requests or 0,
             max_n=config.scheduler.max_n,
+            default_sampling=serving_pb2.SamplingParams(**self.engine.tokenizer.sampling_defaults),
+            lora_adapters=self.loras.visible(tenant),
+            max_loras=self.engine.scheduler.max_loras,
+            max_lora_rank=info.max_lora_rank,
         )
+
+    # ---- LoRA adapters -------------------------------------------------------------------
+
+    async def LoadLoraAdapter(self, request: Any, context: Any) -> Any:
+        tenant = await self._tenant(context)
+        try:
+            self.loras.load(tenant, request.lora_name, request.lora_path)
+        except Refused as refused:
+            await _abort(context, refused)
+        return serving_pb2.LoadLoraAdapterResponse()
+
+    async def UnloadLoraAdapter(self, request: Any, context: Any) -> Any:
+        tenant = await self._tenant(context)
+        try:
+            self.loras.unload(tenant, request.lora_name)
+        except Refused as refused:
+            await _abort(context, refused)
+        return serving_pb2.UnloadLoraAdapterResponse()
 
     async def Tokenize(self, request: serving_pb2.TokenizeRequest, context: Any) -> Any:
         await self._tenant(context)

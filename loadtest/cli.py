@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", choices=DATASETS, default="random")
     g.add_argument("--dataset-path", type=Path, help="file for sharegpt / jsonl")
-    g.add_argument("--input-len", type=int, default=1024, help="random prompt (or suffix) tokens")
-    g.add_argument("--output-len", type=int, default=128, help="random output tokens")
+    g.add_argument(
+        "--input-len",
+        type=int,
+        help="random prompt (or suffix) tokens (default: 1024, or less to fit the model)",
+    )
+    g.add_argument(
+        "--output-len",
+        type=int,
+        help="random output tokens (default: 128, or a quarter of what the model holds)",
+    )
     g.add_argument(
         "--range-ratio", type=float, default=0.0, help="lengths uniform in len*(1 -+ ratio)"
     )
@@ -83,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, default=None, help="per-request deadline (s)")
     g.add_argument(
         "--goodput", nargs="+", metavar="NAME:MS", help="goals, e.g. ttft:500 tpot:50 e2el:5000"
+    )
+    g.add_argument(
+        "--deadlines",
+        type=parse_deadlines,
+        metavar="MS[,MS...]",
+        help="each request gets one of these, drawn at random, as its deadline_ms; the run "
+        "reports how many completed within it",
     )
     g = p.add_argument_group("tenancy")
     g.add_argument(
@@ -122,6 +137,8 @@ def build_workload(
             "token ids from it; use --dataset sharegpt or jsonl"
         )
     vocab = Vocabulary(info.vocab_size, frozenset({info.bos_token_id, info.eos_token_id}))
+    if args.dataset in ("random", "shared-prefix"):
+        fill_default_lengths(args, info.max_model_len)
     if args.dataset == "random":
         requests = random_requests(
             args.num_prompts, args.input_len, args.output_len, args.range_ratio, vocab, rng
@@ -151,8 +168,44 @@ def build_workload(
     if args.ignore_eos:
         for req in requests:
             req.ignore_eos = True
+    if args.deadlines:
+        # Their own draws: a run with deadlines has the same workload and arrivals as without.
+        drawn = np.random.default_rng([args.seed, 1]).choice(args.deadlines, size=len(requests))
+        for req, deadline_ms in zip(requests, drawn, strict=True):
+            req.deadline_ms = int(deadline_ms)
     check_fits(requests, info.max_model_len)
     return requests
+
+
+DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN = 1024, 128  # as `vllm bench serve` has them
+
+
+def fill_default_lengths(args: argparse.Namespace, max_model_len: int) -> None:
+    """--input-len and --output-len the user left out, as `vllm bench serve` sets them but cut
+    to what the served model holds (with the shared prefix, and the longest lengths
+    --range-ratio draws): a quarter of it for the output at most, the rest for the input."""
+    if args.input_len is not None and args.output_len is not None:
+        return
+    prefix = args.prefix_len if args.dataset == "shared-prefix" else 0
+    room = int((max_model_len - prefix) / (1.0 + args.range_ratio))
+    if args.output_len is None:
+        args.output_len = max(1, min(DEFAULT_OUTPUT_LEN, room // 4))
+    if args.input_len is None:
+        args.input_len = max(1, min(DEFAULT_INPUT_LEN, room - args.output_len))
+    print(
+        f"--input-len {args.input_len} --output-len {args.output_len} "
+        f"(the model holds {max_model_len} tokens)",
+        file=sys.stderr,
+    )
+def parse_deadlines(text: str) -> list[int]:
+    """`100,500,5000` -> [100, 500, 5000] (milliseconds, each >= 1)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of milliseconds: {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every deadline must be >= 1 ms, got {text!r}")
+    return values
 
 
 def grpc_workload(
@@ -190,6 +243,7 @@ def run_info(
         "seed": args.seed,
         "cancel_rate": args.cancel_rate,
         "timeout": args.timeout,
+        "deadlines_ms": args.deadlines,
         "num_tenants": len(args.tenant_specs) or len(args.api_key) or args.tenants,
         "tenant_rates": {spec.name: spec.rate for spec in args.tenant_specs},
     }

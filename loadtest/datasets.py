@@ -22,6 +22,7 @@ class SampleRequest:
     prompt: str | None = None  # text, tokenized by the server
     prompt_token_ids: list[int] | None = None  # used as given, no BOS added
     ignore_eos: bool = False  # keep generating past EOS so the output reaches max_tokens
+    deadline_ms: int | None = None  # sent as the request's deadline_ms (--deadlines)
 
 
 @dataclass(slots=True, frozen=True)

@@ -71,10 +71,14 @@ def build_request(sample: SampleRequest, options: DriverOptions) -> serving_pb2.
         ignore_eos=sample.ignore_eos,
     )
     if sample.prompt_token_ids is not None:
-        return serving_pb2.GenerateRequest(
+        request = serving_pb2.GenerateRequest(
             prompt_token_ids=sample.prompt_token_ids, sampling=sampling
         )
-    return serving_pb2.GenerateRequest(prompt=sample.prompt, sampling=sampling)
+    else:
+        request = serving_pb2.GenerateRequest(prompt=sample.prompt, sampling=sampling)
+    if sample.deadline_ms is not None:
+        request.deadline_ms = sample.deadline_ms
+    return request
 
 
 async def _stream_one(
@@ -93,6 +97,7 @@ async def _stream_one(
         prompt_len=sample.prompt_len,
         tenant=tenant,
         cancel_planned=cancel_after is not None,
+        deadline_ms=sample.deadline_ms,
     )
     call = stub.GenerateStream(
         build_request(sample, options), metadata=metadata or None, timeout=options.timeout

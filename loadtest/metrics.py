@@ -27,6 +27,12 @@ class RequestResult:
     output_len: int = 0  # tokens received
     tenant: str = ""  # "" when the run names no tenants
     cancel_planned: bool = False  # the harness meant to cancel this one
+    deadline_ms: int | None = None  # the deadline it was sent with (--deadlines)
+
+    @property
+    def met_deadline(self) -> bool:
+        """Completed, and within its deadline as the client measured it."""
+        return self.ok and self.deadline_ms is not None and self.e2el * 1e3 <= self.deadline_ms
 
     @property
     def ok(self) -> bool:
@@ -124,11 +130,22 @@ def summarize(
         "request_goodput": rate(sum(meets_slos(r, slos) for r in done)) if slos else None,
         "goodput_slos_ms": slos,
     }
+    summary |= deadline_figures(results)
     summary |= _latency_stats("ttft", [r.ttft for r in done])
     summary |= _latency_stats("tpot", [r.tpot for r in done if r.output_len > 1])
     summary |= _latency_stats("itl", [gap for r in done for gap in r.itls])
     summary |= _latency_stats("e2el", [r.e2el for r in done])
     return summary
+
+
+def deadline_figures(results: list[RequestResult]) -> dict[str, object]:
+    """Of the requests sent with a deadline: how many completed within it, and that as a
+    share of them all (their goodput); nothing when none had one."""
+    with_deadline = [r for r in results if r.deadline_ms is not None]
+    if not with_deadline:
+        return {}
+    met = sum(r.met_deadline for r in with_deadline)
+    return {"deadlines_met": met, "deadline_goodput": met / len(with_deadline)}
 
 
 def per_tenant(results: list[RequestResult], duration: float) -> dict[str, dict[str, float]]:
@@ -153,5 +170,5 @@ def per_tenant(results: list[RequestResult], duration: float) -> dict[str, dict[
             "p99_ttft_ms": percentile(ttfts, 99),
             "median_itl_ms": percentile(itls, 50),
             "p99_itl_ms": percentile(itls, 99),
-        }
+        } | deadline_figures(mine)
     return table

@@ -96,6 +96,8 @@ def request_body(sample: SampleRequest, model: str, options: DriverOptions) -> d
     }
     if options.top_k:
         body["top_k"] = options.top_k
+    if sample.deadline_ms is not None:
+        body["deadline_ms"] = sample.deadline_ms
     return body
 
 
@@ -141,6 +143,7 @@ async def _send_one(
         prompt_len=sample.prompt_len,
         tenant=tenant,
         cancel_planned=cancel_after is not None,
+        deadline_ms=sample.deadline_ms,
     )
     limits = [t for t in (cancel_after, options.timeout) if t is not None]
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,14 +67,17 @@ def check_needs(args: argparse.Namespace) -> None:
 
 
 def _check_writable(option: str, path: Path) -> None:
+    """Open the file for writing now (creating its directories, as the run would), and
+    remove it again unless it was there: what cannot be written fails here, not after the
+    run (a permission check alone passes places such as /proc that refuse new files)."""
     if path.is_dir():
         raise ValueError(f"{option} {path} is a directory; give a file name")
-    parent = path.parent
-    while not parent.exists():  # the run creates missing directories
-        parent = parent.parent
-    if not parent.is_dir() or not _can_write(parent):
-        raise ValueError(f"{option} {path}: cannot write under {parent}")
-
-
-def _can_write(directory: Path) -> bool:
-    return os.access(directory, os.W_OK | os.X_OK)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write it ({exc.strerror})") from None

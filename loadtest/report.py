@@ -39,6 +39,9 @@ def format_table(summary: dict[str, object], model_name: str) -> str:
     if summary["request_goodput"] is not None:
         goals = " ".join(f"{k}<={v:g}ms" for k, v in summary["goodput_slos_ms"].items())
         lines.append(_row(f"Request goodput (req/s, {goals}):", summary["request_goodput"]))
+    if "deadline_goodput" in summary:
+        lines.append(_row("Deadlines met (requests):", summary["deadlines_met"]))
+        lines.append(_row("Deadline goodput (share met):", summary["deadline_goodput"]))
     lines.append(_row("Output token throughput (tok/s):", summary["output_throughput"]))
     lines.append(_row("Total token throughput (tok/s):", summary["total_token_throughput"]))
     for name in LATENCY_METRICS:
@@ -74,6 +77,7 @@ def result_document(
         "errors": [r.error for r in ordered],
         "tenants": [r.tenant for r in ordered],
         "cancel_planned": [r.cancel_planned for r in ordered],
+        "deadlines_ms": [r.deadline_ms for r in ordered],
     }
 
 

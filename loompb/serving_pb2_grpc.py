@@ -74,6 +74,16 @@ class GenerationStub:
                 request_serializer=loompb_dot_serving__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=loompb_dot_serving__pb2.Load.FromString,
                 _registered_method=True)
+        self.LoadLoraAdapter = channel.unary_unary(
+                '/loom.v1.Generation/LoadLoraAdapter',
+                request_serializer=loompb_dot_serving__pb2.LoadLoraAdapterRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.LoadLoraAdapterResponse.FromString,
+                _registered_method=True)
+        self.UnloadLoraAdapter = channel.unary_unary(
+                '/loom.v1.Generation/UnloadLoraAdapter',
+                request_serializer=loompb_dot_serving__pb2.UnloadLoraAdapterRequest.SerializeToString,
+                response_deserializer=loompb_dot_serving__pb2.UnloadLoraAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -140,6 +150,25 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadLoraAdapter(self, request, context):
+        """Serves a LoRA adapter (a PEFT directory on the server's disk) under a name, from the
+        next request on. With a tenants file, only a tenant with `admin = true` may call it
+        (PERMISSION_DENIED otherwise). INVALID_ARGUMENT for files Loom cannot serve (rank over
+        max_lora_rank, shapes that do not fit the model, malformed files); ALREADY_EXISTS for a
+        name in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadLoraAdapter(self, request, context):
+        """Stops serving an adapter: requests already running on it finish with it, new ones
+        naming it get NOT_FOUND. NOT_FOUND for a name not served; admin only, as loading.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +211,16 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=loompb_dot_serving__pb2.GetLoadRequest.FromString,
                     response_serializer=loompb_dot_serving__pb2.Load.SerializeToString,
+            ),
+            'LoadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadLoraAdapter,
+                    request_deserializer=loompb_dot_serving__pb2.LoadLoraAdapterRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.LoadLoraAdapterResponse.SerializeToString,
+            ),
+            'UnloadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadLoraAdapter,
+                    request_deserializer=loompb_dot_serving__pb2.UnloadLoraAdapterRequest.FromString,
+                    response_serializer=loompb_dot_serving__pb2.UnloadLoraAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +439,60 @@ class Generation:
             '/loom.v1.Generation/GetLoad',
             loompb_dot_serving__pb2.GetLoadRequest.SerializeToString,
             loompb_dot_serving__pb2.Load.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/LoadLoraAdapter',
+            loompb_dot_serving__pb2.LoadLoraAdapterRequest.SerializeToString,
+            loompb_dot_serving__pb2.LoadLoraAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.Generation/UnloadLoraAdapter',
+            loompb_dot_serving__pb2.UnloadLoraAdapterRequest.SerializeToString,
+            loompb_dot_serving__pb2.UnloadLoraAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

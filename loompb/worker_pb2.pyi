@@ -50,7 +50,7 @@ class HealthResponse(_message.Message):
     def __init__(self, serving: _Optional[bool] = ..., message: _Optional[str] = ..., session_live: _Optional[bool] = ...) -> None: ...
 
 class NewRequest(_message.Message):
-    __slots__ = ("req_id", "prompt_token_ids", "block_ids", "sampling", "num_computed_tokens", "num_output_tokens", "end_token_ids")
+    __slots__ = ("req_id", "prompt_token_ids", "block_ids", "sampling", "num_computed_tokens", "num_output_tokens", "end_token_ids", "lora")
     REQ_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class NewRequest(_message.Message):
     NUM_COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     END_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
     req_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     block_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -65,7 +66,18 @@ class NewRequest(_message.Message):
     num_computed_tokens: int
     num_output_tokens: int
     end_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, req_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., block_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_serving_pb2.SamplingParams, _Mapping]] = ..., num_computed_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., end_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    lora: LoraRef
+    def __init__(self, req_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., block_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_serving_pb2.SamplingParams, _Mapping]] = ..., num_computed_tokens: _Optional[int] = ..., num_output_tokens: _Optional[int] = ..., end_token_ids: _Optional[_Iterable[int]] = ..., lora: _Optional[_Union[LoraRef, _Mapping]] = ...) -> None: ...
+
+class LoraRef(_message.Message):
+    __slots__ = ("lora_id", "name", "path")
+    LORA_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    lora_id: int
+    name: str
+    path: str
+    def __init__(self, lora_id: _Optional[int] = ..., name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class RunningRequest(_message.Message):
     __slots__ = ("req_id", "new_token_ids", "new_block_ids")
@@ -137,7 +149,7 @@ class StepOutput(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[RequestResult, _Mapping]]] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "tensor_parallel_size", "tokenizer_files")
+    __slots__ = ("model_name", "vocab_size", "max_seq_len", "bos_id", "eos_id", "block_size", "num_kv_blocks", "dtype", "device", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "tensor_parallel_size", "tokenizer_files", "max_loras", "max_lora_rank")
     class TokenizerFilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +174,8 @@ class WorkerInfo(_message.Message):
     HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
     TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FILES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     max_seq_len: int
@@ -179,4 +193,6 @@ class WorkerInfo(_message.Message):
     hidden_dim: int
     tensor_parallel_size: int
     tokenizer_files: _containers.ScalarMap[str, bytes]
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., tensor_parallel_size: _Optional[int] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    max_loras: int
+    max_lora_rank: int
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., bos_id: _Optional[int] = ..., eos_id: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., dim: _Optional[int] = ..., n_layers: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., tensor_parallel_size: _Optional[int] = ..., tokenizer_files: _Optional[_Mapping[str, bytes]] = ..., max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...

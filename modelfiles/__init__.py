@@ -11,4 +11,6 @@ chat templates. The engine and the worker both read models through it.
 - tokenizer_files.py  which of a model's files make its tokenizer (a remote worker sends them)
 - remote_tokenizer.py the remote model's tokenizer, built from the files its worker sends
 - chat_template.py    chat templates rendered as transformers renders them (sandboxed Jinja)
+- lora_files.py       LoRA adapters (PEFT directories) read and checked against the base model
+- lora_gguf.py        LoRA adapters as GGUF files (llama.cpp's converter's layout), the same checks
 """

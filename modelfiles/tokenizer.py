@@ -13,8 +13,9 @@ Imports no torch: a scheduler host needs no tensor stack.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from modelfiles.chat_template import LLAMA2_CHAT_TEMPLATE, render_chat
@@ -45,6 +46,9 @@ class Tokenizer(ABC):
     chat_template: str | None = None
     bos_token: str | None = None  # the texts of BOS and EOS, for chat templates
     eos_token: str | None = None
+    # The sampling the model's files recommend (generation_config.json), SamplingParams field
+    # -> value: what a request that leaves a field unset gets, as in vLLM. Empty: none.
+    sampling_defaults: Mapping[str, Any] = MappingProxyType({})
 
     @classmethod
     def from_model_dir(cls, model: str | Path) -> Tokenizer:

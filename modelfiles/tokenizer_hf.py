@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class HFSettings:
     eos_token: str | None = None
     eos_ids: tuple[int, ...] = ()  # from generation_config.json and config.json
     chat_template: str | None = None
+    # The sampling the model's authors recommend (generation_config.json), by field name.
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -67,10 +69,31 @@ def _chat_template(directory: Path, config: dict[str, Any]) -> str | None:
     return jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
 
 
+# generation_config.json's keys that mean what the SamplingParams field of the same name
+# means (transformers' GenerationConfig), with the values they may hold.
+_SAMPLING_KEYS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float,
+                  "repetition_penalty": float}  # fmt: skip
+
+
+def sampling_defaults(generation: dict[str, Any]) -> dict[str, Any]:
+    """The sampling a generation_config.json recommends: its temperature, top_p, top_k,
+    min_p and repetition_penalty, and greedy decoding where it says `do_sample: false` (as
+    transformers decodes then, whatever temperature it also names)."""
+    found: dict[str, Any] = {}
+    for key, kind in _SAMPLING_KEYS.items():
+        value = generation.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[key] = kind(value)
+    if generation.get("do_sample") is False:
+        found["temperature"] = 0.0
+    return found
+
+
 def read_hf_settings(directory: Path) -> HFSettings:
     config = _read_json(directory / "tokenizer_config.json")
+    generation = _read_json(directory / "generation_config.json")
     eos_ids = [
-        *_ids(_read_json(directory / "generation_config.json").get("eos_token_id")),
+        *_ids(generation.get("eos_token_id")),
         *_ids(_read_json(directory / "config.json").get("eos_token_id")),
     ]
     add_bos = config.get("add_bos_token")
@@ -80,6 +103,7 @@ def read_hf_settings(directory: Path) -> HFSettings:
         eos_token=_token_text(config.get("eos_token")),
         eos_ids=tuple(dict.fromkeys(eos_ids)),
         chat_template=_chat_template(directory, config),
+        sampling_defaults=sampling_defaults(generation),
     )
 
 
@@ -94,8 +118,10 @@ class HFTokenizer(Tokenizer):
         extra_eos_ids: Sequence[int] = (),
         add_bos: bool | None = None,
         chat_template: str | None = None,
+        sampling_defaults: dict[str, Any] | None = None,
     ) -> None:
         self._tk = tokenizer
+        self.sampling_defaults = dict(sampling_defaults or {})
         self.name = name
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
@@ -129,6 +155,7 @@ class HFTokenizer(Tokenizer):
             extra_eos_ids=settings.eos_ids,
             add_bos=settings.add_bos,
             chat_template=settings.chat_template,
+            sampling_defaults=settings.sampling_defaults,
         )
 
     def __str__(self) -> str:

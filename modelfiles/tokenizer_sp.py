@@ -62,6 +62,7 @@ class SentencePieceTokenizer(Tokenizer):
             chat_template=settings.chat_template,
         )
         tokenizer.eos_ids = tuple(dict.fromkeys([*tokenizer.eos_ids, *settings.eos_ids]))
+        tokenizer.sampling_defaults = settings.sampling_defaults
         return tokenizer
 
     def __str__(self) -> str:

@@ -7,13 +7,22 @@ use, so `import scheduler.request` stays light (no tokenizer).
                        EngineStats
 - request.py           Request state, status and finish reasons; validate_prompt (the vocabulary)
 - request_factory.py   a caller's prompt and settings tokenized and validated into a Request
-- errors.py            CapacityError (RESOURCE_EXHAUSTED), DuplicateRequestError (ALREADY_EXISTS)
+- errors.py            CapacityError (RESOURCE_EXHAUSTED), DuplicateRequestError (ALREADY_EXISTS),
+                       LoraNotFoundError (NOT_FOUND)
+- lora_registry.py     the LoRA adapters served, by name (--lora, load and unload at run time)
 - block_pool.py        KV blocks: ref counts, LRU free queue, prefix hashes salted per tenant
+                       (and per LoRA adapter)
 - kv_cache_manager.py  block tables over the pool, allocation on demand, prefix-cache hits
-- queue_policy.py      who waits next (fcfs, priority, fair: VTC) and who loses a preemption
-- tenant_usage.py      each tenant's tokens served, its VTC counter and weight
+- queue_policy.py      who waits next (fcfs, priority, fair: VTC, deadline: VTC then least
+                       slack) and who loses a preemption
+- tenant_usage.py      each tenant's tokens served, its VTC counter and weight, its seats,
+                       preemptions and deadlines met and missed
 - scheduler.py         one step: token budget, chunked prefill, decodes first, preemption by
                        recompute; `update`, the one place request state advances
+- preemption.py        preemption for share and priority: the victims that make room for the
+                       waiting request next in line, each after its quantum
+- deadlines.py         the time a request still needs at the measured step time, and when it
+                       can no longer finish by its deadline
 - step_results.py      a step's sampled tokens, logprobs and prompt logprobs applied to a request
 - stop.py              check_stop, which decides the natural finishes, and who decides the others
 - step_failures.py     failed engine steps in a row, and when they stop the loop
@@ -38,6 +47,7 @@ _EXPORTS = {
     "SchedulerConfig": "scheduler.config",
     "CapacityError": "scheduler.errors",
     "DuplicateRequestError": "scheduler.errors",
+    "LoraNotFoundError": "scheduler.errors",
     "RequestDelta": "scheduler.outputs",
     "RequestOutput": "scheduler.outputs",
     "RequestOutputBuilder": "scheduler.outputs",

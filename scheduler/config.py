@@ -12,7 +12,16 @@ from typing import Any
 from common.checks import integer, number, one_of
 from common.settings import check_settings, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
-from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
+from worker.config import (
+    ENGINE_SIDE_SETTINGS,
+    CacheConfig,
+    LoraConfig,
+    ModelConfig,
+    ParallelConfig,
+    WorkerConfig,
+)
+
+__all__ = ["ENGINE_SIDE_SETTINGS", "EngineConfig", "EngineStats", "SchedulerConfig"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,13 +38,26 @@ class SchedulerConfig:
     )
     queue_policy: str = setting(
         "fcfs",
-        "who is admitted first (fair: per-tenant fair share, VTC)",
+        "who is admitted first (fair: per-tenant fair share, VTC; deadline: fair share, then "
+        "least slack first)",
         one_of(QUEUE_POLICIES),
         choices=QUEUE_POLICIES,
     )
     # VTC's prices (Sheng et al., OSDI'24): a generated token costs more than a prompt token.
     fair_w_in: float = setting(1.0, "fair share: cost of one prompt token computed", number(0))
     fair_w_out: float = setting(2.0, "fair share: cost of one generated token", number(0))
+    policy_preemption: bool = setting(
+        True,
+        "a waiting request that finds no seat or no block preempts a running one its queue "
+        "policy ranks below it (fair, deadline: a tenant further over its share; priority: a "
+        "lower priority)",
+    )
+    preemption_quantum: int = setting(
+        16,
+        "output tokens a request generates after its admission before a waiting request may "
+        "preempt it for share or priority",
+        integer(1),
+    )
     max_n: int = setting(
         16, "most sequences one request may ask for (n); they share its prompt", integer(1)
     )
@@ -59,6 +81,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @classmethod
     def from_kwargs(cls, **settings: Any) -> EngineConfig:
@@ -72,6 +95,7 @@ class EngineConfig:
             model=self.model,
             cache=self.cache,
             parallel=self.parallel,
+            lora=self.lora,
             max_num_seqs=self.scheduler.max_num_seqs,
         )
 
@@ -81,6 +105,9 @@ class TenantStats:
     num_running: int
     num_waiting: int  # queued or preempted, including requests not yet taken by a step
     service: float  # fair-share charge so far: w_in per prompt token computed, w_out per output
+    preemptions: dict[str, int] = field(default_factory=dict)  # of its requests, by cause
+    num_deadlines_met: int = 0
+    num_deadlines_missed: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,6 +122,12 @@ class EngineStats:
     tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
     # Blocks holding a cached prefix, held by a request or not: what an idle engine keeps.
     num_cached_blocks: int = 0
+    # LoRA adapters: requests running and waiting per adapter name (those with any), the
+    # adapters served, and the most distinct adapters one step runs.
+    lora_running: dict[str, int] = field(default_factory=dict)
+    lora_waiting: dict[str, int] = field(default_factory=dict)
+    loras_served: tuple[str, ...] = ()
+    max_loras: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

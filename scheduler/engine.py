@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from common.log_text import loggable
+from common.stages import log_stage
 from contract.sampling import SamplingParams
 from contract.step import Worker, WorkerInfo
+from modelfiles.lora_files import parse_lora_spec
 from modelfiles.tokenizer import Tokenizer, load_tokenizer
 from scheduler.config import EngineConfig, EngineStats
 from scheduler.engine_stats import collect_stats
 from scheduler.errors import CapacityError, DuplicateRequestError
 from scheduler.fanout import SequenceGroups, child_req_ids
+from scheduler.lora_registry import LoraRegistry
 from scheduler.output_processor import RequestOutputState, final_delta
 from scheduler.outputs import RequestDelta, RequestOutput, RequestOutputBuilder
 from scheduler.request import Request, RequestStatus
@@ -56,8 +60,15 @@ class Engine:
         # generation_config.json, the GGUF header) and the checkpoint's own.
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys([*tokenizer.eos_ids, self.info.eos_id]))
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, self.info.num_kv_blocks, max_model_len
+            config.scheduler,
+            config.cache,
+            self.info.num_kv_blocks,
+            max_model_len,
+            max_loras=min(config.lora.max_loras, self.info.max_loras),
         )
+        self.loras = LoraRegistry(self.info)
+        for spec in config.lora.lora:
+            self.loras.load(*parse_lora_spec(spec))
         self._requests = RequestFactory(
             tokenizer,
             self.info.vocab_size,
@@ -83,6 +94,8 @@ class Engine:
         # and whether it computed tokens (a step that only drops requests proves nothing).
         self.last_step_error: str | None = None
         self.last_step_computed = False
+        # When the last step started, if it computed and left work for the next one.
+        self._busy_step_start: float | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, **settings: Any) -> Engine:
@@ -96,7 +109,8 @@ class Engine:
         """Load the tokenizer and the in-process worker (torch is imported only here)."""
         from worker import create_worker
 
-        tokenizer = load_tokenizer(config.model.model)
+        with log_stage(logger, "reading the tokenizer"):
+            tokenizer = load_tokenizer(config.model.model)
         return cls(create_worker(config.worker), tokenizer, config)
 
     # -- any thread -----------------------------------------------------------------------
@@ -109,11 +123,14 @@ class Engine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[Request], None] | None = None,
+        lora: str | None = None,
+        deadline_s: float | None = None,
     ) -> str:
         """Queue a request; it joins the scheduler at the next step. Raises ValueError for
         invalid input and CapacityError when it cannot be taken. `admit`, when given, sees
         the validated request before it is queued and may raise to refuse it (quotas).
-        Returns its req_id."""
+        `deadline_s`: seconds from now by which it must finish; a request that cannot ends
+        with finish reason "deadline" (scheduler/deadlines.py). Returns its req_id."""
         [req_id] = self.add_requests(
             [prompt],
             params,
@@ -121,6 +138,8 @@ class Engine:
             tenant,
             priority,
             None if admit is None else (lambda reqs: admit(reqs[0])),
+            lora,
+            deadline_s,
         )
         return req_id
 
@@ -132,12 +151,16 @@ class Engine:
         tenant: str = "default",
         priority: int = 0,
         admit: Callable[[list[Request]], None] | None = None,
+        lora: str | None = None,
+        deadline_s: float | None = None,
     ) -> list[str]:
         """Queue several requests (the prompts of one call) all or none: every prompt is
         validated before `admit` sees them together, and nothing is queued when any is
-        refused. Raises as `add_request` does; returns their req_ids in order."""
+        refused. Raises as `add_request` does; returns their req_ids in order. `lora` names
+        a LoRA adapter the engine serves (LoraNotFoundError otherwise); None: the base model."""
+        ref = None if lora is None else self.loras.get(lora)
         reqs = [
-            self._requests.make(prompt, params, req_id, tenant, priority)
+            self._requests.make(prompt, params, req_id, tenant, priority, ref, deadline_s)
             for prompt, req_id in zip(prompts, req_ids, strict=True)
         ]
         if admit is not None:
@@ -209,13 +232,22 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             pending = [req.tenant for req in self._pending for _ in range(req.params.n)]
-        return collect_stats(self.scheduler, self._num_waiting, pending)
+            pending_loras = [
+                req.lora.name for req in self._pending if req.lora for _ in range(req.params.n)
+            ]
+        loras = tuple(self.loras.names())
+        return collect_stats(self.scheduler, self._num_waiting, pending, pending_loras, loras)
 
     # -- the loop thread ------------------------------------------------------------------
 
     def step(self) -> list[RequestDelta]:
         """One iteration of the loop; returns what each request gained."""
         sched = self.scheduler
+        started = time.monotonic()
+        if self._busy_step_start is not None:
+            # The loop came straight back from a step that computed: a whole step's period,
+            # the engine's own work around the worker's included.
+            sched.observe_step_time(started - self._busy_step_start)
         with self._lock:
             pending, self._pending = self._pending, []
             self._num_pending_sequences = 0
@@ -237,6 +269,7 @@ class Engine:
 
         self.last_step_error, self.last_step_computed = None, False
         sched_out = sched.schedule()
+        deltas.extend(self._states[req.req_id].next_delta() for req in sched_out.ended)
         step_input = sched_out.step_input
         if step_input.num_scheduled_tokens or step_input.finished_req_ids:
             try:
@@ -261,6 +294,8 @@ class Engine:
                         [delta.req_id, *child_req_ids(delta.req_id, n)]
                     )
             self._num_waiting = sched.num_waiting + self._groups.num_held
+        busy = self.last_step_computed and bool(sched.requests)
+        self._busy_step_start = started if busy else None
         return deltas
 
     def _schedule_new(self, reqs: list[Request]) -> list[RequestDelta]:
@@ -310,9 +345,11 @@ class Engine:
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        loras: str | Sequence[str | None] | None = None,
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs come in the order of `prompts`. Drives the loop
-        itself, so nothing else may call `step()` meanwhile."""
+        """Run prompts to completion; outputs come in the order of `prompts`. `loras`: one
+        adapter name for all, or one name (or None: the base model) per prompt. Drives the
+        loop itself, so nothing else may call `step()` meanwhile."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one prompt, text or token ids
         if params is None or isinstance(params, SamplingParams):
@@ -321,9 +358,16 @@ class Engine:
             raise ValueError(
                 f"params must hold one entry per prompt ({len(prompts)}), got {len(params)}"
             )
+        if loras is None or isinstance(loras, str):
+            loras = [loras] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(
+                f"loras must hold one entry per prompt ({len(prompts)}), got {len(loras)}"
+            )
+        refs = [None if name is None else self.loras.get(name) for name in loras]
         reqs = [
-            self._requests.make(prompt, p, None, "default", 0)
-            for prompt, p in zip(prompts, params, strict=True)
+            self._requests.make(prompt, p, None, "default", 0, ref)
+            for prompt, p, ref in zip(prompts, params, refs, strict=True)
         ]
         builders: dict[str, RequestOutputBuilder] = {}
         try:

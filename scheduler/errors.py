@@ -10,3 +10,8 @@ class CapacityError(Exception):
 
 class DuplicateRequestError(ValueError):
     """A live request already has this id (gRPC ALREADY_EXISTS)."""
+
+
+class LoraNotFoundError(LookupError):
+    """A request or an unload names a LoRA adapter the engine does not serve (gRPC
+    NOT_FOUND, HTTP 404)."""

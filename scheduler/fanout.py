@@ -46,6 +46,7 @@ class SequenceGroup:
     held: list[Request]  # waiting for the leader's prompt to be in the cache
     num_unfinished: int
     num_completion_tokens: int = 0
+    preemptions: dict[str, int] = dataclasses.field(default_factory=dict)  # of all sequences
     leader_usage: Usage | None = None
     echo: RequestDelta | None = None  # the leader's prompt logprobs, handed to the others
     index_of: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -67,7 +68,9 @@ class SequenceGroup:
                     eos_ids=req.eos_ids,
                     tenant=req.tenant,
                     priority=req.priority,
+                    lora=req.lora,
                     arrival_time=req.arrival_time,
+                    deadline=req.deadline,
                 )
             )
         group = cls(req.req_id, sequences, sequences[1:], len(sequences))
@@ -90,6 +93,9 @@ class SequenceGroup:
             return delta
         usage = delta.usage or Usage()
         self.num_completion_tokens += usage.completion_tokens
+        for cause, count in delta.preemptions.items():
+            self.preemptions[cause] = self.preemptions.get(cause, 0) + count
+        delta.preemptions = dict(self.preemptions)
         if index == 0:
             self.leader_usage = usage
         self.num_unfinished -= 1

@@ -99,7 +99,9 @@ class KVCacheManager:
     def _extend_hashes(self, req: Request, num_blocks: int) -> None:
         if len(req.block_hashes) >= num_blocks:
             return
-        root = self._root_hashes.get(req.tenant)
+        # The adapter salts the root like the tenant: its K/V differ from the base model's.
+        key = req.tenant if req.lora is None else f"{req.tenant}\0lora:{req.lora.lora_id}"
+        root = self._root_hashes.get(key)
         if root is None:
-            root = self._root_hashes[req.tenant] = root_hash(req.tenant)
+            root = self._root_hashes[key] = root_hash(key)
         extend_block_hashes(req.block_hashes, root, req.all_token_ids, self.block_size, num_blocks)

@@ -73,6 +73,7 @@ class RequestOutputState:
             delta.error = req.error
             delta.unavailable = req.unavailable
             delta.usage = usage_of(req)
+            delta.preemptions = dict(req.preemptions)
         return delta
 
 
@@ -92,4 +93,5 @@ def final_delta(req: Request) -> RequestDelta:
         error=req.error,
         unavailable=req.unavailable,
         usage=usage_of(req),
+        preemptions=dict(req.preemptions),
     )

@@ -35,6 +35,8 @@ class RequestDelta:
     index: int = 0  # which of the request's n sequences this is about
     # Set with finish_reason while other sequences of the request still run.
     others_running: bool = False
+    # On the last delta: how often the request was preempted, by cause (the log line's).
+    preemptions: dict[str, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contract.sampling import InvalidFieldError, SamplingParams
+from contract.step import LoraRef
 from scheduler.tenant_usage import TenantUsage
 
 
@@ -51,6 +52,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_LENGTH = 4
     FINISHED_ABORTED = 5
     FINISHED_ERROR = 6
+    FINISHED_DEADLINE = 7  # ended because it could not finish by its deadline
 
     @property
     def finish_reason(self) -> str | None:
@@ -62,7 +64,13 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
     RequestStatus.FINISHED_ERROR: "error",
+    RequestStatus.FINISHED_DEADLINE: "deadline",
 }
+
+# Why a running request gave up its place (scheduler/preemption.py): its next tokens needed a
+# block and none was free; a waiting request of a tenant further behind its fair share; a
+# waiting request of higher priority.
+PREEMPTION_CAUSES = ("blocks", "share", "priority")
 
 
 @dataclass(slots=True, eq=False)
@@ -91,6 +99,12 @@ class Request:
     num_sent_tokens: int = 0
     num_sent_blocks: int = 0
     num_preemptions: int = 0
+    preemptions: dict[str, int] = field(default_factory=dict)  # by cause (PREEMPTION_CAUSES)
+    # Output tokens when it was last admitted: the quantum a request runs before a waiting one
+    # may preempt it for share or priority counts from here.
+    num_output_tokens_at_admission: int = 0
+    # time.monotonic() by which it must finish (scheduler/deadlines.py), or None.
+    deadline: float | None = None
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     # Echo: one entry per prompt position, None until computed (position 0 stays None).
@@ -100,6 +114,7 @@ class Request:
     # With FINISHED_ERROR: the worker could not be reached, so a retry may succeed
     # (UNAVAILABLE), rather than a failure of this request (INTERNAL).
     unavailable: bool = False
+    lora: LoraRef | None = None  # the LoRA adapter it runs with; None: the base model
     # Shared by the tenant's requests once the scheduler takes the request.
     tenant_usage: TenantUsage = field(default_factory=TenantUsage)
     # What the worker samples with: params with their floats in float32 (derived once).

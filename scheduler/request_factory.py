@@ -6,7 +6,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from common.checks import number
 from contract.sampling import InvalidFieldError, SamplingParams
+from contract.step import LoraRef
 from modelfiles.tokenizer import Tokenizer
 from scheduler.request import Request, validate_prompt
 
@@ -33,8 +35,11 @@ class RequestFactory:
         req_id: str | None,
         tenant: str,
         priority: int,
+        lora: LoraRef | None = None,
+        deadline_s: float | None = None,
     ) -> Request:
-        """Raises ValueError (InvalidFieldError naming the field) or CapacityError."""
+        """`deadline_s`: seconds from now by which it must finish, or None. Raises ValueError
+        (InvalidFieldError naming the field) or CapacityError."""
         params = SamplingParams() if params is None else params
         if isinstance(prompt, str):
             if not prompt:
@@ -52,6 +57,8 @@ class RequestFactory:
             raise ValueError(f"tenant must be a string, got {tenant!r}")
         if req_id is not None and not isinstance(req_id, str):
             raise ValueError(f"req_id must be a string, got {req_id!r}")
+        deadline_s = _check_deadline("deadline_s", deadline_s)
+        arrival_time = time.monotonic()
         return Request(
             req_id=req_id or uuid.uuid4().hex,
             prompt_token_ids=prompt_token_ids,
@@ -59,5 +66,10 @@ class RequestFactory:
             eos_ids=self.eos_ids,
             tenant=tenant,
             priority=priority,
-            arrival_time=time.monotonic(),
+            arrival_time=arrival_time,
+            deadline=None if deadline_s is None else arrival_time + deadline_s,
+            lora=lora,
         )
+
+
+_check_deadline = number(0, low_open=True, optional=True)

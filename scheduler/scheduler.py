@@ -5,6 +5,8 @@ output so far) and `num_computed_tokens` (tokens whose K/V are cached); a step h
 tokens so that the second catches up with the first, under a token budget per step
 (`max_num_batched_tokens`) and a cap on running requests (`max_num_seqs`):
 
+0. Requests that can no longer finish by their deadline end (scheduler/deadlines.py), before
+   they use more compute.
 1. Running requests first, most important first: a decode costs 1 token, an unfinished
    prefill gets its next chunk (at most `long_prefill_threshold` tokens, and never so much
    that a later running request would find no token left: decodes are never stalled).
@@ -12,7 +14,18 @@ tokens so that the second catches up with the first, under a token budget per st
    running request (the last in running order), possibly itself: its blocks are freed and
    it waits to be recomputed, from whatever its prefix still has in the cache.
 3. Then waiting requests, in the order the queue policy picks, while budget, blocks and
-   `max_num_seqs` allow; a prefix-cache hit counts as computed.
+   `max_num_seqs` allow; a prefix-cache hit counts as computed. When the next one finds no
+   room, running requests the policy ranks below it that have run their quantum give up
+   their places to it (scheduler/preemption.py), by the same recompute as in 2.
+
+The rule between the two preemptions: a step that preempted for blocks (2) admits nothing and
+preempts for nothing else, since the blocks it freed are owed to the running requests that
+lacked them (admitting would hand them out again, and the running ones would preempt each other
+step after step). A step preempts for share or priority (3) only to admit, in that same step,
+the waiting request it preempted for: its victims leave this step's batch (their tokens return
+to the budget) and their seats and blocks go to that request and nothing else. So no step both
+frees blocks for a running request and hands blocks to a waiting one, and no preemption is
+for nothing.
 
 `update()` is the one place where request state advances after the worker ran.
 """
@@ -20,13 +33,17 @@ tokens so that the second catches up with the first, under a token budget per st
 from __future__ import annotations
 
 import bisect
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
+from scheduler.deadlines import DeadlineEstimator, DeadlineWatch
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
-from scheduler.queue_policy import create_queue_policy
+from scheduler.preemption import Room, choose_victims
+from scheduler.queue_policy import FCFSPolicy, create_queue_policy
 from scheduler.request import Request, RequestStatus
 from scheduler.step_results import (
     TextScanner,
@@ -42,6 +59,7 @@ from worker.config import CacheConfig
 __all__ = ["Scheduler", "SchedulerOutput", "TextScanner"]
 
 RUNNING = RequestStatus.RUNNING
+NATURAL_ENDS = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
 
 
 @dataclass(slots=True)
@@ -49,6 +67,7 @@ class SchedulerOutput:
     step_input: StepInput
     scheduled: list[Request] = field(default_factory=list)  # in the order they were scheduled
     num_preempted: int = 0
+    ended: list[Request] = field(default_factory=list)  # finished by `schedule` (deadlines)
 
 
 class Scheduler:
@@ -61,17 +80,27 @@ class Scheduler:
         cache: CacheConfig,
         num_blocks: int,
         max_model_len: int,
+        max_loras: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.clock = clock  # the time deadlines are on
         self.block_size = cache.block_size
         self.enable_prefix_caching = config.enable_prefix_caching
         self.num_blocks = num_blocks
         self.max_model_len = max_model_len
+        self.max_loras = max_loras  # distinct LoRA adapters among running requests
         self.kv = KVCacheManager(num_blocks, cache.block_size, config.enable_prefix_caching)
-        self.waiting = create_queue_policy(config.queue_policy)
+        chunk = min(config.long_prefill_threshold, config.max_num_batched_tokens)
+        self.deadlines = DeadlineEstimator(chunk)
+        self.waiting = create_queue_policy(config.queue_policy, self.deadlines)
         self._running_key = self.waiting.running_key
+        self._preempts_for_room = config.policy_preemption and not isinstance(
+            self.waiting, FCFSPolicy
+        )
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
+        self._deadlines = DeadlineWatch(self.deadlines, self.waiting.predicts_deadlines)
         self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
         self.tenant_usage: dict[str, TenantUsage] = self.tenants.usage
         self.num_preemptions = 0
@@ -105,15 +134,23 @@ class Scheduler:
         req.tenant_usage.num_unfinished += 1
         req.status = RequestStatus.WAITING
         self.requests[req.req_id] = req
+        if req.deadline is not None:
+            self._deadlines.add(req)
         self.waiting.add(req)
+
+    def observe_step_time(self, seconds: float) -> None:
+        """How long the engine's last step took: the price of a step in deadline estimates."""
+        self.deadlines.timer.observe(seconds)
 
     # -- one step -------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(StepInput())
+        if len(self._deadlines):
+            self._end_missed_deadlines(out, self.clock())
         self.waiting.order_running(self.running)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        # Admit waiting requests, unless blocks just ran out (they would preempt each other).
+        # Admit waiting requests, unless blocks just ran out (the rule in the docstring).
         if not out.num_preempted:
             self._schedule_waiting(out, budget)
         out.step_input.finished_req_ids = list(self._finished_req_ids)
@@ -137,7 +174,7 @@ class Scheduler:
             if req.num_computed_tokens + num_new > len(req.block_ids) * self.block_size:
                 while self.kv.allocate_slots(req, num_new) is None:
                     victim = running.pop()
-                    self._preempt(victim)
+                    self._preempt(victim, "blocks")
                     out.num_preempted += 1
                     if victim is req:
                         break
@@ -155,20 +192,45 @@ class Scheduler:
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        """Admit waiting requests in the policy's order while budget, blocks and seats last."""
+        """Admit waiting requests in the policy's order while budget, blocks and seats last,
+        or while running requests the policy ranks below the next one make room for it."""
         waiting = self.waiting
         threshold = self.config.long_prefill_threshold
-        while budget > 0 and len(waiting) and len(self.running) < self.config.max_num_seqs:
+        loras = {r.lora.lora_id for r in self.running if r.lora is not None}
+        while len(waiting):
+            has_seat = len(self.running) < self.config.max_num_seqs
+            if not (self._preempts_for_room or (budget > 0 and has_seat)):
+                break
             req = waiting.peek()
             if req.req_id in self._finished_req_ids:
                 break  # the worker drops its old state first, at this coming step
+            if req.lora is not None and req.lora.lora_id not in loras:
+                if len(loras) >= self.max_loras:
+                    break  # it waits, in its turn, until an adapter's requests finish
+                loras.add(req.lora.lora_id)
             cached = self.kv.find_cached_prefix(req)
-            num_new = min(req.num_tokens - len(cached) * self.block_size, threshold, budget)
-            num_cached_tokens = self.kv.admit(req, num_new, cached)
+            num_cached_tokens = None
+            if budget > 0 and has_seat:
+                num_new = min(req.num_tokens - len(cached) * self.block_size, threshold, budget)
+                num_cached_tokens = self.kv.admit(req, num_new, cached)
             if num_cached_tokens is None:
-                break
-            waiting.pop()
+                room = Room(
+                    req, cached, budget, self.config.max_num_seqs - len(self.running), threshold
+                )
+                victims = self._choose_victims(out, room)
+                if victims is None:
+                    break
+                # Out of the queue before the victims join it: they may come first in it.
+                waiting.pop()
+                budget = self._preempt_victims(out, victims, budget)
+                num_new = min(req.num_tokens - len(cached) * self.block_size, threshold, budget)
+                num_cached_tokens = self.kv.admit(req, num_new, cached)
+                assert num_cached_tokens is not None, "the victims were to make room"
+            else:
+                waiting.pop()
             req.tenant_usage.charge_prefill(req.num_tokens - num_cached_tokens)
+            req.tenant_usage.num_running += 1
+            req.num_output_tokens_at_admission = len(req.output_token_ids)
             req.num_computed_tokens = num_cached_tokens
             req.status = RUNNING
             if req.num_cached_prompt_tokens < 0:  # first admission: report its cache hit
@@ -183,11 +245,54 @@ class Scheduler:
                     num_cached_tokens,
                     num_output_tokens=len(req.output_token_ids),
                     end_token_ids=req.held_end_ids,
+                    lora=req.lora,
                 )
             )
             req.on_worker = True
             self._mark_scheduled(out, req, num_new)
             budget -= num_new
+
+    def _choose_victims(self, out: SchedulerOutput, room: Room) -> list[tuple[Request, str]] | None:
+        if not self._preempts_for_room:
+            return None
+        return choose_victims(
+            room,
+            self.running,
+            self.waiting,
+            self.config.preemption_quantum,
+            self.kv,
+            out.step_input.num_scheduled_tokens,
+        )
+
+    def _preempt_victims(
+        self, out: SchedulerOutput, victims: list[tuple[Request, str]], budget: int
+    ) -> int:
+        """Preempt the victims that make room for a waiting request; returns the budget
+        with their tokens of this step back in it."""
+        scheduled = out.step_input.num_scheduled_tokens
+        for victim, cause in victims:
+            num_tokens = scheduled.pop(victim.req_id, 0)
+            if num_tokens:  # out of this step's batch: the worker is told to drop it instead
+                budget += num_tokens
+                out.scheduled.remove(victim)
+                running = out.step_input.running
+                running[:] = [r for r in running if r.req_id != victim.req_id]
+            self.running.remove(victim)
+            self._preempt(victim, cause)
+            out.num_preempted += 1
+        return budget
+
+    def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
+        # Predicted misses only while the step time is being measured (scheduler/deadlines.py).
+        contended = len(self.running) >= self.config.max_num_seqs
+        for req, why in self._deadlines.due(now, bool(self.running), contended):
+            if not req.is_finished:
+                self.finish_requests(
+                    [req],
+                    RequestStatus.FINISHED_DEADLINE,
+                    f"ended: cannot finish by its deadline ({why})",
+                )
+                out.ended.append(req)
 
     @staticmethod
     def _mark_scheduled(out: SchedulerOutput, req: Request, num_new: int) -> None:
@@ -290,19 +395,36 @@ class Scheduler:
 
     def _finish(self, req: Request, status: RequestStatus, error: str | None = None) -> None:
         """Release everything a request holds. The caller removes it from `running`."""
+        usage = req.tenant_usage
+        if req.status is RUNNING:
+            usage.num_running -= 1
         req.finish(status, error)
-        req.tenant_usage.num_unfinished -= 1
+        usage.num_unfinished -= 1
+        if req.deadline is not None:
+            self._count_deadline(req, status)
         self.kv.free(req)
         self._drop_from_worker(req)
         self.requests.pop(req.req_id, None)
 
-    def _preempt(self, req: Request) -> None:
+    def _count_deadline(self, req: Request, status: RequestStatus) -> None:
+        """Met: a natural end by the deadline. Missed: ended for it, or ended after it."""
+        late = status is RequestStatus.FINISHED_DEADLINE or self.clock() > req.deadline
+        if late:
+            req.tenant_usage.num_deadlines_missed += 1
+        elif status in NATURAL_ENDS:
+            req.tenant_usage.num_deadlines_met += 1
+
+    def _preempt(self, req: Request, cause: str) -> None:
         """Recompute, not swap: give up the blocks (full ones stay in the prefix cache) and
         wait to be admitted again. The caller has taken it out of `running`."""
         self.kv.free(req)
         req.num_computed_tokens = 0
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
+        req.preemptions[cause] = req.preemptions.get(cause, 0) + 1
+        usage = req.tenant_usage
+        usage.num_running -= 1
+        usage.preemptions[cause] = usage.preemptions.get(cause, 0) + 1
         self.num_preemptions += 1
         self._drop_from_worker(req)
         self.waiting.add(req)

@@ -10,7 +10,10 @@ Every request ends through `Request.finish`, called from these places only, one 
   nothing to sample, `Scheduler.fail_step` for a failed step, `Scheduler.worker_lost` for a
   worker gone or reconnected (`error`, the last as unavailable);
 - the engine itself: scheduler/step_results.py when detokenizing a token fails, and
-  `Engine` when admitting a request fails (`error`).
+  `Engine` when admitting a request fails (`error`);
+- the clock: `Scheduler.schedule` (`_end_missed_deadlines`) for a request that can no longer
+  finish by its deadline (scheduler/deadlines.py says when), before the step is built, so it
+  never reaches the worker again (`deadline`).
 All but the never-scheduled sequences go through `Scheduler._finish`, which also frees the
 request's blocks and tells the worker to drop it. The frontend ends streams on its own only
 when the engine loop has stopped (frontend/async_engine.py).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -26,6 +26,10 @@ class TenantUsage:
     w_in: float = 1.0
     w_out: float = 2.0
     num_unfinished: int = 0  # requests in the scheduler, waiting or running
+    num_running: int = 0  # of those, running (holding a seat)
+    preemptions: dict[str, int] = field(default_factory=dict)  # by cause, as its victim
+    num_deadlines_met: int = 0  # requests with a deadline that finished by it
+    num_deadlines_missed: int = 0  # ended for their deadline, or finished after it
 
     def charge_prefill(self, num_tokens: int) -> None:
         cost = self.w_in * num_tokens

@@ -123,8 +123,8 @@ class Quotas:
                 tenant.name,
                 "max_tokens_per_request",
                 f"{_prompts(num_prompts, num_prompt_tokens)} + max_tokens ({max_tokens})"
-                f"{_times(sequences)} is over tenant {tenant.name!r}'s max_tokens_per_request "
-                f"({cap})",
+                f"{_times(sequences)} is over the max_tokens_per_request ({cap}) of tenant "
+                f"{tenant.name!r}",
                 None,
             )
         with self._lock:
@@ -170,8 +170,8 @@ class Quotas:
             raise QuotaExceeded(
                 tenant.name,
                 "max_tokens_per_minute",
-                f"the prompt ({num_prompt} tokens) is more than tenant {tenant.name!r}'s "
-                f"max_tokens_per_minute ({capacity}) can ever hold",
+                f"the prompt ({num_prompt} tokens) is more than the max_tokens_per_minute "
+                f"({capacity}) of tenant {tenant.name!r} can ever hold",
                 None,
             )
         if state.tokens < num_prompt:

@@ -7,9 +7,13 @@ engine authenticates the same way.
     api_key_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
     weight = 2.0                     # share of the engine under contention (default 1)
     priority = 0                     # default request priority (default 0)
+    deadline_ms = 30000              # default deadline of its requests (default: none)
     max_concurrent_requests = 64     # sequences running + waiting
     max_tokens_per_minute = 200000   # prompt + generated tokens, token bucket
     max_tokens_per_request = 4096    # a call's prompts + max_tokens per sequence
+    loras = ["sql", "chat"]          # LoRA adapters it may use (default: any)
+    default_lora = "sql"             # the adapter of its requests that name none
+    admin = false                    # may load and unload LoRA adapters
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 KEY_HASH_FIELD = "api_key_sha256"
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 LIMIT_FIELDS = ("max_concurrent_requests", "max_tokens_per_minute", "max_tokens_per_request")
+_LORA_FIELDS = ("loras", "default_lora", "admin")
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,6 +52,10 @@ class Tenant:
     max_concurrent_requests: int | None = None  # None: no limit
     max_tokens_per_minute: int | None = None
     max_tokens_per_request: int | None = None
+    loras: tuple[str, ...] | None = None  # the LoRA adapters it may use; None: any
+    default_lora: str | None = None  # for its requests that name no adapter
+    admin: bool = False  # may load and unload adapters at run time
+    deadline_ms: int | None = None  # for requests that bring none; None: no deadline
 
     @property
     def has_quotas(self) -> bool:
@@ -159,7 +168,8 @@ class _FileParser:
             raise self.error(name, None, f"tenant name must match {TENANT_PATTERN.pattern}")
         if not isinstance(table, dict):
             raise self.error(name, None, "must be a table ([tenants.NAME])")
-        known = {KEY_HASH_FIELD, "weight", "priority", *LIMIT_FIELDS}
+        known = {KEY_HASH_FIELD, "weight", "priority", "deadline_ms", *LIMIT_FIELDS,
+                 *_LORA_FIELDS}  # fmt: skip
         for field in table:
             if field not in known:
                 raise self.error(name, field, f"unknown field (known: {', '.join(sorted(known))})")
@@ -173,12 +183,33 @@ class _FileParser:
         if not _is_int(priority):
             raise self.error(name, "priority", f"must be an integer, got {priority!r}")
         limits = {}
-        for field in LIMIT_FIELDS:
+        for field in (*LIMIT_FIELDS, "deadline_ms"):
             value = table.get(field)
             if value is not None and (not _is_int(value) or value < 1):
                 raise self.error(name, field, f"must be an integer >= 1, got {value!r}")
             limits[field] = value
-        return Tenant(name, float(weight), priority, **limits), hashes
+        loras = self._lora_fields(name, table)
+        return Tenant(name, float(weight), priority, **limits, **loras), hashes
+
+    def _lora_fields(self, name: str, table: dict) -> dict[str, Any]:
+        loras = table.get("loras")
+        if loras is not None and (
+            not isinstance(loras, list) or not all(isinstance(x, str) and x for x in loras)
+        ):
+            raise self.error(name, "loras", f"must be a list of adapter names, got {loras!r}")
+        default = table.get("default_lora")
+        if default is not None and (not isinstance(default, str) or not default):
+            raise self.error(name, "default_lora", f"must be an adapter name, got {default!r}")
+        if default is not None and loras is not None and default not in loras:
+            raise self.error(name, "default_lora", f"{default!r} is not one of its loras")
+        admin = table.get("admin", False)
+        if not isinstance(admin, bool):
+            raise self.error(name, "admin", f"must be true or false, got {admin!r}")
+        return {
+            "loras": None if loras is None else tuple(loras),
+            "default_lora": default,
+            "admin": admin,
+        }
 
     def _key_hashes(self, name: str, value: Any) -> list[str]:
         values = [value] if isinstance(value, str) else value

@@ -3,6 +3,7 @@ here for real."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -216,3 +217,17 @@ def test_remote_profile_commands_serve_a_client(compose: dict) -> None:
         if serve is not None:
             serve.stop()
         worker.stop()
+
+
+def test_every_documented_profile_command_names_its_services(compose: dict) -> None:
+    """`docker compose --profile P up -d` alone also starts every service without a profile
+    (the bundled `loom`): each documented command names the services it means, all of them
+    in profile P."""
+    texts = (REPO_ROOT / "README.md").read_text() + (REPO_ROOT / "docker-compose.yml").read_text()
+    commands = re.findall(r"docker compose --profile\s+(\S+)\s+up -d((?:\s+loom[\w-]*)*)", texts)
+    assert len(commands) >= 5
+    for profile, names in commands:
+        services = names.split()
+        assert services, f"--profile {profile} up -d names no service"
+        for name in services:
+            assert profile in compose["services"][name].get("profiles", []), (profile, name)

@@ -19,7 +19,7 @@ from common.flags import flag_name, settings_from_args, settings_to_argv
 from common.settings import from_flat, leaf_fields
 from frontend.cli import build_parser
 from frontend.config import WORKER_SIDE_SETTINGS, ServeConfig
-from scheduler.config import EngineConfig
+from scheduler.config import ENGINE_SIDE_SETTINGS, EngineConfig
 from tests.conftest import REPO_ROOT, STORIES_DIR
 from worker.cli import build_parser as build_worker_parser
 from worker.config import (
@@ -225,10 +225,10 @@ def test_every_serve_flag_is_exactly_one_settings_field() -> None:
 
 
 def test_every_worker_serve_flag_is_exactly_one_settings_field() -> None:
-    fields = set(leaf_fields(WorkerServeConfig))
+    fields = set(leaf_fields(WorkerServeConfig)) - ENGINE_SIDE_SETTINGS
     assert serve_options(build_worker_parser()) == {flag_name(name) for name in fields}
     args = build_worker_parser().parse_args(["serve"])
-    assert settings_from_args(WorkerServeConfig, args) == WorkerServeConfig()
+    assert settings_from_args(WorkerServeConfig, args, ENGINE_SIDE_SETTINGS) == WorkerServeConfig()
 
 
 def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
@@ -239,7 +239,7 @@ def test_worker_settings_written_as_flags_parse_back_to_the_same() -> None:
     )
     argv = ["serve", *settings_to_argv(settings)]
     args = build_worker_parser().parse_args(argv)
-    assert settings_from_args(WorkerServeConfig, args) == settings
+    assert settings_from_args(WorkerServeConfig, args, ENGINE_SIDE_SETTINGS) == settings
 
 
 def test_a_settings_name_is_declared_once_across_the_tree() -> None:
@@ -260,6 +260,7 @@ def test_a_settings_name_is_declared_once_across_the_tree() -> None:
 def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
     # The worker's model, cache and parallel settings, whatever they are now or later.
     worker_settings = set(leaf_fields(WorkerServeConfig)) - set(leaf_fields(WorkerServerConfig))
+    worker_settings -= ENGINE_SIDE_SETTINGS  # --lora: the engine lists the adapters
     assert worker_settings == WORKER_SIDE_SETTINGS
     for name in worker_settings:
         with pytest.raises(ValueError, match=f"{name} is the worker's setting"):
@@ -271,7 +272,8 @@ def _not_default(name: str) -> object:
             "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
             "quantization": "none", "activations": "int8",
             "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
-            "tensor_parallel_size": 2, "distributed_timeout": 5.0}[name]  # fmt: skip
+            "tensor_parallel_size": 2, "distributed_timeout": 5.0,
+            "max_loras": 2, "max_lora_rank": 8}[name]  # fmt: skip
 
 
 def test_offline_keywords_build_the_nested_settings() -> None:
@@ -306,8 +308,9 @@ def test_from_model_dir_names_an_unknown_keyword() -> None:
 )
 @pytest.mark.server
 def test_bad_settings_exit_2_naming_the_setting(flags: list[str], message: str) -> None:
+    # --port 0: a server already on 50051 (the quick start's) must not answer for the settings.
     result = subprocess.run(
-        [sys.executable, "-m", "frontend", "serve", *flags],
+        [sys.executable, "-m", "frontend", "serve", "--port", "0", *flags],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

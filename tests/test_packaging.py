@@ -42,9 +42,8 @@ def canonical(name: str) -> str:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
-    serve, test = readme_commands()[:2]
-    assert serve.endswith("python -m frontend serve")
-    assert "-c constraints.txt" in serve
+    install, test = readme_commands()[:2]
+    assert install.endswith("pip install -c constraints.txt -e .")
     assert test.endswith("python -m pytest -q")
     ci_lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
     assert ci_lines[0] == "#!/usr/bin/env bash"
@@ -78,6 +77,17 @@ def test_runtime_floors_cover_the_committed_stubs() -> None:
     # The stubs refuse to import under an older runtime, so the ranges must not admit one.
     assert floors["grpcio"] >= Version(grpc_version)
     assert floors["protobuf"] >= Version(protobuf_version)
+
+
+def test_the_quick_start_serves_in_the_background_and_waits_for_it() -> None:
+    # Run in one shell as written: a server in the foreground would hold the shell, and a
+    # request sent while the model still loads is refused UNAVAILABLE.
+    quick_start = re.search(r"```bash\n(.*?)```", readme_section("Quick start"), re.S).group(1)
+    assert quick_start.splitlines()[1:] == [
+        ".venv/bin/python -m frontend serve &",
+        ".venv/bin/python -m frontend health --wait 300",
+        '.venv/bin/python -m client generate "Once upon a time" --max-tokens 32 --temperature 0',
+    ]
 
 
 def test_no_top_level_proto_package() -> None:
@@ -154,3 +164,16 @@ def test_router_serve_takes_every_documented_flag() -> None:
     assert len(flags) >= 20
     for flag in flags:
         assert flag in help_text, flag
+
+
+def test_the_documented_docker_run_gives_the_drain_its_time() -> None:
+    # Docker kills a container 10 s after its SIGTERM unless told otherwise: less than the
+    # image's serve (the default --shutdown-timeout) may take to finish what is in flight.
+    from frontend.config import FrontendConfig
+
+    runs = re.findall(r"`docker run ([^`]*)`", README)
+    assert runs
+    for run in runs:
+        stop = re.search(r"--stop-timeout (\d+)", run)
+        assert stop and int(stop.group(1)) > FrontendConfig().shutdown_timeout, run
+    assert "--shutdown-timeout" not in (REPO_ROOT / "Dockerfile").read_text()  # the default

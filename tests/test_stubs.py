@@ -59,6 +59,8 @@ def test_serving_contract_names() -> None:
         "Abort",
         "ApplyChatTemplate",
         "GetLoad",
+        "LoadLoraAdapter",
+        "UnloadLoraAdapter",
     ]
     request = serving_pb2.ApplyChatTemplateRequest.DESCRIPTOR
     assert request.fields_by_name["add_generation_prompt"].has_presence  # unset means true

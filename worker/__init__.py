@@ -10,6 +10,8 @@ is imported only when a worker is created.
 - step_batch.py      scheduled requests -> flat input ids, positions, slot mapping, metadata
 - model.py           Llama over one flat batch of tokens, Meta's parameter names; wq/wk/wv and
                      w1/w3 fused into wqkv and w13 at load (in memory only)
+- lora_weights.py    a checked LoRA adapter's tensors laid out for the model's (fused) projections
+- lora_batch.py      the resident adapters (LRU, --max-loras) and one step's per-adapter runs
 - model_args.py      hyper-parameters from Meta's params.json, HF's config.json, a GGUF header
 - loader.py, hf_layout.py, torch_file_probe.py  Meta (sharded) and HF checkpoints, clear errors
 - random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device
@@ -46,12 +48,15 @@ is imported only when a worker is created.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from common.settings import from_flat
+from common.stages import log_stage
 from contract.step import Worker
-from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
+from worker.config import CacheConfig, LoraConfig, ModelConfig, ParallelConfig, WorkerConfig
 
+log = logging.getLogger("loom.worker")
 
 def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker:
     """Load the model and allocate the KV cache; returns the in-process worker. Takes a
@@ -67,9 +72,17 @@ def create_worker(config: WorkerConfig | None = None, **settings: Any) -> Worker
         from worker.tp_launch import start_tensor_parallel
 
         return start_tensor_parallel(config)
-    from worker.runner import ModelRunner
+    with log_stage(log, "importing torch"):  # seconds on a busy machine, before any weight
+        from worker.runner import ModelRunner
 
     return ModelRunner(config)
 
 
-__all__ = ["CacheConfig", "ModelConfig", "ParallelConfig", "WorkerConfig", "create_worker"]
+__all__ = [
+    "CacheConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "ParallelConfig",
+    "WorkerConfig",
+    "create_worker",
+]

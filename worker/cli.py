@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common.flags import add_settings_flags, settings_from_args
 from modelfiles.tokenizer_files import tokenizer_files
-from worker.config import WorkerServeConfig
+from worker.config import ENGINE_SIDE_SETTINGS, WorkerServeConfig
 
 log = logging.getLogger("loom.worker.serve")
 
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model to a scheduler", description=__doc__)
-    add_settings_flags(serve, WorkerServeConfig)
+    # Which adapters are served is the engine's choice; a request brings its adapter's path.
+    add_settings_flags(serve, WorkerServeConfig, exclude=ENGINE_SIDE_SETTINGS)
     return parser
 
 
@@ -44,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config: WorkerServeConfig = settings_from_args(WorkerServeConfig, args)
+        config: WorkerServeConfig = settings_from_args(
+            WorkerServeConfig, args, exclude=ENGINE_SIDE_SETTINGS
+        )
     except ValueError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
     if not Path(config.model.model).is_dir():

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from common.checks import integer, number, one_of
+from common.checks import InvalidFieldError, integer, number, one_of
 from common.settings import LOG_LEVELS, check_settings, parse_bytes, setting
+from modelfiles.lora_files import parse_lora_spec
 
 BUNDLED_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "stories260K")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -120,6 +122,45 @@ class ParallelConfig:
         check_settings(self)
 
 
+def _lora_specs(name: str, value: Any) -> tuple[str, ...]:
+    """--lora NAME=PATH, repeatable: kept as the "NAME=PATH" strings (each checked)."""
+    specs = tuple(value or ())
+    names = [parse_lora_spec(spec)[0] if isinstance(spec, str) else None for spec in specs]
+    if None in names:
+        raise InvalidFieldError(name, f"{name} takes NAME=PATH strings, got {value!r}")
+    if len(set(names)) != len(names):
+        raise InvalidFieldError(name, f"{name} names an adapter twice: {', '.join(names)}")
+    return specs
+
+
+# Settings in the worker's dataclasses that the engine alone reads (the adapters it lists).
+ENGINE_SIDE_SETTINGS = frozenset({"lora"})
+
+
+@dataclass(slots=True, frozen=True)
+class LoraConfig:
+    """LoRA adapters over the base model: the worker holds at most max_loras of them (least
+    recently used first out), the scheduler runs at most max_loras distinct ones per step."""
+
+    lora: tuple[str, ...] = setting(
+        (),
+        "serve a LoRA adapter (a PEFT directory) as NAME; repeatable",
+        _lora_specs,
+        action="append",
+        metavar="NAME=PATH",
+        type=str,
+    )
+    max_loras: int = setting(
+        4, "LoRA adapters resident at once, and distinct adapters in one step", integer(1)
+    )
+    max_lora_rank: int = setting(
+        64, "largest LoRA rank an adapter may have", integer(1, 1024)
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 @dataclass(slots=True, frozen=True)
 class WorkerConfig:
     """What `create_worker` needs."""
@@ -127,6 +168,7 @@ class WorkerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # The scheduler's max_num_seqs, the largest decode batch (the top of the CUDA graph
     # ladder); None where the worker runs without a scheduler config (the ladder goes to 256).
     max_num_seqs: int | None = None
@@ -159,9 +201,12 @@ class WorkerServeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     server: WorkerServerConfig = field(default_factory=WorkerServerConfig)
 
     @property
     def worker(self) -> WorkerConfig:
-        return WorkerConfig(model=self.model, cache=self.cache, parallel=self.parallel)
+        return WorkerConfig(
+            model=self.model, cache=self.cache, parallel=self.parallel, lora=self.lora
+        )
 

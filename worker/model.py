@@ -7,6 +7,7 @@ function (by default `paged_attention`) that reads and writes the block KV cache
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,22 @@ def _weight(*shape: int) -> nn.Parameter:
     # Uninitialised on the meta device: the loader assigns every weight, and skipping the
     # random init of nn.Linear / nn.Embedding saves seconds per model.
     return nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
+
+
+@dataclass(slots=True)
+class LoraHook:
+    """One layer's view of the step's LoRA adapters (worker/lora_batch.py's LoraStep)."""
+
+    step: Any  # LoraStep
+    layer: int
+
+
+def _adapted(linear: nn.Module, x: torch.Tensor, lora: LoraHook | None, name: str) -> torch.Tensor:
+    """linear(x), plus the LoRA terms of the rows whose adapter adapts this projection."""
+    out = linear(x)
+    if lora is not None:
+        lora.step.add(out, x, lora.layer, name)
+    return out
 
 
 class Linear(nn.Module):
@@ -140,16 +157,19 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         meta: Any,
         attention_fn: AttentionFn,
+        lora: LoraHook | None = None,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
         h, kvh = self.n_heads, self.n_kv_heads
         if self.fused:
+            qkv = _adapted(self.wqkv, x, lora, "wqkv")
             # [T, (h + 2 kvh) * head_dim] -> [T, h + 2 kvh, head_dim]
-            qkv = self.wqkv(x).view(num_tokens, h + 2 * kvh, self.head_dim)
+            qkv = qkv.view(num_tokens, h + 2 * kvh, self.head_dim)
             if self.fused_ops is not None:  # K and V reach the cache here, not in attention
                 q = self.fused_ops.rope_and_store(qkv, freqs, h, k_cache, v_cache,
                                                   meta.slot_mapping)  # fmt: skip
-                return self.wo(attention_fn(q, None, None, k_cache, v_cache, meta))
+                attended = attention_fn(q, None, None, k_cache, v_cache, meta)
+                return _adapted(self.wo, attended, lora, "wo")
             if self.kernels and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
                 # Q and K rotate in place, one C++ pass; all three stay views of qkv.
                 cos_sin = torch.view_as_real(freqs).view(num_tokens, -1, 2)
@@ -161,10 +181,11 @@ class Attention(nn.Module):
                 q, k, v = qk[:, :h], qk[:, h:], qkv[:, h + kvh :]
         else:
             # [T, heads * head_dim] -> [T, heads, head_dim]
-            q = apply_rope(self.wq(x).view(num_tokens, h, self.head_dim), freqs)
-            k = apply_rope(self.wk(x).view(num_tokens, kvh, self.head_dim), freqs)
-            v = self.wv(x).view(num_tokens, kvh, self.head_dim)
-        return self.wo(attention_fn(q, k, v, k_cache, v_cache, meta))
+            q = _adapted(self.wq, x, lora, "wq").view(num_tokens, h, self.head_dim)
+            k = _adapted(self.wk, x, lora, "wk").view(num_tokens, kvh, self.head_dim)
+            v = _adapted(self.wv, x, lora, "wv").view(num_tokens, kvh, self.head_dim)
+            q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+        return _adapted(self.wo, attention_fn(q, k, v, k_cache, v_cache, meta), lora, "wo")
 
 
 class FeedForward(nn.Module):
@@ -186,17 +207,18 @@ class FeedForward(nn.Module):
             self.w3 = Linear(dim, hidden_dim)
         self.w2 = Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora: LoraHook | None = None) -> torch.Tensor:
         if not self.fused:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        gate_up = self.w13(x)  # [T, 2 * hidden]: gate, then up
+            gate, up = _adapted(self.w1, x, lora, "w1"), _adapted(self.w3, x, lora, "w3")
+            return _adapted(self.w2, F.silu(gate) * up, lora, "w2")
+        gate_up = _adapted(self.w13, x, lora, "w13")  # [T, 2 * hidden]: gate, then up
         if self.fused_ops is not None:
-            return self.w2(self.fused_ops.silu_and_mul(gate_up))
+            return _adapted(self.w2, self.fused_ops.silu_and_mul(gate_up), lora, "w2")
         if self.kernels and gate_up.dtype == torch.float32 and gate_up.device.type == "cpu":
-            return self.w2(torch.ops.loom.silu_and_mul(gate_up))
+            return _adapted(self.w2, torch.ops.loom.silu_and_mul(gate_up), lora, "w2")
         # [T, 2 * hidden] -> gate [T, hidden], up [T, hidden]; silu and the product in place
         gate, up = gate_up.split(self.hidden_dim, dim=-1)
-        return self.w2(F.silu(gate, inplace=True).mul_(up))
+        return _adapted(self.w2, F.silu(gate, inplace=True).mul_(up), lora, "w2")
 
 
 class TransformerBlock(nn.Module):
@@ -216,11 +238,12 @@ class TransformerBlock(nn.Module):
         v_cache: torch.Tensor,
         meta: Any,
         attention_fn: AttentionFn,
+        lora: LoraHook | None = None,
     ) -> torch.Tensor:  # this block's feed-forward output, for the next block to add
         # Each residual add happens inside the norm that follows it.
         normed = self.attention_norm.add(x, delta)
-        h = self.attention(normed, freqs, k_cache, v_cache, meta, attention_fn)
-        return self.feed_forward(self.ffn_norm.add(x, h))
+        h = self.attention(normed, freqs, k_cache, v_cache, meta, attention_fn, lora)
+        return self.feed_forward(self.ffn_norm.add(x, h), lora)
 
 
 class Transformer(nn.Module):
@@ -278,13 +301,15 @@ class Transformer(nn.Module):
         positions: torch.Tensor,  # [num_tokens]
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],  # per layer (K, V)
         meta: Any,  # what the attention function needs, e.g. AttentionMetadata
+        lora: Any = None,  # worker/lora_batch.py's LoraStep: the step's adapter runs
     ) -> torch.Tensor:  # [num_tokens, dim], before the final norm
         h = self.tok_embeddings(input_ids)
         # [T, head_dim / 2] -> [T, 1, head_dim / 2], shared by all heads
         freqs = self.rope_freqs.index_select(0, positions).unsqueeze(1)
         delta = None
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            delta = layer(h, delta, freqs, k_cache, v_cache, meta, self.attention_fn)
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            hook = None if lora is None else LoraHook(lora, i)
+            delta = layer(h, delta, freqs, k_cache, v_cache, meta, self.attention_fn, hook)
         if delta is not None:
             h += delta
         return h

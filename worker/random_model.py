@@ -63,3 +63,36 @@ def write_meta_model(
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out_dir / "tokenizer.model")
     return out_dir
+
+
+def write_random_lora(
+    out_dir: Path, params: dict[str, Any], rank: int, seed: int, alpha: float | None = None
+) -> Path:
+    """A random LoRA adapter of every projection of the model `params` describes, in PEFT's
+    layout (adapter_config.json + adapter_model.safetensors): what the benchmarks serve."""
+    from safetensors.torch import save_file
+
+    args = args_from_meta_params(params, int(params["vocab_size"]))
+    q_dim, kv_dim = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    shapes = {
+        "self_attn.q_proj": (args.dim, q_dim), "self_attn.k_proj": (args.dim, kv_dim),
+        "self_attn.v_proj": (args.dim, kv_dim), "self_attn.o_proj": (q_dim, args.dim),
+        "mlp.gate_proj": (args.dim, args.hidden_dim), "mlp.up_proj": (args.dim, args.hidden_dim),
+        "mlp.down_proj": (args.hidden_dim, args.dim),
+    }  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(args.n_layers):
+        for module, (in_features, out_features) in shapes.items():
+            name = f"base_model.model.model.layers.{layer}.{module}"
+            a = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+            b = torch.randn(out_features, rank, generator=generator) / rank**0.5 * 0.1
+            tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = a, b
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha or rank, "bias": "none",
+        "target_modules": sorted({m.split(".")[1] for m in shapes}),
+    }  # fmt: skip
+    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    return out_dir

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common.stages import log_stage
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, WorkerInfo
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
@@ -19,6 +20,8 @@ from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
+from worker.lora_batch import ResidentLoras, base_shapes, lora_step
+from worker.lora_weights import LoraAdapter
 from worker.packed_modules import use_int8_activations
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
@@ -45,6 +48,15 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def quantization_stage(quantization: str) -> str:
+    """What reading the weights does with quantized tensors, for the start-up log."""
+    if quantization == "none":
+        return "quantized tensors dequantized"
+    if quantization == "auto":
+        return "quantized tensors kept packed"
+    return f"quantizing to {quantization}"
+
+
 class ModelRunner:
     """Implements the `Worker` protocol of contract/step.py in-process. `placement` says what
     of the model this process holds: all of it, or one tensor-parallel rank's slice."""
@@ -65,7 +77,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(model.dtype, self.device)
         packed = keep_packed(model.quantization, self.device)
         quantization = model.quantization if packed else "none"
-        loaded = checkpoint or placement.load(model.model, self.dtype, quantization)
+        with log_stage(log, f"reading the weights ({quantization_stage(quantization)})"):
+            loaded = checkpoint or placement.load(model.model, self.dtype, quantization)
         args = loaded.args
         if model.max_model_len is not None:
             args = dataclasses.replace(args, max_seq_len=model.max_model_len)
@@ -75,20 +88,22 @@ class ModelRunner:
         )
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
-        self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
-        if model.activations == "int8":
-            use_int8_activations(self.model)
-        if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
-            install_fused_ops(self.model)
+        with log_stage(log, "building the model"):
+            self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+            if model.activations == "int8":
+                use_int8_activations(self.model)
+            if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
+                install_fused_ops(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
         )
         num_blocks = placement.agree_num_blocks(num_blocks)  # every rank has the same ids
         backend = self.attention_backend
-        self.kv_cache = allocate_kv_cache(
-            local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
-        )
+        with log_stage(log, f"allocating the KV cache ({num_blocks} blocks)"):
+            self.kv_cache = allocate_kv_cache(
+                local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
+            )
         log.info(
             "attention backend: %s; %d torch threads",
             self.attention_backend.name,
@@ -123,7 +138,20 @@ class ModelRunner:
             head_dim=args.head_dim,
             hidden_dim=args.hidden_dim,
             tensor_parallel_size=placement.world_size,
+            max_loras=config.lora.max_loras if placement.world_size == 1 else 0,
+            max_lora_rank=config.lora.max_lora_rank,
         )
+        # LoRA adapters: none under tensor parallelism (the adapters would need cutting too).
+        self.loras: ResidentLoras | None = None
+        if placement.world_size == 1:
+            self.loras = ResidentLoras(
+                config.lora.max_loras,
+                config.lora.max_lora_rank,
+                base_shapes(args),
+                self.dtype,
+                self.device,
+                self.model.fused,
+            )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
         # Draws for requests without a seed of their own.
@@ -152,25 +180,54 @@ class ModelRunner:
         scheduled = [
             (self.requests[req_id], n) for req_id, n in step.num_scheduled_tokens.items()
         ]
+        scheduled, adapters, lora_errors = self._acquire_loras(scheduled)
         if not scheduled:
-            return StepOutput()
+            return StepOutput(errors=lora_errors)
         with torch.inference_mode():
-            # Decode-only steps replay a captured CUDA graph when there is one.
-            replayed = self.decode_graphs.run(scheduled) if self.decode_graphs else None
+            # Decode-only steps replay a captured CUDA graph when there is one (not adapted).
+            graphs = self.decode_graphs if not adapters else None
+            replayed = graphs.run(scheduled) if graphs else None
             if replayed is None:
                 batch = self.build_batch(scheduled)
-                logits = self.fused_decode(batch) if self.fused_decode else None
+                # On the CPU a decode step without adapters is one C++ call.
+                fused = self.fused_decode if not adapters else None
+                logits = fused(batch) if fused else None
                 if logits is None:
+                    lora = lora_step(batch.lora_runs, adapters) if adapters else None
                     hidden = self.model(
-                        batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn
+                        batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
                     )
                     logits = self.model.compute_logits(hidden, batch.logits_rows)
             else:
                 batch, logits = replayed
             output = self.sample(scheduled, batch, logits)
+        output.errors.update(lora_errors)
         for state, n in scheduled:
             state.num_computed += n
         return output
+
+    def _acquire_loras(
+        self, scheduled: list[tuple[RequestState, int]]
+    ) -> tuple[list[tuple[RequestState, int]], dict[int, LoraAdapter], dict[str, str]]:
+        """The step's adapters made resident. A request whose adapter cannot be had fails
+        alone (StepOutput.errors) and is left out of the step."""
+        refs = [state.lora for state, _ in scheduled if state.lora is not None]
+        if not refs:
+            return scheduled, {}, {}
+        if self.loras is None:
+            found: dict = {r.lora_id: "LoRA adapters need a worker without tensor parallelism"
+                           for r in refs}  # fmt: skip
+        else:
+            found = self.loras.acquire(refs)
+        adapters = {i: a for i, a in found.items() if isinstance(a, LoraAdapter)}
+        errors = {
+            state.req_id: str(found[state.lora.lora_id])
+            for state, _ in scheduled
+            if state.lora is not None and state.lora.lora_id not in adapters
+        }
+        if errors:
+            scheduled = [(st, n) for st, n in scheduled if st.req_id not in errors]
+        return scheduled, adapters, errors
 
     def sample(
         self, scheduled: list[tuple[RequestState, int]], batch: StepBatch, logits: torch.Tensor

@@ -6,13 +6,13 @@ built with tensor ops on the target device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
 import torch
 
 from contract.sampling import SamplingParams
-from contract.step import NewRequest
+from contract.step import LoraRef, NewRequest
 from worker.attention import AttentionMetadata
 from worker.attention.backend import AttentionBackend
 from worker.device_io import to_device
@@ -31,6 +31,7 @@ class RequestState:
     penalty_row: int | None = None  # its row of the PenaltyTable, when it asked for penalties
     # Ids it may not sample before min_tokens (NewRequest.end_token_ids).
     end_token_ids: tuple[int, ...] = ()
+    lora: LoraRef | None = None  # the adapter it runs with; None: the base model
 
     @classmethod
     def from_new(cls, new: NewRequest) -> RequestState:
@@ -42,6 +43,7 @@ class RequestState:
             num_computed=new.num_computed_tokens,
             num_prompt_tokens=len(new.prompt_token_ids) - new.num_output_tokens,
             end_token_ids=new.end_token_ids,
+            lora=new.lora,
         )
 
 
@@ -61,6 +63,8 @@ class StepBatch:
     attn: AttentionMetadata
     logits_rows: torch.Tensor  # [num_logits] rows of the flat batch that need logits
     plans: list[LogitsPlan]  # one per scheduled request, in the order given
+    # (first row, end row, lora_id): the runs of rows on one adapter; base-only rows in none
+    lora_runs: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def build_step_batch(
@@ -71,8 +75,11 @@ def build_step_batch(
 ) -> StepBatch:
     """`scheduled` pairs each request with the number of tokens it computes this step;
     `backend` is the attention backend that will run the step (it adds what it needs)."""
-    # One-token sequences first: backends may treat the decodes as one batch.
-    order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] != 1)
+    # One-token sequences first: backends may treat the decodes as one batch. Within each,
+    # by adapter, so each adapter's rows are one run (worker/lora_batch.py).
+    order = sorted(
+        range(len(scheduled)), key=lambda i: (scheduled[i][1] != 1, _lora_id(scheduled[i][0]))
+    )
     seqs = [scheduled[i] for i in order]
     num_seqs = len(seqs)
     starts = [state.num_computed for state, _ in seqs]
@@ -127,7 +134,29 @@ def build_step_batch(
         attn=attn,
         logits_rows=tensor(logits_rows),
         plans=plans,
+        lora_runs=_lora_runs(seqs, query_start_loc),
     )
+
+
+def _lora_id(state: RequestState) -> int:
+    return 0 if state.lora is None else state.lora.lora_id
+
+
+def _lora_runs(
+    seqs: list[tuple[RequestState, int]], query_start_loc: list[int]
+) -> list[tuple[int, int, int]]:
+    """Consecutive sequences on the same adapter merged into one run of rows."""
+    runs: list[tuple[int, int, int]] = []
+    for b, (state, _) in enumerate(seqs):
+        lora_id = _lora_id(state)
+        if not lora_id:
+            continue
+        start, end = query_start_loc[b], query_start_loc[b + 1]
+        if runs and runs[-1][2] == lora_id and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end, lora_id)
+        else:
+            runs.append((start, end, lora_id))
+    return runs
 
 
 def _logits_plans(

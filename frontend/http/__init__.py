@@ -4,6 +4,7 @@
 - connection.py  uvicorn's h11 connection with a deadline for each request's head; its
                  per-request warnings throttled
 - routes.py      /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /health, /metrics
+- lora_routes.py /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's admin routes)
 - schemas.py     the request bodies (pydantic), strict types, unsupported fields refused; the
                  sampling fields derived from contract/sampling.py
 - convert.py     a body -> prompts and SamplingParams, refusals named as the caller did

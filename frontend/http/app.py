@@ -26,12 +26,15 @@ from starlette.routing import Route
 from frontend.admission import Refused
 from frontend.http.connection import throttle_uvicorn_warnings, with_header_timeout
 from frontend.http.errors import HttpError, error_response, http_error_response, refused_response
+from frontend.http.lora_routes import LoraRoutes
 from frontend.http.routes import OpenAIRoutes
 
 log = logging.getLogger(__name__)
 
 
 def build_app(routes: OpenAIRoutes) -> Starlette:
+    lora = LoraRoutes(routes)
+
     async def on_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refused)
         return refused_response(exc)
@@ -54,6 +57,8 @@ def build_app(routes: OpenAIRoutes) -> Starlette:
             Route("/tokenize", routes.tokenize, methods=["POST"]),
             Route("/health", routes.health, methods=["GET"]),
             Route("/metrics", routes.metrics_text, methods=["GET"]),
+            Route("/v1/load_lora_adapter", lora.load, methods=["POST"]),
+            Route("/v1/unload_lora_adapter", lora.unload, methods=["POST"]),
         ],
         exception_handlers={
             Refused: on_refused,

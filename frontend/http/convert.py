@@ -6,7 +6,9 @@ The engine names its fields as gRPC does; where OpenAI's names differ (a complet
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from contract.sampling import MAX_TOP_LOGPROBS, SamplingParams, http_fields
 from frontend.admission import Refused
@@ -26,7 +28,8 @@ class EngineInputs:
     param_names: dict[str, str]  # engine field -> this API's name for it
 
 
-def completion_inputs(body: CompletionRequest) -> EngineInputs:
+def completion_inputs(body: CompletionRequest, defaults: Mapping[str, Any]) -> EngineInputs:
+    """`defaults`: the model's recommended sampling, for the fields the body leaves out."""
     if body.logprobs is not None and not 0 <= body.logprobs <= MAX_TOP_LOGPROBS:
         raise Refused(
             "INVALID_ARGUMENT",
@@ -42,6 +45,7 @@ def completion_inputs(body: CompletionRequest) -> EngineInputs:
         # Echoed prompt text needs no engine work; its logprobs do.
         echo=body.echo and wants_logprobs,
         names=COMPLETION_PARAMS,
+        defaults=defaults,
     )
     return EngineInputs(prompt_list(body.prompt), params, COMPLETION_PARAMS)
 
@@ -80,7 +84,12 @@ def chat_inputs(
     if max_tokens is None:  # as much as the model length leaves (at least 1: then refused)
         max_tokens = max(1, max_model_len - len(prompt_ids))
     params = sampling_params(
-        body, max_tokens=max_tokens, logprobs=body.logprobs, top_logprobs=top, names=CHAT_PARAMS
+        body,
+        max_tokens=max_tokens,
+        logprobs=body.logprobs,
+        top_logprobs=top,
+        names=CHAT_PARAMS,
+        defaults=tokenizer.sampling_defaults,
     )
     return EngineInputs([prompt_ids], params, CHAT_PARAMS)
 
@@ -93,19 +102,23 @@ def sampling_params(
     top_logprobs: int,
     echo: bool = False,
     names: dict[str, str],
+    defaults: Mapping[str, Any],
 ) -> SamplingParams:
-    """Raises Refused(INVALID_ARGUMENT) naming the field as the caller sent it."""
-    given = {f.name: getattr(body, f.name) for f in http_fields()}
+    """Raises Refused(INVALID_ARGUMENT) naming the field as the caller sent it. A field the
+    body leaves out (or null) takes the model's recommended value in `defaults`, if any."""
+    given = {f.name: getattr(body, f.name) for f in http_fields()} | {"top_k": body.top_k}
+    chosen = {**defaults, **{name: value for name, value in given.items() if value is not None}}
+    if chosen.get("top_k") == -1:  # vLLM's "off"
+        chosen["top_k"] = 0
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            top_k=0 if body.top_k in (None, -1) else body.top_k,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             echo=echo,
             logit_bias=_token_biases(body.logit_bias),
-            **{name: value for name, value in given.items() if value is not None},
+            **chosen,
         )
     except ValueError as exc:
         refused = Refused.invalid(exc)

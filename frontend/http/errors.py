@@ -58,6 +58,10 @@ def refused_response(refused: Refused, param: str | None = None) -> JSONResponse
         # The OpenAI SDKs wait retry-after-ms before retrying; retry-after is the standard.
         headers["retry-after-ms"] = str(refused.retry_after_ms)
         headers["retry-after"] = str(max(1, math.ceil(refused.retry_after_s)))
+    if refused.status == "DEADLINE_EXCEEDED":
+        # 504 is gRPC's mapping, and the OpenAI SDKs retry every 5xx: this header, which they
+        # obey, stops them from sending again a request whose deadline has passed.
+        headers["x-should-retry"] = "false"
     code = refused.limit or (refused.status.lower() if status >= 500 else None)
     return error_response(
         status, refused.message, error_type, param or refused.param, code, headers or None

@@ -51,22 +51,21 @@ class Envelope:
         return {**self._head(kind), "choices": [], "usage": usage_json(usages)}
 
 
-def model_list(model: str, created: int, engine) -> dict:
+def model_list(model: str, created: int, engine, loras: list[str]) -> dict:
     """OpenAI's model list; `max_model_len` as vLLM adds it, and what a load generator needs
-    to draw token-id prompts (the vocabulary and its special ids)."""
+    to draw token-id prompts (the vocabulary and its special ids). Then the LoRA adapters
+    `loras`, each with its base model as `parent`, as vLLM lists them."""
     info = engine.info
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": model,
-                "object": "model",
-                "created": created,
-                "owned_by": "loom",
-                "max_model_len": engine.max_model_len,
-                "vocab_size": info.vocab_size,
-                "bos_token_id": info.bos_id,
-                "eos_token_ids": list(engine.eos_ids),
-            }
-        ],
+    base = {
+        "object": "model",
+        "created": created,
+        "owned_by": "loom",
+        "max_model_len": engine.max_model_len,
+        "vocab_size": info.vocab_size,
+        "bos_token_id": info.bos_id,
+        "eos_token_ids": list(engine.eos_ids),
+        # What a request leaving these fields out gets (generation_config.json).
+        "default_sampling": dict(engine.tokenizer.sampling_defaults),
     }
+    adapters = [{"id": name, **base, "parent": model} for name in loras]
+    return {"object": "list", "data": [{"id": model, **base}, *adapters]}

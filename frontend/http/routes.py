@@ -32,6 +32,7 @@ from frontend.http.schemas import (
     parse_body,
 )
 from frontend.http.streaming import ClientGone, MergedDeltas, sse_body, unless_disconnected
+from frontend.lora_admin import LoraAdmin
 from frontend.metrics import ServingMetrics
 from scheduler.outputs import RequestDelta, Usage
 from serving.auth import Authenticator, AuthError
@@ -58,6 +59,7 @@ class OpenAIRoutes:
         self.model = self.engine.info.model_name
         self.created = int(time.time())
         self.texts = TokenTexts(self.engine.tokenizer)
+        self.lora_admin = LoraAdmin(self.engine.loras, authenticator)
 
     # ---- plain routes ------------------------------------------------------------------
 
@@ -69,8 +71,9 @@ class OpenAIRoutes:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
-        self._tenant(request)
-        return JSONResponse(model_list(self.model, self.created, self.engine))
+        tenant = self._tenant(request)
+        loras = self.lora_admin.visible(tenant)
+        return JSONResponse(model_list(self.model, self.created, self.engine, loras))
 
     async def tokenize(self, request: Request) -> Response:
         """vLLM's /tokenize: a text's token ids as a completion's prompt gets them."""
@@ -89,9 +92,8 @@ class OpenAIRoutes:
         tenant = self._tenant(request)
         self.admitter.check_open()
         body: CompletionRequest = parse_body(CompletionRequest, await self._body(request))
-        self._check_model(body.model)
-        inputs = completion_inputs(body)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        inputs = completion_inputs(body, self.engine.tokenizer.sampling_defaults)
+        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [
             CompletionChoice(
@@ -105,19 +107,20 @@ class OpenAIRoutes:
             for i, (prompt, call) in enumerate(zip(inputs.prompts, calls, strict=True))
             for j in range(n)
         ]
-        envelope = Envelope(f"cmpl-{calls[0].request_id}", int(time.time()), self.model, False)
+        model = body.model or self.model
+        envelope = Envelope(f"cmpl-{calls[0].request_id}", int(time.time()), model, False)
         return await self._respond(request, body, calls, n, choices, envelope)
 
     async def chat_completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
         self.admitter.check_open()
         body: ChatCompletionRequest = parse_body(ChatCompletionRequest, await self._body(request))
-        self._check_model(body.model)
         inputs = chat_inputs(body, self.engine.tokenizer, self.engine.max_model_len, self.model)
-        calls = self._admit_all(tenant, inputs, body.priority)
+        calls = self._admit_all(tenant, inputs, body.priority, body.model, body.deadline_ms)
         n = inputs.params.n
         choices = [ChatChoice(j, body.logprobs, self.texts) for j in range(n)]
-        envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), self.model, True)
+        model = body.model or self.model
+        envelope = Envelope(f"chatcmpl-{calls[0].request_id}", int(time.time()), model, True)
         return await self._respond(request, body, calls, n, choices, envelope)
 
     async def _respond(
@@ -198,22 +201,43 @@ class OpenAIRoutes:
         return b"".join(chunks)
 
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model:
-            raise HttpError(
-                404,
-                f"the model {model!r} does not exist; this server serves {self.model!r}",
-                "not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+        if model is not None and model != self.model and model not in self.engine.loras.names():
+            raise self._no_such_model(model)
+
+    def _no_such_model(self, model: str) -> HttpError:
+        return HttpError(
+            404,
+            f"the model {model!r} does not exist; this server serves {self.model!r} and the "
+            "LoRA adapters /v1/models lists",
+            "not_found_error",
+            param="model",
+            code="model_not_found",
+        )
 
     def _admit_all(
-        self, tenant: Tenant, inputs: EngineInputs, priority: int | None
+        self,
+        tenant: Tenant,
+        inputs: EngineInputs,
+        priority: int | None,
+        model: str | None,
+        deadline_ms: int | None,
     ) -> list[AdmittedCall]:
+        """`model` is the base model's name or a LoRA adapter's (as vLLM takes it)."""
         self._check_call_size(len(inputs.prompts), inputs.params.n)
+        lora = None if model is None or model == self.model else model
         try:
-            return self.admitter.admit_all(tenant, inputs.prompts, inputs.params, None, priority)
+            return self.admitter.admit_all(
+                tenant,
+                inputs.prompts,
+                inputs.params,
+                None,
+                priority,
+                lora=lora,
+                deadline_ms=deadline_ms,
+            )
         except Refused as refused:
+            if refused.status == "NOT_FOUND" and lora is not None:
+                raise self._no_such_model(lora) from refused
             refused.param = inputs.param_names.get(refused.param or "", refused.param)
             raise
 

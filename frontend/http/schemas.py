@@ -52,6 +52,7 @@ class SamplingFields(_EngineSamplingFields):
     user: str | None = None
     top_k: int | None = None  # vLLM's: 0 or -1 is off
     priority: int | None = None  # vLLM's
+    deadline_ms: int | None = None  # Loom's: milliseconds by which the request must finish
 
     def unsupported(self) -> str | None:
         """The first field given that Loom cannot honour, with why."""

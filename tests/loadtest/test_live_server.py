@@ -118,6 +118,23 @@ def test_cancelled_and_timed_out_requests_are_counted_by_status(
     wait_idle(server.engine)
 
 
+def test_deadlines_are_sent_per_request_and_those_met_counted(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    # 480 tokens cannot finish within 30 ms; 8 tokens finish well within 60 s.
+    flags = ("--num-prompts", "12", "--input-len", "8", "--seed", "3", "--max-concurrency", "1")
+    short = run(server, tmp_path, *flags, "--output-len", "480", "--deadlines", "30")
+    assert short["deadlines_ms"] == [30] * 12 and short["deadlines_met"] == 0
+    assert short["failed_by_status"] == {"DEADLINE_EXCEEDED": 12}
+    assert "cannot finish by its deadline" in short["errors"][0]
+    mixed = run(server, tmp_path, *flags, "--output-len", "8", "--deadlines", "30,60000")
+    assert set(mixed["deadlines_ms"]) == {30, 60000}
+    num_long = mixed["deadlines_ms"].count(60000)
+    assert num_long <= mixed["deadlines_met"] <= 12
+    assert mixed["deadline_goodput"] == mixed["deadlines_met"] / 12
+    wait_idle(server.engine)
+
+
 def test_jsonl_workload_is_tokenized_by_the_server_and_plotted(
     server: ServerHandle, tmp_path: Path
 ) -> None:
@@ -190,3 +207,31 @@ def test_api_keys_are_sent_one_per_tenant_and_refusals_counted_by_status(tmp_pat
     assert mixed["completed"] == 3 and mixed["failed_by_status"] == {"UNAUTHENTICATED": 3}
     assert mixed["statuses"] == ["OK", "UNAUTHENTICATED"] * 3
     assert mixed["total_output_tokens"] == 3 * 4
+
+
+def test_lengths_left_out_are_fitted_to_the_served_model(
+    server: ServerHandle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # vLLM's defaults (1024 in, 128 out) do not fit the bundled model's 512 tokens.
+    result = run(server, tmp_path, "--num-prompts", "2")
+    chosen = "--input-len 384 --output-len 128 (the model holds 512 tokens)"
+    assert chosen in capsys.readouterr().err
+    assert result["completed"] == 2 and result["total_output_tokens"] == 2 * 128
+    # With the 256-token prefix and lengths drawn up to 1.5 times: 256 + 1.5 * (128 + 42).
+    flags = ["--dataset", "shared-prefix", "--range-ratio", "0.5"]
+    assert run(server, tmp_path, "--num-prompts", "4", *flags)["completed"] == 4
+    assert "--input-len 128 --output-len 42" in capsys.readouterr().err
+
+
+def test_a_result_path_that_cannot_be_written_ends_the_run_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens at the target: the run must end at the option, before any connection.
+    argv = ["--target", "127.0.0.1:9", "--no-progress", "--num-prompts", "1"]
+    assert main([*argv, "--save-result", "/proc/loom-result.json"]) == 2
+    assert "--save-result /proc/loom-result.json: cannot write it" in capsys.readouterr().err
+    kept = tmp_path / "kept.json"
+    kept.write_text("earlier results")
+    empty = tmp_path / "new" / "result.json"
+    assert main([*argv, "--save-result", str(kept), "--plot", str(empty)]) == 1  # no server
+    assert kept.read_text() == "earlier results" and not empty.exists()

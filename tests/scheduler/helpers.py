@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contract.sampling import SamplingParams
@@ -39,6 +41,13 @@ def make_scheduler(
     return Scheduler(settings, CacheConfig(block_size=block_size), num_blocks, max_model_len)
 
 
+def token_of_context(token_ids: list[int]) -> int:
+    """A token that depends on every token before it, as a model's does: a request resumed
+    with a token lost, doubled or out of place generates something else from there on."""
+    digest = zlib.crc32(b"".join(t.to_bytes(4, "little") for t in token_ids))
+    return 3 + digest % (VOCAB - 3)
+
+
 @dataclass
 class _WorkerRequest:
     token_ids: list[int]
@@ -52,10 +61,12 @@ class ContractWorker:
     """Plays the worker's side of contract/step.py and checks every rule of it: ids new or
     known, blocks enough for the computed tokens and never shared between live requests
     unless the prefix cache handed them out for identical tokens, a sample exactly when
-    every known token is computed. Sampled tokens come from `next_token`."""
+    every known token is computed. Sampled tokens come from `next_token`, or from
+    `from_context` (the tokens the worker holds for the request)."""
 
     block_size: int
     next_token: object = None  # (req_id, position) -> token id
+    from_context: Callable[[list[int]], int] | None = None
     requests: dict[str, _WorkerRequest] = field(default_factory=dict)
     steps: list[StepInput] = field(default_factory=list)
     # slot -> (req_id, position, token id) of the K/V written there last
@@ -109,7 +120,12 @@ class ContractWorker:
             out.req_ids.append(req_id)
             if state.num_computed == len(state.token_ids):
                 pos = len(state.token_ids)
-                token = self.next_token(req_id, pos) if self.next_token else 3 + pos % 100
+                if self.from_context is not None:
+                    token = self.from_context(state.token_ids)
+                elif self.next_token is not None:
+                    token = self.next_token(req_id, pos)
+                else:
+                    token = 3 + pos % 100
                 out.sampled_token_ids.append([token])
                 out.logprobs.append([-0.5])
                 out.top_logprobs.append([])

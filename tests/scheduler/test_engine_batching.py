@@ -85,3 +85,27 @@ def test_seeded_sampling_and_logprobs_do_not_depend_on_the_batch() -> None:
         assert all(lp <= 0 for lp in out.logprobs)
     plain = engine.generate(prompts[:1], SamplingParams(max_tokens=4))[0]
     assert plain.logprobs == [] and plain.top_logprobs == [] and plain.prompt_logprobs is None
+
+
+def test_requests_preempted_for_share_equal_their_runs_alone() -> None:
+    # alpha holds both seats; beta arrives and takes one, then alpha's victim resumes by
+    # recompute. Seeded sampling draws from (seed, position), so its tokens must not change.
+    rng = random.Random(3)
+    params = SamplingParams(max_tokens=24, temperature=0.9, seed=77, ignore_eos=True)
+    engine = stories_engine(max_num_seqs=2, queue_policy="fair", preemption_quantum=4)
+    alpha = [random_prompt(rng, rng.randint(5, 40)) for _ in range(3)]
+    ids = [engine.add_request(p, params, tenant="alpha") for p in alpha]
+    tokens: dict[str, list[int]] = {}
+    for _ in range(6):
+        for delta in engine.step():
+            tokens.setdefault(delta.req_id, []).extend(delta.token_ids)
+    ids.append(engine.add_request(random_prompt(rng, 9), params, tenant="beta"))
+    while engine.has_unfinished():
+        for delta in engine.step():
+            tokens.setdefault(delta.req_id, []).extend(delta.token_ids)
+    stats = engine.stats()
+    assert stats.tenants["alpha"].preemptions == {"share": 1}
+    assert stats.num_free_blocks == stats.num_blocks
+    for req_id, prompt in zip(ids, [*alpha, None], strict=True):
+        if prompt is not None:
+            assert tokens[req_id] == engine.generate([prompt], params)[0].token_ids

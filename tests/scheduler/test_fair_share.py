@@ -171,3 +171,17 @@ def test_aborting_a_waiting_request_leaves_the_queue_consistent() -> None:
     assert sched.num_waiting == 2
     assert admission_order(sched) == ["a1", "a2"]
     assert sched.tenant_usage["b"].num_unfinished == 0
+
+
+@pytest.mark.parametrize("policy", ["fair", "priority", "deadline"])
+def test_requests_taken_out_of_the_queue_are_never_admitted(policy: str) -> None:
+    # Taking a waiting request out leaves its entry in the heap, to be skipped when it comes
+    # up: the queue must still count, peek and admit only what is waiting.
+    sched = make_scheduler(max_num_seqs=1, queue_policy=policy)
+    reqs = backlog(sched, {"a": 4, "b": 3})
+    for name in ("a1", "a3", "b1", "b2", "b3"):
+        assert sched.abort_request(name) is not None
+    assert sched.abort_request("a1") is None  # not live any more
+    assert sched.num_waiting == 2
+    assert admission_order(sched) == ["a2", "a4"]
+    assert [r.status for r in reqs].count(RequestStatus.FINISHED_ABORTED) == 5

@@ -1,6 +1,8 @@
-"""Three rules of `Scheduler.schedule` that hold the engine's promises, each tested where it
-matters: the step's token budget is never exceeded, a step that preempted admits nothing, and
-a prefix-cache hit on blocks nobody holds is paid for out of the free blocks."""
+"""Rules of `Scheduler.schedule` that hold the engine's promises, each tested where it matters:
+the step's token budget is never exceeded, a step that preempted for blocks admits nothing and
+preempts for nothing else (a step that preempts for share admits in that same step the request
+it preempted for), and a prefix-cache hit on blocks nobody holds is paid for out of the free
+blocks."""
 
 from __future__ import annotations
 
@@ -64,6 +66,35 @@ def test_a_step_that_preempts_admits_no_waiting_request() -> None:
     assert preempted_at is not None and admitted_at == preempted_at + 1
     assert not sched.has_unfinished()
     assert sched.kv.pool.num_free_blocks == 8
+
+
+def test_a_step_that_preempts_for_blocks_preempts_no_more_for_share() -> None:
+    # alpha holds every seat and block: four 13-token prompts on 16 blocks of 4. Its requests
+    # need their fifth blocks in the fifth step; beta arrives just before it, with alpha's
+    # quantum run. That step preempts alpha's newest for blocks and stops there: taking
+    # another of alpha's for beta would give beta blocks the running ones lack. Beta runs in
+    # the next step, in the room left, with no further preemption.
+    sched = make_scheduler(
+        num_blocks=16, block_size=4, max_num_seqs=4, queue_policy="fair", preemption_quantum=2
+    )
+    worker = ContractWorker(block_size=4)
+    for i in range(6):
+        sched.add_request(tenanted(make_request(f"a{i}", 13, max_tokens=40, first_token=20 * i)))
+    for _ in range(4):
+        out, _ = step(sched, worker)
+        assert out.num_preempted == 0
+    sched.add_request(tenanted(make_request("b", 3, max_tokens=5, first_token=300), "beta"))
+    out, _ = step(sched, worker)
+    assert sched.tenant_usage["alpha"].preemptions == {"blocks": 1}
+    assert out.num_preempted == 1 and out.step_input.new == []
+    out, _ = step(sched, worker)
+    assert [new.req_id for new in out.step_input.new] == ["b"] and out.num_preempted == 0
+    assert sched.tenant_usage["alpha"].preemptions == {"blocks": 1}
+
+
+def tenanted(req: Request, tenant: str = "alpha") -> Request:
+    req.tenant = tenant
+    return req
 
 
 def test_idle_prefix_hits_count_against_the_free_blocks_before_any_is_taken() -> None:

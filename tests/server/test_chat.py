@@ -80,9 +80,11 @@ def test_a_model_without_template_fails_the_precondition(server) -> None:
         assert "no chat template" in caught.value.details()
 
 
-def run_client_chat(target: str, stdin: str) -> subprocess.CompletedProcess:
+def run_client_chat(
+    target: str, stdin: str, sampling: tuple[str, ...] = ("--temperature", "0")
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "client", "chat", "--target", target, "--temperature", "0",
+        [sys.executable, "-m", "client", "chat", "--target", target, *sampling,
          "--max-tokens", "12", "--timeout", "30"],
         cwd=REPO_ROOT, input=stdin, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -100,6 +102,18 @@ def test_client_chat_holds_a_conversation(chat_server) -> None:
         second = client.chat([*history, {"role": "user", "content": "Then what?"}], max_tokens=12,
                              temperature=0).text  # fmt: skip
     assert replies[1] == second  # the second turn saw the first
+
+
+def test_client_chat_decodes_greedily_where_the_model_recommends_no_sampling(chat_server):
+    # The GGUF carries no generation config: without flags the chat is greedy, not a draw
+    # at the server's temperature 1 (which a small chat model answers badly).
+    defaulted = run_client_chat(chat_server.target, "Once upon a time\n\n", sampling=())
+    greedy = run_client_chat(chat_server.target, "Once upon a time\n\n")
+    drawn = run_client_chat(
+        chat_server.target, "Once upon a time\n\n", sampling=("--temperature", "1.5", "--seed", "3")
+    )
+    assert defaulted.returncode == greedy.returncode == drawn.returncode == 0
+    assert defaulted.stdout == greedy.stdout != drawn.stdout
 
 
 def test_client_chat_names_a_model_without_template(server) -> None:

@@ -4,6 +4,7 @@ saturates, tenant b asks for its share. The same load runs under fcfs and under 
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import pytest
 
 from client import AsyncClient
 from frontend.embedded import ServerHandle
+from scheduler.config import EngineStats
 from serving.tenants import hash_key
 from tests.server.conftest import engine_is_idle, make_engine, wait_until
 
@@ -62,6 +64,16 @@ async def stop(tasks: list[asyncio.Task]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Fair-share charge of a's first MAX_NUM_SEQS requests once each has 8 of its 48 tokens: 8
+# prompt tokens at 1 and 8 output tokens at 2 apiece.
+A_UNDER_WAY = MAX_NUM_SEQS * (8 + 2 * 8)
+
+
+def a_service(stats: EngineStats) -> float:
+    usage = stats.tenants.get("a")
+    return 0.0 if usage is None else usage.service
+
+
 async def b_ttfts_under_flood(server: ServerHandle, num_b: int) -> list[float]:
     """a keeps 24 streams of 48 tokens in flight; b sends `num_b` requests one at a time."""
     async with (
@@ -75,6 +87,9 @@ async def b_ttfts_under_flood(server: ServerHandle, num_b: int) -> list[float]:
         stats = server.engine.stats
         saturated = NUM_FLOOD_STREAMS - MAX_NUM_SEQS - 2
         await until(lambda: stats().num_waiting >= saturated, 10.0, "a saturates")
+        # And a's first requests are under way, past any quantum the tests set: queued alone,
+        # they could share the first step with b's request, which then needs no seat of a's.
+        await until(lambda: a_service(stats()) >= A_UNDER_WAY, 10.0, "a's requests run")
         ttfts = []
         for i in range(num_b):
             sent = time.perf_counter()
@@ -138,3 +153,28 @@ def test_with_both_backlogged_weight_2_gets_two_thirds_under_fair(start_server, 
     assert shares["fcfs"] == pytest.approx(1 / 3, abs=0.1), shares
     for server in servers.values():
         wait_until(lambda s=server: engine_is_idle(s.engine), 10.0, "engine idle")
+
+
+def test_under_fair_b_takes_a_seat_from_a_and_operators_see_why(
+    start_server, tmp_path, caplog
+) -> None:
+    from tests.server.test_metrics_and_auth import scrape, value
+
+    caplog.set_level(logging.INFO, logger="loom.requests")
+    path = tmp_path / "tenants.toml"
+    path.write_text(
+        f'[tenants.a]\napi_key_sha256 = ["{hash_key("key-a")}"]\n\n'
+        f'[tenants.b]\napi_key_sha256 = ["{hash_key("key-b")}"]\n'
+    )
+    engine = make_engine(max_num_seqs=MAX_NUM_SEQS, queue_policy="fair", preemption_quantum=4)
+    server = start_server(engine, tenants=str(path), metrics_port=0)
+    asyncio.run(b_ttfts_under_flood(server, 3))
+    wait_until(lambda: engine_is_idle(server.engine), 10.0, "engine idle")
+    samples = scrape(server.metrics_port)
+    # b's requests found a's in every seat and took one (unless one of a's happened to end
+    # just then).
+    assert value(samples, "loom:tenant_preemptions_total", tenant="a", cause="share") >= 1
+    assert value(samples, "loom:tenant_preemptions_total", tenant="b", cause="share") == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "loom.requests"]
+    assert any(" tenant=a " in line and "preempted=share:" in line for line in lines)
+    assert not any(" tenant=b " in line and "preempted=" in line for line in lines)

@@ -35,6 +35,7 @@ def test_per_request_cap_refuses_exactly_what_is_over(clock) -> None:
     err = refusal(quotas, tenant, 60, 41)
     assert err.limit == "max_tokens_per_request" and err.retry_after_ms is None
     assert "prompt (60 tokens) + max_tokens (41)" in err.message and "(100)" in err.message
+    assert err.message.endswith("max_tokens_per_request (100) of tenant 'acme'")  # no 'acme''s
 
 
 def test_concurrency_refuses_the_one_over_and_frees_a_slot_on_release(clock) -> None:

@@ -24,6 +24,7 @@ priority = -1
 max_concurrent_requests = 64
 max_tokens_per_minute = 200000
 max_tokens_per_request = 4096
+deadline_ms = 30000
 
 [tenants.bolt]
 api_key_sha256 = ["{hash_key(KEY_B).upper()}"]
@@ -39,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_good_file_gives_every_field_and_the_defaults(tmp_path) -> None:
     directory = load_tenants(write(tmp_path, GOOD))
     assert directory.tenants == {
-        "acme": Tenant("acme", 2.0, -1, 64, 200000, 4096),
+        "acme": Tenant("acme", 2.0, -1, 64, 200000, 4096, deadline_ms=30000),
         "bolt": Tenant("bolt"),
     }
     assert directory.num_keys == 3
@@ -84,6 +85,10 @@ def test_keys_are_compared_by_their_sha256(tmp_path) -> None:
         (
             f'[tenants.acme]\napi_key_sha256 = ["{hash_key("k")}"]\nmax_tokens_per_minute = 0\n',
             "tenants.toml:3: tenants.acme.max_tokens_per_minute: must be an integer >= 1, got 0",
+        ),
+        (
+            f'[tenants.acme]\napi_key_sha256 = ["{hash_key("k")}"]\ndeadline_ms = 0.5\n',
+            "tenants.toml:3: tenants.acme.deadline_ms: must be an integer >= 1, got 0.5",
         ),
         (
             f'[tenants.acme]\napi_key_sha256 = ["{hash_key("k")}"]\nmax_concurrency = 4\n',

@@ -9,6 +9,7 @@ import pytest
 
 from contract.sampling import SamplingParams
 from contract.step import (
+    LoraRef,
     NewRequest,
     PromptLogprobs,
     RunningRequest,
@@ -149,3 +150,20 @@ def test_a_request_named_twice_or_scheduled_for_nothing_is_refused() -> None:
     step = worker_pb2.StepInput(num_scheduled_tokens={"r": 0})
     with pytest.raises(ValueError, match=r"num_scheduled_tokens\[r\] must be >= 1, got 0"):
         step_input_from_proto(step)
+
+
+def test_a_requests_lora_adapter_crosses_the_wire() -> None:
+    lora = LoraRef(7, "sql", "/adapters/sql")
+    step = StepInput(
+        new=[
+            NewRequest("a", [1, 5], [0], SamplingParams().as_sampled(), lora=lora),
+            NewRequest("b", [1, 6], [1], SamplingParams().as_sampled()),
+        ],
+        num_scheduled_tokens={"a": 2, "b": 2},
+    )
+    back = step_input_from_proto(wire(step_input_to_proto(step)))
+    assert [new.lora for new in back.new] == [lora, None]
+    message = step_input_to_proto(step)
+    message.new[0].lora.lora_id = 0
+    with pytest.raises(ValueError, match=r"new\[a\].lora needs lora_id >= 1"):
+        step_input_from_proto(message)

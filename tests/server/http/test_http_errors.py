@@ -149,6 +149,36 @@ def test_a_full_queue_is_429(start_server) -> None:
     wait_until(lambda: engine_is_idle(engine), 5, "every block free")
 
 
+def test_a_request_past_its_deadline_is_504_and_the_openai_client_does_not_retry_it(
+    start_server,
+) -> None:
+    from tests.server.conftest import make_engine
+    from tests.server.test_metrics_and_auth import scrape, value
+
+    server = start_server(make_engine(queue_policy="deadline"), http_port=0, metrics_port=0)
+    # With retries, as users run it: a plain 504 would be sent three times.
+    client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=2)
+    client.completions.create(model=MODEL, prompt="Once", max_tokens=8)  # step time measured
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.completions.create(
+            model=MODEL,
+            prompt="Once",
+            max_tokens=480,
+            extra_body={"deadline_ms": 50, "ignore_eos": True},
+        )
+    assert caught.value.status_code == 504
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    error = error_of(caught)
+    assert (error["type"], error["code"]) == ("timeout_error", "deadline_exceeded")
+    assert "cannot finish by its deadline" in error["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="Once", extra_body={"deadline_ms": 0})
+    assert error_of(caught)["param"] == "deadline_ms"
+    wait_until(lambda: engine_is_idle(server.engine), 5, "every block free")
+    samples = scrape(server.metrics_port)
+    assert value(samples, "loom:request_deadlines_total", tenant="default", outcome="missed") == 1
+
+
 def test_a_lone_surrogate_escape_and_a_wrong_stream_options_are_named(tenants_server) -> None:
     headers = {"authorization": "Bearer key-bolt", "content-type": "application/json"}
     for body, position in (

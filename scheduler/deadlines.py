@@ -1,0 +1,181 @@
+"""Deadlines: how much time a request still needs, and which requests can no longer finish by
+theirs.
+
+A step runs each running request once, so what a request still needs is counted in steps and
+priced at the measured step time (the median of the engine's last 16 step periods: one slow
+step, a collection or a burst of arrivals, must not end requests that could still finish):
+
+    steps = ceil(tokens left to compute / largest chunk) + tokens left to generate - 1
+
+(the last prefill chunk samples the first token; each later step samples one more). A request
+of 20 prompt tokens and max_tokens 8, none computed, chunks of 512, 5 ms steps: 1 + 8 - 1 = 8
+steps, 40 ms. The tokens left to generate are those it is owed (`max_tokens` less what it has)
+when ordering work; when deciding that a request cannot finish, only those it must generate
+(all it is owed if only its length can end it, else one, or what `min_tokens` still asks):
+a request that may stop at its next token is never given up for the tokens it might not need.
+
+Every policy ends a request whose deadline has passed at the next step; the `deadline` policy
+ends it as soon as its fastest finish (the fewest steps it needs, at the measured step time)
+would be late, before it uses more compute. It predicts only while some request runs: the step
+time is measured on running steps alone, so with nothing running an estimate too slow (steps
+slowed by a burst of other work) would end every arrival before it ran, and no step would ever
+measure it again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from scheduler.request import Request, RequestStatus
+
+# A waiting request that would take a seat another could use must finish with this share of
+# its required time to spare: at one that merely fits, a step-time wobble after admission
+# ends it halfway, its compute wasted and the seat denied to one that would have finished.
+# 0.5: measured on a simulated overload (`python -m bench deadline-sim`, BENCHMARKS.md).
+ADMISSION_MARGIN = 0.5
+RUNNING = RequestStatus.RUNNING
+
+
+@dataclass(slots=True)
+class StepTimer:
+    """The median of the last `window` step periods, in seconds; 0 until one is measured."""
+
+    seconds: float = 0.0
+    window: int = 16
+    _recent: deque[float] = field(default_factory=deque)
+
+    def observe(self, seconds: float) -> None:
+        if seconds <= 0 or not math.isfinite(seconds):
+            return
+        recent = self._recent
+        recent.append(seconds)
+        if len(recent) > self.window:
+            recent.popleft()
+        self.seconds = statistics.median(recent)
+
+
+class DeadlineEstimator:
+    """`chunk`: the most prompt tokens a request computes in one step."""
+
+    def __init__(self, chunk: int, timer: StepTimer | None = None) -> None:
+        self.chunk = chunk
+        self.timer = timer if timer is not None else StepTimer()
+
+    @staticmethod
+    def tokens_owed(req: Request) -> int:
+        return max(req.params.max_tokens - len(req.output_token_ids), 1)
+
+    @staticmethod
+    def tokens_required(req: Request) -> int:
+        """The fewest tokens it must still generate: with no end id and no stop string only
+        its length ends it; otherwise the next token may, once `min_tokens` are out."""
+        if not req.end_ids and not req.params.stop:
+            return DeadlineEstimator.tokens_owed(req)
+        return max(req.params.min_tokens - len(req.output_token_ids), 1)
+
+    def steps_left(self, req: Request, num_tokens_to_generate: int) -> int:
+        num_to_compute = max(req.num_tokens - req.num_computed_tokens, 1)
+        return -(-num_to_compute // self.chunk) + num_tokens_to_generate - 1
+
+    def time_owed(self, req: Request) -> float:
+        """Seconds of steps to generate everything it is owed."""
+        return self.steps_left(req, self.tokens_owed(req)) * self.timer.seconds
+
+    def time_required(self, req: Request, margin: float = 0.0) -> float:
+        """Seconds of steps it needs at the least (and `margin` of that more)."""
+        return self.steps_left(req, self.tokens_required(req)) * self.timer.seconds * (1 + margin)
+
+    def latest_start(self, req: Request) -> float:
+        """Its deadline less the time it is owed: the smaller, the less slack it has; a
+        request without a deadline has all the slack there is."""
+        if req.deadline is None:
+            return math.inf
+        return req.deadline - self.time_owed(req)
+
+    def missed(
+        self, req: Request, now: float, predict: bool, margin: float = 0.0
+    ) -> str | None:
+        """Why `req` can no longer finish by its deadline, or None while it can: the deadline
+        has passed, or (`predict`) the fewest steps it needs (and `margin` more) would end
+        after it."""
+        deadline = req.deadline
+        if deadline is None:
+            return None
+        if now >= deadline:
+            return f"its deadline passed {(now - deadline) * 1e3:.0f} ms ago"
+        if not predict:
+            return None
+        need = self.time_required(req, margin)
+        if now + need <= deadline:
+            return None
+        steps = self.steps_left(req, self.tokens_required(req))
+        spare = f" with {margin:.0%} to spare, every seat taken" if margin else ""
+        return (
+            f"{(deadline - now) * 1e3:.0f} ms left before its deadline, and it needs at least "
+            f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms{spare}"
+        )
+
+
+class DeadlineWatch:
+    """The requests with a deadline, by the time each may first be missed: its deadline, or
+    (`predict`) its deadline less the time it requires. A heap, so a step looks only at the
+    requests due, not at every one waiting.
+
+    A key goes stale two ways. As a request runs, the time it requires shrinks and its true
+    key moves later: popped early, it is checked and pushed back with a fresh key. As the step
+    time grows, true keys move earlier: once it has grown by a tenth since the heap was keyed,
+    every key is computed again. Finished requests are dropped as they come up."""
+
+    def __init__(self, estimator: DeadlineEstimator, predict: bool) -> None:
+        self.estimator = estimator
+        self.predict = predict
+        self._heap: list[tuple[float, int, Request]] = []
+        self._order = itertools.count()  # ties never compare requests
+        self._keyed_at_step_time = estimator.timer.seconds
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, req: Request) -> None:
+        heapq.heappush(self._heap, (self._key(req), next(self._order), req))
+
+    def due(
+        self, now: float, predict: bool = True, contended: bool = False
+    ) -> list[tuple[Request, str]]:
+        """The unfinished requests that can no longer finish by their deadline, with why.
+        `predict` False for this call: only those whose deadline has passed. `contended`:
+        every seat is taken, so a request not running must finish with ADMISSION_MARGIN to
+        spare."""
+        predict = predict and self.predict
+        step_time = self.estimator.timer.seconds
+        if self.predict and step_time > 1.1 * self._keyed_at_step_time:
+            self._keyed_at_step_time = step_time
+            self._heap = [(self._key(r), n, r) for _, n, r in self._heap if not r.is_finished]
+            heapq.heapify(self._heap)
+        missed, again = [], []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, req = heapq.heappop(heap)
+            if req.is_finished:
+                continue
+            margin = ADMISSION_MARGIN if contended and req.status is not RUNNING else 0.0
+            why = self.estimator.missed(req, now, predict, margin)
+            if why is None:
+                again.append(req)
+            else:
+                missed.append((req, why))
+        for req in again:
+            self.add(req)
+        return missed
+
+    def _key(self, req: Request) -> float:
+        assert req.deadline is not None
+        if not self.predict:
+            return req.deadline
+        margin = ADMISSION_MARGIN if req.status is not RUNNING else 0.0
+        return req.deadline - self.estimator.time_required(req, margin)

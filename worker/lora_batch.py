@@ -1,0 +1,126 @@
+"""LoRA adapters in one forward pass: the resident adapters (at most max_loras, least
+recently used out first) and one step's segments.
+
+The step's sequences are ordered so that each adapter's tokens are contiguous runs of the
+flat batch (worker/step_batch.py sorts by adapter within the decodes and within the
+prefills), so each projection adds, per run, x[run] A^T B^T into out[run]: a shrink and an
+expand matmul per adapter per projection, the segmented (SGMV) form, with no gather and no
+copy of the activations; tokens on the base model alone cost nothing.
+
+    # runs [(0, 3, adapter 7), (5, 9, adapter 2)]: rows 3-4 are base-only
+    # out[0:3] += (x[0:3] A7^T) B7^T ; out[5:9] += (x[5:9] A2^T) B2^T
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from contract.step import LoraRef
+from modelfiles.lora_files import BaseShapes, LoraError, read_lora
+from worker.lora_weights import LoraAdapter, load_lora_adapter
+from worker.model_args import ModelArgs
+
+
+@dataclass(slots=True)
+class LoraRun:
+    start: int  # first row of the flat batch
+    end: int  # one past the last
+    adapter: LoraAdapter
+
+
+class LoraStep:
+    """One step's adapter runs; the model's layers call `add` after each projection."""
+
+    def __init__(self, runs: list[LoraRun]) -> None:
+        self.runs = runs
+
+    def add(self, out: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> None:
+        """out[run] += x[run] A^T B^T for every run whose adapter adapts `projection`.
+        out: [num_tokens, out_features], updated in place; x: [num_tokens, in_features]."""
+        for run in self.runs:
+            adapted = run.adapter.layers[layer].get(projection)
+            if adapted is None:
+                continue
+            shrunk = torch.mm(x[run.start : run.end], adapted.a.t())  # [run, ranks]
+            rows = out[run.start : run.end]
+            for part in adapted.parts:
+                rows[:, part.out_start : part.out_end].addmm_(
+                    shrunk[:, part.rank_start : part.rank_end], part.b.t()
+                )
+
+
+def lora_step(runs: list[tuple[int, int, int]], adapters: dict[int, LoraAdapter]) -> LoraStep:
+    """The step's runs of rows (StepBatch.lora_runs) with their adapters' tensors."""
+    return LoraStep([LoraRun(start, end, adapters[lora_id]) for start, end, lora_id in runs])
+
+
+def base_shapes(args: ModelArgs) -> BaseShapes:
+    return BaseShapes(
+        dim=args.dim,
+        q_dim=args.n_heads * args.head_dim,
+        kv_dim=args.n_kv_heads * args.head_dim,
+        hidden_dim=args.hidden_dim,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads,
+    )
+
+
+class ResidentLoras:
+    """The adapters the worker holds, loaded from their files on first use."""
+
+    def __init__(
+        self,
+        max_loras: int,
+        max_rank: int,
+        base: BaseShapes,
+        dtype: torch.dtype,
+        device: torch.device,
+        fused: bool,
+    ) -> None:
+        self.max_loras = max_loras
+        self.max_rank = max_rank
+        self.base = base
+        self.dtype = dtype
+        self.device = device
+        self.fused = fused
+        self._adapters: OrderedDict[int, LoraAdapter] = OrderedDict()  # least recent first
+
+    @property
+    def resident_ids(self) -> list[int]:
+        return list(self._adapters)
+
+    def acquire(self, refs: list[LoraRef]) -> dict[int, LoraAdapter | LoraError]:
+        """Make `refs` (at most max_loras distinct adapters: the scheduler's cap) resident,
+        evicting the least recently used others; an adapter whose files no longer load gets
+        its LoraError instead (its requests fail alone)."""
+        wanted = {ref.lora_id: ref for ref in refs}
+        if len(wanted) > self.max_loras:
+            raise ValueError(
+                f"a step uses {len(wanted)} LoRA adapters, the worker holds at most "
+                f"{self.max_loras} (--max-loras)"
+            )
+        found: dict[int, LoraAdapter | LoraError] = {}
+        for lora_id, ref in wanted.items():
+            adapter = self._adapters.get(lora_id)
+            if adapter is not None:
+                self._adapters.move_to_end(lora_id)
+                found[lora_id] = adapter
+                continue
+            while len(self._adapters) >= self.max_loras:
+                oldest = next(i for i in self._adapters if i not in wanted)
+                del self._adapters[oldest]
+            try:
+                found[lora_id] = self._adapters[lora_id] = self._load(ref)
+            except (LoraError, OSError) as exc:
+                found[lora_id] = LoraError(f"adapter {ref.name!r}: {exc}")
+        return found
+
+    def _load(self, ref: LoraRef) -> LoraAdapter:
+        manifest = read_lora(ref.path, self.base, self.max_rank)
+        return load_lora_adapter(
+            manifest, ref.lora_id, ref.name, self.base, self.dtype, self.device, self.fused
+        )
