@@ -2,7 +2,8 @@
 chat templates. The engine and the worker both read models through it.
 
 - model_source.py     what a --model names (Meta, HF, GGUF, smollm2), one-line refusals
-- gguf_file.py        a GGUF file's header and tensor index (the gguf package, numpy only)
+- gguf_file.py        a GGUF file's header and tensor index from a memory map (numpy only),
+                      one parse shared by the tokenizer and the weights
 - tokenizer.py        the tokenizer seam (Tokenizer) and load_tokenizer: which one a model brings
 - tokenizer_sp.py     SentencePiece
 - tokenizer_hf.py     tokenizer.json with tokenizer_config.json (Hugging Face `tokenizers`)

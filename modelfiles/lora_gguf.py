@@ -33,13 +33,13 @@ def is_gguf_file(path: Path) -> bool:
 
 
 def read_gguf_lora(path: Path, base: BaseShapes, max_rank: int) -> LoraManifest:
-    from modelfiles.gguf_file import gguf_metadata, open_gguf
+    from modelfiles.gguf_file import read_gguf
 
     try:
-        reader = open_gguf(path)
+        reader = read_gguf(path)
+        metadata = reader.metadata()
     except UnreadableModelError as exc:
         raise LoraError(str(exc)) from None
-    metadata = gguf_metadata(reader)
     kind = (metadata.get("general.type"), metadata.get("adapter.type"))
     if kind != ("adapter", "lora"):
         raise LoraError(f"{path}: a GGUF file, but not a LoRA adapter (general.type "
@@ -51,21 +51,21 @@ def read_gguf_lora(path: Path, base: BaseShapes, max_rank: int) -> LoraManifest:
     if not isinstance(alpha, (int, float)):
         raise LoraError(f"{path}: no adapter.lora.alpha")
     found: dict[tuple[int, str], dict[str, tuple[str, list[int]]]] = {}
-    for tensor in reader.tensors:
+    for tensor in reader.tensors.values():
         match = _TENSOR.fullmatch(tensor.name)
         module = _MODULES.get(match[2]) if match else None
         if module is None:
             raise LoraError(f"{path}: tensor {tensor.name!r} is not a LoRA A/B of a Llama "
                             f"projection (Loom adapts {', '.join(_MODULES)})")  # fmt: skip
-        if tensor.tensor_type.name not in _FLOAT_TYPES:
+        if tensor.type_name not in _FLOAT_TYPES:
             raise LoraError(
-                f"{path}: {tensor.name} is {tensor.tensor_type.name}; Loom reads "
+                f"{path}: {tensor.name} is {tensor.type_name}; Loom reads "
                 f"{', '.join(_FLOAT_TYPES)} adapters (--outtype f32 or f16)"
             )
         part = match[3].upper()
         found.setdefault((int(match[1]), module), {})[part] = (
             tensor.name,
-            [int(n) for n in tensor.data.shape],
+            [int(n) for n in tensor.shape],
         )
     tensors = check_pairs(path, found, base, max_rank)
     ranks = {t.module: t.rank for t in tensors}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelfiles.gguf_file import gguf_metadata, open_gguf
+from modelfiles.gguf_file import read_gguf
 from modelfiles.tokenizer import Tokenizer, TokenizerError
 from modelfiles.tokenizer_hf import HFTokenizer
 from modelfiles.tokenizer_sp import SentencePieceTokenizer
@@ -42,7 +42,7 @@ PRE_TOKENIZERS = {
 
 
 def gguf_tokenizer(path: Path) -> Tokenizer:
-    meta = gguf_metadata(open_gguf(path), with_vocab=True)
+    meta = read_gguf(path).metadata(with_vocab=True)
     kind = meta.get("tokenizer.ggml.model")
     if "tokenizer.ggml.tokens" not in meta:
         raise TokenizerError(f"{path}: the GGUF file holds no vocabulary (tokenizer.ggml.tokens)")

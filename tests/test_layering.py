@@ -270,7 +270,7 @@ def test_every_setting_of_worker_serve_is_refused_beside_worker() -> None:
 def _not_default(name: str) -> object:
     return {"model": "/models/x", "device": "cpu", "dtype": "float32", "max_model_len": 64,
             "seed": 1, "num_threads": 2, "attention_backend": "torch", "enforce_eager": True,
-            "quantization": "none",
+            "quantization": "none", "activations": "int8",
             "block_size": 32, "num_kv_blocks": 8, "kv_cache_memory": 1 << 20,
             "tensor_parallel_size": 2, "distributed_timeout": 5.0,
             "max_loras": 2, "max_lora_rank": 8}[name]  # fmt: skip

@@ -20,6 +20,7 @@ is imported only when a worker is created.
                      (memory-mapped) or dequantized to the reference values
 - packed_weights.py  quantized blocks kept packed, --quantization, quantizing at load
 - packed_modules.py  the model's Linear and Embedding over packed blocks (the CPU kernels)
+- decode_step.py     a CPU decode step of the whole model in one C++ call
 - memory_check.py    running out of memory while loading said as such, with sizes
 - weight_layout.py   on the CPU in float32, projection weights held column-major
 - attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton
@@ -27,7 +28,8 @@ is imported only when a worker is created.
 - fused_ops.py, fused_kernels.py  Triton passes around the GEMMs where the triton backend runs:
                      residual add + RMSNorm, RoPE + K/V cache write, SiLU * up
 - kernel_warmup.py   every Triton kernel variant a step can launch, compiled at start on CUDA
-- csrc/              C++ CPU kernels: paged attention, residual add + RMSNorm, SiLU * up
+- csrc/              C++ CPU kernels: paged attention, residual add + RMSNorm, SiLU * up,
+                     packed-weight products, the fused decode step
 - cpu_kernels.py     builds csrc/ once per machine (torch.utils.cpp_extension), cached
 - kv_cache.py        K and V per layer, in the layout the backend reads, on huge pages on CPU
 - cuda_graphs.py     decode steps captured as CUDA graphs per batch size, replayed with new inputs

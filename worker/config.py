@@ -23,6 +23,7 @@ DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 # worker/packed_weights.py's QUANTIZATIONS (this module imports no torch).
 QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
+ACTIVATIONS = ("float", "int8")
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,6 +45,15 @@ class ModelConfig:
         "(the reference path); q8_0 or q4_0 quantize a float checkpoint's matrices at load",
         one_of(QUANTIZATIONS),
         choices=QUANTIZATIONS,
+    )
+    activations: str = setting(
+        "float",
+        "what packed weights multiply on the CPU: float, float32 rows (the dequantized "
+        "model's results to float32 rounding); int8, rows quantized per 32 values for integer "
+        "dot products as llama.cpp does (fewer operations; answers can flip where the two "
+        "likeliest tokens are near a tie)",
+        one_of(ACTIVATIONS),
+        choices=ACTIVATIONS,
     )
     max_model_len: int | None = setting(
         None, "longest prompt + output (default: the model's)", integer(2, optional=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelfiles.gguf_file import gguf_metadata, open_gguf
+from modelfiles.gguf_file import GGUFFile, GGUFTensor, read_gguf
 from modelfiles.model_source import UnreadableModelError
 from worker.gguf_dequant import BLOCK_SHAPES, SUPPORTED_TYPES, dequantize
 from worker.memory_check import allocation_guard
@@ -70,17 +70,17 @@ def load_gguf(
     quantized ones as PackedTensors over the file's memory map when `packed`, else
     dequantized to float32."""
     try:
-        reader = open_gguf(path)
-        metadata = gguf_metadata(reader)
+        gguf = read_gguf(path)
+        metadata = gguf.metadata()
     except UnreadableModelError as exc:
         raise error(str(exc)) from exc
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = gguf.tensors
     if "rope_freqs.weight" in tensors:
         raise error(f"{path}: Llama 3.1-style scaled RoPE (rope_freqs.weight) is not supported")
     embedding = tensors.get("token_embd.weight")
     if embedding is None:
         raise error(f"{path}: tensor token_embd.weight is missing")
-    vocab_size = int(metadata.get("llama.vocab_size") or embedding.shape[-1])
+    vocab_size = int(metadata.get("llama.vocab_size") or embedding.shape[0])
     try:
         args = args_from_gguf_metadata(metadata, vocab_size)
     except (KeyError, TypeError, ValueError) as exc:
@@ -90,7 +90,7 @@ def load_gguf(
         name = meta_name(gguf_name)
         if name is None:
             raise error(f"{path}: unexpected tensor {gguf_name}")
-        weights[name] = _read_tensor(path, gguf_name, tensor, error, packed)
+        weights[name] = _read_tensor(gguf, tensor, error, packed)
     if "output.weight" not in weights:  # tied output: the embedding serves as the LM head
         weights["output.weight"] = weights["tok_embeddings.weight"]
     _check_shapes(path, weights, args, error)
@@ -98,18 +98,17 @@ def load_gguf(
 
 
 def _read_tensor(
-    path: Path, name: str, tensor: Any, error: type[Exception], packed: bool
+    gguf: GGUFFile, tensor: GGUFTensor, error: type[Exception], packed: bool
 ) -> torch.Tensor | PackedTensor:
-    type_name = tensor.tensor_type.name
+    path, name, type_name = gguf.path, tensor.name, tensor.type_name
     if type_name not in SUPPORTED_TYPES:
         raise error(
             f"{path}: tensor {name} is stored as {type_name}, which Loom does not read "
             f"(it reads {', '.join(SUPPORTED_TYPES)})"
         )
-    # GGUF lists dimensions innermost first: [row length, rows] is Meta's [rows, row length].
-    shape = [int(n) for n in reversed(tensor.shape.tolist())]
+    shape = list(tensor.shape)  # [rows, row length], as Meta's
     rows, row_length = int(np.prod(shape[:-1])), shape[-1]
-    raw = tensor.data.view(np.uint8)
+    raw = gguf.tensor_bytes(tensor)
     if type_name in BLOCK_SHAPES and row_length % BLOCK_SHAPES[type_name][0]:
         raise error(
             f"{path}: tensor {name} has rows of {row_length} values, not whole {type_name} "

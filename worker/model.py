@@ -17,7 +17,7 @@ from torch import nn
 from worker.attention import paged_attention
 from worker.model_args import ModelArgs
 from worker.packed_modules import install_packed
-from worker.packed_weights import PackedTensor, concat_packed
+from worker.packed_weights import PackedTensor
 from worker.weight_layout import store_input_major, wants_input_major
 
 # (q, k, v, k_cache, v_cache, metadata) -> [num_tokens, n_heads * head_dim]
@@ -327,7 +327,8 @@ class Transformer(nn.Module):
 def fuse_projections(weights: dict[str, Any], n_layers: int) -> dict[str, Any]:
     """Meta's per-projection weights -> the fused ones the model runs (`weights` is emptied
     of the parts as it goes, so the unfused copies can be freed layer by layer). Packed
-    parts of one type fuse into one PackedTensor; parts of several types stay a list."""
+    parts stay a list, read where they lie (the file's memory map): the kernels take a
+    projection of several parts in one call, so joining them would only copy."""
     fused = dict(weights)
     weights.clear()
     for i in range(n_layers):
@@ -342,6 +343,4 @@ def fuse_projections(weights: dict[str, Any], n_layers: int) -> dict[str, Any]:
 def _fuse(parts: list[Any]) -> Any:
     if not any(isinstance(p, PackedTensor) for p in parts):
         return torch.cat(parts)
-    if all(isinstance(p, PackedTensor) for p in parts):
-        return concat_packed(parts) or parts
     return parts

@@ -1,7 +1,8 @@
 """The model's Linear and Embedding over packed weights (worker/packed_weights.py), run by the
-CPU kernels: a projection quantizes its input rows per 32 values and takes integer dot
-products with the blocks (a few rows), or dequantizes the blocks a chunk at a time into a
-float GEMM (many rows); the embedding dequantizes the rows it looks up.
+CPU kernels: a projection multiplies its float32 input rows by each weight row dequantized in
+L1 (a few rows; with `--activations int8` it quantizes the input rows per 32 values and
+takes integer dot products, as llama.cpp does), or dequantizes the blocks a chunk at a time
+into a float GEMM (many rows); the embedding dequantizes the rows it looks up.
 
 `install_packed` puts them in a built model in place of the float modules whose weights are
 packed, before the float weights are assigned.
@@ -23,22 +24,34 @@ Part = PackedTensor | torch.Tensor
 class PackedLinear(nn.Module):
     """y = x @ W^T with W the parts' rows one after the other."""
 
-    def __init__(self, parts: list[Part]) -> None:
+    def __init__(self, parts: list[Part], int8: bool = False) -> None:
         super().__init__()
         self.parts = parts
         self.in_features = parts[0].shape[1]
         self.out_features = sum(p.shape[0] for p in parts)
+        self._op = torch.ops.loom.quant_linear.default  # (the kernels are loaded by now)
+        self.set_int8(int8)
+
+    def set_int8(self, int8: bool) -> None:
+        """int8 activations (llama.cpp's way) or float32 ones (the default)."""
+        self.int8 = int8
         # Plain attributes, not buffers: nothing may move or cast them (torch's `.to()`).
-        self._calls = [_part_fn(p) for p in parts]
+        self._calls = [_part_fn(p, int8) for p in self.parts]
         # The common case, one packed part, called with as little Python as possible: a
         # decode step makes some 120 of these calls.
+        parts = self.parts
         single = parts[0] if len(parts) == 1 and isinstance(parts[0], PackedTensor) else None
-        self._single = (single.data, single.kernel_type, single.shape[1]) if single else None
-        self._op = torch.ops.loom.quant_linear.default  # (the kernels are loaded by now)
+        self._single = (single.data, single.kernel_type, single.shape[1], int8) if single else None
+        # Several packed parts (q, k and v; gate and up): one call, no concatenation.
+        every = all(isinstance(p, PackedTensor) for p in parts) and len(parts) > 1
+        self._parts = ([p.data for p in parts], [p.kernel_type for p in parts],
+                       self.in_features, int8) if every else None  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._single is not None and x.dim() == 2 and x.dtype == torch.float32:
             return self._op(x, *self._single)  # the kernel reads strided rows itself
+        if self._parts is not None and x.dim() == 2 and x.dtype == torch.float32:
+            return torch.ops.loom.quant_linear_parts(x, *self._parts)
         rows = x.reshape(-1, self.in_features)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
@@ -49,13 +62,15 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         kinds = ", ".join(p.type_name if isinstance(p, PackedTensor) else str(p.dtype)
                           for p in self.parts)  # fmt: skip
-        return f"in_features={self.in_features}, out_features={self.out_features}, {kinds}"
+        activations = "int8" if self.int8 else "float32"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {kinds}, "
+                f"{activations} activations")
 
 
-def _part_fn(part: Part):
+def _part_fn(part: Part, int8: bool):
     if isinstance(part, PackedTensor):
         data, kind, k = part.data, part.kernel_type, part.shape[1]
-        return lambda x: torch.ops.loom.quant_linear(x.float(), data, kind, k)
+        return lambda x: torch.ops.loom.quant_linear(x.float(), data, kind, k, int8)
     return lambda x: F.linear(x.to(part.dtype), part).float()
 
 
@@ -96,3 +111,11 @@ def _is_packed(value: object) -> bool:
     if isinstance(value, PackedTensor):
         return True
     return isinstance(value, list) and any(isinstance(p, PackedTensor) for p in value)
+
+
+def use_int8_activations(model: nn.Module) -> int:
+    """Switch the model's packed projections to int8 activations; how many there are."""
+    modules = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    for module in modules:
+        module.set_int8(True)
+    return len(modules)

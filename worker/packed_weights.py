@@ -54,16 +54,6 @@ def packed_bytes(type_name: str, shape: tuple[int, int]) -> int:
     return shape[0] * shape[1] // values * nbytes
 
 
-def concat_packed(parts: list[PackedTensor]) -> PackedTensor | None:
-    """The parts' rows one after the other, when they are of one type (else None)."""
-    types = {p.type_name for p in parts}
-    if len(types) != 1 or len({p.shape[1] for p in parts}) != 1:
-        return None
-    rows = sum(p.shape[0] for p in parts)
-    data = torch.cat([p.data for p in parts])
-    return PackedTensor(data, parts[0].type_name, (rows, parts[0].shape[1]))
-
-
 def keep_packed(quantization: str, device: torch.device) -> bool:
     """Whether quantized weights stay packed: on the CPU, unless `none` asks for floats, and
     only where the kernels build (without a compiler they are dequantized, after the one

@@ -22,12 +22,14 @@ from contract.step import (
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.decode_step import FusedDecode
 from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.lora_batch import ResidentLoras, base_shapes, lora_step
 from worker.lora_weights import LoraAdapter
+from worker.packed_modules import use_int8_activations
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
@@ -95,6 +97,8 @@ class ModelRunner:
         kernels = self.attention_backend.name == "cpu"
         with log_stage(log, "building the model"):
             self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+            if model.activations == "int8":
+                use_int8_activations(self.model)
             if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
                 install_fused_ops(self.model)
         self.block_size = cache.block_size
@@ -119,6 +123,10 @@ class ModelRunner:
             self.model, self.kv_cache, self.attention_backend, self.device,
             config.max_num_seqs, model.enforce_eager, placement.world_size,
         )  # fmt: skip
+        # On the CPU, decode steps run as one C++ call (None where that does not apply).
+        self.fused_decode = FusedDecode.create(
+            self.model, self.kv_cache, self.attention_backend.name, self.device
+        )
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).
             model_name=Path(os.path.abspath(model.model)).name,
@@ -190,11 +198,15 @@ class ModelRunner:
             replayed = graphs.run(scheduled) if graphs else None
             if replayed is None:
                 batch = self.build_batch(scheduled)
-                lora = lora_step(batch.lora_runs, adapters) if adapters else None
-                hidden = self.model(
-                    batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
-                )
-                logits = self.model.compute_logits(hidden, batch.logits_rows)
+                # On the CPU a decode step without adapters is one C++ call.
+                fused = self.fused_decode if not adapters else None
+                logits = fused(batch) if fused else None
+                if logits is None:
+                    lora = lora_step(batch.lora_runs, adapters) if adapters else None
+                    hidden = self.model(
+                        batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
+                    )
+                    logits = self.model.compute_logits(hidden, batch.logits_rows)
             else:
                 batch, logits = replayed
             output = self.sample(scheduled, batch, logits)

@@ -1,6 +1,6 @@
 """Quantized GGUF tensors kept packed: the same tensors as the dequantized load, and a model
-per block type whose packed forward stays within the int8 path's error of the dequantized
-float32 oracle (`--quantization none`)."""
+per block type whose packed forward follows the dequantized float32 oracle (`--quantization
+none`) to float32 rounding, or with `--activations int8` stays within that path's error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from gguf import GGMLQuantizationType as Q
 
 from tests.models.gguf_writer import GGUFOptions, sentencepiece_vocabulary, write_stories_gguf
 from tests.models.test_gguf_dequant import random_blocks
-from tests.worker.driver import ModelFiles, all_position_logits, start_worker
+from tests.worker.driver import (
+    ModelFiles,
+    all_position_logits,
+    assert_same_model_logits,
+    start_worker,
+)
 from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.packed_modules import PackedEmbedding, PackedLinear
@@ -26,6 +31,10 @@ LONG = [(7 * i + 3) % 500 + 1 for i in range(40)]  # a prefill of 40 rows
 
 @pytest.fixture(scope="module")
 def random_model(stories_dir) -> ModelFiles:
+    return make_packable_model(stories_dir)
+
+
+def make_packable_model(stories_dir) -> ModelFiles:
     """A random Llama whose rows are whole 256-value super-blocks (dim 256, MLP 768), with
     stories260K's 512-piece vocabulary."""
     gen = torch.Generator().manual_seed(0)
@@ -104,9 +113,21 @@ def test_packed_and_dequantized_loads_hold_the_same_tensors(random_model, tmp_pa
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_packed_forward_stays_near_the_float32_oracle(random_model, tmp_path, type_name):
+def test_packed_forward_follows_the_float32_oracle(random_model, tmp_path, type_name):
+    # Float activations (the default): the dequantized model's results, to float32 rounding.
     path = write_model(random_model, tmp_path / "m.gguf", type_name)
     packed = start_worker(path)
+    oracle = start_worker(path, quantization="none")
+    assert isinstance(packed.model.output, PackedLinear) and not packed.model.output.int8
+    for prompt in (SHORT, LONG):
+        ours, theirs = all_position_logits(packed, prompt), all_position_logits(oracle, prompt)
+        assert_same_model_logits(ours, theirs, random_model.params["n_layers"])
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_int8_activations_stay_near_the_float32_oracle(random_model, tmp_path, type_name):
+    path = write_model(random_model, tmp_path / "m.gguf", type_name)
+    packed = start_worker(path, activations="int8")
     oracle = start_worker(path, quantization="none")
     model = packed.model
     assert isinstance(model.layers[0].feed_forward.w13, PackedLinear)

@@ -1,7 +1,7 @@
 """The packed-weight CPU kernels against references, for every block type and every shape
-class: decode rows (1-32) and prefill rows (33-512) on the int8 path, longer prefills
-(dequantize + GEMM, above 512 rows; called directly here), ragged row counts and output
-sizes, one block per row and several.
+class: decode rows (1-32) and prefill rows (33-512) on the float-activation path (the
+default) and the int8 path, longer prefills (dequantize + GEMM, above 512 rows; called
+directly here), ragged row counts and output sizes, one block per row and several.
 
 References: the gguf package's own dequantizer gives the weights; the int8 path's reference
 multiplies them, in float64, by the activations quantized per 32 values as the kernel
@@ -59,10 +59,43 @@ def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> Non
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
         kind = KERNEL_TYPE_IDS[type_name]
-        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block)
+        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block, True)
         assert y.shape == (rows, out)
         assert_product_close(y, w, quantize_activations(x))
         assert torch.equal(y, torch.ops.loom.quant_linear_int8(x, w_raw, kind, blocks * per_block))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 32, 33, 130])
+def test_float_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    for blocks, out in ((1, 5), (3, 37)):
+        w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
+        x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
+        kind = KERNEL_TYPE_IDS[type_name]
+        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block)
+        assert y.shape == (rows, out)
+        assert_product_close(y, w, x.double())  # no 8-bit rounding of the activations
+        direct = torch.ops.loom.quant_linear_f32(x, w_raw, kind, blocks * per_block)
+        assert_product_close(direct, w, x.double())
+        if rows <= 16:  # above, dequantize + GEMM
+            assert torch.equal(y, direct)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_row_gives_the_same_result_whatever_rows_share_its_call(type_name, int8) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    w_raw, _ = packed(type_name, 19, 2, seed=4)
+    x = torch.randn(7, 2 * per_block, generator=torch.Generator().manual_seed(4))
+    kind = KERNEL_TYPE_IDS[type_name]
+    together = torch.ops.loom.quant_linear(x, w_raw, kind, 2 * per_block, int8)
+    for i in range(7):  # rows in tiles of several and alone
+        alone = torch.ops.loom.quant_linear(x[i : i + 1], w_raw, kind, 2 * per_block, int8)
+        if int8:  # the compiler may contract a tile's products differently: a rounding apart
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-6)
+        else:  # the float kernel sums every row the same way: equal to the bit
+            assert torch.equal(alone[0], together[i]), i
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -102,6 +135,8 @@ def test_strided_input_rows_are_read_in_place() -> None:
     base = torch.randn(3, 100)
     x = base[:, 10:74]  # rows 100 apart
     y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64)
+    assert_product_close(y, w, x.double())
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, True)
     assert_product_close(y, w, quantize_activations(x.contiguous()))
 
 
@@ -118,3 +153,18 @@ def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
         torch.ops.loom.quant_rows(w_raw, torch.tensor([4]), q8, 64)
     with pytest.raises(RuntimeError, match="unknown quantized type"):
         torch.ops.loom.quant_rows(w_raw, torch.tensor([0]), 99, 64)
+
+
+@pytest.mark.parametrize("rows", [1, 9, 600])
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_projection_of_several_parts_equals_its_parts_side_by_side(rows, int8) -> None:
+    # A Q4_K_M file's fused projection: parts of different types, read where they lie.
+    names, sizes = ("Q4_K", "Q6_K", "Q8_0"), (24, 8, 5)
+    parts = [packed(name, out, 256 // BLOCK_SHAPES[name][0], seed=out)
+             for name, out in zip(names, sizes, strict=True)]  # fmt: skip
+    kinds = [KERNEL_TYPE_IDS[name] for name in names]
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+    y = torch.ops.loom.quant_linear_parts(x, [raw for raw, _ in parts], kinds, 256, int8)
+    each = [torch.ops.loom.quant_linear(x, raw, kind, 256, int8)
+            for (raw, _), kind in zip(parts, kinds, strict=True)]  # fmt: skip
+    assert torch.equal(y, torch.cat(each, dim=1))

@@ -1,0 +1,112 @@
+"""The fused CPU decode step (worker/decode_step.py) against the per-operator path it
+replaces and against the float64 dense oracle: packed GGUF models of every block type (float
+activations, the default) and a float32 model, several sequences of different lengths in one
+step, contexts that cross KV blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models.test_packed_gguf import TYPES, make_packable_model, write_model
+from tests.worker.dense_reference import dense_logits
+from tests.worker.driver import (
+    ALL_ROWS,
+    ModelFiles,
+    assert_same_model_logits,
+    read_meta_model,
+    start_worker,
+)
+from worker.cpu_kernels import load_cpu_kernels
+from worker.decode_step import FusedDecode
+from worker.loader import load_checkpoint
+from worker.step_batch import RequestState
+
+pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
+
+
+
+@pytest.fixture(scope="module")
+def random_model(stories_dir) -> ModelFiles:
+    return make_packable_model(stories_dir)
+
+
+PROMPTS = [[(5 * i + 7 * s) % 500 + 1 for i in range(n)] for s, n in enumerate((3, 17, 40))]
+NEXT = [11, 260, 499]  # each sequence's decode token
+
+
+def prefilled(worker, block_size: int) -> list[RequestState]:
+    """PROMPTS in the worker's cache through the per-operator path, each with its decode token
+    appended (not yet computed)."""
+    states, first = [], 0
+    for i, prompt in enumerate(PROMPTS):
+        blocks = list(range(first, first + len(prompt) // block_size + 1))
+        first += len(blocks)
+        state = RequestState(f"r{i}", list(prompt), blocks, ALL_ROWS, 0, len(prompt))
+        with torch.inference_mode():
+            batch = worker.build_batch([(state, len(prompt))])
+            worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
+        state.num_computed = len(prompt)
+        state.token_ids.append(NEXT[i])
+        states.append(state)
+    return states
+
+
+@torch.inference_mode()
+def decode_both_ways(worker) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of every sequence: (fused logits, per-operator logits)."""
+    states = prefilled(worker, worker.info().block_size)
+    batch = worker.build_batch([(state, 1) for state in states])
+    assert batch.attn.max_query_len == 1
+    hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
+    module = worker.model.compute_logits(hidden, batch.logits_rows)
+    fused = worker.fused_decode(batch)  # rewrites the same K/V slots
+    return fused, module
+
+
+def dense_oracle(files_weights: dict, params: dict) -> torch.Tensor:
+    return torch.stack([
+        dense_logits(files_weights, params, prompt + [token])[-1]
+        for prompt, token in zip(PROMPTS, NEXT, strict=True)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_fused_decode_of_packed_weights_equals_the_operator_path(random_model, tmp_path, type_name):
+    path = write_model(random_model, tmp_path / "m.gguf", type_name)
+    worker = start_worker(path, block_size=16)
+    assert isinstance(worker.fused_decode, FusedDecode)
+    fused, module = decode_both_ways(worker)
+    n_layers = random_model.params["n_layers"]
+    assert_same_model_logits(fused, module, n_layers)
+    # The dequantized weights in float64: float activations leave only float32 rounding.
+    floats = load_checkpoint(path, torch.float32, "none").weights
+    oracle = dense_oracle(floats, random_model.params)
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
+def test_fused_decode_of_float32_weights_equals_the_operator_path(stories_dir) -> None:
+    worker = start_worker(stories_dir, block_size=16)
+    assert isinstance(worker.fused_decode, FusedDecode)
+    fused, module = decode_both_ways(worker)
+    assert_same_model_logits(fused, module, n_layers=worker.model.args.n_layers)
+    files = read_meta_model(stories_dir)
+    oracle = dense_oracle(files.weights, files.params)
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
+def test_int8_activations_reach_the_fused_step(random_model, tmp_path) -> None:
+    path = write_model(random_model, tmp_path / "m.gguf", "Q4_1")
+    worker = start_worker(path, block_size=16, activations="int8")
+    fused, module = decode_both_ways(worker)
+    floats = load_checkpoint(path, torch.float32, "none").weights
+    oracle = dense_oracle(floats, random_model.params)
+    # 8-bit activations move logits by hundredths here (far more than float rounding, far
+    # less than a wrong weight), in both paths alike.
+    for logits in (fused, module):
+        error = (logits.double() - oracle).abs().max().item()
+        assert 1e-4 < error < 0.5
+
+
+def test_the_fused_step_is_for_the_cpu_kernel_backend_only(stories_dir) -> None:
+    assert start_worker(stories_dir, attention_backend="torch").fused_decode is None
