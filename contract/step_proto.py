@@ -50,6 +50,8 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
             new_block_ids=running.new_block_ids,
         )
     msg.num_scheduled_tokens.update(step.num_scheduled_tokens)
+    for req_id, proposed in step.spec_token_ids.items():
+        msg.spec_token_ids[req_id].token_ids.extend(proposed)
     return msg
 
 
@@ -70,7 +72,14 @@ def step_input_from_proto(msg: pb.StepInput) -> StepInput:
         if num_tokens < 1:
             raise ValueError(f"num_scheduled_tokens[{req_id}] must be >= 1, got {num_tokens}")
     finished = list(msg.finished_req_ids)
-    return StepInput(new, running, scheduled, finished)
+    spec_token_ids = {}
+    for req_id, proposed in msg.spec_token_ids.items():
+        token_ids = list(proposed.token_ids)
+        if not token_ids:
+            raise ValueError(f"spec_token_ids[{req_id}] must not be empty")
+        _check_ids(token_ids, f"spec_token_ids[{req_id}]")
+        spec_token_ids[_req_id(req_id, "spec_token_ids")] = token_ids
+    return StepInput(new, running, scheduled, finished, spec_token_ids)
 
 
 def _new_request(msg: pb.NewRequest) -> NewRequest:

@@ -14,6 +14,8 @@ use, so `import scheduler.request` stays light (no tokenizer).
 - tenant_usage.py      each tenant's tokens served, its VTC counter and weight
 - scheduler.py         one step: token budget, chunked prefill, decodes first, preemption by
                        recompute; `update`, the one place request state advances
+- speculation.py     speculative decoding: who speculates, proposals, a verified step applied
+- ngram_proposer.py  prompt lookup: what followed the last n tokens earlier in the sequence
 - step_results.py      a step's sampled tokens, logprobs and prompt logprobs applied to a request
 - stop.py              check_stop, which decides the natural finishes, and who decides the others
 - step_failures.py     failed engine steps in a row, and when they stop the loop

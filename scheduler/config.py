@@ -12,6 +12,7 @@ from typing import Any
 from common.checks import integer, number, one_of
 from common.settings import check_settings, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
+from scheduler.speculation import PROPOSERS
 from worker.config import CacheConfig, ModelConfig, ParallelConfig, WorkerConfig
 
 
@@ -40,6 +41,26 @@ class SchedulerConfig:
         16, "most sequences one request may ask for (n); they share its prompt", integer(1)
     )
     enable_prefix_caching: bool = setting(True, "reuse KV blocks of identical prompt prefixes")
+    # Speculative decoding (scheduler/speculation.py): off until measured worth it.
+    speculative: str = setting(
+        "off",
+        "propose tokens that the model verifies in one step: ngram (prompt lookup: what "
+        "followed the last n tokens earlier in the prompt and output)",
+        one_of(PROPOSERS),
+        choices=PROPOSERS,
+    )
+    num_speculative_tokens: int = setting(
+        4, "speculative: most tokens proposed per request and step", integer(1, 64)
+    )
+    speculative_max_batch: int = setting(
+        8, "speculative: no proposals in a step with more running requests than this", integer(1)
+    )
+    speculative_min_acceptance: float = setting(
+        0.1,
+        "speculative: a request stops speculating when, after 32 proposed tokens, fewer than "
+        "this share of them were accepted",
+        number(0, 1),
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)

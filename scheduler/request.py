@@ -91,6 +91,9 @@ class Request:
     num_sent_tokens: int = 0
     num_sent_blocks: int = 0
     num_preemptions: int = 0
+    # Speculative decoding: tokens proposed for it and, of those, accepted by the model.
+    num_spec_proposed: int = 0
+    num_spec_accepted: int = 0
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     # Echo: one entry per prompt position, None until computed (position 0 stays None).

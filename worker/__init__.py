@@ -30,6 +30,7 @@ is imported only when a worker is created.
 - penalties.py       presence, frequency and repetition penalties and logit biases, batched
 - step_sampling.py   one step's sampling and logprobs over the rows of its logits
 - step_output.py     sampled tokens and logprobs -> StepOutput
+- speculative.py     proposed tokens scored in the step's forward pass, verified, forgotten
 - placement.py       what of the model a runner holds: all of it, or a tensor-parallel slice
 - parallel.py        the process group from the launcher variables, collectives with timeouts
 - tp_model.py        a rank's Llama: column/row-parallel layers, vocabulary-parallel rows

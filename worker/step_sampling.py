@@ -31,9 +31,10 @@ def sample_and_score(
 ) -> StepOutput:
     device = logits.device
     by_row = sorted(
-        (plan.sample_row, state)
+        (plan.sample_row + j, state)
         for (state, _), plan in zip(scheduled, plans, strict=True)
         if plan.sample_row is not None
+        for j in range(1 + plan.num_proposed_rows)  # speculative: one row per proposal too
     )
     rows = [row for row, _ in by_row]
     states = [state for _, state in by_row]
