@@ -116,6 +116,17 @@ class EngineStats:
     tenants: dict[str, TenantStats] = field(default_factory=dict)  # every tenant seen
     # Blocks holding a cached prefix, held by a request or not: what an idle engine keeps.
     num_cached_blocks: int = 0
+    # Speculative decoding, since start: tokens proposed, and of those accepted.
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return (
+            self.spec_accepted_tokens / self.spec_proposed_tokens
+            if self.spec_proposed_tokens
+            else 0.0
+        )
 
     @property
     def kv_cache_usage(self) -> float:

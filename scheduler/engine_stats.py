@@ -12,6 +12,7 @@ def collect_stats(sched: Scheduler, num_waiting: int, pending_tenants: list[str]
     """`num_waiting`: the engine's waiting sequences as of its last step; `pending_tenants`:
     the tenant of each sequence added since, not yet taken by a step."""
     pool = sched.kv.pool
+    speculator = sched.speculator
     return EngineStats(
         num_running=sched.num_running,
         num_waiting=num_waiting + len(pending_tenants),
@@ -22,6 +23,8 @@ def collect_stats(sched: Scheduler, num_waiting: int, pending_tenants: list[str]
         prefix_cache_hits=sched.kv.num_hits,
         tenants=_tenant_stats(sched, pending_tenants),
         num_cached_blocks=pool.num_cached_blocks,
+        spec_proposed_tokens=speculator.num_proposed if speculator else 0,
+        spec_accepted_tokens=speculator.num_accepted if speculator else 0,
     )
 
 

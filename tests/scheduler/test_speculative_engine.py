@@ -152,3 +152,30 @@ def test_seeded_sampling_reproduces_and_equals_the_draws_without_speculation() -
     assert [o.token_ids for o in batched] == [o.token_ids for o in plain]
     for got, want in zip(batched, plain, strict=True):
         assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+
+
+def test_proposed_and_accepted_tokens_are_counted_per_request_and_overall() -> None:
+    from frontend.metrics import ServingMetrics
+
+    prompts = _prompts(4)
+    engine = stories_engine(128, **SPECULATIVE)
+    outputs = engine.generate(prompts, GREEDY)
+    speculator = engine.scheduler.speculator
+    assert all(o.usage.spec_accepted_tokens <= o.usage.spec_proposed_tokens for o in outputs)
+    assert sum(o.usage.spec_proposed_tokens for o in outputs) == speculator.num_proposed
+    assert sum(o.usage.spec_accepted_tokens for o in outputs) == speculator.num_accepted
+    assert outputs[0].usage.spec_accepted_tokens > 0
+    stats = engine.stats()
+    assert (stats.spec_proposed_tokens, stats.spec_accepted_tokens) == (
+        speculator.num_proposed,
+        speculator.num_accepted,
+    )
+    assert stats.spec_acceptance_rate == speculator.num_accepted / speculator.num_proposed
+
+    metrics = ServingMetrics("stories260K")
+    metrics.update_engine_stats(stats)
+    metrics.update_engine_stats(stats)  # counters add only the increase
+    read = metrics.registry.get_sample_value
+    labels = {"model": "stories260K"}
+    assert read("loom:spec_decode_num_draft_tokens_total", labels) == stats.spec_proposed_tokens
+    assert read("loom:spec_decode_num_accepted_tokens_total", labels) == stats.spec_accepted_tokens

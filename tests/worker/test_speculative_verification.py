@@ -76,7 +76,9 @@ def _draw_with_proposals(
             )
             for i, req_id in enumerate(req_ids)
         ]
-        worker.execute(StepInput(new=new, num_scheduled_tokens=dict.fromkeys(req_ids, len(PROMPT) - 1)))
+        worker.execute(
+            StepInput(new=new, num_scheduled_tokens=dict.fromkeys(req_ids, len(PROMPT) - 1))
+        )
         out = worker.execute(
             StepInput(
                 running=[RunningRequest(r, [], []) for r in req_ids],
