@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
                      "TTFT of requests sharing a long prefix, cache on and off"),
     "chunked-prefill": ("bench.engine_benches", "chunked_prefill",
                         "streams' inter-token latency while long prompts arrive"),
+    "speculative": ("bench.engine_benches", "speculative",
+                    "decode tok/s with and without prompt-lookup speculation (SmolLM2)"),
     "remote-worker": ("bench.remote_worker", "main",
                       "a step over loopback gRPC; tensor parallel 2 vs 1 on the CPU"),
     "online": ("bench.servers", "online",
