@@ -272,6 +272,26 @@ def build_engine(
     return Engine(recorder, Tokenizer.from_model_dir(model), config), recorder
 
 
+def teacher_forced_logits(worker, token_ids: list[int], chunk: int) -> torch.Tensor:
+    """Logits [len(token_ids), vocab] of an in-process worker's model prefilling token_ids in
+    steps of `chunk` tokens, into blocks 0.. of its cache (nothing else may be running)."""
+    from worker.step_batch import RequestState
+
+    every_row = SamplingParams(temperature=0.0, echo=True)  # echo: logits at every position
+    block_size = worker.info().block_size
+    blocks = list(range(-(-len(token_ids) // block_size)))
+    state = RequestState("probe", list(token_ids), blocks, every_row, num_computed=0,
+                         num_prompt_tokens=len(token_ids))  # fmt: skip
+    parts = []
+    while state.num_computed < len(token_ids):
+        n = min(chunk, len(token_ids) - state.num_computed)
+        batch = worker.build_batch([(state, n)])
+        hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
+        parts.append(worker.model.compute_logits(hidden, batch.logits_rows))
+        state.num_computed += n
+    return torch.cat(parts)
+
+
 def warm_up(engine: Engine) -> None:
     """One short request first, so one-time costs (allocations, kernel selection) are not
     timed."""

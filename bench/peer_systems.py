@@ -3,17 +3,20 @@
 
 Each takes the whole workload in arrival order and returns its wall time and every request's
 greedy output token ids; a static-batching peer runs `batch_size` requests at a time, and
-llama-server holds `batch_size` slots.
+llama-server holds `batch_size` slots. `loom_startup` and `llama_startup` time a fresh
+process from spawn to its first token, with its peak memory.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import Workload, build_engine, run_workload, timed, warm_up
+from bench.common import REPO_ROOT, Workload, build_engine, run_workload, timed, warm_up
 from modelfiles.model_source import ModelSource
 
 Run = tuple[float, list[list[int]]]  # wall seconds, each request's output token ids
@@ -321,6 +324,24 @@ class LlamaServer:
         with urllib.request.urlopen(request, timeout=3600) as reply:
             return list(json.load(reply)["tokens"])
 
+    def top_logprobs(self, prompt: list[int], n: int) -> list[tuple[int, float]] | None:
+        """The n likeliest next tokens after `prompt` with their logprobs (the full softmax
+        of the raw logits); None where llama-server gives none (a token that is part of a
+        UTF-8 character). ignore_eos: else a prefix whose likeliest token ends the text
+        comes back without them."""
+        body = {"prompt": prompt, "n_predict": 1, "temperature": 0.0, "n_probs": n,
+                "cache_prompt": False, "ignore_eos": True}  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.url}/completion", json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=600) as reply:
+            answer = json.load(reply)
+        if not answer.get("completion_probabilities"):
+            return None
+        probs = answer["completion_probabilities"][0]["top_logprobs"]
+        return [(int(p["id"]), float(p["logprob"])) for p in probs]
+
     def run(self, workload: Workload) -> Run:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(workload.prompts)) as pool:
@@ -338,3 +359,50 @@ class LlamaServer:
             self.process.wait()
         self.log.close()
         self.process = None
+
+
+# ---- start-up: spawn to first token, peak memory -----------------------------------------
+
+
+@dataclass(slots=True)
+class Startup:
+    seconds: float  # from spawning a fresh process to its first token
+    peak_rss: int  # bytes
+
+
+def loom_startup(model: str, **settings: object) -> Startup:
+    """A fresh Python process builds Loom's engine and generates one token."""
+    settings = {"device": "cpu", "num_kv_blocks": 64, "num_threads": torch.get_num_threads(),
+                **settings}  # fmt: skip
+    code = (
+        "import resource\n"
+        "from scheduler import Engine, SamplingParams\n"
+        f"e = Engine.from_model_dir({model!r}, **{settings!r})\n"
+        "e.generate([[20, 21, 22, 23]], SamplingParams(max_tokens=1, temperature=0))\n"
+        "print('first', flush=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)\n"
+    )
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    first = process.stdout.readline().strip()
+    seconds = time.perf_counter() - start
+    rss = process.stdout.readline().strip()
+    if process.wait() != 0 or first != "first":
+        raise RuntimeError(f"Loom's start-up run failed (exit {process.returncode})")
+    return Startup(seconds, int(rss))
+
+
+def llama_startup(binary: Path, gguf: Path, port: int, threads: int) -> Startup:
+    """llama-server started fresh with one slot, until its first token."""
+    start = time.perf_counter()
+    server = LlamaServer(binary, gguf, 1, 512, port, threads)
+    try:
+        server.complete([20, 21, 22, 23], 1)
+        seconds = time.perf_counter() - start
+        for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return Startup(seconds, int(line.split()[1]) * 1024)
+        return Startup(seconds, 0)
+    finally:
+        server.close()

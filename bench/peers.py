@@ -4,6 +4,10 @@
     python -m bench peers --peer transformers static --num-requests 128 --prompt-len 16 512
     python -m bench peers --model smollm2 --peer transformers --batch-sizes 32 --output-len 16 128
     python -m bench peers --peer llamacpp --server PATH/llama-server --gguf FILE.gguf
+    python -m bench peers --model smollm2 --peer llamacpp --server PATH/llama-server \\
+        --batch-sizes 1 8 16 32 --startup                        # SmolLM2's Q4_1 file
+    python -m bench peers --model smollm2 --peer llamacpp --server PATH/llama-server \\
+        --num-requests 1 --prompt-len 16 16 --output-len 128 128 --repeats 3   # one stream
     python -m bench peers --peer transformers --num-requests 4 --output-len 8 8 --repeats 1 \\
         --no-write                                                # quick
 
@@ -14,6 +18,13 @@ rotates each repeat, so that drifting load falls on all alike. Loom runs without
 cache, as the repeats send the same prompts again. A static-batching peer first compares its
 batch sizes on the first `--sweep-requests` requests and runs the best; llama.cpp holds one
 slot per request unless `--batch-sizes` names slot counts to sweep (1 8 16 32, say).
+`python -m bench accuracy --server PATH/llama-server` scores Loom's packed GGUF path and
+llama.cpp against the float32 oracle (Loom with `--quantization none`): for each prompt the
+oracle's 32 greedy tokens are fed back and, after every prefix, each system's 10 likeliest
+tokens are scored against the oracle's logprob of the same token.
+
+`--startup` adds each system's start to first token (a fresh process, spawn to the first
+token of a 1-token request, best of 2) and its peak memory.
 
 llama.cpp is not part of Loom: build its server from source and convert the model with its
 own converter (F32, so both run the same float32 weights); with `--model smollm2` or another
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,15 +50,26 @@ from bench.common import (
     FIRST_ORDINARY_ID,
     Workload,
     bench_parser,
+    greedy_params,
     log,
     markdown_table,
     measure_gemm_flops,
     publish,
     run_header,
+    teacher_forced_logits,
     uniform_workload,
     workload_flops,
 )  # fmt: skip
-from bench.peer_systems import LlamaServer, Loom, StaticLoop, System, Transformers
+from bench.peer_systems import (
+    LlamaServer,
+    Loom,
+    Startup,
+    StaticLoop,
+    System,
+    Transformers,
+    llama_startup,
+    loom_startup,
+)
 from modelfiles.model_source import resolve_model, smollm2_path
 
 PEERS = ("transformers", "static", "llamacpp")
@@ -82,6 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server", type=Path, help="llama.cpp's llama-server binary")
     p.add_argument("--gguf", type=Path, help="the same model for llama.cpp (default: --model's)")
     p.add_argument("--port", type=int, default=8089, help="llama-server's")
+    p.add_argument("--max-model-len", type=int, help="Loom's (a large model's KV cache)")
+    p.add_argument("--num-kv-blocks", type=int, help="Loom's (default: sized from memory)")
+    p.add_argument("--startup", action="store_true",
+                   help="also time each system from spawn to its first token")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     return p.parse_args(argv)
 
@@ -142,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     source = resolve_model(args.model)
+    limits = {key: getattr(args, key) for key in ("max_model_len", "num_kv_blocks")
+              if getattr(args, key)}  # fmt: skip
     loom = Loom(args.model, args.device, enable_prefix_caching=False,
                 max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
+                max_num_batched_tokens=args.max_num_batched_tokens, **limits)  # fmt: skip
     info = loom.engine.info
     first_id = SMOLLM2_FIRST_ORDINARY_ID if source.path == smollm2_path() else FIRST_ORDINARY_ID
     workload = uniform_workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len),
@@ -160,10 +189,24 @@ def run(args: argparse.Namespace) -> None:
     finally:
         for system in systems:
             system.close()
-    report(args, info, workload, systems, walls, outputs, sweeps)
+    startups = measure_startups(args, source, limits) if args.startup else {}
+    report(args, info, workload, systems, walls, outputs, sweeps, startups)
 
 
-def report(args, info, workload: Workload, systems: list[System], walls, outputs, sweeps) -> None:
+def measure_startups(args: argparse.Namespace, source, limits: dict) -> dict[str, Startup]:
+    """Best of 2 per system, Loom's settings as in the timed runs."""
+    found = {"Loom": min((loom_startup(args.model, **limits) for _ in range(2)),
+                         key=lambda s: s.seconds)}  # fmt: skip
+    gguf = args.gguf or (source.path if source.kind == "gguf" else None)
+    if "llamacpp" in args.peer:
+        threads = torch.get_num_threads()
+        found["llama.cpp"] = min((llama_startup(args.server, gguf, args.port, threads)
+                                  for _ in range(2)), key=lambda s: s.seconds)  # fmt: skip
+    return found
+
+
+def report(args, info, workload: Workload, systems: list[System], walls, outputs, sweeps,
+           startups: dict[str, Startup]) -> None:  # fmt: skip
     useful, n = workload.num_output_tokens, args.num_requests
     median = {name: statistics.median(ws) for name, ws in walls.items()}
     float32 = info.dtype == "float32"
@@ -224,10 +267,102 @@ tokens are only those each request asked for; matmul work counts what each syste
 
 {floor_text}{markdown_table(["goal", "measured", "result"], goals) if goals else ""}
 
+{startup_text(startups)}
 Float32 sums in another order can flip a near-tie argmax, after which a sequence diverges:
 outputs that differ from Loom's are that, or a bug.
 """
     publish(title, body, not args.no_write)
+
+
+def startup_text(startups: dict[str, Startup]) -> str:
+    if not startups:
+        return ""
+    rows = [[name, s.seconds, s.peak_rss / 2**30] for name, s in startups.items()]
+    return (
+        "Start to first token (a fresh process, spawn to the first token of a 1-token "
+        "request, best of 2) and that process's peak memory:\n\n"
+        + markdown_table(["system", "start to first token s", "peak RSS GiB"], rows)
+        + "\n"
+    )
+
+
+# ---- accuracy against the float32 oracle ------------------------------------------------
+
+ACCURACY_PROMPTS = ["The capital of France is", "def fibonacci(n):", "你好！今天",
+                    "Once upon a time, a little fox", "The three primary colors are"]  # fmt: skip
+
+
+def accuracy(argv: list[str] | None = None) -> None:
+    from scheduler import Engine
+
+    p = bench_parser("accuracy", "Loom's packed weights and llama.cpp against the oracle")
+    p.add_argument("--model", default="smollm2", help="a GGUF file, or smollm2")
+    p.add_argument("--server", type=Path, required=True, help="llama.cpp's llama-server binary")
+    p.add_argument("--port", type=int, default=8089, help="llama-server's")
+    p.add_argument("--chunk", type=int, default=8, help="tokens per step of Loom's packed path")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    gguf = resolve_model(args.model).path
+    settings = {"device": "cpu", "num_kv_blocks": 64}
+    with torch.inference_mode():
+        oracle = Engine.from_model_dir(args.model, quantization="none", **settings)
+        packed = Engine.from_model_dir(args.model, **settings)
+        server = LlamaServer(args.server, gguf, 1, 512, args.port, torch.get_num_threads())
+        try:
+            scores = score_against_oracle(oracle, packed, server, args.chunk)
+        finally:
+            server.close()
+    rows = [[name, len(s.errors), statistics.mean(s.errors),
+             statistics.quantiles(s.errors, n=100)[98], max(s.errors),
+             f"{sum(s.top1)}/{len(s.top1)}", f"{s.same_text}/{len(ACCURACY_PROMPTS)}"]
+            for name, s in scores.items()]  # fmt: skip
+    header = ["system", "scored logprobs", "mean |error|", "p99 |error|", "max |error|",
+              "top-1 = oracle's", "32-token greedy text = oracle's"]  # fmt: skip
+    body = (
+        f"{run_header('cpu')}\n{Path(gguf).name}. The oracle is Loom with `--quantization "
+        "none` (every tensor dequantized to the reference values, float32). For each prompt "
+        "the oracle's 32 greedy tokens are fed back (teacher forcing) and, after every "
+        "prefix, each system's 10 likeliest tokens are scored against the oracle's logprob "
+        f"of the same token: Loom's packed path in steps of {args.chunk} tokens, llama.cpp "
+        "through llama-server's `n_probs` (a 1-token completion of each prefix; prefixes "
+        "whose next token is part of a UTF-8 character come back without probabilities and "
+        "are left out). Prompts: "
+        + ", ".join(repr(p) for p in ACCURACY_PROMPTS)
+        + ".\n\n"
+        + markdown_table(header, rows)
+    )
+    publish("Packed weights: accuracy against the float32 oracle", body, not args.no_write)
+
+
+@dataclass(slots=True)
+class Scores:
+    errors: list[float] = field(default_factory=list)  # |logprob - the oracle's|
+    top1: list[bool] = field(default_factory=list)  # the likeliest token is the oracle's
+    same_text: int = 0  # prompts whose 32 greedy tokens equal the oracle's
+
+
+def score_against_oracle(oracle, packed, server: LlamaServer, chunk: int) -> dict[str, Scores]:
+    scores = {"Loom (packed)": Scores(), "llama.cpp": Scores()}
+    mine, theirs = scores["Loom (packed)"], scores["llama.cpp"]
+    for text in ACCURACY_PROMPTS:
+        prompt = oracle.tokenizer.encode(text)
+        ids = oracle.generate([prompt], greedy_params(32))[0].token_ids
+        sequence = prompt + ids
+        logits = teacher_forced_logits(oracle.worker, sequence, len(sequence))
+        truth = torch.log_softmax(logits.double(), -1)
+        ours = torch.log_softmax(teacher_forced_logits(packed.worker, sequence, chunk).double(), -1)
+        mine.same_text += packed.generate([prompt], greedy_params(32))[0].token_ids == ids
+        theirs.same_text += server.complete(prompt, 32) == ids
+        for pos in range(len(prompt) - 1, len(sequence) - 1):
+            top = ours[pos].topk(10)
+            mine.errors += (top.values - truth[pos, top.indices]).abs().tolist()
+            mine.top1.append(int(top.indices[0]) == int(truth[pos].argmax()))
+            found = server.top_logprobs(sequence[: pos + 1], 10)
+            if found is None:
+                continue
+            theirs.errors += [abs(logprob - float(truth[pos, token])) for token, logprob in found]
+            theirs.top1.append(found[0][0] == int(truth[pos].argmax()))
+    return scores
 
 
 def verdict(ok: bool) -> str:

@@ -1,4 +1,4 @@
-"""The worker's steps, timed three ways.
+"""The worker's steps, timed four ways.
 
 decode-floor: one stream decoding (batch 1), step time against the weight-read floor. A decode
 step of one sequence must read every weight it multiplies (each layer's projections and MLP,
@@ -14,6 +14,10 @@ cached tokens. Each runs through the worker as it serves (batch building, forwar
 sampling), first with the torch reference, then with the CPU kernels; the profiler's self CPU
 time per operator is grouped into GEMMs, attention (gathers, SDPA, the kernel), elementwise
 work and the rest.
+
+engine-profile: one greedy stream of a model (SmolLM2's packed Q4_1 by default) decoding
+through `Engine.step()` (scheduler, worker, sampler, detokenizer): the step time without the
+profiler, then the torch profiler's self CPU time per operator over 64 decode steps.
 
 efficiency: Loom's wall time on a workload against the time its forward passes alone take,
 replayed for the very step shapes Loom ran: every `StepInput` the scheduler sent is recorded;
@@ -228,6 +232,43 @@ def step_profile(argv: list[str] | None = None) -> None:
     publish(PROFILE_SECTION, body, not args.no_write)
 
 
+# ---- engine-profile ----------------------------------------------------------------------
+
+
+def engine_profile(argv: list[str] | None = None) -> None:
+    from scheduler import Engine
+
+    p = bench_parser("engine-profile", "one stream's decode step through the engine, profiled")
+    p.add_argument("--model", default="smollm2", help="a model directory, a GGUF file, smollm2")
+    p.add_argument("--threads", type=int, help="default: torch's")
+    p.add_argument("--label", default="now", help="the BENCHMARKS.md section's suffix")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = 64
+    with torch.inference_mode():
+        engine = Engine.from_model_dir(args.model, device="cpu", num_kv_blocks=64)
+        warm_up(engine)
+        engine.add_request([100 + i for i in range(16)], greedy_params(8 + 2 * steps + 8))
+        for _ in range(8):
+            engine.step()
+        plain_ms = timed(lambda: [engine.step() for _ in range(steps)])[0] / steps * 1e3
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                engine.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [[e.key, e.count // steps, e.self_cpu_time_total / steps / 1e3,
+             100 * e.self_cpu_time_total / total] for e in events[:14]]  # fmt: skip
+    body = (
+        f"{run_header('cpu')}\n{args.model}, one greedy stream through `Engine.step()`: "
+        f"{plain_ms:.2f} ms per decode step ({1e3 / plain_ms:.0f} tok/s) without the "
+        f"profiler; under it, self CPU time per operator per step over {steps} steps "
+        f"({total / steps / 1e3:.2f} ms in operators):\n\n"
+        + markdown_table(["operator", "calls per step", "ms per step", "share %"], rows)
+    )
+    publish(f"Decode step profile: {args.label}", body, not args.no_write)
 
 
 # ---- efficiency --------------------------------------------------------------------------
@@ -380,5 +421,3 @@ Where the forward time goes, against this machine's best float32 GEMM rate
 | forward time / Loom wall time >= {EFFICIENCY_GOAL:.2f} | {ratio:.3f} | {verdict} |
 """
     publish(EFFICIENCY_SECTION, body, not args.no_write)
-
-

@@ -116,6 +116,11 @@ def test_tests_import_nothing_from_bench() -> None:
     assert offenders == []
 
 
+def test_bench_stays_lean() -> None:
+    # One harness per kind of measurement: a new benchmark joins the module of its kind.
+    assert len(list((REPO_ROOT / "bench").glob("*.py"))) <= 15
+
+
 def test_the_worker_takes_only_the_rpc_guard_of_serving() -> None:
     serving_imports = {
         module

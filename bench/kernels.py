@@ -1,4 +1,7 @@
-"""What paging the KV cache costs: one mixed step on the block cache vs a contiguous cache.
+"""Single kernels timed alone.
+
+paged-attention: what paging the KV cache costs, one mixed step on the block cache vs a
+contiguous cache.
 
     python -m bench paged-attention                 # writes its BENCHMARKS.md section
     python -m bench paged-attention --no-write      # print only
@@ -10,6 +13,12 @@ block table. Two contiguous baselines: the CPU kernel on the same step with ever
 blocks consecutive in memory (paging without scattered blocks), and a cache that keeps each
 sequence's K/V contiguous and head-major ([seq, kv_head, position, dim]) so that SDPA reads
 plain views. All run the same weights and must give the same logits.
+
+quant-kernels: one projection on packed GGUF blocks, Loom's CPU kernels (int8 activations,
+float activations, dequantize + GEMM) against torch's float32, bfloat16 and weight-only
+int8/int4 kernels, at a few row counts.
+
+    python -m bench quant-kernels --rows 1 8 32 128 [--no-write]
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from worker.runner import resolve_dtype
 from worker.step_batch import RequestState, build_step_batch
 
 SECTION = "Worker: paged vs contiguous KV"
+QUANT_SECTION = "Packed weights: kernel candidates"
 GOAL = 1.05  # paged step time (the fastest backend) / the fastest contiguous step time
 
 
@@ -302,5 +312,84 @@ def main(argv: list[str] | None = None) -> None:
     publish(SECTION, body, not args.no_write)
 
 
-if __name__ == "__main__":
-    main()
+# ---- quant-kernels -------------------------------------------------------------------------
+
+QUANT_SHAPES = {"SmolLM2 w13 [3072, 576]": (3072, 576), "SmolLM2 w2 [576, 1536]": (576, 1536),
+                "7B w13 [22016, 4096]": (22016, 4096)}  # fmt: skip
+
+
+def quant_kernels(argv: list[str] | None = None) -> None:
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    from worker.cpu_kernels import load_cpu_kernels
+
+    p = bench_parser("quant-kernels", "one projection on packed GGUF blocks, per kernel")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--threads", type=int, help="default: torch's")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not load_cpu_kernels():
+        raise SystemExit("Loom's CPU kernels did not build: nothing to measure")
+    rows = []
+    with torch.inference_mode():
+        for label, (n, k) in QUANT_SHAPES.items():
+            w = torch.randn(n, k) / k**0.5
+            q41 = torch.from_numpy(quants.quantize(w.numpy(), Q.Q4_1))
+            q80 = torch.from_numpy(quants.quantize(w.numpy(), Q.Q8_0))
+            for m in args.rows:
+                for name, fn in quant_candidates(torch.randn(m, k), w, q41, q80).items():
+                    us = best_loop_us(fn, n * k)
+                    rows.append([label, m, name, us])
+                    print(f"{label} M={m} {name}: {us:.0f} us", file=sys.stderr)
+    big_tensor = torch.ones(2**28)  # 1 GiB of float32
+    read_s = min(timed(big_tensor.sum)[0] for _ in range(5))
+    body = (
+        f"{run_header('cpu')}\nMemory read rate: {2**30 / read_s / 1e9:.1f} GB/s (the sum of a "
+        f"1 GiB float32 tensor, best of 5). One projection, {torch.get_num_threads()} threads; "
+        "the best of 5 timings of a loop. Loom's int8 path quantizes the input rows per 32 "
+        "values and takes integer dot products; its float-activation candidate dequantizes "
+        "each weight row to float32 in L1 and multiplies the float rows; dequantize + GEMM "
+        "expands chunks of rows for torch's float32 GEMM. torch's int8/int4 weight-only "
+        "kernels need bfloat16 inputs and their own repacked layouts (packed before timing).\n\n"
+        + markdown_table(["projection", "rows", "candidate", "µs"], rows)
+    )
+    publish(QUANT_SECTION, body, not args.no_write)
+
+
+def quant_candidates(x: torch.Tensor, w: torch.Tensor, q41: torch.Tensor, q80: torch.Tensor):
+    ops = torch.ops.loom
+    n, k = w.shape
+    w_col, w_bf16, xb = w.t().contiguous().t(), w.bfloat16(), x.bfloat16()
+    scale = w.abs().amax(1, keepdim=True) / 127
+    int8_w = torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8)
+    int8_s = scale.squeeze(1).bfloat16()
+    candidates = {
+        "Loom int8 (Q4_1)": lambda: ops.quant_linear_int8(x, q41, 2, k),
+        "Loom int8 (Q8_0)": lambda: ops.quant_linear_int8(x, q80, 0, k),
+        "Loom float activations (Q4_1)": lambda: ops.quant_linear_f32(x, q41, 2, k),
+        "Loom dequantize + GEMM (Q4_1)": lambda: ops.quant_linear_dequant(x, q41, 2, k),
+        "torch float32 (column-major)": lambda: F.linear(x, w_col),
+        "torch bfloat16": lambda: F.linear(xb, w_bf16),
+        "torch _weight_int8pack_mm (bf16 x)": lambda: torch._weight_int8pack_mm(xb, int8_w, int8_s),
+    }
+    try:
+        int4_packed = torch._convert_weight_to_int4pack_for_cpu(
+            torch.randint(0, 16, (n, k), dtype=torch.int32), 8
+        )
+        int4_sz = torch.randn(k // 32, n, 2).bfloat16()
+        candidates["torch _weight_int4pack_mm_for_cpu (bf16 x)"] = lambda: (
+            torch._weight_int4pack_mm_for_cpu(xb, int4_packed, 32, int4_sz)
+        )
+    except (RuntimeError, AttributeError):  # not in every torch build
+        pass
+    return candidates
+
+
+def best_loop_us(fn, size: int) -> float:
+    """Microseconds per call: the best of 5 timed loops, each long enough to time."""
+    fn()
+    loops = max(3, min(200, int(2e8 / size)))
+    return min(timed(lambda: [fn() for _ in range(loops)])[0] for _ in range(5)) / loops * 1e6
