@@ -15,7 +15,8 @@ check, `bench/gpu_check.sh`.
                      `quant-kernels`: one projection on packed GGUF blocks, per kernel
 - worker_steps.py    `decode-floor`, `step-profile`, `engine-profile`, `efficiency`: the
                      worker's steps timed
-- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load
+- engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load;
+                     `speculative`: decode tok/s with and without prompt lookup
 - remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
 - servers.py         `online`, `fairness`: a served model with loadtest as the client; the
                      server process the router and reliability benchmarks start

@@ -10,6 +10,10 @@ prompts cut into chunks (step budget and prefill chunk `--chunk` tokens, decodes
 Sarathi-style) or run whole in one step together with the decodes, and the throughput each
 costs. ITL is the wall time between consecutive tokens of one stream, over all streams;
 throughput is every prompt and generated token over the runs' wall time.
+
+speculative: generated tokens per second of SmolLM2 with and without prompt-lookup
+speculation, one stream and many, on a copy task and on free text, beside llama.cpp's server
+on the same GGUF file.
 """
 
 from __future__ import annotations
