@@ -254,7 +254,7 @@ class Scheduler:
             if row is not None and step_out.sampled_token_ids[row]:
                 if proposed and self.speculator is not None:
                     status, error = self.speculator.apply_verified(
-                        req, step_out, row, proposed, self.kv
+                        req, step_out, row, proposed, self.kv, scan_text
                     )
                 else:
                     status = append_output(req, step_out, row, self.max_model_len)

@@ -28,7 +28,8 @@ from contract.step import StepOutput
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.ngram_proposer import NgramProposer
 from scheduler.request import Request, RequestStatus
-from scheduler.step_results import advance_computed, append_output
+from scheduler.step_results import TextScanner, advance_computed, scan_for_stop_string
+from scheduler.stop import check_stop
 
 if TYPE_CHECKING:
     from scheduler.config import SchedulerConfig
@@ -86,6 +87,7 @@ class Speculator:
         row: int,
         proposed: list[int],
         kv: KVCacheManager,
+        scan_text: TextScanner | None = None,
     ) -> tuple[RequestStatus | None, str | None]:
         """Apply a verified step to `req`: (finished status or None, error or None)."""
         sampled = step_out.sampled_token_ids[row]
@@ -94,12 +96,12 @@ class Speculator:
             return RequestStatus.FINISHED_ERROR, (
                 f"the worker answered {sampled} for the proposed tokens {proposed}"
             )
+        num_before = len(req.output_token_ids)
         req.num_spec_proposed += len(proposed)
         req.num_spec_accepted += num_accepted
         self.num_proposed += len(proposed)
         self.num_accepted += num_accepted
-        num_before = len(req.output_token_ids)
-        status = append_output(req, step_out, row, self.max_model_len)
+        status, error = self._append(req, step_out, row, scan_text)
         num_appended = len(req.output_token_ids) - num_before
         # Computed: the input token and the accepted proposals that were kept (a stop among
         # them keeps no more). Their tokens are all appended by now, so the prefix cache
@@ -107,7 +109,34 @@ class Speculator:
         advance_computed(req, 1 + min(num_accepted, num_appended), kv)
         kv.trim(req, req.num_computed_tokens)
         req.num_sent_blocks = min(req.num_sent_blocks, len(req.block_ids))
-        return status, None
+        return status, error
+
+    def _append(
+        self, req: Request, step_out: StepOutput, row: int, scan_text: TextScanner | None
+    ) -> tuple[RequestStatus | None, str | None]:
+        """Append the answered tokens one at a time, as plain decoding would have, up to the
+        first that ends the request (EOS, a stop id or string, a length): no token, logprob
+        or text after it is kept."""
+        sampled = step_out.sampled_token_ids[row]
+        logprobs = step_out.logprobs[row] if step_out.logprobs else []
+        top = step_out.top_logprobs[row] if step_out.top_logprobs else []
+        for j, token_id in enumerate(sampled):
+            req.tenant_usage.charge_output(1)
+            req.all_token_ids.append(token_id)
+            req.output_token_ids.append(token_id)
+            if logprobs:
+                req.logprobs.append(logprobs[j])
+            if top:
+                req.top_logprobs.append(top[j])
+            status = check_stop(req, self.max_model_len)
+            if scan_text is not None and req.params.stop and j < len(sampled) - 1:
+                # The last token is scanned by Scheduler.update, as any step's is.
+                status, error = scan_for_stop_string(req, status, scan_text, self.max_model_len)
+                if error is not None:
+                    return status, error
+            if status is not None:
+                return status, None
+        return None, None
 
     @property
     def acceptance_rate(self) -> float:

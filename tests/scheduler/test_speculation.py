@@ -190,3 +190,40 @@ def test_a_request_with_low_acceptance_stops_speculating() -> None:
     assert req.num_spec_proposed >= MIN_PROPOSED_TO_JUDGE and req.num_spec_accepted == 0
     assert num_steps_speculating == MIN_PROPOSED_TO_JUDGE // 4
     assert sched.kv.pool.num_free_blocks == 64 - len(req.block_ids)
+
+
+def _answer_with_logprobs(sched_out: SchedulerOutput, req_id: str, tokens: list[int]):
+    out = _answer(sched_out, {req_id: tokens})
+    out.logprobs = [[-0.1 * (j + 1) for j in range(len(tokens))]]
+    return out
+
+
+def test_a_stop_id_among_accepted_tokens_keeps_nothing_after_it() -> None:
+    sched = _speculating()
+    req = _repeating("a", stop_token_ids=[11], logprobs=True)
+    _prefill(sched, req)
+    out = sched.schedule()
+    assert out.step_input.spec_token_ids == {"a": [10, 11, 12, 13]}
+    sched.update(out, _answer_with_logprobs(out, "a", [10, 11, 12, 13, 77]))
+    assert req.status is RequestStatus.FINISHED_STOPPED
+    assert req.output_token_ids == [13, 10, 11]
+    assert req.logprobs == [-0.1, -0.2]  # the prefill's token asked for none here
+    assert sched.kv.pool.num_free_blocks == 16
+
+
+def test_a_stop_string_inside_accepted_tokens_is_found_at_its_token() -> None:
+    sched = _speculating()
+    req = _repeating("a", stop=["eleven"])
+    _prefill(sched, req)
+    out = sched.schedule()
+    scanned: list[list[int]] = []
+
+    def scan_text(r: Request, final: bool) -> bool:
+        # Stands in for the detokenizer: token 11's text completes the stop string.
+        scanned.append(list(r.output_token_ids))
+        return r.output_token_ids[-1] == 11
+
+    sched.update(out, _answer(out, {"a": [10, 11, 12, 13, 77]}), scan_text)
+    assert req.status is RequestStatus.FINISHED_STOPPED
+    assert req.output_token_ids == [13, 10, 11]
+    assert scanned[0] == [13, 10]  # scanned token by token, as plain decoding scans

@@ -179,3 +179,33 @@ def test_proposed_and_accepted_tokens_are_counted_per_request_and_overall() -> N
     labels = {"model": "stories260K"}
     assert read("loom:spec_decode_num_draft_tokens_total", labels) == stats.spec_proposed_tokens
     assert read("loom:spec_decode_num_accepted_tokens_total", labels) == stats.spec_accepted_tokens
+
+
+def test_stops_end_a_request_where_they_would_without_speculation() -> None:
+    """A stop string, stop id or EOS inside the accepted tokens keeps nothing after it: the
+    same tokens, logprobs, text and usage as plain decoding."""
+    prompts = _prompts(5)
+    plain = stories_engine(128)
+    free = plain.generate(prompts, SamplingParams(max_tokens=60, temperature=0.0))
+    params = []
+    for i, out in enumerate(free):
+        middle = len(out.text) // 2
+        stop = {"stop": [out.text[middle : middle + 3]]} if i % 2 == 0 else {}
+        stop_ids = [out.token_ids[30]]
+        params.append(SamplingParams(max_tokens=60, temperature=0.0, logprobs=True,
+                                     top_logprobs=2, stop_token_ids=stop_ids, **stop))  # fmt: skip
+    expected = plain.generate(prompts, params)
+    engine = stories_engine(128, **SPECULATIVE)
+    got = engine.generate(prompts, params)
+    assert engine.scheduler.speculator.num_accepted > 0
+    for a, b in zip(got, expected, strict=True):
+        assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
+        assert a.usage.completion_tokens == b.usage.completion_tokens == len(a.logprobs)
+        # The model's logprobs, equal within float32 error (a verification step sums the
+        # same products in another order than a one-token decode).
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert [[t for t, _ in top] for top in a.top_logprobs] == [
+            [t for t, _ in top] for top in b.top_logprobs
+        ]
+    assert any(o.finish_reason == "stop" for o in got)
+    _assert_nothing_held(engine)
