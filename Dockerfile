@@ -9,7 +9,8 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TORCH_EXTENSIONS_DIR=/opt/loom/.cache/torch_extensions
+    TORCH_EXTENSIONS_DIR=/opt/loom/.cache/torch_extensions \
+    TRITON_CACHE_DIR=/opt/loom/.cache/triton
 WORKDIR /opt/loom
 
 # A C++ compiler and ninja: the CPU kernels (worker/csrc) are compiled for the CPU they run on.
@@ -42,10 +43,12 @@ COPY client ./client
 COPY loadtest ./loadtest
 COPY bench ./bench
 COPY models ./models
-# Editable, so `serve` finds the bundled model beside the code in /opt/loom.
+# Editable, so `serve` finds the bundled model beside the code in /opt/loom. The user has no
+# home: the C++ kernels' build and Triton's compiled GPU kernels go to caches it owns.
 RUN pip install -c constraints.txt -e . \
  && useradd --system --uid 10001 --no-create-home loom \
- && mkdir -p "$TORCH_EXTENSIONS_DIR" && chown -R loom "$TORCH_EXTENSIONS_DIR"
+ && mkdir -p "$TORCH_EXTENSIONS_DIR" "$TRITON_CACHE_DIR" \
+ && chown -R loom "$TORCH_EXTENSIONS_DIR" "$TRITON_CACHE_DIR"
 
 USER loom
 # Build the CPU kernels now for this CPU; a host with another CPU builds its own at first start.

@@ -3,25 +3,33 @@
 Verification first; a MISS there (or a part that fails) makes the check exit 1 and skips
 every measurement, since figures of a wrong kernel mean nothing:
 
-1. The Triton kernel against the torch reference on random mixes, float32 and bfloat16.
-2. The bundled model's greedy text: Triton with CUDA graphs, Triton eager, the torch reference.
+1. The Triton attention kernel against the torch reference on random mixes, float32 and
+   bfloat16; then split-KV (2, 4, 16 ways and as the policy chooses) on contexts to 8,192,
+   each launch repeated, which must give the same bits.
+2. The fused kernels (residual add + RMSNorm, RoPE + K/V write, SiLU * up) against the torch
+   compositions they replace.
+3. The bundled model's greedy text: Triton with CUDA graphs, Triton eager, the torch reference.
 
 Then the measurements on a random-weight model of Llama-2-7B's shape in bfloat16, drawn on the
-GPU; `--quick` (about 3 minutes on an H100) stops after the first:
+GPU; `--quick` (3-4 minutes on an H100, estimated) leaves out the last. Each starts only while
+the time budget lasts, and one that fails does not stop the next:
 
-3. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
-   (bytes a step reads / measured copy bandwidth).
-4. Throughput on 256 requests (prompts 128-1,024, outputs 128-512) with graphs, against
+4. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
+   (bytes a step reads / measured copy bandwidth); batch 1 at 4,000 tokens of context with the
+   split-KV policy and unsplit; Triton compiles after start (warm-up must leave none).
+5. The attention launch alone at batch 1, split against unsplit; the kernels of one decode
+   layer besides its GEMMs, counted with the profiler (at most 5).
+6. Throughput on 256 requests (prompts 128-1,024, outputs 128-512) with graphs, against
    Hugging Face transformers' `generate` on the same requests in static batches while the
-   time budget lasts, then without graphs.
+   time budget lasts.
 
-Without a GPU the same script runs end to end in seconds: the kernel under Triton's
+Without a GPU the same script runs end to end in about a minute: the kernels under Triton's
 interpreter on small mixes (float16 stands in for bfloat16, which the interpreter cannot
 multiply), the bundled model without graphs, and the measurements at a toy size on the CPU
 (their figures mean nothing; they show the code runs). Every part that needs a GPU says so.
 
-`--plant nan|wrong-kernel` puts a fault into the kernel part's output, for the check's own
-test (tests/test_gpu_check.py): the check must then exit 1. Nothing else reads it.
+`--plant nan|wrong-kernel` puts a fault into the attention kernel's output, split or not, for the
+check's own test (tests/test_gpu_check.py): the check must then exit 1. Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ from bench.common import REPO_ROOT, load_average, machine_description
 FLOOR_GOAL = 1.25  # batch-1 decode step <= 1.25x the HBM floor
 GRAPHS_GOAL = 1.3  # batch-1 step: graphs >= 1.3x faster than eager
 HF_GOAL = 5.0  # throughput >= 5x transformers' generate
+LONG_CONTEXT, LONG_TOKENS = 4000, 64  # batch-1 decode at 4,000 tokens of context (mean)
+# Seconds after which no measurement starts (bench/gpu_check.sh stops the run 90 s later
+# with --quick, 60 s later without; verification always runs).
+QUICK_BUDGET_S, FULL_BUDGET_S = 240.0, 400.0
 KERNEL_GOALS = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-2}  # max error / max |out|
 
 
@@ -144,6 +156,43 @@ class Check:
             )  # fmt: skip
         if not self.on_gpu:
             self.report.skip("kernel vs reference, bfloat16", "the interpreter has no bf16 dot")
+        self._split_kv([torch.float32, low], where)
+
+    def _split_kv(self, dtypes: list[torch.dtype], where: str) -> None:
+        found = self.parts.split_kv_check(self.device, dtypes, 4 if self.on_gpu else 3,
+                                          not self.opts.quick, self.opts.plant)  # fmt: skip
+        self.report.record("split_kv", found)
+        for name, res in found.items():
+            goal = KERNEL_GOALS[name]
+            ok = (not math.isnan(res["rel_err"]) and res["rel_err"] <= goal
+                  and res["cache_equal"] and res["repeat_equal"])  # fmt: skip
+            self.report.verify(
+                f"split-KV vs reference, {name}{where}",
+                f"rel err {res['rel_err']:.1e} (torch in {name}: {res['torch_rel_err']:.1e}), "
+                f"{res['launches']} launches in {sorted(set(res['splits']))} splits, repeated "
+                f"{'bit for bit' if res['repeat_equal'] else 'DIFFERENTLY (a race)'}",
+                f"<= {goal:.0e}, repeats identical", ok,
+            )  # fmt: skip
+
+    def fused(self) -> None:
+        """The fused norm, RoPE + K/V write and SiLU kernels against their torch compositions
+        (float16 stands in for bfloat16 on the CPU: the interpreter truncates to bfloat16)."""
+        low = torch.bfloat16 if self.on_gpu else torch.float16
+        found = self.parts.fused_ops_check(self.device, [torch.float32, low])
+        self.report.record("fused", found)
+        for name, res in found.items():
+            # float32: reassociation. 16 bits: the kernel rounds where torch does, so a value
+            # differs when an intermediate rounds the other way (a unit in the last place),
+            # which the final rounding can make two; relative to the largest value.
+            goal = 1e-5 if name == "float32" else 2 * torch.finfo(getattr(torch, name)).eps
+            errors = {k: v for k, v in res.items() if isinstance(v, float)}
+            bad = [k for k, v in errors.items() if math.isnan(v) or v > goal]
+            self.report.verify(
+                f"fused kernels vs torch, {name}",
+                ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                + ("" if res["cache_untouched_equal"] else ", OTHER CACHE SLOTS CHANGED"),
+                f"each <= {goal:.1e}", not bad and res["cache_untouched_equal"],
+            )  # fmt: skip
 
     def bundled_text(self) -> None:
         found = self.parts.greedy_texts(self.device, num_tokens=64 if self.on_gpu else 8)
@@ -165,36 +214,68 @@ class Check:
 
     def decode_steps(self) -> None:
         """Batch 1 and 32, graphs on then off; in the full check, the workload with graphs on
-        the same engine."""
+        the same engine. What was measured is saved and shown even if a later step fails."""
         parts, report = self.parts, self.report
         bandwidth = parts.copy_bandwidth(self.device, (2 << 30) if self.on_gpu else (64 << 20))
-        found = {"copy_bandwidth_gb_s": bandwidth / 1e9}
+        found: dict[str, Any] = {"copy_bandwidth_gb_s": bandwidth / 1e9}
         modes = ("graphs", "eager") if self.on_gpu else ("eager",)
-        for mode in modes:
-            engine, worker = parts.random_llama_engine(
-                self.params, self.device.type, self.dtype, max_num_seqs=self.max_num_seqs,
-                enforce_eager=mode == "eager",
-            )  # fmt: skip
-            parts.warm_up_prefills(engine)
-            step_bytes = parts.step_weight_bytes(worker.inner)[1]
-            found["floor_ms"] = 1e3 * step_bytes / bandwidth
-            found[mode] = {
-                "batch1": parts.decode_steps(engine, worker, 1, 128, 128 if self.on_gpu else 8),
-                "batch32": parts.decode_steps(engine, worker, 32, 128, 64 if self.on_gpu else 4),
-                "graphs": bool(worker.inner.decode_graphs),
-                "kv_blocks": engine.info.num_kv_blocks,
-            }
-            if mode == modes[0] and not self.opts.quick:  # the workload too, graphs on a GPU
-                head = self.workload.head(self.hf_batch_size)
-                found["workload"] = parts.loom_throughput(engine, worker, self.workload)
-                found["hf_subset"] = parts.loom_throughput(engine, worker, head)
-            del engine, worker
-            release()
-        report.record("decode", found)
-        self._decode_rows(found, step_bytes, bandwidth)
+        compiles = parts.TritonCompiles() if self.on_gpu else None
+        try:
+            for mode in modes:
+                engine, worker = parts.random_llama_engine(
+                    self.params, self.device.type, self.dtype, max_num_seqs=self.max_num_seqs,
+                    enforce_eager=mode == "eager",
+                )  # fmt: skip
+                if compiles:  # warm-up at start compiled what the steps below launch
+                    compiles.clear()
+                found["step_weight_bytes"] = parts.step_weight_bytes(worker.inner)[1]
+                found["floor_ms"] = 1e3 * found["step_weight_bytes"] / bandwidth
+                found[mode] = {
+                    "batch1": parts.decode_steps(engine, worker, 1, 128, 128 if self.on_gpu else 8),
+                    "batch32": parts.decode_steps(engine, worker, 32, 128,
+                                                  64 if self.on_gpu else 4),  # fmt: skip
+                    "graphs": bool(worker.inner.decode_graphs),
+                    "kv_blocks": engine.info.num_kv_blocks,
+                }
+                if mode == modes[0] and not self.opts.quick:  # the workload, graphs on a GPU
+                    head = self.workload.head(self.hf_batch_size)
+                    found["workload"] = parts.loom_throughput(engine, worker, self.workload)
+                    found["hf_subset"] = parts.loom_throughput(engine, worker, head)
+                if compiles:
+                    found[mode]["triton_compiles_after_start"] = list(compiles.names)
+                report.record("decode", found)
+                if mode == "graphs":  # last on this engine: batch 1 at 4,000 tokens
+                    self._long_context(engine, worker, found)
+                del engine, worker
+                release()
+        finally:
+            report.record("decode", found)
+            if any(mode in found for mode in modes):
+                self._decode_rows(found, bandwidth)
 
-    def _decode_rows(self, found: dict, step_bytes: int, bandwidth: float) -> None:
-        report, floor = self.report, found["floor_ms"]
+    def _long_context(self, engine: Any, worker: Any, found: dict) -> None:
+        """Batch-1 steps at 3,968-4,032 tokens of context with the graphs as captured (the
+        split-KV policy), then captured again unsplit; a failure here is its own row, the
+        figures before it stand."""
+        parts, prompt = self.parts, LONG_CONTEXT - LONG_TOKENS // 2
+        try:
+            long = {"batch1_long": parts.decode_steps(engine, worker, 1, prompt, LONG_TOKENS)}
+            parts.recapture_graphs(worker.inner, self.max_num_seqs, num_splits=1)
+            long["batch1_long_unsplit"] = parts.decode_steps(engine, worker, 1, prompt,
+                                                             LONG_TOKENS)  # fmt: skip
+        except Exception as exc:
+            traceback.print_exc()
+            self.report.failures += 1
+            self.report.row(f"batch-1 decode at {LONG_CONTEXT:,} tokens",
+                            f"{type(exc).__name__}: {exc}"[:200], "", "FAILED")  # fmt: skip
+            return
+        found["graphs"].update(long)
+        kv_bytes = parts.kv_bytes_read(worker.inner.model.args, LONG_CONTEXT, self.dtype)
+        found["floor_long_ms"] = found["floor_ms"] + 1e3 * kv_bytes / (
+            1e9 * found["copy_bandwidth_gb_s"])
+
+    def _decode_rows(self, found: dict, bandwidth: float) -> None:
+        report, floor, step_bytes = self.report, found["floor_ms"], found["step_weight_bytes"]
         for mode in ("graphs", "eager"):
             if mode not in found:
                 report.skip(f"decode steps, CUDA {mode}", "CUDA graphs need a GPU")
@@ -210,7 +291,7 @@ class Check:
                 goal_verdict(ratio <= FLOOR_GOAL, self.on_gpu) if mode == "graphs" else "",
             )  # fmt: skip
             report.row(f"batch-32 decode step, {mode}", f"{many['engine_step_ms']:.2f} ms")
-        if "graphs" in found:
+        if "graphs" in found and "eager" in found:
             eager, graphs = found["eager"]["batch1"], found["graphs"]["batch1"]
             gain = eager["engine_step_ms"] / graphs["engine_step_ms"]
             report.row("batch-1 step, eager / graphs", f"{gain:.2f}x", f">= {GRAPHS_GOAL}x",
@@ -220,6 +301,73 @@ class Check:
             report.row(f"Loom, {full['requests']} requests, {'graphs' if self.on_gpu else 'eager'}",
                        f"{full['output_tok_s']:,.0f} output tok/s in {full['seconds']} s, "
                        f"{full['graph_replays']} of {full['steps']} steps replayed")  # fmt: skip
+        self._long_rows(found)
+
+    def _long_rows(self, found: dict) -> None:
+        report, graphs = self.report, found.get("graphs", {})
+        if "triton_compiles_after_start" not in graphs:
+            report.skip("Triton compiles after start", "needs a GPU (CPU: test_kernel_warmup)")
+        for mode in ("graphs", "eager"):
+            if "triton_compiles_after_start" in found.get(mode, {}):
+                names = found[mode]["triton_compiles_after_start"]
+                report.row(f"Triton compiles after start, {mode} engine", f"{len(names)}"
+                           + (f" ({', '.join(sorted(set(names)))})" if names else ""),
+                           "0", "met" if not names else "missed")  # fmt: skip
+        if "batch1_long_unsplit" not in graphs:
+            why = "needs a GPU" if not self.on_gpu else "did not run (see above)"
+            report.skip(f"batch-1 decode at {LONG_CONTEXT:,} tokens, split-KV on / off", why)
+            return
+        floor = found["floor_long_ms"]
+        for key, name in (("batch1_long", "split-KV policy"), ("batch1_long_unsplit", "unsplit")):
+            ms = graphs[key]["engine_step_ms"]
+            report.row(f"batch-1 decode at {LONG_CONTEXT:,} tokens, graphs, {name}",
+                       f"{ms:.2f} ms; floor (weights + K/V) {floor:.2f} ms: {ms / floor:.2f}x")
+        gain = graphs["batch1_long_unsplit"]["engine_step_ms"] / graphs["batch1_long"][
+            "engine_step_ms"]
+        report.row(f"batch-1 at {LONG_CONTEXT:,} tokens, unsplit / split", f"{gain:.2f}x")
+
+    def split_and_launches(self) -> None:
+        """The attention launch alone at batch 1, split-KV as the policy chooses against
+        unsplit, and the kernels of one decode layer counted with the profiler. On the CPU
+        the launches run at a toy size under the interpreter (timings that mean nothing), and
+        the count is the unit test's: tests/worker/test_launch_count.py."""
+        report, parts = self.report, self.parts
+        decode = report.results.get("decode", {})
+        bandwidth = (1e9 * decode["copy_bandwidth_gb_s"] if "copy_bandwidth_gb_s" in decode
+                     else parts.copy_bandwidth(self.device, 64 << 20))  # fmt: skip
+        if self.on_gpu:  # Llama-2-7B's heads (MHA) and Llama-3-8B's (GQA, 8 KV heads)
+            shapes, where = ((32, 32, 128), (32, 8, 128)), ""
+            contexts = (1024, 8192) if self.opts.quick else (1024, 4096, 8192)
+            splits = (0, 1) if self.opts.quick else (0, 1, 2, 4, 8, 16)
+        else:
+            shapes, where = ((4, 1, 32),), " (CPU interpreter, toy size)"
+            contexts, splits = (256,), (0, 1, 2)
+        timings = parts.attention_timings(self.device, self.dtype, bandwidth, shapes, contexts,
+                                          splits)  # fmt: skip
+        report.record("attention_timings", timings)
+        for row in timings:
+            if row["policy"]:
+                unsplit = next(r for r in timings if not r["policy"] and r["splits"] == 1
+                               and r["context"] == row["context"]
+                               and r["n_kv_heads"] == row["n_kv_heads"])  # fmt: skip
+                report.row(
+                    f"attention, batch 1, {row['n_kv_heads']} KV heads, {row['context']:,} "
+                    f"tokens{where}",
+                    f"{row['us']:.0f} us in {row['splits']} splits ({row['vs_floor']:.2f}x the "
+                    f"K/V read), unsplit {unsplit['us']:.0f} us ({unsplit['vs_floor']:.2f}x)",
+                )  # fmt: skip
+        if not self.on_gpu:
+            report.skip("kernels per decode layer besides its GEMMs", "owed: needs a GPU (the "
+                        "CPU counts them by dispatch: tests/worker/test_launch_count.py)")
+            return
+        cases = {"batch 1 at 4,000 tokens (split)": [4000], "batch 64 at 500 tokens": [500] * 64}
+        counted = parts.decode_layer_kernels(self.device, self.dtype, self.params, cases)
+        report.record("layer_kernels", counted)
+        for case, res in counted.items():
+            report.row(f"kernels per decode layer besides its GEMMs, {case}",
+                       f"{res['others']:g} ({', '.join(res['other_names'])}); "
+                       f"GEMM kernels {res['gemms']:g}", "<= 5",
+                       goal_verdict(res["others"] <= 5, True))  # fmt: skip
 
     def transformers(self) -> None:
         report = self.report
@@ -234,10 +382,14 @@ class Check:
         budget = min(150.0, report.remaining() - 60) if self.on_gpu else 60.0
         found = self.parts.hf_throughput(model, self.workload, self.hf_batch_size, budget)
         report.record("hf", found)
-        loom, head = report.results["decode"]["workload"], report.results["decode"]["hf_subset"]
         report.row(f"transformers generate, first {found['requests']} requests",
                    f"{found['output_tok_s']:,.0f} output tok/s in {found['batches']} static "
                    f"batches of {found['batch_size']}, {found['seconds']} s")  # fmt: skip
+        decode = report.results.get("decode", {})
+        if "workload" not in decode:
+            report.skip("Loom / transformers", "Loom's workload did not run (see above)")
+            return
+        loom, head = decode["workload"], decode["hf_subset"]
         first = found["first_batch_output_tok_s"]
         report.row(f"Loom / transformers, the same first {head['requests']} requests",
                    f"{head['output_tok_s'] / first:.1f}x")  # fmt: skip
@@ -271,7 +423,13 @@ def environment(on_gpu: bool) -> dict[str, str]:
 
 
 def run_parts(report: Report, parts: list[tuple[str, Callable[[], None]]], verifying: bool):
+    """Each part in turn, a failed one recorded and the next run all the same (a broken
+    diagnostic must not cost the figures after it); a measurement starts only while the time
+    budget lasts."""
     for name, part in parts:
+        if not verifying and report.remaining() <= 0:
+            report.skip(name, "the time budget is spent")
+            continue
         try:
             part()
         except KeyboardInterrupt:  # the hard stop (bench/gpu_check.sh), or Ctrl-C
@@ -283,31 +441,33 @@ def run_parts(report: Report, parts: list[tuple[str, Callable[[], None]]], verif
             report.failures += 1
             report.row(name, f"{type(exc).__name__}: {exc}"[:200], "", "FAILED")
         release()
-        if not verifying and report.failures:
-            return
 
 
 def main(argv: list[str] | None = None) -> int:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser("bench/gpu_check.sh", description=__doc__, formatter_class=raw)
-    parser.add_argument("--quick", action="store_true", help="verification and decode steps only")
-    parser.add_argument("--budget-s", type=float, help="start no measurement after (default "
-                        "180 with --quick, else 400)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="verification, decode steps, split-KV and launches; no transformers")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"start no measurement after (default {QUICK_BUDGET_S:.0f} with "
+                        f"--quick, else {FULL_BUDGET_S:.0f})")  # fmt: skip
     parser.add_argument("--hf-batch-size", type=int, default=64)
     parser.add_argument("--plant", choices=("nan", "wrong-kernel"), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     if not on_gpu:  # before anything makes the Triton kernels (bench.gpu_parts imports them)
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    report = Report(opts.budget_s or (180.0 if opts.quick else 400.0))
+    report = Report(opts.budget_s or (QUICK_BUDGET_S if opts.quick else FULL_BUDGET_S))
     report.record("environment", environment(on_gpu))
     report.note(f"environment: {report.results['environment']}")
     if opts.plant:
         report.note(f"PLANTED FAULT in the kernel part: {opts.plant} (a test of the check)")
     check = Check(opts, report)
     try:
-        run_parts(report, [("kernel", check.kernel), ("bundled model", check.bundled_text)], True)
-        measurements = [("decode steps", check.decode_steps)]
+        run_parts(report, [("kernel", check.kernel), ("fused kernels", check.fused),
+                           ("bundled model", check.bundled_text)], True)  # fmt: skip
+        measurements = [("decode steps", check.decode_steps),
+                        ("split-KV and launches", check.split_and_launches)]  # fmt: skip
         if not opts.quick:
             measurements.append(("transformers", check.transformers))
         if report.failures:

@@ -10,16 +10,19 @@ kernel's own; the torch reference run in that dtype is reported beside it, for s
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bench.common import (
     GREEDY,
@@ -124,11 +127,17 @@ def worst(a: float, b: float) -> float:
 
 
 def one_trial(seed: int, device: torch.device, dtype: torch.dtype, sizes: MixSizes,
-              block_size: int, heads: tuple[int, int, int], plant: str | None) -> dict:  # fmt: skip
+              block_size: int, heads: tuple[int, int, int], plant: str | None,
+              num_splits: int | None = None, decodes_only: bool | None = None) -> dict:  # fmt: skip
+    """One launch against the reference. `num_splits`: split-KV forced this many ways (0: as
+    the backend's policy chooses on this device), and the launch repeated on the same inputs,
+    which must give the same bits (a result that moves is a race)."""
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     n_heads, n_kv_heads, head_dim = heads
-    scheduled, num_blocks = random_mix(rng, sizes, block_size, decodes_only=seed % 4 == 0)
+    if decodes_only is None:
+        decodes_only = seed % 4 == 0
+    scheduled, num_blocks = random_mix(rng, sizes, block_size, decodes_only)
     num_tokens = sum(n for _, n in scheduled)
 
     def randn(*shape: int) -> torch.Tensor:  # rounded to dtype, held in float32
@@ -141,17 +150,25 @@ def one_trial(seed: int, device: torch.device, dtype: torch.dtype, sizes: MixSiz
                                 caches)  # fmt: skip
     low = (q.to(dtype), kv.to(dtype), n_kv_heads, caches.to(dtype))
     triton = create_attention_backend("triton", device, block_size)
+    if num_splits:
+        triton.num_splits = num_splits
     if plant:
         triton = PlantedBackend(triton, plant)
     out, out_k, out_v = _attend(triton, scheduled, block_size, device, *low)
     torch_low, _, _ = _attend(reference, scheduled, block_size, device, *low)
     scale = ref.abs().max().item()
-    return {
+    found = {
         "rel_err": relative_error(out, ref, scale),
         "torch_rel_err": relative_error(torch_low, ref, scale),
         "cache_equal": torch.equal(out_k.float(), ref_k) and torch.equal(out_v.float(), ref_v),
         "num_tokens": num_tokens,
     }
+    if num_splits is not None:
+        batch = build_step_batch(scheduled, block_size, device, triton)
+        found["splits"] = triton.splits_for(batch.attn, n_kv_heads)
+        found["repeat_equal"] = torch.equal(out, _attend(triton, scheduled, block_size, device,
+                                                         *low)[0])  # fmt: skip
+    return found
 
 
 def kernel_check(device: torch.device, dtypes: Sequence[torch.dtype], trials: int,
@@ -176,6 +193,141 @@ def kernel_check(device: torch.device, dtypes: Sequence[torch.dtype], trials: in
         found["seconds"] = round(time.monotonic() - started, 1)
         results[str(dtype).removeprefix("torch.")] = found
     return results
+
+
+# Split-KV: mixes with contexts to 8,192 (on the CPU, 600), split 2, 4 or 16 ways or as the
+# policy chooses (0) on this GPU. A GPU runs decode-only steps (the only ones the policy splits:
+# each mixed shape forced to split would be one more compile) on 8 and 32 KV heads, and with
+# `more_heads` on 1 and 2 too; the CPU, with no compiles to pay, mixed steps as well.
+SPLIT_GPU_SIZES = MixSizes(4, 8192, 16, ((32, 8, 128), (32, 32, 128)))
+SPLIT_GPU_MORE_HEADS = ((8, 1, 128), (16, 2, 128))
+SPLIT_CPU_SIZES = MixSizes(3, 600, 8, ((4, 1, 32), (8, 2, 32)))
+SPLIT_COUNTS = (0, 2, 4, 16)
+
+
+def split_kv_check(device: torch.device, dtypes: Sequence[torch.dtype], trials: int,
+                   more_heads: bool = False, plant: str | None = None) -> dict:  # fmt: skip
+    """Per dtype: worst error against the reference over the split trials, whether every
+    launch repeated bit for bit, and the split counts the launches used. On the CPU the
+    interpreter counts one SM, so its policy never splits: every trial is forced."""
+    on_gpu = device.type == "cuda"
+    sizes = SPLIT_GPU_SIZES if on_gpu else SPLIT_CPU_SIZES
+    if on_gpu and more_heads:
+        sizes = MixSizes(sizes.max_seqs, sizes.max_context, sizes.max_chunk,
+                         sizes.heads + SPLIT_GPU_MORE_HEADS)  # fmt: skip
+    counts = SPLIT_COUNTS if on_gpu else SPLIT_COUNTS[1:]
+    results = {}
+    for dtype in dtypes:
+        started = time.monotonic()
+        found = {"rel_err": 0.0, "torch_rel_err": 0.0, "cache_equal": True,
+                 "repeat_equal": True, "launches": 0, "splits": []}  # fmt: skip
+        for heads in sizes.heads:
+            for trial in range(trials):
+                num_splits = counts[trial % len(counts)]
+                seed = 7000 + 100 * heads[1] + trial
+                mixed = not on_gpu and num_splits and trial % 3 == 2
+                one = one_trial(seed, device, dtype, sizes, 16, heads, plant, num_splits,
+                                decodes_only=not mixed)  # fmt: skip
+                for key in ("rel_err", "torch_rel_err"):
+                    found[key] = worst(found[key], one[key])
+                for key in ("cache_equal", "repeat_equal"):
+                    found[key] = found[key] and one[key]
+                found["launches"] += 1
+                found["splits"].append(one["splits"])
+        found["seconds"] = round(time.monotonic() - started, 1)
+        results[str(dtype).removeprefix("torch.")] = found
+    return results
+
+
+# ---- the fused kernels against the torch compositions they replace ------------------------
+
+# (dim, query heads, KV heads, head_dim, hidden, tokens): Llama-3-8B's shape on a GPU.
+FUSED_GPU_SHAPE = (4096, 32, 8, 128, 14336, 64)
+FUSED_CPU_SHAPE = (96, 4, 2, 16, 200, 6)
+
+
+def fused_ops_check(device: torch.device, dtypes: Sequence[torch.dtype]) -> dict:
+    """Per dtype and kernel: max |fused - torch| / max |torch|, the torch composition being
+    worker/model.py's unfused path on the same inputs in the same dtype; and whether the
+    fused RoPE left every cache slot the step does not write as it was."""
+    from worker.fused_ops import FusedOps
+
+    shape = FUSED_GPU_SHAPE if device.type == "cuda" else FUSED_CPU_SHAPE
+    ops = FusedOps()
+    results = {}
+    for dtype in dtypes:
+        inputs = FusedInputs(torch.Generator(device=device).manual_seed(11), device, dtype)
+        results[str(dtype).removeprefix("torch.")] = {
+            "add_rms_norm": _fused_norm_error(ops, inputs, shape),
+            **_fused_rope_errors(ops, inputs, shape),
+            "silu_mul": _fused_silu_error(ops, inputs, shape),
+        }
+    return results
+
+
+@dataclass(slots=True)
+class FusedInputs:
+    gen: torch.Generator
+    device: torch.device
+    dtype: torch.dtype
+
+    def randn(self, *shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(shape, generator=self.gen, device=self.device)).to(self.dtype)
+
+
+def _error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return relative_error(got.float(), expected.float(), expected.abs().max().item())
+
+
+def _fused_norm_error(ops: Any, inputs: FusedInputs, shape: tuple[int, ...]) -> float:
+    from worker.model import RMSNorm
+
+    dim, num_tokens = shape[0], shape[5]
+    x, delta = inputs.randn(num_tokens, dim), inputs.randn(num_tokens, dim)
+    weight = 1 + inputs.randn(dim, scale=0.1)
+    norm = RMSNorm(dim, 1e-5)
+    norm.weight = torch.nn.Parameter(weight, requires_grad=False)
+    expected_x, got_x = x.clone(), x.clone()
+    expected = norm.add(expected_x, delta)
+    got = ops.add_rms_norm(got_x, delta, weight, 1e-5)
+    return worst(_error(got, expected), _error(got_x, expected_x))  # the residual too
+
+
+def _fused_rope_errors(ops: Any, inputs: FusedInputs, shape: tuple[int, ...]) -> dict:
+    from worker.model import apply_rope, rope_table
+
+    _, n_heads, n_kv_heads, head_dim, _, num_tokens = shape
+    device, block_size = inputs.device, 16
+    qkv = inputs.randn(num_tokens, n_heads + 2 * n_kv_heads, head_dim)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=inputs.gen, device=device)
+    freqs = rope_table(head_dim, 4096, 10000.0).to(device).index_select(0, positions)[:, None]
+    num_slots = (-(-num_tokens // block_size) + 2) * block_size
+    slots = torch.randperm(num_slots, generator=inputs.gen, device=device)[:num_tokens]
+    slots[::5] = -1  # padding rows: written nowhere
+    cache = inputs.randn(2, num_slots // block_size, block_size, n_kv_heads, head_dim)
+    expected_qk = apply_rope(qkv[:, : n_heads + n_kv_heads], freqs)
+    expected_cache, written = cache.clone(), slots >= 0
+    for layer, part in ((0, expected_qk[:, n_heads:]), (1, qkv[:, n_heads + n_kv_heads :])):
+        flat = expected_cache[layer].view(-1, n_kv_heads, head_dim)
+        flat.index_copy_(0, slots[written], part[written])
+    got_qkv, got_cache = qkv.clone(), cache.clone()
+    q = ops.rope_and_store(got_qkv, freqs, n_heads, got_cache[0], got_cache[1], slots)
+    untouched = torch.ones(num_slots, dtype=torch.bool, device=device)
+    untouched[slots[written]] = False
+    flat_got = got_cache.view(2, num_slots, n_kv_heads, head_dim)
+    flat_before = cache.view(2, num_slots, n_kv_heads, head_dim)
+    return {
+        "rope_store": worst(_error(q, expected_qk[:, :n_heads]),
+                            _error(got_cache, expected_cache)),  # fmt: skip
+        "cache_untouched_equal": torch.equal(flat_got[:, untouched], flat_before[:, untouched]),
+    }
+
+
+def _fused_silu_error(ops: Any, inputs: FusedInputs, shape: tuple[int, ...]) -> float:
+    hidden, num_tokens = shape[4], shape[5]
+    gate_up = inputs.randn(num_tokens, 2 * hidden, scale=3.0)
+    gate, up = gate_up.clone().split(hidden, dim=-1)
+    return _error(ops.silu_and_mul(gate_up), F.silu(gate).mul_(up))
 
 
 # ---- the bundled model's greedy text -----------------------------------------------------
@@ -278,11 +430,6 @@ def random_llama_engine(params: dict[str, Any], device: str, dtype: torch.dtype,
     return Engine(worker, IdTokenizer(args.vocab_size), config), worker
 
 
-def warm_up_prefills(engine: Engine) -> None:
-    """One request per prefill width the measurements use, so Triton compiles them now."""
-    engine.generate([[5, 6, 7, 8], [5] * 24, [6] * 600], greedy_params(2))
-
-
 def step_weight_bytes(runner: ModelRunner) -> tuple[int, int]:
     """(all weight bytes, the bytes a decode step reads): a step reads one row of the
     embedding table per token, and every other weight whole."""
@@ -347,6 +494,157 @@ def loom_throughput(engine: Engine, worker: RecordingWorker, workload: Workload)
         "graph_replays": graph_replays(worker) - replays_before,
         "preemptions": engine.stats().num_preemptions,
     }  # fmt: skip
+
+
+def recapture_graphs(runner: ModelRunner, max_num_seqs: int, num_splits: int | None) -> None:
+    """Capture the decode graphs again with split-KV forced to `num_splits` (None: the
+    policy), the old graphs given back first."""
+    from worker.cuda_graphs import capture_decode_graphs
+
+    runner.decode_graphs = None
+    gc.collect()
+    torch.cuda.empty_cache()
+    runner.attention_backend.num_splits = num_splits
+    runner.decode_graphs = capture_decode_graphs(runner.model, runner.kv_cache,
+                                                 runner.attention_backend, runner.device,
+                                                 max_num_seqs, enforce_eager=False)  # fmt: skip
+
+
+def kv_bytes_read(args: Any, context: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V one decode of `context` tokens reads, over every layer."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * args.n_layers * context * args.n_kv_heads * args.head_dim * element
+
+
+# ---- Triton compiles, split-KV timings, kernels per decode layer (a GPU only) ----------------
+
+
+class TritonCompiles:
+    """Names of the Triton kernels compiled (a variant met for the first time in this process)
+    since the last `clear()`, through Triton's post-compile hook."""
+
+    def __init__(self) -> None:
+        from triton import knobs
+
+        self.names: list[str] = []
+        knobs.runtime.jit_post_compile_hook = self._compiled
+
+    def _compiled(self, **info: Any) -> None:
+        self.names.append(getattr(info.get("fn"), "name", "?"))
+
+    def clear(self) -> None:
+        self.names = []
+
+
+def attention_timings(device: torch.device, dtype: torch.dtype, bandwidth: float,
+                      shapes: Sequence[tuple[int, int, int]], contexts: Sequence[int],
+                      split_counts: Sequence[int]) -> list[dict]:  # fmt: skip
+    """The attention launch alone for one decode (batch 1) per head shape (query heads, KV
+    heads, head_dim), context length and split count (0: as the policy chooses here): median
+    microseconds, against the floor of reading that context's K and V once at copy
+    bandwidth."""
+    rows = []
+    for n_heads, n_kv_heads, head_dim in shapes:
+        for context in contexts:
+            decode = OneDecode(device, dtype, (n_heads, n_kv_heads, head_dim), context)
+            floor_us = 1e6 * decode.kv_bytes / bandwidth
+            for splits in split_counts:
+                us, used = decode.time(splits or None)
+                rows.append({"n_kv_heads": n_kv_heads, "context": context, "splits": used,
+                             "policy": splits == 0, "us": round(us, 1),
+                             "floor_us": round(floor_us, 1),
+                             "vs_floor": round(us / floor_us, 2)})  # fmt: skip
+            del decode
+    return rows
+
+
+class OneDecode:
+    """A batch-1 decode's attention over random K/V: its launch alone, timed."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int],
+                 context: int) -> None:  # fmt: skip
+        n_heads, self.n_kv_heads, head_dim = heads
+        self.backend = create_attention_backend("triton", device, 16)
+        blocks = -(-context // 16)
+        self.kv_bytes = 2 * blocks * 16 * self.n_kv_heads * head_dim * dtype.itemsize
+        shape = (2, blocks, 16, self.n_kv_heads, head_dim)
+        self.cache = torch.randn(shape, device=device, dtype=dtype)
+        self.q = torch.randn((1, n_heads, head_dim), device=device, dtype=dtype)
+        state = RequestState("t", [0] * context, list(range(blocks)), GREEDY, context - 1,
+                             context)  # fmt: skip
+        self.meta = build_step_batch([(state, 1)], 16, device, self.backend).attn
+
+    def attend(self) -> None:
+        self.backend.forward(self.q, None, None, self.cache[0], self.cache[1], self.meta)
+
+    def time(self, num_splits: int | None) -> tuple[float, int]:
+        """(median microseconds, the split count used) with `num_splits` forced (None: the
+        backend's policy on this device). On a GPU, CUDA events around each launch with the
+        L2 cache flushed before it (triton's do_bench); on the CPU, a wall clock."""
+        self.backend.num_splits = num_splits
+        used = self.backend.splits_for(self.meta, self.n_kv_heads)
+        if self.q.is_cuda:
+            from triton.testing import do_bench
+
+            return 1e3 * do_bench(self.attend, warmup=10, rep=60, return_mode="median"), used
+        self.attend()  # the first launch outside the timing, as do_bench's warm-up
+        return 1e6 * statistics.median(timed(self.attend)[0] for _ in range(3)), used
+
+
+# Kernels named so are GEMMs (cuBLAS and CUTLASS names, a split-K's reduce among them).
+GEMM_NAMES = ("gemm", "gemv", "cutlass", "cublas", "xmma", "nvjet", "splitk")
+
+
+def decode_layer_kernels(device: torch.device, dtype: torch.dtype, params: dict[str, Any],
+                         cases: dict[str, list[int]]) -> dict:  # fmt: skip
+    """Per decode case (its context lengths): the CUDA kernels one layer launches, from the
+    profiler's count of an eager decode forward of a 4-layer model minus a 2-layer one,
+    halved; split into GEMMs and the rest by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts: dict[tuple[str, int], Counter[str]] = {}
+    for n_layers in (2, 4):
+        engine_params = {**params, "n_layers": n_layers}
+        engine, worker = random_llama_engine(engine_params, device.type, dtype, enforce_eager=True,
+                                             num_kv_blocks=2560)  # fmt: skip
+        runner = worker.inner
+        for case, contexts in cases.items():
+            scheduled, first = [], 0
+            for i, context in enumerate(contexts):
+                ids = list(range(first, first + -(-context // 16)))
+                first += len(ids)
+                state = RequestState(f"r{i}", [5] * context, ids, GREEDY, context - 1, context - 1)
+                scheduled.append((state, 1))
+            batch = runner.build_batch(scheduled)
+
+            def forward(runner=runner, batch=batch) -> None:
+                with torch.inference_mode():
+                    hidden = runner.model(batch.input_ids, batch.positions,
+                                          runner.kv_cache.layers, batch.attn)  # fmt: skip
+                    runner.model.compute_logits(hidden, batch.logits_rows)
+
+            forward()  # compiles nothing new, warms cuBLAS
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                forward()
+                torch.cuda.synchronize()
+            counts[case, n_layers] = Counter(
+                event.name for event in prof.events()
+                if event.device_type == torch.autograd.DeviceType.CUDA
+            )  # fmt: skip
+        del engine, worker, runner
+        gc.collect()
+        torch.cuda.empty_cache()
+    found = {}
+    for case in cases:
+        more, fewer = counts[case, 4], counts[case, 2]
+        per_layer = {name: (more[name] - fewer[name]) / 2 for name in more | fewer
+                     if more[name] != fewer[name]}  # fmt: skip
+        gemms = {n: c for n, c in per_layer.items() if any(g in n.lower() for g in GEMM_NAMES)}
+        others = {n: c for n, c in per_layer.items() if n not in gemms}
+        found[case] = {"gemms": sum(gemms.values()), "others": sum(others.values()),
+                       "other_names": others, "gemm_names": gemms}  # fmt: skip
+    return found
 
 
 # ---- transformers' generate --------------------------------------------------------------

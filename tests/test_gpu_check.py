@@ -1,6 +1,7 @@
 """The device check fails on a wrong kernel: `bench/gpu_check.sh --quick` run on this CPU (the
-kernel under Triton's interpreter) with a fault planted in the kernel part's output exits 1,
-says which rows missed, and skips the measurements. CI runs the clean check (.ci/run)."""
+kernels under Triton's interpreter) with a fault planted in the attention kernel's output, split
+or not, exits 1, says which rows missed, and skips the measurements. CI runs the clean check
+(.ci/run)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,14 @@ def test_a_planted_kernel_fault_fails_the_check(plant: str, tmp_path: Path) -> N
     else:
         error = float(float32[0].split()[2])
         assert error > 1e-2  # far past the 1e-5 goal: the rows were shifted by one token
+    # Split-KV launches carry the same fault, and miss too.
+    split = [row for check, row in rows.items() if check.startswith("split-KV vs reference")]
+    assert [verdict for _, _, verdict in split] == ["MISS", "MISS"]
+    if plant == "nan":
+        assert all("rel err nan" in result for result, _, _ in split)
     # The rest of the check ran and passed: only the planted fault failed it.
     assert rows["bundled model greedy text, float32: triton vs torch"][2] == "ok"
-    assert results["failures"] == 2  # float32 and the float16 stand-in for bfloat16
+    assert rows["fused kernels vs torch, float32"][2] == "ok"
+    assert results["failures"] == 4  # both kernel rows and both split-KV rows
     assert rows["measurements"][2].startswith("SKIPPED: verification failed")
     assert not any(check.startswith("batch-1 decode step") for check in rows)

@@ -131,6 +131,19 @@ def test_the_image_copies_every_package() -> None:
         assert f"COPY {package} ./{package}\n" in dockerfile, package
 
 
+def test_the_image_user_owns_the_caches_its_kernels_compile_into() -> None:
+    # The user has no home, so each cache is named and created for it: without a writable
+    # TRITON_CACHE_DIR, Triton could not store the GPU kernels it compiles at start.
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "useradd --system --uid 10001 --no-create-home loom" in dockerfile
+    assert "USER loom" in dockerfile
+    for variable in ("TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR"):
+        assert re.search(rf"^\s+{variable}=/opt/loom/\.cache/\w+", dockerfile, re.MULTILINE)
+        created = re.search(rf'mkdir -p [^\n]*"\${variable}"', dockerfile)
+        owned = re.search(rf'chown -R loom [^\n]*"\${variable}"', dockerfile)
+        assert created and owned, variable
+
+
 def test_router_serve_takes_every_documented_flag() -> None:
     help_text = run_python(
         "from router.cli import build_parser; build_parser().parse_args(['serve', '--help'])"

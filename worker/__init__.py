@@ -21,6 +21,10 @@ is imported only when a worker is created.
 - memory_check.py    running out of memory while loading said as such, with sizes
 - weight_layout.py   on the CPU in float32, projection weights held column-major
 - attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton
+                     (split-KV decode where the grid would leave SMs idle)
+- fused_ops.py, fused_kernels.py  Triton passes around the GEMMs where the triton backend runs:
+                     residual add + RMSNorm, RoPE + K/V cache write, SiLU * up
+- kernel_warmup.py   every Triton kernel variant a step can launch, compiled at start on CUDA
 - csrc/              C++ CPU kernels: paged attention, residual add + RMSNorm, SiLU * up
 - cpu_kernels.py     builds csrc/ once per machine (torch.utils.cpp_extension), cached
 - kv_cache.py        K and V per layer, in the layout the backend reads, on huge pages on CPU

@@ -10,7 +10,10 @@ graph reads. Rows past the real batch are padding: slot -1 (written nowhere) and
 length 0 (attends to nothing). Steps with a prefill chunk run eagerly.
 
 Only a backend whose kernels take every length from device tensors can be captured (the
-`triton` backend says so with `supports_cuda_graphs`). `--enforce-eager` turns graphs off.
+`triton` backend says so with `supports_cuda_graphs`). `--enforce-eager` turns graphs off, and
+so does tensor parallelism (its collectives inside a captured graph are not yet verified on
+several GPUs). A rank other than 0 captures no logits (its model returns None): its replays
+give None, and it samples nothing.
 """
 
 from __future__ import annotations
@@ -131,22 +134,23 @@ class DecodeInputs:
 
 
 class CapturedStep(Protocol):
-    def replay(self) -> torch.Tensor:
-        """Run the captured forward on the buffers as they are now; its logits."""
+    def replay(self) -> torch.Tensor | None:
+        """Run the captured forward on the buffers as they are now; its logits (None on a
+        tensor-parallel rank other than 0)."""
 
 
-Capture = Callable[[Callable[[], torch.Tensor]], CapturedStep]
+Capture = Callable[[Callable[[], torch.Tensor | None]], CapturedStep]
 
 
 class CudaGraphStep:
-    def __init__(self, forward: Callable[[], torch.Tensor], pool: object) -> None:
+    def __init__(self, forward: Callable[[], torch.Tensor | None], pool: object) -> None:
         forward()  # once outside the capture: kernels compile, cuBLAS sets up its workspace
         torch.cuda.synchronize()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.logits = forward()
 
-    def replay(self) -> torch.Tensor:
+    def replay(self) -> torch.Tensor | None:
         self.graph.replay()
         return self.logits  # overwritten in place by each replay
 
@@ -187,20 +191,20 @@ class DecodeGraphs:
             for size in reversed(self.sizes):
                 self._steps[size] = capture(self._forward_of(size))
 
-    def _forward_of(self, size: int) -> Callable[[], torch.Tensor]:
+    def _forward_of(self, size: int) -> Callable[[], torch.Tensor | None]:
         meta = self._metadata[size]
         self.backend.prepare(meta)
         input_ids, positions = self.inputs.input_ids[:size], self.inputs.positions[:size]
 
-        def forward() -> torch.Tensor:  # [size, vocab_size] float32
+        def forward() -> torch.Tensor | None:  # [size, vocab_size] float32
             hidden = self.model(input_ids, positions, self.kv_cache.layers, meta)
             return self.model.compute_logits(hidden, None)
 
         return forward
 
-    def run(self, scheduled: Scheduled) -> tuple[StepBatch, torch.Tensor] | None:
-        """Replay the step: its batch (for sampling) and the logits rows it needs; None when
-        the step must run eagerly."""
+    def run(self, scheduled: Scheduled) -> tuple[StepBatch, torch.Tensor | None] | None:
+        """Replay the step: its batch (for sampling) and the logits rows it needs (None on a
+        rank that gets no logits); None when the step must run eagerly."""
         size = replay_size(scheduled, self.sizes)
         if size is None:
             return None
@@ -211,9 +215,9 @@ class DecodeGraphs:
         # A decode step's sequences are already in batch order: sequence b is row b.
         order = list(range(num_seqs))
         rows, plans = _logits_plans(scheduled, order, order)
-        if rows == order:
+        if logits is None or rows == order:
             logits_rows = self._all_rows[:num_seqs]
-            logits = logits[:num_seqs]
+            logits = None if logits is None else logits[:num_seqs]
         else:  # some rows finish a prompt mid-way and need no logits
             logits_rows = to_device(rows, torch.long, logits.device)
             logits = logits.index_select(0, logits_rows)
@@ -234,9 +238,17 @@ def capture_decode_graphs(
     device: torch.device,
     max_num_seqs: int | None,
     enforce_eager: bool,
+    tensor_parallel_size: int = 1,
 ) -> DecodeGraphs | None:
     """The worker's decode graphs, or None where steps run eagerly (and why, in the log)."""
     if device.type != "cuda":
+        return None
+    if tensor_parallel_size > 1:
+        log.info(
+            "CUDA graphs off under tensor parallelism (size %d): collectives inside captured "
+            "graphs are not yet verified on several GPUs; every step runs eagerly",
+            tensor_parallel_size,
+        )
         return None
     if enforce_eager:
         log.info("CUDA graphs off (enforce_eager): every step runs eagerly")

@@ -54,6 +54,9 @@ def blocks_for_budget(
     per_block = bytes_per_block(args, block_size, dtype)
     if budget_bytes is None:
         if device.type == "cuda":
+            # What the allocator caches but no tensor holds (the unfused projections dropped
+            # at load, a 7B model's ~9 GB) is free for the cache: hand it back first.
+            torch.cuda.empty_cache()
             free_bytes, _ = torch.cuda.mem_get_info(device)
             budget_bytes = int(free_bytes * CUDA_FREE_MEMORY_FRACTION)
         else:

@@ -51,7 +51,9 @@ class Embedding(nn.Module):
 
 class RMSNorm(nn.Module):
     """Meta's RMSNorm. With `kernels` (float32 on CPU) it runs as one fused C++ pass, and
-    `add` folds the residual add into it."""
+    `add` folds the residual add into it; so it does with `fused_ops` (Triton, on CUDA)."""
+
+    fused_ops: Any = None  # worker/fused_ops.py's FusedOps, set by install_fused_ops
 
     def __init__(self, dim: int, eps: float, kernels: bool = False) -> None:
         super().__init__()
@@ -63,6 +65,8 @@ class RMSNorm(nn.Module):
         return self.kernels and x.dtype == torch.float32 and x.device.type == "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_ops is not None:
+            return self.fused_ops.rms_norm(x, self.weight, self.eps)
         if self._fused(x):
             return torch.ops.loom.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
@@ -75,6 +79,8 @@ class RMSNorm(nn.Module):
         """x += delta (the residual stream, in place), then the norm of x."""
         if delta is None:
             return self(x)
+        if self.fused_ops is not None:
+            return self.fused_ops.add_rms_norm(x, delta, self.weight, self.eps)
         if self._fused(x):
             return torch.ops.loom.add_rms_norm(x, delta, self.weight, self.eps)
         x += delta
@@ -105,7 +111,10 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 class Attention(nn.Module):
     """Q, K and V come from one fused projection `wqkv` (the rows of Meta's wq, wk, wv one
-    after the other) unless `fused` is False, which keeps the three."""
+    after the other) unless `fused` is False, which keeps the three. With `fused_ops` (Triton,
+    on CUDA) RoPE and the K/V cache write are one pass over the fused projection."""
+
+    fused_ops: Any = None  # worker/fused_ops.py's FusedOps, set by install_fused_ops
 
     def __init__(self, args: ModelArgs, fused: bool = True, kernels: bool = False) -> None:
         super().__init__()
@@ -137,6 +146,10 @@ class Attention(nn.Module):
         if self.fused:
             # [T, (h + 2 kvh) * head_dim] -> [T, h + 2 kvh, head_dim]
             qkv = self.wqkv(x).view(num_tokens, h + 2 * kvh, self.head_dim)
+            if self.fused_ops is not None:  # K and V reach the cache here, not in attention
+                q = self.fused_ops.rope_and_store(qkv, freqs, h, k_cache, v_cache,
+                                                  meta.slot_mapping)  # fmt: skip
+                return self.wo(attention_fn(q, None, None, k_cache, v_cache, meta))
             if self.kernels and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
                 # Q and K rotate in place, one C++ pass; all three stay views of qkv.
                 cos_sin = torch.view_as_real(freqs).view(num_tokens, -1, 2)
@@ -156,7 +169,10 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
     """SwiGLU; the gate and up projections are one fused `w13` (w1's rows, then w3's) unless
-    `fused` is False; with `kernels` SiLU(gate) * up is one C++ pass."""
+    `fused` is False; with `kernels` SiLU(gate) * up is one C++ pass (with `fused_ops`, one
+    Triton pass)."""
+
+    fused_ops: Any = None  # worker/fused_ops.py's FusedOps, set by install_fused_ops
 
     def __init__(self, dim: int, hidden_dim: int, fused: bool = True, kernels: bool = False):
         super().__init__()
@@ -174,6 +190,8 @@ class FeedForward(nn.Module):
         if not self.fused:
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
         gate_up = self.w13(x)  # [T, 2 * hidden]: gate, then up
+        if self.fused_ops is not None:
+            return self.w2(self.fused_ops.silu_and_mul(gate_up))
         if self.kernels and gate_up.dtype == torch.float32 and gate_up.device.type == "cpu":
             return self.w2(torch.ops.loom.silu_and_mul(gate_up))
         # [T, 2 * hidden] -> gate [T, hidden], up [T, hidden]; silu and the product in place

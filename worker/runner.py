@@ -14,6 +14,8 @@ from contract.step import NewRequest, RunningRequest, StepInput, StepOutput, Wor
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
+from worker.fused_ops import install_fused_ops
+from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.packed_weights import keep_packed
@@ -73,6 +75,8 @@ class ModelRunner:
         # The CPU backend's library also holds fused norms and SiLU for the layers.
         kernels = self.attention_backend.name == "cpu"
         self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
+        if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
+            install_fused_ops(self.model)
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
@@ -87,9 +91,12 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
+        if self.attention_backend.name == "triton" and self.device.type == "cuda":
+            # No request waits for a Triton compile (the graphs below compile their own).
+            warm_up_kernels(self.model, self.kv_cache, self.attention_backend)
         self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
             self.model, self.kv_cache, self.attention_backend, self.device,
-            config.max_num_seqs, model.enforce_eager,
+            config.max_num_seqs, model.enforce_eager, placement.world_size,
         )  # fmt: skip
         self._info = WorkerInfo(
             # The directory's own name, even when it is a link ("." becomes the cwd's name).

@@ -105,10 +105,23 @@ def follow(config: WorkerConfig, group: RankGroup) -> None:
         if kind == "stop":
             return
         if kind == "step":
-            try:
-                runner.execute(step)
-            except StepRejected:  # rank 0 refuses the same step, before any collective
-                log.warning("rank %d: step refused", group.rank, exc_info=True)
+            follow_step(runner, step, group.rank)
+
+
+def follow_step(runner: ModelRunner, step: StepInput, rank: int) -> None:
+    """One step on a rank other than 0. A step refused is refused by rank 0 alike, before any
+    collective; any other failure leaves this rank out of step with the others, so it ends
+    the rank with a RankFailure that says which rank failed and how (rank 0's next collective
+    then fails too, and the worker turns unavailable)."""
+    try:
+        runner.execute(step)
+    except StepRejected:
+        log.warning("rank %d: step refused", rank, exc_info=True)
+    except RankFailure:
+        raise
+    except Exception as exc:
+        log.critical("rank %d: step failed; leaving the group", rank, exc_info=True)
+        raise RankFailure(f"tensor-parallel rank {rank}: step failed: {exc!r}") from exc
 
 
 class TensorParallelWorker:

@@ -1,5 +1,6 @@
 """The bookkeeping around CUDA graphs, without a GPU: the ladder of batch sizes, padding to
-the next one, filling the persistent buffers, and which steps replay a graph.
+the next one, filling the persistent buffers, and which steps replay a graph; graphs off under
+tensor parallelism, and a rank without logits replaying (and failing) cleanly.
 
 Where a graph would be replayed, the end-to-end test runs the same forward over the same
 persistent buffers eagerly (`ReplayEagerly`), with the Triton kernels under the interpreter.
@@ -7,23 +8,30 @@ persistent buffers eagerly (`ReplayEagerly`), with the Triton kernels under the 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 
 import pytest
 import torch
 
+from common.settings import from_flat
 from contract.sampling import SamplingParams
+from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from tests.worker.driver import ALL_ROWS, Driver, start_worker
 from worker.attention.triton_backend import triton_missing
+from worker.config import WorkerConfig
 from worker.cuda_graphs import (
     DecodeGraphs,
     DecodeInputs,
+    capture_decode_graphs,
     capture_sizes,
     padded_size,
     replay_size,
 )
+from worker.parallel import RankFailure
 from worker.step_batch import RequestState
+from worker.tp_rank import FollowerRunner, follow_step
 
 CPU = torch.device("cpu")
 GREEDY_LOGPROBS = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)
@@ -89,14 +97,23 @@ def test_filling_writes_each_row_and_marks_the_padding() -> None:
 
 @pytest.mark.slow
 @needs_triton
-def test_decode_steps_replay_and_give_what_the_eager_reference_gives(stories_dir) -> None:
+# 1 SM: no step splits. 132 (an H100's): every graph splits its decodes 2 ways (stories260K has
+# 4 KV heads and 512 positions), fixed at capture while the real lengths change under it.
+@pytest.mark.parametrize(("num_sms", "splits"), [(1, 1), (132, 2)], ids=["unsplit", "split-kv"])
+def test_decode_steps_replay_and_give_what_the_eager_reference_gives(
+    stories_dir, num_sms, splits
+) -> None:
     reference = start_worker(stories_dir, device="cpu", attention_backend="torch")
     worker = start_worker(stories_dir, device="cpu", attention_backend="triton")
     assert worker.decode_graphs is None  # the CPU never captures graphs by itself
+    worker.attention_backend.num_sms = num_sms
     graphs = DecodeGraphs(
         worker.model, worker.kv_cache, worker.attention_backend, 4, CPU, ReplayEagerly
     )
     assert graphs.sizes == [1, 2, 4]
+    n_kv_heads = worker.model.args.n_kv_heads
+    for size in graphs.sizes:
+        assert worker.attention_backend.splits_for(graphs._metadata[size], n_kv_heads) == splits
     # Capturing ran the forward over padding rows only: nothing reached the cache.
     assert not worker.kv_cache.storage.any()
     worker.decode_graphs = graphs
@@ -140,3 +157,48 @@ def test_a_step_with_a_prefill_chunk_or_too_many_rows_runs_eagerly() -> None:
     assert replay_size(decodes, sizes) is None  # more rows than the largest graph
     chunk = (RequestState("p", [1] * 8, [9], GREEDY_LOGPROBS, 0, 8), 8)
     assert replay_size([*decodes[:2], chunk], sizes) is None
+
+
+def test_graphs_are_off_under_tensor_parallelism_with_a_log_line(stories_dir, caplog) -> None:
+    worker = start_worker(stories_dir, device="cpu", attention_backend="torch")
+    with caplog.at_level(logging.INFO, logger="loom.worker"):
+        graphs = capture_decode_graphs(
+            worker.model, worker.kv_cache, worker.attention_backend, torch.device("cuda"), 8,
+            enforce_eager=False, tensor_parallel_size=2,
+        )  # fmt: skip
+    assert graphs is None  # decided before anything touches a GPU
+    assert "CUDA graphs off under tensor parallelism (size 2)" in caplog.text
+
+
+@pytest.mark.slow
+@needs_triton
+def test_a_rank_without_logits_replays_and_samples_nothing(stories_dir, monkeypatch) -> None:
+    # A tensor-parallel rank other than 0: its model gathers the logits to rank 0 and returns
+    # None, which its captured graphs then return too.
+    runner = FollowerRunner(from_flat(WorkerConfig, model=str(stories_dir), device="cpu",
+                                      attention_backend="triton", num_kv_blocks=16))  # fmt: skip
+    monkeypatch.setattr(runner.model, "compute_logits", lambda hidden, rows: None)
+    runner.decode_graphs = DecodeGraphs(
+        runner.model, runner.kv_cache, runner.attention_backend, 2, CPU, ReplayEagerly
+    )
+    new = NewRequest("r", [1, 400, 7], [3], GREEDY_LOGPROBS)
+    assert runner.execute(StepInput(new=[new], num_scheduled_tokens={"r": 3})) == StepOutput()
+    decode = StepInput(running=[RunningRequest("r", [12], [])], num_scheduled_tokens={"r": 1})
+    assert runner.execute(decode) == StepOutput()
+    assert runner.decode_graphs.num_replays == Counter({1: 1})
+
+
+def test_a_follower_step_that_fails_ends_the_rank_with_a_clear_error(stories_dir) -> None:
+    runner = FollowerRunner(from_flat(WorkerConfig, model=str(stories_dir), device="cpu",
+                                      num_kv_blocks=16))  # fmt: skip
+
+    def broken(*args):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    runner.model.forward = broken
+    new = NewRequest("r", [1, 400, 7], [3], GREEDY_LOGPROBS)
+    with pytest.raises(RankFailure, match="rank 1: step failed: TypeError"):
+        follow_step(runner, StepInput(new=[new], num_scheduled_tokens={"r": 3}), rank=1)
+    # A step every rank refuses alike (an unknown request) is not a failure of the rank.
+    refused = StepInput(running=[RunningRequest("x", [5], [])], num_scheduled_tokens={"x": 1})
+    follow_step(runner, refused, rank=1)

@@ -1,5 +1,6 @@
 """What the worker chooses by device: bfloat16 on CUDA, logprobs in float32 whatever the
-model's dtype, and graphs only where they can run."""
+model's dtype, graphs only where they can run, and a KV cache sized after the allocator hands
+back what it caches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from contract.sampling import SamplingParams
 from frontend.cli import build_parser
 from frontend.config import ServeConfig
 from tests.worker.driver import Driver, all_position_logits, start_worker
+from worker.kv_cache import CUDA_FREE_MEMORY_FRACTION, blocks_for_budget, bytes_per_block
+from worker.model_args import args_from_meta_params
 from worker.runner import resolve_dtype
 
 CUDA = torch.device("cuda")
@@ -42,3 +45,29 @@ def test_enforce_eager_is_a_serve_flag_and_graphs_stay_off_on_the_cpu(stories_di
     assert settings_from_args(ServeConfig, args).engine.model.enforce_eager is True
     assert ServeConfig().engine.model.enforce_eager is False
     assert start_worker(stories_dir, device="cpu").decode_graphs is None
+
+
+def test_the_kv_cache_is_sized_after_the_allocator_hands_back_what_it_caches(monkeypatch) -> None:
+    # The GPU's two calls stand in for a GPU: the allocator still caches 9 GB that no tensor
+    # holds (a 7B model's unfused projections, dropped after the load) until empty_cache().
+    cached = {"bytes": 9 << 30}
+    calls = []
+
+    def empty_cache() -> None:
+        calls.append("empty_cache")
+        cached["bytes"] = 0
+
+    def mem_get_info(device) -> tuple[int, int]:
+        calls.append("mem_get_info")
+        return (20 << 30) - cached["bytes"], 80 << 30
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    args = args_from_meta_params(
+        {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "vocab_size": 32000,
+         "multiple_of": 256, "norm_eps": 1e-5, "max_seq_len": 4096}, 32000,
+    )  # fmt: skip
+    blocks = blocks_for_budget(args, 16, torch.bfloat16, CUDA, None)
+    assert calls == ["empty_cache", "mem_get_info"]
+    per_block = bytes_per_block(args, 16, torch.bfloat16)  # 8 MiB for Llama-2-7B
+    assert blocks == int((20 << 30) * CUDA_FREE_MEMORY_FRACTION) // per_block

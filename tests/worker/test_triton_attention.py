@@ -8,6 +8,7 @@ sequences' values. Sizes stay small: the interpreter runs each program in numpy.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -20,7 +21,7 @@ from contract.sampling import SamplingParams
 from tests.conftest import REPO_ROOT
 from worker.attention import create_attention_backend
 from worker.attention.torch_backend import TorchAttentionBackend
-from worker.attention.triton_backend import triton_missing
+from worker.attention.triton_backend import MAX_SPLITS, triton_missing
 from worker.step_batch import RequestState, build_step_batch
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
@@ -156,42 +157,26 @@ def test_without_triton_auto_falls_back_and_triton_is_refused() -> None:
     assert "using the slower torch reference on cuda" in result.stderr
 
 
-# Compiles the kernels as a GPU run would, for an H100/H200 (sm_90), with the pinned triton's
-# own ptxas: the interpreter skips the compiler, and so would miss what only it rejects.
-COMPILE_FOR_HOPPER = """
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, compile
-from worker.attention import triton_kernels as kernels
-
-def signature(fn, pointer, constants):
-    types = {"slot_mapping_ptr": "*i64", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
-             "query_start_loc_ptr": "*i32", "scale_log2": "fp32"}
-    sig = {name: types.get(name, pointer if name.endswith("_ptr") else "i32")
-           for name in fn.arg_names}
-    return {**sig, **{name: "constexpr" for name in constants}}
-
-target = GPUTarget("cuda", 90, 32)
-for block_q, group in ((16, 1), (16, 4)):  # Llama-2-7B decodes (MHA); a GQA model's chunks
-    constants = dict(GROUP=group, GROUP_PAD=group, HEAD_DIM=128, HEAD_DIM_PAD=128,
-                     BLOCK_SIZE=16, BLOCK_Q=block_q, TILE_N=32, PRECISION="tf32")
-    fn = kernels.paged_attention_kernel
-    built = compile(ASTSource(fn, signature(fn, "*bf16", constants), constants), target=target)
-    assert built.asm["cubin"]
-constants = dict(NUM_KV_HEADS=32, KV_HEADS_PAD=32, HEAD_DIM=128, HEAD_DIM_PAD=128, BLOCK_SIZE=16)
-fn = kernels.store_kv_kernel
-built = compile(ASTSource(fn, signature(fn, "*bf16", constants), constants), target=target)
-assert built.asm["cubin"]
-print("compiled")
-"""
-
-
 @pytest.mark.slow
 def test_the_kernels_compile_for_a_hopper_gpu(tmp_path) -> None:
+    # Compiles every kernel as a GPU run would, for an H100/H200 (sm_90), with the pinned
+    # triton's own ptxas (tests/worker/hopper_compile.py): the interpreter skips the compiler,
+    # and so would miss what only it rejects, and register spills.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier run's cache
     result = subprocess.run(
-        [sys.executable, "-c", COMPILE_FOR_HOPPER],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.worker.hopper_compile"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "compiled"
+    built = [json.loads(line) for line in result.stdout.splitlines()]
+    kernels = {(row["kernel"], row["dtype"]) for row in built}
+    for name in ("paged_attention_kernel", "store_kv_kernel", "add_rms_norm_kernel",
+                 "rope_store_kernel", "silu_mul_kernel"):  # fmt: skip
+        assert {(name, "bfloat16"), (name, "float32")} <= kernels
+    splits = {row["NUM_SPLITS"] for row in built if row["kernel"] == "paged_attention_kernel"}
+    assert splits == {1, MAX_SPLITS}
+    # No variant spills registers (a stack frame is local memory, where spills go), float32
+    # prefill tiles included (32 rows at most, 8 warps: worker/attention/triton_backend.py).
+    spilled = [row for row in built if row["stack"]]
+    assert not spilled, spilled

@@ -8,7 +8,8 @@ this step's K/V into their cache slots and attends, through the backend that bui
   built once on first use (worker/cpu_kernels.py); without a compiler, `auto` falls back to
   `torch` with a warning.
 - `triton`: Triton kernels for CUDA (worker/attention/triton_backend.py), one launch per layer
-  for the whole mixed batch; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1).
+  for the whole mixed batch, decode contexts split across SMs when the batch is small; on the
+  CPU only under Triton's interpreter (TRITON_INTERPRET=1).
 
 `auto` picks the fastest backend the device has: `cpu` on the CPU, `triton` on CUDA (the
 torch reference, with a warning, where triton is not installed).
@@ -17,7 +18,7 @@ torch reference, with a warning, where triton is not installed).
 - backend.py         the backend protocol: its KV cache layout, per-step prepare, forward
 - torch_backend.py   the plain-torch reference
 - cpu_backend.py     the C++ kernel: every sequence of the step in one call per layer
-- triton_backend.py, triton_kernels.py  the Triton kernels: one launch per layer
+- triton_backend.py, triton_kernels.py  the Triton kernels: one launch per layer, split-KV
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _triton_backend(name: str, device: torch.device, block_size: int) -> Attenti
         )
     missing = triton_missing()
     if missing is None:
-        return TritonAttentionBackend(block_size)
+        return TritonAttentionBackend(block_size, device)
     if name == "triton":
         raise RuntimeError(f"attention_backend 'triton' is unavailable: {missing}")
     log.warning("%s; using the slower torch reference on %s", missing, device)

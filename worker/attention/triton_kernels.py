@@ -14,6 +14,17 @@ every step of a captured graph. Tiles past a sequence's queries exit at once.
 Keys are read TILE_N at a time straight from the blocks: key j of a sequence lives at block
 block_table[j // BLOCK_SIZE], row j % BLOCK_SIZE. Softmax runs online in float32 (base 2:
 the scale is pre-multiplied by log2 e), whatever the input dtype.
+
+Split-KV: with NUM_SPLITS > 1 the grid gains a third axis, and program (tile, head, split)
+reads only its split's share of the tile's keys: the key tiles cut into NUM_SPLITS runs of
+equal length, from the sequence's own length on the device, so one launch (one captured graph)
+serves every length. Each writes its unnormalised sum, running max and running sum per row,
+then counts itself in on the (tile, head)'s counter; the last to arrive rescales every split's
+partials to a common max, divides once, writes the output and sets the counter back to 0 for
+the next launch. So a split step is still one launch per layer. The counter's atomic add is a
+release (after a barrier: every thread's partials first) and an acquire for the reader, whose
+loads skip L1 (other SMs wrote them). A split that holds no key writes max -inf and sum 0,
+and weighs nothing.
 """
 
 from __future__ import annotations
@@ -81,9 +92,9 @@ def _sequence_of_tile(query_start_loc_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr
     return lo
 
 
-# num_seqs stays a runtime value even when it is 1: a step with one sequence reuses the kernel
-# the others compiled.
-@triton.jit(do_not_specialize=["num_seqs"])
+# Values that change from step to step stay runtime values even when they are 1 or a multiple
+# of 16 (Triton would otherwise compile a variant for each): a step reuses what warm-up built.
+@triton.jit(do_not_specialize=["num_seqs", "block_table_stride"])
 def paged_attention_kernel(
     out_ptr,  # [num_tokens, n_heads, head_dim]
     q_ptr,  # [num_tokens, n_heads, head_dim], head_dim contiguous
@@ -92,6 +103,10 @@ def paged_attention_kernel(
     block_tables_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32: context length including this step's tokens
     query_start_loc_ptr,  # [num_seqs + 1] int32
+    part_acc_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS, HEAD_DIM] float32
+    part_max_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
+    part_sum_ptr,  # NUM_SPLITS > 1: [num_tokens, n_heads, NUM_SPLITS] float32
+    counters_ptr,  # NUM_SPLITS > 1: [>= programs on axes 0 x 1] int32, zero between launches
     scale_log2,  # head_dim ** -0.5 * log2(e)
     num_seqs,
     q_stride_token,
@@ -105,6 +120,7 @@ def paged_attention_kernel(
     vc_stride_row,
     vc_stride_head,
     block_table_stride,
+    part_stride_token,  # n_heads * NUM_SPLITS
     GROUP: tl.constexpr,  # query heads per KV head
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -113,6 +129,7 @@ def paged_attention_kernel(
     BLOCK_Q: tl.constexpr,  # query tokens per tile; BLOCK_Q * GROUP_PAD rows
     TILE_N: tl.constexpr,  # keys per inner iteration
     PRECISION: tl.constexpr,  # "ieee" for float32 (no TF32 rounding), "tf32" otherwise
+    NUM_SPLITS: tl.constexpr,  # 1: write the output; else partials, the last split reduces
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -147,8 +164,15 @@ def paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     # The tile's last query sees keys up to its own position, no further.
     num_keys = tl.minimum(seq_len, num_cached + first_query + BLOCK_Q)
+    if NUM_SPLITS == 1:
+        key_lo = 0
+        key_hi = num_keys
+    else:  # this split's run of whole key tiles (the last run may be short or empty)
+        keys_per_split = tl.cdiv(tl.cdiv(num_keys, TILE_N), NUM_SPLITS) * TILE_N
+        key_lo = tl.program_id(2) * keys_per_split
+        key_hi = tl.minimum(num_keys, key_lo + keys_per_split)
     block_table = block_tables_ptr + seq.to(tl.int64) * block_table_stride
-    for key_start in range(0, num_keys, TILE_N):
+    for key_start in range(key_lo, key_hi, TILE_N):
         keys = key_start + tl.arange(0, TILE_N)
         key_valid = keys < num_keys
         block = tl.load(block_table + keys // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)
@@ -177,7 +201,54 @@ def paged_attention_kernel(
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         running_max = new_max
 
-    out = acc / tl.where(running_sum == 0.0, 1.0, running_sum)[:, None]
+    if NUM_SPLITS == 1:
+        out = acc / tl.where(running_sum == 0.0, 1.0, running_sum)[:, None]
+        tl.store(
+            out_ptr + token[:, None] * out_stride_token + head[:, None] * out_stride_head
+            + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=q_mask,
+        )  # fmt: skip
+    else:
+        part = token * part_stride_token + head * NUM_SPLITS  # [BLOCK_M]: split 0's entry
+        split = tl.program_id(2)
+        tl.store(part_max_ptr + part + split, running_max, mask=row_valid)
+        tl.store(part_sum_ptr + part + split, running_sum, mask=row_valid)
+        tl.store(part_acc_ptr + (part + split)[:, None] * HEAD_DIM + dims[None, :], acc,
+                 mask=q_mask)  # fmt: skip
+        tl.debug_barrier()  # every thread's partials are written before the count
+        counter = counters_ptr + tile * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
+            _reduce_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, token,
+                           head, row_valid, dims, q_mask, out_stride_token, out_stride_head,
+                           NUM_SPLITS, HEAD_DIM)  # fmt: skip
+            tl.store(counter, 0)
+
+
+@triton.jit
+def _reduce_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, token, head,
+                   row_valid, dims, q_mask, out_stride_token, out_stride_head,
+                   NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """The tile's rows: every split's partial sums on a common max, divided once."""
+    top = tl.full(part.shape, float("-inf"), tl.float32)
+    for split in range(NUM_SPLITS):
+        split_max = tl.load(part_max_ptr + part + split, mask=row_valid, other=float("-inf"),
+                            cache_modifier=".cg")  # fmt: skip
+        top = tl.maximum(top, split_max)
+    top = tl.where(top == float("-inf"), 0.0, top)  # a row that saw no key at all: zeros
+    total = tl.zeros(part.shape, tl.float32)
+    out = tl.zeros(q_mask.shape, tl.float32)
+    for split in range(NUM_SPLITS):
+        # A split with no key: max -inf, weight exp2(-inf) = 0.
+        weight = tl.exp2(tl.load(part_max_ptr + part + split, mask=row_valid,
+                                 other=float("-inf"), cache_modifier=".cg") - top)  # fmt: skip
+        split_sum = tl.load(part_sum_ptr + part + split, mask=row_valid, other=0.0,
+                            cache_modifier=".cg")  # fmt: skip
+        split_acc = tl.load(part_acc_ptr + (part + split)[:, None] * HEAD_DIM + dims[None, :],
+                            mask=q_mask, other=0.0, cache_modifier=".cg")  # fmt: skip
+        total += weight * split_sum
+        out += weight[:, None] * split_acc
+    out = out / tl.where(total == 0.0, 1.0, total)[:, None]
     tl.store(
         out_ptr + token[:, None] * out_stride_token + head[:, None] * out_stride_head
         + dims[None, :],
