@@ -18,7 +18,8 @@ check, `bench/gpu_check.sh`.
                      worker's steps timed
 - engine_benches.py  `prefix-cache`, `chunked-prefill`: the engine under prompt load;
                      `lora`: adapters mixed vs the base model; `structured`: constrained
-                     requests' throughput, compile times
+                     requests' throughput, compile times;
+                     `speculative`: decode tok/s with and without prompt lookup
 - remote_worker.py   `remote-worker`: a step over loopback gRPC; tensor parallel on the CPU
 - servers.py         `online`, `fairness overload|flood|quantum`: a served model with loadtest
                      as the client; the server process the router and reliability

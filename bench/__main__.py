@@ -41,6 +41,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
                         "streams' inter-token latency while long prompts arrive"),
     "lora": ("bench.engine_benches", "lora",
              "throughput with 1, 4, 16 LoRA adapters mixed vs the base model"),
+    "speculative": ("bench.engine_benches", "speculative",
+                    "decode tok/s with and without prompt-lookup speculation (SmolLM2)"),
     "remote-worker": ("bench.remote_worker", "main",
                       "a step over loopback gRPC; tensor parallel 2 vs 1 on the CPU"),
     "online": ("bench.servers", "online",

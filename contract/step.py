@@ -81,6 +81,13 @@ class StepInput:
     finished_req_ids: list[str] = field(default_factory=list)
     # Per step, not per request: the allowed tokens of the constrained requests sampling now.
     token_masks: TokenMasks | None = None
+    # Speculative decoding: tokens proposed to follow a decoding request's last token; it is
+    # scheduled for 1 + len(proposed) tokens. The worker answers the accepted proposals and
+    # one token of its own. They are not the request's tokens: the worker forgets them after
+    # the step, and counts as computed only the accepted ones, when the next RunningRequest
+    # brings them back in new_token_ids (1 + accepted tokens); its block table is then cut to
+    # the blocks those computed tokens fill, as the scheduler cuts its own.
+    spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -97,7 +104,8 @@ class PromptLogprobs:
 class StepOutput:
     # One entry per scheduled request, in the order of `req_ids`.
     req_ids: list[str] = field(default_factory=list)
-    sampled_token_ids: list[list[int]] = field(default_factory=list)  # [] while mid-prefill
+    # [] while mid-prefill; after speculation, the accepted proposals and one more token.
+    sampled_token_ids: list[list[int]] = field(default_factory=list)
     # Logprob of each sampled token under the model's raw distribution (float32 log-softmax
     # of the logits, before temperature/top-k/top-p); [] when the request did not ask.
     logprobs: list[list[float]] = field(default_factory=list)

@@ -61,6 +61,8 @@ def step_input_to_proto(step: StepInput) -> pb.StepInput:
         msg.token_masks.req_ids.extend(masks.req_ids)
         msg.token_masks.words_per_row = masks.words_per_row
         msg.token_masks.bits = masks.bits
+    for req_id, proposed in step.spec_token_ids.items():
+        msg.spec_token_ids[req_id].token_ids.extend(proposed)
     return msg
 
 
@@ -81,8 +83,17 @@ def step_input_from_proto(msg: pb.StepInput) -> StepInput:
         if num_tokens < 1:
             raise ValueError(f"num_scheduled_tokens[{req_id}] must be >= 1, got {num_tokens}")
     finished = list(msg.finished_req_ids)
+    spec_token_ids = {}
+    for req_id, proposed in msg.spec_token_ids.items():
+        token_ids = list(proposed.token_ids)
+        if not token_ids:
+            raise ValueError(f"spec_token_ids[{req_id}] must not be empty")
+        _check_ids(token_ids, f"spec_token_ids[{req_id}]")
+        spec_token_ids[_req_id(req_id, "spec_token_ids")] = token_ids
     masks = _token_masks(msg.token_masks, scheduled) if msg.HasField("token_masks") else None
-    return StepInput(new, running, scheduled, finished, masks)
+    return StepInput(
+        new, running, scheduled, finished, token_masks=masks, spec_token_ids=spec_token_ids
+    )
 
 
 def _token_masks(msg: pb.TokenMasks, scheduled: dict[str, int]) -> TokenMasks | None:

@@ -118,6 +118,14 @@ class ServingMetrics:
             "it, or finished after it)",
             ["model", "tenant", "outcome"],
         )
+        self.spec_proposed_tokens = counter(
+            "loom:spec_decode_num_draft_tokens", "Speculative decoding: tokens proposed", per_model
+        )
+        self.spec_accepted_tokens = counter(
+            "loom:spec_decode_num_accepted_tokens",
+            "Speculative decoding: proposed tokens the model accepted",
+            per_model,
+        )
         self.prompt_tokens = counter("loom:prompt_tokens", "Prompt tokens processed", per_tenant)
         self.generation_tokens = counter("loom:generation_tokens", "Tokens generated", per_tenant)
         self.request_finished = counter(
@@ -153,10 +161,14 @@ class ServingMetrics:
             self.prefix_cache_queries,
             self.prefix_cache_hits,
             self.num_preemptions,
+            self.spec_proposed_tokens,
+            self.spec_accepted_tokens,
         ):
             engine_wide.labels(model_name)  # show 0 before the first step, not nothing
         # Engine counters are cumulative; remember the last reading to add only the increase.
-        self._last_counts = {"queries": 0, "hits": 0, "preemptions": 0}
+        self._last_counts = dict.fromkeys(
+            ("queries", "hits", "preemptions", "proposed", "accepted"), 0
+        )
         self._last_service: dict[str, float] = {}
         self._last_tenant_counts: dict[tuple[str, str, str], int] = {}
         self._endpoint = MetricsEndpoint(self.registry, "metrics-http-close")
@@ -201,6 +213,8 @@ class ServingMetrics:
             ("queries", stats.prefix_cache_queries, self.prefix_cache_queries),
             ("hits", stats.prefix_cache_hits, self.prefix_cache_hits),
             ("preemptions", stats.num_preemptions, self.num_preemptions),
+            ("proposed", stats.spec_proposed_tokens, self.spec_proposed_tokens),
+            ("accepted", stats.spec_accepted_tokens, self.spec_accepted_tokens),
         ):
             if value > self._last_counts[key]:
                 metric.labels(model).inc(value - self._last_counts[key])

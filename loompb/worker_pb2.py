@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loompb import serving_pb2 as loompb_dot_serving__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loompb/worker.proto\x12\x0eloom.worker.v1\x1a\x14loompb/serving.proto\"\r\n\x0bInfoRequest\"&\n\x0e\x43onnectRequest\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\"<\n\x0f\x43onnectResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"\x13\n\x11\x44isconnectRequest\"#\n\x12\x44isconnectResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"H\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0csession_live\x18\x03 \x01(\x08\"\xea\x01\n\nNewRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\tblock_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.loom.v1.SamplingParams\x12\x1b\n\x13num_computed_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\x05\x12\x15\n\rend_token_ids\x18\x07 \x03(\x05\x12%\n\x04lora\x18\x08 \x01(\x0b\x32\x17.loom.worker.v1.LoraRef\"6\n\x07LoraRef\x12\x0f\n\x07lora_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"N\n\x0eRunningRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x15\n\rnew_token_ids\x18\x02 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x03 \x03(\x05\"\xbc\x02\n\tStepInput\x12\'\n\x03new\x18\x01 \x03(\x0b\x32\x1a.loom.worker.v1.NewRequest\x12/\n\x07running\x18\x02 \x03(\x0b\x32\x1e.loom.worker.v1.RunningRequest\x12O\n\x14num_scheduled_tokens\x18\x03 \x03(\x0b\x32\x31.loom.worker.v1.StepInput.NumScheduledTokensEntry\x12\x18\n\x10\x66inished_req_ids\x18\x04 \x03(\t\x12/\n\x0btoken_masks\x18\x05 \x01(\x0b\x32\x1a.loom.worker.v1.TokenMasks\x1a\x39\n\x17NumScheduledTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"B\n\nTokenMasks\x12\x0f\n\x07req_ids\x18\x01 \x03(\t\x12\x15\n\rwords_per_row\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"m\n\x0ePromptLogprobs\x12\x16\n\x0estart_position\x18\x01 \x01(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\"\xc7\x01\n\rRequestResult\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x19\n\x11sampled_token_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\x12\x37\n\x0fprompt_logprobs\x18\x05 \x01(\x0b\x32\x1e.loom.worker.v1.PromptLogprobs\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"<\n\nStepOutput\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.loom.worker.v1.RequestResult\"\xf1\x03\n\nWorkerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x05\x12\x0e\n\x06\x62os_id\x18\x04 \x01(\x05\x12\x0e\n\x06\x65os_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0b\n\x03\x64im\x18\n \x01(\x05\x12\x10\n\x08n_layers\x18\x0b \x01(\x05\x12\x0f\n\x07n_heads\x18\x0c \x01(\x05\x12\x12\n\nn_kv_heads\x18\r \x01(\x05\x12\x10\n\x08head_dim\x18\x0e \x01(\x05\x12\x12\n\nhidden_dim\x18\x0f \x01(\x05\x12\x1c\n\x14tensor_parallel_size\x18\x10 \x01(\x05\x12G\n\x0ftokenizer_files\x18\x13 \x03(\x0b\x32..loom.worker.v1.WorkerInfo.TokenizerFilesEntry\x12\x11\n\tmax_loras\x18\x14 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x15 \x01(\x05\x1a\x35\n\x13TokenizerFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01J\x04\x08\x11\x10\x12J\x04\x08\x12\x10\x13\x32\xf2\x02\n\x06Worker\x12?\n\x04Info\x12\x1b.loom.worker.v1.InfoRequest\x1a\x1a.loom.worker.v1.WorkerInfo\x12J\n\x07\x43onnect\x12\x1e.loom.worker.v1.ConnectRequest\x1a\x1f.loom.worker.v1.ConnectResponse\x12=\n\x04Step\x12\x19.loom.worker.v1.StepInput\x1a\x1a.loom.worker.v1.StepOutput\x12G\n\x06Health\x12\x1d.loom.worker.v1.HealthRequest\x1a\x1e.loom.worker.v1.HealthResponse\x12S\n\nDisconnect\x12!.loom.worker.v1.DisconnectRequest\x1a\".loom.worker.v1.DisconnectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loompb/worker.proto\x12\x0eloom.worker.v1\x1a\x14loompb/serving.proto\"\r\n\x0bInfoRequest\"&\n\x0e\x43onnectRequest\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\"<\n\x0f\x43onnectResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"\x13\n\x11\x44isconnectRequest\"#\n\x12\x44isconnectResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"H\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0csession_live\x18\x03 \x01(\x08\"\xea\x01\n\nNewRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x11\n\tblock_ids\x18\x03 \x03(\x05\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.loom.v1.SamplingParams\x12\x1b\n\x13num_computed_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_output_tokens\x18\x06 \x01(\x05\x12\x15\n\rend_token_ids\x18\x07 \x03(\x05\x12%\n\x04lora\x18\x08 \x01(\x0b\x32\x17.loom.worker.v1.LoraRef\"6\n\x07LoraRef\x12\x0f\n\x07lora_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"N\n\x0eRunningRequest\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x15\n\rnew_token_ids\x18\x02 \x03(\x05\x12\x15\n\rnew_block_ids\x18\x03 \x03(\x05\"\xd6\x03\n\tStepInput\x12\'\n\x03new\x18\x01 \x03(\x0b\x32\x1a.loom.worker.v1.NewRequest\x12/\n\x07running\x18\x02 \x03(\x0b\x32\x1e.loom.worker.v1.RunningRequest\x12O\n\x14num_scheduled_tokens\x18\x03 \x03(\x0b\x32\x31.loom.worker.v1.StepInput.NumScheduledTokensEntry\x12\x18\n\x10\x66inished_req_ids\x18\x04 \x03(\t\x12/\n\x0btoken_masks\x18\x05 \x01(\x0b\x32\x1a.loom.worker.v1.TokenMasks\x12\x43\n\x0espec_token_ids\x18\x06 \x03(\x0b\x32+.loom.worker.v1.StepInput.SpecTokenIdsEntry\x1a\x39\n\x17NumScheduledTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1aS\n\x11SpecTokenIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.loom.worker.v1.ProposedTokens:\x02\x38\x01\"B\n\nTokenMasks\x12\x0f\n\x07req_ids\x18\x01 \x03(\t\x12\x15\n\rwords_per_row\x18\x02 \x01(\x05\x12\x0c\n\x04\x62its\x18\x03 \x01(\x0c\"#\n\x0eProposedTokens\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"m\n\x0ePromptLogprobs\x12\x16\n\x0estart_position\x18\x01 \x01(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\"\xc7\x01\n\rRequestResult\x12\x0e\n\x06req_id\x18\x01 \x01(\t\x12\x19\n\x11sampled_token_ids\x18\x02 \x03(\x05\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x31\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1b.loom.worker.v1.TopLogprobs\x12\x37\n\x0fprompt_logprobs\x18\x05 \x01(\x0b\x32\x1e.loom.worker.v1.PromptLogprobs\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"<\n\nStepOutput\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.loom.worker.v1.RequestResult\"\xf1\x03\n\nWorkerInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x05\x12\x0e\n\x06\x62os_id\x18\x04 \x01(\x05\x12\x0e\n\x06\x65os_id\x18\x05 \x01(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\x05\x12\x15\n\rnum_kv_blocks\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x0b\n\x03\x64im\x18\n \x01(\x05\x12\x10\n\x08n_layers\x18\x0b \x01(\x05\x12\x0f\n\x07n_heads\x18\x0c \x01(\x05\x12\x12\n\nn_kv_heads\x18\r \x01(\x05\x12\x10\n\x08head_dim\x18\x0e \x01(\x05\x12\x12\n\nhidden_dim\x18\x0f \x01(\x05\x12\x1c\n\x14tensor_parallel_size\x18\x10 \x01(\x05\x12G\n\x0ftokenizer_files\x18\x13 \x03(\x0b\x32..loom.worker.v1.WorkerInfo.TokenizerFilesEntry\x12\x11\n\tmax_loras\x18\x14 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x15 \x01(\x05\x1a\x35\n\x13TokenizerFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01J\x04\x08\x11\x10\x12J\x04\x08\x12\x10\x13\x32\xf2\x02\n\x06Worker\x12?\n\x04Info\x12\x1b.loom.worker.v1.InfoRequest\x1a\x1a.loom.worker.v1.WorkerInfo\x12J\n\x07\x43onnect\x12\x1e.loom.worker.v1.ConnectRequest\x1a\x1f.loom.worker.v1.ConnectResponse\x12=\n\x04Step\x12\x19.loom.worker.v1.StepInput\x1a\x1a.loom.worker.v1.StepOutput\x12G\n\x06Health\x12\x1d.loom.worker.v1.HealthRequest\x1a\x1e.loom.worker.v1.HealthResponse\x12S\n\nDisconnect\x12!.loom.worker.v1.DisconnectRequest\x1a\".loom.worker.v1.DisconnectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._loaded_options = None
   _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_options = b'8\001'
+  _globals['_STEPINPUT_SPECTOKENIDSENTRY']._loaded_options = None
+  _globals['_STEPINPUT_SPECTOKENIDSENTRY']._serialized_options = b'8\001'
   _globals['_WORKERINFO_TOKENIZERFILESENTRY']._loaded_options = None
   _globals['_WORKERINFO_TOKENIZERFILESENTRY']._serialized_options = b'8\001'
   _globals['_INFOREQUEST']._serialized_start=61
@@ -57,23 +59,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNINGREQUEST']._serialized_start=620
   _globals['_RUNNINGREQUEST']._serialized_end=698
   _globals['_STEPINPUT']._serialized_start=701
-  _globals['_STEPINPUT']._serialized_end=1017
-  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_start=960
-  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_end=1017
-  _globals['_TOKENMASKS']._serialized_start=1019
-  _globals['_TOKENMASKS']._serialized_end=1085
-  _globals['_TOPLOGPROBS']._serialized_start=1087
-  _globals['_TOPLOGPROBS']._serialized_end=1137
-  _globals['_PROMPTLOGPROBS']._serialized_start=1139
-  _globals['_PROMPTLOGPROBS']._serialized_end=1248
-  _globals['_REQUESTRESULT']._serialized_start=1251
-  _globals['_REQUESTRESULT']._serialized_end=1450
-  _globals['_STEPOUTPUT']._serialized_start=1452
-  _globals['_STEPOUTPUT']._serialized_end=1512
-  _globals['_WORKERINFO']._serialized_start=1515
-  _globals['_WORKERINFO']._serialized_end=2012
-  _globals['_WORKERINFO_TOKENIZERFILESENTRY']._serialized_start=1947
-  _globals['_WORKERINFO_TOKENIZERFILESENTRY']._serialized_end=2000
-  _globals['_WORKER']._serialized_start=2015
-  _globals['_WORKER']._serialized_end=2385
+  _globals['_STEPINPUT']._serialized_end=1171
+  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_start=1029
+  _globals['_STEPINPUT_NUMSCHEDULEDTOKENSENTRY']._serialized_end=1086
+  _globals['_STEPINPUT_SPECTOKENIDSENTRY']._serialized_start=1088
+  _globals['_STEPINPUT_SPECTOKENIDSENTRY']._serialized_end=1171
+  _globals['_TOKENMASKS']._serialized_start=1173
+  _globals['_TOKENMASKS']._serialized_end=1239
+  _globals['_PROPOSEDTOKENS']._serialized_start=1241
+  _globals['_PROPOSEDTOKENS']._serialized_end=1276
+  _globals['_TOPLOGPROBS']._serialized_start=1278
+  _globals['_TOPLOGPROBS']._serialized_end=1328
+  _globals['_PROMPTLOGPROBS']._serialized_start=1330
+  _globals['_PROMPTLOGPROBS']._serialized_end=1439
+  _globals['_REQUESTRESULT']._serialized_start=1442
+  _globals['_REQUESTRESULT']._serialized_end=1641
+  _globals['_STEPOUTPUT']._serialized_start=1643
+  _globals['_STEPOUTPUT']._serialized_end=1703
+  _globals['_WORKERINFO']._serialized_start=1706
+  _globals['_WORKERINFO']._serialized_end=2203
+  _globals['_WORKERINFO_TOKENIZERFILESENTRY']._serialized_start=2138
+  _globals['_WORKERINFO_TOKENIZERFILESENTRY']._serialized_end=2191
+  _globals['_WORKER']._serialized_start=2206
+  _globals['_WORKER']._serialized_end=2576
 # @@protoc_insertion_point(module_scope)

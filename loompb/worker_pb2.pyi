@@ -90,7 +90,7 @@ class RunningRequest(_message.Message):
     def __init__(self, req_id: _Optional[str] = ..., new_token_ids: _Optional[_Iterable[int]] = ..., new_block_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepInput(_message.Message):
-    __slots__ = ("new", "running", "num_scheduled_tokens", "finished_req_ids", "token_masks")
+    __slots__ = ("new", "running", "num_scheduled_tokens", "finished_req_ids", "token_masks", "spec_token_ids")
     class NumScheduledTokensEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,17 +98,26 @@ class StepInput(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SpecTokenIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ProposedTokens
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ProposedTokens, _Mapping]] = ...) -> None: ...
     NEW_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_SCHEDULED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_REQ_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_MASKS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     new: _containers.RepeatedCompositeFieldContainer[NewRequest]
     running: _containers.RepeatedCompositeFieldContainer[RunningRequest]
     num_scheduled_tokens: _containers.ScalarMap[str, int]
     finished_req_ids: _containers.RepeatedScalarFieldContainer[str]
     token_masks: TokenMasks
-    def __init__(self, new: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ..., num_scheduled_tokens: _Optional[_Mapping[str, int]] = ..., finished_req_ids: _Optional[_Iterable[str]] = ..., token_masks: _Optional[_Union[TokenMasks, _Mapping]] = ...) -> None: ...
+    spec_token_ids: _containers.MessageMap[str, ProposedTokens]
+    def __init__(self, new: _Optional[_Iterable[_Union[NewRequest, _Mapping]]] = ..., running: _Optional[_Iterable[_Union[RunningRequest, _Mapping]]] = ..., num_scheduled_tokens: _Optional[_Mapping[str, int]] = ..., finished_req_ids: _Optional[_Iterable[str]] = ..., token_masks: _Optional[_Union[TokenMasks, _Mapping]] = ..., spec_token_ids: _Optional[_Mapping[str, ProposedTokens]] = ...) -> None: ...
 
 class TokenMasks(_message.Message):
     __slots__ = ("req_ids", "words_per_row", "bits")
@@ -119,6 +128,12 @@ class TokenMasks(_message.Message):
     words_per_row: int
     bits: bytes
     def __init__(self, req_ids: _Optional[_Iterable[str]] = ..., words_per_row: _Optional[int] = ..., bits: _Optional[bytes] = ...) -> None: ...
+
+class ProposedTokens(_message.Message):
+    __slots__ = ("token_ids",)
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TopLogprobs(_message.Message):
     __slots__ = ("token_ids", "logprobs")

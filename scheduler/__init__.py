@@ -23,6 +23,8 @@ use, so `import scheduler.request` stays light (no tokenizer).
                        waiting request next in line, each after its quantum
 - deadlines.py         the time a request still needs at the measured step time, and when it
                        can no longer finish by its deadline
+- speculation.py     speculative decoding: who speculates, proposals, a verified step applied
+- ngram_proposer.py  prompt lookup: what followed the last n tokens earlier in the sequence
 - step_results.py      a step's sampled tokens, logprobs and prompt logprobs applied to a request
 - stop.py              check_stop, which decides the natural finishes, and who decides the others
 - grammars.py          structured output compiled (llguidance) once per constraint, cached, limited

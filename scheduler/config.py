@@ -12,6 +12,7 @@ from typing import Any
 from common.checks import integer, number, one_of
 from common.settings import check_settings, from_flat, setting
 from scheduler.queue_policy import QUEUE_POLICIES
+from scheduler.speculation import PROPOSERS
 from worker.config import (
     ENGINE_SIDE_SETTINGS,
     CacheConfig,
@@ -79,6 +80,26 @@ class SchedulerConfig:
     grammar_cache_size: int = setting(
         256, "compiled structured-output grammars kept for later requests", integer(1)
     )
+    # Speculative decoding (scheduler/speculation.py): off until measured worth it.
+    speculative: str = setting(
+        "off",
+        "propose tokens that the model verifies in one step: ngram (prompt lookup: what "
+        "followed the last n tokens earlier in the prompt and output)",
+        one_of(PROPOSERS),
+        choices=PROPOSERS,
+    )
+    num_speculative_tokens: int = setting(
+        4, "speculative: most tokens proposed per request and step", integer(1, 64)
+    )
+    speculative_max_batch: int = setting(
+        8, "speculative: no proposals in a step with more running requests than this", integer(1)
+    )
+    speculative_min_acceptance: float = setting(
+        0.1,
+        "speculative: a request stops speculating when, after 32 proposed tokens, fewer than "
+        "this share of them were accepted",
+        number(0, 1),
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -145,6 +166,17 @@ class EngineStats:
     lora_waiting: dict[str, int] = field(default_factory=dict)
     loras_served: tuple[str, ...] = ()
     max_loras: int = 0
+    # Speculative decoding, since start: tokens proposed, and of those accepted.
+    spec_proposed_tokens: int = 0
+    spec_accepted_tokens: int = 0
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return (
+            self.spec_accepted_tokens / self.spec_proposed_tokens
+            if self.spec_proposed_tokens
+            else 0.0
+        )
 
     @property
     def kv_cache_usage(self) -> float:

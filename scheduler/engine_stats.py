@@ -22,6 +22,7 @@ def collect_stats(
     adapter of each of those that has one."""
     pool = sched.kv.pool
     running, waiting = _lora_counts(sched, pending_loras)
+    speculator = sched.speculator
     return EngineStats(
         num_running=sched.num_running,
         num_waiting=num_waiting + len(pending_tenants),
@@ -36,6 +37,8 @@ def collect_stats(
         lora_waiting=waiting,
         loras_served=loras_served,
         max_loras=sched.max_loras,
+        spec_proposed_tokens=speculator.num_proposed if speculator else 0,
+        spec_accepted_tokens=speculator.num_accepted if speculator else 0,
     )
 
 

@@ -91,6 +91,14 @@ class KVCacheManager:
             self.pool.cache(req.block_ids[i], req.block_hashes[i], block_tokens)
         req.num_cached_blocks = num_full
 
+    def trim(self, req: Request, num_tokens: int) -> None:
+        """Give back the blocks past those `num_tokens` tokens fill: after a speculative step,
+        blocks that held only rejected proposals (never hashed: never counted computed)."""
+        keep = self.blocks_needed(num_tokens)
+        if len(req.block_ids) > keep:
+            self.pool.free(req.block_ids[keep:][::-1])
+            del req.block_ids[keep:]
+
     def free(self, req: Request) -> None:
         self.pool.free(req.block_ids[::-1])
         req.block_ids = []

@@ -82,6 +82,8 @@ def usage_of(req: Request) -> Usage:
         prompt_tokens=len(req.prompt_token_ids),
         completion_tokens=len(req.output_token_ids),
         cached_prompt_tokens=max(req.num_cached_prompt_tokens, 0),
+        spec_proposed_tokens=req.num_spec_proposed,
+        spec_accepted_tokens=req.num_spec_accepted,
     )
 
 

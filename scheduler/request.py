@@ -109,6 +109,9 @@ class Request:
     num_output_tokens_at_admission: int = 0
     # time.monotonic() by which it must finish (scheduler/deadlines.py), or None.
     deadline: float | None = None
+    # Speculative decoding: tokens proposed for it and, of those, accepted by the model.
+    num_spec_proposed: int = 0
+    num_spec_accepted: int = 0
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     # Echo: one entry per prompt position, None until computed (position 0 stays None).

@@ -39,6 +39,7 @@ is imported only when a worker is created.
 - step_sampling.py   one step's sampling and logprobs over the rows of its logits
 - step_output.py     sampled tokens and logprobs -> StepOutput
 - token_masks.py     structured output's packed allowed-token bits applied to the logits rows
+- speculative.py     proposed tokens scored in the step's forward pass, verified, forgotten
 - placement.py       what of the model a runner holds: all of it, or a tensor-parallel slice
 - parallel.py        the process group from the launcher variables, collectives with timeouts
 - tp_model.py        a rank's Llama: column/row-parallel layers, vocabulary-parallel rows

@@ -34,6 +34,7 @@ from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
 from worker.sampler import seeded_uniform
+from worker.speculative import attach_proposals, detach_proposals, take_verdict
 from worker.step_batch import RequestState, StepBatch, build_step_batch
 from worker.step_check import check_step
 from worker.step_sampling import sample_and_score
@@ -185,6 +186,7 @@ class ModelRunner:
             self._add(new)
         for running in step.running:
             self._extend(running)
+        attach_proposals(self.requests, step.spec_token_ids)
         scheduled = [
             (self.requests[req_id], n) for req_id, n in step.num_scheduled_tokens.items()
         ]
@@ -212,7 +214,10 @@ class ModelRunner:
             output = self.sample(scheduled, batch, logits)
         output.errors.update(lora_errors)
         for state, n in scheduled:
-            state.num_computed += n
+            if state.num_proposed:
+                detach_proposals(state)
+            else:
+                state.num_computed += n
         return output
 
     def _acquire_loras(
@@ -244,9 +249,10 @@ class ModelRunner:
         """Tokens and logprobs from the step's logits (a tensor-parallel follower rank,
         which gets no logits, samples nothing)."""
         uniforms = {
-            plan.sample_row: self._uniform(state)
+            plan.sample_row + j: self._uniform(state, j)
             for (state, _), plan in zip(scheduled, batch.plans, strict=True)
             if plan.sample_row is not None
+            for j in range(1 + plan.num_proposed_rows)
         }
         return sample_and_score(
             scheduled, batch.plans, logits, uniforms, self.penalties, self.token_masks
@@ -274,13 +280,16 @@ class ModelRunner:
 
     def _extend(self, running: RunningRequest) -> None:
         state = self.requests[running.req_id]
+        take_verdict(state, running.new_token_ids, self.block_size)
         state.token_ids.extend(running.new_token_ids)
         state.block_ids.extend(running.new_block_ids)
 
     # ---- sampling ----------------------------------------------------------------------
 
-    def _uniform(self, state: RequestState) -> float:
-        # The token being sampled lands at position len(token_ids).
+    def _uniform(self, state: RequestState, offset: int = 0) -> float:
+        # The token sampled from the row `offset` after the last known token lands at
+        # position len(known tokens) + offset (proposals are not known tokens).
         if state.sampling.seed is not None:
-            return seeded_uniform(state.sampling.seed, len(state.token_ids))
+            position = len(state.token_ids) - state.num_proposed + offset
+            return seeded_uniform(state.sampling.seed, position)
         return self._rng.random()

@@ -32,6 +32,10 @@ class RequestState:
     # Ids it may not sample before min_tokens (NewRequest.end_token_ids).
     end_token_ids: tuple[int, ...] = ()
     lora: LoraRef | None = None  # the adapter it runs with; None: the base model
+    # Speculative decoding: proposed tokens at the end of token_ids during this step only,
+    # and whether the last step verified some (worker/speculative.py).
+    num_proposed: int = 0
+    awaiting_verdict: bool = False
 
     @classmethod
     def from_new(cls, new: NewRequest) -> RequestState:
@@ -54,6 +58,8 @@ class LogitsPlan:
     sample_row: int | None  # row whose logits give the next token; None mid-prefill
     echo_first_row: int  # echo only: row predicting prompt token num_computed + 1
     num_echo_scored: int  # prompt tokens scored this step (0 unless echo)
+    # Speculative decoding: the rows after sample_row, one per proposed token, sampled too.
+    num_proposed_rows: int = 0
 
 
 @dataclass(slots=True)
@@ -170,7 +176,12 @@ def _logits_plans(
         first_row = first_rows[batch_index]
         completes = state.num_computed + n == len(state.token_ids)
         plan = LogitsPlan(sample_row=None, echo_first_row=len(logits_rows), num_echo_scored=0)
-        if state.sampling.echo:
+        if state.num_proposed:
+            # The last known token's row, then one row per proposed token: all are sampled.
+            plan.sample_row = len(logits_rows)
+            plan.num_proposed_rows = state.num_proposed
+            logits_rows.extend(range(first_row, first_row + n))
+        elif state.sampling.echo:
             # Row p predicts token p + 1: every chunk row scores a prompt token, except the
             # last one when it predicts the first generated token instead.
             plan.num_echo_scored = n - 1 if completes else n

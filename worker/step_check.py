@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from contract.sampling import SamplingParams
 from contract.step import StepInput, WorkerInfo
+from worker.speculative import verdict_preview
 
 
 class KnownRequest(Protocol):
@@ -25,6 +27,9 @@ class KnownRequest(Protocol):
     token_ids: list[int]
     block_ids: list[int]
     num_computed: int
+    num_prompt_tokens: int
+    sampling: SamplingParams
+    awaiting_verdict: bool  # a speculative step's answer is due in its next new tokens
 
 
 @dataclass(slots=True)
@@ -59,10 +64,13 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
             raise StepRejected(f"running request {running.req_id} is not on this worker")
         _check_tokens(running.req_id, running.new_token_ids, info.vocab_size)
         _check_blocks(running.req_id, running.new_block_ids, info.num_kv_blocks)
+        num_computed, num_blocks = verdict_preview(
+            state, len(running.new_token_ids), info.block_size
+        )
         planned[running.req_id] = _Planned(
             len(state.token_ids) + len(running.new_token_ids),
-            len(state.block_ids) + len(running.new_block_ids),
-            state.num_computed,
+            num_blocks + len(running.new_block_ids),
+            num_computed,
         )
     for req_id, num_tokens in step.num_scheduled_tokens.items():
         plan = planned.get(req_id)
@@ -70,9 +78,17 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
             state = known.get(req_id)
             if state is None or req_id in finished:
                 raise StepRejected(f"request {req_id} is scheduled but not on this worker")
-            plan = _Planned(len(state.token_ids), len(state.block_ids), state.num_computed)
+            num_computed, num_blocks = verdict_preview(state, 0, info.block_size)
+            plan = _Planned(len(state.token_ids), num_blocks, num_computed)
             planned[req_id] = plan
+        proposed = step.spec_token_ids.get(req_id)
+        if proposed:
+            _check_proposed(req_id, proposed, num_tokens, plan, step, known, info)
+            plan.num_tokens += len(proposed)
         _check_scheduled(req_id, num_tokens, plan, info)
+    for req_id in step.spec_token_ids:
+        if req_id not in step.num_scheduled_tokens:
+            raise StepRejected(f"request {req_id}: tokens proposed for an unscheduled request")
     if step.token_masks is not None:
         _check_token_masks(step, planned, info.vocab_size)
 
@@ -115,6 +131,37 @@ def _check_scheduled(req_id: str, num_tokens: int, plan: _Planned, info: WorkerI
         raise StepRejected(
             f"request {req_id}: {plan.num_blocks} blocks of {info.block_size} cannot hold "
             f"{context} tokens"
+        )
+
+
+def _check_proposed(
+    req_id: str,
+    proposed: list[int],
+    num_tokens: int,
+    plan: _Planned,
+    step: StepInput,
+    known: Mapping[str, KnownRequest],
+    info: WorkerInfo,
+) -> None:
+    """Proposals follow a decoding request's one new token, for sampling without per-token
+    state (worker/speculative.py)."""
+    _check_tokens(req_id, proposed, info.vocab_size)
+    if plan.num_tokens - plan.num_computed != 1 or num_tokens != 1 + len(proposed):
+        raise StepRejected(
+            f"request {req_id}: {len(proposed)} proposed tokens need a decoding request "
+            f"scheduled for {1 + len(proposed)} tokens, got {num_tokens}"
+        )
+    new = next((r for r in step.new if r.req_id == req_id), None)
+    sampling = new.sampling if new is not None else known[req_id].sampling
+    num_prompt = (
+        len(new.prompt_token_ids) - new.num_output_tokens
+        if new is not None
+        else known[req_id].num_prompt_tokens
+    )
+    if sampling.shapes_logits or plan.num_tokens - num_prompt < sampling.min_tokens:
+        raise StepRejected(
+            f"request {req_id}: tokens proposed for a request with penalties, logit biases "
+            "or min_tokens still due"
         )
 
 

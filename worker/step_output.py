@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from contract.step import PromptLogprobs, StepOutput
+from worker.speculative import accepted_tokens
 from worker.step_batch import LogitsPlan, RequestState
 
 NON_FINITE_LOGITS = "the model's logits for this request are not finite (NaN or inf)"
@@ -48,11 +49,17 @@ def assemble_output(
             out.top_logprobs.append(top)
             continue
         if row is not None:
-            tokens.append(tokens_by_row[row])
+            if plan.num_proposed_rows:
+                proposed = state.token_ids[-plan.num_proposed_rows :]
+                drawn = [tokens_by_row[row + j] for j in range(1 + plan.num_proposed_rows)]
+                tokens.extend(accepted_tokens(drawn, proposed))
+            else:
+                tokens.append(tokens_by_row[row])
+            rows = range(row, row + len(tokens))
             if scores is not None and opts.logprobs:
-                logprobs.append(scores.logprobs[row])
+                logprobs.extend(scores.logprobs[r] for r in rows)
             if scores is not None and opts.top_logprobs:
-                top.append(scores.top(row, opts.top_logprobs))
+                top.extend(scores.top(r, opts.top_logprobs) for r in rows)
         out.sampled_token_ids.append(tokens)
         out.logprobs.append(logprobs)
         out.top_logprobs.append(top)
@@ -70,7 +77,9 @@ def assemble_output(
 
 def _rows_finite(plan: LogitsPlan, finite_rows: list[bool]) -> bool:
     """Whether the request's sample row and echo rows are all finite."""
-    if plan.sample_row is not None and not finite_rows[plan.sample_row]:
+    if plan.sample_row is not None and not all(
+        finite_rows[plan.sample_row : plan.sample_row + 1 + plan.num_proposed_rows]
+    ):
         return False
     first = plan.echo_first_row
     return all(finite_rows[first : first + plan.num_echo_scored]) if plan.num_echo_scored else True

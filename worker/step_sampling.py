@@ -34,9 +34,10 @@ def sample_and_score(
 ) -> StepOutput:
     device = logits.device
     by_row = sorted(
-        (plan.sample_row, state)
+        (plan.sample_row + j, state)
         for (state, _), plan in zip(scheduled, plans, strict=True)
         if plan.sample_row is not None
+        for j in range(1 + plan.num_proposed_rows)  # speculative: one row per proposal too
     )
     # One pass over the raw logits: a row's sum is finite only when every logit is (or when
     # finite logits overflow float32, which is no less broken). It comes back with the tokens.
