@@ -22,6 +22,10 @@ from worker.step_batch import StepBatch
 
 # The C++ model's type code for a float32 matrix (packed types use KERNEL_TYPE_IDS).
 FLOAT32 = -1
+# Most rows a fused step takes: its products are row loops, which torch's GEMM beats on
+# wider steps (the packed float kernel's own crossover, and a 32-row decode of the 60M float32
+# model at 1.6x the per-operator path's time in `python -m bench lora`).
+MAX_FUSED_ROWS = 16
 
 
 def _parts(module: Any) -> tuple[list[torch.Tensor], list[int]] | None:
@@ -83,7 +87,7 @@ class FusedDecode:
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         meta = batch.attn
-        if meta.max_query_len != 1:
+        if meta.max_query_len != 1 or batch.input_ids.numel() > MAX_FUSED_ROWS:
             return None
         logits = self._model.forward(
             batch.input_ids, batch.positions, self._k_caches, self._v_caches,

@@ -110,3 +110,16 @@ def test_int8_activations_reach_the_fused_step(random_model, tmp_path) -> None:
 
 def test_the_fused_step_is_for_the_cpu_kernel_backend_only(stories_dir) -> None:
     assert start_worker(stories_dir, attention_backend="torch").fused_decode is None
+
+
+@torch.inference_mode()
+def test_a_step_wider_than_the_fused_rows_takes_the_operator_path(stories_dir) -> None:
+    # Its row loops lose to torch's GEMM on wide steps: those run per operator.
+    from worker.decode_step import MAX_FUSED_ROWS
+
+    worker = start_worker(stories_dir, block_size=16)
+    states = [
+        RequestState(f"w{i}", [1, 5 + i], [i], ALL_ROWS, 1, 1) for i in range(MAX_FUSED_ROWS + 1)
+    ]
+    assert worker.fused_decode(worker.build_batch([(s, 1) for s in states])) is None
+    assert worker.fused_decode(worker.build_batch([(s, 1) for s in states[:-1]])) is not None
