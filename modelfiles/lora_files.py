@@ -18,6 +18,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 _HF_MODULES = {
@@ -54,6 +55,19 @@ class BaseShapes:
     n_layers: int
     n_heads: int
     n_kv_heads: int
+
+    @classmethod
+    def of(cls, model: Any) -> BaseShapes:
+        """From anything with the model's hyper-parameters by name (WorkerInfo, ModelArgs)."""
+        return cls(
+            dim=model.dim,
+            q_dim=model.n_heads * model.head_dim,
+            kv_dim=model.n_kv_heads * model.head_dim,
+            hidden_dim=model.hidden_dim,
+            n_layers=model.n_layers,
+            n_heads=model.n_heads,
+            n_kv_heads=model.n_kv_heads,
+        )
 
     def in_out(self, module: str) -> tuple[int, int]:
         return {

@@ -17,18 +17,6 @@ from modelfiles.lora_files import BaseShapes, LoraError, check_lora_name, read_l
 from scheduler.errors import LoraNotFoundError
 
 
-def worker_base_shapes(info: WorkerInfo) -> BaseShapes:
-    return BaseShapes(
-        dim=info.dim,
-        q_dim=info.n_heads * info.head_dim,
-        kv_dim=info.n_kv_heads * info.head_dim,
-        hidden_dim=info.hidden_dim,
-        n_layers=info.n_layers,
-        n_heads=info.n_heads,
-        n_kv_heads=info.n_kv_heads,
-    )
-
-
 class LoraExistsError(LoraError):
     """A load under a name already served (gRPC ALREADY_EXISTS)."""
 
@@ -39,7 +27,7 @@ class LoraRegistry:
     def __init__(self, info: WorkerInfo) -> None:
         self.info = info
         self.max_rank = info.max_lora_rank
-        self._base = worker_base_shapes(info)
+        self._base = BaseShapes.of(info)
         self._lock = threading.Lock()
         self._by_name: dict[str, LoraRef] = {}
         self._next_id = 1

@@ -21,7 +21,6 @@ import torch
 from contract.step import LoraRef
 from modelfiles.lora_files import BaseShapes, LoraError, read_lora
 from worker.lora_weights import LoraAdapter, load_lora_adapter
-from worker.model_args import ModelArgs
 
 
 @dataclass(slots=True)
@@ -55,18 +54,6 @@ class LoraStep:
 def lora_step(runs: list[tuple[int, int, int]], adapters: dict[int, LoraAdapter]) -> LoraStep:
     """The step's runs of rows (StepBatch.lora_runs) with their adapters' tensors."""
     return LoraStep([LoraRun(start, end, adapters[lora_id]) for start, end, lora_id in runs])
-
-
-def base_shapes(args: ModelArgs) -> BaseShapes:
-    return BaseShapes(
-        dim=args.dim,
-        q_dim=args.n_heads * args.head_dim,
-        kv_dim=args.n_kv_heads * args.head_dim,
-        hidden_dim=args.hidden_dim,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        n_kv_heads=args.n_kv_heads,
-    )
 
 
 class ResidentLoras:

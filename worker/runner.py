@@ -19,6 +19,7 @@ from contract.step import (
     TokenMasks,
     WorkerInfo,
 )
+from modelfiles.lora_files import BaseShapes
 from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
@@ -27,7 +28,7 @@ from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
-from worker.lora_batch import ResidentLoras, base_shapes, lora_step
+from worker.lora_batch import ResidentLoras, lora_step
 from worker.lora_weights import LoraAdapter
 from worker.packed_modules import use_int8_activations
 from worker.packed_weights import keep_packed
@@ -155,7 +156,7 @@ class ModelRunner:
             self.loras = ResidentLoras(
                 config.lora.max_loras,
                 config.lora.max_lora_rank,
-                base_shapes(args),
+                BaseShapes.of(args),
                 self.dtype,
                 self.device,
                 self.model.fused,
