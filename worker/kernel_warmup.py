@@ -8,7 +8,9 @@ runs the model once per variant instead, on steps that write nowhere in the KV c
 
 - a prefill chunk of 2, 4, 8, ... tokens, one per tile shape `launch_shape` can give;
 - a decode-only step for each split count a step can use (the CUDA graphs, captured after
-  this, compile their own shapes while they capture).
+  this, compile their own shapes while they capture);
+- with LoRA slots (the Triton adapter path), every one of those runs with the adapter
+  kernels too (every row on the base model: they compile, then exit at once).
 
 The kernels take every size that changes from step to step as a grid size or an unspecialised
 argument, so nothing else varies (tests/worker/test_kernel_warmup.py checks the variants a
@@ -25,13 +27,18 @@ import torch
 from worker.attention import AttentionMetadata
 from worker.attention.triton_backend import TritonAttentionBackend, launch_shape
 from worker.kv_cache import KVCache
+from worker.lora_slots import LoraSlots
+from worker.lora_triton import TritonLoraStep
 from worker.model import Transformer
 
 log = logging.getLogger("loom.worker")
 
 
 def warm_up_kernels(
-    model: Transformer, kv_cache: KVCache, backend: TritonAttentionBackend
+    model: Transformer,
+    kv_cache: KVCache,
+    backend: TritonAttentionBackend,
+    lora_slots: LoraSlots | None = None,
 ) -> int:
     """Run the model once per kernel variant a step can hit; returns how many runs."""
     started = time.monotonic()
@@ -44,14 +51,14 @@ def warm_up_kernels(
         shape = launch_shape(query_len, args.n_heads // args.n_kv_heads, args.head_dim, dtype)
         if shape not in shapes:
             shapes.add(shape)
-            _run(model, kv_cache, backend, query_len, 1)
+            _run(model, kv_cache, backend, query_len, 1, lora_slots)
             runs += 1
         query_len *= 2
     forced = backend.num_splits
     try:
         for splits in backend.reachable_splits(args.n_kv_heads, args.max_seq_len):
             backend.num_splits = splits
-            _run(model, kv_cache, backend, 1, 1)
+            _run(model, kv_cache, backend, 1, 1, lora_slots)
             runs += 1
     finally:
         backend.num_splits = forced
@@ -62,7 +69,7 @@ def warm_up_kernels(
 
 def _run(
     model: Transformer, kv_cache: KVCache, backend: TritonAttentionBackend, query_len: int,
-    num_seqs: int,
+    num_seqs: int, lora_slots: LoraSlots | None = None,
 ) -> None:  # fmt: skip
     """One step of `num_seqs` sequences of `query_len` new tokens each, no cached prefix;
     every token's slot is -1, so its K/V are written nowhere and the cache stays as it was."""
@@ -89,6 +96,9 @@ def _run(
     backend.prepare(meta)
     positions = torch.arange(query_len, device=device).repeat(num_seqs)
     input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+    lora = None
+    if lora_slots is not None:
+        lora = TritonLoraStep(lora_slots, torch.full_like(input_ids, -1))
     with torch.inference_mode():
-        hidden = model(input_ids, positions, kv_cache.layers, meta)
+        hidden = model(input_ids, positions, kv_cache.layers, meta, lora)
         model.compute_logits(hidden, None)

@@ -9,6 +9,10 @@ copy of the activations; tokens on the base model alone cost nothing.
 
     # runs [(0, 3, adapter 7), (5, 9, adapter 2)]: rows 3-4 are base-only
     # out[0:3] += (x[0:3] A7^T) B7^T ; out[5:9] += (x[5:9] A2^T) B2^T
+
+On CUDA (where Triton is installed) the resident adapters also sit in the fixed slots of
+worker/lora_slots.py and a step runs worker/lora_triton.py's kernels instead, each row
+carrying its adapter's slot; the adapters' own tensors then stay on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import torch
 
 from contract.step import LoraRef
 from modelfiles.lora_files import BaseShapes, LoraError, read_lora
+from worker.attention.triton_backend import triton_missing
+from worker.device_io import to_device
+from worker.lora_slots import LoraSlots
+from worker.lora_triton import TritonLoraStep, row_slots_of
 from worker.lora_weights import LoraAdapter, load_lora_adapter
 
 
@@ -56,8 +64,14 @@ def lora_step(runs: list[tuple[int, int, int]], adapters: dict[int, LoraAdapter]
     return LoraStep([LoraRun(start, end, adapters[lora_id]) for start, end, lora_id in runs])
 
 
+def triton_lora_path(device: torch.device) -> bool:
+    """Whether a worker on `device` runs its adapters through the Triton kernels."""
+    return device.type == "cuda" and triton_missing() is None
+
+
 class ResidentLoras:
-    """The adapters the worker holds, loaded from their files on first use."""
+    """The adapters the worker holds, loaded from their files on first use; with `slotted`
+    each also in a slot of one LoraSlots, for the Triton path."""
 
     def __init__(
         self,
@@ -67,6 +81,7 @@ class ResidentLoras:
         dtype: torch.dtype,
         device: torch.device,
         fused: bool,
+        slotted: bool = False,
     ) -> None:
         self.max_loras = max_loras
         self.max_rank = max_rank
@@ -75,6 +90,10 @@ class ResidentLoras:
         self.device = device
         self.fused = fused
         self._adapters: OrderedDict[int, LoraAdapter] = OrderedDict()  # least recent first
+        self.slots: LoraSlots | None = None
+        self.slot_of: dict[int, int] = {}  # lora_id -> its slot, with `slotted`
+        if slotted:
+            self.slots = LoraSlots(max_loras, max_rank, base, dtype, device, fused)
 
     @property
     def resident_ids(self) -> list[int]:
@@ -100,6 +119,7 @@ class ResidentLoras:
             while len(self._adapters) >= self.max_loras:
                 oldest = next(i for i in self._adapters if i not in wanted)
                 del self._adapters[oldest]
+                self.slot_of.pop(oldest, None)
             try:
                 found[lora_id] = self._adapters[lora_id] = self._load(ref)
             except (LoraError, OSError) as exc:
@@ -108,6 +128,23 @@ class ResidentLoras:
 
     def _load(self, ref: LoraRef) -> LoraAdapter:
         manifest = read_lora(ref.path, self.base, self.max_rank)
-        return load_lora_adapter(
-            manifest, ref.lora_id, ref.name, self.base, self.dtype, self.device, self.fused
+        # Slotted, the slot holds the device copy: the adapter's own tensors stay here.
+        device = torch.device("cpu") if self.slots else self.device
+        adapter = load_lora_adapter(
+            manifest, ref.lora_id, ref.name, self.base, self.dtype, device, self.fused
         )
+        if self.slots is not None:
+            taken = set(self.slot_of.values())
+            slot = next(i for i in range(self.max_loras) if i not in taken)
+            self.slots.store(slot, adapter)
+            self.slot_of[ref.lora_id] = slot
+        return adapter
+
+    def step(
+        self, runs: list[tuple[int, int, int]], adapters: dict[int, LoraAdapter], num_tokens: int
+    ) -> LoraStep | TritonLoraStep:
+        """The step's adapter path over its runs (StepBatch.lora_runs) of `num_tokens` rows."""
+        if self.slots is None:
+            return lora_step(runs, adapters)
+        rows = row_slots_of(runs, self.slot_of, num_tokens)
+        return TritonLoraStep(self.slots, to_device(rows, torch.long, self.device))

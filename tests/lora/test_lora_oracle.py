@@ -107,3 +107,23 @@ def test_more_adapters_than_max_loras_take_turns_and_stay_exact(random_adapted):
     names = ["all8", "qvdown4", None, "gateup16", "all8"]
     batch = [(p, n) for p in prompts for n in names]
     _check_against_peft(random_adapted, [p for p, _ in batch], [n for _, n in batch], max_loras=1)
+
+
+@pytest.mark.slow
+def test_the_triton_slot_path_matches_peft(random_adapted, monkeypatch):
+    """The adapters through the Triton kernels in slots (the CUDA path, here under Triton's
+    interpreter: only the choice of path is forced), three adapters over max_loras 2, so
+    slots are freed and taken again, beside base requests, prompts prefilled in chunks."""
+    from worker import lora_triton
+
+    monkeypatch.setattr("worker.runner.triton_lora_path", lambda device: True)
+    launches = []
+    launch = lora_triton.lora_add
+    monkeypatch.setattr(lora_triton, "lora_add", lambda *a: launches.append(1) or launch(*a))
+    prompts = _prompts(4, 1)  # each launch runs in numpy: few requests
+    names = ["all8", "qvdown4", None, "gateup16"]
+    batch = [(p, n) for p in prompts for n in names]
+    _check_against_peft(random_adapted, [p for p, _ in batch], [n for _, n in batch],
+                        max_loras=2, long_prefill_threshold=8, max_num_batched_tokens=32,
+                        max_num_seqs=8)  # fmt: skip
+    assert launches
