@@ -204,6 +204,7 @@ class DecodeGraphs:
         max_blocks = -(-self.max_seq_len // self.block_size)
         self.inputs = DecodeInputs(self.sizes[-1], max_blocks, device)
         self.num_replays: Counter[int] = Counter()  # by captured size
+        self.num_adapted_replays = 0  # of those, replays of the ladder with adapters
         self._all_rows = torch.arange(self.sizes[-1], device=device)
         self._metadata = {
             size: self.inputs.metadata(size, self.max_seq_len, backend) for size in self.sizes
@@ -244,6 +245,7 @@ class DecodeGraphs:
         self.inputs.fill(scheduled, size, self.block_size, loras.slot_of if adapted else None)
         logits = (self._adapted_steps if adapted else self._steps)[size].replay()
         self.num_replays[size] += 1
+        self.num_adapted_replays += adapted
         # A decode step's sequences are already in batch order: sequence b is row b.
         order = list(range(num_seqs))
         rows, plans = _logits_plans(scheduled, order, order)
