@@ -9,8 +9,8 @@ runs the model once per variant instead, on steps that write nowhere in the KV c
 - a prefill chunk of 2, 4, 8, ... tokens, one per tile shape `launch_shape` can give;
 - a decode-only step for each split count a step can use (the CUDA graphs, captured after
   this, compile their own shapes while they capture);
-- with LoRA slots (the Triton adapter path), every one of those runs with the adapter
-  kernels too (every row on the base model: they compile, then exit at once).
+- with LoRA slots (the Triton adapter path), the shrink and expand kernels of each
+  projection at both tile heights, every row on the base model (they exit at once).
 
 The kernels take every size that changes from step to step as a grid size or an unspecialised
 argument, so nothing else varies (tests/worker/test_kernel_warmup.py checks the variants a
@@ -28,7 +28,7 @@ from worker.attention import AttentionMetadata
 from worker.attention.triton_backend import TritonAttentionBackend, launch_shape
 from worker.kv_cache import KVCache
 from worker.lora_slots import LoraSlots
-from worker.lora_triton import TritonLoraStep
+from worker.lora_triton import BLOCK_M_HEIGHTS, TritonLoraStep
 from worker.model import Transformer
 
 log = logging.getLogger("loom.worker")
@@ -51,17 +51,19 @@ def warm_up_kernels(
         shape = launch_shape(query_len, args.n_heads // args.n_kv_heads, args.head_dim, dtype)
         if shape not in shapes:
             shapes.add(shape)
-            _run(model, kv_cache, backend, query_len, 1, lora_slots)
+            _run(model, kv_cache, backend, query_len, 1)
             runs += 1
         query_len *= 2
     forced = backend.num_splits
     try:
         for splits in backend.reachable_splits(args.n_kv_heads, args.max_seq_len):
             backend.num_splits = splits
-            _run(model, kv_cache, backend, 1, 1, lora_slots)
+            _run(model, kv_cache, backend, 1, 1)
             runs += 1
     finally:
         backend.num_splits = forced
+    if lora_slots is not None:
+        runs += _warm_up_lora(lora_slots, model.norm.weight.dtype, kv_cache.storage.device)
     log.info("Triton kernels warmed up: %d variants in %.1f s", runs,
              time.monotonic() - started)  # fmt: skip
     return runs
@@ -69,7 +71,7 @@ def warm_up_kernels(
 
 def _run(
     model: Transformer, kv_cache: KVCache, backend: TritonAttentionBackend, query_len: int,
-    num_seqs: int, lora_slots: LoraSlots | None = None,
+    num_seqs: int,
 ) -> None:  # fmt: skip
     """One step of `num_seqs` sequences of `query_len` new tokens each, no cached prefix;
     every token's slot is -1, so its K/V are written nowhere and the cache stays as it was."""
@@ -96,9 +98,19 @@ def _run(
     backend.prepare(meta)
     positions = torch.arange(query_len, device=device).repeat(num_seqs)
     input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
-    lora = None
-    if lora_slots is not None:
-        lora = TritonLoraStep(lora_slots, torch.full_like(input_ids, -1))
     with torch.inference_mode():
-        hidden = model(input_ids, positions, kv_cache.layers, meta, lora)
+        hidden = model(input_ids, positions, kv_cache.layers, meta)
         model.compute_logits(hidden, None)
+
+
+def _warm_up_lora(slots: LoraSlots, dtype: torch.dtype, device: torch.device) -> int:
+    """Each projection's adapter kernels at each tile height (every layer has the same
+    shapes, and the row count is no compile-time constant)."""
+    for num_tokens in BLOCK_M_HEIGHTS:
+        rows = torch.full((num_tokens,), -1, dtype=torch.int64, device=device)
+        step = TritonLoraStep(slots, rows)
+        for name, projection in slots.layers[0].items():
+            x = torch.zeros((num_tokens, projection.a.shape[-1]), dtype=dtype, device=device)
+            out = torch.zeros((num_tokens, projection.b.shape[1]), dtype=dtype, device=device)
+            step.add(out, x, 0, name)
+    return len(BLOCK_M_HEIGHTS)

@@ -34,8 +34,11 @@ def split_k(in_features: int) -> int:
     return max(1, min(MAX_SPLIT_K, in_features // K_PER_PROGRAM))
 
 
+BLOCK_M_HEIGHTS = (16, 64)  # rows per program: the first up to 16 rows, else the second
+
+
 def block_m(num_tokens: int) -> int:
-    return 16 if num_tokens <= 16 else 64
+    return BLOCK_M_HEIGHTS[0] if num_tokens <= BLOCK_M_HEIGHTS[0] else BLOCK_M_HEIGHTS[1]
 
 
 @dataclass(slots=True)
