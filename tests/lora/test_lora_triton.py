@@ -16,7 +16,8 @@ from worker.attention.triton_backend import triton_missing
 from worker.lora_batch import lora_step
 from worker.lora_slots import LoraSlots
 from worker.lora_triton import TritonLoraStep, row_slots_of
-from worker.lora_weights import FUSED_PROJECTIONS, LoraAdapter, LoraPart, LoraProjection
+from worker.lora_weights import FUSED_PROJECTIONS, LoraAdapter
+from worker.random_model import random_lora_adapter
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason="triton is not installed")
 
@@ -31,28 +32,7 @@ ADAPTERS = ((7, 8, ("q", "v", "gate")), (3, 64, ("q", "k", "v", "o", "gate", "up
 
 def random_adapter(lora_id: int, rank: int, modules: tuple[str, ...], dtype: torch.dtype,
                    gen: torch.Generator) -> LoraAdapter:  # fmt: skip
-    """The layout worker/lora_weights.py loads: per projection, A of the adapted parts
-    stacked, one B per part, each part's own rank (the second half of a fused projection's
-    parts at half the rank, so a slice's rank is not always the adapter's)."""
-    layers = []
-    for _ in range(BASE.n_layers):
-        adapted = {}
-        for projection, names in FUSED_PROJECTIONS.items():
-            shrink, parts, out_start, rank_start = [], [], 0, 0
-            for i, module in enumerate(names):
-                in_features, out_features = BASE.in_out(module)
-                if module in modules:
-                    width = rank if i == 0 else max(rank // 2, 1)
-                    shrink.append(torch.randn(width, in_features, generator=gen) / 8)
-                    b = torch.randn(out_features, width, generator=gen) / 4
-                    parts.append(LoraPart(out_start, out_start + out_features, rank_start,
-                                          rank_start + width, b.to(dtype)))  # fmt: skip
-                    rank_start += width
-                out_start += out_features
-            if parts:
-                adapted[projection] = LoraProjection(torch.cat(shrink).to(dtype), parts)
-        layers.append(adapted)
-    return LoraAdapter(lora_id, f"a{lora_id}", layers)
+    return random_lora_adapter(BASE, lora_id, rank, modules, dtype, gen)
 
 
 def dense_reference(out: torch.Tensor, x: torch.Tensor, row_ids: list[int],
