@@ -10,6 +10,7 @@ read on the device: a captured decode graph replays with any adapters in any slo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,14 @@ class TritonLoraStep:
     slots: LoraSlots
     row_slots: torch.Tensor
     splits: int | None = None  # force the shrink's split (tests); None: split_k(in_features)
+    # A tensor-parallel rank's all-reduce, for the partial shrinks of wo and w2.
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def add(self, out: torch.Tensor, x: torch.Tensor, layer: int, projection: str) -> None:
         """out += each row's adapter's x A^T B^T, slice by slice, for `projection`."""
-        lora_add(out, x, self.row_slots, self.slots.layers[layer][projection], self.splits)
+        reduce = self.reduce if projection in ("wo", "w2") else None
+        lora_add(out, x, self.row_slots, self.slots.layers[layer][projection], self.splits,
+                 reduce)  # fmt: skip
 
 
 def lora_add(
@@ -61,7 +66,9 @@ def lora_add(
     row_slots: torch.Tensor,  # [num_tokens] int
     projection: SlotProjection,
     splits: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
+    """`reduce`: sums the shrink's planes over tensor-parallel ranks before the expand."""
     from worker import lora_kernels  # imports triton
 
     if x.stride(1) != 1:
@@ -77,8 +84,9 @@ def lora_add(
     k_blocks = -(-in_features // BLOCK_K)
     k_per_split = -(-k_blocks // splits) * BLOCK_K
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    u = torch.empty((splits, num_tokens, num_slices, max_rank), dtype=torch.float32,
-                    device=x.device)  # fmt: skip
+    # Rows the shrink skips (no adapter) are never read; summed over ranks, they must be numbers.
+    make = torch.empty if reduce is None else torch.zeros
+    u = make((splits, num_tokens, num_slices, max_rank), dtype=torch.float32, device=x.device)
     m_blocks = -(-num_tokens // rows)
     a = projection.a
     lora_kernels.lora_shrink_kernel[(m_blocks, num_slices, splits * r_blocks)](
@@ -88,6 +96,8 @@ def lora_add(
         NUM_R_BLOCKS=r_blocks, K_PER_SPLIT=k_per_split, BLOCK_M=rows, BLOCK_R=block_r,
         BLOCK_K=BLOCK_K, PRECISION=precision,
     )  # fmt: skip
+    if reduce is not None:
+        reduce(u)  # in place
     bounds = projection.bounds_host
     widest = max(end - start for start, end in zip(bounds, bounds[1:], strict=False))
     b = projection.b

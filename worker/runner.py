@@ -103,14 +103,15 @@ class ModelRunner:
                 use_int8_activations(self.model)
             if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
                 install_fused_ops(self.model)
-        # LoRA adapters: none under tensor parallelism (the adapters would need cutting too).
-        # Made before the KV cache, which takes what memory is left (the Triton path's slots).
-        self.loras: ResidentLoras | None = None
-        if placement.world_size == 1:
-            self.loras = ResidentLoras(
-                config.lora.max_loras, config.lora.max_lora_rank, BaseShapes.of(args),
-                self.dtype, self.device, self.model.fused, triton_lora_path(self.device),
-            )  # fmt: skip
+        # LoRA adapters, made before the KV cache, which takes what memory is left (the Triton
+        # path's slots). A tensor-parallel rank holds its slice of each (worker/lora_weights.py).
+        group = getattr(self.model, "group", None)
+        self.loras = ResidentLoras(
+            config.lora.max_loras, config.lora.max_lora_rank, BaseShapes.of(args), self.dtype,
+            self.device, self.model.fused, triton_lora_path(self.device),
+            shard=(group.rank, group.world_size) if group else None,
+            reduce=group.all_reduce if group else None,
+        )  # fmt: skip
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
@@ -126,7 +127,7 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
-        lora_slots = self.loras.slots if self.loras else None
+        lora_slots = self.loras.slots
         if self.attention_backend.name == "triton" and self.device.type == "cuda":
             # No request waits for a Triton compile (the graphs below compile their own).
             warm_up_kernels(self.model, self.kv_cache, self.attention_backend, lora_slots)
@@ -156,7 +157,7 @@ class ModelRunner:
             head_dim=args.head_dim,
             hidden_dim=args.hidden_dim,
             tensor_parallel_size=placement.world_size,
-            max_loras=config.lora.max_loras if placement.world_size == 1 else 0,
+            max_loras=config.lora.max_loras,
             max_lora_rank=config.lora.max_lora_rank,
         )
         self.requests: dict[str, RequestState] = {}
@@ -204,7 +205,7 @@ class ModelRunner:
                 logits = fused(batch) if fused else None
                 if logits is None:
                     lora = None
-                    if adapters and self.loras is not None:
+                    if adapters:
                         lora = self.loras.step(batch.lora_runs, adapters, len(batch.input_ids))
                     hidden = self.model(
                         batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
@@ -229,11 +230,7 @@ class ModelRunner:
         refs = [state.lora for state, _ in scheduled if state.lora is not None]
         if not refs:
             return scheduled, {}, {}
-        if self.loras is None:
-            found: dict = {r.lora_id: "LoRA adapters need a worker without tensor parallelism"
-                           for r in refs}  # fmt: skip
-        else:
-            found = self.loras.acquire(refs)
+        found = self.loras.acquire(refs)
         adapters = {i: a for i, a in found.items() if isinstance(a, LoraAdapter)}
         errors = {
             state.req_id: str(found[state.lora.lora_id])
