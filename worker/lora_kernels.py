@@ -83,9 +83,10 @@ def lora_shrink_kernel(
                 k_valid = ks < IN_FEATURES
                 x = tl.load(x_ptr + rows[:, None].to(tl.int64) * x_stride + ks[None, :],
                             mask=mine[:, None] & k_valid[None, :], other=0.0)  # fmt: skip
-                a = tl.load(a_base + ranks[None, :] * a_stride_rank + ks[:, None],
-                            mask=(ranks[None, :] < rank) & k_valid[:, None], other=0.0)  # fmt: skip
-                acc += tl.dot(x, a, input_precision=PRECISION)
+                # [BLOCK_R, BLOCK_K] as A lies (in_features contiguous), used transposed
+                a = tl.load(a_base + ranks[:, None] * a_stride_rank + ks[None, :],
+                            mask=(ranks[:, None] < rank) & k_valid[None, :], other=0.0)  # fmt: skip
+                acc += tl.dot(x, tl.trans(a), input_precision=PRECISION)
     u = u_ptr + split * u_stride_split + rows[:, None].to(tl.int64) * u_stride_token
     tl.store(u + slice_index * u_stride_slice + ranks[None, :], acc,
              mask=(row_slots >= 0)[:, None] & (ranks[None, :] < MAX_RANK))  # fmt: skip
@@ -130,7 +131,7 @@ def lora_expand_kernel(
         mine = row_slots == slot
         rank = tl.load(ranks_ptr + slot)
         if tl.sum(mine.to(tl.int32), axis=0) > 0:
-            b_base = b_ptr + slot * b_stride_slot + cols[None, :] * b_stride_row
+            b_base = b_ptr + slot * b_stride_slot + cols[:, None] * b_stride_row
             for r0 in range(0, rank, BLOCK_R):
                 ranks = r0 + tl.arange(0, BLOCK_R)
                 r_valid = ranks < rank
@@ -139,9 +140,10 @@ def lora_expand_kernel(
                 for split in range(SPLIT_K):
                     u += tl.load(u_rows + split * u_stride_split + ranks[None, :], mask=u_mask,
                                  other=0.0)  # fmt: skip
-                b = tl.load(b_base + ranks[:, None], mask=r_valid[:, None] & col_valid[None, :],
+                # [BLOCK_N, BLOCK_R] as B lies (the rank contiguous), used transposed
+                b = tl.load(b_base + ranks[None, :], mask=col_valid[:, None] & r_valid[None, :],
                             other=0.0)  # fmt: skip
-                acc += tl.dot(u.to(b.dtype), b, input_precision=PRECISION)
+                acc += tl.dot(u.to(b.dtype), tl.trans(b), input_precision=PRECISION)
     # Only adapted rows are written: a base-only row keeps its bits.
     mask = (row_slots >= 0)[:, None] & col_valid[None, :]
     out = out_ptr + rows[:, None].to(tl.int64) * out_stride + cols[None, :]

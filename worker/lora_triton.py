@@ -18,7 +18,9 @@ import torch
 from worker.lora_slots import LoraSlots, SlotProjection
 
 MIN_DOT = 16  # tl.dot wants every dimension at least 16
-BLOCK_K = 64
+# Tiles sized so that no variant spills registers on sm_90 (tests/worker/hopper_compile.py
+# compiles each): 32 in_features per shrink step, 64 output columns per expand program.
+BLOCK_K = 32
 BLOCK_N = 64
 MAX_BLOCK_R = 64
 MAX_SPLIT_K = 8
@@ -40,6 +42,11 @@ BLOCK_M_HEIGHTS = (16, 64)  # rows per program: the first up to 16 rows, else th
 
 def block_m(num_tokens: int) -> int:
     return BLOCK_M_HEIGHTS[0] if num_tokens <= BLOCK_M_HEIGHTS[0] else BLOCK_M_HEIGHTS[1]
+
+
+def lora_warps(rows: int) -> int:
+    """Warps per program: 8 for the taller tile, whose operands would spill at 4."""
+    return 4 if rows <= BLOCK_M_HEIGHTS[0] else 8
 
 
 @dataclass(slots=True)
@@ -94,7 +101,7 @@ def lora_add(
         a.stride(0), a.stride(1), a.stride(2), u.stride(0), u.stride(1), u.stride(2),
         IN_FEATURES=in_features, MAX_RANK=max_rank, NUM_SLOTS=num_slots,
         NUM_R_BLOCKS=r_blocks, K_PER_SPLIT=k_per_split, BLOCK_M=rows, BLOCK_R=block_r,
-        BLOCK_K=BLOCK_K, PRECISION=precision,
+        BLOCK_K=BLOCK_K, PRECISION=precision, num_warps=lora_warps(rows),
     )  # fmt: skip
     if reduce is not None:
         reduce(u)  # in place
@@ -105,7 +112,7 @@ def lora_add(
         u, b, row_slots, projection.ranks, projection.bounds, out, num_tokens,
         u.stride(0), u.stride(1), u.stride(2), b.stride(0), b.stride(1), out.stride(0),
         NUM_SLOTS=num_slots, SPLIT_K=splits, BLOCK_M=rows, BLOCK_N=BLOCK_N, BLOCK_R=block_r,
-        PRECISION=precision,
+        PRECISION=precision, num_warps=lora_warps(rows),
     )  # fmt: skip
 
 
