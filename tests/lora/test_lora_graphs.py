@@ -12,7 +12,7 @@ import pytest
 
 from contract.sampling import SamplingParams
 from scheduler.engine import Engine
-from tests.lora.test_lora_oracle import _prompts
+from tests.lora.adapters import random_prompts
 from tests.worker.test_cuda_graphs import ReplayEagerly
 from worker.attention.triton_backend import triton_missing
 from worker.cuda_graphs import DecodeGraphs
@@ -32,7 +32,7 @@ def _engine(adapted, **settings) -> Engine:
 def test_adapted_decode_steps_replay_graphs_and_answer_as_the_torch_path(
     random_adapted, monkeypatch
 ) -> None:
-    prompts = _prompts(6, 1) * 2 + _prompts(7, 1) * 2
+    prompts = random_prompts(6, 1) * 2 + random_prompts(7, 1) * 2
     names = ["all8", None, "qvdown4", "all8"]  # two adapters and the base in one batch
     reference = _engine(random_adapted, attention_backend="torch")
     assert reference.worker.loras.slots is None
@@ -68,6 +68,6 @@ def test_base_only_decode_steps_replay_the_ladder_without_adapters(
     graphs = DecodeGraphs(runner.model, runner.kv_cache, runner.attention_backend, 2,
                           runner.device, ReplayEagerly, runner.loras.slots)  # fmt: skip
     runner.decode_graphs = graphs
-    engine.generate(_prompts(8, 2), PARAMS)
+    engine.generate(random_prompts(8, 2), PARAMS)
     assert sum(graphs.num_replays.values()) == PARAMS.max_tokens - 1
     assert graphs.num_adapted_replays == 0

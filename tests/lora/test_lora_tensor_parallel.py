@@ -11,7 +11,7 @@ import pytest
 
 from contract.sampling import SamplingParams
 from scheduler.engine import Engine
-from tests.lora.test_lora_oracle import _prompts
+from tests.lora.adapters import random_prompts
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ def _generate(adapted, prompts, names, tensor_parallel_size: int):
 
 
 def test_two_ranks_serve_adapters_as_one_worker_does(random_adapted) -> None:
-    prompts = _prompts(9, 2)
+    prompts = random_prompts(9, 2)
     names = ["all8", None, "qvdown4", "gateup16"]  # three adapters over max_loras 2: turns
     batch = [(p, n) for p in prompts for n in names]
     args = ([p for p, _ in batch], [n for _, n in batch])
