@@ -51,7 +51,7 @@ class ModelConfig:
     activations: str = setting(
         "int16",
         "what packed weights multiply on the CPU: int16, rows quantized per 32 values for "
-        "integer dot products (logprobs within about 0.01 of the dequantized model's); float, "
+        "integer dot products (logprobs within about 0.004 of the dequantized model's); float, "
         "float32 rows (the dequantized model's results to float32 rounding, about 1.5x the "
         "time of a decode step); int8, rows quantized to 8 bits as llama.cpp does (answers "
         "can flip where the two likeliest tokens are near a tie)",

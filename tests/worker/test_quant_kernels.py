@@ -5,9 +5,9 @@ called directly here), ragged row counts and output sizes, one block per row and
 
 References: the gguf package's own dequantizer gives the weights; the integer paths'
 references multiply them, in float64, by the activations quantized per 32 values as the
-kernels define it (round to nearest, scale max|x| / 127 or / 32767; the int16 path meets a
-block's offset with the float sum of its activations), so only float32 summation order
-separates the two; the other paths multiply the float activations themselves.
+kernels define it (round to nearest, scale max|x| / 127 or / 32767), so only float32
+summation order separates the two; the other paths multiply the float activations
+themselves.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler 
 TYPES = sorted(KERNEL_TYPE_IDS)
 EPS32 = float(np.finfo(np.float32).eps)
 INT8, INT16 = ACTIVATION_CODES["int8"], ACTIVATION_CODES["int16"]
-# The types the int16 path reads through integer products (the K types take the float kernel).
-INT16_TYPES = ("Q8_0", "Q4_0", "Q4_1")
 
 
 def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,29 +47,10 @@ def quantize_activations(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
     return (q.double() * d.double()).reshape(x.shape)
 
 
-def block_offsets(type_name: str, w_raw: torch.Tensor, k: int) -> torch.Tensor:
-    """Each weight's block offset as the int16 path splits it off, [rows, k] float64: Q4_1's
-    m, Q4_0's -8 d, none for Q8_0."""
-    if type_name == "Q8_0":
-        return torch.zeros(w_raw.shape[0], k, dtype=torch.float64)
-    blocks = w_raw.numpy().reshape(w_raw.shape[0], k // 32, -1)
-    at = 2 if type_name == "Q4_1" else 0
-    half = np.ascontiguousarray(blocks[:, :, at : at + 2]).view(np.float16)[..., 0]
-    offsets = torch.from_numpy(half.astype(np.float64)) * (1.0 if type_name == "Q4_1" else -8.0)
-    return offsets.repeat_interleave(32, dim=1)
-
-
-def assert_product_close(
-    y: torch.Tensor, w: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor | None = None,
-    x_exact: torch.Tensor | None = None,
-) -> None:
-    """y = x @ w^T up to float32 rounding of a K-term sum (a bound on any summation order);
-    with `offsets`, y = x @ (w - offsets)^T + x_exact @ offsets^T, the int16 path's split."""
-    if offsets is None:
-        offsets, x_exact = torch.zeros_like(w), x
-    expected = x @ (w - offsets).T + x_exact.double() @ offsets.T
-    magnitude = x.abs() @ (w - offsets).abs().T + x_exact.double().abs() @ offsets.abs().T
-    bound = 4 * w.shape[1] * EPS32 * magnitude + 1e-30
+def assert_product_close(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> None:
+    """y = x @ w^T up to float32 rounding of a K-term sum (a bound on any summation order)."""
+    expected = x @ w.T
+    bound = 4 * w.shape[1] * EPS32 * (x.abs() @ w.abs().T) + 1e-30
     excess = ((y.double() - expected).abs() / bound).max().item()
     assert excess <= 1.0, f"error {excess:.2f}x the float32 summation bound"
 
@@ -94,29 +73,28 @@ def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> Non
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 16, 33, 130])
 def test_int16_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
     per_block = BLOCK_SHAPES[type_name][0]
-    for blocks, out in ((1, 5), (3, 37), (9, 3)):  # 9 blocks of 32: eight at a time, one after
+    for blocks, out in ((1, 5), (3, 37), (9, 3)):  # 9 blocks: eight at a time, then one
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         k = blocks * per_block
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
         kind = KERNEL_TYPE_IDS[type_name]
         y = torch.ops.loom.quant_linear(x, w_raw, kind, k, INT16)
         assert y.shape == (rows, out)
-        if type_name in INT16_TYPES:
-            offsets = block_offsets(type_name, w_raw, k)
-            assert_product_close(y, w, quantize_activations(x, 32767), offsets, x)
-        else:  # the float kernel's products
-            assert torch.equal(y, torch.ops.loom.quant_linear_f32(x, w_raw, kind, k))
+        assert_product_close(y, w, quantize_activations(x, 32767))
         assert torch.equal(y, torch.ops.loom.quant_linear_int16(x, w_raw, kind, k))
 
 
-def test_int16_products_follow_float_ones_far_closer_than_int8() -> None:
-    # SmolLM2's w13 shape: what `--activations int16` buys over int8, in one number each.
-    w_raw, w = packed("Q4_1", 64, 18, seed=7)
-    x = torch.randn(2, 576, generator=torch.Generator().manual_seed(7))
+@pytest.mark.parametrize("type_name", TYPES)
+def test_int16_products_follow_float_ones_far_closer_than_int8(type_name: str) -> None:
+    # What `--activations int16` buys over int8, in one number each.
+    per_block = BLOCK_SHAPES[type_name][0]
+    k = per_block * (2 if per_block == 256 else 18)
+    w_raw, w = packed(type_name, 64, k // per_block, seed=7)
+    x = torch.randn(2, k, generator=torch.Generator().manual_seed(7))
     exact = x.double() @ w.T
-    kind = KERNEL_TYPE_IDS["Q4_1"]
-    error16 = (torch.ops.loom.quant_linear(x, w_raw, kind, 576, INT16).double() - exact).abs()
-    error8 = (torch.ops.loom.quant_linear(x, w_raw, kind, 576, INT8).double() - exact).abs()
+    kind = KERNEL_TYPE_IDS[type_name]
+    error16 = (torch.ops.loom.quant_linear(x, w_raw, kind, k, INT16).double() - exact).abs()
+    error8 = (torch.ops.loom.quant_linear(x, w_raw, kind, k, INT8).double() - exact).abs()
     assert error16.max() * 30 < error8.max()
 
 
@@ -195,8 +173,7 @@ def test_strided_input_rows_are_read_in_place() -> None:
     y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, INT8)
     assert_product_close(y, w, quantize_activations(x.contiguous()))
     y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, INT16)
-    offsets = block_offsets("Q4_1", w_raw, 64)
-    assert_product_close(y, w, quantize_activations(x.contiguous(), 32767), offsets, x)
+    assert_product_close(y, w, quantize_activations(x.contiguous(), 32767))
 
 
 def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
