@@ -8,6 +8,7 @@ logprobs within 1e-4 (only the order of the sums differs)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from contract.sampling import SamplingParams
 from scheduler.engine import Engine
@@ -20,6 +21,9 @@ PARAMS = SamplingParams(max_tokens=8, temperature=0.0, logprobs=True, ignore_eos
 
 def _generate(adapted, prompts, names, tensor_parallel_size: int):
     specs = tuple(f"{name}={path}" for name, path in adapted.adapters.items())
+    # Rank 0 runs in this process and takes its share of the cores (torch's thread count):
+    # given back after, or the tests that follow would run with fewer threads.
+    threads = torch.get_num_threads()
     engine = Engine.from_model_dir(
         adapted.model_dir, device="cpu", lora=specs, num_kv_blocks=128, max_loras=2,
         long_prefill_threshold=8, max_num_batched_tokens=32, max_num_seqs=8,
@@ -30,6 +34,7 @@ def _generate(adapted, prompts, names, tensor_parallel_size: int):
         return engine.generate(prompts, PARAMS, loras=names)
     finally:
         engine.close()
+        torch.set_num_threads(threads)
 
 
 def test_two_ranks_serve_adapters_as_one_worker_does(random_adapted) -> None:
