@@ -313,11 +313,14 @@ def warm_up(engine: Engine) -> None:
     engine.generate([[5, 6, 7, 8]], greedy_params(4))
 
 
-def run_workload(engine: Engine, workload: Workload) -> tuple[float, list[list[int]]]:
-    """Wall seconds to run the whole workload, and each request's output token ids."""
+def run_workload(
+    engine: Engine, workload: Workload, loras: list[str | None] | None = None
+) -> tuple[float, list[list[int]]]:
+    """Wall seconds to run the whole workload, and each request's output token ids; `loras`:
+    each request's LoRA adapter (None: the base model)."""
     params = [greedy_params(n) for n in workload.max_tokens]
     start = time.perf_counter()
-    outputs = engine.generate(workload.prompts, params)
+    outputs = engine.generate(workload.prompts, params, loras)
     wall = time.perf_counter() - start
     token_ids = [out.token_ids for out in outputs]
     for out, n in zip(token_ids, workload.max_tokens, strict=True):

@@ -9,17 +9,23 @@ every measurement, since figures of a wrong kernel mean nothing:
 2. The fused kernels (residual add + RMSNorm, RoPE + K/V write, SiLU * up) against the torch
    compositions they replace.
 3. The bundled model's greedy text: Triton with CUDA graphs, Triton eager, the torch reference.
+4. The LoRA adapter kernels (worker/lora_triton.py) against the torch adapter path in float32,
+   float32 and bfloat16, on one layer of Llama-3-8B's shape: ranks 8 to 64, fused slices,
+   rows in adapter runs and shuffled, some on no adapter (which must keep their bits).
 
 Then the measurements on a random-weight model of Llama-2-7B's shape in bfloat16, drawn on the
 GPU; `--quick` (3-4 minutes on an H100, estimated) leaves out the last. Each starts only while
 the time budget lasts, and one that fails does not stop the next:
 
-4. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
+5. Batch-1 and batch-32 decode steps, CUDA graphs on and off; batch 1 against the HBM floor
    (bytes a step reads / measured copy bandwidth); batch 1 at 4,000 tokens of context with the
    split-KV policy and unsplit; Triton compiles after start (warm-up must leave none).
-5. The attention launch alone at batch 1, split against unsplit; the kernels of one decode
+6. LoRA adapters against the base model: 64 requests on the base alone, then spread over 4
+   random rank-16 adapters, on one engine with graphs (adapter decode steps must replay
+   them); batch-1 and batch-32 decode steps on the base and on an adapter.
+7. The attention launch alone at batch 1, split against unsplit; the kernels of one decode
    layer besides its GEMMs, counted with the profiler (at most 5).
-6. Throughput on 256 requests (prompts 128-1,024, outputs 128-512) with graphs, against
+8. Throughput on 256 requests (prompts 128-1,024, outputs 128-512) with graphs, against
    Hugging Face transformers' `generate` on the same requests in static batches while the
    time budget lasts.
 
@@ -28,8 +34,9 @@ interpreter on small mixes (float16 stands in for bfloat16, which the interprete
 multiply), the bundled model without graphs, and the measurements at a toy size on the CPU
 (their figures mean nothing; they show the code runs). Every part that needs a GPU says so.
 
-`--plant nan|wrong-kernel` puts a fault into the attention kernel's output, split or not, for the
-check's own test (tests/test_gpu_check.py): the check must then exit 1. Nothing else reads it.
+`--plant nan|wrong-kernel` puts a fault into the attention kernel's output, split or not (and
+`wrong-kernel` gives the LoRA kernels each row's neighbour's adapter), for the check's own test
+(tests/test_gpu_check.py): the check must then exit 1. Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ LONG_CONTEXT, LONG_TOKENS = 4000, 64  # batch-1 decode at 4,000 tokens of contex
 # with --quick, 60 s later without; verification always runs).
 QUICK_BUDGET_S, FULL_BUDGET_S = 240.0, 400.0
 KERNEL_GOALS = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-2}  # max error / max |out|
+# LoRA: max error / max |adapter term|; the shrink sums up to 14,336 products, and in 16 bits
+# the rank-sized intermediate rounds as the torch path's does.
+LORA_GOALS = {"float32": 5e-5, "bfloat16": 3e-2, "float16": 1e-2}
+LORA_THROUGHPUT_GOAL = 0.7  # 4 adapters mixed / the base model alone (issue 24's bar)
 
 
 class Report:
@@ -211,6 +222,55 @@ class Check:
                                    str(replays), "> 0", replays > 0)  # fmt: skip
         if not self.on_gpu:
             self.report.skip("bundled model greedy text, CUDA graphs", "CUDA graphs need a GPU")
+
+    def lora_kernels(self) -> None:
+        low = torch.bfloat16 if self.on_gpu else torch.float16
+        shape = self.parts.LORA_GPU_SHAPE if self.on_gpu else self.parts.LORA_CPU_SHAPE
+        found = self.parts.lora_kernel_check(self.device, [torch.float32, low], shape,
+                                             self.opts.plant)  # fmt: skip
+        self.report.record("lora_kernels", found)
+        where = "" if self.on_gpu else " (CPU interpreter, toy shape)"
+        for name, res in found.items():
+            goal = LORA_GOALS[name]
+            ok = (not math.isnan(res["rel_err"]) and res["rel_err"] <= goal
+                  and res["base_rows_equal"] and res["repeat_equal"])  # fmt: skip
+            self.report.verify(
+                f"LoRA kernels vs torch path, {name}{where}",
+                f"rel err {res['rel_err']:.1e} (torch in {name}: {res['torch_rel_err']:.1e}), "
+                f"base rows {'kept' if res['base_rows_equal'] else 'CHANGED'}, repeats "
+                f"{'identical' if res['repeat_equal'] else 'DIFFER'}, {res['launches']} launches",
+                f"<= {goal:.0e}, base rows kept, repeats identical", ok,
+            )  # fmt: skip
+
+    def lora_throughput(self) -> None:
+        import tempfile
+
+        from bench.common import uniform_workload
+
+        vocab = self.params["vocab_size"]
+        workload = (uniform_workload(64, (128, 512), (64, 128), vocab, seed=1) if self.on_gpu
+                    else uniform_workload(8, (16, 48), (4, 8), vocab, seed=1))  # fmt: skip
+        with tempfile.TemporaryDirectory() as adapters_dir:
+            found = self.parts.lora_throughput(self.params, self.device.type, self.dtype,
+                                               Path(adapters_dir), workload,
+                                               self.max_num_seqs)  # fmt: skip
+        self.report.record("lora", found)
+        base, mixed = found["base"], found["4 adapters"]
+        ratio = mixed["output_tok_s"] / base["output_tok_s"]
+        path = "Triton slots" if found["slotted"] else "torch"
+        self.report.row(f"LoRA: {len(workload.prompts)} requests over 4 adapters / base ({path})",
+                        f"{ratio:.2f}x ({mixed['output_tok_s']:,.0f} vs {base['output_tok_s']:,.0f}"
+                        " output tok/s)", f">= {LORA_THROUGHPUT_GOAL}x",
+                        goal_verdict(ratio >= LORA_THROUGHPUT_GOAL, self.on_gpu))  # fmt: skip
+        if self.on_gpu:
+            self.report.verify("LoRA: adapter decode steps replayed from graphs",
+                               str(mixed["adapted_replays"]), "> 0",
+                               mixed["adapted_replays"] > 0)  # fmt: skip
+        for batch in (1, 32):
+            plain, adapted = found[f"batch{batch}_base"], found[f"batch{batch}_adapter"]
+            self.report.row(f"LoRA: batch-{batch} decode step, adapter / base",
+                            f"{adapted['engine_step_ms']:.2f} / {plain['engine_step_ms']:.2f} ms"
+                            f" = {adapted['engine_step_ms'] / plain['engine_step_ms']:.2f}x")
 
     def decode_steps(self) -> None:
         """Batch 1 and 32, graphs on then off; in the full check, the workload with graphs on
@@ -465,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     check = Check(opts, report)
     try:
         run_parts(report, [("kernel", check.kernel), ("fused kernels", check.fused),
-                           ("bundled model", check.bundled_text)], True)  # fmt: skip
+                           ("bundled model", check.bundled_text),
+                           ("LoRA kernels", check.lora_kernels)], True)  # fmt: skip
         measurements = [("decode steps", check.decode_steps),
+                        ("LoRA adapters vs base", check.lora_throughput),
                         ("split-KV and launches", check.split_and_launches)]  # fmt: skip
         if not opts.quick:
             measurements.append(("transformers", check.transformers))

@@ -33,6 +33,7 @@ from bench.common import (
     run_workload,
     timed,
 )
+from modelfiles.lora_files import BaseShapes
 from modelfiles.tokenizer import Tokenizer
 from scheduler import Engine
 from scheduler.config import EngineConfig
@@ -41,7 +42,7 @@ from worker.attention.torch_backend import TorchAttentionBackend
 from worker.config import BUNDLED_MODEL
 from worker.loader import LoadedCheckpoint
 from worker.model_args import args_from_meta_params
-from worker.random_model import random_weights
+from worker.random_model import random_lora_adapter, random_weights
 from worker.runner import ModelRunner
 from worker.step_batch import RequestState, build_step_batch
 
@@ -454,13 +455,14 @@ def _time_copies(device: torch.device, nbytes: int, repeats: int) -> float:
 
 
 def decode_steps(engine: Engine, worker: RecordingWorker, batch: int, prompt_len: int,
-                 num_tokens: int) -> dict[str, float]:  # fmt: skip
+                 num_tokens: int, lora: str | None = None) -> dict[str, float]:  # fmt: skip
     """Median wall time of an engine step, and of the worker's part of it, while `batch`
-    requests decode together (their prefill steps left out)."""
+    requests decode together (their prefill steps left out), on LoRA adapter `lora` (None:
+    the base model)."""
     rng = np.random.default_rng(batch)
     for _ in range(batch):
         engine.add_request(random_tokens(rng, engine.info.vocab_size, prompt_len),
-                           greedy_params(num_tokens))  # fmt: skip
+                           greedy_params(num_tokens), lora=lora)  # fmt: skip
     engine_ms, worker_ms = [], []
     while engine.has_unfinished():
         num_before = len(worker.times)
@@ -700,3 +702,115 @@ def hf_throughput(model, workload: Workload, batch_size: int, budget_s: float) -
         "total_tok_s": (done.num_prompt_tokens + done.num_output_tokens) / seconds,
         "first_batch_output_tok_s": first.num_output_tokens / batch_seconds[0],
     }  # fmt: skip
+
+
+# ---- LoRA adapters: the Triton path against the torch path, adapters against the base ------
+
+# (rank, adapted modules) of the check's adapters, under a max rank of 64.
+LORA_ADAPTERS = ((8, ("q", "v", "gate")), (16, ("q", "k", "v", "o", "gate", "up", "down")),
+                 (64, ("k", "o", "up", "down")), (64, ("q", "k", "v", "o", "gate", "up", "down")))
+# Row counts of a step: a decode, a few, a decode batch's tile and more, a prefill's.
+LORA_GPU_ROWS, LORA_CPU_ROWS = (1, 7, 64, 300), (1, 7, 37)
+# One layer's projections: Llama-3-8B's (GQA: q and k/v slices of other widths); a toy one.
+LORA_GPU_SHAPE = BaseShapes(dim=4096, q_dim=4096, kv_dim=1024, hidden_dim=14336, n_layers=1,
+                            n_heads=32, n_kv_heads=8)  # fmt: skip
+LORA_CPU_SHAPE = BaseShapes(dim=64, q_dim=64, kv_dim=32, hidden_dim=80, n_layers=1, n_heads=4,
+                            n_kv_heads=2)  # fmt: skip
+
+
+def lora_kernel_check(device: torch.device, dtypes: Sequence[torch.dtype], shape: Any,
+                      plant: str | None = None) -> dict:  # fmt: skip
+    """Per dtype: the Triton adapter path (worker/lora_triton.py) against the torch path in
+    float32 on the same rounded inputs and adapters, as max |error| / max |adapter term| over
+    every projection of one layer of `shape` (a BaseShapes), each row count, rows in
+    adapter runs and shuffled, a fifth of them on no adapter; the torch path in the dtype for
+    scale; whether base-only rows kept their bits and a repeated launch gave the same bits.
+    `plant` "wrong-kernel" gives the kernels each row's neighbour's slot (an indexing bug)."""
+    from worker.lora_batch import lora_step
+    from worker.lora_slots import LoraSlots
+    from worker.lora_triton import TritonLoraStep
+
+    rows_list = LORA_GPU_ROWS if device.type == "cuda" else LORA_CPU_ROWS
+    results = {}
+    for dtype in dtypes:
+        gen = torch.Generator().manual_seed(5)
+        adapters = {i + 1: random_lora_adapter(shape, i + 1, rank, modules, dtype, gen, device)
+                    for i, (rank, modules) in enumerate(LORA_ADAPTERS)}  # fmt: skip
+        exact = {i: _float32_adapter(a) for i, a in adapters.items()}
+        slots = LoraSlots(len(adapters), 64, shape, dtype, device, fused=True)
+        for lora_id, adapter in adapters.items():
+            slots.store(lora_id - 1, adapter)
+        found = {"rel_err": 0.0, "torch_rel_err": 0.0, "base_rows_equal": True,
+                 "repeat_equal": True, "launches": 0}  # fmt: skip
+        for num_rows in rows_list:
+            for shuffled in (False, True):
+                rng = random.Random(num_rows + shuffled)
+                ids = sorted(rng.choice([0, 0, 1, 2, 3, 4]) for _ in range(num_rows))
+                if shuffled:
+                    rng.shuffle(ids)
+                runs = [(r, r + 1, i) for r, i in enumerate(ids) if i]  # one row per run
+                slots_of_rows = torch.tensor([i - 1 for i in ids], device=device)
+                if plant == "wrong-kernel":
+                    slots_of_rows = slots_of_rows.roll(1)
+                step = TritonLoraStep(slots, slots_of_rows)
+                for name, projection in slots.layers[0].items():
+                    x = torch.randn((num_rows, projection.a.shape[-1]), generator=gen).to(dtype)
+                    base = torch.randn((num_rows, projection.b.shape[1]), generator=gen).to(dtype)
+                    x, base = x.to(device), base.to(device)
+                    got, again, low, ref = base.clone(), base.clone(), base.clone(), base.float()
+                    step.add(got, x, 0, name)
+                    step.add(again, x, 0, name)
+                    lora_step(runs, adapters).add(low, x, 0, name)
+                    lora_step(runs, exact).add(ref, x.float(), 0, name)
+                    scale = (ref - base.float()).abs().max().item() or 1.0
+                    found["rel_err"] = worst(found["rel_err"], relative_error(got.float(), ref,
+                                                                              scale))  # fmt: skip
+                    found["torch_rel_err"] = worst(found["torch_rel_err"],
+                                                   relative_error(low.float(), ref, scale))
+                    on_base = torch.tensor([i == 0 for i in ids], device=device)
+                    found["base_rows_equal"] &= torch.equal(got[on_base], base[on_base])
+                    found["repeat_equal"] &= torch.equal(got, again)
+                    found["launches"] += 2
+        results[str(dtype).removeprefix("torch.")] = found
+    return results
+
+
+def _float32_adapter(adapter: Any) -> Any:
+    from worker.lora_weights import LoraAdapter, LoraPart, LoraProjection
+
+    layers = [{name: LoraProjection(p.a.float(), [LoraPart(q.out_start, q.out_end, q.rank_start,
+                                                           q.rank_end, q.b.float())
+                                                  for q in p.parts])
+               for name, p in layer.items()} for layer in adapter.layers]  # fmt: skip
+    return LoraAdapter(adapter.lora_id, adapter.name, layers)
+
+
+def lora_throughput(params: dict[str, Any], device: str, dtype: torch.dtype, adapters_dir: Any,
+                    workload: Workload, max_num_seqs: int) -> dict:  # fmt: skip
+    """The workload on the base model alone, then spread round-robin over 4 random rank-16
+    adapters of every projection (written as PEFT files to `adapters_dir`), on one engine
+    (graphs on a GPU); output tokens/s of each, the adapted steps replayed from graphs, and
+    batch-1 and batch-32 decode steps on the base and on one adapter."""
+    from worker.random_model import write_random_lora
+
+    specs = tuple(f"a{i}={write_random_lora(adapters_dir / f'a{i}', params, 16, i)}"
+                  for i in range(4))  # fmt: skip
+    engine, worker = random_llama_engine(params, device, dtype, lora=specs, max_loras=4,
+                                         max_lora_rank=16, max_num_seqs=max_num_seqs)  # fmt: skip
+    graphs = worker.inner.decode_graphs
+    run_workload(engine, workload.head(8), [f"a{i % 4}" for i in range(8)])  # untimed: loads
+    found: dict[str, Any] = {"slotted": worker.inner.loras.slots is not None}
+    spread = [f"a{i % 4}" for i in range(len(workload.prompts))]
+    for name, loras in (("base", None), ("4 adapters", spread)):
+        adapted_before = graphs.num_adapted_replays if graphs else 0
+        wall, _ = run_workload(engine, workload, loras)
+        found[name] = {"seconds": round(wall, 2),
+                       "output_tok_s": workload.num_output_tokens / wall,
+                       "adapted_replays": (graphs.num_adapted_replays if graphs else 0)
+                       - adapted_before}  # fmt: skip
+    for batch in (1, 32):
+        for lora in (None, "a0"):
+            key = f"batch{batch}_{'adapter' if lora else 'base'}"
+            found[key] = decode_steps(engine, worker, batch, 64, 32 if device == "cuda" else 4,
+                                      lora)  # fmt: skip
+    return found

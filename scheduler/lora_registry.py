@@ -36,7 +36,7 @@ class LoraRegistry:
         """Check and list an adapter; LoraError for a bad name, a name in use or bad files."""
         check_lora_name(name)
         if self.info.max_loras < 1:
-            raise LoraError("this worker serves no LoRA adapters (tensor parallel)")
+            raise LoraError("this worker serves no LoRA adapters")
         read_lora(path, self._base, self.max_rank)
         with self._lock:
             if name in self._by_name:

@@ -1,6 +1,7 @@
 """The device check fails on a wrong kernel: `bench/gpu_check.sh --quick` run on this CPU (the
 kernels under Triton's interpreter) with a fault planted in the attention kernel's output, split
-or not, exits 1, says which rows missed, and skips the measurements. CI runs the clean check
+or not (a wrong kernel in the LoRA kernels' rows too), exits 1, says which rows missed, and
+skips the measurements. CI runs the clean check
 (.ci/run)."""
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def test_a_planted_kernel_fault_fails_the_check(plant: str, tmp_path: Path) -> N
     # The rest of the check ran and passed: only the planted fault failed it.
     assert rows["bundled model greedy text, float32: triton vs torch"][2] == "ok"
     assert rows["fused kernels vs torch, float32"][2] == "ok"
-    assert results["failures"] == 4  # both kernel rows and both split-KV rows
+    # The LoRA kernels: each row given its neighbour's adapter misses (the NaN is attention's).
+    lora = [row for check, row in rows.items() if check.startswith("LoRA kernels vs torch")]
+    expected = ["MISS", "MISS"] if plant == "wrong-kernel" else ["ok", "ok"]
+    assert [verdict for _, _, verdict in lora] == expected
+    # Both kernel rows and both split-KV rows (and both LoRA rows for a wrong kernel).
+    assert results["failures"] == (6 if plant == "wrong-kernel" else 4)
     assert rows["measurements"][2].startswith("SKIPPED: verification failed")
     assert not any(check.startswith("batch-1 decode step") for check in rows)

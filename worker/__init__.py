@@ -12,6 +12,8 @@ is imported only when a worker is created.
                      w1/w3 fused into wqkv and w13 at load (in memory only)
 - lora_weights.py    a checked LoRA adapter's tensors laid out for the model's (fused) projections
 - lora_batch.py      the resident adapters (LRU, --max-loras) and one step's per-adapter runs
+- lora_slots.py, lora_triton.py, lora_kernels.py  the adapters stacked in fixed slots and
+                     the Triton shrink/expand kernels over per-row slots (CUDA's adapter path)
 - model_args.py      hyper-parameters from Meta's params.json, HF's config.json, a GGUF header
 - loader.py, hf_layout.py, torch_file_probe.py  Meta (sharded) and HF checkpoints, clear errors
 - random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device

@@ -9,6 +9,12 @@ pinned host buffers and copied, without waiting, into persistent device buffers 
 graph reads. Rows past the real batch are padding: slot -1 (written nowhere) and context
 length 0 (attends to nothing). Steps with a prefill chunk run eagerly.
 
+Where the adapters run on the Triton path (worker/lora_triton.py: CUDA), a second ladder is
+captured with the adapter kernels in it, reading each row's adapter slot from one more
+persistent buffer (-1: the base model; padding rows too) and A/B from the fixed slot buffers
+of worker/lora_slots.py; decode steps with adapters replay it, steps without replay the
+first, which has no adapter launches. Capture takes twice as long then.
+
 Only a backend whose kernels take every length from device tensors can be captured (the
 `triton` backend says so with `supports_cuda_graphs`). `--enforce-eager` turns graphs off, and
 so does tensor parallelism (its collectives inside a captured graph are not yet verified on
@@ -23,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -31,6 +37,8 @@ from worker.attention import AttentionMetadata
 from worker.attention.backend import AttentionBackend
 from worker.device_io import to_device
 from worker.kv_cache import KVCache
+from worker.lora_slots import LoraSlots
+from worker.lora_triton import TritonLoraStep
 from worker.model import Transformer
 from worker.step_batch import RequestState, StepBatch, _logits_plans
 
@@ -65,7 +73,8 @@ class DecodeInputs:
     """The persistent device inputs every captured graph reads, and their host staging.
 
     Two flat buffers per side, so that filling a step costs two copies: int64 token ids,
-    positions and slots; int32 context lengths followed by the block tables. The host side
+    positions, KV slots and adapter slots; int32 context lengths followed by the block
+    tables. The host side
     is pinned on CUDA. It is rewritten only at the next step, after the previous step's
     results came back, so no copy that reads it can still be queued.
     """
@@ -74,13 +83,13 @@ class DecodeInputs:
         self.max_batch = max_batch
         self.max_blocks_per_seq = max_blocks_per_seq
         pinned = device.type == "cuda"
-        self.host_long = torch.zeros((3, max_batch), dtype=torch.int64, pin_memory=pinned)
-        self.host_long[2] = -1  # slots: padding until a step fills them
+        self.host_long = torch.zeros((4, max_batch), dtype=torch.int64, pin_memory=pinned)
+        self.host_long[2:] = -1  # slots: padding until a step fills them
         ints = max_batch * (1 + max_blocks_per_seq)
         self.host_int = torch.zeros(ints, dtype=torch.int32, pin_memory=pinned)
         self.device_long = self.host_long.to(device)
         self.device_int = self.host_int.to(device)
-        self.input_ids, self.positions, self.slot_mapping = self.device_long
+        self.input_ids, self.positions, self.slot_mapping, self.lora_slots = self.device_long
         self.seq_lens = self.device_int[:max_batch]
         # [max_batch, max_blocks_per_seq]: row b holds the block ids of sequence b
         self.block_tables = self.device_int[max_batch:].view(max_batch, max_blocks_per_seq)
@@ -91,10 +100,17 @@ class DecodeInputs:
         self._lens = self.host_int[:max_batch].numpy()
         self._tables = self.host_int[max_batch:].view(max_batch, max_blocks_per_seq).numpy()
 
-    def fill(self, scheduled: Scheduled, batch_size: int, block_size: int) -> None:
-        """Stage one decode step padded to `batch_size` rows and queue its copies."""
+    def fill(
+        self,
+        scheduled: Scheduled,
+        batch_size: int,
+        block_size: int,
+        slot_of: dict[int, int] | None = None,
+    ) -> None:
+        """Stage one decode step padded to `batch_size` rows and queue its copies;
+        `slot_of`: each adapter's slot (lora_id -> slot), for a step with adapters."""
         num_seqs = len(scheduled)
-        ids, positions, slots = self._long
+        ids, positions, slots, lora_slots = self._long
         states = [state for state, _ in scheduled]
         computed = [state.num_computed for state in states]  # the position of each new token
         ids[:num_seqs] = [s.token_ids[p] for s, p in zip(states, computed, strict=True)]
@@ -105,6 +121,10 @@ class DecodeInputs:
             for s, p in zip(states, computed, strict=True)
         ]
         self._lens[:num_seqs] = [p + 1 for p in computed]
+        lora_slots[:batch_size] = -1
+        if slot_of is not None:
+            lora_slots[:num_seqs] = [-1 if s.lora is None else slot_of[s.lora.lora_id]
+                                     for s in states]  # fmt: skip
         for row, (state, p) in enumerate(zip(states, computed, strict=True)):
             num_blocks = p // block_size + 1
             self._tables[row, :num_blocks] = state.block_ids[:num_blocks]
@@ -171,7 +191,10 @@ class DecodeGraphs:
         max_num_seqs: int,
         device: torch.device,
         capture: Capture,
+        lora_slots: LoraSlots | None = None,
     ) -> None:
+        """`lora_slots`: the Triton adapter path's slots; with them the adapted ladder is
+        captured too."""
         self.model = model
         self.kv_cache = kv_cache
         self.backend = backend
@@ -181,37 +204,48 @@ class DecodeGraphs:
         max_blocks = -(-self.max_seq_len // self.block_size)
         self.inputs = DecodeInputs(self.sizes[-1], max_blocks, device)
         self.num_replays: Counter[int] = Counter()  # by captured size
+        self.num_adapted_replays = 0  # of those, replays of the ladder with adapters
         self._all_rows = torch.arange(self.sizes[-1], device=device)
         self._metadata = {
             size: self.inputs.metadata(size, self.max_seq_len, backend) for size in self.sizes
         }
         self._steps: dict[int, CapturedStep] = {}
+        self._adapted_steps: dict[int, CapturedStep] = {}  # with lora_slots only
         with torch.inference_mode():
             # Largest first: the smaller graphs then fit in the memory the largest reserved.
             for size in reversed(self.sizes):
-                self._steps[size] = capture(self._forward_of(size))
+                self._steps[size] = capture(self._forward_of(size, None))
+            for size in reversed(self.sizes if lora_slots is not None else []):
+                lora = TritonLoraStep(lora_slots, self.inputs.lora_slots[:size])
+                self._adapted_steps[size] = capture(self._forward_of(size, lora))
 
-    def _forward_of(self, size: int) -> Callable[[], torch.Tensor | None]:
+    def _forward_of(
+        self, size: int, lora: TritonLoraStep | None
+    ) -> Callable[[], torch.Tensor | None]:
         meta = self._metadata[size]
         self.backend.prepare(meta)
         input_ids, positions = self.inputs.input_ids[:size], self.inputs.positions[:size]
 
         def forward() -> torch.Tensor | None:  # [size, vocab_size] float32
-            hidden = self.model(input_ids, positions, self.kv_cache.layers, meta)
+            hidden = self.model(input_ids, positions, self.kv_cache.layers, meta, lora)
             return self.model.compute_logits(hidden, None)
 
         return forward
 
-    def run(self, scheduled: Scheduled) -> tuple[StepBatch, torch.Tensor | None] | None:
+    def run(
+        self, scheduled: Scheduled, loras: Any = None, adapted: bool = False
+    ) -> tuple[StepBatch, torch.Tensor | None] | None:
         """Replay the step: its batch (for sampling) and the logits rows it needs (None on a
-        rank that gets no logits); None when the step must run eagerly."""
+        rank that gets no logits); None when the step must run eagerly. `adapted`: the step
+        has adapters, resident in `loras` (worker/lora_batch.py's ResidentLoras)."""
         size = replay_size(scheduled, self.sizes)
-        if size is None:
+        if size is None or (adapted and not self._adapted_steps):
             return None
         num_seqs = len(scheduled)
-        self.inputs.fill(scheduled, size, self.block_size)
-        logits = self._steps[size].replay()
+        self.inputs.fill(scheduled, size, self.block_size, loras.slot_of if adapted else None)
+        logits = (self._adapted_steps if adapted else self._steps)[size].replay()
         self.num_replays[size] += 1
+        self.num_adapted_replays += adapted
         # A decode step's sequences are already in batch order: sequence b is row b.
         order = list(range(num_seqs))
         rows, plans = _logits_plans(scheduled, order, order)
@@ -239,6 +273,7 @@ def capture_decode_graphs(
     max_num_seqs: int | None,
     enforce_eager: bool,
     tensor_parallel_size: int = 1,
+    lora_slots: LoraSlots | None = None,
 ) -> DecodeGraphs | None:
     """The worker's decode graphs, or None where steps run eagerly (and why, in the log)."""
     if device.type != "cuda":
@@ -259,12 +294,13 @@ def capture_decode_graphs(
     started = time.monotonic()
     graphs = DecodeGraphs(
         model, kv_cache, backend, max_num_seqs or DEFAULT_MAX_NUM_SEQS, device,
-        cuda_graph_capture(),
+        cuda_graph_capture(), lora_slots,
     )  # fmt: skip
     log.info(
-        "captured %d decode CUDA graphs (batch sizes %s) in %.1f s",
-        len(graphs.sizes),
+        "captured %d decode CUDA graphs (batch sizes %s%s) in %.1f s",
+        len(graphs.sizes) * (1 if lora_slots is None else 2),
         ", ".join(map(str, graphs.sizes)),
+        "" if lora_slots is None else "; each without and with LoRA adapters",
         time.monotonic() - started,
     )
     return graphs

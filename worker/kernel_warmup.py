@@ -8,7 +8,9 @@ runs the model once per variant instead, on steps that write nowhere in the KV c
 
 - a prefill chunk of 2, 4, 8, ... tokens, one per tile shape `launch_shape` can give;
 - a decode-only step for each split count a step can use (the CUDA graphs, captured after
-  this, compile their own shapes while they capture).
+  this, compile their own shapes while they capture);
+- with LoRA slots (the Triton adapter path), the shrink and expand kernels of each
+  projection at both tile heights, every row on the base model (they exit at once).
 
 The kernels take every size that changes from step to step as a grid size or an unspecialised
 argument, so nothing else varies (tests/worker/test_kernel_warmup.py checks the variants a
@@ -25,13 +27,18 @@ import torch
 from worker.attention import AttentionMetadata
 from worker.attention.triton_backend import TritonAttentionBackend, launch_shape
 from worker.kv_cache import KVCache
+from worker.lora_slots import LoraSlots
+from worker.lora_triton import BLOCK_M_HEIGHTS, TritonLoraStep
 from worker.model import Transformer
 
 log = logging.getLogger("loom.worker")
 
 
 def warm_up_kernels(
-    model: Transformer, kv_cache: KVCache, backend: TritonAttentionBackend
+    model: Transformer,
+    kv_cache: KVCache,
+    backend: TritonAttentionBackend,
+    lora_slots: LoraSlots | None = None,
 ) -> int:
     """Run the model once per kernel variant a step can hit; returns how many runs."""
     started = time.monotonic()
@@ -55,6 +62,8 @@ def warm_up_kernels(
             runs += 1
     finally:
         backend.num_splits = forced
+    if lora_slots is not None:
+        runs += _warm_up_lora(lora_slots, model.norm.weight.dtype, kv_cache.storage.device)
     log.info("Triton kernels warmed up: %d variants in %.1f s", runs,
              time.monotonic() - started)  # fmt: skip
     return runs
@@ -92,3 +101,16 @@ def _run(
     with torch.inference_mode():
         hidden = model(input_ids, positions, kv_cache.layers, meta)
         model.compute_logits(hidden, None)
+
+
+def _warm_up_lora(slots: LoraSlots, dtype: torch.dtype, device: torch.device) -> int:
+    """Each projection's adapter kernels at each tile height (every layer has the same
+    shapes, and the row count is no compile-time constant)."""
+    for num_tokens in BLOCK_M_HEIGHTS:
+        rows = torch.full((num_tokens,), -1, dtype=torch.int64, device=device)
+        step = TritonLoraStep(slots, rows)
+        for name, projection in slots.layers[0].items():
+            x = torch.zeros((num_tokens, projection.a.shape[-1]), dtype=dtype, device=device)
+            out = torch.zeros((num_tokens, projection.b.shape[1]), dtype=dtype, device=device)
+            step.add(out, x, 0, name)
+    return len(BLOCK_M_HEIGHTS)

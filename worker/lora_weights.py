@@ -5,10 +5,16 @@ adapter's scaling folded into B.
 
     # wqkv adapted on q and v, ranks 8: A = [A_q; A_v] [16, dim]; u = x A^T [T, 16]
     # out[:, 0:q_dim] += u[:, 0:8] B_q^T; out[:, q_dim+kv_dim:] += u[:, 8:16] B_v^T
+
+A tensor-parallel rank holds its slice, cut as the base weights are (worker/tp_loader.py):
+for the column-parallel q, k, v, gate and up, B's rows of the rank's heads or MLP slice; for
+the row-parallel o and down, A's columns of the rank's inputs, so the rank's shrink is a
+partial sum that the model's LoRA step all-reduces before the expand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +46,7 @@ class LoraProjection:
 
 # The model's projections and the adapter modules each one's output holds, in row order.
 FUSED_PROJECTIONS = {"wqkv": ("q", "k", "v"), "wo": ("o",), "w13": ("gate", "up"), "w2": ("down",)}
+ROW_PARALLEL_MODULES = ("o", "down")  # the rest are column-parallel
 SPLIT_PROJECTIONS = {
     "wq": ("q",), "wk": ("k",), "wv": ("v",), "wo": ("o",),
     "w1": ("gate",), "w3": ("up",), "w2": ("down",),
@@ -63,8 +70,10 @@ def load_lora_adapter(
     dtype: torch.dtype,
     device: torch.device,
     fused: bool,
+    shard: tuple[int, int] | None = None,
 ) -> LoraAdapter:
-    """Read the adapter's tensors and lay them out for the model's projections."""
+    """Read the adapter's tensors and lay them out for the model's projections; `shard`
+    (rank, world size): only that tensor-parallel rank's slice."""
     pairs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     read = _read_gguf(manifest) if manifest.file_format == "gguf" else _read_safetensors(manifest)
     for t in manifest.tensors:
@@ -74,7 +83,15 @@ def load_lora_adapter(
             # B's rows are the projection's outputs: permuted as the base's wq/wk are.
             heads = base.n_heads if t.module == "q" else base.n_kv_heads
             b = rotate_half_to_interleaved(b, heads)
+        if shard is not None:
+            rank, world_size = shard
+            if t.module in ROW_PARALLEL_MODULES:
+                a = a.chunk(world_size, dim=1)[rank]
+            else:
+                b = b.chunk(world_size, dim=0)[rank]
         pairs[(t.layer, t.module)] = (a, b)
+    if shard is not None:
+        base = rank_shapes(base, shard[1])
     projections = FUSED_PROJECTIONS if fused else SPLIT_PROJECTIONS
     layers: list[dict[str, LoraProjection]] = []
     for layer in range(base.n_layers):
@@ -111,3 +128,15 @@ def _read_gguf(manifest: LoraManifest) -> Callable[[str], torch.Tensor]:
 
     arrays = {t.name: t.data for t in GGUFReader(manifest.weights_file).tensors}
     return lambda name: torch.from_numpy(np.array(arrays[name]))  # a copy off the map
+
+
+def rank_shapes(base: BaseShapes, world_size: int) -> BaseShapes:
+    """One tensor-parallel rank's projection sizes (the model's, cut `world_size` ways)."""
+    return dataclasses.replace(
+        base,
+        q_dim=base.q_dim // world_size,
+        kv_dim=base.kv_dim // world_size,
+        hidden_dim=base.hidden_dim // world_size,
+        n_heads=base.n_heads // world_size,
+        n_kv_heads=base.n_kv_heads // world_size,
+    )

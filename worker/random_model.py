@@ -1,5 +1,6 @@
 """Random-weight Llamas of any shape, in Meta's layout: the benchmarks' 60M model, the tests'
-tiny ones, and the device check's 7B shape (drawn on the GPU, never written to a disk)."""
+tiny ones, and the device check's 7B shape (drawn on the GPU, never written to a disk); random
+LoRA adapters for them, as PEFT files or straight in the worker's layout."""
 
 from __future__ import annotations
 
@@ -96,3 +97,42 @@ def write_random_lora(
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))
     return out_dir
+
+
+def random_lora_adapter(
+    base: Any,  # modelfiles.lora_files.BaseShapes
+    lora_id: int,
+    rank: int,
+    modules: tuple[str, ...],
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> Any:  # worker.lora_weights.LoraAdapter
+    """An adapter of `modules` (among q, k, v, o, gate, up, down) in the layout
+    worker/lora_weights.py loads, for the fused projections: the first adapted part of a
+    projection at `rank`, the others at half of it (a slice's rank is not always the
+    adapter's). Products stay near the size of their inputs whatever the shape."""
+    from worker.lora_weights import FUSED_PROJECTIONS, LoraAdapter, LoraPart, LoraProjection
+
+    def randn(*shape: int, scale: float) -> torch.Tensor:
+        return (scale * torch.randn(shape, generator=generator)).to(device=device, dtype=dtype)
+
+    layers = []
+    for _ in range(base.n_layers):
+        adapted = {}
+        for projection, names in FUSED_PROJECTIONS.items():
+            shrink, parts, out_start, rank_start = [], [], 0, 0
+            for module in names:
+                in_features, out_features = base.in_out(module)
+                if module in modules:
+                    width = rank if not parts else max(rank // 2, 1)
+                    shrink.append(randn(width, in_features, scale=in_features**-0.5))
+                    b = randn(out_features, width, scale=width**-0.5)
+                    parts.append(LoraPart(out_start, out_start + out_features, rank_start,
+                                          rank_start + width, b))  # fmt: skip
+                    rank_start += width
+                out_start += out_features
+            if parts:
+                adapted[projection] = LoraProjection(torch.cat(shrink), parts)
+        layers.append(adapted)
+    return LoraAdapter(lora_id, f"random{lora_id}", layers)

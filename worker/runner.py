@@ -28,7 +28,7 @@ from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
-from worker.lora_batch import ResidentLoras, lora_step
+from worker.lora_batch import ResidentLoras, triton_lora_path
 from worker.lora_weights import LoraAdapter
 from worker.packed_modules import use_activations
 from worker.packed_weights import keep_packed
@@ -103,6 +103,15 @@ class ModelRunner:
                 use_activations(self.model, model.activations)
             if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
                 install_fused_ops(self.model)
+        # LoRA adapters, made before the KV cache, which takes what memory is left (the Triton
+        # path's slots). A tensor-parallel rank holds its slice of each (worker/lora_weights.py).
+        group = getattr(self.model, "group", None)
+        self.loras = ResidentLoras(
+            config.lora.max_loras, config.lora.max_lora_rank, BaseShapes.of(args), self.dtype,
+            self.device, self.model.fused, triton_lora_path(self.device),
+            shard=(group.rank, group.world_size) if group else None,
+            reduce=group.all_reduce if group else None,
+        )  # fmt: skip
         self.block_size = cache.block_size
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
             local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
@@ -118,12 +127,13 @@ class ModelRunner:
             self.attention_backend.name,
             torch.get_num_threads(),
         )
+        lora_slots = self.loras.slots
         if self.attention_backend.name == "triton" and self.device.type == "cuda":
             # No request waits for a Triton compile (the graphs below compile their own).
-            warm_up_kernels(self.model, self.kv_cache, self.attention_backend)
+            warm_up_kernels(self.model, self.kv_cache, self.attention_backend, lora_slots)
         self.decode_graphs: DecodeGraphs | None = capture_decode_graphs(
             self.model, self.kv_cache, self.attention_backend, self.device,
-            config.max_num_seqs, model.enforce_eager, placement.world_size,
+            config.max_num_seqs, model.enforce_eager, placement.world_size, lora_slots,
         )  # fmt: skip
         # On the CPU, decode steps run as one C++ call (None where that does not apply).
         self.fused_decode = FusedDecode.create(
@@ -147,20 +157,9 @@ class ModelRunner:
             head_dim=args.head_dim,
             hidden_dim=args.hidden_dim,
             tensor_parallel_size=placement.world_size,
-            max_loras=config.lora.max_loras if placement.world_size == 1 else 0,
+            max_loras=config.lora.max_loras,
             max_lora_rank=config.lora.max_lora_rank,
         )
-        # LoRA adapters: none under tensor parallelism (the adapters would need cutting too).
-        self.loras: ResidentLoras | None = None
-        if placement.world_size == 1:
-            self.loras = ResidentLoras(
-                config.lora.max_loras,
-                config.lora.max_lora_rank,
-                BaseShapes.of(args),
-                self.dtype,
-                self.device,
-                self.model.fused,
-            )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
         self.token_masks: TokenMasks | None = None  # structured output's, of the running step
@@ -196,16 +195,18 @@ class ModelRunner:
             return StepOutput(errors=lora_errors)
         self.token_masks = step.token_masks  # read by sample(), this step only
         with torch.inference_mode():
-            # Decode-only steps replay a captured CUDA graph when there is one (not adapted).
-            graphs = self.decode_graphs if not adapters else None
-            replayed = graphs.run(scheduled) if graphs else None
+            # Decode-only steps replay a captured CUDA graph when there is one.
+            graphs = self.decode_graphs
+            replayed = graphs.run(scheduled, self.loras, bool(adapters)) if graphs else None
             if replayed is None:
                 batch = self.build_batch(scheduled)
                 # On the CPU a decode step without adapters is one C++ call.
                 fused = self.fused_decode if not adapters else None
                 logits = fused(batch) if fused else None
                 if logits is None:
-                    lora = lora_step(batch.lora_runs, adapters) if adapters else None
+                    lora = None
+                    if adapters:
+                        lora = self.loras.step(batch.lora_runs, adapters, len(batch.input_ids))
                     hidden = self.model(
                         batch.input_ids, batch.positions, self.kv_cache.layers, batch.attn, lora
                     )
@@ -229,11 +230,7 @@ class ModelRunner:
         refs = [state.lora for state, _ in scheduled if state.lora is not None]
         if not refs:
             return scheduled, {}, {}
-        if self.loras is None:
-            found: dict = {r.lora_id: "LoRA adapters need a worker without tensor parallelism"
-                           for r in refs}  # fmt: skip
-        else:
-            found = self.loras.acquire(refs)
+        found = self.loras.acquire(refs)
         adapters = {i: a for i, a in found.items() if isinstance(a, LoraAdapter)}
         errors = {
             state.req_id: str(found[state.lora.lora_id])

@@ -4,6 +4,7 @@ init makes B zero, an adapter that changes nothing), saved by PEFT itself."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,3 +163,9 @@ def write_gguf_lora(peft_dir: Path, model_dir: Path, out_file: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out_file
+
+
+def random_prompts(seed: int, count: int) -> list[list[int]]:
+    """`count` prompts of 4-41 ids below 512 (the test models' vocabulary), BOS first."""
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(3, 512) for _ in range(rng.randint(3, 40))] for _ in range(count)]

@@ -5,22 +5,15 @@ prefilled in chunks."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from contract.sampling import SamplingParams
 from scheduler.engine import Engine
-from tests.lora.adapters import greedy_with_logprobs, peft_model
+from tests.lora.adapters import greedy_with_logprobs, peft_model, random_prompts
 
 MAX_TOKENS = 10
 # Float32 both sides, summed in other orders: logprobs agree to ~1e-6; the bar is 1e-4.
 LOGPROB_TOLERANCE = 1e-4
-
-
-def _prompts(seed: int, count: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[1] + [rng.randrange(3, 512) for _ in range(rng.randint(3, 40))] for _ in range(count)]
 
 
 def _check_against_peft(adapted, prompts, names, **engine_settings) -> None:
@@ -48,7 +41,7 @@ def _check_against_peft(adapted, prompts, names, **engine_settings) -> None:
 
 @pytest.mark.slow
 def test_random_model_adapters_batched_with_each_other_and_the_base(random_adapted):
-    prompts = _prompts(0, 4)
+    prompts = random_prompts(0, 4)
     # Every prompt on every adapter and on none, all in one generate call: one batch.
     names = [None, "all8", "qvdown4", "gateup16"]
     batch = [(p, n) for p in prompts for n in names]
@@ -66,7 +59,7 @@ def test_random_model_adapters_batched_with_each_other_and_the_base(random_adapt
 
 @pytest.mark.slow
 def test_stories260k_adapters_batched_with_each_other_and_the_base(stories_adapted):
-    prompts = _prompts(1, 3)
+    prompts = random_prompts(1, 3)
     names = [None, "all8", "qvdown4", "gateup16"]
     batch = [(p, n) for p in prompts for n in names]
     _check_against_peft(
@@ -85,7 +78,7 @@ def test_adapter_matches_peft_merged_weights(random_adapted):
     """The merged-weight form (W + scaling B A in the checkpoint) as a second oracle."""
     merged = peft_model(random_adapted.model_dir, random_adapted.adapters["all8"])
     merged = merged.merge_and_unload()
-    prompt = _prompts(2, 1)[0]
+    prompt = random_prompts(2, 1)[0]
     engine = Engine.from_model_dir(
         random_adapted.model_dir,
         device="cpu",
@@ -103,7 +96,27 @@ def test_adapter_matches_peft_merged_weights(random_adapted):
 def test_more_adapters_than_max_loras_take_turns_and_stay_exact(random_adapted):
     """Three adapters, max_loras 1: they run one adapter at a time (with base requests
     beside), the worker evicting and reloading, and each still matches PEFT."""
-    prompts = _prompts(3, 2)
+    prompts = random_prompts(3, 2)
     names = ["all8", "qvdown4", None, "gateup16", "all8"]
     batch = [(p, n) for p in prompts for n in names]
     _check_against_peft(random_adapted, [p for p, _ in batch], [n for _, n in batch], max_loras=1)
+
+
+@pytest.mark.slow
+def test_the_triton_slot_path_matches_peft(random_adapted, monkeypatch):
+    """The adapters through the Triton kernels in slots (the CUDA path, here under Triton's
+    interpreter: only the choice of path is forced), three adapters over max_loras 2, so
+    slots are freed and taken again, beside base requests, prompts prefilled in chunks."""
+    from worker import lora_triton
+
+    monkeypatch.setattr("worker.runner.triton_lora_path", lambda device: True)
+    launches = []
+    launch = lora_triton.lora_add
+    monkeypatch.setattr(lora_triton, "lora_add", lambda *a: launches.append(1) or launch(*a))
+    prompts = random_prompts(4, 1)  # each launch runs in numpy: few requests
+    names = ["all8", "qvdown4", None, "gateup16"]
+    batch = [(p, n) for p in prompts for n in names]
+    _check_against_peft(random_adapted, [p for p, _ in batch], [n for _, n in batch],
+                        max_loras=2, long_prefill_threshold=8, max_num_batched_tokens=32,
+                        max_num_seqs=8)  # fmt: skip
+    assert launches

@@ -1,7 +1,8 @@
 """Every Triton kernel of the worker compiled for an H100/H200 (sm_90) without a GPU, with the
 pinned triton's own LLVM and ptxas, in every shape a Llama-2-7B (MHA, 32 heads) or a
 Llama-3-8B (GQA, 32/8 heads) step launches: each attention tile shape `launch_shape` gives for
-float32 and bfloat16, unsplit and split 16 ways, and the fused elementwise kernels.
+float32 and bfloat16, unsplit and split 16 ways, the fused elementwise kernels, and the LoRA
+shrink and expand of each of Llama-3-8B's projections at both tile heights (max rank 64).
 
 `python -m tests.worker.hopper_compile` (TRITON_INTERPRET unset) prints one JSON line per
 variant with its registers per thread and stack frame (cuobjdump on the cubin Triton built):
@@ -29,6 +30,7 @@ POINTER_TYPES = {
     "slot_mapping_ptr": "*i64", "block_tables_ptr": "*i32", "seq_lens_ptr": "*i32",
     "query_start_loc_ptr": "*i32", "counters_ptr": "*i32", "part_acc_ptr": "*fp32",
     "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32", "cos_sin_ptr": "*fp32",
+    "slots_ptr": "*i64", "ranks_ptr": "*i32", "bounds_ptr": "*i32", "u_ptr": "*fp32",
 }  # fmt: skip
 FLOATS = {"scale_log2", "eps"}
 
@@ -65,6 +67,28 @@ def variants() -> list[tuple[str, str, str, dict]]:
                                BLOCK_SIZE=16)))  # fmt: skip
         found.append(("worker.fused_kernels", "silu_mul_kernel", dtype,
                       dict(HIDDEN=11008, BLOCK=SILU_BLOCK)))  # fmt: skip
+        found += lora_variants(dtype, precision)
+    return found
+
+
+def lora_variants(dtype: str, precision: str) -> list[tuple[str, str, str, dict]]:
+    """The adapter kernels at both tile heights, max rank 64, 4 slots, Llama-3-8B's
+    in_features 4,096 (wqkv, wo, w13; their slices are no compile-time constant) split as
+    the worker splits it; 14,336 (w2) differs only in a loop bound."""
+    from worker.lora_triton import BLOCK_K, BLOCK_M_HEIGHTS, BLOCK_N, lora_warps, split_k
+
+    splits = split_k(4096)
+    k_per_split = -(-(4096 // BLOCK_K) // splits) * BLOCK_K
+    found = []
+    for rows in BLOCK_M_HEIGHTS:
+        found.append(("worker.lora_kernels", "lora_shrink_kernel", dtype,
+                      dict(IN_FEATURES=4096, MAX_RANK=64, NUM_SLOTS=4, NUM_R_BLOCKS=1,
+                           K_PER_SPLIT=k_per_split, BLOCK_M=rows, BLOCK_R=64, BLOCK_K=BLOCK_K,
+                           PRECISION=precision, num_warps=lora_warps(rows))))  # fmt: skip
+        found.append(("worker.lora_kernels", "lora_expand_kernel", dtype,
+                      dict(NUM_SLOTS=4, SPLIT_K=splits, BLOCK_M=rows, BLOCK_N=BLOCK_N,
+                           BLOCK_R=64, PRECISION=precision,
+                           num_warps=lora_warps(rows))))  # fmt: skip
     return found
 
 
@@ -77,7 +101,7 @@ def compile_one(variant: tuple[str, str, str, dict]) -> dict:
 
     module, name, dtype, constants = variant
     fn = getattr(importlib.import_module(module), name)
-    options = {key: constants[key] for key in ("num_warps",) if key in constants}
+    options = {key: constants[key] for key in ("num_warps", "num_stages") if key in constants}
     constants = {key: value for key, value in constants.items() if key not in options}
     pointer = DTYPES[dtype][1]
     signature = {
@@ -96,7 +120,8 @@ def compile_one(variant: tuple[str, str, str, dict]) -> dict:
                                text=True, check=True).stdout  # fmt: skip
     fields = dict(item.split(":") for item in usage.strip().splitlines()[-1].split())
     shown = {k: v for k, v in constants.items() if k in ("GROUP", "BLOCK_Q", "NUM_SPLITS",
-                                                          "N_KV_HEADS", "HAS_DELTA")}
+                                                          "N_KV_HEADS", "HAS_DELTA", "BLOCK_M",
+                                                          "IN_FEATURES", "SPLIT_K")}
     return {"kernel": name, "dtype": dtype, **shown, "num_warps": built.metadata.num_warps,
             "registers": int(fields["REG"]), "stack": int(fields["STACK"])}  # fmt: skip
 

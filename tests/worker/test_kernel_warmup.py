@@ -91,3 +91,33 @@ def test_a_workload_launches_no_variant_that_warm_up_did_not(tmp_path, launches)
               if name == "paged_attention_kernel"}  # fmt: skip
     assert splits == {1, 2}
     assert launches <= warmed, sorted(launches - warmed)
+
+
+@pytest.mark.slow
+def test_adapter_steps_of_any_size_launch_no_variant_that_warm_up_did_not(
+    tmp_path, launches
+) -> None:
+    """With LoRA slots (the Triton adapter path) warm-up launches the shrink and expand
+    kernels of every projection; steps of any row count, any mix of slots, launch nothing
+    else (the row count picks a tile of 16 or 64 rows, and is not specialised on)."""
+    import torch
+
+    from modelfiles.lora_files import BaseShapes
+    from worker.lora_slots import LoraSlots
+    from worker.lora_triton import TritonLoraStep
+
+    worker = start_worker(long_context_model(tmp_path), device="cpu", attention_backend="triton")
+    args = worker.model.args
+    slots = LoraSlots(2, 16, BaseShapes.of(args), torch.float32, torch.device("cpu"), True)
+    warm_up_kernels(worker.model, worker.kv_cache, worker.attention_backend, slots)
+    warmed = {launch for launch in launches if launch[0].startswith("lora_")}
+    assert {name for name, _, _ in warmed} == {"lora_shrink_kernel", "lora_expand_kernel"}
+    launches.clear()
+    gen = torch.Generator().manual_seed(0)
+    for num_tokens in (1, 3, 16, 17, 32, 45, 64, 100):
+        step = TritonLoraStep(slots, torch.randint(-1, 2, (num_tokens,), generator=gen))
+        for name, projection in slots.layers[0].items():
+            x = torch.randn(num_tokens, projection.a.shape[-1], generator=gen)
+            step.add(torch.zeros(num_tokens, projection.b.shape[1]), x, 0, name)
+    assert {name for name, _, _ in launches} == {"lora_shrink_kernel", "lora_expand_kernel"}
+    assert launches <= warmed, sorted(launches - warmed)

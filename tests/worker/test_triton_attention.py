@@ -172,7 +172,8 @@ def test_the_kernels_compile_for_a_hopper_gpu(tmp_path) -> None:
     built = [json.loads(line) for line in result.stdout.splitlines()]
     kernels = {(row["kernel"], row["dtype"]) for row in built}
     for name in ("paged_attention_kernel", "store_kv_kernel", "add_rms_norm_kernel",
-                 "rope_store_kernel", "silu_mul_kernel"):  # fmt: skip
+                 "rope_store_kernel", "silu_mul_kernel", "lora_shrink_kernel",
+                 "lora_expand_kernel"):  # fmt: skip
         assert {(name, "bfloat16"), (name, "float32")} <= kernels
     splits = {row["NUM_SPLITS"] for row in built if row["kernel"] == "paged_attention_kernel"}
     assert splits == {1, MAX_SPLITS}
