@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.deadlines import DeadlineEstimator, DeadlineWatch
+from scheduler.deadlines import BatchLimit, DeadlineEstimator, DeadlineWatch
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.preemption import Room, choose_victims
@@ -104,6 +104,8 @@ class Scheduler:
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
         self._deadlines = DeadlineWatch(self.deadlines, self.waiting.predicts_deadlines)
+        self._num_rows = 0  # requests in the last step scheduled: what its period is paired with
+        self._batch_limited = False  # the last step stopped admitting for the deadlines
         self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
         self.tenant_usage: dict[str, TenantUsage] = self.tenants.usage
         self.num_preemptions = 0
@@ -143,7 +145,7 @@ class Scheduler:
 
     def observe_step_time(self, seconds: float) -> None:
         """How long the engine's last step took: the price of a step in deadline estimates."""
-        self.deadlines.timer.observe(seconds)
+        self.deadlines.timer.observe(seconds, self._num_rows)
 
     # -- one step -------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class Scheduler:
         out.step_input.finished_req_ids = list(self._finished_req_ids)
         self._finished_req_ids.clear()
         out.step_input.token_masks = step_token_masks(out.scheduled, out.step_input)
+        self._num_rows = len(out.scheduled)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -224,6 +227,11 @@ class Scheduler:
         waiting = self.waiting
         threshold = self.config.long_prefill_threshold
         loras = {r.lora.lora_id for r in self.running if r.lora is not None}
+        # Under `deadline`, the batch grows only while its running requests can still finish
+        # (scheduler/deadlines.py); with nothing running an arrival is tried.
+        limits = self.waiting.predicts_deadlines and bool(self.running)
+        limit = None  # built when first needed
+        self._batch_limited = False
         while len(waiting):
             has_seat = len(self.running) < self.config.max_num_seqs
             if not (self._preempts_for_room or (budget > 0 and has_seat)):
@@ -235,6 +243,11 @@ class Scheduler:
                 if len(loras) >= self.max_loras:
                     break  # it waits, in its turn, until an adapter's requests finish
                 loras.add(req.lora.lora_id)
+            if limits and limit is None:
+                limit = BatchLimit(self.deadlines, self.running, self.clock())
+            if limit is not None and not limit.admits(req, len(out.scheduled)):
+                self._batch_limited = True
+                break
             cached = self.kv.find_cached_prefix(req)
             num_cached_tokens = None
             if budget > 0 and has_seat:
@@ -311,7 +324,7 @@ class Scheduler:
 
     def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
         # Predicted misses only while the step time is being measured (scheduler/deadlines.py).
-        contended = len(self.running) >= self.config.max_num_seqs
+        contended = self._batch_limited or len(self.running) >= self.config.max_num_seqs
         for req, why in self._deadlines.due(now, bool(self.running), contended):
             if not req.is_finished:
                 self.finish_requests(
