@@ -20,11 +20,13 @@ length, at admission would hold (the reservation schemes the vLLM paper measured
 
 deadline-sim: two tenants (8:1) send Poisson arrivals at twice what the seats complete, each
 request 32 prompt tokens and 32 output tokens, EOS ignored, with a deadline drawn from 100 ms
-to 5 s. The clock is simulated: a step takes 2 ms + 20 µs per scheduled token, times a
+to 5 s, for 6 s or 12 s (as the live overload run sends). The clock is simulated: a step takes
+a fixed time plus a cost per scheduled token and per request in it (`STEP_COSTS`), times a
 log-normal wobble (the noise of a shared machine), and the scheduler is told each step's time
 as the engine tells it. Goodput: the share of requests finished by their deadline, under
 `fcfs` (which ends a request once its deadline has passed) and under `deadline` for several
-admission margins (scheduler/deadlines.py ADMISSION_MARGIN).
+admission margins (scheduler/deadlines.py ADMISSION_MARGIN); beside them, what EDF on a fluid
+machine finishes at the best fixed batch size (`fluid_bound`): the ceiling of any order.
 """
 
 from __future__ import annotations

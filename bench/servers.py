@@ -389,6 +389,7 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
                     preempted = {t: server.preemptions(t) for t in ("a", "b")}
                 runs[label].append((result, preempted))
                 log(f"{seats} {label}: goodput {result['deadline_goodput']:.3f}")
+        by_round = {label: [r["deadline_goodput"] for r, _ in done] for label, done in runs.items()}
         goodputs = {}
         for label, done in runs.items():
             # The run of median goodput stands for the policy (of an even count, the upper).
@@ -410,14 +411,23 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
             if label != "fcfs"
         )
         each = "; ".join(
-            f"{label} " + ", ".join(f"{r['deadline_goodput']:.2f}" for r, _ in done)
-            for label, done in runs.items()
+            f"{label} " + ", ".join(f"{g:.2f}" for g in rounds)
+            for label, rounds in by_round.items()
+        )
+        fcfs_rounds = by_round["fcfs"]
+        means = "; ".join(
+            f"{label} {statistics.mean(rounds) / statistics.mean(fcfs_rounds):.2f}x (by round "
+            + ", ".join(f"{g / f:.2f}" for g, f in zip(rounds, fcfs_rounds, strict=True))
+            + ")"
+            for label, rounds in by_round.items()
+            if label != "fcfs"
         )
         notes.append(
             f"- `--max-num-seqs {seats}`: capacity {capacities[seats]:.1f} requests/s (400 sent "
             f"at once, fcfs); `loadtest --tenant a:KEY:{rate_a:.1f} --tenant b:KEY:{rate_b:.1f} "
-            f"--num-prompts {num_prompts}`; median goodput against fcfs's: {ratios} (each "
-            f"run's goodput, sorted: {each})."
+            f"--num-prompts {num_prompts}`. Goodput of each round, in the order run: {each}. "
+            f"Mean goodput against fcfs's: {means}. Median run against fcfs's median run (the "
+            f"table's rows): {ratios}."
         )
     header = ["seats", "policy", "tenant", "completed", "failed", "deadlines met",
               "TTFT p50 ms", "TTFT p99 ms", "token share while sending", "preempted",
