@@ -380,9 +380,10 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
                  f"b:{KEYS['b']}:{rate_b:.2f}", "--num-prompts", str(num_prompts),
                  "--input-len", str(args.input_len), "--output-len", str(args.output_len),
                  "--seed", str(args.seed), "--deadlines", args.deadlines]  # fmt: skip
-        runs: dict[str, list[tuple[dict, dict]]] = {label: [] for label, _, _ in OVERLOAD_POLICIES}
+        policies = [p for p in OVERLOAD_POLICIES if p[0] in args.policies.split(",")]
+        runs: dict[str, list[tuple[dict, dict]]] = {label: [] for label, _, _ in policies}
         for _ in range(args.repeats):  # interleaved: the load of the shared cores drifts
-            for label, policy, extra in OVERLOAD_POLICIES:
+            for label, policy, extra in policies:
                 with loom_server(args, policy, tenants, extra) as server:
                     path = tmp / f"{label}.json"
                     result = finished(loadtest(server.target, path, *flags), path)
@@ -662,6 +663,11 @@ def fairness(argv: list[str] | None = None) -> None:
     g = p.add_argument_group("overload")
     g.add_argument("--overload", type=float, default=2.0, help="offered / measured capacity")
     g.add_argument("--seat-counts", default="4,256", help="--max-num-seqs values to run")
+    g.add_argument(
+        "--policies",
+        default=",".join(label for label, _, _ in OVERLOAD_POLICIES),
+        help="labels to run, fcfs among them",
+    )
     g.add_argument("--seconds", type=float, default=12.0, help="how long both send")
     g.add_argument("--input-len", type=int, default=32)
     g.add_argument("--output-len", type=int, default=32)
