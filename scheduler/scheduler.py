@@ -145,7 +145,9 @@ class Scheduler:
 
     def observe_step_time(self, seconds: float) -> None:
         """How long the engine's last step took: the price of a step in deadline estimates."""
-        self.deadlines.timer.observe(seconds, self._num_rows)
+        # Only `deadline` prices steps by their rows; the fit is not paid for otherwise.
+        rows = self._num_rows if self.waiting.predicts_deadlines else 0
+        self.deadlines.timer.observe(seconds, rows)
 
     # -- one step -------------------------------------------------------------------------
 
