@@ -14,7 +14,8 @@ tokens so that the second catches up with the first, under a token budget per st
    running request (the last in running order), possibly itself: its blocks are freed and
    it waits to be recomputed, from whatever its prefix still has in the cache.
 3. Then waiting requests, in the order the queue policy picks, while budget, blocks and
-   `max_num_seqs` allow; a prefix-cache hit counts as computed. When the next one finds no
+   `max_num_seqs` allow (under `deadline`, and while the step time of the grown batch keeps
+   the running requests in time); a prefix-cache hit counts as computed. When the next one finds no
    room, running requests the policy ranks below it that have run their quantum give up
    their places to it (scheduler/preemption.py), by the same recompute as in 2.
 
