@@ -310,7 +310,9 @@ def accuracy(argv: list[str] | None = None) -> None:
     settings = {"device": "cpu", "num_kv_blocks": 64}
     with torch.inference_mode():
         oracle = Engine.from_model_dir(args.model, quantization="none", **settings)
-        packed = Engine.from_model_dir(args.model, **settings)
+        packed = {f"Loom (packed, {name} activations)":
+                  Engine.from_model_dir(args.model, activations=name, **settings)
+                  for name in ("int16", "float", "int8")}  # fmt: skip
         server = LlamaServer(args.server, gguf, 1, 512, args.port, torch.get_num_threads())
         try:
             scores = score_against_oracle(oracle, packed, server, args.chunk)
@@ -327,7 +329,8 @@ def accuracy(argv: list[str] | None = None) -> None:
         "none` (every tensor dequantized to the reference values, float32). For each prompt "
         "the oracle's 32 greedy tokens are fed back (teacher forcing) and, after every "
         "prefix, each system's 10 likeliest tokens are scored against the oracle's logprob "
-        f"of the same token: Loom's packed path in steps of {args.chunk} tokens, llama.cpp "
+        f"of the same token: Loom's packed path (with each `--activations`; int16 is the "
+        f"default) in steps of {args.chunk} tokens, llama.cpp "
         "through llama-server's `n_probs` (a 1-token completion of each prefix; prefixes "
         "whose next token is part of a UTF-8 character come back without probabilities and "
         "are left out). Prompts: "
@@ -345,22 +348,28 @@ class Scores:
     same_text: int = 0  # prompts whose 32 greedy tokens equal the oracle's
 
 
-def score_against_oracle(oracle, packed, server: LlamaServer, chunk: int) -> dict[str, Scores]:
-    scores = {"Loom (packed)": Scores(), "llama.cpp": Scores()}
-    mine, theirs = scores["Loom (packed)"], scores["llama.cpp"]
+def score_against_oracle(
+    oracle, packed: dict[str, object], server: LlamaServer, chunk: int
+) -> dict[str, Scores]:
+    scores = {name: Scores() for name in [*packed, "llama.cpp"]}
+    theirs = scores["llama.cpp"]
     for text in ACCURACY_PROMPTS:
         prompt = oracle.tokenizer.encode(text)
         ids = oracle.generate([prompt], greedy_params(32))[0].token_ids
         sequence = prompt + ids
         logits = teacher_forced_logits(oracle.worker, sequence, len(sequence))
         truth = torch.log_softmax(logits.double(), -1)
-        ours = torch.log_softmax(teacher_forced_logits(packed.worker, sequence, chunk).double(), -1)
-        mine.same_text += packed.generate([prompt], greedy_params(32))[0].token_ids == ids
+        for name, engine in packed.items():
+            mine = scores[name]
+            logits = teacher_forced_logits(engine.worker, sequence, chunk)
+            ours = torch.log_softmax(logits.double(), -1)
+            mine.same_text += engine.generate([prompt], greedy_params(32))[0].token_ids == ids
+            for pos in range(len(prompt) - 1, len(sequence) - 1):
+                top = ours[pos].topk(10)
+                mine.errors += (top.values - truth[pos, top.indices]).abs().tolist()
+                mine.top1.append(int(top.indices[0]) == int(truth[pos].argmax()))
         theirs.same_text += server.complete(prompt, 32) == ids
         for pos in range(len(prompt) - 1, len(sequence) - 1):
-            top = ours[pos].topk(10)
-            mine.errors += (top.values - truth[pos, top.indices]).abs().tolist()
-            mine.top1.append(int(top.indices[0]) == int(truth[pos].argmax()))
             found = server.top_logprobs(sequence[: pos + 1], 10)
             if found is None:
                 continue

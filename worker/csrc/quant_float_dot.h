@@ -1,5 +1,5 @@
-// Float32 activations times packed weight rows (quant_blocks.h): the default way Loom
-// multiplies by quantized weights on the CPU. Shared by the projection op
+// Float32 activations times packed weight rows (quant_blocks.h): `--activations float`, the
+// exact way Loom multiplies by quantized weights on the CPU. Shared by the projection op
 // (quant_matmul_cpu.cpp) and the fused decode step (decode_step_cpu.cpp).
 //
 // Each weight row is dequantized into a row of floats in L1 (loops the compiler vectorizes

@@ -155,13 +155,14 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
   }
 }
 
-// 32 unsigned bytes times 32 int16 activations: eight int32 lanes, lanes 0-3 from bytes 0-15.
+// 32 unsigned bytes times 32 int16 activations: eight int32 lanes of partial sums.
 inline __m256i dot32_u8(__m256i u, const int16_t* q) {
   const __m256i lo = madd16(_mm256_setzero_si256(), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)),
                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
   const __m256i hi = madd16(_mm256_setzero_si256(), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1)),
                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 16)));
-  // Pairs summed within each half: lanes 0, 1, 4, 5 from values 0-15, 2, 3, 6, 7 from 16-31.
+  // Adjacent lanes summed within each 128-bit half: lanes 0, 1, 4, 5 hold values 0-15, lanes
+  // 2, 3, 6, 7 values 16-31.
   return _mm256_hadd_epi32(lo, hi);
 }
 

@@ -2,11 +2,10 @@
 // activations in and out: y[M, N] = x[M, K] @ W[N, K]^T, W given as one or more parts (a
 // fused projection's pieces, as the file holds them: no copy is made to join them).
 //
-// Up to 16 rows (decode steps of a few sequences), by default float activations
-// (quant_float_dot.h: each block's values built as floats, float32 products, the dequantized
-// oracle's results to float32 reassociation); up to 512 rows with int8 activations,
-// llama.cpp's way, the integer dot products of quant_dot.h, or int16 ones (quant_int16_dot.h),
-// each activation row quantized per 32 values.
+// Up to 512 rows, each activation row quantized per 32 values: to int16 (the default,
+// quant_int16_dot.h) or to int8, llama.cpp's way (quant_dot.h), and integer dot products.
+// Up to 16 rows with float activations (quant_float_dot.h: each block's values built as
+// floats, float32 products, the dequantized oracle's results to float32 reassociation).
 // Each weight row is read once for all rows of x; threads split the weight rows.
 // More rows: the weight rows are dequantized a chunk at a time to float32 and multiplied by
 // torch's GEMM.
@@ -37,7 +36,7 @@ using loom::quant::QuantizedRows;
 // Rows up to which the integer-dot paths (int8 or int16 activations) run; above it,
 // dequantize + GEMM.
 constexpr int64_t kMaxDotRows = 512;
-// The same for the float-activation kernel (the default): measured on a Zen 4 (one thread,
+// The same for the float-activation kernel: measured on a Zen 4 (one thread,
 // SmolLM2's Q4_1 w13 and w2) it beats dequantize + GEMM up to 8-16 rows, loses from 32.
 constexpr int64_t kMaxFloatRows = 16;
 
