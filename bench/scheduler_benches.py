@@ -20,20 +20,25 @@ length, at admission would hold (the reservation schemes the vLLM paper measured
 
 deadline-sim: two tenants (8:1) send Poisson arrivals at twice what the seats complete, each
 request 32 prompt tokens and 32 output tokens, EOS ignored, with a deadline drawn from 100 ms
-to 5 s. The clock is simulated: a step takes 2 ms + 20 µs per scheduled token, times a
+to 5 s, for 6 s or 12 s (as the live overload run sends). The clock is simulated: a step takes
+a fixed time plus a cost per scheduled token and per request in it (`STEP_COSTS`), times a
 log-normal wobble (the noise of a shared machine), and the scheduler is told each step's time
 as the engine tells it. Goodput: the share of requests finished by their deadline, under
 `fcfs` (which ends a request once its deadline has passed) and under `deadline` for several
-admission margins (scheduler/deadlines.py ADMISSION_MARGIN).
+admission margins (scheduler/deadlines.py ADMISSION_MARGIN); beside them, what EDF on a fluid
+machine finishes at the best fixed batch size (`fluid_bound`): the ceiling of any order.
 """
 
 from __future__ import annotations
 
 import gc
+import heapq
+import math
 import os
 import random
 import statistics
 import time
+from dataclasses import dataclass
 
 import scheduler.deadlines as deadlines
 from bench.common import (
@@ -250,33 +255,94 @@ def kv_waste(argv: list[str] | None = None) -> None:
 
 
 DEADLINES_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SIM_TOKENS = 32  # each request's prompt and output
 
 
-def simulated_goodput(
-    policy: str, seats: int, margin: float, seed: int, seconds: float, wobble: float
-) -> float:
-    """The share of the arrivals finished by their deadline, on a simulated clock."""
-    deadlines.ADMISSION_MARGIN = margin
+@dataclass(frozen=True)
+class StepCost:
+    """A simulated step's seconds: fixed + per scheduled token + per request in the step,
+    times a log-normal wobble of sigma `wobble` (the noise of a shared machine)."""
+
+    fixed: float
+    per_token: float
+    per_row: float
+    wobble: float
+
+    def mean(self, num_tokens: int, num_rows: int) -> float:
+        noise = math.exp(self.wobble**2 / 2)  # the log-normal's mean
+        return (self.fixed + self.per_token * num_tokens + self.per_row * num_rows) * noise
+
+    def decode_seconds(self, seats: int) -> float:
+        """A request's seconds on a seat in a batch of `seats` decoding requests."""
+        return SIM_TOKENS * self.mean(seats, seats)
+
+
+# "engine": the worker's compute dominates (a token costs 20 µs beside a step's 2 ms);
+# "served": the live server on two shared cores, where each request in a step costs its
+# streaming (fitted to the capacities of BENCHMARKS.md's overload run: 44.1 requests/s on 4
+# seats, 132.2 on 256, 32 tokens each).
+STEP_COSTS = {"engine": (2e-3, 20e-6, 0.0), "served": (1.92e-3, 0.0, 0.229e-3)}
+
+
+def arrivals_at_overload(
+    cost: StepCost, seats: int, seed: int, seconds: float
+) -> list[tuple[float, str, float]]:
+    """(time, tenant, deadline s): Poisson arrivals at twice what full seats complete."""
     rng = random.Random(seed)
-    config = SchedulerConfig(max_num_seqs=seats, queue_policy=policy)
-    sched = Scheduler(config, CacheConfig(block_size=BLOCK_SIZE), 100_000, 4096)
-    now = [0.0]
-    sched.clock = lambda: now[0]
-
-    def step_seconds(num_tokens: int) -> float:
-        return (2e-3 + 20e-6 * num_tokens) * rng.lognormvariate(0, wobble)
-
-    rate = 2 * seats / (32 * 2e-3 + 32 * 20e-6 * seats)  # twice what the seats complete
+    rate = 2 * seats / cost.decode_seconds(seats)
     arrivals, t = [], rng.expovariate(rate)
     while t < seconds:
         arrivals.append((t, "a" if rng.random() < 8 / 9 else "b", rng.choice(DEADLINES_S)))
         t += rng.expovariate(rate)
+    return arrivals
+
+
+def fluid_bound(arrivals: list[tuple[float, str, float]], cost: StepCost, seats: int) -> float:
+    """Of the arrivals, the share that EDF on a fluid machine finishes in time, at the best
+    fixed batch size up to `seats`, every step at its mean time: one request starts every
+    `decode_seconds(batch) / batch` (plus its prefill), each must start by its deadline less
+    `decode_seconds(batch)`. Not a proof (a schedule that varies its batch may do better), an
+    estimate of what any order can get out of the seats."""
+    best = 0
+    for batch in sorted({min(2**k, seats) for k in range(seats.bit_length() + 1)}):
+        latency = cost.decode_seconds(batch)
+        prefill = (SIM_TOKENS - 1) * (cost.mean(1, 0) - cost.mean(0, 0))  # beyond a decode's
+        gap = latency / batch + prefill
+        pending: list[float] = []  # latest starts of the released requests
+        met, t, k = 0, 0.0, 0
+        while k < len(arrivals) or pending:
+            if not pending and arrivals[k][0] > t:
+                t = arrivals[k][0]
+            while k < len(arrivals) and arrivals[k][0] <= t:
+                heapq.heappush(pending, arrivals[k][0] + arrivals[k][2] - latency)
+                k += 1
+            while pending and pending[0] < t:
+                heapq.heappop(pending)
+            if pending:
+                heapq.heappop(pending)
+                met += 1
+                t += gap
+        best = max(best, met)
+    return best / len(arrivals)
+
+
+def simulated_goodput(
+    policy: str, seats: int, margin: float, seed: int, seconds: float, cost: StepCost
+) -> float:
+    """The share of the arrivals finished by their deadline, on a simulated clock."""
+    deadlines.ADMISSION_MARGIN = margin
+    rng = random.Random(seed + 1000)
+    config = SchedulerConfig(max_num_seqs=seats, queue_policy=policy)
+    sched = Scheduler(config, CacheConfig(block_size=BLOCK_SIZE), 100_000, 4096)
+    now = [0.0]
+    sched.clock = lambda: now[0]
+    arrivals = arrivals_at_overload(cost, seats, seed, seconds)
     reqs, ends, k = [], {}, 0
     while k < len(arrivals) or sched.has_unfinished():
         while k < len(arrivals) and arrivals[k][0] <= now[0]:
             arrived, tenant, deadline = arrivals[k]
-            prompt = [3 + (7 * k + i) % 500 for i in range(32)]
-            req = Request(f"r{k}", prompt, greedy_params(32), (2,), tenant=tenant)
+            prompt = [3 + (7 * k + i) % 500 for i in range(SIM_TOKENS)]
+            req = Request(f"r{k}", prompt, greedy_params(SIM_TOKENS), (2,), tenant=tenant)
             req.deadline = arrived + deadline
             sched.add_request(req)
             reqs.append(req)
@@ -284,7 +350,8 @@ def simulated_goodput(
         out = sched.schedule()
         num_tokens = sum(out.step_input.num_scheduled_tokens.values())
         if num_tokens:
-            took = step_seconds(num_tokens)
+            base = cost.fixed + cost.per_token * num_tokens + cost.per_row * len(out.scheduled)
+            took = base * rng.lognormvariate(0, cost.wobble)
             now[0] += took
             sched.observe_step_time(took)
         elif k < len(arrivals):
@@ -299,29 +366,47 @@ def simulated_goodput(
 
 def deadline_sim(argv: list[str] | None = None) -> None:
     parser = bench_parser("deadline-sim", "the deadline policy's goodput, simulated overload")
-    parser.add_argument("--seats", type=int, nargs="+", default=[4, 16, 64])
-    parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    parser.add_argument(
+        "--cost", choices=sorted(STEP_COSTS), nargs="+", default=["engine", "served"]
+    )
+    parser.add_argument("--seats", type=int, nargs="+", default=[4, 64, 256])
+    parser.add_argument("--margins", type=float, nargs="+", default=[0.5])
     parser.add_argument("--wobble", type=float, default=0.3, help="log-normal sigma of a step")
-    parser.add_argument("--seconds", type=float, default=6.0, help="of arrivals")
+    parser.add_argument(
+        "--seconds", type=float, nargs="+", default=[6.0, 12.0], help="of arrivals"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     rows = []
-    for seats in args.seats:
+    for name in args.cost:
+        cost = StepCost(*STEP_COSTS[name], args.wobble)
+        for seats in args.seats:
+            for seconds in args.seconds:
+                row = sim_row(cost, seats, seconds, args.seeds, args.margins)
+                rows.append([name, seats, f"{seconds:g}", *row])
+                print(rows[-1], flush=True)
+    header = ["step cost", "seats", "arrivals s", "fcfs goodput",
+              *(f"deadline, margin {m:g}" for m in args.margins),
+              "fluid EDF, best batch"]  # fmt: skip
+    print_run(header, rows, f"means of {args.seeds} seeds, step wobble sigma {args.wobble:g}")
 
-        def mean_goodput(policy: str, margin: float, seats: int = seats) -> float:
-            return statistics.mean(
-                simulated_goodput(policy, seats, margin, seed, args.seconds, args.wobble)
-                for seed in range(args.seeds)
-            )
 
-        fcfs = mean_goodput("fcfs", 0.0)
-        row: list[object] = [seats, fcfs]
-        for margin in args.margins:
-            goodput = mean_goodput("deadline", margin)
-            row.append(f"{goodput:.3f} ({goodput / fcfs:.2f}x)")
-        rows.append(row)
-        print(f"{seats} seats: {row}", flush=True)
-    header = ["seats", "fcfs goodput",
-              *(f"deadline, margin {m:g}" for m in args.margins)]  # fmt: skip
-    print_run(header, rows, f"{args.seconds:g} s of arrivals, means of {args.seeds} seeds, "
-              f"step wobble sigma {args.wobble:g}")  # fmt: skip
+def sim_row(
+    cost: StepCost, seats: int, seconds: float, seeds: int, margins: list[float]
+) -> list[object]:
+    def mean_goodput(policy: str, margin: float) -> float:
+        return statistics.mean(
+            simulated_goodput(policy, seats, margin, seed, seconds, cost) for seed in range(seeds)
+        )
+
+    fcfs = mean_goodput("fcfs", 0.0)
+    row: list[object] = [fcfs]
+    for margin in margins:
+        goodput = mean_goodput("deadline", margin)
+        row.append(f"{goodput:.3f} ({goodput / fcfs:.2f}x)")
+    bound = statistics.mean(
+        fluid_bound(arrivals_at_overload(cost, seats, seed, seconds), cost, seats)
+        for seed in range(seeds)
+    )
+    row.append(f"{bound:.3f} ({bound / fcfs:.2f}x)")
+    return row

@@ -380,15 +380,17 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
                  f"b:{KEYS['b']}:{rate_b:.2f}", "--num-prompts", str(num_prompts),
                  "--input-len", str(args.input_len), "--output-len", str(args.output_len),
                  "--seed", str(args.seed), "--deadlines", args.deadlines]  # fmt: skip
-        runs: dict[str, list[tuple[dict, dict]]] = {label: [] for label, _, _ in OVERLOAD_POLICIES}
+        policies = [p for p in OVERLOAD_POLICIES if p[0] in args.policies.split(",")]
+        runs: dict[str, list[tuple[dict, dict]]] = {label: [] for label, _, _ in policies}
         for _ in range(args.repeats):  # interleaved: the load of the shared cores drifts
-            for label, policy, extra in OVERLOAD_POLICIES:
+            for label, policy, extra in policies:
                 with loom_server(args, policy, tenants, extra) as server:
                     path = tmp / f"{label}.json"
                     result = finished(loadtest(server.target, path, *flags), path)
                     preempted = {t: server.preemptions(t) for t in ("a", "b")}
                 runs[label].append((result, preempted))
                 log(f"{seats} {label}: goodput {result['deadline_goodput']:.3f}")
+        by_round = {label: [r["deadline_goodput"] for r, _ in done] for label, done in runs.items()}
         goodputs = {}
         for label, done in runs.items():
             # The run of median goodput stands for the policy (of an even count, the upper).
@@ -410,14 +412,23 @@ def overload(args: argparse.Namespace, tmp: Path, tenants: Path) -> tuple[str, s
             if label != "fcfs"
         )
         each = "; ".join(
-            f"{label} " + ", ".join(f"{r['deadline_goodput']:.2f}" for r, _ in done)
-            for label, done in runs.items()
+            f"{label} " + ", ".join(f"{g:.2f}" for g in rounds)
+            for label, rounds in by_round.items()
+        )
+        fcfs_rounds = by_round["fcfs"]
+        means = "; ".join(
+            f"{label} {statistics.mean(rounds) / statistics.mean(fcfs_rounds):.2f}x (by round "
+            + ", ".join(f"{g / f:.2f}" for g, f in zip(rounds, fcfs_rounds, strict=True))
+            + ")"
+            for label, rounds in by_round.items()
+            if label != "fcfs"
         )
         notes.append(
             f"- `--max-num-seqs {seats}`: capacity {capacities[seats]:.1f} requests/s (400 sent "
             f"at once, fcfs); `loadtest --tenant a:KEY:{rate_a:.1f} --tenant b:KEY:{rate_b:.1f} "
-            f"--num-prompts {num_prompts}`; median goodput against fcfs's: {ratios} (each "
-            f"run's goodput, sorted: {each})."
+            f"--num-prompts {num_prompts}`. Goodput of each round, in the order run: {each}. "
+            f"Mean goodput against fcfs's: {means}. Median run against fcfs's median run (the "
+            f"table's rows): {ratios}."
         )
     header = ["seats", "policy", "tenant", "completed", "failed", "deadlines met",
               "TTFT p50 ms", "TTFT p99 ms", "token share while sending", "preempted",
@@ -652,6 +663,11 @@ def fairness(argv: list[str] | None = None) -> None:
     g = p.add_argument_group("overload")
     g.add_argument("--overload", type=float, default=2.0, help="offered / measured capacity")
     g.add_argument("--seat-counts", default="4,256", help="--max-num-seqs values to run")
+    g.add_argument(
+        "--policies",
+        default=",".join(label for label, _, _ in OVERLOAD_POLICIES),
+        help="labels to run, fcfs among them",
+    )
     g.add_argument("--seconds", type=float, default=12.0, help="how long both send")
     g.add_argument("--input-len", type=int, default=32)
     g.add_argument("--output-len", type=int, default=32)

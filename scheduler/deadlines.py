@@ -20,6 +20,14 @@ would be late, before it uses more compute. It predicts only while some request 
 time is measured on running steps alone, so with nothing running an estimate too slow (steps
 slowed by a burst of other work) would end every arrival before it ran, and no step would ever
 measure it again.
+
+A step's time grows with the requests in it (each row is sampled, detokenized and streamed), so
+admitting one more request slows every running one. The timer also fits how the step time
+moves with the rows of a step (`StepTimer`), prices steps at the batch now running, and the
+`deadline` policy admits a waiting request only while the batch it makes, at the step time of
+that many rows (and GROWTH_MARGIN more), still lets every running request and the newcomer
+finish by its deadline (`BatchLimit`): with steps that cost per row, a batch grown past that
+only makes requests late.
 """
 
 from __future__ import annotations
@@ -38,25 +46,68 @@ from scheduler.request import Request, RequestStatus
 # ends it halfway, its compute wasted and the seat denied to one that would have finished.
 # 0.5: measured on a simulated overload (`python -m bench deadline-sim`, BENCHMARKS.md).
 ADMISSION_MARGIN = 0.5
+# A batch grows only while the step time at its new size leaves every running request (and the
+# newcomer) this share of its required time to spare: the step time wobbles, and a batch grown
+# to the last millisecond makes the tightest of them late. 0.1: measured on the simulated
+# overload (`python -m bench deadline-sim`, BENCHMARKS.md).
+GROWTH_MARGIN = 0.1
 RUNNING = RequestStatus.RUNNING
 
 
 @dataclass(slots=True)
 class StepTimer:
-    """The median of the last `window` step periods, in seconds; 0 until one is measured."""
+    """The step time, in seconds (0 until one is measured), at the batch of the last step: the
+    median of the last `window` step periods, moved along `per_row`, the least-squares slope
+    of step time on the requests a step ran over the last `fit_window` steps (each period
+    clipped to 3x the median, so one stalled step barely tilts it). While the rows have not
+    varied there is no slope, and the step time is the median."""
 
     seconds: float = 0.0
+    per_row: float = 0.0
     window: int = 16
+    fit_window: int = 64
     _recent: deque[float] = field(default_factory=deque)
+    _median: float = 0.0
+    _recent_rows: deque[int] = field(default_factory=deque)
+    _fit: deque[tuple[int, float]] = field(default_factory=deque)
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, rows: int = 0) -> None:
+        """A step's period and the requests it ran (0: not known)."""
         if seconds <= 0 or not math.isfinite(seconds):
             return
-        recent = self._recent
-        recent.append(seconds)
-        if len(recent) > self.window:
-            recent.popleft()
-        self.seconds = statistics.median(recent)
+        _append(self._recent, seconds, self.window)
+        self._median = statistics.median(self._recent)
+        if rows > 0:
+            _append(self._recent_rows, rows, self.window)
+            _append(self._fit, (rows, min(seconds, 3 * self._median)), self.fit_window)
+            self.per_row = self._slope()
+        self.seconds = self.seconds_at(rows) if rows > 0 else self._median
+
+    def seconds_at(self, rows: int) -> float:
+        """The step time at `rows` requests a step."""
+        if not self.per_row:
+            return self._median
+        moved = self.per_row * (rows - statistics.median(self._recent_rows))
+        return max(self._median + moved, 0.1 * self._median)
+
+    def _slope(self) -> float:
+        fit = self._fit
+        n = len(fit)
+        if n < 8:
+            return 0.0
+        mean_rows = sum(r for r, _ in fit) / n
+        mean_seconds = sum(s for _, s in fit) / n
+        var = sum((r - mean_rows) ** 2 for r, _ in fit)
+        if var < n:  # rows spread by less than one request: no slope to read
+            return 0.0
+        cov = sum((r - mean_rows) * (s - mean_seconds) for r, s in fit)
+        return max(cov / var, 0.0)
+
+
+def _append(window: deque, item: object, size: int) -> None:
+    window.append(item)
+    if len(window) > size:
+        window.popleft()
 
 
 class DeadlineEstimator:
@@ -90,6 +141,12 @@ class DeadlineEstimator:
         """Seconds of steps it needs at the least (and `margin` of that more)."""
         return self.steps_left(req, self.tokens_required(req)) * self.timer.seconds * (1 + margin)
 
+    def max_step_seconds(self, req: Request, now: float) -> float:
+        """The slowest step at which its fewest steps still end by its deadline."""
+        if req.deadline is None:
+            return math.inf
+        return (req.deadline - now) / self.steps_left(req, self.tokens_required(req))
+
     def latest_start(self, req: Request) -> float:
         """Its deadline less the time it is owed: the smaller, the less slack it has; a
         request without a deadline has all the slack there is."""
@@ -119,6 +176,28 @@ class DeadlineEstimator:
             f"{(deadline - now) * 1e3:.0f} ms left before its deadline, and it needs at least "
             f"{steps} steps of {self.timer.seconds * 1e3:.1f} ms{spare}"
         )
+
+
+class BatchLimit:
+    """How far one step's batch may grow: a waiting request is admitted only if the step time
+    at the batch with it (`StepTimer.seconds_at`) still lets the running requests and it finish
+    by their deadlines."""
+
+    def __init__(self, estimator: DeadlineEstimator, running: list[Request], now: float) -> None:
+        self.estimator = estimator
+        self.now = now
+        self.slowest_step = min(
+            (estimator.max_step_seconds(r, now) for r in running), default=math.inf
+        )
+
+    def admits(self, req: Request, num_rows: int) -> bool:
+        """Whether `req` may join a step of `num_rows` requests; if so, it counts from now."""
+        slowest = min(self.slowest_step, self.estimator.max_step_seconds(req, self.now))
+        step = self.estimator.timer.seconds_at(num_rows + 1)
+        if step * (1 + GROWTH_MARGIN) > slowest:
+            return False
+        self.slowest_step = slowest
+        return True
 
 
 class DeadlineWatch:

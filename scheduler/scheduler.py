@@ -14,7 +14,8 @@ tokens so that the second catches up with the first, under a token budget per st
    running request (the last in running order), possibly itself: its blocks are freed and
    it waits to be recomputed, from whatever its prefix still has in the cache.
 3. Then waiting requests, in the order the queue policy picks, while budget, blocks and
-   `max_num_seqs` allow; a prefix-cache hit counts as computed. When the next one finds no
+   `max_num_seqs` allow (under `deadline`, and while the step time of the grown batch keeps
+   the running requests in time); a prefix-cache hit counts as computed. When the next one finds no
    room, running requests the policy ranks below it that have run their quantum give up
    their places to it (scheduler/preemption.py), by the same recompute as in 2.
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.deadlines import DeadlineEstimator, DeadlineWatch
+from scheduler.deadlines import BatchLimit, DeadlineEstimator, DeadlineWatch
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.preemption import Room, choose_victims
@@ -104,6 +105,8 @@ class Scheduler:
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
         self._deadlines = DeadlineWatch(self.deadlines, self.waiting.predicts_deadlines)
+        self._num_rows = 0  # requests in the last step scheduled: what its period is paired with
+        self._batch_limited = False  # the last step stopped admitting for the deadlines
         self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
         self.tenant_usage: dict[str, TenantUsage] = self.tenants.usage
         self.num_preemptions = 0
@@ -143,7 +146,9 @@ class Scheduler:
 
     def observe_step_time(self, seconds: float) -> None:
         """How long the engine's last step took: the price of a step in deadline estimates."""
-        self.deadlines.timer.observe(seconds)
+        # Only `deadline` prices steps by their rows; the fit is not paid for otherwise.
+        rows = self._num_rows if self.waiting.predicts_deadlines else 0
+        self.deadlines.timer.observe(seconds, rows)
 
     # -- one step -------------------------------------------------------------------------
 
@@ -159,6 +164,7 @@ class Scheduler:
         out.step_input.finished_req_ids = list(self._finished_req_ids)
         self._finished_req_ids.clear()
         out.step_input.token_masks = step_token_masks(out.scheduled, out.step_input)
+        self._num_rows = len(out.scheduled)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -224,6 +230,11 @@ class Scheduler:
         waiting = self.waiting
         threshold = self.config.long_prefill_threshold
         loras = {r.lora.lora_id for r in self.running if r.lora is not None}
+        # Under `deadline`, the batch grows only while its running requests can still finish
+        # (scheduler/deadlines.py); with nothing running an arrival is tried.
+        limits = self.waiting.predicts_deadlines and bool(self.running)
+        limit = None  # built when first needed
+        self._batch_limited = False
         while len(waiting):
             has_seat = len(self.running) < self.config.max_num_seqs
             if not (self._preempts_for_room or (budget > 0 and has_seat)):
@@ -235,6 +246,11 @@ class Scheduler:
                 if len(loras) >= self.max_loras:
                     break  # it waits, in its turn, until an adapter's requests finish
                 loras.add(req.lora.lora_id)
+            if limits and limit is None:
+                limit = BatchLimit(self.deadlines, self.running, self.clock())
+            if limit is not None and not limit.admits(req, len(out.scheduled)):
+                self._batch_limited = True
+                break
             cached = self.kv.find_cached_prefix(req)
             num_cached_tokens = None
             if budget > 0 and has_seat:
@@ -311,7 +327,7 @@ class Scheduler:
 
     def _end_missed_deadlines(self, out: SchedulerOutput, now: float) -> None:
         # Predicted misses only while the step time is being measured (scheduler/deadlines.py).
-        contended = len(self.running) >= self.config.max_num_seqs
+        contended = self._batch_limited or len(self.running) >= self.config.max_num_seqs
         for req, why in self._deadlines.due(now, bool(self.running), contended):
             if not req.is_finished:
                 self.finish_requests(

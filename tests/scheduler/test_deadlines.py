@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from scheduler.deadlines import StepTimer
 from scheduler.request import Request, RequestStatus
 from scheduler.scheduler import Scheduler
 from tests.scheduler.helpers import (
@@ -256,3 +257,60 @@ def test_with_every_seat_taken_a_waiting_request_must_finish_with_time_to_spare(
             timed_step(sched, worker, clock)
         assert w.status is RequestStatus.FINISHED_LENGTH
         assert sched.tenant_usage["default"].num_deadlines_met == 1
+
+
+def test_the_step_timer_reads_how_the_step_time_grows_with_the_rows() -> None:
+    timer = StepTimer()
+    for rows in [1, 2, 3, 4, 5, 6] * 4:
+        timer.observe(0.002 + 0.004 * rows, rows)
+    assert timer.per_row == pytest.approx(0.004)
+    assert timer.seconds_at(10) == pytest.approx(0.042)
+    assert timer.seconds == pytest.approx(0.026)  # at the last step's 6 rows
+    timer.observe(0.400, 3)  # one stalled step (a collection): clipped, it barely tilts the fit
+    assert timer.per_row == pytest.approx(0.004, rel=0.3)
+    steady = StepTimer()
+    for _ in range(20):
+        steady.observe(0.010, 4)  # the rows never varied: no slope to read
+    assert steady.per_row == 0.0 and steady.seconds_at(64) == steady.seconds == 0.010
+
+
+def step_by_rows(sched: Scheduler, worker: ContractWorker, clock: Clock):
+    """A step whose time is 2 ms + 4 ms per request in it, told to the scheduler as the engine
+    tells it."""
+    out = step(sched, worker)
+    if out[0].scheduled:
+        seconds = 0.002 + 0.004 * len(out[0].scheduled)
+        clock.now += seconds
+        sched.observe_step_time(seconds)
+    return out
+
+
+def test_the_deadline_policy_grows_a_batch_only_while_the_running_requests_stay_in_time() -> None:
+    # Each request in a step costs 4 ms. `tight` alone runs 6 ms steps: 20 steps in 0.25 s fit.
+    # Eight requests with 10 s to spare arrive; admitted at once (as there are seats for them)
+    # the steps take 38 ms and `tight` misses by far. Under `deadline` the batch grows only as
+    # far as `tight` can still finish with a tenth of its time to spare, and the rest follow.
+    sched, clock, worker = timed_scheduler("deadline", max_num_seqs=16)
+    for i in range(6):  # steps of 6 down to 1 requests: the timer reads the cost of a row
+        sched.add_request(make_request(f"w{i}", 4, max_tokens=2 * i + 2, ignore_eos=True))
+    while sched.has_unfinished():
+        step_by_rows(sched, worker, clock)
+    tight = with_deadline(make_request("tight", 4, max_tokens=20, ignore_eos=True), clock, 0.25)
+    sched.add_request(tight)
+    step_by_rows(sched, worker, clock)
+    bulk = [
+        with_deadline(make_request(f"b{i}", 4, max_tokens=20, ignore_eos=True), clock, 10.0)
+        for i in range(8)
+    ]
+    for req in bulk:
+        sched.add_request(req)
+    widest = 0
+    while not tight.is_finished:
+        out, _ = step_by_rows(sched, worker, clock)
+        widest = max(widest, len(out.scheduled))
+    assert tight.status is RequestStatus.FINISHED_LENGTH and clock.now <= tight.deadline
+    assert 1 < widest < 9  # it did grow, not past what `tight` could take
+    run_to_completion(sched, worker)
+    assert all(r.status is RequestStatus.FINISHED_LENGTH for r in bulk)
+    assert sched.tenant_usage["default"].num_deadlines_met == 9
+    assert sched.kv.pool.num_free_blocks == 64
