@@ -87,11 +87,20 @@ class FusedDecode:
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         meta = batch.attn
-        if meta.max_query_len != 1 or batch.input_ids.numel() > MAX_FUSED_ROWS:
+        if batch.input_ids.numel() > MAX_FUSED_ROWS:
             return None
+        tables, seq_lens = meta.block_tables, meta.seq_lens
+        if meta.max_query_len != 1:
+            # A sequence of several tokens (a speculative verification, a short prefill chunk)
+            # runs as one decode row per token over the context up to it: the step writes
+            # every row's K/V before any row attends, so each sees the rows before it.
+            starts = meta.query_start_loc_host
+            lens = torch.tensor(starts).diff()
+            tables = tables.index_select(0, torch.repeat_interleave(lens))
+            seq_lens = (batch.positions + 1).to(torch.int32)
         logits = self._model.forward(
             batch.input_ids, batch.positions, self._k_caches, self._v_caches,
-            meta.slot_mapping, meta.block_tables, meta.seq_lens,
+            meta.slot_mapping, tables, seq_lens,
         )  # fmt: skip
         if batch.logits_rows.numel() != logits.shape[0]:  # a 1-token prompt chunk has none
             logits = logits.index_select(0, batch.logits_rows)
