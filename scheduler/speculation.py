@@ -3,12 +3,15 @@ verified step leaves behind.
 
 A request in its decode phase gets up to `num_speculative_tokens` proposed tokens (the
 proposer behind `Proposer`); it is then scheduled for 1 + k tokens, its last known token and
-the proposals, which travel in `StepInput.spec_token_ids`. Their KV slots are allocated like
-any others, counted in the step's token budget. The worker scores all 1 + k positions in one
-forward pass and answers the accepted proposals plus one token of its own (the correction, or
-a bonus when all were accepted). `apply_verified` then counts as computed only the input
-token and the accepted proposals, registers in the prefix cache only blocks full of those,
-and frees blocks that held only rejected tokens: the rejected K/V is never reachable.
+the proposals, which travel in `StepInput.spec_token_ids`. With `speculative=draft` the
+worker's draft model proposes them (worker/draft_model.py): the scheduler sends only their
+number, `StepInput.num_draft_tokens`, and reads them in `StepOutput.draft_token_ids`. Their
+KV slots are allocated like any others, counted in the step's token budget. The worker scores
+all 1 + k positions in one forward pass and answers the accepted proposals plus one token of
+its own (the correction, or a bonus when all were accepted). `apply_verified` then counts as
+computed only the input token and the accepted proposals, registers in the prefix cache only
+blocks full of those, and frees blocks that held only rejected tokens (the draft model's K/V
+in them too): the rejected K/V is never reachable.
 
 Speculation is skipped, costing nothing:
 - in a step with more than `speculative_max_batch` running requests (a large batch is
