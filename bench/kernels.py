@@ -14,8 +14,8 @@ blocks consecutive in memory (paging without scattered blocks), and a cache that
 sequence's K/V contiguous and head-major ([seq, kv_head, position, dim]) so that SDPA reads
 plain views. All run the same weights and must give the same logits.
 
-quant-kernels: one projection on packed GGUF blocks, Loom's CPU kernels (int8 activations,
-float activations, dequantize + GEMM) against torch's float32, bfloat16 and weight-only
+quant-kernels: one projection on packed GGUF blocks, Loom's CPU kernels (int16 and int8
+activations, float activations, dequantize + GEMM) against torch's float32, bfloat16 and weight-only
 int8/int4 kernels, at a few row counts.
 
     python -m bench quant-kernels --rows 1 8 32 128 [--no-write]
@@ -349,8 +349,9 @@ def quant_kernels(argv: list[str] | None = None) -> None:
     body = (
         f"{run_header('cpu')}\nMemory read rate: {2**30 / read_s / 1e9:.1f} GB/s (the sum of a "
         f"1 GiB float32 tensor, best of 5). One projection, {torch.get_num_threads()} threads; "
-        "the best of 5 timings of a loop. Loom's int8 path quantizes the input rows per 32 "
-        "values and takes integer dot products; its float-activation candidate dequantizes "
+        "the best of 5 timings of a loop. Loom's int16 (the default) and int8 paths quantize "
+        "the input rows per 32 values and take integer dot products; its float-activation "
+        "candidate dequantizes "
         "each weight row to float32 in L1 and multiplies the float rows; dequantize + GEMM "
         "expands chunks of rows for torch's float32 GEMM. torch's int8/int4 weight-only "
         "kernels need bfloat16 inputs and their own repacked layouts (packed before timing).\n\n"
@@ -367,6 +368,8 @@ def quant_candidates(x: torch.Tensor, w: torch.Tensor, q41: torch.Tensor, q80: t
     int8_w = torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8)
     int8_s = scale.squeeze(1).bfloat16()
     candidates = {
+        "Loom int16 (Q4_1)": lambda: ops.quant_linear_int16(x, q41, 2, k),
+        "Loom int16 (Q8_0)": lambda: ops.quant_linear_int16(x, q80, 0, k),
         "Loom int8 (Q4_1)": lambda: ops.quant_linear_int8(x, q41, 2, k),
         "Loom int8 (Q8_0)": lambda: ops.quant_linear_int8(x, q80, 0, k),
         "Loom float activations (Q4_1)": lambda: ops.quant_linear_f32(x, q41, 2, k),

@@ -46,10 +46,12 @@ class Loom:
 
     def __init__(self, model: str, device: str, **settings: object) -> None:
         self.engine, _ = build_engine(model, device, **settings)
+        self.activations = settings.get("activations", "int16")
         warm_up(self.engine)
 
     def describe(self) -> str:
-        return "Loom: continuous batching, its offline engine, without its prefix cache"
+        return ("Loom: continuous batching, its offline engine, without its prefix cache; "
+                f"packed weights take {self.activations} activations")  # fmt: skip
 
     def resize(self, batch_size: int) -> None:
         raise ValueError("Loom batches continuously: there is no batch size to sweep")

@@ -71,6 +71,7 @@ from bench.peer_systems import (
     loom_startup,
 )
 from modelfiles.model_source import resolve_model, smollm2_path
+from worker.config import ACTIVATIONS
 
 PEERS = ("transformers", "static", "llamacpp")
 LABELS = {"transformers": "transformers", "static loop": "a static batch loop",
@@ -107,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8089, help="llama-server's")
     p.add_argument("--max-model-len", type=int, help="Loom's (a large model's KV cache)")
     p.add_argument("--num-kv-blocks", type=int, help="Loom's (default: sized from memory)")
+    p.add_argument("--activations", default="int16", choices=ACTIVATIONS,
+                   help="what Loom's packed weights multiply")  # fmt: skip
     p.add_argument("--startup", action="store_true",
                    help="also time each system from spawn to its first token")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
@@ -171,6 +174,7 @@ def run(args: argparse.Namespace) -> None:
     source = resolve_model(args.model)
     limits = {key: getattr(args, key) for key in ("max_model_len", "num_kv_blocks")
               if getattr(args, key)}  # fmt: skip
+    limits["activations"] = args.activations
     loom = Loom(args.model, args.device, enable_prefix_caching=False,
                 max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, **limits)  # fmt: skip

@@ -23,7 +23,9 @@ DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 # worker/packed_weights.py's QUANTIZATIONS (this module imports no torch).
 QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
-ACTIVATIONS = ("float", "int8")
+# What packed weights multiply; a name's index is its code in the kernels (worker/csrc/
+# quant_blocks.h, `Activations`).
+ACTIVATIONS = ("float", "int8", "int16")
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,11 +49,12 @@ class ModelConfig:
         choices=QUANTIZATIONS,
     )
     activations: str = setting(
-        "float",
-        "what packed weights multiply on the CPU: float, float32 rows (the dequantized "
-        "model's results to float32 rounding); int8, rows quantized per 32 values for integer "
-        "dot products as llama.cpp does (fewer operations; answers can flip where the two "
-        "likeliest tokens are near a tie)",
+        "int16",
+        "what packed weights multiply on the CPU: int16, rows quantized per 32 values for "
+        "integer dot products (logprobs within about 0.004 of the dequantized model's); float, "
+        "float32 rows (the dequantized model's results to float32 rounding, about 1.5x the "
+        "time of a decode step); int8, rows quantized to 8 bits as llama.cpp does (answers "
+        "can flip where the two likeliest tokens are near a tie)",
         one_of(ACTIVATIONS),
         choices=ACTIVATIONS,
     )

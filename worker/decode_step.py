@@ -1,8 +1,10 @@
 """A decode step of the whole model in one C++ call on the CPU (worker/csrc/decode_step_cpu.cpp).
 
-Steps in which every sequence adds one token (decode steps) need no prefill attention, so
-the embedding, every layer and the LM head run as one OpenMP team with a few barriers per
-layer instead of some 150 parallel regions and 300 Python-dispatched operators per token.
+Steps of a few rows need no prefill attention: decodes, and sequences of several tokens (a
+speculative verification's 1 + k, a short prefill chunk) as one decode row per token over the
+context up to it. So the embedding, every layer and the LM head run as one OpenMP team with a
+few barriers per layer instead of some 150 parallel regions and 300 Python-dispatched
+operators per token.
 The C++ model holds the Python model's weights (shared, not copied) and the KV cache is the
 CPU attention backend's. Other steps, other devices and dtypes, and tensor-parallel models
 take the per-operator path (worker/model.py), which is also the reference in tests.
@@ -16,7 +18,7 @@ import torch
 
 from worker.kv_cache import KVCache
 from worker.model import Embedding, Linear, Transformer
-from worker.packed_modules import PackedEmbedding, PackedLinear
+from worker.packed_modules import ACTIVATION_CODES, PackedEmbedding, PackedLinear
 from worker.packed_weights import PackedTensor
 from worker.step_batch import StepBatch
 
@@ -26,6 +28,10 @@ FLOAT32 = -1
 # wider steps (the packed float kernel's own crossover, and a 32-row decode of the 60M float32
 # model at 1.6x the per-operator path's time in `python -m bench lora`).
 MAX_FUSED_ROWS = 16
+# ... unless every projection is packed and takes integer activations: the per-operator path
+# runs the same integer products up to 512 rows, so the fused step only saves its overhead
+# (32 SmolLM2 sequences decoding: 1.5x the tokens per second of the per-operator path).
+MAX_FUSED_INTEGER_ROWS = 64
 
 
 def _parts(module: Any) -> tuple[list[torch.Tensor], list[int]] | None:
@@ -44,8 +50,9 @@ class FusedDecode:
     """Runs a decode step's forward and LM head in one call; `__call__` gives the step's
     logits, or None for a step it does not run."""
 
-    def __init__(self, decode_model: Any, kv_cache: KVCache) -> None:
+    def __init__(self, decode_model: Any, kv_cache: KVCache, max_rows: int) -> None:
         self._model = decode_model
+        self.max_rows = max_rows
         self._k_caches = [k for k, _ in kv_cache.layers]
         self._v_caches = [v for _, v in kv_cache.layers]
 
@@ -55,7 +62,7 @@ class FusedDecode:
     ) -> FusedDecode | None:
         """The fused step for `model`, or None where it does not apply: another device,
         dtype or attention backend, a tensor-parallel model, weights it cannot read. Packed
-        weights take the activations the model's packed projections take (int8 or float32)."""
+        weights take the activations the model's packed projections take."""
         if device.type != "cpu" or backend_name != "cpu" or type(model) is not Transformer:
             return None
         if model.norm.weight.dtype != torch.float32 or kv_cache.storage.dtype != torch.float32:
@@ -70,11 +77,13 @@ class FusedDecode:
         parts = [_parts(m) for m in modules]
         if any(p is None for p in parts):
             return None
-        int8 = any(m.int8 for m in modules if isinstance(m, PackedLinear))
+        packed = [m.activations for m in modules if isinstance(m, PackedLinear)]
+        activations = packed[0] if packed else "float"
+        integer = activations != "float" and all(FLOAT32 not in types for _, types in parts[1:])
         rope = torch.view_as_real(model.rope_freqs).contiguous()  # [max_len, head_dim / 2, 2]
         decode = torch.classes.loom.DecodeModel(
             args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim,
-            args.norm_eps, rope, model.norm.weight, int8,
+            args.norm_eps, rope, model.norm.weight, ACTIVATION_CODES[activations],
         )  # fmt: skip
         decode.set_embedding(*parts[0])
         decode.set_output(*parts[1])
@@ -83,11 +92,11 @@ class FusedDecode:
             decode.add_layer(
                 layer.attention_norm.weight, layer.ffn_norm.weight, *wqkv, *wo, *w13, *w2
             )
-        return cls(decode, kv_cache)
+        return cls(decode, kv_cache, MAX_FUSED_INTEGER_ROWS if integer else MAX_FUSED_ROWS)
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         meta = batch.attn
-        if batch.input_ids.numel() > MAX_FUSED_ROWS:
+        if batch.input_ids.numel() > self.max_rows:
             return None
         tables, seq_lens = meta.block_tables, meta.seq_lens
         if meta.max_query_len != 1:

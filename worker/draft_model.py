@@ -39,7 +39,7 @@ from worker.fused_ops import install_fused_ops
 from worker.kv_cache import allocate_kv_cache
 from worker.loader import LoadedCheckpoint, load_checkpoint
 from worker.model_args import ModelArgs
-from worker.packed_modules import use_int8_activations
+from worker.packed_modules import use_activations
 from worker.packed_weights import keep_packed
 from worker.placement import SingleDevice
 from worker.step_batch import RequestState, build_step_batch
@@ -84,8 +84,9 @@ class DraftModel:
         block_size: int,
         backend: AttentionBackend,
         device: torch.device,
-        int8_activations: bool = False,
+        activations: str = "float",
     ) -> None:
+        """`activations`: what its packed weights multiply, as the model's (--activations)."""
         self.name = Path(path).name
         self.args = loaded.args
         self.block_size = block_size
@@ -93,8 +94,8 @@ class DraftModel:
         self.device = device
         kernels = backend.name == "cpu"
         self.model = SingleDevice().build_model(loaded.args, loaded.weights, device, kernels)
-        if int8_activations:
-            use_int8_activations(self.model)
+        if activations != "float":
+            use_activations(self.model, activations)
         if backend.name == "triton":
             install_fused_ops(self.model)
         dtype = self.model.norm.weight.dtype

@@ -31,7 +31,7 @@ from worker.kv_cache import allocate_kv_cache, blocks_for_budget
 from worker.loader import LoadedCheckpoint
 from worker.lora_batch import ResidentLoras, lora_step
 from worker.lora_weights import LoraAdapter
-from worker.packed_modules import use_int8_activations
+from worker.packed_modules import use_activations
 from worker.packed_weights import keep_packed
 from worker.penalties import PenaltyTable
 from worker.placement import Placement, SingleDevice
@@ -100,8 +100,8 @@ class ModelRunner:
         kernels = self.attention_backend.name == "cpu"
         with log_stage(log, "building the model"):
             self.model = placement.build_model(local_args, loaded.weights, self.device, kernels)
-            if model.activations == "int8":
-                use_int8_activations(self.model)
+            if model.activations != "float":
+                use_activations(self.model, model.activations)
             if self.attention_backend.name == "triton":  # its norms, RoPE and SiLU too
                 install_fused_ops(self.model)
         self.block_size = cache.block_size
@@ -121,7 +121,7 @@ class ModelRunner:
             )
         self.draft = draft and DraftModel(
             str(config.draft_model), draft, num_blocks, cache.block_size, backend, self.device,
-            model.activations == "int8",
+            model.activations,
         )  # fmt: skip
         log.info(
             "attention backend: %s; %d torch threads",

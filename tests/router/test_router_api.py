@@ -53,7 +53,7 @@ def test_same_greedy_output_as_one_engine(
         assert got.request_id == "mine-1"
         assert without_id(got) == without_id(want)
     for engine in two_engines:
-        wait_until(lambda e=engine: engine_is_idle(e.engine), 2.0, "engines idle")
+        wait_until(lambda e=engine: engine_is_idle(e.engine), 5.0, "engines idle")
     num_requests = sum(
         router.router.metrics.registry.get_sample_value(
             "loom:router_requests_total", {"backend": e.target, "method": method}
@@ -87,7 +87,7 @@ def test_model_info_tokenize_detokenize_and_load(
         routed.generate(list(range(3, 3 + 64)), max_tokens=2)
         done = serving_pb2.Load(num_kv_blocks=2 * info.num_kv_blocks, prefix_cache_queries=64)
         # Both engines summed, as of a poll after the request ended.
-        wait_until(lambda: routed.load() == done, 2.0, "the poll after it")
+        wait_until(lambda: routed.load() == done, 5.0, "the poll after it")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_request_ids_are_unique_and_abort_finds_the_backend(
         client.abort([""])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for engine in two_engines:
-        wait_until(lambda e=engine: engine_is_idle(e.engine), 2.0, "engines idle")
+        wait_until(lambda e=engine: engine_is_idle(e.engine), 5.0, "engines idle")
 
 
 def health_status(target: str) -> int:

@@ -99,16 +99,18 @@ def test_quotas_hold_across_the_backends(
     tenants = tmp_path / "tenants.toml"
     tenants.write_text(
         f'[tenants.acme]\napi_key_sha256 = ["{hash_key("sk-acme")}"]\n'
-        "max_concurrent_requests = 2\nmax_tokens_per_request = 64\n"
+        "max_concurrent_requests = 2\nmax_tokens_per_request = 480\n"
     )
     router = start_router(*(e.target for e in two_engines), tenants=str(tenants))
     with Client(router.target, api_key="sk-acme") as client:
         with pytest.raises(grpc.RpcError) as err:
-            client.generate("Once upon a time", max_tokens=60)
+            client.generate("Once upon a time", max_tokens=490)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_tokens_per_request (64)" in err.value.details()
+        assert "max_tokens_per_request (480)" in err.value.details()
+        # As long as the model allows, so that both are still generating at the third call
+        # even on a loaded machine.
         streams = [
-            client.generate_stream(f"Story {i}", max_tokens=48, ignore_eos=True) for i in range(2)
+            client.generate_stream(f"Story {i}", max_tokens=400, ignore_eos=True) for i in range(2)
         ]
         for stream in streams:
             next(stream)  # two in flight, on whichever backends
@@ -121,7 +123,7 @@ def test_quotas_hold_across_the_backends(
         assert client.generate("Hi", max_tokens=2).usage.completion_tokens == 2
         # Every sequence counts: n = 3 is three requests in flight, n = 4 four times max_tokens.
         for n, max_tokens, limit in ((3, 2, "max_concurrent_requests (2)"),
-                                     (2, 40, "max_tokens_per_request (64)")):  # fmt: skip
+                                     (2, 250, "max_tokens_per_request (480)")):  # fmt: skip
             with pytest.raises(grpc.RpcError) as err:
                 client.generate("Hi", max_tokens=max_tokens, n=n)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -58,7 +58,7 @@ def test_cancel_at_the_router_frees_the_backend_request_within_a_second(
     assert asyncio.run(run()) < 1.0
     assert [num_aborted(e) for e in two_engines] == [4, 4]
     for engine in two_engines:
-        wait_until(lambda e=engine: engine_is_idle(e.engine), 1.0, "every block free")
+        wait_until(lambda e=engine: engine_is_idle(e.engine), 5.0, "every block free")
 
 
 def test_the_deadline_travels_to_the_backend(
@@ -68,9 +68,9 @@ def test_the_deadline_travels_to_the_backend(
     with Client(router.target) as client, pytest.raises(grpc.RpcError) as err:
         list(client.generate_stream("Once upon a time", timeout=0.5, **LONG))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: sum(num_aborted(e) for e in two_engines) == 1, 1.0, "aborted there")
+    wait_until(lambda: sum(num_aborted(e) for e in two_engines) == 1, 5.0, "aborted there")
     for engine in two_engines:
-        wait_until(lambda e=engine: engine_is_idle(e.engine), 1.0, "every block free")
+        wait_until(lambda e=engine: engine_is_idle(e.engine), 5.0, "every block free")
 
 
 def health(target: str) -> int:
@@ -155,7 +155,7 @@ def test_killing_a_backend_mid_stream(
                 reply = client.generate(f"Later {i}", max_tokens=4)
                 assert reply.usage.completion_tokens == 4
         wait_until(lambda: backend_state(router, process.target) is BackendState.DOWN, 5.0, "down")
-        wait_until(lambda: engine_is_idle(survivor.engine), 2.0, "survivor idle")
+        wait_until(lambda: engine_is_idle(survivor.engine), 5.0, "survivor idle")
     finally:
         process.stop()
 
@@ -211,7 +211,7 @@ def test_a_call_refused_by_a_backend_that_began_draining_is_retried_on_another(
         next(held)
         stopper = threading.Thread(target=a.stop, kwargs={"grace": 30.0})
         stopper.start()
-        wait_until(lambda: a.frontend.gate.draining, 2.0, "a drains")
+        wait_until(lambda: a.frontend.gate.draining, 5.0, "a drains")
         assert backend_state(router, a.target) is BackendState.UP  # not polled since
         with Client(router.target) as client:
             replies = [client.generate(f"Hi {i}", max_tokens=2) for i in range(2)]

@@ -46,7 +46,7 @@ def run_workload_through(
     )  # fmt: skip
     assert [r.status for r in results] == ["OK"] * 64
     for engine in engines:
-        wait_until(lambda e=engine: engine_is_idle(e.engine), 2.0, "engines idle")
+        wait_until(lambda e=engine: engine_is_idle(e.engine), 5.0, "engines idle")
     return sum(e.engine.stats().prefix_cache_hits for e in engines), router, engines
 
 

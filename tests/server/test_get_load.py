@@ -37,11 +37,11 @@ def test_running_requests_and_their_blocks(server: ServerHandle) -> None:
         ]
         for stream in streams:
             next(stream)
-        wait_until(lambda: client.load().num_requests_running == 3, 2.0, "3 running")
+        wait_until(lambda: client.load().num_requests_running == 3, 5.0, "3 running")
         assert client.load().num_kv_blocks_used >= 3
         for stream in streams:
             stream.close()
-        wait_until(lambda: client.load().num_kv_blocks_used == 0, 2.0, "blocks freed")
+        wait_until(lambda: client.load().num_kv_blocks_used == 0, 5.0, "blocks freed")
 
 
 class HeldWorker:
@@ -79,7 +79,7 @@ def test_answers_while_a_step_is_in_progress(start_server: Callable[..., ServerH
             held.release.set()
         thread.join(10)
         assert load.num_kv_blocks == NUM_KV_BLOCKS
-        wait_until(lambda: client.load().prefix_cache_queries == 5, 2.0, "stats after the step")
+        wait_until(lambda: client.load().prefix_cache_queries == 5, 5.0, "stats after the step")
 
 
 def test_needs_a_key_when_the_server_checks_them(
@@ -99,6 +99,6 @@ def test_draining_is_flagged(server: ServerHandle) -> None:
         next(stream)
         stopper = threading.Thread(target=server.stop, kwargs={"grace": 30.0})
         stopper.start()
-        wait_until(lambda: client.load().draining, 2.0, "draining")
+        wait_until(lambda: client.load().draining, 5.0, "draining")
         list(stream)
         stopper.join(10)

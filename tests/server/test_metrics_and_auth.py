@@ -48,7 +48,7 @@ def test_metrics_match_the_traffic(start_server) -> None:
     with Client(server.target, tenant="bob") as client:
         for _ in range(2):
             client.generate(long_prompt, max_tokens=1)
-    wait_until(lambda: engine_is_idle(server.engine), 2.0, "engine idle")
+    wait_until(lambda: engine_is_idle(server.engine), 5.0, "engine idle")
 
     samples = scrape(server.metrics_port)
     assert value(samples, "loom:prompt_tokens_total", tenant="alice") == prompt_tokens["alice"]

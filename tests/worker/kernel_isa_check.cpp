@@ -1,4 +1,5 @@
-// The packed-weight dot products (worker/csrc/quant_float_dot.h, quant_dot.h) built for
+// The packed-weight dot products (worker/csrc/quant_float_dot.h, quant_dot.h,
+// quant_int16_dot.h) built for
 // whatever ISA the compiler is told (tests/worker/test_kernel_isa.py builds this file for
 // AVX2 and for plain x86-64 and runs it): each path against dequantize_row's exact values
 // multiplied in double, for every block type, 1-7 activation rows (tiles and leftovers),
@@ -10,6 +11,7 @@
 
 #include "quant_dot.h"
 #include "quant_float_dot.h"
+#include "quant_int16_dot.h"
 
 using namespace loom::quant;
 
@@ -44,26 +46,36 @@ bool check(int64_t type, int64_t blocks, int rows, std::mt19937& gen) {
   for (auto& v : x) v = normal(gen);
   QuantizedRows q;
   quantize_rows(x.data(), k, rows, k, q);
-  std::vector<float> y_float(rows), y_int8(rows);
+  QuantizedRows16 q16;
+  quantize_rows16(x.data(), k, rows, k, q16);
+  std::vector<float> y_float(rows), y_int8(rows), y_int16(rows);
   FloatRow float_scratch;
   Unpacked int8_scratch;
   dot_weight_row_float(type, w.data(), k, x.data(), k, rows, y_float.data(), 1, false,
                        float_scratch);
   dot_weight_row(type, w.data(), k, q, y_int8.data(), 1, false, int8_scratch);
+  dot_weight_row_int16(type, w.data(), k, q16, x.data(), k, rows, y_int16.data(), 1, false,
+                       float_scratch);
   bool ok = true;
   for (int r = 0; r < rows; ++r) {
-    double exact = 0.0, exact_q = 0.0, size = 0.0;
+    double exact = 0.0, exact_q = 0.0, exact_q16 = 0.0, size = 0.0;
     for (int64_t i = 0; i < k; ++i) {
-      const double xq = q.q[r * k + i] * static_cast<double>(q.scales[r * k / 32 + i / 32]);
+      const int64_t at = r * k / 32 + i / 32;
+      const double xq = q.q[r * k + i] * static_cast<double>(q.scales[at]);
+      const double xq16 = q16.q[r * k + i] * static_cast<double>(q16.scales[at]);
       exact += static_cast<double>(wf[i]) * x[r * k + i];
       exact_q += static_cast<double>(wf[i]) * xq;
+      exact_q16 += static_cast<double>(wf[i]) * xq16;
       size += std::fabs(static_cast<double>(wf[i]) * x[r * k + i]);
     }
+    // Without AVX2 the int16 path is the float kernel.
+    const double expected16 = int16_reads(type) ? exact_q16 : exact;
     const double bound = 4.0 * k * 1.1920929e-7 * size + 1e-30;
-    if (std::fabs(y_float[r] - exact) > bound || std::fabs(y_int8[r] - exact_q) > bound) {
-      std::printf("FAIL type %ld blocks %ld row %d: float %g int8 %g exact %g / %g bound %g\n",
-                  static_cast<long>(type), static_cast<long>(blocks), r, y_float[r], y_int8[r],
-                  exact, exact_q, bound);
+    if (std::fabs(y_float[r] - exact) > bound || std::fabs(y_int8[r] - exact_q) > bound ||
+        std::fabs(y_int16[r] - expected16) > bound) {
+      std::printf("FAIL type %ld blocks %ld row %d: float %g int8 %g int16 %g exact %g / %g / %g"
+                  " bound %g\n", static_cast<long>(type), static_cast<long>(blocks), r,
+                  y_float[r], y_int8[r], y_int16[r], exact, exact_q, expected16, bound);
       ok = false;
     }
   }

@@ -1,7 +1,7 @@
 """The fused CPU decode step (worker/decode_step.py) against the per-operator path it
 replaces and against the float64 dense oracle: packed GGUF models of every block type (float
-activations, the default) and a float32 model, several sequences of different lengths in one
-step, contexts that cross KV blocks."""
+activations; int16 and int8 ones within their error) and a float32 model, several sequences
+of different lengths in one step, contexts that cross KV blocks."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def dense_oracle(files_weights: dict, params: dict) -> torch.Tensor:
 @pytest.mark.parametrize("type_name", TYPES)
 def test_fused_decode_of_packed_weights_equals_the_operator_path(random_model, tmp_path, type_name):
     path = write_model(random_model, tmp_path / "m.gguf", type_name)
-    worker = start_worker(path, block_size=16)
+    worker = start_worker(path, block_size=16, activations="float")
     assert isinstance(worker.fused_decode, FusedDecode)
     fused, module = decode_both_ways(worker)
     n_layers = random_model.params["n_layers"]
@@ -119,17 +119,22 @@ def test_sequences_of_several_tokens_run_fused_as_the_operator_path_runs_them(st
     assert (fused.double() - oracle).abs().max().item() < 1e-4
 
 
-def test_int8_activations_reach_the_fused_step(random_model, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("activations", "least", "most"), [("int8", 1e-4, 0.5), ("int16", 1e-7, 0.01)]
+)
+def test_quantized_activations_reach_the_fused_step(
+    random_model, tmp_path, activations, least, most
+):
     path = write_model(random_model, tmp_path / "m.gguf", "Q4_1")
-    worker = start_worker(path, block_size=16, activations="int8")
+    worker = start_worker(path, block_size=16, activations=activations)
     fused, module = decode_both_ways(worker)
     floats = load_checkpoint(path, torch.float32, "none").weights
     oracle = dense_oracle(floats, random_model.params)
-    # 8-bit activations move logits by hundredths here (far more than float rounding, far
-    # less than a wrong weight), in both paths alike.
+    # 8-bit activations move logits by hundredths here, 16-bit ones by 1e-4 or less (far more
+    # than float rounding, far less than a wrong weight), in both paths alike.
     for logits in (fused, module):
         error = (logits.double() - oracle).abs().max().item()
-        assert 1e-4 < error < 0.5
+        assert least < error < most
 
 
 def test_the_fused_step_is_for_the_cpu_kernel_backend_only(stories_dir) -> None:
@@ -138,12 +143,30 @@ def test_the_fused_step_is_for_the_cpu_kernel_backend_only(stories_dir) -> None:
 
 @torch.inference_mode()
 def test_a_step_wider_than_the_fused_rows_takes_the_operator_path(stories_dir) -> None:
-    # Its row loops lose to torch's GEMM on wide steps: those run per operator.
+    # Its float row loops lose to torch's GEMM on wide steps: those run per operator.
     from worker.decode_step import MAX_FUSED_ROWS
 
     worker = start_worker(stories_dir, block_size=16)
-    states = [
-        RequestState(f"w{i}", [1, 5 + i], [i], ALL_ROWS, 1, 1) for i in range(MAX_FUSED_ROWS + 1)
-    ]
+    assert worker.fused_decode.max_rows == MAX_FUSED_ROWS
+    assert_fused_up_to(worker, MAX_FUSED_ROWS)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("activations", ["float", "int16"])
+def test_packed_weights_with_integer_activations_fuse_wider_steps(
+    random_model, tmp_path, activations
+) -> None:
+    # The per-operator path runs the same integer products: only its overhead is saved.
+    from worker.decode_step import MAX_FUSED_INTEGER_ROWS, MAX_FUSED_ROWS
+
+    path = write_model(random_model, tmp_path / "m.gguf", "Q4_1")
+    worker = start_worker(path, block_size=16, activations=activations)
+    rows = MAX_FUSED_INTEGER_ROWS if activations == "int16" else MAX_FUSED_ROWS
+    assert worker.fused_decode.max_rows == rows
+    assert_fused_up_to(worker, rows)
+
+
+def assert_fused_up_to(worker, rows: int) -> None:
+    states = [RequestState(f"w{i}", [1, 5 + i], [i], ALL_ROWS, 1, 1) for i in range(rows + 1)]
     assert worker.fused_decode(worker.build_batch([(s, 1) for s in states])) is None
     assert worker.fused_decode(worker.build_batch([(s, 1) for s in states[:-1]])) is not None

@@ -1,12 +1,13 @@
 """The packed-weight CPU kernels against references, for every block type and every shape
 class: decode rows (1-32) and prefill rows (33-512) on the float-activation path (the
-default) and the int8 path, longer prefills (dequantize + GEMM, above 512 rows; called
-directly here), ragged row counts and output sizes, one block per row and several.
+default), the int16 and the int8 paths, longer prefills (dequantize + GEMM, above 512 rows;
+called directly here), ragged row counts and output sizes, one block per row and several.
 
-References: the gguf package's own dequantizer gives the weights; the int8 path's reference
-multiplies them, in float64, by the activations quantized per 32 values as the kernel
-defines it (round to nearest, scale max|x| / 127), so only float32 summation order separates
-the two; the other paths multiply the float activations themselves.
+References: the gguf package's own dequantizer gives the weights; the integer paths'
+references multiply them, in float64, by the activations quantized per 32 values as the
+kernels define it (round to nearest, scale max|x| / 127 or / 32767), so only float32
+summation order separates the two; the other paths multiply the float activations
+themselves.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from gguf import quants
 from tests.models.test_gguf_dequant import random_blocks
 from worker.cpu_kernels import load_cpu_kernels
 from worker.gguf_dequant import BLOCK_SHAPES
+from worker.packed_modules import ACTIVATION_CODES
 from worker.packed_weights import KERNEL_TYPE_IDS
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
 TYPES = sorted(KERNEL_TYPE_IDS)
 EPS32 = float(np.finfo(np.float32).eps)
+INT8, INT16 = ACTIVATION_CODES["int8"], ACTIVATION_CODES["int16"]
 
 
 def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,10 +38,11 @@ def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Ten
     return torch.from_numpy(raw), torch.from_numpy(values)
 
 
-def quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    """x as the int8 path sees it: per 32 values, round(x / d) * d with d = max|x| / 127."""
+def quantize_activations(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
+    """x as the int8 path sees it: per 32 values, round(x / d) * d with d = max|x| / 127
+    (`levels` 32767: the int16 path)."""
     blocks = x.reshape(x.shape[0], -1, 32)
-    d = blocks.abs().amax(-1, keepdim=True) / 127
+    d = blocks.abs().amax(-1, keepdim=True) / levels
     q = torch.round(blocks * torch.where(d > 0, 1 / d, 0.0))
     return (q.double() * d.double()).reshape(x.shape)
 
@@ -59,10 +63,39 @@ def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> Non
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
         kind = KERNEL_TYPE_IDS[type_name]
-        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block, True)
+        y = torch.ops.loom.quant_linear(x, w_raw, kind, blocks * per_block, INT8)
         assert y.shape == (rows, out)
         assert_product_close(y, w, quantize_activations(x))
         assert torch.equal(y, torch.ops.loom.quant_linear_int8(x, w_raw, kind, blocks * per_block))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 16, 33, 130])
+def test_int16_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
+    per_block = BLOCK_SHAPES[type_name][0]
+    for blocks, out in ((1, 5), (3, 37), (9, 3)):  # 9 blocks: eight at a time, then one
+        w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
+        k = blocks * per_block
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+        kind = KERNEL_TYPE_IDS[type_name]
+        y = torch.ops.loom.quant_linear(x, w_raw, kind, k, INT16)
+        assert y.shape == (rows, out)
+        assert_product_close(y, w, quantize_activations(x, 32767))
+        assert torch.equal(y, torch.ops.loom.quant_linear_int16(x, w_raw, kind, k))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_int16_products_follow_float_ones_far_closer_than_int8(type_name: str) -> None:
+    # What `--activations int16` buys over int8, in one number each.
+    per_block = BLOCK_SHAPES[type_name][0]
+    k = per_block * (2 if per_block == 256 else 18)
+    w_raw, w = packed(type_name, 64, k // per_block, seed=7)
+    x = torch.randn(2, k, generator=torch.Generator().manual_seed(7))
+    exact = x.double() @ w.T
+    kind = KERNEL_TYPE_IDS[type_name]
+    error16 = (torch.ops.loom.quant_linear(x, w_raw, kind, k, INT16).double() - exact).abs()
+    error8 = (torch.ops.loom.quant_linear(x, w_raw, kind, k, INT8).double() - exact).abs()
+    assert error16.max() * 30 < error8.max()
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -83,16 +116,17 @@ def test_float_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> No
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-@pytest.mark.parametrize("int8", [False, True])
-def test_a_row_gives_the_same_result_whatever_rows_share_its_call(type_name, int8) -> None:
+@pytest.mark.parametrize("activations", ["float", "int8", "int16"])
+def test_a_row_gives_the_same_result_whatever_rows_share_its_call(type_name, activations) -> None:
     per_block = BLOCK_SHAPES[type_name][0]
     w_raw, _ = packed(type_name, 19, 2, seed=4)
     x = torch.randn(7, 2 * per_block, generator=torch.Generator().manual_seed(4))
     kind = KERNEL_TYPE_IDS[type_name]
-    together = torch.ops.loom.quant_linear(x, w_raw, kind, 2 * per_block, int8)
+    code = ACTIVATION_CODES[activations]
+    together = torch.ops.loom.quant_linear(x, w_raw, kind, 2 * per_block, code)
     for i in range(7):  # rows in tiles of several and alone
-        alone = torch.ops.loom.quant_linear(x[i : i + 1], w_raw, kind, 2 * per_block, int8)
-        if int8:  # the compiler may contract a tile's products differently: a rounding apart
+        alone = torch.ops.loom.quant_linear(x[i : i + 1], w_raw, kind, 2 * per_block, code)
+        if activations != "float":  # the compiler may contract a tile's products differently
             torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-6)
         else:  # the float kernel sums every row the same way: equal to the bit
             assert torch.equal(alone[0], together[i]), i
@@ -136,8 +170,10 @@ def test_strided_input_rows_are_read_in_place() -> None:
     x = base[:, 10:74]  # rows 100 apart
     y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64)
     assert_product_close(y, w, x.double())
-    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, True)
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, INT8)
     assert_product_close(y, w, quantize_activations(x.contiguous()))
+    y = torch.ops.loom.quant_linear(x, w_raw, KERNEL_TYPE_IDS["Q4_1"], 64, INT16)
+    assert_product_close(y, w, quantize_activations(x.contiguous(), 32767))
 
 
 def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
@@ -156,15 +192,15 @@ def test_wrong_inputs_are_refused_with_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 9, 600])
-@pytest.mark.parametrize("int8", [False, True])
-def test_a_projection_of_several_parts_equals_its_parts_side_by_side(rows, int8) -> None:
+@pytest.mark.parametrize("activations", [0, INT8, INT16])
+def test_a_projection_of_several_parts_equals_its_parts_side_by_side(rows, activations) -> None:
     # A Q4_K_M file's fused projection: parts of different types, read where they lie.
     names, sizes = ("Q4_K", "Q6_K", "Q8_0"), (24, 8, 5)
     parts = [packed(name, out, 256 // BLOCK_SHAPES[name][0], seed=out)
              for name, out in zip(names, sizes, strict=True)]  # fmt: skip
     kinds = [KERNEL_TYPE_IDS[name] for name in names]
     x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
-    y = torch.ops.loom.quant_linear_parts(x, [raw for raw, _ in parts], kinds, 256, int8)
-    each = [torch.ops.loom.quant_linear(x, raw, kind, 256, int8)
+    y = torch.ops.loom.quant_linear_parts(x, [raw for raw, _ in parts], kinds, 256, activations)
+    each = [torch.ops.loom.quant_linear(x, raw, kind, 256, activations)
             for (raw, _), kind in zip(parts, kinds, strict=True)]  # fmt: skip
     assert torch.equal(y, torch.cat(each, dim=1))

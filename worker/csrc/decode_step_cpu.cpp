@@ -7,11 +7,12 @@
 // barriers per layer. Each projection's output columns are split over the threads; a thread
 // that computes a head's Q or K also rotates it and writes K/V to the cache, and one that
 // computes gate columns computes the matching up columns, so SiLU * up needs no barrier. The
-// RMSNorms (and the int8 quantization of each projection's input) are cheap enough to be done
-// by every thread for itself, which saves a barrier each.
+// RMSNorms (and the int8 or int16 quantization of each projection's input) are cheap enough to
+// be done by every thread for itself, which saves a barrier each.
 //
-// Projections are packed blocks (float activations, quant_float_dot.h, or with int8
-// activations quant_dot.h's integer products) or float32 matrices (either layout). Caches are float32 in the CPU attention kernel's layout (paged_attention_cpu.cpp):
+// Projections are packed blocks (float activations, quant_float_dot.h; int8 ones, quant_dot.h;
+// int16 ones, quant_int16_dot.h) or float32 matrices (either layout). Caches are float32 in
+// the CPU attention kernel's layout (paged_attention_cpu.cpp):
 // K [num_blocks, KVH, D, BS], V [num_blocks, KVH, BS, D].
 
 #include <ATen/Parallel.h>
@@ -30,11 +31,13 @@
 #include "quant_blocks.h"
 #include "quant_dot.h"
 #include "quant_float_dot.h"
+#include "quant_int16_dot.h"
 #include "vector_math.h"
 
 namespace {
 
 using loom::quant::QuantizedRows;
+using loom::quant::QuantizedRows16;
 
 // Output columns of a thread's share are a multiple of this (a cache line of floats).
 constexpr int64_t kColumnGranule = 16;
@@ -95,6 +98,7 @@ struct Layer {
 // What one thread keeps for itself during a step.
 struct ThreadScratch {
   QuantizedRows xq;
+  QuantizedRows16 xq16;
   std::vector<float> xf;  // a normed input, [T, dim]
   std::vector<float> acc, scores;  // attention; float GEMV columns
   loom::quant::Unpacked unpacked;
@@ -123,13 +127,23 @@ inline void rms_norm_rows(const float* x, const float* w, float eps, int64_t row
 }
 
 // y[t * ldy + col] (+)= x[t] . W[col] for col in [c0, c1) and the T rows of x.
-// Packed weights take float activations (xf), or with `int8` the quantized rows xq.
-void project(const Projection& p, int64_t c0, int64_t c1, bool int8, const QuantizedRows& xq,
-             const float* xf, int64_t T, float* y, int64_t ldy, bool accumulate,
-             ThreadScratch& my) {
+// Packed weights take float activations (xf), or the rows quantized to int8 (my.xq) or
+// int16 (my.xq16).
+void project(const Projection& p, int64_t c0, int64_t c1, int64_t activations, const float* xf,
+             int64_t T, float* y, int64_t ldy, bool accumulate, ThreadScratch& my) {
   if (c0 >= c1) return;
   const int64_t k = p.k;
-  if (!p.is_float() && !int8) {
+  if (!p.is_float() && activations == loom::quant::kInt16Activations) {
+    size_t part = 0;
+    for (int64_t col = c0; col < c1; ++col) {
+      while (col >= p.first[part] + p.rows[part]) ++part;
+      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
+      loom::quant::dot_weight_row_int16(p.types[part], row, k, my.xq16, xf, k, T, y + col, ldy,
+                                        accumulate, my.float_row);
+    }
+    return;
+  }
+  if (!p.is_float() && activations == loom::quant::kFloatActivations) {
     size_t part = 0;
     for (int64_t col = c0; col < c1; ++col) {
       while (col >= p.first[part] + p.rows[part]) ++part;
@@ -144,7 +158,8 @@ void project(const Projection& p, int64_t c0, int64_t c1, bool int8, const Quant
     for (int64_t col = c0; col < c1; ++col) {
       while (col >= p.first[part] + p.rows[part]) ++part;
       const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row(p.types[part], row, k, xq, y + col, ldy, accumulate, my.unpacked);
+      loom::quant::dot_weight_row(p.types[part], row, k, my.xq, y + col, ldy, accumulate,
+                                  my.unpacked);
     }
     return;
   }
@@ -257,9 +272,12 @@ class DecodeModel : public torch::CustomClassHolder {
  public:
   DecodeModel(int64_t dim, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
               int64_t hidden, double eps, at::Tensor rope_cos_sin, at::Tensor final_norm,
-              bool int8)
+              int64_t activations)
       : dim_(dim), H_(n_heads), KVH_(n_kv_heads), D_(head_dim), hidden_(hidden),
-        eps_(static_cast<float>(eps)), int8_(int8), rope_(rope_cos_sin), final_norm_(final_norm) {
+        eps_(static_cast<float>(eps)), activations_(activations), rope_(rope_cos_sin),
+        final_norm_(final_norm) {
+    TORCH_CHECK(activations >= 0 && activations <= loom::quant::kInt16Activations,
+                "unknown activations code ", activations);
     TORCH_CHECK(n_heads % n_kv_heads == 0 && head_dim % 2 == 0, "unsupported head layout");
     TORCH_CHECK(rope_.dim() == 3 && rope_.scalar_type() == at::kFloat && rope_.is_contiguous() &&
                     rope_.size(1) == head_dim / 2 && rope_.size(2) == 2,
@@ -388,7 +406,12 @@ class DecodeModel : public torch::CustomClassHolder {
   }
 
   void quantize_if_packed(const Projection& p, const float* x, int64_t T, ThreadScratch& my) const {
-    if (int8_ && !p.is_float()) loom::quant::quantize_rows(x, p.k, T, p.k, my.xq);
+    if (p.is_float()) return;
+    if (activations_ == loom::quant::kInt8Activations)
+      loom::quant::quantize_rows(x, p.k, T, p.k, my.xq);
+    if (activations_ == loom::quant::kInt16Activations &&
+        std::any_of(p.types.begin(), p.types.end(), loom::quant::int16_reads))
+      loom::quant::quantize_rows16(x, p.k, T, p.k, my.xq16);
   }
 
   // The body each thread of the team runs.
@@ -418,7 +441,7 @@ class DecodeModel : public torch::CustomClassHolder {
       rms_norm_rows(buf.h, L.attn_norm.data_ptr<float>(), eps_, T, dim_, my.xf.data());
       quantize_if_packed(L.wqkv, my.xf.data(), T, my);
       auto [c0, c1] = share(nqkv, D, tid, nth);
-      project(L.wqkv, c0, c1, int8_, my.xq, my.xf.data(), T, buf.qkv, nqkv, false, my);
+      project(L.wqkv, c0, c1, activations_, my.xf.data(), T, buf.qkv, nqkv, false, my);
       for (int64_t head = c0 / D; head < c1 / D; ++head) {
         for (int64_t t = 0; t < T; ++t) {
           float* v = buf.qkv + t * nqkv + head * D;
@@ -447,14 +470,14 @@ class DecodeModel : public torch::CustomClassHolder {
       }  // (the loop ends with a barrier)
       quantize_if_packed(L.wo, buf.attn, T, my);
       std::tie(c0, c1) = share(dim_, kColumnGranule, tid, nth);
-      project(L.wo, c0, c1, int8_, my.xq, buf.attn, T, buf.h, dim_, true, my);
+      project(L.wo, c0, c1, activations_, buf.attn, T, buf.h, dim_, true, my);
 #pragma omp barrier
       // Norm, gate and up columns together, SiLU(gate) * up.
       rms_norm_rows(buf.h, L.ffn_norm.data_ptr<float>(), eps_, T, dim_, my.xf.data());
       quantize_if_packed(L.w13, my.xf.data(), T, my);
       std::tie(c0, c1) = share(hidden_, kColumnGranule, tid, nth);
-      project(L.w13, c0, c1, int8_, my.xq, my.xf.data(), T, buf.gate_up, 2 * hidden_, false, my);
-      project(L.w13, hidden_ + c0, hidden_ + c1, int8_, my.xq, my.xf.data(), T, buf.gate_up,
+      project(L.w13, c0, c1, activations_, my.xf.data(), T, buf.gate_up, 2 * hidden_, false, my);
+      project(L.w13, hidden_ + c0, hidden_ + c1, activations_, my.xf.data(), T, buf.gate_up,
               2 * hidden_, false, my);
       for (int64_t t = 0; t < T; ++t) {
         const float* gate = buf.gate_up + t * 2 * hidden_;
@@ -467,18 +490,18 @@ class DecodeModel : public torch::CustomClassHolder {
 #pragma omp barrier
       quantize_if_packed(L.w2, buf.act, T, my);
       std::tie(c0, c1) = share(dim_, kColumnGranule, tid, nth);
-      project(L.w2, c0, c1, int8_, my.xq, buf.act, T, buf.h, dim_, true, my);
+      project(L.w2, c0, c1, activations_, buf.act, T, buf.h, dim_, true, my);
 #pragma omp barrier
     }
     rms_norm_rows(buf.h, final_norm_.data_ptr<float>(), eps_, T, dim_, my.xf.data());
     quantize_if_packed(output_, my.xf.data(), T, my);
     const auto [c0, c1] = share(s.vocab, kColumnGranule, tid, nth);
-    project(output_, c0, c1, int8_, my.xq, my.xf.data(), T, buf.logits, s.vocab, false, my);
+    project(output_, c0, c1, activations_, my.xf.data(), T, buf.logits, s.vocab, false, my);
   }
 
   int64_t dim_, H_, KVH_, D_, hidden_;
   float eps_;
-  bool int8_;  // int8 activations for packed weights (else float32)
+  int64_t activations_;  // what packed weights multiply (loom::quant::Activations)
   at::Tensor rope_, final_norm_;
   Projection embedding_, output_;
   std::vector<Layer> layers_;
@@ -489,7 +512,7 @@ class DecodeModel : public torch::CustomClassHolder {
 TORCH_LIBRARY_FRAGMENT(loom, m) {
   m.class_<DecodeModel>("DecodeModel")
       .def(torch::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, at::Tensor,
-                       at::Tensor, bool>())
+                       at::Tensor, int64_t>())
       .def("set_embedding", &DecodeModel::set_embedding)
       .def("set_output", &DecodeModel::set_output)
       .def("add_layer", &DecodeModel::add_layer)

@@ -27,6 +27,11 @@ namespace loom::quant {
 
 enum Type : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kQ4_K = 3, kQ5_K = 4, kQ6_K = 5 };
 
+// What packed weights multiply (`--activations`; worker/packed_modules.py holds the same codes):
+// float32 rows (quant_float_dot.h), or rows quantized per 32 values to int8 (quant_dot.h) or
+// to int16 (quant_int16_dot.h).
+enum Activations : int64_t { kFloatActivations = 0, kInt8Activations = 1, kInt16Activations = 2 };
+
 struct Layout {
   int64_t values;  // per block
   int64_t bytes;   // per block

@@ -4,8 +4,9 @@
 //
 // Up to 16 rows (decode steps of a few sequences), by default float activations
 // (quant_float_dot.h: each block's values built as floats, float32 products, the dequantized
-// oracle's results to float32 reassociation); up to 512 rows with `int8`, llama.cpp's way,
-// the integer dot products of quant_dot.h (each activation row quantized per 32 values).
+// oracle's results to float32 reassociation); up to 512 rows with int8 activations,
+// llama.cpp's way, the integer dot products of quant_dot.h, or int16 ones (quant_int16_dot.h),
+// each activation row quantized per 32 values.
 // Each weight row is read once for all rows of x; threads split the weight rows.
 // More rows: the weight rows are dequantized a chunk at a time to float32 and multiplied by
 // torch's GEMM.
@@ -26,13 +27,15 @@
 #include "quant_blocks.h"
 #include "quant_dot.h"
 #include "quant_float_dot.h"
+#include "quant_int16_dot.h"
 
 namespace {
 
 using loom::quant::layout;
 using loom::quant::QuantizedRows;
 
-// Rows up to which the integer-dot path (int8 activations) runs; above it, dequantize + GEMM.
+// Rows up to which the integer-dot paths (int8 or int16 activations) run; above it,
+// dequantize + GEMM.
 constexpr int64_t kMaxDotRows = 512;
 // The same for the float-activation kernel (the default): measured on a Zen 4 (one thread,
 // SmolLM2's Q4_1 w13 and w2) it beats dequantize + GEMM up to 8-16 rows, loses from 32.
@@ -104,6 +107,36 @@ at::Tensor quant_linear_int8(const at::Tensor& x, const at::Tensor& w, int64_t t
   return linear_parts_int8(x, check_parts(w, type, k), k);
 }
 
+at::Tensor linear_parts_int16(const at::Tensor& x, const Parts& p, int64_t k) {
+  const int64_t m = x.size(0), n = p.n;
+  at::Tensor y = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  loom::quant::QuantizedRows16 a;
+  if (std::any_of(p.types.begin(), p.types.end(), loom::quant::int16_reads))
+    loom::quant::quantize_rows16(xp, ldx, m, k, a);
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(8, 4096 / std::max<int64_t>(1, k / 32 * m));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    loom::quant::FloatRow scratch;
+    size_t part = 0;
+    for (int64_t col = begin; col < end; ++col) {
+      while (col >= p.first[part] + p.rows[part]) ++part;
+      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
+      loom::quant::dot_weight_row_int16(p.types[part], row, k, a, xp, ldx, m, yp + col, n, false,
+                                        scratch);
+    }
+  });
+  return y;
+}
+
+at::Tensor quant_linear_int16(const at::Tensor& x, const at::Tensor& w, int64_t type,
+                              int64_t k) {
+  check_input(x, k);
+  return linear_parts_int16(x, check_parts(w, type, k), k);
+}
+
 at::Tensor linear_parts_float(const at::Tensor& x, const Parts& p, int64_t k) {
   const int64_t m = x.size(0), n = p.n;
   at::Tensor y = at::empty({m, n}, x.options());
@@ -155,14 +188,21 @@ at::Tensor quant_linear_dequant(const at::Tensor& x, const at::Tensor& w, int64_
   return y;
 }
 
-// Up to kMaxDotRows rows the integer products (`int8`) or the float-activation kernel,
+// Up to kMaxDotRows rows the integer products or kMaxFloatRows the float-activation kernel,
 // above them dequantize + GEMM.
 at::Tensor quant_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArrayRef types,
-                              int64_t k, bool int8) {
+                              int64_t k, int64_t activations) {
+  using loom::quant::kInt16Activations;
+  using loom::quant::kInt8Activations;
+  TORCH_CHECK(activations >= 0 && activations <= kInt16Activations, "unknown activations code ",
+              activations);
   check_input(x, k);
   const Parts p = check_parts(ws, types, k);
-  if (x.size(0) <= (int8 ? kMaxDotRows : kMaxFloatRows))
-    return int8 ? linear_parts_int8(x, p, k) : linear_parts_float(x, p, k);
+  const int64_t m = x.size(0);
+  if (activations == kInt8Activations && m <= kMaxDotRows) return linear_parts_int8(x, p, k);
+  if (activations == kInt16Activations && m <= kMaxDotRows) return linear_parts_int16(x, p, k);
+  if (activations == loom::quant::kFloatActivations && m <= kMaxFloatRows)
+    return linear_parts_float(x, p, k);
   if (ws.size() == 1) return quant_linear_dequant(x, ws[0], types[0], k);
   at::Tensor y = at::empty({x.size(0), p.n}, x.options());
   for (size_t i = 0; i < ws.size(); ++i)
@@ -171,8 +211,8 @@ at::Tensor quant_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArr
 }
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& w, int64_t type, int64_t k,
-                        bool int8) {
-  return quant_linear_parts(x, w, std::vector<int64_t>{type}, k, int8);
+                        int64_t activations) {
+  return quant_linear_parts(x, w, std::vector<int64_t>{type}, k, activations);
 }
 
 // rows[T] of W, dequantized exactly: the embedding lookup (and the tests' view of a tensor).
@@ -197,16 +237,18 @@ at::Tensor quant_rows(const at::Tensor& w, const at::Tensor& ids, int64_t type, 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loom, m) {
-  m.def("quant_linear(Tensor x, Tensor w, int type, int k, bool int8=False) -> Tensor");
+  m.def("quant_linear(Tensor x, Tensor w, int type, int k, int activations=0) -> Tensor");
   m.def(
-      "quant_linear_parts(Tensor x, Tensor[] ws, int[] types, int k, bool int8=False) -> Tensor");
+      "quant_linear_parts(Tensor x, Tensor[] ws, int[] types, int k, int activations=0) -> Tensor");
   m.def("quant_linear_int8(Tensor x, Tensor w, int type, int k) -> Tensor");
+  m.def("quant_linear_int16(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_linear_dequant(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_linear_f32(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_rows(Tensor w, Tensor ids, int type, int k) -> Tensor");
   m.impl("quant_linear", c10::DispatchKey::CPU, &quant_linear);
   m.impl("quant_linear_parts", c10::DispatchKey::CPU, &quant_linear_parts);
   m.impl("quant_linear_int8", c10::DispatchKey::CPU, &quant_linear_int8);
+  m.impl("quant_linear_int16", c10::DispatchKey::CPU, &quant_linear_int16);
   m.impl("quant_linear_dequant", c10::DispatchKey::CPU, &quant_linear_dequant);
   m.impl("quant_linear_f32", c10::DispatchKey::CPU, &quant_linear_f32);
   m.impl("quant_rows", c10::DispatchKey::CPU, &quant_rows);

@@ -1,0 +1,323 @@
+// Packed weight rows (quant_blocks.h) times activation rows quantized per 32 values to int16:
+// `--activations int16`, shared by the projection op (quant_matmul_cpu.cpp) and the fused
+// decode step (decode_step_cpu.cpp).
+//
+// Each activation is rounded to 1/32767 of its block's largest magnitude, 256 times finer
+// than llama.cpp's int8 rows, so a product moves from the float32 one by about 1e-5 of its
+// size where int8's moves by a few 1e-3. Every type's values are widened to 16-bit integers
+// in registers and multiplied with vpmaddwd (vpdpwssd with VNNI), about the operations of the
+// int8 products (quant_dot.h, whose unpacking of each type this follows) and half those of
+// float activations (quant_float_dot.h), whose widening of every weight to float dominates
+// at one or two rows. A block's offset (Q4_1's m, Q4_0's -8 d, the K types' mins, Q6_K's -32)
+// meets the sum of the block's quantized activations, so the result is the weights times the
+// rounded activations, to float32 rounding. CPUs without AVX2 take the float kernel.
+//
+// Every activation row is summed the same way whatever other rows share the call, so a row's
+// result does not depend on its batch.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "quant_blocks.h"
+#include "quant_dot.h"
+#include "quant_float_dot.h"
+
+namespace loom::quant {
+
+// x quantized per 32 values: q [M, K] int16; scales [M, K / 32]; sums32 [M, K / 32] and
+// sums16 [M, K / 16]: the scale times the sum of each 32 (16) quantized values.
+struct QuantizedRows16 {
+  int64_t rows = 0, k = 0;
+  std::vector<int16_t> q;
+  std::vector<float> scales, sums32, sums16;
+};
+
+inline void quantize_rows16(const float* x, int64_t stride, int64_t rows, int64_t k,
+                            QuantizedRows16& out) {
+  out.rows = rows;
+  out.k = k;
+  out.q.resize(rows * k);
+  out.scales.resize(rows * k / 32);
+  out.sums32.resize(rows * k / 32);
+  out.sums16.resize(rows * k / 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < k / 32; ++b) {
+      const float* v = x + r * stride + b * 32;
+      float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
+      const float d = amax / 32767.0f;
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      int16_t* q = out.q.data() + r * k + b * 32;
+      int s0 = 0, s1 = 0;
+#pragma omp simd reduction(+ : s0, s1)
+      for (int i = 0; i < 32; ++i) {
+        const int qi = static_cast<int>(std::nearbyint(v[i] * inv));
+        q[i] = static_cast<int16_t>(qi);
+        if (i < 16) s0 += qi; else s1 += qi;
+      }
+      out.scales[r * k / 32 + b] = d;
+      out.sums32[r * k / 32 + b] = d * static_cast<float>(s0 + s1);
+      out.sums16[r * k / 16 + 2 * b] = d * static_cast<float>(s0);
+      out.sums16[r * k / 16 + 2 * b + 1] = d * static_cast<float>(s1);
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// Sixteen int32 pair sums of 16-bit products (lane i: values 2i and 2i + 1), added to acc.
+inline __m256i madd16(__m256i acc, __m256i w, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, w, x);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, w, x);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
+#endif
+}
+
+// A block's 32 values as two vectors of 16-bit integers: values 0-15 and 16-31.
+template <int64_t kType>
+inline void block32_int16(const uint8_t* blk, __m256i out[2]) {
+  if constexpr (kType == kQ8_0) {
+    const __m128i* q = reinterpret_cast<const __m128i*>(blk + 2);
+    out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));
+    out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q + 1));
+  } else {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (kType == kQ4_0 ? 2 : 4)));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    out[0] = _mm256_cvtepu8_epi16(_mm_and_si128(q, mask));
+    out[1] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), mask));
+  }
+}
+
+// Eight blocks at a time: their weight scales (and offsets) gathered into a vector and
+// multiplied by the activation rows' eight block scales (and sums) at once.
+template <int64_t kType, int kRows>
+inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a,
+                               int64_t r0, float* y, int64_t ldy, bool accumulate) {
+  constexpr int64_t kBytes = kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
+  const int64_t nb = k / 32;
+  __m256 dot[kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
+  const auto block = [&](const uint8_t* blk, int64_t b, const __m256 both[kRows], int j) {
+    __m256i w[2];
+    block32_int16<kType>(blk, w);
+    for (int r = 0; r < kRows; ++r) {
+      const int16_t* q = a.q.data() + ((r0 + r) * nb + b) * 32;
+      __m256i p = _mm256_setzero_si256();
+      p = madd16(p, w[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+      p = madd16(p, w[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 16)));
+      const __m256 scale = _mm256_permutevar8x32_ps(both[r], _mm256_set1_epi32(j));
+      dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, dot[r]);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const __m256 dv = block32_scales<kBytes, 0>(row + b * kBytes);
+    __m256 cv = _mm256_setzero_ps();  // the blocks' offsets
+    if constexpr (kType == kQ4_1) cv = block32_scales<kBytes, 2>(row + b * kBytes);
+    if constexpr (kType == kQ4_0) cv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
+    __m256 both[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (r0 + r) * nb + b;
+      both[r] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.scales.data() + at));
+      if constexpr (kType != kQ8_0)
+        off[r] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(a.sums32.data() + at), off[r]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) block(row + (b + j) * kBytes, b + j, both, j);
+  }
+  float tail[kRows] = {};
+  for (; b < nb; ++b) {  // fewer than eight blocks left
+    const uint8_t* blk = row + b * kBytes;
+    const float d = f16(blk);
+    const float c = kType == kQ4_1 ? f16(blk + 2) : kType == kQ4_0 ? -8.0f * d : 0.0f;
+    __m256 both[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (r0 + r) * nb + b;
+      both[r] = _mm256_set1_ps(d * a.scales[at]);
+      tail[r] += c * a.sums32[at];
+    }
+    block(blk, b, both, 0);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const float sum = hsum256(_mm256_add_ps(dot[r], off[r])) + tail[r];
+    float* out = y + (r0 + r) * ldy;
+    *out = accumulate ? *out + sum : sum;
+  }
+}
+
+// 32 unsigned bytes times 32 int16 activations: eight int32 lanes, lanes 0-3 from bytes 0-15.
+inline __m256i dot32_u8(__m256i u, const int16_t* q) {
+  const __m256i lo = madd16(_mm256_setzero_si256(), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+  const __m256i hi = madd16(_mm256_setzero_si256(), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 16)));
+  // Pairs summed within each half: lanes 0, 1, 4, 5 from values 0-15, 2, 3, 6, 7 from 16-31.
+  return _mm256_hadd_epi32(lo, hi);
+}
+
+template <int kRows>
+inline void write_rows(const __m256 dot[kRows], const __m256 off[kRows], float* y, int64_t r0,
+                       int64_t ldy, bool accumulate) {
+  for (int r = 0; r < kRows; ++r) {
+    const float sum = hsum256(_mm256_add_ps(dot[r], off[r]));
+    float* out = y + (r0 + r) * ldy;
+    *out = accumulate ? *out + sum : sum;
+  }
+}
+
+// Q4_K and Q5_K, unpacked as quant_dot.h's dot_q45k does: a scale and a min per 32 values.
+template <bool kFive, int kRows>
+inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
+                           float* y, int64_t ldy, bool accumulate) {
+  constexpr int64_t kBytes = kFive ? 176 : 144;
+  const int64_t nb = k / 32;
+  __m256 dot[kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  for (int64_t s = 0; s < k / 256; ++s) {
+    const uint8_t* x = row + s * kBytes;
+    uint32_t sm[4];
+    scales_mins_k4(x + 4, sm);
+    const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(f16(x)), u8_to_ps(sm));
+    const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(-f16(x + 2)), u8_to_ps(sm + 2));
+    __m256 both[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t at = (r0 + r) * nb + s * 8;
+      both[r] = _mm256_mul_ps(scale, _mm256_loadu_ps(a.scales.data() + at));
+      off[r] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(a.sums32.data() + at), off[r]);
+    }
+    __m256i qh = kFive ? load32(x + 16) : _mm256_setzero_si256();
+    const uint8_t* qs = x + (kFive ? 48 : 16);
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) {
+      const __m256i raw = load32(qs + p * 32);
+      __m256i lo = _mm256_and_si256(raw, low);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+      if constexpr (kFive) {
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+        qh = _mm256_srli_epi16(qh, 1);
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+        qh = _mm256_srli_epi16(qh, 1);
+      }
+      for (int r = 0; r < kRows; ++r) {
+        const int16_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
+        dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), dot[r]);
+        dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(hi, q + 32)), lane(both[r], 2 * p + 1),
+                                 dot[r]);
+      }
+    }
+  }
+  write_rows<kRows>(dot, off, y, r0, ldy, accumulate);
+}
+
+// Q6_K, unpacked as quant_dot.h's dot_q6k does: a scale per 16 values, value = d * scale *
+// (q - 32).
+template <int kRows>
+inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
+                          float* y, int64_t ldy, bool accumulate) {
+  const int64_t nb = k / 32, ng = k / 16;
+  __m256 dot[kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+  for (int64_t s = 0; s < k / 256; ++s) {
+    const uint8_t* x = row + s * 210;
+    const __m256 d = _mm256_set1_ps(f16(x + 208));
+    const __m256 scale[2] = {_mm256_mul_ps(d, i8_to_ps(x + 192)), _mm256_mul_ps(d, i8_to_ps(x + 200))};
+    const __m256 minus32 = _mm256_set1_ps(-32.0f);
+    for (int r = 0; r < kRows; ++r) {
+      const float* sums = a.sums16.data() + (r0 + r) * ng + s * 16;
+      off[r] = _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[0]), _mm256_loadu_ps(sums), off[r]);
+      off[r] = _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[1]), _mm256_loadu_ps(sums + 8), off[r]);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load32(x + h * 64), ql1 = load32(x + h * 64 + 32);
+      const __m256i qh = load32(x + 128 + h * 32);
+      const __m256i quarter[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low),
+                          _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
+      };
+      // dot32_u8's lanes 0, 1, 4, 5 hold group 2i (values 0-15), lanes 2, 3, 6, 7 group 2i + 1.
+      __m256 lanes[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i)
+        lanes[i] = _mm256_permutevar8x32_ps(
+            scale[h], _mm256_setr_epi32(2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i, 2 * i,
+                                        2 * i + 1, 2 * i + 1));
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t at = (r0 + r) * nb + s * 8 + h * 4;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const __m256 p = _mm256_cvtepi32_ps(dot32_u8(quarter[i], a.q.data() + (at + i) * 32));
+          const __m256 both = _mm256_mul_ps(lanes[i], _mm256_broadcast_ss(a.scales.data() + at + i));
+          dot[r] = _mm256_fmadd_ps(p, both, dot[r]);
+        }
+      }
+    }
+  }
+  write_rows<kRows>(dot, off, y, r0, ldy, accumulate);
+}
+
+template <int kRows>
+inline void dot_row_tile_int16(int64_t type, const uint8_t* row, int64_t k,
+                               const QuantizedRows16& a, int64_t r0, float* y, int64_t ldy,
+                               bool accumulate) {
+  switch (type) {
+    case kQ8_0: return dot_blocks32_int16<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_0: return dot_blocks32_int16<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_1: return dot_blocks32_int16<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_K: return dot_q45k_int16<false, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ5_K: return dot_q45k_int16<true, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ6_K: return dot_q6k_int16<kRows>(row, k, a, r0, y, ldy, accumulate);
+    default: return;
+  }
+}
+
+constexpr int kInt16RowTile = 4;
+#endif
+
+// Whether dot_weight_row_int16 reads rows of `type` through int16 products (else it takes
+// the float-activation kernel, and the quantized rows are not needed).
+inline bool int16_reads(int64_t type) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  return layout(type).values > 0;
+#else
+  (void)type;
+  return false;
+#endif
+}
+
+// y[r * ldy] (+)= the packed weight row . x[r] for rows [0, rows): `a` holds x quantized
+// (quantize_rows16) when int16_reads(type).
+inline void dot_weight_row_int16(int64_t type, const uint8_t* row, int64_t k,
+                                 const QuantizedRows16& a, const float* x, int64_t ldx,
+                                 int64_t rows, float* y, int64_t ldy, bool accumulate,
+                                 FloatRow& scratch) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  (void)x, (void)ldx, (void)scratch;
+  int64_t r = 0;
+  for (; r + kInt16RowTile <= rows; r += kInt16RowTile)
+    dot_row_tile_int16<kInt16RowTile>(type, row, k, a, r, y, ldy, accumulate);
+  for (; r < rows; ++r) dot_row_tile_int16<1>(type, row, k, a, r, y, ldy, accumulate);
+#else
+  dot_weight_row_float(type, row, k, x, ldx, rows, y, ldy, accumulate, scratch);
+#endif
+}
+
+}  // namespace loom::quant
