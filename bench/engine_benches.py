@@ -795,6 +795,7 @@ def speculative(argv: list[str] | None = None) -> None:
                         serving = run
                     tok_s = _llama_tok_s(server, prompts[wname], args.output_len)
                     results.setdefault(key, []).append(tok_s)
+                    print(f"{wname} | {run.system} | {tok_s:.1f} tok/s", flush=True)
                     continue
                 before = run.engine.stats()
                 tok_s, out = _loom_tok_s(run.engine, prompts[wname], args.output_len)
@@ -804,6 +805,9 @@ def speculative(argv: list[str] | None = None) -> None:
                 proposed = after.spec_proposed_tokens - before.spec_proposed_tokens
                 accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
                 acceptance[key] = accepted / proposed if proposed else 0.0
+                # As it goes: a run cut short still leaves its figures.
+                print(f"{wname} | {run.system} | {tok_s:.1f} tok/s | acceptance "
+                      f"{acceptance[key]:.2f}", flush=True)  # fmt: skip
     if server is not None:
         server.close()
     _publish_speculative(args, runs, results, outputs, acceptance)
