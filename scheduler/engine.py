@@ -57,6 +57,11 @@ class Engine:
                 f"got {max_model_len}"
             )
         self.max_model_len = max_model_len
+        if config.scheduler.speculative == "draft" and not self.info.draft_model:
+            raise ValueError(
+                "speculative=draft needs a worker that runs the draft model (draft_model), "
+                "and this one runs none"
+            )
         # Every id that ends a sequence: the tokenizer's (tokenizer_config.json,
         # generation_config.json, the GGUF header) and the checkpoint's own.
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys([*tokenizer.eos_ids, self.info.eos_id]))

@@ -46,7 +46,7 @@ from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.preemption import Room, choose_victims
 from scheduler.queue_policy import FCFSPolicy, create_queue_policy
 from scheduler.request import Request, RequestStatus
-from scheduler.speculation import Speculator
+from scheduler.speculation import Speculator, verified_proposals
 from scheduler.step_results import (
     TextScanner,
     add_prompt_logprobs,
@@ -176,7 +176,6 @@ class Scheduler:
         # front; a list iterator stops at the list's current length, so that is safe.
         for i, req in enumerate(running):
             num_new = req.num_tokens - req.num_computed_tokens
-            proposed: list[int] = []
             if num_new != 1:
                 # Leave one token for each running request after this one.
                 num_new = min(num_new, threshold, budget - (len(running) - i - 1))
@@ -184,8 +183,7 @@ class Scheduler:
                     continue
             elif self.speculator is not None:
                 num_later = len(running) - i - 1
-                proposed = self._propose(req, budget - num_later - 1, len(running), num_later)
-                num_new += len(proposed)
+                num_new += self._propose(out, req, budget - num_later - 1, len(running), num_later)
             if req.num_computed_tokens + num_new > len(req.block_ids) * self.block_size:
                 while self.kv.allocate_slots(req, num_new) is None:
                     victim = running.pop()
@@ -202,27 +200,33 @@ class Scheduler:
                     req.block_ids[req.num_sent_blocks :],
                 )
             )
-            if proposed:
-                out.step_input.spec_token_ids[req.req_id] = proposed
             self._mark_scheduled(out, req, num_new)
             budget -= num_new
         return budget
 
-    def _propose(self, req: Request, room: int, num_running: int, num_later: int) -> list[int]:
-        """Tokens to verify after a decoding request's last one, their slots allocated; []
-        when it does not speculate, or when blocks are short: a guess never preempts, nor
-        takes the last blocks the `num_later` running requests after it may need."""
-        assert self.speculator is not None
-        proposed = self.speculator.propose(req, room, num_running)
-        if not proposed:
-            return []
-        if (
-            self.kv.allocate_slots(req, 1 + len(proposed)) is None
-            or self.kv.pool.num_free_blocks < num_later
-        ):
+    def _propose(
+        self, out: SchedulerOutput, req: Request, room: int, num_running: int, num_later: int
+    ) -> int:
+        """How many tokens are proposed after a decoding request's last one, their slots
+        allocated: the proposals themselves (`spec_token_ids`), or their number for the
+        worker's draft model (`num_draft_tokens`). 0 when it does not speculate, or when blocks
+        are short: a guess never preempts, nor takes the last blocks the `num_later` running
+        requests after it may need."""
+        speculator = self.speculator
+        assert speculator is not None
+        k = speculator.num_to_propose(req, room, num_running)
+        proposed = speculator.propose(req, k) if k and not speculator.drafts else []
+        k = k if speculator.drafts else len(proposed)
+        if not k:
+            return 0
+        if self.kv.allocate_slots(req, 1 + k) is None or self.kv.pool.num_free_blocks < num_later:
             self.kv.trim(req, req.num_computed_tokens + 1)
-            return []
-        return proposed
+            return 0
+        if proposed:
+            out.step_input.spec_token_ids[req.req_id] = proposed
+        else:
+            out.step_input.num_draft_tokens[req.req_id] = k
+        return k
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         """Admit waiting requests in the policy's order while budget, blocks and seats last,
@@ -317,6 +321,8 @@ class Scheduler:
             num_tokens = scheduled.pop(victim.req_id, 0)
             if num_tokens:  # out of this step's batch: the worker is told to drop it instead
                 budget += num_tokens
+                out.step_input.spec_token_ids.pop(victim.req_id, None)
+                out.step_input.num_draft_tokens.pop(victim.req_id, None)
                 out.scheduled.remove(victim)
                 running = out.step_input.running
                 running[:] = [r for r in running if r.req_id != victim.req_id]
@@ -353,7 +359,6 @@ class Scheduler:
         """Advance every scheduled request by what the worker computed and sampled, and
         finish those that stopped. Returns the requests that gained tokens or finished."""
         num_scheduled = sched_out.step_input.num_scheduled_tokens
-        spec_token_ids = sched_out.step_input.spec_token_ids
         find_row = output_row_finder(step_out.req_ids)
         changed: list[Request] = []
         num_finished = 0
@@ -367,8 +372,8 @@ class Scheduler:
                 num_finished += 1
                 changed.append(req)
                 continue
-            proposed = spec_token_ids.get(req.req_id) if spec_token_ids else None
-            if not proposed:  # a verified step advances by what was accepted, below
+            proposed = verified_proposals(sched_out.step_input, step_out, req.req_id)
+            if proposed is None:  # a verified step advances by what was accepted, below
                 advance_computed(req, num_scheduled[req.req_id], self.kv)
             if step_out.prompt_logprobs and req.prompt_logprobs is not None:
                 add_prompt_logprobs(req, step_out.prompt_logprobs.get(req.req_id))
@@ -376,7 +381,7 @@ class Scheduler:
             error = None
             if row is not None and step_out.sampled_token_ids[row]:
                 num_before = len(req.output_token_ids)
-                if proposed and self.speculator is not None:
+                if proposed is not None and self.speculator is not None:
                     status, error = self.speculator.apply_verified(
                         req, step_out, row, proposed, self.kv, scan_text
                     )
@@ -387,7 +392,7 @@ class Scheduler:
                 if req.matcher is not None and (status is None or req.matcher.is_error()):
                     error = advance_matcher(req, num_before)
                     status = RequestStatus.FINISHED_ERROR if error else status
-            elif proposed or req.num_computed_tokens >= req.num_tokens:
+            elif proposed is not None or req.num_computed_tokens >= req.num_tokens:
                 # Everything computed but nothing sampled: the request would never run again.
                 status, error = RequestStatus.FINISHED_ERROR, "the worker sampled no token"
             else:

@@ -3,12 +3,15 @@ verified step leaves behind.
 
 A request in its decode phase gets up to `num_speculative_tokens` proposed tokens (the
 proposer behind `Proposer`); it is then scheduled for 1 + k tokens, its last known token and
-the proposals, which travel in `StepInput.spec_token_ids`. Their KV slots are allocated like
-any others, counted in the step's token budget. The worker scores all 1 + k positions in one
-forward pass and answers the accepted proposals plus one token of its own (the correction, or
-a bonus when all were accepted). `apply_verified` then counts as computed only the input
-token and the accepted proposals, registers in the prefix cache only blocks full of those,
-and frees blocks that held only rejected tokens: the rejected K/V is never reachable.
+the proposals, which travel in `StepInput.spec_token_ids`. With `speculative=draft` the
+worker's draft model proposes them (worker/draft_model.py): the scheduler sends only their
+number, `StepInput.num_draft_tokens`, and reads them in `StepOutput.draft_token_ids`. Their
+KV slots are allocated like any others, counted in the step's token budget. The worker scores
+all 1 + k positions in one forward pass and answers the accepted proposals plus one token of
+its own (the correction, or a bonus when all were accepted). `apply_verified` then counts as
+computed only the input token and the accepted proposals, registers in the prefix cache only
+blocks full of those, and frees blocks that held only rejected tokens (the draft model's K/V
+in them too): the rejected K/V is never reachable.
 
 Speculation is skipped, costing nothing:
 - in a step with more than `speculative_max_batch` running requests (a large batch is
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from contract.step import StepOutput
+from contract.step import StepInput, StepOutput
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.ngram_proposer import NgramProposer
 from scheduler.request import Request, RequestStatus
@@ -35,8 +38,16 @@ from scheduler.stop import check_stop
 if TYPE_CHECKING:
     from scheduler.config import SchedulerConfig
 
-PROPOSERS = ("off", "ngram")
+PROPOSERS = ("off", "ngram", "draft")
 MIN_PROPOSED_TO_JUDGE = 32
+
+
+def verified_proposals(step_in: StepInput, step_out: StepOutput, req_id: str) -> list[int] | None:
+    """The tokens a step verified after `req_id`'s last one: the scheduler's proposals, or its
+    draft model's (none where it proposed none); None when the request did not speculate."""
+    if req_id in step_in.num_draft_tokens:
+        return step_out.draft_token_ids.get(req_id, [])
+    return step_in.spec_token_ids.get(req_id)
 
 
 class Proposer(Protocol):
@@ -46,10 +57,12 @@ class Proposer(Protocol):
 
 
 class Speculator:
-    """Owned by the Scheduler when `speculative` is not off."""
+    """Owned by the Scheduler when `speculative` is not off. With `draft`, the worker's draft
+    model proposes (worker/draft_model.py): the scheduler only says how many tokens, and
+    learns which from the step's output."""
 
     def __init__(self, config: SchedulerConfig, max_model_len: int) -> None:
-        self.proposer: Proposer = NgramProposer()
+        self.proposer: Proposer | None = NgramProposer() if config.speculative == "ngram" else None
         self.num_speculative_tokens = config.num_speculative_tokens
         self.max_batch = config.speculative_max_batch
         self.min_acceptance = config.speculative_min_acceptance
@@ -57,19 +70,28 @@ class Speculator:
         self.num_proposed = 0  # every request's, since start
         self.num_accepted = 0
 
-    def propose(self, req: Request, room: int, num_running: int) -> list[int]:
-        """Tokens to verify after `req`'s last token this step, at most `room`; [] when it
-        does not speculate now."""
+    @property
+    def drafts(self) -> bool:
+        """Whether the worker's draft model proposes (the scheduler proposes nothing)."""
+        return self.proposer is None
+
+    def num_to_propose(self, req: Request, room: int, num_running: int) -> int:
+        """How many tokens may be proposed after `req`'s last token this step, at most
+        `room`; 0 when it does not speculate now."""
         if num_running > self.max_batch or not self._eligible(req):
-            return []
+            return 0
         # The worker answers accepted + 1 tokens: leave room for that one within the limits.
-        k = min(
+        return max(0, min(
             self.num_speculative_tokens,
             room,
             req.params.max_tokens - len(req.output_token_ids) - 1,
             self.max_model_len - req.num_tokens - 1,
-        )
-        return self.proposer.propose(req.all_token_ids, k) if k > 0 else []
+        ))  # fmt: skip
+
+    def propose(self, req: Request, k: int) -> list[int]:
+        """Up to `k` tokens to verify after `req`'s last token (the scheduler's proposer)."""
+        assert self.proposer is not None, "the worker's draft model proposes"
+        return self.proposer.propose(req.all_token_ids, k)
 
     def _eligible(self, req: Request) -> bool:
         params = req.params
@@ -95,7 +117,11 @@ class Speculator:
         """Apply a verified step to `req`: (finished status or None, error or None)."""
         sampled = step_out.sampled_token_ids[row]
         num_accepted = len(sampled) - 1
-        if num_accepted > len(proposed) or sampled[:num_accepted] != proposed[:num_accepted]:
+        if (
+            not proposed
+            or num_accepted > len(proposed)
+            or sampled[:num_accepted] != proposed[:num_accepted]
+        ):
             return RequestStatus.FINISHED_ERROR, (
                 f"the worker answered {sampled} for the proposed tokens {proposed}"
             )

@@ -42,6 +42,8 @@ is imported only when a worker is created.
 - step_output.py     sampled tokens and logprobs -> StepOutput
 - token_masks.py     structured output's packed allowed-token bits applied to the logits rows
 - speculative.py     proposed tokens scored in the step's forward pass, verified, forgotten
+- draft_model.py     speculative decoding's draft model: its own KV cache on the model's block
+                     ids, greedy proposals at the start of a step
 - placement.py       what of the model a runner holds: all of it, or a tensor-parallel slice
 - parallel.py        the process group from the launcher variables, collectives with timeouts
 - tp_model.py        a rank's Llama: column/row-parallel layers, vocabulary-parallel rows

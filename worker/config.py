@@ -175,9 +175,17 @@ class WorkerConfig:
     # The scheduler's max_num_seqs, the largest decode batch (the top of the CUDA graph
     # ladder); None where the worker runs without a scheduler config (the ladder goes to 256).
     max_num_seqs: int | None = None
+    # Speculative decoding's draft model (SchedulerConfig.draft_model; worker/draft_model.py),
+    # loaded beside the model with a KV cache of its own; None: no draft.
+    draft_model: str | None = None
 
     def __post_init__(self) -> None:
         integer(1, optional=True)("max_num_seqs", self.max_num_seqs)
+        if self.draft_model is not None and self.parallel.tensor_parallel_size > 1:
+            raise ValueError(
+                "a draft model (--speculative draft) needs a worker without tensor "
+                "parallelism; use --speculative ngram, or tensor_parallel_size 1"
+            )
 
 
 @dataclass(slots=True, frozen=True)

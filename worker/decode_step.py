@@ -1,8 +1,10 @@
 """A decode step of the whole model in one C++ call on the CPU (worker/csrc/decode_step_cpu.cpp).
 
-Steps in which every sequence adds one token (decode steps) need no prefill attention, so
-the embedding, every layer and the LM head run as one OpenMP team with a few barriers per
-layer instead of some 150 parallel regions and 300 Python-dispatched operators per token.
+Steps of a few rows need no prefill attention: decodes, and sequences of several tokens (a
+speculative verification's 1 + k, a short prefill chunk) as one decode row per token over the
+context up to it. So the embedding, every layer and the LM head run as one OpenMP team with a
+few barriers per layer instead of some 150 parallel regions and 300 Python-dispatched
+operators per token.
 The C++ model holds the Python model's weights (shared, not copied) and the KV cache is the
 CPU attention backend's. Other steps, other devices and dtypes, and tensor-parallel models
 take the per-operator path (worker/model.py), which is also the reference in tests.
@@ -94,11 +96,20 @@ class FusedDecode:
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         meta = batch.attn
-        if meta.max_query_len != 1 or batch.input_ids.numel() > self.max_rows:
+        if batch.input_ids.numel() > self.max_rows:
             return None
+        tables, seq_lens = meta.block_tables, meta.seq_lens
+        if meta.max_query_len != 1:
+            # A sequence of several tokens (a speculative verification, a short prefill chunk)
+            # runs as one decode row per token over the context up to it: the step writes
+            # every row's K/V before any row attends, so each sees the rows before it.
+            starts = meta.query_start_loc_host
+            lens = torch.tensor(starts).diff()
+            tables = tables.index_select(0, torch.repeat_interleave(lens))
+            seq_lens = (batch.positions + 1).to(torch.int32)
         logits = self._model.forward(
             batch.input_ids, batch.positions, self._k_caches, self._v_caches,
-            meta.slot_mapping, meta.block_tables, meta.seq_lens,
+            meta.slot_mapping, tables, seq_lens,
         )  # fmt: skip
         if batch.logits_rows.numel() != logits.shape[0]:  # a 1-token prompt chunk has none
             logits = logits.index_select(0, batch.logits_rows)

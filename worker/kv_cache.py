@@ -49,9 +49,13 @@ def blocks_for_budget(
     dtype: torch.dtype,
     device: torch.device,
     budget_bytes: int | None,
+    draft_args: ModelArgs | None = None,
 ) -> int:
-    """How many blocks fit in `budget_bytes`, or in the default budget for `device`."""
+    """How many blocks fit in `budget_bytes`, or in the default budget for `device`; with
+    `draft_args`, each block is the model's and the draft model's (worker/draft_model.py)."""
     per_block = bytes_per_block(args, block_size, dtype)
+    if draft_args is not None:
+        per_block += bytes_per_block(draft_args, block_size, dtype)
     if budget_bytes is None:
         if device.type == "cuda":
             # What the allocator caches but no tensor holds (the unfused projections dropped

@@ -24,6 +24,7 @@ from worker.attention import create_attention_backend
 from worker.config import WorkerConfig
 from worker.cuda_graphs import DecodeGraphs, capture_decode_graphs
 from worker.decode_step import FusedDecode
+from worker.draft_model import DraftModel, load_draft
 from worker.fused_ops import install_fused_ops
 from worker.kernel_warmup import warm_up_kernels
 from worker.kv_cache import allocate_kv_cache, blocks_for_budget
@@ -113,15 +114,24 @@ class ModelRunner:
             reduce=group.all_reduce if group else None,
         )  # fmt: skip
         self.block_size = cache.block_size
+        draft = None
+        if config.draft_model:  # speculative decoding's (worker/draft_model.py)
+            draft = load_draft(config.draft_model, args, loaded.bos_id, loaded.eos_id,
+                               self.dtype, self.device)  # fmt: skip
         num_blocks = cache.num_kv_blocks or blocks_for_budget(
-            local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory
-        )
+            local_args, cache.block_size, self.dtype, self.device, cache.kv_cache_memory,
+            draft.args if draft else None,
+        )  # fmt: skip
         num_blocks = placement.agree_num_blocks(num_blocks)  # every rank has the same ids
         backend = self.attention_backend
         with log_stage(log, f"allocating the KV cache ({num_blocks} blocks)"):
             self.kv_cache = allocate_kv_cache(
                 local_args, num_blocks, cache.block_size, self.dtype, self.device, backend
             )
+        self.draft = draft and DraftModel(
+            str(config.draft_model), draft, num_blocks, cache.block_size, backend, self.device,
+            model.activations,
+        )  # fmt: skip
         log.info(
             "attention backend: %s; %d torch threads",
             self.attention_backend.name,
@@ -159,6 +169,7 @@ class ModelRunner:
             tensor_parallel_size=placement.world_size,
             max_loras=config.lora.max_loras,
             max_lora_rank=config.lora.max_lora_rank,
+            draft_model=self.draft.name if self.draft else "",
         )
         self.requests: dict[str, RequestState] = {}
         self.penalties = PenaltyTable(args.vocab_size, self.device)
@@ -186,7 +197,8 @@ class ModelRunner:
             self._add(new)
         for running in step.running:
             self._extend(running)
-        attach_proposals(self.requests, step.spec_token_ids)
+        drafted = self.draft.propose(self.requests, step.num_draft_tokens) if self.draft else {}
+        attach_proposals(self.requests, step.spec_token_ids | drafted)
         scheduled = [
             (self.requests[req_id], n) for req_id, n in step.num_scheduled_tokens.items()
         ]
@@ -215,6 +227,7 @@ class ModelRunner:
                 batch, logits = replayed
             output = self.sample(scheduled, batch, logits)
         output.errors.update(lora_errors)
+        output.draft_token_ids = drafted
         for state, n in scheduled:
             if state.num_proposed:
                 detach_proposals(state)

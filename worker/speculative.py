@@ -54,6 +54,8 @@ def take_verdict(state: RequestState, new_token_ids: list[int], block_size: int)
         return
     state.awaiting_verdict = False
     state.num_computed += max(0, len(new_token_ids) - 1)
+    # The draft's K/V past the accepted tokens are for rejected ones (worker/draft_model.py).
+    state.draft_computed = min(state.draft_computed, state.num_computed)
     num_blocks = -(-state.num_computed // block_size)
     del state.block_ids[num_blocks:]
 

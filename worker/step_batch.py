@@ -36,6 +36,9 @@ class RequestState:
     # and whether the last step verified some (worker/speculative.py).
     num_proposed: int = 0
     awaiting_verdict: bool = False
+    # Tokens whose K/V the draft model's cache holds (worker/draft_model.py), <= num_computed
+    # once a verdict is taken.
+    draft_computed: int = 0
 
     @classmethod
     def from_new(cls, new: NewRequest) -> RequestState:

@@ -81,14 +81,18 @@ def check_step(step: StepInput, known: Mapping[str, KnownRequest], info: WorkerI
             num_computed, num_blocks = verdict_preview(state, 0, info.block_size)
             plan = _Planned(len(state.token_ids), num_blocks, num_computed)
             planned[req_id] = plan
-        proposed = step.spec_token_ids.get(req_id)
-        if proposed:
-            _check_proposed(req_id, proposed, num_tokens, plan, step, known, info)
-            plan.num_tokens += len(proposed)
+        proposed = step.spec_token_ids.get(req_id, [])
+        _check_tokens(req_id, proposed, info.vocab_size)
+        num_proposed = len(proposed) + step.num_draft_tokens.get(req_id, 0)
+        if num_proposed:
+            _check_proposed(req_id, proposed, num_proposed, num_tokens, plan, step, known, info)
+            plan.num_tokens += num_proposed
         _check_scheduled(req_id, num_tokens, plan, info)
-    for req_id in step.spec_token_ids:
+    for req_id in [*step.spec_token_ids, *step.num_draft_tokens]:
         if req_id not in step.num_scheduled_tokens:
             raise StepRejected(f"request {req_id}: tokens proposed for an unscheduled request")
+        if step.num_draft_tokens.get(req_id, 1) < 1:
+            raise StepRejected(f"request {req_id}: draft tokens must be asked 1 or more")
     if step.token_masks is not None:
         _check_token_masks(step, planned, info.vocab_size)
 
@@ -137,19 +141,25 @@ def _check_scheduled(req_id: str, num_tokens: int, plan: _Planned, info: WorkerI
 def _check_proposed(
     req_id: str,
     proposed: list[int],
+    num_proposed: int,
     num_tokens: int,
     plan: _Planned,
     step: StepInput,
     known: Mapping[str, KnownRequest],
     info: WorkerInfo,
 ) -> None:
-    """Proposals follow a decoding request's one new token, for sampling without per-token
-    state (worker/speculative.py)."""
-    _check_tokens(req_id, proposed, info.vocab_size)
-    if plan.num_tokens - plan.num_computed != 1 or num_tokens != 1 + len(proposed):
+    """Proposals (the scheduler's `proposed`, or as many from the draft model) follow a
+    decoding request's one new token, for sampling without per-token state
+    (worker/speculative.py)."""
+    num_drafted = num_proposed - len(proposed)
+    if num_drafted and not info.draft_model:
+        raise StepRejected(f"request {req_id}: draft tokens asked of a worker without a draft")
+    if num_drafted and proposed:
+        raise StepRejected(f"request {req_id}: draft tokens asked besides proposed tokens")
+    if plan.num_tokens - plan.num_computed != 1 or num_tokens != 1 + num_proposed:
         raise StepRejected(
-            f"request {req_id}: {len(proposed)} proposed tokens need a decoding request "
-            f"scheduled for {1 + len(proposed)} tokens, got {num_tokens}"
+            f"request {req_id}: {num_proposed} proposed tokens need a decoding request "
+            f"scheduled for {1 + num_proposed} tokens, got {num_tokens}"
         )
     new = next((r for r in step.new if r.req_id == req_id), None)
     sampling = new.sampling if new is not None else known[req_id].sampling

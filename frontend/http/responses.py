@@ -10,12 +10,20 @@ def usage_json(usages: list[Usage]) -> dict:
     """The usage of a response: each prompt counted once, every sequence's tokens."""
     prompt = sum(u.prompt_tokens for u in usages)
     completion = sum(u.completion_tokens for u in usages)
-    return {
+    usage = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": sum(u.cached_prompt_tokens for u in usages)},
     }
+    proposed = sum(u.spec_proposed_tokens for u in usages)
+    if proposed:  # speculative decoding's proposals, as OpenAI counts predicted outputs
+        accepted = sum(u.spec_accepted_tokens for u in usages)
+        usage["completion_tokens_details"] = {
+            "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": proposed - accepted,
+        }
+    return usage
 
 
 class Envelope:

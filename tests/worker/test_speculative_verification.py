@@ -1,7 +1,7 @@
 """Verification of proposed tokens in the worker: sampled output keeps the model's
-distribution even with a bad proposer (a chi-square test on stories260K's 512-token
-vocabulary against the float64 oracle), the step check refuses proposals it cannot verify,
-and proposals cross worker.proto."""
+distribution even with a bad proposer or a deliberately bad draft model (chi-square tests on
+stories260K's 512-token vocabulary against the float64 oracle), the step check refuses
+proposals it cannot verify, and proposals cross worker.proto."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from contract.step import NewRequest, RunningRequest, StepInput
 from contract.step_proto import step_input_from_proto, step_input_to_proto
 from loompb import worker_pb2 as pb
 from tests.worker.dense_reference import dense_logits
+from tests.worker.draft_models import write_swapped_stories
 from tests.worker.driver import read_meta_model, start_worker
 from worker.step_check import StepRejected
 
@@ -41,6 +42,20 @@ def oracle(stories_dir):
     return lambda tokens: dense_logits(files.weights, files.params, tokens)[-1]
 
 
+@pytest.fixture(scope="module")
+def bad_draft_worker(stories_dir, oracle, tmp_path_factory):
+    """stories260K with a draft that proposes the model's second choice after PROMPT (its LM
+    head swaps that token's row with the first choice's)."""
+    ranked = oracle(PROMPT).argsort(descending=True).tolist()
+    draft = write_swapped_stories(
+        tmp_path_factory.mktemp("swapped") / "draft", ranked[1], ranked[0]
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield start_worker(stories_dir, num_kv_blocks=BATCH, draft_model=str(draft))
+    torch.set_num_threads(before)
+
+
 def _chi_square(counts: Counter, probs: torch.Tensor, num: int) -> tuple[float, int]:
     """Pearson's statistic over tokens expected >= 5 times (the rest pooled) and its
     degrees of freedom."""
@@ -60,10 +75,11 @@ def _critical(df: int, z: float = 3.09) -> float:
 
 
 def _draw_with_proposals(
-    worker, proposed: list[int], seed0: int, num_draws: int = NUM_DRAWS
+    worker, proposed: list[int] | int, seed0: int, num_draws: int = NUM_DRAWS
 ) -> list[list[int]]:
     """Each of `num_draws` requests with PROMPT computes all but its last prompt token, then
-    that token with `proposed` after it in one step; returns what each step answered."""
+    that token with `proposed` after it in one step (an int: that many of the worker's draft
+    model's); returns what each step answered, after the draft's proposals when it drafted."""
     answers = []
     for first in range(0, num_draws, BATCH):
         req_ids = [f"r{seed0 + first + i}" for i in range(BATCH)]
@@ -79,14 +95,23 @@ def _draw_with_proposals(
         worker.execute(
             StepInput(new=new, num_scheduled_tokens=dict.fromkeys(req_ids, len(PROMPT) - 1))
         )
+        drafts = isinstance(proposed, int)
+        num_proposed = proposed if drafts else len(proposed)
         out = worker.execute(
             StepInput(
                 running=[RunningRequest(r, [], []) for r in req_ids],
-                num_scheduled_tokens=dict.fromkeys(req_ids, 1 + len(proposed)),
-                spec_token_ids={r: list(proposed) for r in req_ids},
+                num_scheduled_tokens=dict.fromkeys(req_ids, 1 + num_proposed),
+                spec_token_ids={} if drafts else {r: list(proposed) for r in req_ids},
+                num_draft_tokens=dict.fromkeys(req_ids, num_proposed) if drafts else {},
             )
         )
-        answers += out.sampled_token_ids
+        if drafts:
+            answers += [
+                [*out.draft_token_ids[r], -1, *a]
+                for r, a in zip(req_ids, out.sampled_token_ids, strict=True)
+            ]
+        else:
+            answers += out.sampled_token_ids
         worker.execute(StepInput(finished_req_ids=req_ids))
     return answers
 
@@ -114,6 +139,24 @@ def test_sampled_output_keeps_the_model_distribution_with_a_bad_proposer(worker,
     probs2 = torch.softmax(oracle([*PROMPT, proposed[0]]) / TEMPERATURE, dim=-1).float()
     stat2, df2 = _chi_square(seconds, probs2, num_accepted)
     assert stat2 < _critical(df2), (stat2, df2)
+
+
+def test_sampled_output_keeps_the_model_distribution_with_a_bad_draft_model(
+    bad_draft_worker, oracle
+) -> None:
+    probs = torch.softmax(oracle(PROMPT) / TEMPERATURE, dim=-1)
+    ranked = probs.argsort(descending=True).tolist()
+    drawn = _draw_with_proposals(bad_draft_worker, 2, seed0=20_000)
+    # Each answer: the draft's two proposals, -1, then what the model answered.
+    drafts = [a[:2] for a in drawn]
+    answers = [a[3:] for a in drawn]
+    assert all(d[0] == ranked[1] for d in drafts)  # the bad proposal it was built to make
+    assert all(1 <= len(a) <= 3 and a[:-1] == d[: len(a) - 1]
+               for a, d in zip(answers, drafts, strict=True))  # fmt: skip
+    firsts = Counter(a[0] for a in answers)
+    assert 0 < firsts[ranked[1]] < NUM_DRAWS  # both acceptance and rejection were exercised
+    stat, df = _chi_square(firsts, probs.float(), NUM_DRAWS)
+    assert stat < _critical(df), (stat, df)
 
 
 def test_seeded_draws_do_not_depend_on_the_proposals(worker) -> None:
