@@ -318,8 +318,8 @@ def accuracy(argv: list[str] | None = None) -> None:
             scores = score_against_oracle(oracle, packed, server, args.chunk)
         finally:
             server.close()
-    rows = [[name, len(s.errors), statistics.mean(s.errors),
-             statistics.quantiles(s.errors, n=100)[98], max(s.errors),
+    rows = [[name, len(s.errors), *(f"{e:.2g}" for e in (  # errors span 1e-5 to 1
+             statistics.mean(s.errors), statistics.quantiles(s.errors, n=100)[98], max(s.errors))),
              f"{sum(s.top1)}/{len(s.top1)}", f"{s.same_text}/{len(ACCURACY_PROMPTS)}"]
             for name, s in scores.items()]  # fmt: skip
     header = ["system", "scored logprobs", "mean |error|", "p99 |error|", "max |error|",
