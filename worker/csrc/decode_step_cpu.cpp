@@ -126,6 +126,16 @@ inline void rms_norm_rows(const float* x, const float* w, float eps, int64_t row
   }
 }
 
+// dot(type, row, col) for the packed weight rows (output columns) [c0, c1) of p.
+template <typename Dot>
+void for_packed_rows(const Projection& p, int64_t c0, int64_t c1, const Dot& dot) {
+  size_t part = 0;
+  for (int64_t col = c0; col < c1; ++col) {
+    while (col >= p.first[part] + p.rows[part]) ++part;
+    dot(p.types[part], p.data[part] + (col - p.first[part]) * p.row_bytes[part], col);
+  }
+}
+
 // y[t * ldy + col] (+)= x[t] . W[col] for col in [c0, c1) and the T rows of x.
 // Packed weights take float activations (xf), or the rows quantized to int8 (my.xq) or
 // int16 (my.xq16).
@@ -133,34 +143,17 @@ void project(const Projection& p, int64_t c0, int64_t c1, int64_t activations, c
              int64_t T, float* y, int64_t ldy, bool accumulate, ThreadScratch& my) {
   if (c0 >= c1) return;
   const int64_t k = p.k;
-  if (!p.is_float() && activations == loom::quant::kInt16Activations) {
-    size_t part = 0;
-    for (int64_t col = c0; col < c1; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row_int16(p.types[part], row, k, my.xq16, xf, k, T, y + col, ldy,
-                                        accumulate, my.float_row);
-    }
-    return;
-  }
-  if (!p.is_float() && activations == loom::quant::kFloatActivations) {
-    size_t part = 0;
-    for (int64_t col = c0; col < c1; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row_float(p.types[part], row, k, xf, k, T, y + col, ldy, accumulate,
-                                        my.float_row);
-    }
-    return;
-  }
   if (!p.is_float()) {
-    size_t part = 0;
-    for (int64_t col = c0; col < c1; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row(p.types[part], row, k, my.xq, y + col, ldy, accumulate,
-                                  my.unpacked);
-    }
+    for_packed_rows(p, c0, c1, [&](int64_t type, const uint8_t* row, int64_t col) {
+      if (activations == loom::quant::kInt16Activations)
+        loom::quant::dot_weight_row_int16(type, row, k, my.xq16, xf, k, T, y + col, ldy,
+                                          accumulate, my.float_row);
+      else if (activations == loom::quant::kInt8Activations)
+        loom::quant::dot_weight_row(type, row, k, my.xq, y + col, ldy, accumulate, my.unpacked);
+      else
+        loom::quant::dot_weight_row_float(type, row, k, xf, k, T, y + col, ldy, accumulate,
+                                          my.float_row);
+    });
     return;
   }
   if (p.in_stride == 1) {  // row-major: a dot product per column

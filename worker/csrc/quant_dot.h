@@ -230,14 +230,42 @@ inline void scales_mins_k4(const uint8_t* packed, uint32_t out[4]) {
 
 // Q4_K and Q5_K: super-blocks of 256 values, eight 32-value sub-blocks with 6-bit scales and
 // mins; a pair of sub-blocks shares 32 bytes (low nibbles, then high), Q5_K adds bit j of
-// qh[l] as bit 4 of sub-block j's value l.
+// qh[l] as bit 4 of sub-block j's value l. The pair's values as bytes; qh advances two bits.
+template <bool kFive>
+inline void q45k_pair(__m256i raw, __m256i& qh, __m256i& lo, __m256i& hi) {
+  const __m256i low = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  lo = _mm256_and_si256(raw, low);
+  hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+  if constexpr (kFive) {
+    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+    qh = _mm256_srli_epi16(qh, 1);
+    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+    qh = _mm256_srli_epi16(qh, 1);
+  }
+}
+
+// Q6_K: super-blocks of 256 six-bit values (low 4 bits in ql, high 2 in qh), an int8 scale
+// per 16 values, value = d * scale * (q - 32). Half h's four 32-value blocks as bytes.
+inline void q6k_quarters(const uint8_t* x, int h, __m256i quarter[4]) {
+  const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+  const __m256i ql0 = load32(x + h * 64), ql1 = load32(x + h * 64 + 32);
+  const __m256i qh = load32(x + 128 + h * 32);
+  quarter[0] = _mm256_or_si256(_mm256_and_si256(ql0, low),
+                               _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+  quarter[1] = _mm256_or_si256(_mm256_and_si256(ql1, low),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
+  quarter[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
+  quarter[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
+}
+
 template <bool kFive, int kRows>
 inline void dot_q45k(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0,
                      float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = kFive ? 176 : 144;
   const int64_t nb = k / 32;
   Acc<kRows> acc;
-  const __m256i low = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * kBytes;
     uint32_t sm[4];
@@ -255,15 +283,8 @@ inline void dot_q45k(const uint8_t* row, int64_t k, const QuantizedRows& a, int6
     const uint8_t* qs = x + (kFive ? 48 : 16);
 #pragma GCC unroll 4
     for (int p = 0; p < 4; ++p) {
-      const __m256i raw = load32(qs + p * 32);
-      __m256i lo = _mm256_and_si256(raw, low);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-      if constexpr (kFive) {
-        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-        qh = _mm256_srli_epi16(qh, 1);
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-        qh = _mm256_srli_epi16(qh, 1);
-      }
+      __m256i lo, hi;
+      q45k_pair<kFive>(load32(qs + p * 32), qh, lo, hi);
       for (int r = 0; r < kRows; ++r) {
         const int8_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
         acc.dot[r] = _mm256_fmadd_ps(dot32<false>(lo, load32(q)), lane(both[r], 2 * p), acc.dot[r]);
@@ -275,14 +296,11 @@ inline void dot_q45k(const uint8_t* row, int64_t k, const QuantizedRows& a, int6
   acc.write(y, r0, ldy, accumulate);
 }
 
-// Q6_K: super-blocks of 256 six-bit values (low 4 bits in ql, high 2 in qh), an int8 scale
-// per 16 values, value = d * scale * (q - 32).
 template <int kRows>
 inline void dot_q6k(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0, float* y,
                     int64_t ldy, bool accumulate) {
   const int64_t nb = k / 32, ng = k / 16;
   Acc<kRows> acc;
-  const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * 210;
     const __m256 d = _mm256_set1_ps(f16(x + 208));
@@ -297,18 +315,8 @@ inline void dot_q6k(const uint8_t* row, int64_t k, const QuantizedRows& a, int64
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = load32(x + h * 64), ql1 = load32(x + h * 64 + 32);
-      const __m256i qh = load32(x + 128 + h * 32);
-      const __m256i quarter[4] = {
-          _mm256_or_si256(_mm256_and_si256(ql0, low),
-                          _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-          _mm256_or_si256(_mm256_and_si256(ql1, low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
-      };
+      __m256i quarter[4];
+      q6k_quarters(x, h, quarter);
       // Lanes 0-3 hold values 0-15 of a block (group 2i), lanes 4-7 values 16-31 (2i + 1).
       __m256 lanes[4];
 #pragma GCC unroll 4

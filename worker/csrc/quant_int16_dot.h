@@ -184,7 +184,6 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
   const int64_t nb = k / 32;
   __m256 dot[kRows], off[kRows];
   for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * kBytes;
     uint32_t sm[4];
@@ -201,15 +200,8 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
     const uint8_t* qs = x + (kFive ? 48 : 16);
 #pragma GCC unroll 4
     for (int p = 0; p < 4; ++p) {
-      const __m256i raw = load32(qs + p * 32);
-      __m256i lo = _mm256_and_si256(raw, low);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-      if constexpr (kFive) {
-        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-        qh = _mm256_srli_epi16(qh, 1);
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-        qh = _mm256_srli_epi16(qh, 1);
-      }
+      __m256i lo, hi;
+      q45k_pair<kFive>(load32(qs + p * 32), qh, lo, hi);
       for (int r = 0; r < kRows; ++r) {
         const int16_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
         dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), dot[r]);
@@ -229,7 +221,6 @@ inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& 
   const int64_t nb = k / 32, ng = k / 16;
   __m256 dot[kRows], off[kRows];
   for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * 210;
     const __m256 d = _mm256_set1_ps(f16(x + 208));
@@ -242,18 +233,8 @@ inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& 
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = load32(x + h * 64), ql1 = load32(x + h * 64 + 32);
-      const __m256i qh = load32(x + 128 + h * 32);
-      const __m256i quarter[4] = {
-          _mm256_or_si256(_mm256_and_si256(ql0, low),
-                          _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-          _mm256_or_si256(_mm256_and_si256(ql1, low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
-      };
+      __m256i quarter[4];
+      q6k_quarters(x, h, quarter);
       // dot32_u8's lanes 0, 1, 4, 5 hold group 2i (values 0-15), lanes 2, 3, 6, 7 group 2i + 1.
       __m256 lanes[4];
 #pragma GCC unroll 4

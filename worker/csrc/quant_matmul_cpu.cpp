@@ -79,6 +79,25 @@ Parts check_parts(at::TensorList ws, at::IntArrayRef types, int64_t k) {
   return p;
 }
 
+// dot(type, row, col, scratch) for every weight row (output column) of the parts, the columns
+// split over the threads at least `grain` a task, each task with its own Scratch.
+template <typename Scratch, typename Dot>
+void for_each_weight_row(const Parts& p, int64_t grain, const Dot& dot) {
+  at::parallel_for(0, p.n, grain, [&](int64_t begin, int64_t end) {
+    Scratch scratch;
+    size_t part = 0;
+    for (int64_t col = begin; col < end; ++col) {
+      while (col >= p.first[part] + p.rows[part]) ++part;
+      dot(p.types[part], p.data[part] + (col - p.first[part]) * p.row_bytes[part], col, scratch);
+    }
+  });
+}
+
+// Enough rows per task that waking a thread pays: about 4096 block products each.
+int64_t integer_grain(int64_t k, int64_t m) {
+  return std::max<int64_t>(8, 4096 / std::max<int64_t>(1, k / 32 * m));
+}
+
 at::Tensor linear_parts_int8(const at::Tensor& x, const Parts& p, int64_t k) {
   const int64_t m = x.size(0), n = p.n;
   at::Tensor y = at::empty({m, n}, x.options());
@@ -86,17 +105,10 @@ at::Tensor linear_parts_int8(const at::Tensor& x, const Parts& p, int64_t k) {
   QuantizedRows a;
   loom::quant::quantize_rows(x.data_ptr<float>(), x.stride(0), m, k, a);
   float* yp = y.data_ptr<float>();
-  // Enough rows per task that waking a thread pays: about 4096 block products each.
-  const int64_t grain = std::max<int64_t>(8, 4096 / std::max<int64_t>(1, k / 32 * m));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    loom::quant::Unpacked scratch;
-    size_t part = 0;
-    for (int64_t col = begin; col < end; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row(p.types[part], row, k, a, yp + col, n, false, scratch);
-    }
-  });
+  for_each_weight_row<loom::quant::Unpacked>(
+      p, integer_grain(k, m), [&](int64_t type, const uint8_t* row, int64_t col, auto& scratch) {
+        loom::quant::dot_weight_row(type, row, k, a, yp + col, n, false, scratch);
+      });
   return y;
 }
 
@@ -116,17 +128,11 @@ at::Tensor linear_parts_int16(const at::Tensor& x, const Parts& p, int64_t k) {
   if (std::any_of(p.types.begin(), p.types.end(), loom::quant::int16_reads))
     loom::quant::quantize_rows16(xp, ldx, m, k, a);
   float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(8, 4096 / std::max<int64_t>(1, k / 32 * m));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    loom::quant::FloatRow scratch;
-    size_t part = 0;
-    for (int64_t col = begin; col < end; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row_int16(p.types[part], row, k, a, xp, ldx, m, yp + col, n, false,
-                                        scratch);
-    }
-  });
+  for_each_weight_row<loom::quant::FloatRow>(
+      p, integer_grain(k, m), [&](int64_t type, const uint8_t* row, int64_t col, auto& scratch) {
+        loom::quant::dot_weight_row_int16(type, row, k, a, xp, ldx, m, yp + col, n, false,
+                                          scratch);
+      });
   return y;
 }
 
@@ -144,16 +150,10 @@ at::Tensor linear_parts_float(const at::Tensor& x, const Parts& p, int64_t k) {
   const int64_t ldx = x.stride(0);
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(1, k * m));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    loom::quant::FloatRow scratch;
-    size_t part = 0;
-    for (int64_t col = begin; col < end; ++col) {
-      while (col >= p.first[part] + p.rows[part]) ++part;
-      const uint8_t* row = p.data[part] + (col - p.first[part]) * p.row_bytes[part];
-      loom::quant::dot_weight_row_float(p.types[part], row, k, xp, ldx, m, yp + col, n, false,
-                                        scratch);
-    }
-  });
+  for_each_weight_row<loom::quant::FloatRow>(
+      p, grain, [&](int64_t type, const uint8_t* row, int64_t col, auto& scratch) {
+        loom::quant::dot_weight_row_float(type, row, k, xp, ldx, m, yp + col, n, false, scratch);
+      });
   return y;
 }
 
