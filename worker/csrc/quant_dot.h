@@ -33,16 +33,20 @@ constexpr bool kVnni = false;
 // Activation rows sharing each loaded weight vector.
 constexpr int kRowTile = 4;
 
-// x quantized per 32 values: q [M, K] int8; scales [M, K / 32]; sums16 [M, K / 16]: the
-// scale times the sum of each 16 quantized values; sums32 [M, K / 32] the same per 32.
-struct QuantizedRows {
+// x quantized per 32 values to integers of type T: q [M, K]; scales [M, K / 32]; sums16
+// [M, K / 16]: the scale times the sum of each 16 quantized values; sums32 [M, K / 32] the
+// same per 32.
+template <typename T>
+struct QuantizedRowsOf {
   int64_t rows = 0, k = 0;
-  std::vector<int8_t> q;
+  std::vector<T> q;
   std::vector<float> scales, sums16, sums32;
 };
 
-inline void quantize_rows(const float* x, int64_t stride, int64_t rows, int64_t k,
-                          QuantizedRows& out) {
+// Each 32 values rounded to the nearest multiple of d = max|x| / kLevels.
+template <int kLevels, typename T>
+inline void quantize_rows_to(const float* x, int64_t stride, int64_t rows, int64_t k,
+                             QuantizedRowsOf<T>& out) {
   out.rows = rows;
   out.k = k;
   out.q.resize(rows * k);
@@ -56,14 +60,14 @@ inline void quantize_rows(const float* x, int64_t stride, int64_t rows, int64_t 
       float amax = 0.0f;
 #pragma omp simd reduction(max : amax)
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
-      const float d = amax / 127.0f;
+      const float d = amax / static_cast<float>(kLevels);
       const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      int8_t* q = out.q.data() + r * k + b * 32;
+      T* q = out.q.data() + r * k + b * 32;
       int s0 = 0, s1 = 0;
 #pragma omp simd reduction(+ : s0, s1)
       for (int i = 0; i < 32; ++i) {
         const int qi = static_cast<int>(std::nearbyint(v[i] * inv));
-        q[i] = static_cast<int8_t>(qi);
+        q[i] = static_cast<T>(qi);
         if (i < 16) s0 += qi; else s1 += qi;
       }
       out.sums16[r * k / 16 + b * 2] = d * static_cast<float>(s0);
@@ -72,6 +76,14 @@ inline void quantize_rows(const float* x, int64_t stride, int64_t rows, int64_t 
       out.sums32[r * k / 32 + b] = d * static_cast<float>(s0 + s1);
     }
   }
+}
+
+// The int8 rows llama.cpp's products take.
+using QuantizedRows = QuantizedRowsOf<int8_t>;
+
+inline void quantize_rows(const float* x, int64_t stride, int64_t rows, int64_t k,
+                          QuantizedRows& out) {
+  quantize_rows_to<127>(x, stride, rows, k, out);
 }
 
 inline void store(float* y, float value, bool accumulate) { *y = accumulate ? *y + value : value; }

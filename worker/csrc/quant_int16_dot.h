@@ -31,44 +31,12 @@
 
 namespace loom::quant {
 
-// x quantized per 32 values: q [M, K] int16; scales [M, K / 32]; sums32 [M, K / 32] and
-// sums16 [M, K / 16]: the scale times the sum of each 32 (16) quantized values.
-struct QuantizedRows16 {
-  int64_t rows = 0, k = 0;
-  std::vector<int16_t> q;
-  std::vector<float> scales, sums32, sums16;
-};
+// Rows quantized to int16 (quant_dot.h's QuantizedRowsOf), 256 times finer than int8.
+using QuantizedRows16 = QuantizedRowsOf<int16_t>;
 
 inline void quantize_rows16(const float* x, int64_t stride, int64_t rows, int64_t k,
                             QuantizedRows16& out) {
-  out.rows = rows;
-  out.k = k;
-  out.q.resize(rows * k);
-  out.scales.resize(rows * k / 32);
-  out.sums32.resize(rows * k / 32);
-  out.sums16.resize(rows * k / 16);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < k / 32; ++b) {
-      const float* v = x + r * stride + b * 32;
-      float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
-      const float d = amax / 32767.0f;
-      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      int16_t* q = out.q.data() + r * k + b * 32;
-      int s0 = 0, s1 = 0;
-#pragma omp simd reduction(+ : s0, s1)
-      for (int i = 0; i < 32; ++i) {
-        const int qi = static_cast<int>(std::nearbyint(v[i] * inv));
-        q[i] = static_cast<int16_t>(qi);
-        if (i < 16) s0 += qi; else s1 += qi;
-      }
-      out.scales[r * k / 32 + b] = d;
-      out.sums32[r * k / 32 + b] = d * static_cast<float>(s0 + s1);
-      out.sums16[r * k / 16 + 2 * b] = d * static_cast<float>(s0);
-      out.sums16[r * k / 16 + 2 * b + 1] = d * static_cast<float>(s1);
-    }
-  }
+  quantize_rows_to<32767>(x, stride, rows, k, out);
 }
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
