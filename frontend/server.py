@@ -21,8 +21,6 @@ import asyncio
 import logging
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
-
 from frontend.admission import AdmissionGate, Admitter
 from frontend.async_engine import AsyncEngine
 from frontend.config import FrontendConfig
@@ -30,6 +28,7 @@ from frontend.metrics import ServingMetrics
 from frontend.servicer import GenerationServicer
 from frontend.tenant_labels import TenantLabels
 from serving.auth import Authenticator
+from serving.health import FINAL_STATUS_GRACE_S, NOT_SERVING, SERVING, DrainingHealthServicer
 from serving.public_api import (
     SERVICE_NAME,
     add_public_port,
@@ -46,12 +45,10 @@ from serving.tenants import (
 
 log = logging.getLogger(__name__)
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 WORKER_WATCH_INTERVAL = 0.25  # seconds between looks at the worker's availability
 
 
-class LiveHealthServicer(health.aio.HealthServicer):
+class LiveHealthServicer(DrainingHealthServicer):
     """Answers NOT_SERVING as soon as the engine loop is gone, even between updates, and
     while the worker is unavailable (a remote one reconnecting)."""
 
@@ -244,11 +241,12 @@ class Frontend:
             self.async_engine.abort_all()
             await self.gate.wait_idle(10.0)
         if self._server is not None:
-            await self._server.stop(grace=1.0)
+            await self._server.stop(grace=FINAL_STATUS_GRACE_S)
         if self._http is not None:
             await self._http.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.async_engine.shutdown)
         self.metrics.close()
         log.info("stopped")
+
 
 __all__ = ["Frontend", "LiveHealthServicer"]

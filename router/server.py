@@ -19,8 +19,6 @@ import logging
 from dataclasses import fields
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
-
 from router.backend_pool import BackendPool
 from router.config import RouterConfig
 from router.metrics import RouterMetrics
@@ -28,6 +26,7 @@ from router.policy import Chooser
 from router.relay import Relay
 from router.servicer import RouterServicer
 from serving.auth import Authenticator
+from serving.health import FINAL_STATUS_GRACE_S, NOT_SERVING, SERVING, DrainingHealthServicer
 from serving.public_api import (
     SERVICE_NAME,
     add_public_port,
@@ -43,9 +42,6 @@ from serving.tenants import (
 )
 
 log = logging.getLogger("loom.router")
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Router:
@@ -66,7 +62,7 @@ class Router:
             config.max_request_bytes,
             use_prefix=config.policy == "prefix",
         )
-        self.health = health.aio.HealthServicer()
+        self.health = DrainingHealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
@@ -139,7 +135,7 @@ class Router:
         servicer = self.servicer
         servicer.draining = True
         self._serving = False
-        await self._publish_health()
+        await self.health.enter_graceful_shutdown()
         log.info("draining: %d calls in flight, up to %.1f s", servicer.num_in_flight, timeout)
         idle = asyncio.ensure_future(servicer.idle.wait())
         cut = asyncio.ensure_future(self._cut_short.wait())
@@ -154,7 +150,7 @@ class Router:
                 backend.fail_in_flight("the router shut down before the request finished")
             await asyncio.wait_for(servicer.idle.wait(), 10.0)
         if self._server is not None:
-            await self._server.stop(grace=1.0)
+            await self._server.stop(grace=FINAL_STATUS_GRACE_S)
         await self.pool.close()
         self.metrics.close()
         log.info("stopped")

@@ -1,7 +1,8 @@
 """SIGTERM to a real `serve` process with streams in flight: they finish to their clean
 tokens (none lost, none cut without a status), new calls are refused on both APIs (gRPC
 UNAVAILABLE, HTTP 503), and it exits 0. A second signal aborts what is left: every stream
-then ends either complete or with UNAVAILABLE, and the process still exits 0."""
+then ends either complete or with UNAVAILABLE, and the process still exits 0. A health Watch
+stream sees NOT_SERVING and then ends, so it never holds the stop."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Client
 from loompb import serving_pb2
-from tests.reliability.conftest import NOT_SERVING, PROMPTS, clean_tokens, health
+from tests.reliability.conftest import NOT_SERVING, PROMPTS, SERVING, clean_tokens, health
 from tests.server.conftest import wait_until
 from tests.server.serve_process import ServeProcess
 
@@ -83,7 +85,15 @@ def test_a_second_signal_aborts_what_is_left_and_still_exits_zero() -> None:
                 for i in range(48)
             ]
             reading = [pool.submit(read_stream, stream) for stream in streams]
-            wait_until(lambda: client.load().num_requests_running == 4, 10.0, "four running")
+
+            def all_arrived() -> bool:  # a call that reaches a stopping server is CANCELLED
+                load = client.load()
+                queued = load.num_requests_running + load.num_requests_waiting
+                return load.num_requests_running == 4 and queued + sum(
+                    future.done() for future in reading
+                ) == len(streams)
+
+            wait_until(all_arrived, 10.0, "four running, the others waiting or done")
             serve.proc.send_signal(signal.SIGTERM)
             wait_until(lambda: health(serve.target) == NOT_SERVING, 5.0, "NOT_SERVING")
             serve.proc.send_signal(signal.SIGTERM)
@@ -97,3 +107,18 @@ def test_a_second_signal_aborts_what_is_left_and_still_exits_zero() -> None:
     assert {code for _, _, code in cut} == {grpc.StatusCode.UNAVAILABLE}
     assert len(cut) >= 40  # 44 were still waiting when the second signal came
     assert "aborting" in serve.log()
+
+
+def test_a_health_watch_sees_not_serving_then_ends_so_it_does_not_hold_the_stop() -> None:
+    serve = ServeProcess([*SERVE, "--shutdown-timeout", "60"])
+    try:
+        with grpc.insecure_channel(serve.target) as channel:
+            request = health_pb2.HealthCheckRequest(service="")
+            watch = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+            first = next(watch)
+            serve.proc.send_signal(signal.SIGTERM)
+            rest = [reply.status for reply in watch]  # ends OK: no RpcError, no CANCELLED
+        assert (first.status, rest) == (SERVING, [NOT_SERVING])
+        assert serve.proc.wait(timeout=30) == 0
+    finally:
+        serve.stop()

@@ -179,3 +179,22 @@ def test_health_reflection_and_drain(
         deltas.extend(stream)  # the call in flight runs to its end
         stopper.join(10)
     assert sum(len(d.token_ids) for d in deltas) == 120
+
+
+def test_a_health_watch_ends_when_the_router_drains(
+    two_engines: tuple[ServerHandle, ServerHandle], start_router: Callable[..., RouterHandle]
+) -> None:
+    router = start_router(*(e.target for e in two_engines))
+    with grpc.insecure_channel(router.target) as channel:
+        request = health_pb2.HealthCheckRequest(service="loom.v1.Generation")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+        first = next(watch)
+        stopper = threading.Thread(target=router.stop, kwargs={"grace": 30.0})
+        stopper.start()
+        rest = [reply.status for reply in watch]  # ends OK: no RpcError, no CANCELLED
+        stopper.join(10)
+    assert (first.status, rest) == (
+        health_pb2.HealthCheckResponse.SERVING,
+        [health_pb2.HealthCheckResponse.NOT_SERVING],
+    )
+    assert not stopper.is_alive()

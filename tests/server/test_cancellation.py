@@ -16,12 +16,20 @@ SHORT_TOKENS = 24
 LONG_TOKENS = 400  # far more than the test lasts: these only end by cancellation
 
 
-def num_aborted(server: ServerHandle) -> float:
+def num_finished(server: ServerHandle, finish_reason: str) -> float:
     value = server.frontend.metrics.registry.get_sample_value(
         "loom:request_finished_total",
-        {"model": "stories260K", "tenant": "default", "finish_reason": "abort"},
+        {"model": "stories260K", "tenant": "default", "finish_reason": finish_reason},
     )
     return value or 0.0
+
+
+def num_aborted(server: ServerHandle) -> float:
+    return num_finished(server, "abort")
+
+
+def num_past_deadline(server: ServerHandle) -> float:
+    return num_finished(server, "deadline")
 
 
 async def run_streams(server: ServerHandle) -> tuple[list[list], float]:
