@@ -14,6 +14,8 @@ code.
 - tls.py            server credentials for TLS and mutual TLS
 - public_api.py     the grpc.aio server, services and port (plaintext or TLS) of every
                     public-API server
+- health.py         grpc.health.v1 whose Watch streams end when the server drains, and how
+                    long a stopping server waits for its calls' last statuses
 - metrics_http.py   /metrics for a registry (the engine's, the router's), over HTTP or mutual TLS
 - server_thread.py  a server on its own thread and event loop
 """
