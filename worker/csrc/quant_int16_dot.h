@@ -89,6 +89,7 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
   };
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
+    prefetch_weights_nta(row + b * kBytes, 8 * kBytes);
     const __m256 dv = block32_scales<kBytes, 0>(row + b * kBytes);
     __m256 cv = _mm256_setzero_ps();  // the blocks' offsets
     if constexpr (kType == kQ4_1) cv = block32_scales<kBytes, 2>(row + b * kBytes);
