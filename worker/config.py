@@ -21,8 +21,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
-# worker/packed_weights.py's QUANTIZATIONS (this module imports no torch).
-QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
+# `--quantization` (worker/packed_weights.py: LOAD_TIME_TYPES names what the last three make).
+QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0", "bf16")
 # What packed weights multiply; a name's index is its code in the kernels (worker/csrc/
 # quant_blocks.h, `Activations`).
 ACTIVATIONS = ("float", "int8", "int16")
@@ -44,7 +44,8 @@ class ModelConfig:
         "auto",
         "weights on the CPU: auto keeps a GGUF's quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, "
         "Q5_K, Q6_K) packed and multiplies by them; none dequantizes every tensor to --dtype "
-        "(the reference path); q8_0 or q4_0 quantize a float checkpoint's matrices at load",
+        "(the reference path); q8_0 or q4_0 quantize a float checkpoint's matrices at load; "
+        "bf16 rounds them to bfloat16 (half the bytes per decode step, float32 arithmetic)",
         one_of(QUANTIZATIONS),
         choices=QUANTIZATIONS,
     )

@@ -19,11 +19,12 @@ import torch
 from worker.kv_cache import KVCache
 from worker.model import Embedding, Linear, Transformer
 from worker.packed_modules import ACTIVATION_CODES, PackedEmbedding, PackedLinear
-from worker.packed_weights import PackedTensor
+from worker.packed_weights import KERNEL_TYPE_IDS, PackedTensor
 from worker.step_batch import StepBatch
 
 # The C++ model's type code for a float32 matrix (packed types use KERNEL_TYPE_IDS).
 FLOAT32 = -1
+BF16 = KERNEL_TYPE_IDS["BF16"]  # bfloat16 weights: float activations, as float32 ones
 # Most rows a fused step takes: its products are row loops, which torch's GEMM beats on
 # wider steps (the packed float kernel's own crossover, and a 32-row decode of the 60M float32
 # model at 1.6x the per-operator path's time in `python -m bench lora`).
@@ -79,7 +80,9 @@ class FusedDecode:
             return None
         packed = [m.activations for m in modules if isinstance(m, PackedLinear)]
         activations = packed[0] if packed else "float"
-        integer = activations != "float" and all(FLOAT32 not in types for _, types in parts[1:])
+        integer = activations != "float" and all(
+            FLOAT32 not in types and BF16 not in types for _, types in parts[1:]
+        )
         rope = torch.view_as_real(model.rope_freqs).contiguous()  # [max_len, head_dim / 2, 2]
         decode = torch.classes.loom.DecodeModel(
             args.dim, args.n_heads, args.n_kv_heads, args.head_dim, args.hidden_dim,

@@ -39,7 +39,9 @@ class PackedLinear(nn.Module):
 
     def set_activations(self, activations: str) -> None:
         """What the packed parts multiply: float32 rows, or rows quantized to int16 or int8
-        (ACTIVATION_CODES)."""
+        (ACTIVATION_CODES). bfloat16 weights always take float32 rows."""
+        if any(isinstance(p, PackedTensor) and p.type_name == "BF16" for p in self.parts):
+            activations = "float"
         self.activations = activations
         code = ACTIVATION_CODES[activations]
         # Plain attributes, not buffers: nothing may move or cast them (torch's `.to()`).

@@ -1,6 +1,6 @@
 """Weights kept in GGML's quantized blocks (the GGUF tensor types Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
 Q6_K) instead of being expanded to floats, and the quantizers that make Q8_0 / Q4_0 blocks
-from a float checkpoint at load.
+(or bfloat16 weights) from a float checkpoint at load.
 
 A PackedTensor is a tensor's raw blocks, [rows, bytes per row] uint8, often a view of the
 GGUF file's memory map. The CPU kernels (worker/csrc/quant_matmul_cpu.cpp) multiply by it and
@@ -9,7 +9,9 @@ reference dequantizers give (the oracle in tests).
 
 `--quantization` (worker/config.py) chooses: `auto` keeps a GGUF's blocks packed on the CPU,
 `none` dequantizes everything (the reference path), `q8_0` / `q4_0` quantize a float
-checkpoint's matrices at load.
+checkpoint's matrices at load, `bf16` rounds them to bfloat16: half the bytes a decode step
+reads, multiplied by float32 activations (the float32 model's results with each weight
+rounded to 8 significant bits).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from worker.gguf_dequant import BLOCK_SHAPES, dequantize
 
 log = logging.getLogger("loom.worker")
 
-# The kernels' numbering of the types (quant_blocks.h).
-KERNEL_TYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5}
-QUANTIZATIONS = ("auto", "none", "q8_0", "q4_0")
+# The kernels' numbering of the types (quant_blocks.h): GGML's blocks, and bfloat16 weights,
+# which the kernels take 32 values (64 bytes) at a time and multiply by float32 activations.
+KERNEL_TYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "BF16": 6}
+PACKED_SHAPES = {**BLOCK_SHAPES, "BF16": (32, 64)}  # name -> (values, bytes) per block
 # What `--quantization` quantizes a float checkpoint to.
-LOAD_TIME_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0"}
+LOAD_TIME_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "bf16": "BF16"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class PackedTensor:
 
 
 def packed_bytes(type_name: str, shape: tuple[int, int]) -> int:
-    values, nbytes = BLOCK_SHAPES[type_name]
+    values, nbytes = PACKED_SHAPES[type_name]
     return shape[0] * shape[1] // values * nbytes
 
 
@@ -107,14 +110,20 @@ def quantize_q4_0(values: torch.Tensor) -> torch.Tensor:
     return torch.cat((_f16_bytes(d), packed), dim=1).reshape(rows, k // 32 * 18)
 
 
-_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0}
+def quantize_bf16(values: torch.Tensor) -> torch.Tensor:
+    """[rows, K] float -> [rows, K * 2] bfloat16 bytes (rounded to nearest even)."""
+    rows, k = values.shape
+    return values.to(torch.bfloat16).contiguous().view(torch.uint8).reshape(rows, k * 2)
+
+
+_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "BF16": quantize_bf16}
 
 
 def quantize_matrices(
     weights: dict[str, torch.Tensor | PackedTensor], quantization: str
 ) -> dict[str, torch.Tensor | PackedTensor]:
     """Every float matrix of `weights` whose rows are whole 32-value blocks, quantized to
-    `quantization`'s type (q8_0 or q4_0); norms and packed tensors stay as they are. A
+    `quantization`'s type (q8_0, q4_0 or bf16); norms and packed tensors stay as they are. A
     tensor shared under two names (a tied LM head) is quantized once."""
     type_name = LOAD_TIME_TYPES[quantization]
     done: dict[int, PackedTensor] = {}

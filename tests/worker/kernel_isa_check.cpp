@@ -2,8 +2,9 @@
 // quant_int16_dot.h) built for
 // whatever ISA the compiler is told (tests/worker/test_kernel_isa.py builds this file for
 // AVX2 and for plain x86-64 and runs it): each path against dequantize_row's exact values
-// multiplied in double, for every block type, 1-7 activation rows (tiles and leftovers),
-// one block per row and several. Prints one line per case and exits 1 on any failure.
+// multiplied in double, for every block type and bfloat16 weights, 1-7 activation rows
+// (tiles and leftovers), one block per row and several. Prints one line per case and exits 1
+// on any failure.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -22,6 +23,10 @@ std::vector<uint8_t> random_row(int64_t type, int64_t blocks, std::mt19937& gen)
   const Layout lay = layout(type);
   std::vector<uint8_t> row(blocks * lay.bytes);
   for (auto& b : row) b = static_cast<uint8_t>(gen());
+  if (type == kBF16) {  // bfloat16 values of a sane size: 2^-7 times [1, 2), either sign
+    for (size_t i = 0; i + 1 < row.size(); i += 2) row[i + 1] = (row[i + 1] & 0x80) | 0x3C;
+    return row;
+  }
   const uint16_t small = 0x2000;  // float16 2^-7
   for (int64_t b = 0; b < blocks; ++b) {
     uint8_t* x = row.data() + b * lay.bytes;
@@ -53,7 +58,12 @@ bool check(int64_t type, int64_t blocks, int rows, std::mt19937& gen) {
   Unpacked int8_scratch;
   dot_weight_row_float(type, w.data(), k, x.data(), k, rows, y_float.data(), 1, false,
                        float_scratch);
-  dot_weight_row(type, w.data(), k, q, y_int8.data(), 1, false, int8_scratch);
+  if (integer_kernels_read(type)) {
+    dot_weight_row(type, w.data(), k, q, y_int8.data(), 1, false, int8_scratch);
+  } else {  // bfloat16: the int8 path refuses it, its check is the float one's
+    dot_weight_row_float(type, w.data(), k, x.data(), k, rows, y_int8.data(), 1, false,
+                         float_scratch);
+  }
   dot_weight_row_int16(type, w.data(), k, q16, x.data(), k, rows, y_int16.data(), 1, false,
                        float_scratch);
   bool ok = true;
@@ -70,6 +80,7 @@ bool check(int64_t type, int64_t blocks, int rows, std::mt19937& gen) {
     }
     // Without AVX2 the int16 path is the float kernel.
     const double expected16 = int16_reads(type) ? exact_q16 : exact;
+    if (!integer_kernels_read(type)) exact_q = exact;
     const double bound = 4.0 * k * 1.1920929e-7 * size + 1e-30;
     if (std::fabs(y_float[r] - exact) > bound || std::fabs(y_int8[r] - exact_q) > bound ||
         std::fabs(y_int16[r] - expected16) > bound) {
@@ -95,7 +106,7 @@ int main() {
   std::mt19937 gen(7);
   bool ok = true;
   int cases = 0;
-  for (int64_t type = kQ8_0; type <= kQ6_K; ++type)
+  for (int64_t type = kQ8_0; type <= kBF16; ++type)
     for (int64_t blocks : {1, 3, 10})
       for (int rows = 1; rows <= 7; ++rows) {
         ok = check(type, blocks, rows, gen) && ok;

@@ -1,13 +1,15 @@
 """The fused CPU decode step (worker/decode_step.py) against the per-operator path it
 replaces and against the float64 dense oracle: packed GGUF models of every block type (float
-activations; int16 and int8 ones within their error) and a float32 model, several sequences
-of different lengths in one step, contexts that cross KV blocks."""
+activations; int16 and int8 ones within their error), a float32 model and its bfloat16 weights
+(`--quantization bf16`), several sequences of different lengths in one step, contexts that
+cross KV blocks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tests.models.gguf_writer import GGUFOptions, write_stories_gguf
 from tests.models.test_packed_gguf import TYPES, make_packable_model, write_model
 from tests.worker.dense_reference import dense_logits
 from tests.worker.driver import (
@@ -18,8 +20,9 @@ from tests.worker.driver import (
     start_worker,
 )
 from worker.cpu_kernels import load_cpu_kernels
-from worker.decode_step import FusedDecode
+from worker.decode_step import MAX_FUSED_ROWS, FusedDecode
 from worker.loader import load_checkpoint
+from worker.packed_weights import PackedTensor
 from worker.step_batch import RequestState
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
@@ -83,6 +86,27 @@ def test_fused_decode_of_packed_weights_equals_the_operator_path(random_model, t
     floats = load_checkpoint(path, torch.float32, "none").weights
     oracle = dense_oracle(floats, random_model.params)
     assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
+def test_bfloat16_weights_decode_fused_as_the_operator_path_and_the_oracle(
+    random_model, tmp_path
+) -> None:
+    path = write_stories_gguf(random_model, tmp_path / "f32.gguf", GGUFOptions())
+    worker = start_worker(path, block_size=16, quantization="bf16")  # int16 activations asked
+    w13 = worker.model.layers[0].feed_forward.w13
+    assert [p.type_name for p in w13.parts] == ["BF16", "BF16"] and w13.activations == "float"
+    assert worker.fused_decode.max_rows == MAX_FUSED_ROWS  # the float kernel, as float32's
+    fused, module = decode_both_ways(worker)
+    assert_same_model_logits(fused, module, random_model.params["n_layers"])
+    # The oracle: the weights rounded to bfloat16, in float64, times float64 activations.
+    rounded = load_checkpoint(path, torch.float32, "bf16").weights
+    assert any(isinstance(w, PackedTensor) for w in rounded.values())
+    weights = {n: w.dequantize() if isinstance(w, PackedTensor) else w for n, w in rounded.items()}
+    oracle = dense_oracle(weights, random_model.params)
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+    unrounded = dense_oracle(load_checkpoint(path, torch.float32, "none").weights,
+                             random_model.params)  # fmt: skip
+    assert (oracle - unrounded).abs().max().item() > 1e-3  # the rounding is what it serves
 
 
 def test_fused_decode_of_float32_weights_equals_the_operator_path(stories_dir) -> None:

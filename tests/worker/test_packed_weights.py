@@ -1,6 +1,7 @@
-"""Quantizing at load (`--quantization q8_0|q4_0`) writes llama.cpp's blocks to the byte; a
-float checkpoint so quantized serves near its float self; without a compiler the packed
-weights fall back to floats with one warning; running out of memory while loading says so."""
+"""Quantizing at load (`--quantization q8_0|q4_0|bf16`) writes llama.cpp's blocks (the gguf
+package's bfloat16) to the byte; a float checkpoint so quantized serves near its float self;
+without a compiler the packed weights fall back to floats with one warning; running out of
+memory while loading says so."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ from tests.worker.driver import all_position_logits, read_meta_model, start_work
 from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.packed_modules import PackedLinear
-from worker.packed_weights import PackedTensor, keep_packed, quantize_q4_0, quantize_q8_0
+from worker.packed_weights import (
+    PackedTensor,
+    keep_packed,
+    quantize_bf16,
+    quantize_q4_0,
+    quantize_q8_0,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = [1, 403, 14, 292, 77, 5, 498, 260, 261, 13, 51]
@@ -28,7 +35,10 @@ LONG = PROMPT * 4
 needs_kernels = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
 
-@pytest.mark.parametrize(("quantize", "qtype"), [(quantize_q8_0, Q.Q8_0), (quantize_q4_0, Q.Q4_0)])
+@pytest.mark.parametrize(
+    ("quantize", "qtype"),
+    [(quantize_q8_0, Q.Q8_0), (quantize_q4_0, Q.Q4_0), (quantize_bf16, Q.BF16)],
+)
 def test_load_time_quantizers_write_the_reference_blocks(quantize, qtype) -> None:
     values = np.random.default_rng(0).standard_normal((24, 96)).astype(np.float32)
     values[0, :32] = 0  # an all-zero block
@@ -40,9 +50,14 @@ def test_load_time_quantizers_write_the_reference_blocks(quantize, qtype) -> Non
 
 
 @needs_kernels
-@pytest.mark.parametrize("quantization", ["q8_0", "q4_0"])
+@pytest.mark.parametrize(
+    ("quantization", "bound"),
+    # 8-bit activations (int16 would do better): as for GGUFs. bfloat16 weights multiply
+    # float32 activations: the oracle's own values to float32 rounding.
+    [("q8_0", 0.25), ("q4_0", 0.25), ("bf16", 1e-4)],
+)
 def test_a_float_checkpoint_quantized_at_load_serves_its_quantized_weights(
-    stories_dir, quantization
+    stories_dir, quantization, bound
 ) -> None:
     quantized = start_worker(stories_dir, quantization=quantization)
     w13 = quantized.model.layers[0].feed_forward.w13
@@ -57,7 +72,7 @@ def test_a_float_checkpoint_quantized_at_load_serves_its_quantized_weights(
     }
     params = read_meta_model(stories_dir).params
     floats = torch.log_softmax(all_position_logits(start_worker(stories_dir), LONG), -1)
-    for prompt, bound in ((PROMPT, 0.25), (LONG, 0.25)):  # 8-bit activations: as for GGUFs
+    for prompt in (PROMPT, LONG):
         ours = torch.log_softmax(all_position_logits(quantized, prompt), -1).double()
         oracle = torch.log_softmax(dense_logits(weights, params, prompt), -1)
         top = oracle.topk(5, -1).indices

@@ -1,7 +1,8 @@
-"""The packed-weight CPU kernels against references, for every block type and every shape
-class: decode rows (1-32) and prefill rows (33-512) on the float-activation path (the
-default), the int16 and the int8 paths, longer prefills (dequantize + GEMM, above 512 rows;
-called directly here), ragged row counts and output sizes, one block per row and several.
+"""The packed-weight CPU kernels against references, for every block type (and bfloat16
+weights, `--quantization bf16`) and every shape class: decode rows (1-32) and prefill rows
+(33-512) on the float-activation path (the default), the int16 and the int8 paths, longer
+prefills (dequantize + GEMM, above 512 rows; called directly here), ragged row counts and
+output sizes, one block per row and several.
 
 References: the gguf package's own dequantizer gives the weights; the integer paths'
 references multiply them, in float64, by the activations quantized per 32 values as the
@@ -22,11 +23,11 @@ from tests.models.test_gguf_dequant import random_blocks
 from worker.cpu_kernels import load_cpu_kernels
 from worker.gguf_dequant import BLOCK_SHAPES
 from worker.packed_modules import ACTIVATION_CODES
-from worker.packed_weights import KERNEL_TYPE_IDS
+from worker.packed_weights import KERNEL_TYPE_IDS, quantize_bf16
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
-TYPES = sorted(KERNEL_TYPE_IDS)
+TYPES = sorted(BLOCK_SHAPES)  # GGML's blocks; bfloat16 weights have their own test
 EPS32 = float(np.finfo(np.float32).eps)
 INT8, INT16 = ACTIVATION_CODES["int8"], ACTIVATION_CODES["int16"]
 
@@ -204,3 +205,19 @@ def test_a_projection_of_several_parts_equals_its_parts_side_by_side(rows, activ
     each = [torch.ops.loom.quant_linear(x, raw, kind, 256, activations)
             for (raw, _), kind in zip(parts, kinds, strict=True)]  # fmt: skip
     assert torch.equal(y, torch.cat(each, dim=1))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 33, 600])
+@pytest.mark.parametrize("activations", ["float", "int8", "int16"])
+def test_bfloat16_weights_multiply_float_activations_whatever_is_asked(rows, activations) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(37, 96, generator=gen)
+    w_raw, bf16 = quantize_bf16(w), KERNEL_TYPE_IDS["BF16"]
+    exact = w.bfloat16().double()
+    x = torch.randn(rows, 96, generator=gen)
+    y = torch.ops.loom.quant_linear(x, w_raw, bf16, 96, ACTIVATION_CODES[activations])
+    assert_product_close(y, exact, x.double())  # the activations are not rounded
+    ids = torch.tensor([36, 0, 5, 5])
+    assert torch.equal(torch.ops.loom.quant_rows(w_raw, ids, bf16, 96), exact[ids].float())
+    with pytest.raises(RuntimeError, match="bfloat16 weights take float activations"):
+        torch.ops.loom.quant_linear_int8(x, w_raw, bf16, 96)

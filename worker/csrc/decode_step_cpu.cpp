@@ -145,10 +145,11 @@ void project(const Projection& p, int64_t c0, int64_t c1, int64_t activations, c
   const int64_t k = p.k;
   if (!p.is_float()) {
     for_packed_rows(p, c0, c1, [&](int64_t type, const uint8_t* row, int64_t col) {
-      if (activations == loom::quant::kInt16Activations)
+      if (activations == loom::quant::kInt16Activations && loom::quant::int16_reads(type))
         loom::quant::dot_weight_row_int16(type, row, k, my.xq16, xf, k, T, y + col, ldy,
                                           accumulate, my.float_row);
-      else if (activations == loom::quant::kInt8Activations)
+      else if (activations == loom::quant::kInt8Activations &&
+               loom::quant::integer_kernels_read(type))
         loom::quant::dot_weight_row(type, row, k, my.xq, y + col, ldy, accumulate, my.unpacked);
       else
         loom::quant::dot_weight_row_float(type, row, k, xf, k, T, y + col, ldy, accumulate,

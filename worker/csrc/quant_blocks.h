@@ -25,7 +25,9 @@
 
 namespace loom::quant {
 
-enum Type : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kQ4_K = 3, kQ5_K = 4, kQ6_K = 5 };
+// kBF16 is not a GGML block: bfloat16 weights (`--quantization bf16`), taken 32 values at a
+// time, which only the float-activation kernel multiplies.
+enum Type : int64_t { kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kQ4_K = 3, kQ5_K = 4, kQ6_K = 5, kBF16 = 6 };
 
 // What packed weights multiply (`--activations`; worker/packed_modules.py holds the same codes):
 // float32 rows (quant_float_dot.h), or rows quantized per 32 values to int8 (quant_dot.h) or
@@ -45,8 +47,21 @@ inline Layout layout(int64_t type) {
     case kQ4_K: return {256, 144};
     case kQ5_K: return {256, 176};
     case kQ6_K: return {256, 210};
+    case kBF16: return {32, 64};
     default: return {0, 0};
   }
+}
+
+// Whether the integer kernels (int8 and int16 activations) read `type`.
+inline bool integer_kernels_read(int64_t type) { return type != kBF16 && layout(type).values > 0; }
+
+inline float bf16(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, 4);
+  return value;
 }
 
 inline float f16(const uint8_t* p) {
@@ -144,6 +159,9 @@ LOOM_EXACT inline void dequantize_row(int64_t type, const uint8_t* row, int64_t 
         }
         break;
       }
+      case kBF16:
+        for (int i = 0; i < 32; ++i) y[i] = bf16(x + 2 * i);
+        break;
       default: break;
     }
   }

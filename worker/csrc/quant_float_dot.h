@@ -68,6 +68,10 @@ inline const float* dequantize_row_fast(int64_t type, const uint8_t* row, int64_
         }
       }
       return w;
+    case kBF16:
+#pragma omp simd
+      for (int64_t i = 0; i < k; ++i) w[i] = bf16(row + 2 * i);
+      return w;
     default: {  // the K types: value = scale[g] * u + offset[g] per 16 values
       s.u.resize(k);
       s.lanes.resize(k / 4);
@@ -167,13 +171,25 @@ inline void dot_float_tile(const float* w, const float* x, int64_t ldx, int64_t 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// Q8_0, Q4_0, Q4_1 read straight from their blocks: each block's 32 values built as floats
+// Q8_0, Q4_0, Q4_1 and bfloat16 read straight from their blocks: each block's 32 values built as floats
 // in registers (d * q + m), then multiplied by kRows activation rows. Blocks alternate
 // between two pairs of accumulators, so one row has four independent sums.
 constexpr int kBlockVecs = 32 / kFloatLanes;
 
 template <int64_t kType>
 inline void block32_floats(const uint8_t* blk, FloatVec out[kBlockVecs]) {
+  if constexpr (kType == kBF16) {  // a bfloat16 is the high half of a float32
+    for (int v = 0; v < kBlockVecs; ++v) {
+#if defined(__AVX512F__)
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * v));
+      out[v] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#else
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * v));
+      out[v] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#endif
+    }
+    return;
+  }
   const float d = f16(blk);
   if constexpr (kType == kQ8_0) {
     const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
@@ -210,7 +226,7 @@ inline void block32_floats(const uint8_t* blk, FloatVec out[kBlockVecs]) {
 template <int64_t kType, int kRows>
 inline void dot_blocks32_float(const uint8_t* row, int64_t k, const float* x, int64_t ldx,
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
+  constexpr int64_t kBytes = kType == kBF16 ? 64 : kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
   FloatVec acc[kRows][4];
   for (int r = 0; r < kRows; ++r)
     for (int a = 0; a < 4; ++a) acc[r][a] = fv_zero();
@@ -250,6 +266,7 @@ inline void dot_weight_row_float(int64_t type, const uint8_t* row, int64_t k, co
     case kQ8_0: return rows_blocks32_float<kQ8_0>(row, k, x, ldx, rows, y, ldy, accumulate);
     case kQ4_0: return rows_blocks32_float<kQ4_0>(row, k, x, ldx, rows, y, ldy, accumulate);
     case kQ4_1: return rows_blocks32_float<kQ4_1>(row, k, x, ldx, rows, y, ldy, accumulate);
+    case kBF16: return rows_blocks32_float<kBF16>(row, k, x, ldx, rows, y, ldy, accumulate);
     default: break;
   }
 #endif

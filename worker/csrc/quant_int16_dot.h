@@ -247,7 +247,7 @@ constexpr int kInt16RowTile = 4;
 // the float-activation kernel, and the quantized rows are not needed).
 inline bool int16_reads(int64_t type) {
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  return layout(type).values > 0;
+  return integer_kernels_read(type);
 #else
   (void)type;
   return false;
@@ -261,14 +261,15 @@ inline void dot_weight_row_int16(int64_t type, const uint8_t* row, int64_t k,
                                  int64_t rows, float* y, int64_t ldy, bool accumulate,
                                  FloatRow& scratch) {
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  (void)x, (void)ldx, (void)scratch;
-  int64_t r = 0;
-  for (; r + kInt16RowTile <= rows; r += kInt16RowTile)
-    dot_row_tile_int16<kInt16RowTile>(type, row, k, a, r, y, ldy, accumulate);
-  for (; r < rows; ++r) dot_row_tile_int16<1>(type, row, k, a, r, y, ldy, accumulate);
-#else
-  dot_weight_row_float(type, row, k, x, ldx, rows, y, ldy, accumulate, scratch);
+  if (int16_reads(type)) {
+    int64_t r = 0;
+    for (; r + kInt16RowTile <= rows; r += kInt16RowTile)
+      dot_row_tile_int16<kInt16RowTile>(type, row, k, a, r, y, ldy, accumulate);
+    for (; r < rows; ++r) dot_row_tile_int16<1>(type, row, k, a, r, y, ldy, accumulate);
+    return;
+  }
 #endif
+  dot_weight_row_float(type, row, k, x, ldx, rows, y, ldy, accumulate, scratch);
 }
 
 }  // namespace loom::quant

@@ -99,6 +99,8 @@ int64_t integer_grain(int64_t k, int64_t m) {
 }
 
 at::Tensor linear_parts_int8(const at::Tensor& x, const Parts& p, int64_t k) {
+  TORCH_CHECK(std::all_of(p.types.begin(), p.types.end(), loom::quant::integer_kernels_read),
+              "bfloat16 weights take float activations");
   const int64_t m = x.size(0), n = p.n;
   at::Tensor y = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return y;
@@ -198,6 +200,8 @@ at::Tensor quant_linear_parts(const at::Tensor& x, at::TensorList ws, at::IntArr
   check_input(x, k);
   const Parts p = check_parts(ws, types, k);
   const int64_t m = x.size(0);
+  if (!std::all_of(p.types.begin(), p.types.end(), loom::quant::integer_kernels_read))
+    activations = loom::quant::kFloatActivations;  // bfloat16 weights
   if (activations == kInt8Activations && m <= kMaxDotRows) return linear_parts_int8(x, p, k);
   if (activations == kInt16Activations && m <= kMaxDotRows) return linear_parts_int16(x, p, k);
   if (activations == loom::quant::kFloatActivations && m <= kMaxFloatRows)
