@@ -47,11 +47,17 @@ class Loom:
     def __init__(self, model: str, device: str, **settings: object) -> None:
         self.engine, _ = build_engine(model, device, **settings)
         self.activations = settings.get("activations", "int16")
+        self.quantization = settings.get("quantization", "auto")
         warm_up(self.engine)
 
     def describe(self) -> str:
+        weights = f"packed weights take {self.activations} activations"
+        if self.quantization == "bf16":
+            weights = "`--quantization bf16`: bfloat16 weights take float32 activations"
+        elif self.quantization != "auto":
+            weights += f"; `--quantization {self.quantization}`"
         return ("Loom: continuous batching, its offline engine, without its prefix cache; "
-                f"packed weights take {self.activations} activations")  # fmt: skip
+                f"{weights}")  # fmt: skip
 
     def resize(self, batch_size: int) -> None:
         raise ValueError("Loom batches continuously: there is no batch size to sweep")

@@ -71,7 +71,7 @@ from bench.peer_systems import (
     loom_startup,
 )
 from modelfiles.model_source import resolve_model, smollm2_path
-from worker.config import ACTIVATIONS
+from worker.config import ACTIVATIONS, QUANTIZATIONS
 
 PEERS = ("transformers", "static", "llamacpp")
 LABELS = {"transformers": "transformers", "static loop": "a static batch loop",
@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-kv-blocks", type=int, help="Loom's (default: sized from memory)")
     p.add_argument("--activations", default="int16", choices=ACTIVATIONS,
                    help="what Loom's packed weights multiply")  # fmt: skip
+    p.add_argument("--quantization", default="auto", choices=QUANTIZATIONS,
+                   help="Loom's (bf16: a float model's matrices as bfloat16)")  # fmt: skip
     p.add_argument("--startup", action="store_true",
                    help="also time each system from spawn to its first token")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
@@ -175,6 +177,7 @@ def run(args: argparse.Namespace) -> None:
     limits = {key: getattr(args, key) for key in ("max_model_len", "num_kv_blocks")
               if getattr(args, key)}  # fmt: skip
     limits["activations"] = args.activations
+    limits["quantization"] = args.quantization
     loom = Loom(args.model, args.device, enable_prefix_caching=False,
                 max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, **limits)  # fmt: skip
@@ -253,6 +256,8 @@ def report(args, info, workload: Workload, systems: list[System], walls, outputs
     peers = " and ".join(LABELS[s.name] for s in systems[1:])
     title = (f"Throughput vs {peers}, {info.model_name}: {n} requests, prompts {p_lo}-{p_hi}, "
              f"outputs {o_lo}-{o_hi}")  # fmt: skip
+    if args.quantization != "auto":
+        title += f", Loom with --quantization {args.quantization}"
     systems_text = "\n".join(f"- {s.describe()}" for s in systems)
     untimed = "once untimed, then " if args.untimed_pass else ""
     body = f"""{run_header(args.device)}
