@@ -171,9 +171,10 @@ inline void dot_float_tile(const float* w, const float* x, int64_t ldx, int64_t 
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-// Q8_0, Q4_0, Q4_1 and bfloat16 read straight from their blocks: each block's 32 values built as floats
-// in registers (d * q + m), then multiplied by kRows activation rows. Blocks alternate
-// between two pairs of accumulators, so one row has four independent sums.
+// Q8_0, Q4_0, Q4_1 and bfloat16 read straight from their blocks: each block's 32 values
+// built as floats in registers (d * q + m, or a bfloat16 widened), then multiplied by kRows
+// activation rows. Blocks alternate between two pairs of accumulators, so one row has four
+// independent sums.
 constexpr int kBlockVecs = 32 / kFloatLanes;
 
 template <int64_t kType>
