@@ -39,7 +39,7 @@ struct Layout {
   int64_t bytes;   // per block
 };
 
-inline Layout layout(int64_t type) {
+constexpr Layout layout(int64_t type) {
   switch (type) {
     case kQ8_0: return {32, 34};
     case kQ4_0: return {32, 18};

@@ -191,7 +191,7 @@ inline __m256 block32_scales(const uint8_t* first) {
 template <int64_t kType, int kRows>
 inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0,
                          float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
+  constexpr int64_t kBytes = layout(kType).bytes;
   constexpr bool kSigned = kType == kQ8_0 && !kVnni;
   const int64_t nb = k / 32;
   Acc<kRows> acc;
@@ -289,7 +289,7 @@ inline void q6k_quarters(const uint8_t* x, int h, __m256i quarter[4]) {
 template <bool kFive, int kRows>
 inline void dot_q45k(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0,
                      float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kFive ? 176 : 144;
+  constexpr int64_t kBytes = layout(kFive ? kQ5_K : kQ4_K).bytes;
   const int64_t nb = k / 32;
   Acc<kRows> acc;
   for (int64_t s = 0; s < k / 256; ++s) {

@@ -227,7 +227,7 @@ inline void block32_floats(const uint8_t* blk, FloatVec out[kBlockVecs]) {
 template <int64_t kType, int kRows>
 inline void dot_blocks32_float(const uint8_t* row, int64_t k, const float* x, int64_t ldx,
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kType == kBF16 ? 64 : kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
+  constexpr int64_t kBytes = layout(kType).bytes;
   FloatVec acc[kRows][4];
   for (int r = 0; r < kRows; ++r)
     for (int a = 0; a < 4; ++a) acc[r][a] = fv_zero();

@@ -71,7 +71,7 @@ inline void block32_int16(const uint8_t* blk, __m256i out[2]) {
 template <int64_t kType, int kRows>
 inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a,
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kType == kQ8_0 ? 34 : kType == kQ4_0 ? 18 : 20;
+  constexpr int64_t kBytes = layout(kType).bytes;
   const int64_t nb = k / 32;
   __m256 dot[kRows], off[kRows];
   for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
@@ -149,7 +149,7 @@ inline void write_rows(const __m256 dot[kRows], const __m256 off[kRows], float* 
 template <bool kFive, int kRows>
 inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
                            float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = kFive ? 176 : 144;
+  constexpr int64_t kBytes = layout(kFive ? kQ5_K : kQ4_K).bytes;
   const int64_t nb = k / 32;
   __m256 dot[kRows], off[kRows];
   for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
