@@ -26,9 +26,12 @@ from worker.step_batch import StepBatch
 FLOAT32 = -1
 BF16 = KERNEL_TYPE_IDS["BF16"]  # bfloat16 weights: float activations, as float32 ones
 # Most rows a fused step takes: its products are row loops, which torch's GEMM beats on
-# wider steps (the packed float kernel's own crossover, and a 32-row decode of the 60M float32
-# model at 1.6x the per-operator path's time in `python -m bench lora`).
+# wider steps (the packed float kernel's own crossover).
 MAX_FUSED_ROWS = 16
+# ... when every projection is a column-major float32 matrix (worker/weight_layout.py): the
+# step's sums by input match the per-operator GEMMs up to about 32 rows on the 60M model
+# (23 ms against 32 at 16 rows, 41-43 ms against 42-55 at 32, slower from 48).
+MAX_FUSED_FLOAT32_ROWS = 32
 # ... unless every projection is packed and takes integer activations: the per-operator path
 # runs the same integer products up to 512 rows, so the fused step only saves its overhead
 # (32 SmolLM2 sequences decoding: 1.5x the tokens per second of the per-operator path).
@@ -80,8 +83,12 @@ class FusedDecode:
             return None
         packed = [m.activations for m in modules if isinstance(m, PackedLinear)]
         activations = packed[0] if packed else "float"
+        projections = parts[1:]
         integer = activations != "float" and all(
-            FLOAT32 not in types and BF16 not in types for _, types in parts[1:]
+            FLOAT32 not in types and BF16 not in types for _, types in projections
+        )
+        input_major = all(
+            types == [FLOAT32] and weights[0].stride(0) == 1 for weights, types in projections
         )
         rope = torch.view_as_real(model.rope_freqs).contiguous()  # [max_len, head_dim / 2, 2]
         decode = torch.classes.loom.DecodeModel(
@@ -95,7 +102,13 @@ class FusedDecode:
             decode.add_layer(
                 layer.attention_norm.weight, layer.ffn_norm.weight, *wqkv, *wo, *w13, *w2
             )
-        return cls(decode, kv_cache, MAX_FUSED_INTEGER_ROWS if integer else MAX_FUSED_ROWS)
+        if integer:
+            max_rows = MAX_FUSED_INTEGER_ROWS
+        elif input_major:
+            max_rows = MAX_FUSED_FLOAT32_ROWS
+        else:
+            max_rows = MAX_FUSED_ROWS
+        return cls(decode, kv_cache, max_rows)
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         meta = batch.attn

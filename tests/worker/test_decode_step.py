@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.models.gguf_writer import GGUFOptions, write_stories_gguf
 from tests.models.test_packed_gguf import TYPES, make_packable_model, write_model
@@ -20,9 +21,11 @@ from tests.worker.driver import (
     start_worker,
 )
 from worker.cpu_kernels import load_cpu_kernels
-from worker.decode_step import MAX_FUSED_ROWS, FusedDecode
+from worker.decode_step import MAX_FUSED_FLOAT32_ROWS, MAX_FUSED_ROWS, FusedDecode
 from worker.loader import load_checkpoint
+from worker.model import Linear
 from worker.packed_weights import PackedTensor
+from worker.random_model import random_weights, write_meta_model
 from worker.step_batch import RequestState
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
@@ -38,11 +41,13 @@ PROMPTS = [[(5 * i + 7 * s) % 500 + 1 for i in range(n)] for s, n in enumerate((
 NEXT = [11, 260, 499]  # each sequence's decode token
 
 
-def prefilled(worker, block_size: int) -> list[RequestState]:
-    """PROMPTS in the worker's cache through the per-operator path, each with its decode token
-    appended (not yet computed)."""
+def prefilled(
+    worker, block_size: int, prompts: list[list[int]] = PROMPTS, next_ids: list[int] = NEXT
+) -> list[RequestState]:
+    """`prompts` in the worker's cache through the per-operator path, each with its decode
+    token appended (not yet computed)."""
     states, first = [], 0
-    for i, prompt in enumerate(PROMPTS):
+    for i, prompt in enumerate(prompts):
         blocks = list(range(first, first + len(prompt) // block_size + 1))
         first += len(blocks)
         state = RequestState(f"r{i}", list(prompt), blocks, ALL_ROWS, 0, len(prompt))
@@ -50,15 +55,17 @@ def prefilled(worker, block_size: int) -> list[RequestState]:
             batch = worker.build_batch([(state, len(prompt))])
             worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
         state.num_computed = len(prompt)
-        state.token_ids.append(NEXT[i])
+        state.token_ids.append(next_ids[i])
         states.append(state)
     return states
 
 
 @torch.inference_mode()
-def decode_both_ways(worker) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_both_ways(
+    worker, prompts: list[list[int]] = PROMPTS, next_ids: list[int] = NEXT
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of every sequence: (fused logits, per-operator logits)."""
-    states = prefilled(worker, worker.info().block_size)
+    states = prefilled(worker, worker.info().block_size, prompts, next_ids)
     batch = worker.build_batch([(state, 1) for state in states])
     assert batch.attn.max_query_len == 1
     hidden = worker.model(batch.input_ids, batch.positions, worker.kv_cache.layers, batch.attn)
@@ -67,10 +74,15 @@ def decode_both_ways(worker) -> tuple[torch.Tensor, torch.Tensor]:
     return fused, module
 
 
-def dense_oracle(files_weights: dict, params: dict) -> torch.Tensor:
+def dense_oracle(
+    files_weights: dict,
+    params: dict,
+    prompts: list[list[int]] = PROMPTS,
+    next_ids: list[int] = NEXT,
+) -> torch.Tensor:
     return torch.stack([
         dense_logits(files_weights, params, prompt + [token])[-1]
-        for prompt, token in zip(PROMPTS, NEXT, strict=True)
+        for prompt, token in zip(prompts, next_ids, strict=True)
     ])  # fmt: skip
 
 
@@ -112,6 +124,47 @@ def test_bfloat16_weights_decode_fused_as_the_operator_path_and_the_oracle(
 def test_fused_decode_of_float32_weights_equals_the_operator_path(stories_dir) -> None:
     worker = start_worker(stories_dir, block_size=16)
     assert isinstance(worker.fused_decode, FusedDecode)
+    fused, module = decode_both_ways(worker)
+    assert_same_model_logits(fused, module, n_layers=worker.model.args.n_layers)
+    files = read_meta_model(stories_dir)
+    oracle = dense_oracle(files.weights, files.params)
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 20])
+def test_column_major_float32_weights_summed_by_input_equal_the_oracle(tmp_path, rows) -> None:
+    """The fused step sums column-major float32 weights by input, each thread over its share
+    of the inputs: an LM head wider than a column tile (5,000 columns; 2,048 a tile at 20
+    rows), a down projection of 193 inputs (no multiple of the 4 summed per pass)."""
+    params = {
+        "dim": 72, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 5000,
+        "multiple_of": 1, "ffn_dim_multiplier": 1.01, "norm_eps": 1e-5, "max_seq_len": 256,
+        "rope_theta": 10000.0,
+    }  # fmt: skip
+    weights = random_weights(params, seed=3)
+    write_meta_model(tmp_path, params, weights)
+    worker = start_worker(tmp_path, block_size=16)
+    assert worker.model.args.hidden_dim == 193
+    assert worker.fused_decode.max_rows == MAX_FUSED_FLOAT32_ROWS >= rows
+    prompts = [[(3 * i + 11 * s) % 4990 + 5 for i in range(2 + s)] for s in range(rows)]
+    next_ids = [(97 * s) % 4990 + 5 for s in range(rows)]
+    fused, module = decode_both_ways(worker, prompts, next_ids)
+    assert_same_model_logits(fused, module, n_layers=2)
+    oracle = dense_oracle(weights, params, prompts, next_ids)
+    assert (fused.double() - oracle).abs().max().item() < 1e-4
+
+
+def test_row_major_float32_weights_decode_fused_as_the_operator_path(stories_dir) -> None:
+    """Row-major float32 projections (an LM head tied to the embedding stays row-major): a dot
+    product per output column, and the narrower step of the row loops."""
+    worker = start_worker(stories_dir, block_size=16)
+    for module in worker.model.modules():
+        if isinstance(module, Linear):
+            module.weight = nn.Parameter(module.weight.contiguous(), requires_grad=False)
+    worker.fused_decode = FusedDecode.create(
+        worker.model, worker.kv_cache, "cpu", torch.device("cpu")
+    )
+    assert worker.fused_decode.max_rows == MAX_FUSED_ROWS
     fused, module = decode_both_ways(worker)
     assert_same_model_logits(fused, module, n_layers=worker.model.args.n_layers)
     files = read_meta_model(stories_dir)
@@ -167,12 +220,10 @@ def test_the_fused_step_is_for_the_cpu_kernel_backend_only(stories_dir) -> None:
 
 @torch.inference_mode()
 def test_a_step_wider_than_the_fused_rows_takes_the_operator_path(stories_dir) -> None:
-    # Its float row loops lose to torch's GEMM on wide steps: those run per operator.
-    from worker.decode_step import MAX_FUSED_ROWS
-
+    # Its float loops lose to torch's GEMM on wide steps: those run per operator.
     worker = start_worker(stories_dir, block_size=16)
-    assert worker.fused_decode.max_rows == MAX_FUSED_ROWS
-    assert_fused_up_to(worker, MAX_FUSED_ROWS)
+    assert worker.fused_decode.max_rows == MAX_FUSED_FLOAT32_ROWS
+    assert_fused_up_to(worker, MAX_FUSED_FLOAT32_ROWS)
 
 
 @torch.inference_mode()

@@ -4,7 +4,8 @@
 //
 // The per-operator path (worker/model.py) runs some 150 parallel regions and 300 Python
 // operators per token; here one OpenMP team runs the whole step, its threads meeting at five
-// barriers per layer. Each projection's output columns are split over the threads; a thread
+// barriers per layer. Each projection's output columns are split over the threads (a
+// column-major float32 one's inputs, with one more barrier before their sums); a thread
 // that computes a head's Q or K also rotates it and writes K/V to the cache, and one that
 // computes gate columns computes the matching up columns, so SiLU * up needs no barrier. The
 // RMSNorms (and the int8 or int16 quantization of each projection's input) are cheap enough to
@@ -25,7 +26,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "quant_blocks.h"
@@ -53,6 +56,7 @@ struct Projection {
   int64_t n = 0, k = 0;
 
   bool is_float() const { return fw != nullptr; }
+  bool is_input_major() const { return is_float() && in_stride != 1; }
 };
 
 Projection make_projection(const std::vector<at::Tensor>& parts, const std::vector<int64_t>& types,
@@ -100,7 +104,7 @@ struct ThreadScratch {
   QuantizedRows xq;
   QuantizedRows16 xq16;
   std::vector<float> xf;  // a normed input, [T, dim]
-  std::vector<float> acc, scores;  // attention; float GEMV columns
+  std::vector<float> acc, scores;  // attention
   loom::quant::Unpacked unpacked;
   loom::quant::FloatRow float_row;
 };
@@ -157,35 +161,70 @@ void project(const Projection& p, int64_t c0, int64_t c1, int64_t activations, c
     });
     return;
   }
-  if (p.in_stride == 1) {  // row-major: a dot product per column
-    for (int64_t col = c0; col < c1; ++col) {
-      const float* w = p.fw + col * p.col_stride;
-      for (int64_t t = 0; t < T; ++t) {
-        const float* x = xf + t * k;
-        float sum = 0.0f;
+  // Row-major float32 (column-major weights take split_inputs() and add_partials()): a dot
+  // product per column.
+  for (int64_t col = c0; col < c1; ++col) {
+    const float* w = p.fw + col * p.col_stride;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* x = xf + t * k;
+      float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < k; ++i) sum += w[i] * x[i];
-        loom::quant::store(y + t * ldy + col, sum, accumulate);
+      for (int64_t i = 0; i < k; ++i) sum += w[i] * x[i];
+      loom::quant::store(y + t * ldy + col, sum, accumulate);
+    }
+  }
+}
+
+// Column-major float32 weights (input i's weights for every column side by side): a thread
+// takes the inputs [i0, i1) and sums them into its own partial rows [T, n] over every
+// column; after a barrier each thread adds up the threads' partials of its own columns. So
+// each thread reads one contiguous stretch of the matrix, as a row-major GEMV does; a split
+// by columns would read every input's row in pieces (1.5x slower at one row).
+void split_inputs(const Projection& p, int64_t i0, int64_t i1, const float* x, int64_t T,
+                  float* partial) {
+  const int64_t n = p.n, k = p.k;
+  // Columns per tile: a tile's T partial rows stay in L2 while the inputs stream past.
+  const int64_t tile = std::max<int64_t>(2048, (16384 / T) / kColumnGranule * kColumnGranule);
+  for (int64_t c = 0; c < n; c += tile) {
+    const int64_t cw = std::min(tile, n - c);
+    for (int64_t t = 0; t < T; ++t) std::fill_n(partial + t * n + c, cw, 0.0f);
+    int64_t i = i0;
+    for (; i + 4 <= i1; i += 4) {  // four inputs per pass: a quarter of the partials' traffic
+      const float* w0 = p.fw + i * p.in_stride + c;
+      const float* w1 = w0 + p.in_stride;
+      const float* w2 = w1 + p.in_stride;
+      const float* w3 = w2 + p.in_stride;
+      for (int64_t t = 0; t < T; ++t) {
+        const float* xt = x + t * k + i;
+        const float x0 = xt[0], x1 = xt[1], x2 = xt[2], x3 = xt[3];
+        float* a = partial + t * n + c;
+#pragma omp simd
+        for (int64_t j = 0; j < cw; ++j) a[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j];
       }
     }
-    return;
-  }
-  // Column-major (each input's weights for every column side by side): the columns' sums
-  // advance together, one input at a time.
-  const int64_t width = c1 - c0;
-  my.acc.assign(T * width, 0.0f);
-  for (int64_t i = 0; i < k; ++i) {
-    const float* w = p.fw + i * p.in_stride + c0;
-    for (int64_t t = 0; t < T; ++t) {
-      const float xv = xf[t * k + i];
-      float* a = my.acc.data() + t * width;
+    for (; i < i1; ++i) {
+      const float* w = p.fw + i * p.in_stride + c;
+      for (int64_t t = 0; t < T; ++t) {
+        const float xv = x[t * k + i];
+        float* a = partial + t * n + c;
 #pragma omp simd
-      for (int64_t c = 0; c < width; ++c) a[c] += xv * w[c];
+        for (int64_t j = 0; j < cw; ++j) a[j] += xv * w[j];
+      }
     }
   }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t c = 0; c < width; ++c)
-      loom::quant::store(y + t * ldy + c0 + c, my.acc[t * width + c], accumulate);
+}
+
+// y[t * ldy + col] (+)= the sum of the nth threads' partials (each [T, n], `stride` apart) of
+// columns [c0, c1).
+void add_partials(const float* partials, int64_t stride, int nth, int64_t n, int64_t T,
+                  int64_t c0, int64_t c1, float* y, int64_t ldy, bool accumulate) {
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float sum = 0.0f;
+      for (int th = 0; th < nth; ++th) sum += partials[th * stride + t * n + c];
+      loom::quant::store(y + t * ldy + c, sum, accumulate);
+    }
+  }
 }
 
 // Meta's interleaved RoPE of one head in place: pairs (2i, 2i+1) times cos_sin[i].
@@ -319,8 +358,12 @@ class DecodeModel : public torch::CustomClassHolder {
     at::Tensor gate_up = at::empty({s.T, 2 * hidden_}, opts);
     at::Tensor act = at::empty({s.T, hidden_}, opts);
     at::Tensor logits = at::empty({s.T, s.vocab}, opts);
-    Buffers buf{h.data_ptr<float>(), qkv.data_ptr<float>(), attn.data_ptr<float>(),
-                gate_up.data_ptr<float>(), act.data_ptr<float>(), logits.data_ptr<float>()};
+    const int num_threads = std::max(1, at::get_num_threads());
+    const int64_t partial_stride = s.T * input_major_columns();
+    std::vector<float> partials(num_threads * partial_stride);
+    Buffers buf{h.data_ptr<float>(),     qkv.data_ptr<float>(), attn.data_ptr<float>(),
+                gate_up.data_ptr<float>(), act.data_ptr<float>(), logits.data_ptr<float>(),
+                partials.data(),           partial_stride};
     Inputs in{ids.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
               slot_mapping.data_ptr<int64_t>(), block_tables.data_ptr<int32_t>(),
               seq_lens.data_ptr<int32_t>(), {}, {}};
@@ -328,7 +371,6 @@ class DecodeModel : public torch::CustomClassHolder {
       in.k_caches.push_back(k_caches[l].data_ptr<float>());
       in.v_caches.push_back(v_caches[l].data_ptr<float>());
     }
-    const int num_threads = std::max(1, at::get_num_threads());
     std::vector<ThreadScratch> scratch(num_threads);
 #pragma omp parallel num_threads(num_threads)
     run(s, in, buf, scratch[omp_get_thread_num()], omp_get_thread_num(), omp_get_num_threads());
@@ -338,12 +380,23 @@ class DecodeModel : public torch::CustomClassHolder {
  private:
   struct Buffers {
     float *h, *qkv, *attn, *gate_up, *act, *logits;
+    float* partials;  // each thread's [T, n] sums of column-major weights, partial_stride apart
+    int64_t partial_stride;
   };
   struct Inputs {
     const int64_t *ids, *positions, *slots;
     const int32_t *tables, *seq_lens;
     std::vector<float*> k_caches, v_caches;
   };
+
+  // The widest column-major float32 projection (0 if none): each thread's partial rows.
+  int64_t input_major_columns() const {
+    int64_t n = output_.is_input_major() ? output_.n : 0;
+    for (const Layer& L : layers_)
+      for (const Projection* p : {&L.wqkv, &L.wo, &L.w13, &L.w2})
+        if (p->is_input_major()) n = std::max(n, p->n);
+    return n;
+  }
 
   void check_norm(const at::Tensor& w) const {
     TORCH_CHECK(w.dim() == 1 && w.size(0) == dim_ && w.scalar_type() == at::kFloat &&
@@ -408,6 +461,25 @@ class DecodeModel : public torch::CustomClassHolder {
       loom::quant::quantize_rows16(x, p.k, T, p.k, my.xq16);
   }
 
+  // Columns `ranges` of p's output for this thread of the team (the others take theirs);
+  // every thread of the team calls it for every projection.
+  void project_columns(const Projection& p,
+                       std::initializer_list<std::pair<int64_t, int64_t>> ranges, const float* x,
+                       int64_t T, float* y, int64_t ldy, bool accumulate, const Buffers& buf,
+                       ThreadScratch& my, int tid, int nth) const {
+    if (!p.is_input_major()) {
+      quantize_if_packed(p, x, T, my);
+      for (const auto& [c0, c1] : ranges)
+        project(p, c0, c1, activations_, x, T, y, ldy, accumulate, my);
+      return;
+    }
+    const auto [i0, i1] = share(p.k, 4, tid, nth);
+    split_inputs(p, i0, i1, x, T, buf.partials + tid * buf.partial_stride);
+#pragma omp barrier
+    for (const auto& [c0, c1] : ranges)
+      add_partials(buf.partials, buf.partial_stride, nth, p.n, T, c0, c1, y, ldy, accumulate);
+  }
+
   // The body each thread of the team runs.
   void run(const StepShape& s, const Inputs& in, const Buffers& buf, ThreadScratch& my, int tid,
            int nth) const {
@@ -433,9 +505,8 @@ class DecodeModel : public torch::CustomClassHolder {
       float* vc = in.v_caches[l];
       // Norm, QKV; each head this thread computed: rotated (Q, K), written to the cache (K, V).
       rms_norm_rows(buf.h, L.attn_norm.data_ptr<float>(), eps_, T, dim_, my.xf.data());
-      quantize_if_packed(L.wqkv, my.xf.data(), T, my);
       auto [c0, c1] = share(nqkv, D, tid, nth);
-      project(L.wqkv, c0, c1, activations_, my.xf.data(), T, buf.qkv, nqkv, false, my);
+      project_columns(L.wqkv, {{c0, c1}}, my.xf.data(), T, buf.qkv, nqkv, false, buf, my, tid, nth);
       for (int64_t head = c0 / D; head < c1 / D; ++head) {
         for (int64_t t = 0; t < T; ++t) {
           float* v = buf.qkv + t * nqkv + head * D;
@@ -462,17 +533,14 @@ class DecodeModel : public torch::CustomClassHolder {
         attend(buf.qkv + t * nqkv + h0 * D, nh, g, s, kc, vc, in.tables + t * s.max_blocks,
                in.seq_lens[t], scale, buf.attn + t * H_ * D + h0 * D, my);
       }  // (the loop ends with a barrier)
-      quantize_if_packed(L.wo, buf.attn, T, my);
       std::tie(c0, c1) = share(dim_, kColumnGranule, tid, nth);
-      project(L.wo, c0, c1, activations_, buf.attn, T, buf.h, dim_, true, my);
+      project_columns(L.wo, {{c0, c1}}, buf.attn, T, buf.h, dim_, true, buf, my, tid, nth);
 #pragma omp barrier
       // Norm, gate and up columns together, SiLU(gate) * up.
       rms_norm_rows(buf.h, L.ffn_norm.data_ptr<float>(), eps_, T, dim_, my.xf.data());
-      quantize_if_packed(L.w13, my.xf.data(), T, my);
       std::tie(c0, c1) = share(hidden_, kColumnGranule, tid, nth);
-      project(L.w13, c0, c1, activations_, my.xf.data(), T, buf.gate_up, 2 * hidden_, false, my);
-      project(L.w13, hidden_ + c0, hidden_ + c1, activations_, my.xf.data(), T, buf.gate_up,
-              2 * hidden_, false, my);
+      project_columns(L.w13, {{c0, c1}, {hidden_ + c0, hidden_ + c1}}, my.xf.data(), T,
+                      buf.gate_up, 2 * hidden_, false, buf, my, tid, nth);
       for (int64_t t = 0; t < T; ++t) {
         const float* gate = buf.gate_up + t * 2 * hidden_;
         const float* up = gate + hidden_;
@@ -482,15 +550,14 @@ class DecodeModel : public torch::CustomClassHolder {
           out[i] = gate[i] / (1.0f + loom::exp_clamped(-gate[i])) * up[i];
       }
 #pragma omp barrier
-      quantize_if_packed(L.w2, buf.act, T, my);
       std::tie(c0, c1) = share(dim_, kColumnGranule, tid, nth);
-      project(L.w2, c0, c1, activations_, buf.act, T, buf.h, dim_, true, my);
+      project_columns(L.w2, {{c0, c1}}, buf.act, T, buf.h, dim_, true, buf, my, tid, nth);
 #pragma omp barrier
     }
     rms_norm_rows(buf.h, final_norm_.data_ptr<float>(), eps_, T, dim_, my.xf.data());
-    quantize_if_packed(output_, my.xf.data(), T, my);
     const auto [c0, c1] = share(s.vocab, kColumnGranule, tid, nth);
-    project(output_, c0, c1, activations_, my.xf.data(), T, buf.logits, s.vocab, false, my);
+    project_columns(output_, {{c0, c1}}, my.xf.data(), T, buf.logits, s.vocab, false, buf, my,
+                    tid, nth);
   }
 
   int64_t dim_, H_, KVH_, D_, hidden_;
