@@ -884,8 +884,9 @@ after each request's first over the time after the last first token, best of {ar
 repeating workload asks the model to copy a paragraph (what summaries and edits do); free
 text continues a story opening. No smaller model shares SmolLM2's vocabulary here, so the
 draft model is the Q4_1 file itself drafting for the F32 model (a quantized self-draft: cheap
-to run, and nearly always right). `speculative_max_batch` is 8: the engines "no batch
-threshold" speculate at every batch size, which shows what speculation gains or costs there.
+to run, and nearly always right). `speculative_max_batch` is its default (2 with ngram, 1
+with a draft): the engines "no batch threshold" speculate at every batch size, which shows
+what speculation gains or costs there.
 The F32 target runs prompt lookup on the one-stream copy task too: its step is bound by the
 bytes of its weights, where the Q4_1 step's integer products grow with its rows.
 llama.cpp's server has no prompt lookup: it runs the repeating workloads without speculation,

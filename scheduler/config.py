@@ -98,8 +98,11 @@ class SchedulerConfig:
     num_speculative_tokens: int = setting(
         4, "speculative: most tokens proposed per request and step", integer(1, 64)
     )
-    speculative_max_batch: int = setting(
-        8, "speculative: no proposals in a step with more running requests than this", integer(1)
+    speculative_max_batch: int | None = setting(
+        None,
+        "speculative: no proposals in a step with more running requests than this (default: "
+        "2 with ngram, 1 with draft, where each stopped paying on a CPU)",
+        integer(1, optional=True),
     )
     speculative_min_acceptance: float = setting(
         0.1,

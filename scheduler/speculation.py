@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from scheduler.config import SchedulerConfig
 
 PROPOSERS = ("off", "ngram", "draft")
+# The most running requests a step may have and still speculate, unless
+# `speculative_max_batch` says: measured on SmolLM2 on a 2-core CPU (BENCHMARKS.md,
+# "Speculative decoding: where the batch threshold sits"), prompt lookup gained 1.18x at 2
+# streams and lost from 4 on; the draft model gained alone and lost from 2 streams on (its
+# own steps come on top of the verification).
+DEFAULT_MAX_BATCH = {"ngram": 2, "draft": 1}
 MIN_PROPOSED_TO_JUDGE = 32
 
 
@@ -64,7 +70,8 @@ class Speculator:
     def __init__(self, config: SchedulerConfig, max_model_len: int) -> None:
         self.proposer: Proposer | None = NgramProposer() if config.speculative == "ngram" else None
         self.num_speculative_tokens = config.num_speculative_tokens
-        self.max_batch = config.speculative_max_batch
+        configured = config.speculative_max_batch
+        self.max_batch = DEFAULT_MAX_BATCH[config.speculative] if configured is None else configured
         self.min_acceptance = config.speculative_min_acceptance
         self.max_model_len = max_model_len
         self.num_proposed = 0  # every request's, since start

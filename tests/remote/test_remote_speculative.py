@@ -16,7 +16,7 @@ from tests.remote.conftest import start_worker
 from tests.server.serve_process import ServeProcess
 
 NUM_BLOCKS = 32
-SPECULATIVE = {"speculative": "ngram", "num_speculative_tokens": 4}
+SPECULATIVE = {"speculative": "ngram", "num_speculative_tokens": 4, "speculative_max_batch": 8}
 # Stories repeat their names and phrases: prompt lookup finds them.
 PROMPTS = ["Lily and Ben went to the park. Lily and Ben", "Once upon a time", "The cat sat"]
 

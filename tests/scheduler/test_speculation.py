@@ -4,10 +4,11 @@ budget, the rollback of rejected tokens (blocks and prefix hashes), and when it 
 from __future__ import annotations
 
 from contract.step import StepOutput
+from scheduler.config import SchedulerConfig
 from scheduler.ngram_proposer import NgramProposer
 from scheduler.request import Request, RequestStatus
 from scheduler.scheduler import Scheduler, SchedulerOutput
-from scheduler.speculation import MIN_PROPOSED_TO_JUDGE
+from scheduler.speculation import DEFAULT_MAX_BATCH, MIN_PROPOSED_TO_JUDGE, Speculator
 from tests.scheduler.helpers import make_request, make_scheduler
 
 
@@ -155,6 +156,23 @@ def test_no_proposals_in_a_batch_over_the_threshold() -> None:
     out = sched.schedule()
     assert out.step_input.spec_token_ids == {}
     assert out.step_input.num_scheduled_tokens == {"a": 1, "b": 1}
+
+
+def test_prompt_lookup_speculates_up_to_two_running_requests_by_default() -> None:
+    for running, speculating in ((2, True), (3, False)):
+        sched = _speculating(num_blocks=64)
+        reqs = [_repeating(f"r{i}") for i in range(running)]
+        _prefill(sched, *reqs)
+        proposed = sched.schedule().step_input.spec_token_ids
+        assert set(proposed) == ({req.req_id for req in reqs} if speculating else set())
+
+
+def test_a_draft_model_proposes_for_a_lone_request_only_by_default() -> None:
+    draft = {"speculative": "draft", "draft_model": "draft.gguf"}
+    assert Speculator(SchedulerConfig(**draft), max_model_len=64).max_batch == 1
+    assert DEFAULT_MAX_BATCH == {"ngram": 2, "draft": 1}
+    chosen = SchedulerConfig(**draft, speculative_max_batch=6)
+    assert Speculator(chosen, max_model_len=64).max_batch == 6
 
 
 def test_no_proposals_when_blocks_are_short_and_no_preemption_for_them() -> None:

@@ -89,7 +89,9 @@ def test_unconstrained_requests_come_out_the_same_beside_constrained_ones() -> N
     mixed = engine.generate([PROMPT] * len(mixed_params), mixed_params)
     for expected, out in zip(alone, mixed[::2], strict=True):
         assert out.token_ids == expected.token_ids
-        assert out.logprobs == expected.logprobs
+        # Twice the rows may take the other CPU path (the fused step or torch's GEMM), which
+        # sums in another order; a mask would move a logprob by far more than float32 rounding.
+        assert out.logprobs == pytest.approx(expected.logprobs, abs=1e-5)
     for out in mixed[1::2]:
         check("regex", out.text)
 
