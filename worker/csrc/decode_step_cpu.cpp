@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -360,10 +361,11 @@ class DecodeModel : public torch::CustomClassHolder {
     at::Tensor logits = at::empty({s.T, s.vocab}, opts);
     const int num_threads = std::max(1, at::get_num_threads());
     const int64_t partial_stride = s.T * input_major_columns();
-    std::vector<float> partials(num_threads * partial_stride);
+    // Not zeroed here: split_inputs() clears each tile before summing into it.
+    std::unique_ptr<float[]> partials(new float[num_threads * partial_stride]);
     Buffers buf{h.data_ptr<float>(),     qkv.data_ptr<float>(), attn.data_ptr<float>(),
                 gate_up.data_ptr<float>(), act.data_ptr<float>(), logits.data_ptr<float>(),
-                partials.data(),           partial_stride};
+                partials.get(),            partial_stride};
     Inputs in{ids.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
               slot_mapping.data_ptr<int64_t>(), block_tables.data_ptr<int32_t>(),
               seq_lens.data_ptr<int32_t>(), {}, {}};
