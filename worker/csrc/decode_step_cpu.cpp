@@ -27,7 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
-#include <memory>
+#include <mutex>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -361,11 +361,12 @@ class DecodeModel : public torch::CustomClassHolder {
     at::Tensor logits = at::empty({s.T, s.vocab}, opts);
     const int num_threads = std::max(1, at::get_num_threads());
     const int64_t partial_stride = s.T * input_major_columns();
-    // Not zeroed here: split_inputs() clears each tile before summing into it.
-    std::unique_ptr<float[]> partials(new float[num_threads * partial_stride]);
+    const std::lock_guard<std::mutex> one_step_at_a_time(partials_mutex_);
+    if (partials_.size() < static_cast<size_t>(num_threads * partial_stride))
+      partials_.resize(num_threads * partial_stride);
     Buffers buf{h.data_ptr<float>(),     qkv.data_ptr<float>(), attn.data_ptr<float>(),
                 gate_up.data_ptr<float>(), act.data_ptr<float>(), logits.data_ptr<float>(),
-                partials.get(),            partial_stride};
+                partials_.data(),          partial_stride};
     Inputs in{ids.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
               slot_mapping.data_ptr<int64_t>(), block_tables.data_ptr<int32_t>(),
               seq_lens.data_ptr<int32_t>(), {}, {}};
@@ -568,6 +569,11 @@ class DecodeModel : public torch::CustomClassHolder {
   at::Tensor rope_, final_norm_;
   Projection embedding_, output_;
   std::vector<Layer> layers_;
+  // The by-input partial sums, kept from step to step: a fresh buffer each step (tens of MB
+  // for a wide LM head on many threads) would fault its pages in again every time. No need
+  // to clear it: split_inputs() clears each tile before summing into it.
+  std::vector<float> partials_;
+  std::mutex partials_mutex_;
 };
 
 }  // namespace
