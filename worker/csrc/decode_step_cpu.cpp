@@ -45,6 +45,9 @@ using loom::quant::QuantizedRows16;
 
 // Output columns of a thread's share are a multiple of this (a cache line of floats).
 constexpr int64_t kColumnGranule = 16;
+// Inputs of column-major float32 weights summed per pass over the partial sums (a quarter of
+// their traffic); a thread's share of the inputs is a multiple of it.
+constexpr int64_t kInputsPerPass = 4;
 
 // One projection [n, k]: packed parts whose rows follow one another, or a float32 matrix
 // whose element (col, i) is at fw[col * col_stride + i * in_stride].
@@ -190,7 +193,8 @@ void split_inputs(const Projection& p, int64_t i0, int64_t i1, const float* x, i
     const int64_t cw = std::min(tile, n - c);
     for (int64_t t = 0; t < T; ++t) std::fill_n(partial + t * n + c, cw, 0.0f);
     int64_t i = i0;
-    for (; i + 4 <= i1; i += 4) {  // four inputs per pass: a quarter of the partials' traffic
+    static_assert(kInputsPerPass == 4, "the pass below names four inputs");
+    for (; i + kInputsPerPass <= i1; i += kInputsPerPass) {
       const float* w0 = p.fw + i * p.in_stride + c;
       const float* w1 = w0 + p.in_stride;
       const float* w2 = w1 + p.in_stride;
@@ -476,7 +480,7 @@ class DecodeModel : public torch::CustomClassHolder {
         project(p, c0, c1, activations_, x, T, y, ldy, accumulate, my);
       return;
     }
-    const auto [i0, i1] = share(p.k, 4, tid, nth);
+    const auto [i0, i1] = share(p.k, kInputsPerPass, tid, nth);
     split_inputs(p, i0, i1, x, T, buf.partials + tid * buf.partial_stride);
 #pragma omp barrier
     for (const auto& [c0, c1] : ranges)
