@@ -693,11 +693,9 @@ def _loom_tok_s(
     start = time.perf_counter()
     req_ids = engine.add_requests(prompts, greedy_params(max_tokens), [None] * len(prompts))
     outputs: dict[str, list[int]] = {req_id: [] for req_id in req_ids}
-    num_left, decode_start = len(req_ids), None
-    while num_left:
-        for delta in engine.step():
-            outputs[delta.req_id] += delta.token_ids
-            num_left -= delta.finished
+    decode_start = None
+    for delta in engine.iter_deltas():
+        outputs[delta.req_id] += delta.token_ids
         if decode_start is None and all(outputs.values()):
             decode_start = time.perf_counter()
     end = time.perf_counter()
