@@ -132,22 +132,27 @@ inline __m256 dot32(__m256i u, __m256i a) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-// Per-row accumulators of one weight row: a vector of scaled products, a vector of offset
-// products (K types) and a scalar one.
+// Per-row accumulators of one weight row: two vectors of scaled products (`dot` and `alt`,
+// for alternate blocks), a vector of offset products (K types) and a scalar one. With two
+// sums each multiply-add waits on the one two blocks back, not on the one just before: with
+// one activation row that wait set the pace. Measured on a Zen 4, switching between one sum
+// and two in one process, over a 7B layer's Q4_0 projections: one row 1.8x faster with int16
+// activations and 1.2x with int8, four rows 1.15x and 1.2x.
 template <int kRows>
 struct Acc {
-  __m256 dot[kRows], off[kRows];
+  __m256 dot[kRows], alt[kRows], off[kRows];
   float scalar[kRows];
   Acc() {
     for (int r = 0; r < kRows; ++r) {
-      dot[r] = _mm256_setzero_ps();
-      off[r] = _mm256_setzero_ps();
+      dot[r] = alt[r] = off[r] = _mm256_setzero_ps();
       scalar[r] = 0.0f;
     }
   }
   void write(float* y, int64_t r0, int64_t ldy, bool accumulate) const {
-    for (int r = 0; r < kRows; ++r)
-      store(y + (r0 + r) * ldy, hsum256(_mm256_add_ps(dot[r], off[r])) + scalar[r], accumulate);
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 sum = _mm256_add_ps(_mm256_add_ps(dot[r], alt[r]), off[r]);
+      store(y + (r0 + r) * ldy, hsum256(sum) + scalar[r], accumulate);
+    }
   }
 };
 
@@ -216,7 +221,8 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
       const __m256i w = block32_values<kType>(row + (b + j) * kBytes);
       for (int r = 0; r < kRows; ++r) {
         const int8_t* q = a.q.data() + ((r0 + r) * nb + b + j) * 32;
-        acc.dot[r] = _mm256_fmadd_ps(dot32<kSigned>(w, load32(q)), lane(both[r], j), acc.dot[r]);
+        __m256& sum = (j & 1) ? acc.alt[r] : acc.dot[r];
+        sum = _mm256_fmadd_ps(dot32<kSigned>(w, load32(q)), lane(both[r], j), sum);
       }
     }
   }
@@ -314,8 +320,8 @@ inline void dot_q45k(const uint8_t* row, int64_t k, const QuantizedRows& a, int6
       for (int r = 0; r < kRows; ++r) {
         const int8_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
         acc.dot[r] = _mm256_fmadd_ps(dot32<false>(lo, load32(q)), lane(both[r], 2 * p), acc.dot[r]);
-        acc.dot[r] =
-            _mm256_fmadd_ps(dot32<false>(hi, load32(q + 32)), lane(both[r], 2 * p + 1), acc.dot[r]);
+        acc.alt[r] =
+            _mm256_fmadd_ps(dot32<false>(hi, load32(q + 32)), lane(both[r], 2 * p + 1), acc.alt[r]);
       }
     }
   }
@@ -356,7 +362,8 @@ inline void dot_q6k(const uint8_t* row, int64_t k, const QuantizedRows& a, int64
         for (int i = 0; i < 4; ++i) {
           const __m256 dot = dot32<false>(quarter[i], load32(a.q.data() + (at + i) * 32));
           const __m256 both = _mm256_mul_ps(lanes[i], _mm256_broadcast_ss(a.scales.data() + at + i));
-          acc.dot[r] = _mm256_fmadd_ps(dot, both, acc.dot[r]);
+          __m256& sum = (i & 1) ? acc.alt[r] : acc.dot[r];
+          sum = _mm256_fmadd_ps(dot, both, sum);
         }
       }
     }

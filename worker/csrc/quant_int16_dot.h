@@ -73,9 +73,11 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = layout(kType).bytes;
   const int64_t nb = k / 32;
-  __m256 dot[kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
-  const auto block = [&](const uint8_t* blk, int64_t b, const __m256 both[kRows], int j) {
+  // Two sums per row, for alternate blocks, as quant_dot.h's Acc keeps.
+  __m256 dot[2][kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
+  const auto block = [&](const uint8_t* blk, int64_t b, const __m256 both[kRows], int j,
+                         __m256 sums[kRows]) {
     __m256i w[2];
     block32_int16<kType>(blk, w);
     for (int r = 0; r < kRows; ++r) {
@@ -84,7 +86,7 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
       p = madd16(p, w[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
       p = madd16(p, w[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 16)));
       const __m256 scale = _mm256_permutevar8x32_ps(both[r], _mm256_set1_epi32(j));
-      dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, dot[r]);
+      sums[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, sums[r]);
     }
   };
   int64_t b = 0;
@@ -102,7 +104,7 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
         off[r] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(a.sums32.data() + at), off[r]);
     }
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) block(row + (b + j) * kBytes, b + j, both, j);
+    for (int j = 0; j < 8; ++j) block(row + (b + j) * kBytes, b + j, both, j, dot[j & 1]);
   }
   float tail[kRows] = {};
   for (; b < nb; ++b) {  // fewer than eight blocks left
@@ -115,10 +117,10 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
       both[r] = _mm256_set1_ps(d * a.scales[at]);
       tail[r] += c * a.sums32[at];
     }
-    block(blk, b, both, 0);
+    block(blk, b, both, 0, dot[0]);
   }
   for (int r = 0; r < kRows; ++r) {
-    const float sum = hsum256(_mm256_add_ps(dot[r], off[r])) + tail[r];
+    const float sum = hsum256(_mm256_add_ps(_mm256_add_ps(dot[0][r], dot[1][r]), off[r])) + tail[r];
     float* out = y + (r0 + r) * ldy;
     *out = accumulate ? *out + sum : sum;
   }
@@ -135,11 +137,12 @@ inline __m256i dot32_u8(__m256i u, const int16_t* q) {
   return _mm256_hadd_epi32(lo, hi);
 }
 
+// dot[0] and dot[1]: the two sums of alternate blocks (quant_dot.h's Acc).
 template <int kRows>
-inline void write_rows(const __m256 dot[kRows], const __m256 off[kRows], float* y, int64_t r0,
-                       int64_t ldy, bool accumulate) {
+inline void write_rows(const __m256 dot[2][kRows], const __m256 off[kRows], float* y,
+                       int64_t r0, int64_t ldy, bool accumulate) {
   for (int r = 0; r < kRows; ++r) {
-    const float sum = hsum256(_mm256_add_ps(dot[r], off[r]));
+    const float sum = hsum256(_mm256_add_ps(_mm256_add_ps(dot[0][r], dot[1][r]), off[r]));
     float* out = y + (r0 + r) * ldy;
     *out = accumulate ? *out + sum : sum;
   }
@@ -151,8 +154,8 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
                            float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = layout(kFive ? kQ5_K : kQ4_K).bytes;
   const int64_t nb = k / 32;
-  __m256 dot[kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
+  __m256 dot[2][kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * kBytes;
     uint32_t sm[4];
@@ -173,9 +176,10 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
       q45k_pair<kFive>(load32(qs + p * 32), qh, lo, hi);
       for (int r = 0; r < kRows; ++r) {
         const int16_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
-        dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), dot[r]);
-        dot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(hi, q + 32)), lane(both[r], 2 * p + 1),
-                                 dot[r]);
+        dot[0][r] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), dot[0][r]);
+        dot[1][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(hi, q + 32)),
+                                    lane(both[r], 2 * p + 1), dot[1][r]);
       }
     }
   }
@@ -188,8 +192,8 @@ template <int kRows>
 inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
                           float* y, int64_t ldy, bool accumulate) {
   const int64_t nb = k / 32, ng = k / 16;
-  __m256 dot[kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[r] = off[r] = _mm256_setzero_ps();
+  __m256 dot[2][kRows], off[kRows];
+  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * 210;
     const __m256 d = _mm256_set1_ps(f16(x + 208));
@@ -217,7 +221,7 @@ inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& 
         for (int i = 0; i < 4; ++i) {
           const __m256 p = _mm256_cvtepi32_ps(dot32_u8(quarter[i], a.q.data() + (at + i) * 32));
           const __m256 both = _mm256_mul_ps(lanes[i], _mm256_broadcast_ss(a.scales.data() + at + i));
-          dot[r] = _mm256_fmadd_ps(p, both, dot[r]);
+          dot[i & 1][r] = _mm256_fmadd_ps(p, both, dot[i & 1][r]);
         }
       }
     }
