@@ -161,9 +161,10 @@ class _DeviceIndices:
 def _decode_indices(
     seqs: list[tuple[RequestState, int]], host: _HostIndices, block_size: int, device: torch.device
 ) -> _DeviceIndices:
-    """Every sequence computes one token: a few numbers each, worked out on the host and copied
-    in two tensors. Right after a step has streamed the weights through the caches each torch
-    op costs tens of microseconds, and a small model's decode step takes a few milliseconds."""
+    """Every sequence computes one token: a few numbers each, worked out on the host and sent
+    to the device in two copies. Right after a step has streamed the weights through the
+    caches each torch op costs tens of microseconds, and a small model's decode step takes a
+    few milliseconds."""
     n = len(seqs)
     positions = host.starts
     input_ids = [st.token_ids[p] for (st, _), p in zip(seqs, positions, strict=True)]
@@ -172,21 +173,44 @@ def _decode_indices(
         table[p // block_size] * block_size + p % block_size
         for table, p in zip(host.tables, positions, strict=True)
     ]
-    longs = to_device([*input_ids, *positions, *slots, *host.logits_rows], torch.long, device)
-    ints = to_device(
-        [*host.query_start_loc, *host.contexts, *chain.from_iterable(host.tables)],
+    ids, pos, slot_mapping, logits_rows = _one_copy(
+        [input_ids, positions, slots, host.logits_rows], torch.long, device
+    )
+    query_start_loc, seq_lens, tables = _one_copy(
+        [host.query_start_loc, host.contexts, list(chain.from_iterable(host.tables))],
         torch.int32,
         device,
     )
     return _DeviceIndices(
-        input_ids=longs[:n],
-        positions=longs[n : 2 * n],
-        slot_mapping=longs[2 * n : 3 * n],
-        logits_rows=longs[3 * n :],
-        query_start_loc=ints[: n + 1],
-        seq_lens=ints[n + 1 : 2 * n + 1],
-        block_tables=ints[2 * n + 1 :].view(n, -1),
+        input_ids=ids,
+        positions=pos,
+        slot_mapping=slot_mapping,
+        logits_rows=logits_rows,
+        query_start_loc=query_start_loc,
+        seq_lens=seq_lens,
+        block_tables=tables.view(n, -1),
     )
+
+
+# Each part of a shared copy starts at a multiple of this many elements (64 bytes or more),
+# so its address is as aligned as a tensor of its own. Triton specialises a kernel on whether
+# each pointer is a multiple of 16 bytes; a part that was not would launch a variant that
+# warm-up never compiled.
+_PART_ALIGN = 16
+
+
+def _one_copy(
+    parts: list[list[int]], dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """`parts` as tensors on `device`, from one copy."""
+    flat: list[int] = []
+    starts = []
+    for values in parts:
+        starts.append(len(flat))
+        flat.extend(values)
+        flat.extend([0] * (-len(flat) % _PART_ALIGN))
+    copied = to_device(flat, dtype, device)
+    return [copied[s : s + len(v)] for s, v in zip(starts, parts, strict=True)]
 
 
 def _chunk_indices(

@@ -83,3 +83,17 @@ def test_every_row_holds_its_token_position_and_slot(decodes_only: bool, seed: i
             row = starts[order.index((state, n))] + n - 1
             assert logits_rows[plan.sample_row] == row
     assert len(sampled) == sum(s.num_computed + n == len(s.token_ids) for s, n in scheduled)
+
+
+def test_every_index_tensor_is_16_byte_aligned() -> None:
+    """Kernels (Triton's) specialise on pointers that are multiples of 16 bytes: a view into a
+    shared copy at any other offset would launch a variant warm-up never built."""
+    rng = random.Random(7)
+    states = random_states(rng, 3)
+    batch = build_step_batch(
+        [(s, 1) for s in states], BLOCK_SIZE, CPU, TorchAttentionBackend(BLOCK_SIZE)
+    )
+    meta = batch.attn
+    tensors = [batch.input_ids, batch.positions, batch.logits_rows, meta.slot_mapping,
+               meta.query_start_loc, meta.seq_lens, meta.block_tables]  # fmt: skip
+    assert all(t.data_ptr() % 16 == 0 for t in tensors)
