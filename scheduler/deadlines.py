@@ -71,7 +71,7 @@ GROWTH_MARGIN = 0.1
 # 0.492; URGENCY 6: 0.557, 0.529, 0.536, 0.488; share 2/3, URGENCY 6: 0.585, 0.532, 0.541,
 # 0.494, but at the `engine` cost, 256 seats, 0.505 and 0.423 against 0.524 and 0.446 (0.6
 # and 3: 0.521, 0.443; within the seeds' noise); 5/6 lost everywhere. ARRIVAL_WINDOW 0.5, 1,
-# 2 s (share 2/3, URGENCY 3, 64 seats, 6 s): 0.577, 0.592, 0.585.
+# 2 s (share 0.667, URGENCY 3, 64 seats, 6 s): 0.577, 0.592, 0.585.
 ARRIVAL_SHARE = 0.6
 ARRIVAL_WINDOW = 1.0
 URGENCY = 3.0
