@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from contract.sampling import SamplingParams
+from worker.cpu_kernels import load_cpu_kernels
 from worker.device_io import to_device
 
 # Candidates taken first for top-k / top-p rows; more only when they do not cover the row.
@@ -47,10 +48,22 @@ def _splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
-def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
-    """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]."""
+def greedy_and_finite(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's greedy token (its first maximum) [num_rows] and whether the row's sum is
+    finite [num_rows]: one pass over the logits on the CPU (worker/csrc/greedy_rows_cpu.cpp)."""
+    if logits.device.type == "cpu" and logits.stride(-1) == 1 and load_cpu_kernels():
+        return torch.ops.loom.greedy_rows(logits)
     # max's indices, not argmax: the same first maximum, several times faster on CPU.
-    tokens = logits.max(dim=-1).indices
+    return logits.max(dim=-1).indices, torch.isfinite(logits.sum(dim=-1))
+
+
+def sample(
+    logits: torch.Tensor, rows: SamplingRows, greedy: torch.Tensor | None = None
+) -> torch.Tensor:
+    """logits [num_rows, vocab] float32 -> sampled token ids [num_rows]. `greedy`: each row's
+    first maximum when the caller has it already (greedy_and_finite)."""
+    # max's indices, not argmax: the same first maximum, several times faster on CPU.
+    tokens = logits.max(dim=-1).indices if greedy is None else greedy
     random_rows = [i for i, params in enumerate(rows.params) if params.temperature > 0]
     plain = [i for i in random_rows if not rows.filters(i)]
     filtered = [i for i in random_rows if rows.filters(i)]

@@ -1,7 +1,9 @@
 """Turn the scheduled requests of one step into the flat batch the model runs.
 
-Only per-sequence work happens in Python; per-token indices (positions, cache slots) are
-built with tensor ops on the target device.
+Only per-sequence work happens in Python. When every sequence computes one token (a decode
+step) that is all there is: the indices go to the device in two copies. When prompt chunks
+are in the step, the per-token indices (positions, cache slots) are built with tensor ops on
+the device.
 """
 
 from __future__ import annotations
@@ -100,35 +102,22 @@ def build_step_batch(
     blocks_needed = [-(-c // block_size) for c in contexts]
     max_blocks = max(blocks_needed)
 
-    def tensor(values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        return to_device(values, dtype, device)
-
-    chunks = (st.token_ids[s : s + n] for (st, n), s in zip(seqs, starts, strict=True))
-    input_ids = tensor(list(chain.from_iterable(chunks)))
-    block_tables = tensor(
-        [
-            st.block_ids[:nb] + [0] * (max_blocks - nb)
-            for (st, _), nb in zip(seqs, blocks_needed, strict=True)
-        ],
-        torch.int32,
-    )  # [num_seqs, max_blocks]
-    seq_of_token = torch.repeat_interleave(
-        torch.arange(num_seqs, device=device), tensor(lens), output_size=num_tokens
-    )  # [num_tokens]
-    # position = row in the batch - first row of its sequence + tokens cached before
-    row_to_position = tensor([s - r for s, r in zip(starts, first_rows, strict=True)])
-    positions = torch.arange(num_tokens, device=device) + row_to_position[seq_of_token]
-    # block_table [7, 2], block_size 16, position 20 -> slot 2 * 16 + 4 = 36
-    slot_mapping = (
-        block_tables[seq_of_token, positions // block_size].long() * block_size
-        + positions % block_size
-    )
+    tables = [
+        st.block_ids[:nb] + [0] * (max_blocks - nb)
+        for (st, _), nb in zip(seqs, blocks_needed, strict=True)
+    ]  # [num_seqs, max_blocks], padded with block 0 (never read)
+    logits_rows, plans = _logits_plans(seqs, first_rows, order)
+    host = _HostIndices(starts, lens, query_start_loc, contexts, tables, logits_rows)
+    if num_tokens == num_seqs:
+        found = _decode_indices(seqs, host, block_size, device)
+    else:
+        found = _chunk_indices(seqs, host, block_size, device)
     attn = AttentionMetadata(
-        slot_mapping=slot_mapping,
+        slot_mapping=found.slot_mapping,
         num_decodes=sum(1 for n in lens if n == 1),
-        query_start_loc=tensor(query_start_loc, torch.int32),
-        seq_lens=tensor(contexts, torch.int32),
-        block_tables=block_tables,
+        query_start_loc=found.query_start_loc,
+        seq_lens=found.seq_lens,
+        block_tables=found.block_tables,
         max_query_len=max(lens),
         max_seq_len=max(contexts),
         query_start_loc_host=query_start_loc,
@@ -136,14 +125,104 @@ def build_step_batch(
         backend=backend,
     )
     backend.prepare(attn)
-    logits_rows, plans = _logits_plans(seqs, first_rows, order)
     return StepBatch(
-        input_ids=input_ids,
-        positions=positions,
+        input_ids=found.input_ids,
+        positions=found.positions,
         attn=attn,
-        logits_rows=tensor(logits_rows),
+        logits_rows=found.logits_rows,
         plans=plans,
         lora_runs=_lora_runs(seqs, query_start_loc),
+    )
+
+
+@dataclass(slots=True)
+class _HostIndices:
+    """The per-sequence numbers of a step, in batch order."""
+
+    starts: list[int]  # tokens cached before this step
+    lens: list[int]  # tokens computed this step
+    query_start_loc: list[int]  # [num_seqs + 1] first batch row of each sequence
+    contexts: list[int]  # tokens cached once this step's are in
+    tables: list[list[int]]  # [num_seqs, max_blocks] block ids, padded with block 0
+    logits_rows: list[int]  # the batch rows that need logits
+
+
+@dataclass(slots=True)
+class _DeviceIndices:
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    slot_mapping: torch.Tensor  # [num_tokens] int64
+    logits_rows: torch.Tensor  # [num_logits] int64
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32
+
+
+def _decode_indices(
+    seqs: list[tuple[RequestState, int]], host: _HostIndices, block_size: int, device: torch.device
+) -> _DeviceIndices:
+    """Every sequence computes one token: a few numbers each, worked out on the host and copied
+    in two tensors. Right after a step has streamed the weights through the caches each torch
+    op costs tens of microseconds, and a small model's decode step takes a few milliseconds."""
+    n = len(seqs)
+    positions = host.starts
+    input_ids = [st.token_ids[p] for (st, _), p in zip(seqs, positions, strict=True)]
+    # block table [7, 2], block size 16, position 20 -> slot 2 * 16 + 4 = 36
+    slots = [
+        table[p // block_size] * block_size + p % block_size
+        for table, p in zip(host.tables, positions, strict=True)
+    ]
+    longs = to_device([*input_ids, *positions, *slots, *host.logits_rows], torch.long, device)
+    ints = to_device(
+        [*host.query_start_loc, *host.contexts, *chain.from_iterable(host.tables)],
+        torch.int32,
+        device,
+    )
+    return _DeviceIndices(
+        input_ids=longs[:n],
+        positions=longs[n : 2 * n],
+        slot_mapping=longs[2 * n : 3 * n],
+        logits_rows=longs[3 * n :],
+        query_start_loc=ints[: n + 1],
+        seq_lens=ints[n + 1 : 2 * n + 1],
+        block_tables=ints[2 * n + 1 :].view(n, -1),
+    )
+
+
+def _chunk_indices(
+    seqs: list[tuple[RequestState, int]], host: _HostIndices, block_size: int, device: torch.device
+) -> _DeviceIndices:
+    """Prompt chunks among the sequences: per-token indices are built with tensor ops on the
+    device, from per-sequence numbers only."""
+    lens = host.lens
+    num_tokens = host.query_start_loc[-1]
+    chunks = (st.token_ids[s : s + n] for (st, n), s in zip(seqs, host.starts, strict=True))
+    input_ids = to_device(list(chain.from_iterable(chunks)), torch.long, device)
+    block_tables = to_device(host.tables, torch.int32, device)
+    seq_of_token = torch.repeat_interleave(
+        torch.arange(len(seqs), device=device),
+        to_device(lens, torch.long, device),
+        output_size=num_tokens,
+    )  # [num_tokens]
+    # position = row in the batch - first row of its sequence + tokens cached before
+    first_rows = host.query_start_loc[:-1]
+    row_to_position = to_device(
+        [s - r for s, r in zip(host.starts, first_rows, strict=True)], torch.long, device
+    )
+    positions = torch.arange(num_tokens, device=device) + row_to_position[seq_of_token]
+    # block table [7, 2], block size 16, position 20 -> slot 2 * 16 + 4 = 36
+    slot_mapping = (
+        block_tables[seq_of_token, positions // block_size].long() * block_size
+        + positions % block_size
+    )
+    return _DeviceIndices(
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slot_mapping,
+        logits_rows=to_device(host.logits_rows, torch.long, device),
+        query_start_loc=to_device(host.query_start_loc, torch.int32, device),
+        seq_lens=to_device(host.contexts, torch.int32, device),
+        block_tables=block_tables,
     )
 
 

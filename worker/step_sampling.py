@@ -18,7 +18,13 @@ import torch
 from contract.step import StepOutput, TokenMasks
 from worker.device_io import to_device, to_host_lists
 from worker.penalties import PenaltyTable
-from worker.sampler import SamplingRows, TokenLogprobs, sample, token_logprobs
+from worker.sampler import (
+    SamplingRows,
+    TokenLogprobs,
+    greedy_and_finite,
+    sample,
+    token_logprobs,
+)
 from worker.step_batch import LogitsPlan, RequestState
 from worker.step_output import HostScores, assemble_output
 from worker.token_masks import apply_token_masks
@@ -39,20 +45,25 @@ def sample_and_score(
         if plan.sample_row is not None
         for j in range(1 + plan.num_proposed_rows)  # speculative: one row per proposal too
     )
-    # One pass over the raw logits: a row's sum is finite only when every logit is (or when
-    # finite logits overflow float32, which is no less broken). It comes back with the tokens.
-    finite = torch.isfinite(logits.sum(dim=-1))
-    if token_masks is not None:
-        # Masked in the raw logits, before all else: logprobs are then over allowed tokens.
-        row_of = {state.req_id: row for row, state in by_row}
-        apply_token_masks(logits, [row_of[r] for r in token_masks.req_ids], token_masks)
     rows = [row for row, _ in by_row]
     states = [state for _, state in by_row]
     # Without echo rows every logits row is a sample row, in order: sample them in place.
     in_place = len(rows) == logits.shape[0]
-    sample_logits = logits if in_place else logits.index_select(0, _long(rows, device))
     penalised = [i for i, s in enumerate(states) if s.penalty_row is not None]
     masked = _stop_mask(states, device)
+    # One pass over the raw logits: a row's sum is finite only when every logit is (or when
+    # finite logits overflow float32, which is no less broken). It comes back with the tokens.
+    # Where nothing reshapes the rows sampled, the same pass finds the greedy tokens.
+    unshaped = in_place and token_masks is None and not penalised and masked is None
+    if unshaped:
+        greedy, finite = greedy_and_finite(logits)
+    else:
+        greedy, finite = None, torch.isfinite(logits.sum(dim=-1))
+    if token_masks is not None:
+        # Masked in the raw logits, before all else: logprobs are then over allowed tokens.
+        row_of = {state.req_id: row for row, state in by_row}
+        apply_token_masks(logits, [row_of[r] for r in token_masks.req_ids], token_masks)
+    sample_logits = logits if in_place else logits.index_select(0, _long(rows, device))
     if in_place and (penalised or masked is not None):
         sample_logits = sample_logits.clone()  # the raw scores logprobs come from stay as they are
     if penalised and penalties is not None:
@@ -63,7 +74,7 @@ def sample_and_score(
     if masked is not None:
         sample_logits[masked] = float("-inf")  # a Python scalar: nothing to copy to a GPU
     params = SamplingRows([s.sampling for s in states], [uniforms[row] for row in rows])
-    tokens = sample(sample_logits, params)
+    tokens = sample(sample_logits, params, greedy)
     if penalised and penalties is not None:
         penalties.record(penalty_rows, tokens.index_select(0, _long(penalised, device)))
     found = _logprobs(scheduled, plans, logits, rows, tokens)

@@ -1,6 +1,8 @@
-"""The fused elementwise CPU kernels equal the torch composites they replace."""
+"""The fused elementwise CPU kernels and the greedy pick equal the torch composites they replace."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -64,3 +66,27 @@ def test_rope_rotates_query_and_key_pairs_in_place_as_complex_numbers() -> None:
     torch.ops.loom.rope_(qkv[:, :6], torch.view_as_real(freqs).view(5, 32, 2))
     torch.testing.assert_close(qkv[:, :6], expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(qkv[:, 6:], untouched)  # the heads after the view are left alone
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])  # 40 rows of 49,152: split over the threads
+def test_greedy_rows_take_each_rows_first_maximum_and_flag_non_finite_rows(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    wide = torch.randn(rows, 50_000, generator=gen)
+    logits = wide[:, :49_152]  # rows 50,000 apart, as an index_select's are not
+    logits[0, 30_000] = logits[0, 20] = 50.0  # a tie: the first one is the token
+    tokens, finite = torch.ops.loom.greedy_rows(logits)
+    assert tokens[0].item() == 20
+    assert torch.equal(tokens, logits.max(dim=-1).indices)
+    assert finite.all()
+    for row, bad in zip(range(rows), [math.nan, math.inf, -math.inf], strict=False):
+        logits[row, 9] = bad
+    _, finite = torch.ops.loom.greedy_rows(logits)
+    assert torch.equal(finite, torch.isfinite(logits.sum(dim=-1)))
+    assert finite.tolist() == [False] * min(rows, 3) + [True] * (rows - 3)
+
+
+def test_greedy_rows_refuse_what_they_cannot_read() -> None:
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.loom.greedy_rows(torch.randn(2, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.loom.greedy_rows(torch.randn(8, 2).t())
