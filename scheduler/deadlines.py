@@ -28,6 +28,17 @@ moves with the rows of a step (`StepTimer`), prices steps at the batch now runni
 that many rows (and GROWTH_MARGIN more), still lets every running request and the newcomer
 finish by its deadline (`BatchLimit`): with steps that cost per row, a batch grown past that
 only makes requests late.
+
+That limit alone lets the batch grow to what the long-deadline requests running allow, and at
+that step time every tight-deadline arrival is ended at once. So the deadlines of recent
+arrivals hold the batch too: it grows only to the step time at which ARRIVAL_SHARE of the
+requests that arrived in the last ARRIVAL_WINDOW seconds could finish with ADMISSION_MARGIN to
+spare (`RecentArrivals`), unless the request to admit cannot wait (its slowest step is under
+URGENCY times that one). Long-deadline requests wait, their slack banked, while the tight ones
+are served; they join as their slack runs low, or once the tight arrivals stop. The hold
+applies only while the timer has read a cost per row: without one, a smaller batch is no
+faster. With nothing running, the first waiting request is admitted unchecked (so the step
+time is measured again), and the limits apply to the rest.
 """
 
 from __future__ import annotations
@@ -51,6 +62,19 @@ ADMISSION_MARGIN = 0.5
 # to the last millisecond makes the tightest of them late. 0.1: measured on the simulated
 # overload (`python -m bench deadline-sim`, BENCHMARKS.md).
 GROWTH_MARGIN = 0.1
+# Recent arrivals hold the batch (`RecentArrivals`): at the step time at which this share of
+# the requests that arrived in the last ARRIVAL_WINDOW seconds could finish with
+# ADMISSION_MARGIN to spare, unless the request to admit cannot wait: its slowest step is under
+# URGENCY times that. Measured on the simulated overload (`python -m bench deadline-sim`, 3
+# seeds), goodput at the `served` cost, 64 and 256 seats, 6 s and 12 s of arrivals, against
+# 0.517, 0.511, 0.483, 0.469 without the hold: share 0.6, URGENCY 3: 0.561, 0.538, 0.554,
+# 0.492; URGENCY 6: 0.557, 0.529, 0.536, 0.488; share 2/3, URGENCY 6: 0.585, 0.532, 0.541,
+# 0.494, but at the `engine` cost, 256 seats, 0.505 and 0.423 against 0.524 and 0.446 (0.6
+# and 3: 0.521, 0.443; within the seeds' noise); 5/6 lost everywhere. ARRIVAL_WINDOW 0.5, 1,
+# 2 s (share 0.667, URGENCY 3, 64 seats, 6 s): 0.577, 0.592, 0.585.
+ARRIVAL_SHARE = 0.6
+ARRIVAL_WINDOW = 1.0
+URGENCY = 3.0
 RUNNING = RequestStatus.RUNNING
 
 
@@ -59,8 +83,9 @@ class StepTimer:
     """The step time, in seconds (0 until one is measured), at the batch of the last step: the
     median of the last `window` step periods, moved along `per_row`, the least-squares slope
     of step time on the requests a step ran over the last `fit_window` steps (each period
-    clipped to 3x the median, so one stalled step barely tilts it). While the rows have not
-    varied there is no slope, and the step time is the median."""
+    clipped to 3x the median, so one stalled step barely tilts it). Until the rows have
+    varied there is no slope, and the step time is the median; once read, a slope stands
+    while the rows hold steady (a batch held at one size says nothing new about growing it)."""
 
     seconds: float = 0.0
     per_row: float = 0.0
@@ -80,7 +105,9 @@ class StepTimer:
         if rows > 0:
             _append(self._recent_rows, rows, self.window)
             _append(self._fit, (rows, min(seconds, 3 * self._median)), self.fit_window)
-            self.per_row = self._slope()
+            slope = self._slope()
+            if slope is not None:  # else the last slope read stands
+                self.per_row = slope
         self.seconds = self.seconds_at(rows) if rows > 0 else self._median
 
     def seconds_at(self, rows: int) -> float:
@@ -90,16 +117,16 @@ class StepTimer:
         moved = self.per_row * (rows - statistics.median(self._recent_rows))
         return max(self._median + moved, 0.1 * self._median)
 
-    def _slope(self) -> float:
+    def _slope(self) -> float | None:
         fit = self._fit
         n = len(fit)
         if n < 8:
-            return 0.0
+            return None
         mean_rows = sum(r for r, _ in fit) / n
         mean_seconds = sum(s for _, s in fit) / n
         var = sum((r - mean_rows) ** 2 for r, _ in fit)
         if var < n:  # rows spread by less than one request: no slope to read
-            return 0.0
+            return None
         cov = sum((r - mean_rows) * (s - mean_seconds) for r, s in fit)
         return max(cov / var, 0.0)
 
@@ -178,14 +205,44 @@ class DeadlineEstimator:
         )
 
 
+class RecentArrivals:
+    """The slowest step each request that arrived in the last ARRIVAL_WINDOW seconds could
+    take and still finish by its deadline with ADMISSION_MARGIN to spare (inf without one)."""
+
+    def __init__(self, estimator: DeadlineEstimator) -> None:
+        self.estimator = estimator
+        self._recent: deque[tuple[float, float]] = deque()  # (arrived, slowest step)
+
+    def add(self, req: Request, now: float) -> None:
+        slowest = self.estimator.max_step_seconds(req, now) / (1 + ADMISSION_MARGIN)
+        self._recent.append((now, slowest))
+
+    def slowest_step(self, now: float) -> float:
+        """The slowest step at which ARRIVAL_SHARE of the recent arrivals could finish."""
+        recent = self._recent
+        while recent and recent[0][0] < now - ARRIVAL_WINDOW:
+            recent.popleft()
+        if not recent:
+            return math.inf
+        slowest = sorted(s for _, s in recent)
+        return slowest[len(slowest) - math.ceil(ARRIVAL_SHARE * len(slowest))]
+
+
 class BatchLimit:
     """How far one step's batch may grow: a waiting request is admitted only if the step time
     at the batch with it (`StepTimer.seconds_at`) still lets the running requests and it finish
-    by their deadlines."""
+    by their deadlines, and stays within `arrivals_step` (`RecentArrivals.slowest_step`)."""
 
-    def __init__(self, estimator: DeadlineEstimator, running: list[Request], now: float) -> None:
+    def __init__(
+        self,
+        estimator: DeadlineEstimator,
+        running: list[Request],
+        now: float,
+        arrivals_step: float = math.inf,
+    ) -> None:
         self.estimator = estimator
         self.now = now
+        self.arrivals_step = arrivals_step
         self.slowest_step = min(
             (estimator.max_step_seconds(r, now) for r in running), default=math.inf
         )
@@ -196,6 +253,10 @@ class BatchLimit:
         step = self.estimator.timer.seconds_at(num_rows + 1)
         if step * (1 + GROWTH_MARGIN) > slowest:
             return False
+        if step > self.arrivals_step and self.estimator.timer.per_row > 0:
+            own = self.estimator.max_step_seconds(req, self.now)
+            if own >= self.arrivals_step * URGENCY:
+                return False
         self.slowest_step = slowest
         return True
 

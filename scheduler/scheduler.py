@@ -15,7 +15,8 @@ tokens so that the second catches up with the first, under a token budget per st
    it waits to be recomputed, from whatever its prefix still has in the cache.
 3. Then waiting requests, in the order the queue policy picks, while budget, blocks and
    `max_num_seqs` allow (under `deadline`, and while the step time of the grown batch keeps
-   the running requests in time); a prefix-cache hit counts as computed. When the next one finds no
+   the running requests in time and suits the deadlines of recent arrivals); a prefix-cache
+   hit counts as computed. When the next one finds no
    room, running requests the policy ranks below it that have run their quantum give up
    their places to it (scheduler/preemption.py), by the same recompute as in 2.
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 
 from contract.step import NewRequest, RunningRequest, StepInput, StepOutput
 from scheduler.config import SchedulerConfig
-from scheduler.deadlines import BatchLimit, DeadlineEstimator, DeadlineWatch
+from scheduler.deadlines import BatchLimit, DeadlineEstimator, DeadlineWatch, RecentArrivals
 from scheduler.errors import CapacityError
 from scheduler.kv_cache_manager import KVCacheManager
 from scheduler.preemption import Room, choose_victims
@@ -105,6 +106,7 @@ class Scheduler:
         self.running: list[Request] = []  # sorted by the policy's running key
         self.requests: dict[str, Request] = {}  # every unfinished request
         self._deadlines = DeadlineWatch(self.deadlines, self.waiting.predicts_deadlines)
+        self._arrivals = RecentArrivals(self.deadlines)
         self._num_rows = 0  # requests in the last step scheduled: what its period is paired with
         self._batch_limited = False  # the last step stopped admitting for the deadlines
         self.tenants = TenantLedger(config.fair_w_in, config.fair_w_out)
@@ -142,6 +144,8 @@ class Scheduler:
         self.requests[req.req_id] = req
         if req.deadline is not None:
             self._deadlines.add(req)
+        if self.waiting.predicts_deadlines:
+            self._arrivals.add(req, self.clock())
         self.waiting.add(req)
 
     def observe_step_time(self, seconds: float) -> None:
@@ -235,8 +239,8 @@ class Scheduler:
         threshold = self.config.long_prefill_threshold
         loras = {r.lora.lora_id for r in self.running if r.lora is not None}
         # Under `deadline`, the batch grows only while its running requests can still finish
-        # (scheduler/deadlines.py); with nothing running an arrival is tried.
-        limits = self.waiting.predicts_deadlines and bool(self.running)
+        # (scheduler/deadlines.py); with nothing running the first arrival is tried.
+        limits = self.waiting.predicts_deadlines
         limit = None  # built when first needed
         self._batch_limited = False
         while len(waiting):
@@ -250,8 +254,11 @@ class Scheduler:
                 if len(loras) >= self.max_loras:
                     break  # it waits, in its turn, until an adapter's requests finish
                 loras.add(req.lora.lora_id)
-            if limits and limit is None:
-                limit = BatchLimit(self.deadlines, self.running, self.clock())
+            if limits and limit is None and self.running:
+                now = self.clock()
+                limit = BatchLimit(
+                    self.deadlines, self.running, now, self._arrivals.slowest_step(now)
+                )
             if limit is not None and not limit.admits(req, len(out.scheduled)):
                 self._batch_limited = True
                 break

@@ -268,6 +268,9 @@ def test_the_step_timer_reads_how_the_step_time_grows_with_the_rows() -> None:
     assert timer.seconds == pytest.approx(0.026)  # at the last step's 6 rows
     timer.observe(0.400, 3)  # one stalled step (a collection): clipped, it barely tilts the fit
     assert timer.per_row == pytest.approx(0.004, rel=0.3)
+    for _ in range(64):
+        timer.observe(0.026, 6)  # a batch held at one size: the slope last read stands
+    assert timer.per_row > 0.002 and timer.seconds_at(10) > timer.seconds_at(6)
     steady = StepTimer()
     for _ in range(20):
         steady.observe(0.010, 4)  # the rows never varied: no slope to read
@@ -314,3 +317,81 @@ def test_the_deadline_policy_grows_a_batch_only_while_the_running_requests_stay_
     assert all(r.status is RequestStatus.FINISHED_LENGTH for r in bulk)
     assert sched.tenant_usage["default"].num_deadlines_met == 9
     assert sched.kv.pool.num_free_blocks == 64
+
+
+def learn_the_cost_of_a_row(sched: Scheduler, worker: ContractWorker, clock: Clock) -> None:
+    """Steps of 6 down to 1 requests, so the timer reads what a row costs (4 ms); then a
+    second with nothing arriving, so these are no longer recent arrivals."""
+    for i in range(6):
+        sched.add_request(make_request(f"w{i}", 4, max_tokens=2 * i + 2, ignore_eos=True))
+    while sched.has_unfinished():
+        step_by_rows(sched, worker, clock)
+    clock.now += 1.0
+
+
+def tight_request(req_id: str, clock: Clock, first_token: int) -> Request:
+    # 20 steps in 0.45 s: with half its time to spare a step may take 15 ms (3 rows); in
+    # time at steps of at most 22 ms (5 rows).
+    req = make_request(req_id, 4, max_tokens=20, ignore_eos=True, first_token=first_token)
+    return with_deadline(req, clock, 0.45)
+
+
+def run_tight_then_bulk(
+    sched: Scheduler, worker: ContractWorker, clock: Clock, bulk_tokens: int = 20
+) -> list[Request]:
+    """Four tight requests arrive and finish; then five with 10 s to spare arrive."""
+    tight = [tight_request(f"t{i}", clock, 20 * i) for i in range(4)]
+    for req in tight:
+        sched.add_request(req)
+    while sched.has_unfinished():
+        step_by_rows(sched, worker, clock)
+    assert all(r.status is RequestStatus.FINISHED_LENGTH for r in tight)
+    bulk = [
+        with_deadline(
+            make_request(f"b{i}", 4, max_tokens=bulk_tokens, ignore_eos=True, first_token=200 + i),
+            clock,
+            10.0,
+        )
+        for i in range(5)
+    ]
+    for req in bulk:
+        sched.add_request(req)
+    return bulk
+
+
+def test_recent_tight_arrivals_hold_the_batch_at_the_size_they_need() -> None:
+    # The running requests alone (10 s to spare) would let the batch take all five of them,
+    # and the next tight arrival (20 steps in 0.45 s) could not join: at 6 rows, 26 ms steps.
+    # The tight requests that arrived in the last second (4 of 9) hold it at the 3 rows they
+    # need: the long ones wait, their slack banked, and the next tight one joins, in time.
+    sched, clock, worker = timed_scheduler("deadline", max_num_seqs=16)
+    learn_the_cost_of_a_row(sched, worker, clock)
+    bulk = run_tight_then_bulk(sched, worker, clock)
+    for _ in range(2):
+        out, _ = step_by_rows(sched, worker, clock)
+        assert len(out.scheduled) == 3
+    late_tight = tight_request("t4", clock, 100)
+    sched.add_request(late_tight)
+    out, _ = step_by_rows(sched, worker, clock)
+    assert "t4" in [new.req_id for new in out.step_input.new]
+    assert len(out.scheduled) == 4  # past the hold: a tight request cannot wait
+    while sched.has_unfinished():
+        step_by_rows(sched, worker, clock)
+    assert late_tight.status is RequestStatus.FINISHED_LENGTH
+    assert all(r.status is RequestStatus.FINISHED_LENGTH for r in bulk)
+    assert sched.tenant_usage["default"].num_deadlines_met == 10
+    assert sched.kv.pool.num_free_blocks == 64
+
+
+def test_the_hold_lifts_once_the_tight_arrivals_are_a_second_old() -> None:
+    # The first three long requests run 60 steps of 14 ms; a second after the tight ones
+    # arrived, before those end, the other two join them.
+    sched, clock, worker = timed_scheduler("deadline", max_num_seqs=16)
+    learn_the_cost_of_a_row(sched, worker, clock)
+    bulk = run_tight_then_bulk(sched, worker, clock, bulk_tokens=60)
+    widths = []
+    while not all(r.is_finished for r in bulk):
+        out, _ = step_by_rows(sched, worker, clock)
+        widths.append(len(out.scheduled))
+    assert widths[0] == 3 and max(widths) == 5
+    assert all(r.status is RequestStatus.FINISHED_LENGTH for r in bulk)
