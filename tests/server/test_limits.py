@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 
@@ -25,27 +27,52 @@ def test_deadline_aborts_and_frees_blocks(server: ServerHandle) -> None:
         assert client.generate("Hi", max_tokens=3, ignore_eos=True).usage.completion_tokens == 3
 
 
+class HeldEngine(Engine):
+    """The real engine, whose loop waits before each step while `go` is clear: what runs
+    stays running and what arrives stays queued, for as long as a test needs."""
+
+    go: threading.Event
+
+    def step(self):
+        self.go.wait()
+        return super().step()
+
+
+def held_engine(**kwargs) -> HeldEngine:
+    plain = make_engine(**kwargs)
+    engine = HeldEngine(plain.worker, plain.tokenizer, plain.config)
+    engine.go = threading.Event()
+    engine.go.set()
+    return engine
+
+
 def test_full_queue_is_resource_exhausted(start_server) -> None:
-    # One request runs at a time and two may wait: the fourth finds the queue full.
-    server = start_server(make_engine(max_num_seqs=1, max_queued_requests=2))
-    with grpc.insecure_channel(server.target) as channel:
-        stub = serving_pb2_grpc.GenerationStub(channel)
-        # A streaming call starts when made, not when first read. The engine counts a request
-        # as waiting until a step schedules it, so the first must run before the others come.
-        calls = [stub.GenerateStream(build_request("Story", max_tokens=400, ignore_eos=True))]
-        wait_until(lambda: server.engine.stats().num_running == 1, 5.0, "one request running")
-        calls += [
-            stub.GenerateStream(build_request(f"Story {i}", max_tokens=400, ignore_eos=True))
-            for i in range(2)
-        ]
-        wait_until(lambda: server.engine.stats().num_waiting == 2, 5.0, "two requests waiting")
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Generate(build_request("One too many", max_tokens=4))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "queue is full" in err.value.details()
-        for call in calls:
-            call.cancel()
-    wait_until(lambda: engine_is_idle(server.engine), 5.0, "all aborted, blocks free")
+    # One request runs at a time and two may wait: the fourth finds the queue full. Once the
+    # first runs the loop is held, so it cannot finish and hand its seat to a waiting one.
+    engine = held_engine(max_num_seqs=1, max_queued_requests=2)
+    server = start_server(engine)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = serving_pb2_grpc.GenerationStub(channel)
+            # A streaming call starts when made, not when first read.
+            calls = [stub.GenerateStream(build_request("Story", max_tokens=400, ignore_eos=True))]
+            wait_until(lambda: engine.stats().num_running == 1, 5.0, "one request running")
+            engine.go.clear()
+            calls += [
+                stub.GenerateStream(build_request(f"Story {i}", max_tokens=400, ignore_eos=True))
+                for i in range(2)
+            ]
+            wait_until(lambda: engine.stats().num_waiting == 2, 5.0, "two requests waiting")
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(build_request("One too many", max_tokens=4))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "queue is full" in err.value.details()
+            engine.go.set()
+            for call in calls:
+                call.cancel()
+    finally:
+        engine.go.set()  # a held loop would never stop
+    wait_until(lambda: engine_is_idle(engine), 5.0, "all aborted, blocks free")
 
 
 def test_request_that_never_fits_the_kv_cache(start_server) -> None:
