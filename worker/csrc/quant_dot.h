@@ -135,9 +135,9 @@ inline __m256 dot32(__m256i u, __m256i a) {
 // Per-row accumulators of one weight row: two vectors of scaled products (`dot` and `alt`,
 // for alternate blocks), a vector of offset products (K types) and a scalar one. With two
 // sums each multiply-add waits on the one two blocks back, not on the one just before: with
-// one activation row that wait set the pace. Measured on a Zen 4, switching between one sum
-// and two in one process, over a 7B layer's Q4_0 projections: one row 1.8x faster with int16
-// activations and 1.2x with int8, four rows 1.15x and 1.2x.
+// one activation row that wait set the pace. Measured on a Zen 4 over a 7B layer's Q4_0
+// projections at one row, int16 activations: 1.25x faster in alternating runs of the two
+// builds, 1.8x with a switch between them in one process (int8 1.2x; four rows 1.15-1.2x).
 template <int kRows>
 struct Acc {
   __m256 dot[kRows], alt[kRows], off[kRows];
