@@ -73,9 +73,7 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = layout(kType).bytes;
   const int64_t nb = k / 32;
-  // Two sums per row, for alternate blocks, as quant_dot.h's Acc keeps.
-  __m256 dot[2][kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
+  Acc<kRows> acc;  // two sums per row, for alternate blocks
   const auto block = [&](const uint8_t* blk, int64_t b, const __m256 both[kRows], int j,
                          __m256 sums[kRows]) {
     __m256i w[2];
@@ -101,12 +99,12 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
       const int64_t at = (r0 + r) * nb + b;
       both[r] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.scales.data() + at));
       if constexpr (kType != kQ8_0)
-        off[r] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(a.sums32.data() + at), off[r]);
+        acc.off[r] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(a.sums32.data() + at), acc.off[r]);
     }
 #pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) block(row + (b + j) * kBytes, b + j, both, j, dot[j & 1]);
+    for (int j = 0; j < 8; ++j)
+      block(row + (b + j) * kBytes, b + j, both, j, (j & 1) ? acc.alt : acc.dot);
   }
-  float tail[kRows] = {};
   for (; b < nb; ++b) {  // fewer than eight blocks left
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk);
@@ -115,15 +113,11 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
       both[r] = _mm256_set1_ps(d * a.scales[at]);
-      tail[r] += c * a.sums32[at];
+      acc.scalar[r] += c * a.sums32[at];
     }
-    block(blk, b, both, 0, dot[0]);
+    block(blk, b, both, 0, acc.dot);
   }
-  for (int r = 0; r < kRows; ++r) {
-    const float sum = hsum256(_mm256_add_ps(_mm256_add_ps(dot[0][r], dot[1][r]), off[r])) + tail[r];
-    float* out = y + (r0 + r) * ldy;
-    *out = accumulate ? *out + sum : sum;
-  }
+  acc.write(y, r0, ldy, accumulate);
 }
 
 // 32 unsigned bytes times 32 int16 activations: eight int32 lanes of partial sums.
@@ -137,25 +131,13 @@ inline __m256i dot32_u8(__m256i u, const int16_t* q) {
   return _mm256_hadd_epi32(lo, hi);
 }
 
-// dot[0] and dot[1]: the two sums of alternate blocks (quant_dot.h's Acc).
-template <int kRows>
-inline void write_rows(const __m256 dot[2][kRows], const __m256 off[kRows], float* y,
-                       int64_t r0, int64_t ldy, bool accumulate) {
-  for (int r = 0; r < kRows; ++r) {
-    const float sum = hsum256(_mm256_add_ps(_mm256_add_ps(dot[0][r], dot[1][r]), off[r]));
-    float* out = y + (r0 + r) * ldy;
-    *out = accumulate ? *out + sum : sum;
-  }
-}
-
 // Q4_K and Q5_K, unpacked as quant_dot.h's dot_q45k does: a scale and a min per 32 values.
 template <bool kFive, int kRows>
 inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
                            float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = layout(kFive ? kQ5_K : kQ4_K).bytes;
   const int64_t nb = k / 32;
-  __m256 dot[2][kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
+  Acc<kRows> acc;
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * kBytes;
     uint32_t sm[4];
@@ -166,7 +148,7 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + s * 8;
       both[r] = _mm256_mul_ps(scale, _mm256_loadu_ps(a.scales.data() + at));
-      off[r] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(a.sums32.data() + at), off[r]);
+      acc.off[r] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(a.sums32.data() + at), acc.off[r]);
     }
     __m256i qh = kFive ? load32(x + 16) : _mm256_setzero_si256();
     const uint8_t* qs = x + (kFive ? 48 : 16);
@@ -176,14 +158,14 @@ inline void dot_q45k_int16(const uint8_t* row, int64_t k, const QuantizedRows16&
       q45k_pair<kFive>(load32(qs + p * 32), qh, lo, hi);
       for (int r = 0; r < kRows; ++r) {
         const int16_t* q = a.q.data() + ((r0 + r) * nb + s * 8 + 2 * p) * 32;
-        dot[0][r] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), dot[0][r]);
-        dot[1][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(hi, q + 32)),
-                                    lane(both[r], 2 * p + 1), dot[1][r]);
+        acc.dot[r] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(lo, q)), lane(both[r], 2 * p), acc.dot[r]);
+        acc.alt[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_u8(hi, q + 32)),
+                                     lane(both[r], 2 * p + 1), acc.alt[r]);
       }
     }
   }
-  write_rows<kRows>(dot, off, y, r0, ldy, accumulate);
+  acc.write(y, r0, ldy, accumulate);
 }
 
 // Q6_K, unpacked as quant_dot.h's dot_q6k does: a scale per 16 values, value = d * scale *
@@ -192,8 +174,7 @@ template <int kRows>
 inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a, int64_t r0,
                           float* y, int64_t ldy, bool accumulate) {
   const int64_t nb = k / 32, ng = k / 16;
-  __m256 dot[2][kRows], off[kRows];
-  for (int r = 0; r < kRows; ++r) dot[0][r] = dot[1][r] = off[r] = _mm256_setzero_ps();
+  Acc<kRows> acc;
   for (int64_t s = 0; s < k / 256; ++s) {
     const uint8_t* x = row + s * 210;
     const __m256 d = _mm256_set1_ps(f16(x + 208));
@@ -201,8 +182,10 @@ inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& 
     const __m256 minus32 = _mm256_set1_ps(-32.0f);
     for (int r = 0; r < kRows; ++r) {
       const float* sums = a.sums16.data() + (r0 + r) * ng + s * 16;
-      off[r] = _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[0]), _mm256_loadu_ps(sums), off[r]);
-      off[r] = _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[1]), _mm256_loadu_ps(sums + 8), off[r]);
+      acc.off[r] =
+          _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[0]), _mm256_loadu_ps(sums), acc.off[r]);
+      acc.off[r] =
+          _mm256_fmadd_ps(_mm256_mul_ps(minus32, scale[1]), _mm256_loadu_ps(sums + 8), acc.off[r]);
     }
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
@@ -221,12 +204,13 @@ inline void dot_q6k_int16(const uint8_t* row, int64_t k, const QuantizedRows16& 
         for (int i = 0; i < 4; ++i) {
           const __m256 p = _mm256_cvtepi32_ps(dot32_u8(quarter[i], a.q.data() + (at + i) * 32));
           const __m256 both = _mm256_mul_ps(lanes[i], _mm256_broadcast_ss(a.scales.data() + at + i));
-          dot[i & 1][r] = _mm256_fmadd_ps(p, both, dot[i & 1][r]);
+          __m256& sum = (i & 1) ? acc.alt[r] : acc.dot[r];
+          sum = _mm256_fmadd_ps(p, both, sum);
         }
       }
     }
   }
-  write_rows<kRows>(dot, off, y, r0, ldy, accumulate);
+  acc.write(y, r0, ldy, accumulate);
 }
 
 template <int kRows>
