@@ -327,7 +327,7 @@ def fluid_bound(arrivals: list[tuple[float, str, float]], cost: StepCost, seats:
     return best / len(arrivals)
 
 
-# The scheduler's settings, restored after a run that changed them.
+# The scheduler's own settings, read before any run changes them (each run sets its own).
 ADMISSION_MARGIN = deadlines.ADMISSION_MARGIN
 ARRIVAL_WINDOW = deadlines.ARRIVAL_WINDOW
 

@@ -16,9 +16,9 @@ tokens so that the second catches up with the first, under a token budget per st
 3. Then waiting requests, in the order the queue policy picks, while budget, blocks and
    `max_num_seqs` allow (under `deadline`, and while the step time of the grown batch keeps
    the running requests in time and suits the deadlines of recent arrivals); a prefix-cache
-   hit counts as computed. When the next one finds no
-   room, running requests the policy ranks below it that have run their quantum give up
-   their places to it (scheduler/preemption.py), by the same recompute as in 2.
+   hit counts as computed. When the next one finds no room, running requests the policy
+   ranks below it that have run their quantum give up their places to it
+   (scheduler/preemption.py), by the same recompute as in 2.
 
 The rule between the two preemptions: a step that preempted for blocks (2) admits nothing and
 preempts for nothing else, since the blocks it freed are owed to the running requests that
