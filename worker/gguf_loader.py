@@ -11,6 +11,8 @@ views of the file's memory map (worker/packed_weights.py), or are dequantized
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import re
 import warnings
 from pathlib import Path
@@ -24,7 +26,7 @@ from modelfiles.model_source import UnreadableModelError
 from worker.gguf_dequant import BLOCK_SHAPES, SUPPORTED_TYPES, dequantize
 from worker.memory_check import allocation_guard
 from worker.model_args import ModelArgs, args_from_gguf_metadata, expected_shapes
-from worker.packed_weights import PackedTensor
+from worker.packed_weights import PackedTensor, for_kernels
 
 _TOP_NAMES = {
     "token_embd.weight": "tok_embeddings.weight",
@@ -43,6 +45,8 @@ _LAYER_NAMES = {
     "ffn_up.weight": "feed_forward.w3.weight",
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_MADV_DONTNEED = mmap.MADV_DONTNEED
 
 
 def meta_name(gguf_name: str) -> str | None:
@@ -127,12 +131,26 @@ def _read_tensor(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             data = torch.from_numpy(raw.reshape(rows, -1))
-        return PackedTensor(data, type_name, (rows, row_length))
+        packed_tensor = for_kernels(PackedTensor(data, type_name, (rows, row_length)))
+        if packed_tensor.data is not data:  # regrouped into new memory
+            _release_map_pages(raw)
+        return packed_tensor
     with allocation_guard(f"{path}: tensor {name}", rows * row_length * 4, error):
         # A copy in memory, not a view of the map: the float tensors are cast and re-laid.
         raw_copy = torch.from_numpy(np.array(raw).reshape(rows, -1))
         values = dequantize(raw_copy, type_name, row_length)
     return values.reshape(shape)
+
+
+def _release_map_pages(view: np.ndarray) -> None:
+    """Drop the memory map's pages under `view` from this process (MADV_DONTNEED; read from
+    the file again if ever touched), so a regrouped copy and the bytes it came from are not
+    both resident while a model loads."""
+    page = mmap.PAGESIZE
+    start = view.ctypes.data
+    first, last = -(-start // page) * page, (start + view.nbytes) // page * page
+    if last > first:
+        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
 def _row_bytes(type_name: str, row_length: int) -> int:

@@ -110,7 +110,8 @@ def test_packed_and_dequantized_loads_hold_the_same_tensors(random_model, tmp_pa
             ), floats[name]), name  # fmt: skip
         else:
             assert torch.equal(weight, floats[name]), name
-    assert kinds == {type_name}
+    # Q4_0 is regrouped by eights at load (worker/csrc/quant_blocks.h), its values unchanged.
+    assert kinds == {"Q4_0_G8" if type_name == "Q4_0" else type_name}
 
 
 @pytest.mark.parametrize("type_name", TYPES)

@@ -23,20 +23,26 @@ from tests.models.test_gguf_dequant import random_blocks
 from worker.cpu_kernels import load_cpu_kernels
 from worker.gguf_dequant import BLOCK_SHAPES
 from worker.packed_modules import ACTIVATION_CODES
-from worker.packed_weights import KERNEL_TYPE_IDS, quantize_bf16
+from worker.packed_weights import KERNEL_TYPE_IDS, PACKED_SHAPES, quantize_bf16, ungroup_q4_0
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
-TYPES = sorted(BLOCK_SHAPES)  # GGML's blocks; bfloat16 weights have their own test
+# GGML's blocks and Q4_0 regrouped by eights; bfloat16 weights have their own test.
+TYPES = [*sorted(BLOCK_SHAPES), "Q4_0_G8"]
 EPS32 = float(np.finfo(np.float32).eps)
 INT8, INT16 = ACTIVATION_CODES["int8"], ACTIVATION_CODES["int16"]
 
 
 def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random blocks [rows, bytes] and the gguf package's float64 values of them."""
-    raw = random_blocks(type_name, rows, blocks, seed)
-    values = quants.dequantize(raw, Q[type_name]).astype(np.float64)
-    return torch.from_numpy(raw), torch.from_numpy(values)
+    """Random blocks [rows, bytes] and the gguf package's float64 values of them (Q4_0_G8:
+    of the Q4_0 blocks it was grouped from)."""
+    plain = "Q4_0" if type_name == "Q4_0_G8" else type_name
+    raw = random_blocks(plain, rows, blocks, seed)
+    values = quants.dequantize(raw, Q[plain]).astype(np.float64)
+    data = torch.from_numpy(raw)
+    if type_name == "Q4_0_G8":
+        data = torch.ops.loom.group_q4_0(data)
+    return data, torch.from_numpy(values)
 
 
 def quantize_activations(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
@@ -59,8 +65,9 @@ def assert_product_close(y: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> N
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 32, 33, 130])
 def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
-    for blocks, out in ((1, 5), (3, 37)):  # one block per row, and a ragged odd count
+    per_block = PACKED_SHAPES[type_name][0]
+    # One block per row, a ragged odd count, eight blocks at a time and one more.
+    for blocks, out in ((1, 5), (3, 37), (9, 3)):
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
         kind = KERNEL_TYPE_IDS[type_name]
@@ -73,7 +80,7 @@ def test_int8_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> Non
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 16, 33, 130])
 def test_int16_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
+    per_block = PACKED_SHAPES[type_name][0]
     for blocks, out in ((1, 5), (3, 37), (9, 3)):  # 9 blocks: eight at a time, then one
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         k = blocks * per_block
@@ -88,7 +95,7 @@ def test_int16_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> No
 @pytest.mark.parametrize("type_name", TYPES)
 def test_int16_products_follow_float_ones_far_closer_than_int8(type_name: str) -> None:
     # What `--activations int16` buys over int8, in one number each.
-    per_block = BLOCK_SHAPES[type_name][0]
+    per_block = PACKED_SHAPES[type_name][0]
     k = per_block * (2 if per_block == 256 else 18)
     w_raw, w = packed(type_name, 64, k // per_block, seed=7)
     x = torch.randn(2, k, generator=torch.Generator().manual_seed(7))
@@ -102,8 +109,8 @@ def test_int16_products_follow_float_ones_far_closer_than_int8(type_name: str) -
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 32, 33, 130])
 def test_float_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
-    for blocks, out in ((1, 5), (3, 37)):
+    per_block = PACKED_SHAPES[type_name][0]
+    for blocks, out in ((1, 5), (3, 37), (9, 3)):
         w_raw, w = packed(type_name, out, blocks, seed=rows + blocks)
         x = torch.randn(rows, blocks * per_block, generator=torch.Generator().manual_seed(rows))
         kind = KERNEL_TYPE_IDS[type_name]
@@ -119,7 +126,7 @@ def test_float_path_for_decode_and_prefill_rows(type_name: str, rows: int) -> No
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("activations", ["float", "int8", "int16"])
 def test_a_row_gives_the_same_result_whatever_rows_share_its_call(type_name, activations) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
+    per_block = PACKED_SHAPES[type_name][0]
     w_raw, _ = packed(type_name, 19, 2, seed=4)
     x = torch.randn(7, 2 * per_block, generator=torch.Generator().manual_seed(4))
     kind = KERNEL_TYPE_IDS[type_name]
@@ -136,7 +143,7 @@ def test_a_row_gives_the_same_result_whatever_rows_share_its_call(type_name, act
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows", [1, 33, 130])
 def test_dequantize_and_gemm_path_for_long_prefills(type_name: str, rows: int) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
+    per_block = PACKED_SHAPES[type_name][0]
     w_raw, w = packed(type_name, 45, 2, seed=rows)
     x = torch.randn(rows, 2 * per_block, generator=torch.Generator().manual_seed(rows))
     kind = KERNEL_TYPE_IDS[type_name]
@@ -150,10 +157,11 @@ def test_dequantize_and_gemm_path_for_long_prefills(type_name: str, rows: int) -
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_rows_dequantize_exactly_as_the_reference(type_name: str) -> None:
-    per_block = BLOCK_SHAPES[type_name][0]
-    w_raw, w = packed(type_name, 9, 2, seed=5)
+    per_block = PACKED_SHAPES[type_name][0]
+    blocks = 11 if per_block == 32 else 2  # 32-value blocks: eight at a time, then three
+    w_raw, w = packed(type_name, 9, blocks, seed=5)
     ids = torch.tensor([8, 0, 3, 3])
-    rows = torch.ops.loom.quant_rows(w_raw, ids, KERNEL_TYPE_IDS[type_name], 2 * per_block)
+    rows = torch.ops.loom.quant_rows(w_raw, ids, KERNEL_TYPE_IDS[type_name], blocks * per_block)
     assert rows.dtype == torch.float32
     assert torch.equal(rows, w[ids].float())
 
@@ -221,3 +229,22 @@ def test_bfloat16_weights_multiply_float_activations_whatever_is_asked(rows, act
     assert torch.equal(torch.ops.loom.quant_rows(w_raw, ids, bf16, 96), exact[ids].float())
     with pytest.raises(RuntimeError, match="bfloat16 weights take float activations"):
         torch.ops.loom.quant_linear_int8(x, w_raw, bf16, 96)
+
+
+@pytest.mark.parametrize("blocks", [1, 8, 19])  # no full group; one; two and three plain
+def test_q4_0_regrouped_by_eights_gives_the_same_bytes_back_and_the_same_products(blocks) -> None:
+    plain, _ = packed("Q4_0", 6, blocks, seed=blocks)
+    grouped = torch.ops.loom.group_q4_0(plain)
+    assert grouped.shape == plain.shape
+    assert torch.equal(ungroup_q4_0(grouped), plain)
+    if blocks >= 8:  # the first group's scales lead it
+        first_scales = plain[:, :144].reshape(6, 8, 18)[..., :2]
+        assert torch.equal(grouped[:, :16].reshape(6, 8, 2), first_scales)
+    k = blocks * 32
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(blocks))
+    for code in ACTIVATION_CODES.values():  # the same blocks summed in the same order
+        for rows in (1, 5):
+            assert torch.equal(
+                torch.ops.loom.quant_linear(x[:rows], grouped, KERNEL_TYPE_IDS["Q4_0_G8"], k, code),
+                torch.ops.loom.quant_linear(x[:rows], plain, KERNEL_TYPE_IDS["Q4_0"], k, code),
+            )

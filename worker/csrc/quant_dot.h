@@ -159,20 +159,36 @@ struct Acc {
 // Lane j of v, in every lane.
 inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
 
-// Q8_0, Q4_0, Q4_1: one 32-value block per scale. Eight blocks at a time: their scales and
-// offsets gathered into vectors, multiplied by the activation rows' eight block scales and
-// sums at once.
+// Q8_0, Q4_0, Q4_1 (and Q4_0_G8, read as Q4_0): one 32-value block per scale. Eight blocks at
+// a time: their scales and offsets gathered into vectors, multiplied by the activation rows'
+// eight block scales and sums at once.
+
+// How each block's values and offset read: Q4_0_G8's blocks are Q4_0's.
 template <int64_t kType>
-inline __m256i block32_values(const uint8_t* blk) {
+constexpr int64_t kPlainType = kType == kQ4_0G8 ? kQ4_0 : kType;
+
+// Where a plain block's quant bytes start.
+template <int64_t kType>
+constexpr int64_t kQuantsAt = kType == kQ4_1 ? 4 : 2;
+
+// A block's 32 values as unsigned bytes (signed for Q8_0 without VNNI) from its quant bytes.
+template <int64_t kType>
+inline __m256i block32_values(const uint8_t* qs) {
   if constexpr (kType == kQ8_0) {
-    const __m256i w = load32(blk + 2);
+    const __m256i w = load32(qs);
     if constexpr (kVnni) return _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
     return w;  // signed: dot32<true> moves the signs
   } else {
-    constexpr int kQs = kType == kQ4_0 ? 2 : 4;
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQs));
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
   }
+}
+
+// The quant bytes of block j of the eight starting at `first`.
+template <int64_t kType>
+inline const uint8_t* group_quants(const uint8_t* first, int j) {
+  if constexpr (kType == kQ4_0G8) return first + 2 * kGroupBlocks + 16 * j;
+  return first + j * layout(kType).bytes + kQuantsAt<kType>;
 }
 
 // A block's offset per unit of the activations' block sum: value = d * u + offset.
@@ -193,22 +209,31 @@ inline __m256 block32_scales(const uint8_t* first) {
   return _mm256_cvtph_ps(packed);
 }
 
+// The scales of the eight blocks starting at `first`: one load where the row is Q4_0_G8.
+template <int64_t kType>
+inline __m256 group_scales(const uint8_t* first) {
+  if constexpr (kType == kQ4_0G8)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(first)));
+  return block32_scales<layout(kType).bytes, 0>(first);
+}
+
 template <int64_t kType, int kRows>
 inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0,
                          float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = layout(kType).bytes;
+  constexpr int64_t kBytes = layout(kType).bytes, kPlain = kPlainType<kType>;
   constexpr bool kSigned = kType == kQ8_0 && !kVnni;
   const int64_t nb = k / 32;
   Acc<kRows> acc;
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
+    const uint8_t* first = row + b * kBytes;
     // Built in registers: stored floats loaded back as a vector would stall the load.
-    const __m256 dv = block32_scales<kBytes, 0>(row + b * kBytes);
+    const __m256 dv = group_scales<kType>(first);
     __m256 cv;
     if constexpr (kType == kQ4_1) {
-      cv = block32_scales<kBytes, 2>(row + b * kBytes);
+      cv = block32_scales<kBytes, 2>(first);
     } else {
-      cv = _mm256_mul_ps(dv, _mm256_set1_ps(block32_offset<kType>(nullptr, 1.0f)));
+      cv = _mm256_mul_ps(dv, _mm256_set1_ps(block32_offset<kPlain>(nullptr, 1.0f)));
     }
     __m256 both[kRows];
     for (int r = 0; r < kRows; ++r) {
@@ -218,7 +243,7 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
     }
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
-      const __m256i w = block32_values<kType>(row + (b + j) * kBytes);
+      const __m256i w = block32_values<kPlain>(group_quants<kType>(first, j));
       for (int r = 0; r < kRows; ++r) {
         const int8_t* q = a.q.data() + ((r0 + r) * nb + b + j) * 32;
         __m256& sum = (j & 1) ? acc.alt[r] : acc.dot[r];
@@ -226,10 +251,10 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
       }
     }
   }
-  for (; b < nb; ++b) {
+  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (Q4_0_G8's tail too)
     const uint8_t* blk = row + b * kBytes;
-    const float d = f16(blk), c = block32_offset<kType>(blk, d);
-    const __m256i w = block32_values<kType>(blk);
+    const float d = f16(blk), c = block32_offset<kPlain>(blk, d);
+    const __m256i w = block32_values<kPlain>(blk + kQuantsAt<kPlain>);
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
       const __m256 dot = dot32<kSigned>(w, load32(a.q.data() + at * 32));
@@ -377,6 +402,7 @@ inline void dot_row_tile(int64_t type, const uint8_t* row, int64_t k, const Quan
   switch (type) {
     case kQ8_0: return dot_blocks32<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_0G8: return dot_blocks32<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1: return dot_blocks32<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k<true, kRows>(row, k, a, r0, y, ldy, accumulate);

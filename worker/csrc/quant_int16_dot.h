@@ -51,18 +51,19 @@ inline __m256i madd16(__m256i acc, __m256i w, __m256i x) {
 #endif
 }
 
-// A block's 32 values as two vectors of 16-bit integers: values 0-15 and 16-31.
+// A block's 32 values, from its quant bytes, as two vectors of 16-bit integers: values 0-15
+// and 16-31. A 4-bit block's 16 bytes are widened first and split into nibbles after (one
+// widening instead of two).
 template <int64_t kType>
-inline void block32_int16(const uint8_t* blk, __m256i out[2]) {
+inline void block32_int16(const uint8_t* qs, __m256i out[2]) {
   if constexpr (kType == kQ8_0) {
-    const __m128i* q = reinterpret_cast<const __m128i*>(blk + 2);
+    const __m128i* q = reinterpret_cast<const __m128i*>(qs);
     out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));
     out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q + 1));
   } else {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (kType == kQ4_0 ? 2 : 4)));
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    out[0] = _mm256_cvtepu8_epi16(_mm_and_si128(q, mask));
-    out[1] = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), mask));
+    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    out[0] = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F));
+    out[1] = _mm256_srli_epi16(bytes, 4);
   }
 }
 
@@ -71,13 +72,13 @@ inline void block32_int16(const uint8_t* blk, __m256i out[2]) {
 template <int64_t kType, int kRows>
 inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRows16& a,
                                int64_t r0, float* y, int64_t ldy, bool accumulate) {
-  constexpr int64_t kBytes = layout(kType).bytes;
+  constexpr int64_t kBytes = layout(kType).bytes, kPlain = kPlainType<kType>;
   const int64_t nb = k / 32;
   Acc<kRows> acc;  // two sums per row, for alternate blocks
-  const auto block = [&](const uint8_t* blk, int64_t b, const __m256 both[kRows], int j,
+  const auto block = [&](const uint8_t* qs, int64_t b, const __m256 both[kRows], int j,
                          __m256 sums[kRows]) {
     __m256i w[2];
-    block32_int16<kType>(blk, w);
+    block32_int16<kPlain>(qs, w);
     for (int r = 0; r < kRows; ++r) {
       const int16_t* q = a.q.data() + ((r0 + r) * nb + b) * 32;
       __m256i p = _mm256_setzero_si256();
@@ -89,11 +90,12 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
   };
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
-    prefetch_weights_nta(row + b * kBytes, 8 * kBytes);
-    const __m256 dv = block32_scales<kBytes, 0>(row + b * kBytes);
+    const uint8_t* first = row + b * kBytes;
+    prefetch_weights_nta(first, 8 * kBytes);
+    const __m256 dv = group_scales<kType>(first);
     __m256 cv = _mm256_setzero_ps();  // the blocks' offsets
-    if constexpr (kType == kQ4_1) cv = block32_scales<kBytes, 2>(row + b * kBytes);
-    if constexpr (kType == kQ4_0) cv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
+    if constexpr (kType == kQ4_1) cv = block32_scales<kBytes, 2>(first);
+    if constexpr (kPlain == kQ4_0) cv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
     __m256 both[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
@@ -103,19 +105,19 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
     }
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j)
-      block(row + (b + j) * kBytes, b + j, both, j, (j & 1) ? acc.alt : acc.dot);
+      block(group_quants<kType>(first, j), b + j, both, j, (j & 1) ? acc.alt : acc.dot);
   }
-  for (; b < nb; ++b) {  // fewer than eight blocks left
+  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (Q4_0_G8's tail too)
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk);
-    const float c = kType == kQ4_1 ? f16(blk + 2) : kType == kQ4_0 ? -8.0f * d : 0.0f;
+    const float c = kPlain == kQ4_1 ? f16(blk + 2) : kPlain == kQ4_0 ? -8.0f * d : 0.0f;
     __m256 both[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
       both[r] = _mm256_set1_ps(d * a.scales[at]);
       acc.scalar[r] += c * a.sums32[at];
     }
-    block(blk, b, both, 0, acc.dot);
+    block(blk + kQuantsAt<kPlain>, b, both, 0, acc.dot);
   }
   acc.write(y, r0, ldy, accumulate);
 }
@@ -220,6 +222,7 @@ inline void dot_row_tile_int16(int64_t type, const uint8_t* row, int64_t k,
   switch (type) {
     case kQ8_0: return dot_blocks32_int16<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32_int16<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_0G8: return dot_blocks32_int16<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1: return dot_blocks32_int16<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k_int16<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k_int16<true, kRows>(row, k, a, r0, y, ldy, accumulate);

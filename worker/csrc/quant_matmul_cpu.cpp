@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -237,6 +238,24 @@ at::Tensor quant_rows(const at::Tensor& w, const at::Tensor& ids, int64_t type, 
   return out;
 }
 
+// Q4_0 blocks [rows, bytes] regrouped into Q4_0_G8 (quant_blocks.h), in new memory.
+at::Tensor group_q4_0(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.size(1) % 18 == 0,
+              "expected Q4_0 blocks uint8 [rows, a multiple of 18 bytes]");
+  const at::Tensor src = w.contiguous();
+  at::Tensor out = at::empty_like(src);
+  const int64_t rows = src.size(0), row_bytes = src.size(1);
+  const uint8_t* sp = src.data_ptr<uint8_t>();
+  uint8_t* op = out.data_ptr<uint8_t>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 262144 / std::max<int64_t>(row_bytes, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r)
+                       loom::quant::group_row(sp + r * row_bytes, row_bytes / 18,
+                                              op + r * row_bytes);
+                   });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loom, m) {
@@ -248,6 +267,7 @@ TORCH_LIBRARY_FRAGMENT(loom, m) {
   m.def("quant_linear_dequant(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_linear_f32(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_rows(Tensor w, Tensor ids, int type, int k) -> Tensor");
+  m.def("group_q4_0(Tensor w) -> Tensor");
   m.impl("quant_linear", c10::DispatchKey::CPU, &quant_linear);
   m.impl("quant_linear_parts", c10::DispatchKey::CPU, &quant_linear_parts);
   m.impl("quant_linear_int8", c10::DispatchKey::CPU, &quant_linear_int8);
@@ -255,4 +275,5 @@ TORCH_LIBRARY_FRAGMENT(loom, m) {
   m.impl("quant_linear_dequant", c10::DispatchKey::CPU, &quant_linear_dequant);
   m.impl("quant_linear_f32", c10::DispatchKey::CPU, &quant_linear_f32);
   m.impl("quant_rows", c10::DispatchKey::CPU, &quant_rows);
+  m.impl("group_q4_0", c10::DispatchKey::CPU, &group_q4_0);
 }
