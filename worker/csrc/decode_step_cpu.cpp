@@ -45,9 +45,11 @@ using loom::quant::QuantizedRows16;
 
 // Output columns of a thread's share are a multiple of this (a cache line of floats).
 constexpr int64_t kColumnGranule = 16;
-// Inputs of column-major float32 weights summed per pass over the partial sums (a quarter of
-// their traffic); a thread's share of the inputs is a multiple of it.
-constexpr int64_t kInputsPerPass = 4;
+// Inputs of column-major float32 weights summed per pass over the partial sums (an eighth of
+// their traffic); a thread's share of the inputs is a multiple of it. Eight against four:
+// a 60M model's step (8 layers and a 32000-wide head, one row, two threads) 1.15x faster, at
+// the rate of a plain sum over the same bytes, on a Zen 4.
+constexpr int64_t kInputsPerPass = 8;
 
 // One projection [n, k]: packed parts whose rows follow one another, or a float32 matrix
 // whose element (col, i) is at fw[col * col_stride + i * in_stride].
@@ -193,18 +195,18 @@ void split_inputs(const Projection& p, int64_t i0, int64_t i1, const float* x, i
     const int64_t cw = std::min(tile, n - c);
     for (int64_t t = 0; t < T; ++t) std::fill_n(partial + t * n + c, cw, 0.0f);
     int64_t i = i0;
-    static_assert(kInputsPerPass == 4, "the pass below names four inputs");
     for (; i + kInputsPerPass <= i1; i += kInputsPerPass) {
-      const float* w0 = p.fw + i * p.in_stride + c;
-      const float* w1 = w0 + p.in_stride;
-      const float* w2 = w1 + p.in_stride;
-      const float* w3 = w2 + p.in_stride;
+      const float* w = p.fw + i * p.in_stride + c;
+      const int64_t s = p.in_stride;
       for (int64_t t = 0; t < T; ++t) {
         const float* xt = x + t * k + i;
         const float x0 = xt[0], x1 = xt[1], x2 = xt[2], x3 = xt[3];
+        const float x4 = xt[4], x5 = xt[5], x6 = xt[6], x7 = xt[7];
         float* a = partial + t * n + c;
 #pragma omp simd
-        for (int64_t j = 0; j < cw; ++j) a[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j];
+        for (int64_t j = 0; j < cw; ++j)
+          a[j] += x0 * w[j] + x1 * w[j + s] + x2 * w[j + 2 * s] + x3 * w[j + 3 * s] +
+                  x4 * w[j + 4 * s] + x5 * w[j + 5 * s] + x6 * w[j + 6 * s] + x7 * w[j + 7 * s];
       }
     }
     for (; i < i1; ++i) {
