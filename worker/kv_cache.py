@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import math
-import mmap
 import os
 from dataclasses import dataclass
 
 import torch
 
 from worker.attention.backend import AttentionBackend
+from worker.host_memory import zeros_on_huge_pages
 from worker.model_args import ModelArgs
 
 GIB = 1 << 30
@@ -92,24 +92,13 @@ def allocate_kv_cache(
     )
     per_layer = math.prod(k_shape) + math.prod(v_shape)
     if device.type == "cpu":
-        flat = _zeros_on_huge_pages(args.n_layers * per_layer, dtype)
+        flat = zeros_on_huge_pages((args.n_layers * per_layer,), dtype)
     else:
         flat = torch.zeros(args.n_layers * per_layer, dtype=dtype, device=device)
     storage = flat.view(args.n_layers, per_layer)
     split = math.prod(k_shape)
     layers = [(row[:split].view(k_shape), row[split:].view(v_shape)) for row in storage]
     return KVCache(storage=storage, layers=layers, num_blocks=num_blocks, block_size=block_size)
-
-
-def _zeros_on_huge_pages(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """Zeroed host memory the kernel may back with 2 MiB pages: attention reads blocks all
-    over the cache, and with 4 KiB pages nearly every block costs a TLB miss. Pages are
-    zero-filled as they are first touched, so an unused cache costs no RAM."""
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    buffer = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        buffer.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buffer, dtype=dtype, count=numel)
 
 
 def _physical_memory_bytes() -> int:

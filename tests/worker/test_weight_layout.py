@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -52,3 +55,25 @@ def test_only_float32_on_the_cpu_is_re_laid():
     assert wants_input_major(torch.device("cpu"), torch.float32)
     assert not wants_input_major(torch.device("cpu"), torch.bfloat16)
     assert not wants_input_major(torch.device("cuda"), torch.float32)
+
+
+def vm_flags_at(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and ":" not in first:
+            start, end = (int(part, 16) for part in first.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc only")
+def test_the_column_major_copies_ask_for_huge_pages(stories_dir):
+    # "hg": the mapping was advised MADV_HUGEPAGE (whether THP then backs it is the kernel's).
+    model = start_worker(stories_dir, attention_backend="torch").model
+    for module in (model.layers[0].attention.wqkv, model.layers[-1].feed_forward.w2):
+        assert is_column_major(module.weight)
+        assert "hg" in vm_flags_at(module.weight.data_ptr()), module
