@@ -3,8 +3,9 @@ Q6_K) instead of being expanded to floats, and the quantizers that make Q8_0 / Q
 (or bfloat16 weights) from a float checkpoint at load.
 
 A PackedTensor is a tensor's raw blocks, [rows, bytes per row] uint8, often a view of the
-GGUF file's memory map; Q4_0 tensors are regrouped at load into Q4_0_G8 (`for_kernels`),
-each eight blocks' scales side by side, so the kernels take them in one load. The CPU
+GGUF file's memory map; Q4_0 and Q4_1 tensors are regrouped at load (`for_kernels`, into
+Q4_0_G8 and Q4_1_G8), each eight blocks' scales side by side, so the kernels take them in one
+load. The CPU
 kernels (worker/csrc/quant_matmul_cpu.cpp) multiply by it and read embedding rows from it
 directly; `dequantize()` gives the float32 values llama.cpp's
 reference dequantizers give (the oracle in tests).
@@ -30,13 +31,21 @@ log = logging.getLogger("loom.worker")
 # The kernels' numbering of the types (quant_blocks.h): GGML's blocks, and bfloat16 weights,
 # which the kernels take 32 values (64 bytes) at a time and multiply by float32 activations.
 KERNEL_TYPE_IDS = {
-    "Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "BF16": 6, "Q4_0_G8": 7
-}
-# name -> (values, bytes) per block
-PACKED_SHAPES = {**BLOCK_SHAPES, "BF16": (32, 64), "Q4_0_G8": BLOCK_SHAPES["Q4_0"]}
-# Q4_0_G8 (worker/csrc/quant_blocks.h): Q4_0 whose full runs of eight blocks hold their eight
-# float16 scales first, then their eight 16-byte quants; a row's last blocks stay plain.
+    "Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "BF16": 6,
+    "Q4_0_G8": 7, "Q4_1_G8": 8,
+}  # fmt: skip
+# The regrouped form of each type that has one (worker/csrc/quant_blocks.h): a row's full
+# runs of eight blocks hold their eight float16 scales d (then Q4_1's eight m), then their
+# eight blocks' quants; a row's last blocks stay plain.
+GROUPED = {"Q4_0": "Q4_0_G8", "Q4_1": "Q4_1_G8"}
+PLAIN = {grouped: plain for plain, grouped in GROUPED.items()}
 GROUP_BLOCKS = 8
+# name -> (values, bytes) per block
+PACKED_SHAPES = {
+    **BLOCK_SHAPES,
+    "BF16": (32, 64),
+    **{grouped: BLOCK_SHAPES[plain] for plain, grouped in GROUPED.items()},
+}
 # What `--quantization` quantizes a float checkpoint to.
 LOAD_TIME_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "bf16": "BF16"}
 
@@ -57,32 +66,36 @@ class PackedTensor:
 
     def dequantize(self) -> torch.Tensor:
         """[rows, row length] float32, exactly the reference dequantizer's values."""
-        if self.type_name == "Q4_0_G8":
-            return dequantize(ungroup_q4_0(self.data), "Q4_0", self.shape[1])
+        if self.type_name in PLAIN:
+            plain = PLAIN[self.type_name]
+            return dequantize(ungroup_blocks(self.data, plain), plain, self.shape[1])
         return dequantize(self.data, self.type_name, self.shape[1])
 
 
 def for_kernels(packed: PackedTensor) -> PackedTensor:
-    """The layout the CPU kernels read fastest: Q4_0 regrouped into Q4_0_G8 (new memory), the
-    other types as they are."""
+    """The layout the CPU kernels read fastest: Q4_0 and Q4_1 regrouped by eights (new
+    memory), the other types as they are."""
     from worker.cpu_kernels import load_cpu_kernels
 
-    if packed.type_name != "Q4_0" or not load_cpu_kernels():
+    if packed.type_name not in GROUPED or not load_cpu_kernels():
         return packed
-    grouped = torch.ops.loom.group_q4_0(packed.data)
-    return PackedTensor(grouped, "Q4_0_G8", packed.shape)
+    grouped = torch.ops.loom.group_blocks(packed.data, KERNEL_TYPE_IDS[packed.type_name])
+    return PackedTensor(grouped, GROUPED[packed.type_name], packed.shape)
 
 
-def ungroup_q4_0(data: torch.Tensor) -> torch.Tensor:
-    """Q4_0_G8 blocks [rows, bytes] back into GGML's Q4_0 (the oracle's reading, in torch ops
-    independent of the kernels')."""
+def ungroup_blocks(data: torch.Tensor, plain: str) -> torch.Tensor:
+    """Regrouped blocks [rows, bytes] back into GGML's `plain` type (the oracle's reading, in
+    torch ops independent of the kernels')."""
     rows, row_bytes = data.shape
-    full = row_bytes // 18 // GROUP_BLOCKS * GROUP_BLOCKS * 18
-    groups = data[:, :full].reshape(rows, -1, GROUP_BLOCKS * 18)
-    scales = groups[..., : 2 * GROUP_BLOCKS].reshape(rows, -1, GROUP_BLOCKS, 2)
-    quants = groups[..., 2 * GROUP_BLOCKS :].reshape(rows, -1, GROUP_BLOCKS, 16)
-    plain = torch.cat((scales, quants), dim=-1).reshape(rows, full)
-    return torch.cat((plain, data[:, full:]), dim=1)
+    block_bytes = BLOCK_SHAPES[plain][1]
+    head = 4 if plain == "Q4_1" else 2  # d (and m): float16 fields
+    full = row_bytes // block_bytes // GROUP_BLOCKS * GROUP_BLOCKS * block_bytes
+    groups = data[:, :full].reshape(rows, -1, GROUP_BLOCKS * block_bytes)
+    fields = groups[..., : GROUP_BLOCKS * head].reshape(rows, -1, head // 2, GROUP_BLOCKS, 2)
+    heads = fields.transpose(-3, -2).reshape(rows, -1, GROUP_BLOCKS, head)
+    quants = groups[..., GROUP_BLOCKS * head :].reshape(rows, -1, GROUP_BLOCKS, block_bytes - head)
+    plain_blocks = torch.cat((heads, quants), dim=-1).reshape(rows, full)
+    return torch.cat((plain_blocks, data[:, full:]), dim=1)
 
 
 def packed_bytes(type_name: str, shape: tuple[int, int]) -> int:

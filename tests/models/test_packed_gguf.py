@@ -21,7 +21,7 @@ from tests.worker.driver import (
 from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.packed_modules import PackedEmbedding, PackedLinear
-from worker.packed_weights import PackedTensor
+from worker.packed_weights import GROUPED, PackedTensor
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
@@ -110,8 +110,9 @@ def test_packed_and_dequantized_loads_hold_the_same_tensors(random_model, tmp_pa
             ), floats[name]), name  # fmt: skip
         else:
             assert torch.equal(weight, floats[name]), name
-    # Q4_0 is regrouped by eights at load (worker/csrc/quant_blocks.h), its values unchanged.
-    assert kinds == {"Q4_0_G8" if type_name == "Q4_0" else type_name}
+    # Q4_0 and Q4_1 are regrouped by eights at load (worker/csrc/quant_blocks.h), their values
+    # unchanged.
+    assert kinds == {GROUPED.get(type_name, type_name)}
 
 
 @pytest.mark.parametrize("type_name", TYPES)

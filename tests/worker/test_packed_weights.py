@@ -22,6 +22,7 @@ from worker.cpu_kernels import load_cpu_kernels
 from worker.loader import load_checkpoint
 from worker.packed_modules import PackedLinear
 from worker.packed_weights import (
+    GROUPED,
     PackedTensor,
     keep_packed,
     quantize_bf16,
@@ -62,7 +63,7 @@ def test_a_float_checkpoint_quantized_at_load_serves_its_quantized_weights(
     quantized = start_worker(stories_dir, quantization=quantization)
     w13 = quantized.model.layers[0].feed_forward.w13
     # Q4_0 is regrouped by eights for the kernels (worker/csrc/quant_blocks.h).
-    expected = {"q4_0": "Q4_0_G8"}.get(quantization, quantization.upper())
+    expected = GROUPED.get(quantization.upper(), quantization.upper())
     assert isinstance(w13, PackedLinear) and w13.parts[0].type_name == expected
     # stories260K's MLP is 172 wide, not whole 32-value blocks: w2 stays float.
     assert not isinstance(quantized.model.layers[0].feed_forward.w2, PackedLinear)

@@ -23,25 +23,32 @@ from tests.models.test_gguf_dequant import random_blocks
 from worker.cpu_kernels import load_cpu_kernels
 from worker.gguf_dequant import BLOCK_SHAPES
 from worker.packed_modules import ACTIVATION_CODES
-from worker.packed_weights import KERNEL_TYPE_IDS, PACKED_SHAPES, quantize_bf16, ungroup_q4_0
+from worker.packed_weights import (
+    GROUPED,
+    KERNEL_TYPE_IDS,
+    PACKED_SHAPES,
+    PLAIN,
+    quantize_bf16,
+    ungroup_blocks,
+)
 
 pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler here")
 
-# GGML's blocks and Q4_0 regrouped by eights; bfloat16 weights have their own test.
-TYPES = [*sorted(BLOCK_SHAPES), "Q4_0_G8"]
+# GGML's blocks and the regrouped forms (by eights); bfloat16 weights have their own test.
+TYPES = [*sorted(BLOCK_SHAPES), *sorted(PLAIN)]
 EPS32 = float(np.finfo(np.float32).eps)
 INT8, INT16 = ACTIVATION_CODES["int8"], ACTIVATION_CODES["int16"]
 
 
 def packed(type_name: str, rows: int, blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random blocks [rows, bytes] and the gguf package's float64 values of them (Q4_0_G8:
-    of the Q4_0 blocks it was grouped from)."""
-    plain = "Q4_0" if type_name == "Q4_0_G8" else type_name
+    """Random blocks [rows, bytes] and the gguf package's float64 values of them (a regrouped
+    type: of the plain blocks it was regrouped from)."""
+    plain = PLAIN.get(type_name, type_name)
     raw = random_blocks(plain, rows, blocks, seed)
     values = quants.dequantize(raw, Q[plain]).astype(np.float64)
     data = torch.from_numpy(raw)
-    if type_name == "Q4_0_G8":
-        data = torch.ops.loom.group_q4_0(data)
+    if type_name in PLAIN:
+        data = torch.ops.loom.group_blocks(data, KERNEL_TYPE_IDS[plain])
     return data, torch.from_numpy(values)
 
 
@@ -231,20 +238,30 @@ def test_bfloat16_weights_multiply_float_activations_whatever_is_asked(rows, act
         torch.ops.loom.quant_linear_int8(x, w_raw, bf16, 96)
 
 
+@pytest.mark.parametrize("plain", sorted(GROUPED))
 @pytest.mark.parametrize("blocks", [1, 8, 19])  # no full group; one; two and three plain
-def test_q4_0_regrouped_by_eights_gives_the_same_bytes_back_and_the_same_products(blocks) -> None:
-    plain, _ = packed("Q4_0", 6, blocks, seed=blocks)
-    grouped = torch.ops.loom.group_q4_0(plain)
-    assert grouped.shape == plain.shape
-    assert torch.equal(ungroup_q4_0(grouped), plain)
-    if blocks >= 8:  # the first group's scales lead it
-        first_scales = plain[:, :144].reshape(6, 8, 18)[..., :2]
+def test_blocks_regrouped_by_eights_give_the_same_bytes_back_and_the_same_products(plain, blocks):
+    data, _ = packed(plain, 6, blocks, seed=blocks)
+    grouped = torch.ops.loom.group_blocks(data, KERNEL_TYPE_IDS[plain])
+    assert grouped.shape == data.shape
+    assert torch.equal(ungroup_blocks(grouped, plain), data)
+    block_bytes = BLOCK_SHAPES[plain][1]
+    if blocks >= 8:  # the first group's scales d lead it
+        first_scales = data[:, : 8 * block_bytes].reshape(6, 8, block_bytes)[..., :2]
         assert torch.equal(grouped[:, :16].reshape(6, 8, 2), first_scales)
     k = blocks * 32
     x = torch.randn(5, k, generator=torch.Generator().manual_seed(blocks))
     for code in ACTIVATION_CODES.values():  # the same blocks summed in the same order
         for rows in (1, 5):
-            assert torch.equal(
-                torch.ops.loom.quant_linear(x[:rows], grouped, KERNEL_TYPE_IDS["Q4_0_G8"], k, code),
-                torch.ops.loom.quant_linear(x[:rows], plain, KERNEL_TYPE_IDS["Q4_0"], k, code),
+            together = torch.ops.loom.quant_linear(
+                x[:rows], grouped, KERNEL_TYPE_IDS[GROUPED[plain]], k, code
             )
+            apart = torch.ops.loom.quant_linear(x[:rows], data, KERNEL_TYPE_IDS[plain], k, code)
+            assert torch.equal(together, apart)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K"])
+def test_only_q4_0_and_q4_1_are_regrouped(type_name) -> None:
+    data, _ = packed(type_name, 2, 1, seed=0)
+    with pytest.raises(RuntimeError, match="only Q4_0 and Q4_1"):
+        torch.ops.loom.group_blocks(data, KERNEL_TYPE_IDS[type_name])

@@ -13,10 +13,11 @@
 // Q4_K d, dmin, scales[12], qs[128] (144); Q5_K d, dmin, scales[12], qh[32], qs[128] (176);
 // Q6_K ql[128], qh[64], scales[16], d (210). d, m, dmin are float16.
 //
-// Q4_0_G8 is Q4_0 regrouped at load (group_row): each full run of eight blocks holds their
-// eight scales, then their eight 16-byte quants (144 bytes, as eight Q4_0 blocks); a row's
-// last nb % 8 blocks stay plain Q4_0. The kernels then take eight scales in one load instead
-// of gathering them 18 bytes apart, which at one row cost them a sixth of their time.
+// Q4_0_G8 and Q4_1_G8 are those types regrouped at load (group_row): each full run of eight
+// blocks holds their eight scales d (then Q4_1's eight m), then their eight 16-byte quants; a
+// row's last nb % 8 blocks stay plain. The kernels then take eight scales in one load instead
+// of gathering them a block apart, which at one row cost them a sixth of their time. (Q8_0,
+// whose products wait on memory more than on arithmetic, streamed 5-15% slower regrouped.)
 #pragma once
 
 #include <c10/util/Half.h>
@@ -33,8 +34,20 @@ namespace loom::quant {
 // kBF16 is not a GGML block: bfloat16 weights (`--quantization bf16`), taken 32 values at a
 // time, which only the float-activation kernel multiplies.
 enum Type : int64_t {
-  kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kQ4_K = 3, kQ5_K = 4, kQ6_K = 5, kBF16 = 6, kQ4_0G8 = 7
+  kQ8_0 = 0, kQ4_0 = 1, kQ4_1 = 2, kQ4_K = 3, kQ5_K = 4, kQ6_K = 5, kBF16 = 6,
+  kQ4_0G8 = 7, kQ4_1G8 = 8
 };
+
+// The plain type a regrouped one holds (any other type: itself).
+constexpr int64_t plain_type(int64_t type) {
+  switch (type) {
+    case kQ4_0G8: return kQ4_0;
+    case kQ4_1G8: return kQ4_1;
+    default: return type;
+  }
+}
+
+constexpr bool is_grouped(int64_t type) { return plain_type(type) != type; }
 
 // What packed weights multiply (`--activations`; worker/packed_modules.py holds the same codes):
 // float32 rows (quant_float_dot.h), or rows quantized per 32 values to int8 (quant_dot.h) or
@@ -47,10 +60,9 @@ struct Layout {
 };
 
 constexpr Layout layout(int64_t type) {
-  switch (type) {
+  switch (plain_type(type)) {
     case kQ8_0: return {32, 34};
-    case kQ4_0:
-    case kQ4_0G8: return {32, 18};
+    case kQ4_0: return {32, 18};
     case kQ4_1: return {32, 20};
     case kQ4_K: return {256, 144};
     case kQ5_K: return {256, 176};
@@ -93,44 +105,51 @@ inline void scale_min_k4(int j, const uint8_t* q, int* scale, int* min) {
   }
 }
 
-// ---- Q4_0_G8 -----------------------------------------------------------------------------
+// ---- blocks regrouped by eights ----------------------------------------------------------
 
 constexpr int64_t kGroupBlocks = 8;
-constexpr int64_t kGroupBytes = kGroupBlocks * 18;
 
-// A Q4_0 row of nb blocks into Q4_0_G8 (dst holds as many bytes as src).
-inline void group_row(const uint8_t* src, int64_t nb, uint8_t* dst) {
+// The float16 fields that lead a plain 32-value block: d, and Q4_1's m.
+constexpr int64_t head_bytes(int64_t plain) { return plain == kQ4_1 ? 4 : 2; }
+
+// A plain row of nb blocks into its regrouped form (dst holds as many bytes as src): field f
+// of block j at 16 f + 2 j of the group, block j's quants after all the fields.
+inline void group_row(int64_t plain, const uint8_t* src, int64_t nb, uint8_t* dst) {
+  const int64_t bytes = layout(plain).bytes, head = head_bytes(plain), quants = bytes - head;
   const int64_t full = nb / kGroupBlocks * kGroupBlocks;
   for (int64_t b = 0; b < full; b += kGroupBlocks) {
-    uint8_t* g = dst + b * 18;
+    uint8_t* g = dst + b * bytes;
     for (int64_t j = 0; j < kGroupBlocks; ++j) {
-      const uint8_t* blk = src + (b + j) * 18;
-      std::memcpy(g + 2 * j, blk, 2);
-      std::memcpy(g + 2 * kGroupBlocks + 16 * j, blk + 2, 16);
+      const uint8_t* blk = src + (b + j) * bytes;
+      for (int64_t f = 0; f < head / 2; ++f) std::memcpy(g + 16 * f + 2 * j, blk + 2 * f, 2);
+      std::memcpy(g + kGroupBlocks * head + quants * j, blk + head, quants);
     }
   }
-  std::memcpy(dst + full * 18, src + full * 18, (nb - full) * 18);
+  std::memcpy(dst + full * bytes, src + full * bytes, (nb - full) * bytes);
 }
 
-// One group of a Q4_0_G8 row back into eight Q4_0 blocks.
-inline void ungroup(const uint8_t* g, uint8_t* out) {
+// One group of a regrouped row back into eight plain blocks.
+inline void ungroup(int64_t plain, const uint8_t* g, uint8_t* out) {
+  const int64_t bytes = layout(plain).bytes, head = head_bytes(plain), quants = bytes - head;
   for (int64_t j = 0; j < kGroupBlocks; ++j) {
-    std::memcpy(out + j * 18, g + 2 * j, 2);
-    std::memcpy(out + j * 18 + 2, g + 2 * kGroupBlocks + 16 * j, 16);
+    for (int64_t f = 0; f < head / 2; ++f) std::memcpy(out + j * bytes + 2 * f, g + 16 * f + 2 * j, 2);
+    std::memcpy(out + j * bytes + head, g + kGroupBlocks * head + quants * j, quants);
   }
 }
 
-// Calls read(Q4_0 blocks, count, first block) over a Q4_0_G8 row of nb blocks, a group or
-// the plain tail at a time: the readers below take Q4_0_G8 through their Q4_0 code.
+// Calls read(plain blocks, count, first block) over a regrouped row of nb blocks, a group or
+// the plain tail at a time: the readers below take the regrouped types through their plain
+// code.
 template <typename Read>
-inline void for_q4_0_runs(const uint8_t* row, int64_t nb, Read read) {
-  uint8_t plain[kGroupBytes];
+inline void for_plain_runs(int64_t type, const uint8_t* row, int64_t nb, Read read) {
+  const int64_t plain = plain_type(type), bytes = layout(plain).bytes;
+  uint8_t blocks[kGroupBlocks * 20];  // eight of the larger plain block
   int64_t b = 0;
   for (; b + kGroupBlocks <= nb; b += kGroupBlocks) {
-    ungroup(row + b * 18, plain);
-    read(plain, kGroupBlocks, b);
+    ungroup(plain, row + b * bytes, blocks);
+    read(blocks, kGroupBlocks, b);
   }
-  if (b < nb) read(row + b * 18, nb - b, b);
+  if (b < nb) read(row + b * bytes, nb - b, b);
 }
 
 // ---- exact values --------------------------------------------------------------------------
@@ -139,9 +158,9 @@ inline void for_q4_0_runs(const uint8_t* row, int64_t nb, Read read) {
 #define LOOM_EXACT __attribute__((optimize("fp-contract=off")))
 
 LOOM_EXACT inline void dequantize_row(int64_t type, const uint8_t* row, int64_t k, float* out) {
-  if (type == kQ4_0G8) {
-    for_q4_0_runs(row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
-      dequantize_row(kQ4_0, blocks, n * 32, out + b * 32);
+  if (is_grouped(type)) {
+    for_plain_runs(type, row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
+      dequantize_row(plain_type(type), blocks, n * 32, out + b * 32);
     });
     return;
   }
@@ -238,9 +257,10 @@ inline void set_block(float* lanes, float* offsets, float scale0, float scale1, 
 // otherwise they are shifted by 128 into unsigned ones.
 inline void unpack_row(int64_t type, const uint8_t* row, int64_t k, bool signed_q8, uint8_t* u,
                        float* lanes, float* offsets) {
-  if (type == kQ4_0G8) {
-    for_q4_0_runs(row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
-      unpack_row(kQ4_0, blocks, n * 32, signed_q8, u + b * 32, lanes + b * 8, offsets + b * 2);
+  if (is_grouped(type)) {
+    for_plain_runs(type, row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
+      unpack_row(plain_type(type), blocks, n * 32, signed_q8, u + b * 32, lanes + b * 8,
+                 offsets + b * 2);
     });
     return;
   }

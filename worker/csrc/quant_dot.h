@@ -159,17 +159,17 @@ struct Acc {
 // Lane j of v, in every lane.
 inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
 
-// Q8_0, Q4_0, Q4_1 (and Q4_0_G8, read as Q4_0): one 32-value block per scale. Eight blocks at
-// a time: their scales and offsets gathered into vectors, multiplied by the activation rows'
-// eight block scales and sums at once.
+// Q8_0, Q4_0, Q4_1 (and their regrouped forms, read as they are): one 32-value block per
+// scale. Eight blocks at a time: their scales and offsets gathered into vectors, multiplied by
+// the activation rows' eight block scales and sums at once.
 
-// How each block's values and offset read: Q4_0_G8's blocks are Q4_0's.
+// How each block's values and offset read: a regrouped type's blocks are its plain type's.
 template <int64_t kType>
-constexpr int64_t kPlainType = kType == kQ4_0G8 ? kQ4_0 : kType;
+constexpr int64_t kPlainType = plain_type(kType);
 
 // Where a plain block's quant bytes start.
 template <int64_t kType>
-constexpr int64_t kQuantsAt = kType == kQ4_1 ? 4 : 2;
+constexpr int64_t kQuantsAt = head_bytes(kType);
 
 // A block's 32 values as unsigned bytes (signed for Q8_0 without VNNI) from its quant bytes.
 template <int64_t kType>
@@ -187,8 +187,10 @@ inline __m256i block32_values(const uint8_t* qs) {
 // The quant bytes of block j of the eight starting at `first`.
 template <int64_t kType>
 inline const uint8_t* group_quants(const uint8_t* first, int j) {
-  if constexpr (kType == kQ4_0G8) return first + 2 * kGroupBlocks + 16 * j;
-  return first + j * layout(kType).bytes + kQuantsAt<kType>;
+  constexpr int64_t kPlain = plain_type(kType), kBytes = layout(kPlain).bytes;
+  constexpr int64_t kHead = head_bytes(kPlain);
+  if constexpr (is_grouped(kType)) return first + kGroupBlocks * kHead + (kBytes - kHead) * j;
+  return first + j * kBytes + kHead;
 }
 
 // A block's offset per unit of the activations' block sum: value = d * u + offset.
@@ -209,19 +211,20 @@ inline __m256 block32_scales(const uint8_t* first) {
   return _mm256_cvtph_ps(packed);
 }
 
-// The scales of the eight blocks starting at `first`: one load where the row is Q4_0_G8.
-template <int64_t kType>
+// Float16 field kField (0: d, 1: Q4_1's m) of the eight blocks starting at `first`, as
+// eight floats: one load where the row is regrouped.
+template <int64_t kType, int kField = 0>
 inline __m256 group_scales(const uint8_t* first) {
-  if constexpr (kType == kQ4_0G8)
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(first)));
-  return block32_scales<layout(kType).bytes, 0>(first);
+  if constexpr (is_grouped(kType))
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(first + 16 * kField)));
+  return block32_scales<layout(kType).bytes, 2 * kField>(first);
 }
 
 template <int64_t kType, int kRows>
 inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, int64_t r0,
                          float* y, int64_t ldy, bool accumulate) {
   constexpr int64_t kBytes = layout(kType).bytes, kPlain = kPlainType<kType>;
-  constexpr bool kSigned = kType == kQ8_0 && !kVnni;
+  constexpr bool kSigned = kPlain == kQ8_0 && !kVnni;
   const int64_t nb = k / 32;
   Acc<kRows> acc;
   int64_t b = 0;
@@ -230,8 +233,8 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
     // Built in registers: stored floats loaded back as a vector would stall the load.
     const __m256 dv = group_scales<kType>(first);
     __m256 cv;
-    if constexpr (kType == kQ4_1) {
-      cv = block32_scales<kBytes, 2>(first);
+    if constexpr (kPlain == kQ4_1) {
+      cv = group_scales<kType, 1>(first);
     } else {
       cv = _mm256_mul_ps(dv, _mm256_set1_ps(block32_offset<kPlain>(nullptr, 1.0f)));
     }
@@ -251,7 +254,7 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
       }
     }
   }
-  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (Q4_0_G8's tail too)
+  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (a regrouped row's tail too)
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk), c = block32_offset<kPlain>(blk, d);
     const __m256i w = block32_values<kPlain>(blk + kQuantsAt<kPlain>);
@@ -403,6 +406,7 @@ inline void dot_row_tile(int64_t type, const uint8_t* row, int64_t k, const Quan
     case kQ8_0: return dot_blocks32<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0G8: return dot_blocks32<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_1G8: return dot_blocks32<kQ4_1G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1: return dot_blocks32<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k<true, kRows>(row, k, a, r0, y, ldy, accumulate);

@@ -26,7 +26,7 @@ namespace loom::quant {
 // One dequantized weight row and the unpacked form the K types go through.
 struct FloatRow {
   std::vector<float> w, lanes, offsets;
-  std::vector<uint8_t> u, plain;  // plain: a Q4_0_G8 row as Q4_0 blocks
+  std::vector<uint8_t> u, plain;  // plain: a regrouped row as plain blocks
 };
 
 // The row's k values into s.w (k a multiple of the type's block).
@@ -263,12 +263,13 @@ inline void rows_blocks32_float(const uint8_t* row, int64_t k, const float* x, i
 inline void dot_weight_row_float(int64_t type, const uint8_t* row, int64_t k, const float* x,
                                  int64_t ldx, int64_t rows, float* y, int64_t ldy,
                                  bool accumulate, FloatRow& scratch) {
-  if (type == kQ4_0G8) {  // the float path takes the plain blocks
-    scratch.plain.resize(k / 32 * 18);
-    for_q4_0_runs(row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
-      std::memcpy(scratch.plain.data() + b * 18, blocks, n * 18);
+  if (is_grouped(type)) {  // the float path takes the plain blocks
+    const int64_t plain = plain_type(type), bytes = layout(plain).bytes;
+    scratch.plain.resize(k / 32 * bytes);
+    for_plain_runs(type, row, k / 32, [&](const uint8_t* blocks, int64_t n, int64_t b) {
+      std::memcpy(scratch.plain.data() + b * bytes, blocks, n * bytes);
     });
-    return dot_weight_row_float(kQ4_0, scratch.plain.data(), k, x, ldx, rows, y, ldy, accumulate,
+    return dot_weight_row_float(plain, scratch.plain.data(), k, x, ldx, rows, y, ldy, accumulate,
                                 scratch);
   }
 #if defined(__AVX2__) && defined(__FMA__)

@@ -94,20 +94,20 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
     prefetch_weights_nta(first, 8 * kBytes);
     const __m256 dv = group_scales<kType>(first);
     __m256 cv = _mm256_setzero_ps();  // the blocks' offsets
-    if constexpr (kType == kQ4_1) cv = block32_scales<kBytes, 2>(first);
+    if constexpr (kPlain == kQ4_1) cv = group_scales<kType, 1>(first);
     if constexpr (kPlain == kQ4_0) cv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
     __m256 both[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
       both[r] = _mm256_mul_ps(dv, _mm256_loadu_ps(a.scales.data() + at));
-      if constexpr (kType != kQ8_0)
+      if constexpr (kPlain != kQ8_0)
         acc.off[r] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(a.sums32.data() + at), acc.off[r]);
     }
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j)
       block(group_quants<kType>(first, j), b + j, both, j, (j & 1) ? acc.alt : acc.dot);
   }
-  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (Q4_0_G8's tail too)
+  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (a regrouped row's tail too)
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk);
     const float c = kPlain == kQ4_1 ? f16(blk + 2) : kPlain == kQ4_0 ? -8.0f * d : 0.0f;
@@ -223,6 +223,7 @@ inline void dot_row_tile_int16(int64_t type, const uint8_t* row, int64_t k,
     case kQ8_0: return dot_blocks32_int16<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32_int16<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0G8: return dot_blocks32_int16<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_1G8: return dot_blocks32_int16<kQ4_1G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1: return dot_blocks32_int16<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k_int16<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k_int16<true, kRows>(row, k, a, r0, y, ldy, accumulate);

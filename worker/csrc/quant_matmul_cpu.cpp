@@ -238,10 +238,14 @@ at::Tensor quant_rows(const at::Tensor& w, const at::Tensor& ids, int64_t type, 
   return out;
 }
 
-// Q4_0 blocks [rows, bytes] regrouped into Q4_0_G8 (quant_blocks.h), in new memory.
-at::Tensor group_q4_0(const at::Tensor& w) {
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.size(1) % 18 == 0,
-              "expected Q4_0 blocks uint8 [rows, a multiple of 18 bytes]");
+// Plain Q4_0 or Q4_1 blocks [rows, bytes] regrouped by eights (quant_blocks.h), in new memory.
+at::Tensor group_blocks(const at::Tensor& w, int64_t type) {
+  using namespace loom::quant;
+  TORCH_CHECK(type == kQ4_0 || type == kQ4_1, "only Q4_0 and Q4_1 blocks are regrouped, not type ",
+              type);
+  const int64_t bytes = layout(type).bytes;
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.size(1) % bytes == 0,
+              "expected blocks uint8 [rows, a multiple of ", bytes, " bytes]");
   const at::Tensor src = w.contiguous();
   at::Tensor out = at::empty_like(src);
   const int64_t rows = src.size(0), row_bytes = src.size(1);
@@ -250,8 +254,7 @@ at::Tensor group_q4_0(const at::Tensor& w) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 262144 / std::max<int64_t>(row_bytes, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t r = begin; r < end; ++r)
-                       loom::quant::group_row(sp + r * row_bytes, row_bytes / 18,
-                                              op + r * row_bytes);
+                       group_row(type, sp + r * row_bytes, row_bytes / bytes, op + r * row_bytes);
                    });
   return out;
 }
@@ -267,7 +270,7 @@ TORCH_LIBRARY_FRAGMENT(loom, m) {
   m.def("quant_linear_dequant(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_linear_f32(Tensor x, Tensor w, int type, int k) -> Tensor");
   m.def("quant_rows(Tensor w, Tensor ids, int type, int k) -> Tensor");
-  m.def("group_q4_0(Tensor w) -> Tensor");
+  m.def("group_blocks(Tensor w, int type) -> Tensor");
   m.impl("quant_linear", c10::DispatchKey::CPU, &quant_linear);
   m.impl("quant_linear_parts", c10::DispatchKey::CPU, &quant_linear_parts);
   m.impl("quant_linear_int8", c10::DispatchKey::CPU, &quant_linear_int8);
@@ -275,5 +278,5 @@ TORCH_LIBRARY_FRAGMENT(loom, m) {
   m.impl("quant_linear_dequant", c10::DispatchKey::CPU, &quant_linear_dequant);
   m.impl("quant_linear_f32", c10::DispatchKey::CPU, &quant_linear_f32);
   m.impl("quant_rows", c10::DispatchKey::CPU, &quant_rows);
-  m.impl("group_q4_0", c10::DispatchKey::CPU, &group_q4_0);
+  m.impl("group_blocks", c10::DispatchKey::CPU, &group_blocks);
 }
