@@ -19,12 +19,14 @@ is imported only when a worker is created.
 - random_model.py    random-weight Llamas of any shape (the benchmarks', the tests', the device
                      check's 7B drawn on the GPU); hf_layout.py writes one in HF's layout too
 - gguf_loader.py, gguf_dequant.py  GGUF tensors under Meta's names, quantized blocks packed
-                     (memory-mapped) or dequantized to the reference values
-- packed_weights.py  quantized blocks kept packed, --quantization, quantizing at load
+                     (memory-mapped; Q4_0/Q4_1 regrouped) or dequantized to the reference values
+- packed_weights.py  quantized blocks kept packed (Q4_0/Q4_1 regrouped by eights for the
+                     kernels), --quantization, quantizing at load
 - packed_modules.py  the model's Linear and Embedding over packed blocks (the CPU kernels)
 - decode_step.py     a CPU decode step of the whole model in one C++ call
 - memory_check.py    running out of memory while loading said as such, with sizes
 - weight_layout.py   on the CPU in float32, projection weights held column-major
+- host_memory.py     host tensors on memory advised for 2 MiB pages (weights, KV cache)
 - attention/         paged attention behind one call: torch reference, C++ CPU kernel, Triton
                      (split-KV decode where the grid would leave SMs idle)
 - fused_ops.py, fused_kernels.py  Triton passes around the GEMMs where the triton backend runs:

@@ -5,10 +5,9 @@ Q6_K) instead of being expanded to floats, and the quantizers that make Q8_0 / Q
 A PackedTensor is a tensor's raw blocks, [rows, bytes per row] uint8, often a view of the
 GGUF file's memory map; Q4_0 and Q4_1 tensors are regrouped at load (`for_kernels`, into
 Q4_0_G8 and Q4_1_G8), each eight blocks' scales side by side, so the kernels take them in one
-load. The CPU
-kernels (worker/csrc/quant_matmul_cpu.cpp) multiply by it and read embedding rows from it
-directly; `dequantize()` gives the float32 values llama.cpp's
-reference dequantizers give (the oracle in tests).
+load. The CPU kernels (worker/csrc/quant_matmul_cpu.cpp) multiply by it and read embedding
+rows from it directly; `dequantize()` gives the float32 values llama.cpp's reference
+dequantizers give (the oracle in tests).
 
 `--quantization` (worker/config.py) chooses: `auto` keeps a GGUF's blocks packed on the CPU,
 `none` dequantizes everything (the reference path), `q8_0` / `q4_0` quantize a float

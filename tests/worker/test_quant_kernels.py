@@ -2,7 +2,8 @@
 weights, `--quantization bf16`) and every shape class: decode rows (1-32) and prefill rows
 (33-512) on the float-activation path (the default), the int16 and the int8 paths, longer
 prefills (dequantize + GEMM, above 512 rows; called directly here), ragged row counts and
-output sizes, one block per row and several.
+output sizes, one block per row and several. Q4_0 and Q4_1 regrouped by eights at load
+(Q4_0_G8, Q4_1_G8) are tested as types of their own, against their plain blocks' values.
 
 References: the gguf package's own dequantizer gives the weights; the integer paths'
 references multiply them, in float64, by the activations quantized per 32 values as the

@@ -132,7 +132,8 @@ inline void group_row(int64_t plain, const uint8_t* src, int64_t nb, uint8_t* ds
 inline void ungroup(int64_t plain, const uint8_t* g, uint8_t* out) {
   const int64_t bytes = layout(plain).bytes, head = head_bytes(plain), quants = bytes - head;
   for (int64_t j = 0; j < kGroupBlocks; ++j) {
-    for (int64_t f = 0; f < head / 2; ++f) std::memcpy(out + j * bytes + 2 * f, g + 16 * f + 2 * j, 2);
+    for (int64_t f = 0; f < head / 2; ++f)
+      std::memcpy(out + j * bytes + 2 * f, g + 16 * f + 2 * j, 2);
     std::memcpy(out + j * bytes + head, g + kGroupBlocks * head + quants * j, quants);
   }
 }

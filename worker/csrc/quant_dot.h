@@ -167,10 +167,6 @@ inline __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_
 template <int64_t kType>
 constexpr int64_t kPlainType = plain_type(kType);
 
-// Where a plain block's quant bytes start.
-template <int64_t kType>
-constexpr int64_t kQuantsAt = head_bytes(kType);
-
 // A block's 32 values as unsigned bytes (signed for Q8_0 without VNNI) from its quant bytes.
 template <int64_t kType>
 inline __m256i block32_values(const uint8_t* qs) {
@@ -254,10 +250,11 @@ inline void dot_blocks32(const uint8_t* row, int64_t k, const QuantizedRows& a, 
       }
     }
   }
-  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (a regrouped row's tail too)
+  // Fewer than eight blocks left: plain blocks (a regrouped row's tail too).
+  for (; b < nb; ++b) {
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk), c = block32_offset<kPlain>(blk, d);
-    const __m256i w = block32_values<kPlain>(blk + kQuantsAt<kPlain>);
+    const __m256i w = block32_values<kPlain>(blk + head_bytes(kPlain));
     for (int r = 0; r < kRows; ++r) {
       const int64_t at = (r0 + r) * nb + b;
       const __m256 dot = dot32<kSigned>(w, load32(a.q.data() + at * 32));
@@ -405,9 +402,9 @@ inline void dot_row_tile(int64_t type, const uint8_t* row, int64_t k, const Quan
   switch (type) {
     case kQ8_0: return dot_blocks32<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_1: return dot_blocks32<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0G8: return dot_blocks32<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1G8: return dot_blocks32<kQ4_1G8, kRows>(row, k, a, r0, y, ldy, accumulate);
-    case kQ4_1: return dot_blocks32<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k<true, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ6_K: return dot_q6k<kRows>(row, k, a, r0, y, ldy, accumulate);

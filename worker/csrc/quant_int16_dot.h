@@ -61,7 +61,8 @@ inline void block32_int16(const uint8_t* qs, __m256i out[2]) {
     out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));
     out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(q + 1));
   } else {
-    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m256i bytes = _mm256_cvtepu8_epi16(packed);
     out[0] = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F));
     out[1] = _mm256_srli_epi16(bytes, 4);
   }
@@ -107,7 +108,8 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
     for (int j = 0; j < 8; ++j)
       block(group_quants<kType>(first, j), b + j, both, j, (j & 1) ? acc.alt : acc.dot);
   }
-  for (; b < nb; ++b) {  // fewer than eight blocks left: plain blocks (a regrouped row's tail too)
+  // Fewer than eight blocks left: plain blocks (a regrouped row's tail too).
+  for (; b < nb; ++b) {
     const uint8_t* blk = row + b * kBytes;
     const float d = f16(blk);
     const float c = kPlain == kQ4_1 ? f16(blk + 2) : kPlain == kQ4_0 ? -8.0f * d : 0.0f;
@@ -117,7 +119,7 @@ inline void dot_blocks32_int16(const uint8_t* row, int64_t k, const QuantizedRow
       both[r] = _mm256_set1_ps(d * a.scales[at]);
       acc.scalar[r] += c * a.sums32[at];
     }
-    block(blk + kQuantsAt<kPlain>, b, both, 0, acc.dot);
+    block(blk + head_bytes(kPlain), b, both, 0, acc.dot);
   }
   acc.write(y, r0, ldy, accumulate);
 }
@@ -222,9 +224,9 @@ inline void dot_row_tile_int16(int64_t type, const uint8_t* row, int64_t k,
   switch (type) {
     case kQ8_0: return dot_blocks32_int16<kQ8_0, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0: return dot_blocks32_int16<kQ4_0, kRows>(row, k, a, r0, y, ldy, accumulate);
+    case kQ4_1: return dot_blocks32_int16<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_0G8: return dot_blocks32_int16<kQ4_0G8, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_1G8: return dot_blocks32_int16<kQ4_1G8, kRows>(row, k, a, r0, y, ldy, accumulate);
-    case kQ4_1: return dot_blocks32_int16<kQ4_1, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ4_K: return dot_q45k_int16<false, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ5_K: return dot_q45k_int16<true, kRows>(row, k, a, r0, y, ldy, accumulate);
     case kQ6_K: return dot_q6k_int16<kRows>(row, k, a, r0, y, ldy, accumulate);
