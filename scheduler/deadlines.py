@@ -214,18 +214,21 @@ class RecentArrivals:
         self._recent: deque[tuple[float, float]] = deque()  # (arrived, slowest step)
 
     def add(self, req: Request, now: float) -> None:
+        self._forget_before(now - ARRIVAL_WINDOW)  # nothing else may ask while none runs
         slowest = self.estimator.max_step_seconds(req, now) / (1 + ADMISSION_MARGIN)
         self._recent.append((now, slowest))
 
     def slowest_step(self, now: float) -> float:
         """The slowest step at which ARRIVAL_SHARE of the recent arrivals could finish."""
-        recent = self._recent
-        while recent and recent[0][0] < now - ARRIVAL_WINDOW:
-            recent.popleft()
-        if not recent:
+        self._forget_before(now - ARRIVAL_WINDOW)
+        if not self._recent:
             return math.inf
-        slowest = sorted(s for _, s in recent)
+        slowest = sorted(s for _, s in self._recent)
         return slowest[len(slowest) - math.ceil(ARRIVAL_SHARE * len(slowest))]
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
 
 
 class BatchLimit:

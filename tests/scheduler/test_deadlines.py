@@ -395,3 +395,15 @@ def test_the_hold_lifts_once_the_tight_arrivals_are_a_second_old() -> None:
         widths.append(len(out.scheduled))
     assert widths[0] == 3 and max(widths) == 5
     assert all(r.status is RequestStatus.FINISHED_LENGTH for r in bulk)
+
+
+def test_a_server_serving_one_request_at_a_time_keeps_only_the_last_seconds_arrivals() -> None:
+    # With nothing running, no batch limit is built and nothing asks for the recent arrivals'
+    # step: the arrivals must still be forgotten once they are a window old.
+    sched, clock, worker = timed_scheduler("deadline")
+    for i in range(50):
+        sched.add_request(with_deadline(make_request(f"r{i}", 4, max_tokens=2), clock, 5.0))
+        while sched.has_unfinished():
+            timed_step(sched, worker, clock)
+        clock.now += 2.0
+    assert len(sched._arrivals._recent) <= 1
